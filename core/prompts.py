@@ -1,0 +1,166 @@
+"""Prompts in, token batches out: reading text/JSONL/stdin, BOS, context limits, padding.
+
+Batches are right-padded: with causal attention, pad tokens after a prompt cannot affect its
+real positions, and every prompt keeps positions 0..T-1, so no position-id bookkeeping is needed.
+``mask`` marks real tokens; statistics skip padding (and BOS, position 0) through it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from horizon.core.errors import HorizonError
+from horizon.core.loader import LoadedModel
+
+
+def read_prompts(path: str) -> list[str]:
+    """Prompts from a file: JSONL with a "text" field per line (.jsonl), else plain text.
+
+    Plain text is one prompt per line; ``-`` reads stdin. (The sweep corpus reader splits on
+    blank lines instead; this is the single-prompt commands' format.)
+    """
+    if path == "-":
+        raw = sys.stdin.buffer.read()
+        name = "stdin"
+    else:
+        file = Path(path).expanduser()
+        if not file.exists():
+            raise HorizonError(f"file not found: {path}")
+        if file.is_dir():
+            raise HorizonError(f"{path} is a directory, not a prompt file")
+        try:
+            raw = file.read_bytes()
+        except OSError as exc:
+            raise HorizonError(f"cannot read {path}: {exc.strerror}") from None
+        name = path
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise HorizonError(f"{name} is not UTF-8 text (bad byte at offset {exc.start})") from None
+    lines = text.splitlines()
+    looks_jsonl = name.endswith(".jsonl") or (bool(lines) and lines[0].lstrip().startswith("{"))
+    prompts = _parse_jsonl(lines, name) if looks_jsonl else [line for line in lines if line.strip()]
+    if not prompts:
+        raise HorizonError(f"{name} holds no prompt")
+    return prompts
+
+
+def _parse_jsonl(lines: list[str], name: str) -> list[str]:
+    prompts = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise HorizonError(f"{name} line {number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise HorizonError(f'{name} line {number}: no "text" string field')
+        prompts.append(record["text"])
+    return prompts
+
+
+def gather_prompts(prompt: str | None, file: str | None, default: str | None = None) -> list[str]:
+    """The prompts of one command: --prompt, or --file, or the command's default."""
+    if prompt is not None and file is not None:
+        raise HorizonError("give --prompt or --file, not both")
+    if file is not None:
+        prompts = read_prompts(file)
+    elif prompt is not None:
+        prompts = [prompt]
+    elif default is not None:
+        prompts = [default]
+    else:
+        raise HorizonError("no input: give --prompt TEXT or --file PATH")
+    for index, text in enumerate(prompts):
+        if not text.strip():
+            where = "the prompt" if len(prompts) == 1 else f"prompt {index + 1}"
+            raise HorizonError(f"{where} is empty or whitespace only")
+    return prompts
+
+
+@dataclass
+class TokenBatch:
+    """Right-padded token ids with a mask of real tokens."""
+
+    token_ids: list[list[int]]  # per prompt, BOS included, no padding
+    input_ids: torch.Tensor  # [batch, T_max]
+    mask: torch.Tensor  # [batch, T_max] bool, True on real tokens
+    has_bos: bool
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.token_ids]
+
+    def stat_mask(self, include_bos: bool = False) -> torch.Tensor:
+        """Positions that enter statistics: real tokens, without BOS unless asked."""
+        mask = self.mask.clone()
+        if self.has_bos and not include_bos:
+            mask[:, 0] = False
+        return mask
+
+
+def tokenize(
+    model: LoadedModel,
+    prompts: list[str],
+    bos: bool = True,
+    bos_token: str | None = None,
+    truncate_to: int | None = None,
+) -> list[list[int]]:
+    """Token ids per prompt, with the model's BOS prepended (the seeds' convention)."""
+    if truncate_to is not None and truncate_to < 2:
+        raise HorizonError("--truncate-to must be at least 2 tokens")
+    bos_id = model.bos_token_id(bos_token) if bos else None
+    out = []
+    for index, text in enumerate(prompts):
+        if not text.strip():
+            raise HorizonError(f"prompt {index + 1} is empty or whitespace only")
+        ids = list(model.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if bos_id is not None:
+            ids = [bos_id, *ids]
+        if truncate_to is not None:
+            ids = ids[:truncate_to]
+        if len(ids) > model.n_ctx:
+            raise HorizonError(
+                f"prompt {index + 1} has {len(ids)} tokens, over the model's context of {model.n_ctx}; "
+                "pass --truncate-to N to keep the first N"
+            )
+        if len(ids) < 2:
+            raise HorizonError(f"prompt {index + 1} is too short: it needs at least one token after BOS")
+        out.append(ids)
+    return out
+
+
+def make_batch(token_ids: list[list[int]], pad_id: int, has_bos: bool, device: torch.device) -> TokenBatch:
+    longest = max(len(ids) for ids in token_ids)
+    input_ids = torch.full((len(token_ids), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(token_ids), longest), dtype=torch.bool)
+    for row, ids in enumerate(token_ids):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        mask[row, : len(ids)] = True
+    return TokenBatch(token_ids, input_ids.to(device), mask.to(device), has_bos)
+
+
+def batches(
+    model: LoadedModel, token_ids: list[list[int]], has_bos: bool, batch_size: int = 8
+) -> list[TokenBatch]:
+    """Split prompts, in order, into right-padded batches of at most ``batch_size``."""
+    if batch_size < 1:
+        raise HorizonError("--batch-size must be at least 1")
+    pad_id = model.tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = model.tokenizer.eos_token_id or 0
+    return [
+        make_batch(token_ids[start : start + batch_size], pad_id, has_bos, model.device)
+        for start in range(0, len(token_ids), batch_size)
+    ]
+
+
+def decode_tokens(model: LoadedModel, ids: list[int]) -> list[str]:
+    """Each token's own text (byte-level markers decoded), for display and categories."""
+    return [model.tokenizer.decode([token_id]) for token_id in ids]

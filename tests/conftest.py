@@ -1,0 +1,42 @@
+"""Shared fixtures: models are loaded once per test session (the bundled one takes ~1 s warm)."""
+
+from __future__ import annotations
+
+import pytest
+
+from horizon.core.loader import LoadedModel, load_model
+
+SHORT_PROMPT = "The capital of France is Paris. It is known for the Eiffel Tower, and its food is famous."
+
+
+@pytest.fixture(scope="session")
+def tiny_llama() -> LoadedModel:
+    return load_model("tiny-llama", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2() -> LoadedModel:
+    return load_model("tiny-gpt2", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def smol() -> LoadedModel:
+    return load_model("smollm2-135m", device="cpu")
+
+
+@pytest.fixture(params=["tiny-llama", "tiny-gpt2"])
+def tiny_model(request: pytest.FixtureRequest) -> LoadedModel:
+    return request.getfixturevalue(request.param.replace("-", "_"))
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str]):
+    """Run `horizon ARGS...` in-process; returns (exit code, stdout, stderr)."""
+    from horizon.tui.cli.app import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run

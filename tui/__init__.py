@@ -1,0 +1,1 @@
+"""horizon\x27s terminal front ends: the Typer CLI (cli/) and the Textual inspector."""

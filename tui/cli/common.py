@@ -1,0 +1,138 @@
+"""What every analysis command shares: its options, model + prompt set-up, and output.
+
+Commands declare the shared options with the Annotated aliases below, then call
+``prepare_inputs`` to get a loaded model and tokenised prompts, and finish with ``emit``
+(``--json`` prints machine-readable JSON to stdout; otherwise a rich view is rendered).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from horizon.core.errors import HorizonError
+from horizon.core.loader import DEFAULT_MODEL, LoadedModel, load_model
+from horizon.core.prompts import gather_prompts, tokenize
+
+# A short, real sentence: the default when a command gets neither --prompt nor --file.
+DEFAULT_PROMPT = (
+    "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. "
+    "It is named after the engineer Gustave Eiffel, whose company designed and built the tower "
+    "from 1887 to 1889. Locally nicknamed \"La dame de fer\", it was constructed as the centrepiece "
+    "of the 1889 World's Fair, and to crown the centennial anniversary of the French Revolution."
+)
+
+console = Console()
+err_console = Console(stderr=True)
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model spec: smollm2-135m, tiny-llama, tiny-gpt2, a .gguf path, an HF dir or hub id.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32 | bfloat16 | float16")]
+PromptOpt = Annotated[str | None, typer.Option("--prompt", "-p", help="Prompt text.")]
+FileOpt = Annotated[str | None, typer.Option("--file", "-f", help="Prompts: plain text (one per line) or JSONL with a \"text\" field; - reads stdin.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON to stdout instead of the rich view.")]
+BosOpt = Annotated[bool, typer.Option("--bos/--no-bos", help="Prepend a BOS token (position 0, excluded from statistics).")]
+BosTokenOpt = Annotated[str | None, typer.Option("--bos-token", help="BOS token to prepend instead of the model's default.")]
+TruncateToOpt = Annotated[int | None, typer.Option("--truncate-to", help="Keep only the first N tokens (BOS included) of over-long prompts.")]
+
+
+@dataclass
+class Inputs:
+    """A loaded model and the tokenised prompts of one command."""
+
+    model: LoadedModel
+    prompts: list[str]
+    token_ids: list[list[int]]
+    has_bos: bool
+
+    def tokens(self) -> list[list[str]]:
+        from horizon.core.prompts import decode_tokens
+
+        return [decode_tokens(self.model, ids) for ids in self.token_ids]
+
+
+def load_with_status(spec: str, device: str, dtype: str, quiet: bool = False, **kwargs: Any) -> LoadedModel:
+    """Load a model, with a spinner on stderr (stdout stays clean for --json)."""
+    if quiet or not err_console.is_terminal:
+        return load_model(spec, device=device, dtype=dtype, **kwargs)
+    with err_console.status(f"loading {spec} ..."):
+        return load_model(spec, device=device, dtype=dtype, **kwargs)
+
+
+def prepare_inputs(
+    model: str = DEFAULT_MODEL,
+    device: str = "auto",
+    dtype: str = "float32",
+    prompt: str | None = None,
+    file: str | None = None,
+    bos: bool = True,
+    bos_token: str | None = None,
+    truncate_to: int | None = None,
+    default_prompt: str | None = DEFAULT_PROMPT,
+    quiet: bool = False,
+) -> Inputs:
+    """Validate the prompt options before the (slow) model load, then tokenise."""
+    prompts = gather_prompts(prompt, file, default_prompt)
+    if truncate_to is not None and truncate_to < 2:
+        raise HorizonError("--truncate-to must be at least 2")
+    loaded = load_with_status(model, device, dtype, quiet=quiet)
+    token_ids = tokenize(loaded, prompts, bos=bos, bos_token=bos_token, truncate_to=truncate_to)
+    return Inputs(loaded, prompts, token_ids, bos)
+
+
+def jsonable(value: Any) -> Any:
+    """Tensors, numpy values and NaNs to plain JSON (NaN/inf become null)."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(item) for item in value]
+    return value
+
+
+def emit(as_json: bool, payload: dict[str, Any], render: Callable[[], None]) -> None:
+    """Print ``payload`` as JSON, or call ``render`` for the rich view."""
+    if as_json:
+        sys.stdout.write(json.dumps(jsonable(payload)) + "\n")
+    else:
+        render()
+
+
+def parse_int_list(text: str, option: str, minimum: int = 0) -> list[int]:
+    """'1,5,10' -> [1, 5, 10] with a clear error naming the option."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise HorizonError(f"{option} takes comma-separated integers, got {text!r}") from None
+    if not values:
+        raise HorizonError(f"{option} is empty")
+    if any(value < minimum for value in values):
+        raise HorizonError(f"{option} values must be >= {minimum}, got {text!r}")
+    return values
+
+
+@contextmanager
+def progress_bar(description: str, total: int, quiet: bool = False):
+    """A rich progress bar on stderr; yields an ``advance(n=1)`` callable."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    if quiet or not err_console.is_terminal:
+        yield lambda n=1: None
+        return
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=err_console, transient=True,
+    ) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n=1: progress.advance(task, n)
