@@ -1,0 +1,183 @@
+"""Corpora for sweeps: many prompts read from a file or directory, or the bundled default corpus.
+
+Formats (chosen by what the path is, then by its extension):
+- a directory: every ``*.txt`` file directly inside it is one prompt, in file-name order;
+- ``*.jsonl`` (or a file whose first non-blank line starts with ``{``): one JSON object per line
+  with a ``"text"`` string field;
+- any other file: plain text, prompts separated by one or more blank lines (a prompt may span
+  several lines; its inner line breaks are kept).
+
+Token policy (``max_tokens``): a prompt is cut to its first ``max_tokens`` tokens, BOS included
+(the same rule as the single-prompt ``--truncate-to``); without ``max_tokens`` it is cut to the
+model's context length. Prompts are never dropped for being long, so prompt indices stay the
+corpus order; ``max_prompts`` keeps the first N prompts.
+
+Nothing here imports torch: reading and hashing a corpus is cheap and happens before model load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from horizon.core.errors import HorizonError
+
+if TYPE_CHECKING:
+    from horizon.core.loader import LoadedModel
+
+BUNDLED_CORPUS = "bundled"
+BUNDLED_FILE = "corpus.jsonl"
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """The prompts of one sweep, in order, with where they came from."""
+
+    name: str  # "bundled" or the path as given
+    texts: list[str]
+    kinds: list[str]  # a short label per prompt ("news", "code", a file name, ...); "" when unknown
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the prompt texts in order: two corpora with equal hashes give equal sweeps."""
+        return texts_sha256(self.texts)
+
+
+def texts_sha256(texts: list[str]) -> str:
+    digest = hashlib.sha256()
+    for text in texts:
+        encoded = text.encode("utf-8")
+        # Length-prefixed so that ["ab", "c"] and ["a", "bc"] hash differently.
+        digest.update(len(encoded).to_bytes(8, "little"))
+        digest.update(encoded)
+    return digest.hexdigest()
+
+
+def bundled_corpus_path() -> Path:
+    return Path(str(resources.files("horizon.core") / "data" / BUNDLED_FILE))
+
+
+def load_corpus(path: str | None = None, max_prompts: int | None = None) -> Corpus:
+    """Read a corpus (``None`` or ``"bundled"``: the default corpus shipped with the package)."""
+    if max_prompts is not None and max_prompts < 1:
+        raise HorizonError("--max-prompts must be at least 1")
+    if path is None or path == BUNDLED_CORPUS:
+        name = BUNDLED_CORPUS
+        texts, kinds = _read_jsonl(bundled_corpus_path(), "the bundled corpus")
+    else:
+        name = path
+        target = Path(path).expanduser()
+        if not target.exists():
+            raise HorizonError(f"corpus not found: {path}")
+        if target.is_dir():
+            texts, kinds = _read_directory(target, path)
+        elif _looks_jsonl(target):
+            texts, kinds = _read_jsonl(target, path)
+        else:
+            texts = split_blank_lines(_read_text(target, path))
+            kinds = [""] * len(texts)
+    if not texts:
+        raise HorizonError(f"corpus {name} holds no prompt")
+    if max_prompts is not None:
+        texts, kinds = texts[:max_prompts], kinds[:max_prompts]
+    return Corpus(name=name, texts=texts, kinds=kinds)
+
+
+def split_blank_lines(text: str) -> list[str]:
+    """Prompts separated by blank (or whitespace-only) lines; each prompt is stripped."""
+    prompts: list[str] = []
+    current: list[str] = []
+    for line in text.splitlines():
+        if line.strip():
+            current.append(line.rstrip())
+        elif current:
+            prompts.append("\n".join(current).strip())
+            current = []
+    if current:
+        prompts.append("\n".join(current).strip())
+    return prompts
+
+
+def _read_text(file: Path, name: str) -> str:
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise HorizonError(f"cannot read {name}: {exc.strerror}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise HorizonError(f"{name} is not UTF-8 text (bad byte at offset {exc.start})") from None
+
+
+def _looks_jsonl(file: Path) -> bool:
+    if file.suffix == ".jsonl":
+        return True
+    try:
+        with open(file, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.strip():
+                    return line.lstrip().startswith("{")
+    except OSError:
+        return False
+    return False
+
+
+def _read_jsonl(file: Path, name: str) -> tuple[list[str], list[str]]:
+    texts: list[str] = []
+    kinds: list[str] = []
+    for number, line in enumerate(_read_text(file, name).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise HorizonError(f"{name} line {number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise HorizonError(f'{name} line {number}: no "text" string field')
+        if not record["text"].strip():
+            raise HorizonError(f"{name} line {number}: the text is empty")
+        texts.append(record["text"])
+        kind = record.get("kind", "")
+        kinds.append(kind if isinstance(kind, str) else "")
+    return texts, kinds
+
+
+def _read_directory(directory: Path, name: str) -> tuple[list[str], list[str]]:
+    files = sorted(file for file in directory.glob("*.txt") if file.is_file())
+    if not files:
+        raise HorizonError(f"corpus directory {name} has no .txt file")
+    texts: list[str] = []
+    kinds: list[str] = []
+    for file in files:
+        text = _read_text(file, str(file)).strip()
+        if text:  # an empty file is not a prompt; skipping it keeps the others usable
+            texts.append(text)
+            kinds.append(file.name)
+    return texts, kinds
+
+
+def tokenize_corpus(
+    model: LoadedModel,
+    corpus: Corpus,
+    max_tokens: int | None = None,
+    bos: bool = True,
+    bos_token: str | None = None,
+) -> list[list[int]]:
+    """Token ids per prompt (BOS first), each cut to ``max_tokens`` or the model's context."""
+    from horizon.core.prompts import tokenize
+
+    check_max_tokens(max_tokens)
+    limit = model.n_ctx if max_tokens is None else min(max_tokens, model.n_ctx)
+    return tokenize(model, corpus.texts, bos=bos, bos_token=bos_token, truncate_to=limit)
+
+
+def check_max_tokens(max_tokens: int | None) -> None:
+    if max_tokens is not None and max_tokens < 2:
+        raise HorizonError("--max-tokens must be at least 2 (BOS and one token)")
