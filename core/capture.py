@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
-
 from horizon.core.decomposition import PER_LAYER_SITES, SITES, site_hook, stack_outputs
 from horizon.core.loader import LoadedModel
 

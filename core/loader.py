@@ -29,7 +29,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
-
 from horizon.core.errors import HorizonError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -193,9 +192,7 @@ def gguf_cache_dir(path: Path) -> Path:
 
     try:
         with _quiet():
-            model = AutoModelForCausalLM.from_pretrained(
-                str(path.parent), gguf_file=path.name, dtype=torch.float32
-            )
+            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     except HorizonError:
         raise
@@ -257,7 +254,11 @@ def _tiny_hf_model(kind: str, vocab_size: int) -> Any:
             model = LlamaForCausalLM(config)
         else:
             config = GPT2Config(
-                vocab_size=vocab_size, n_embd=64, n_layer=3, n_head=4, n_positions=256,
+                vocab_size=vocab_size,
+                n_embd=64,
+                n_layer=3,
+                n_head=4,
+                n_positions=256,
                 attn_implementation="eager",
             )
             model = GPT2LMHeadModel(config)
@@ -430,16 +431,41 @@ def list_models() -> list[ModelInfo]:
         path = bundled_gguf_path()
         meta = gguf_metadata(path)
         infos.append(
-            ModelInfo(DEFAULT_MODEL, meta["architecture"], meta["n_layers"], meta["d_model"], str(path), True,
-                      "SmolLM2-135M-Instruct, Q4_1 GGUF (default)")
+            ModelInfo(
+                DEFAULT_MODEL,
+                meta["architecture"],
+                meta["n_layers"],
+                meta["d_model"],
+                str(path),
+                True,
+                "SmolLM2-135M-Instruct, Q4_1 GGUF (default)",
+            )
         )
     except HorizonError as exc:
         infos.append(ModelInfo(DEFAULT_MODEL, "llama", 30, 576, BUNDLED_WHEEL, False, str(exc)))
     for name, (arch, n_layers, d_model) in TINY_MODELS.items():
-        infos.append(ModelInfo(name, arch, n_layers, d_model, "random weights (seed 0)", infos[0].available,
-                               "for tests; shares the bundled tokenizer"))
+        infos.append(
+            ModelInfo(
+                name,
+                arch,
+                n_layers,
+                d_model,
+                "random weights (seed 0)",
+                infos[0].available,
+                "for tests; shares the bundled tokenizer",
+            )
+        )
     for name, (arch, n_layers, d_model) in HUB_EXAMPLES.items():
         cached = _hub_cached(name)
-        infos.append(ModelInfo(name, arch, n_layers, d_model, f"HF hub: {name}", cached,
-                               "in the HF cache" if cached else "needs the HF hub or its cache"))
+        infos.append(
+            ModelInfo(
+                name,
+                arch,
+                n_layers,
+                d_model,
+                f"HF hub: {name}",
+                cached,
+                "in the HF cache" if cached else "needs the HF hub or its cache",
+            )
+        )
     return infos

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
 from horizon.core.errors import HorizonError
 from horizon.core.loader import LoadedModel
 
@@ -146,9 +145,7 @@ def make_batch(token_ids: list[list[int]], pad_id: int, has_bos: bool, device: t
     return TokenBatch(token_ids, input_ids.to(device), mask.to(device), has_bos)
 
 
-def batches(
-    model: LoadedModel, token_ids: list[list[int]], has_bos: bool, batch_size: int = 8
-) -> list[TokenBatch]:
+def batches(model: LoadedModel, token_ids: list[list[int]], has_bos: bool, batch_size: int = 8) -> list[TokenBatch]:
     """Split prompts, in order, into right-padded batches of at most ``batch_size``."""
     if batch_size < 1:
         raise HorizonError("--batch-size must be at least 1")

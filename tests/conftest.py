@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from horizon.core.loader import LoadedModel, load_model
 
 SHORT_PROMPT = "The capital of France is Paris. It is known for the Eiffel Tower, and its food is famous."

@@ -7,6 +7,7 @@ import time
 from horizon.core.capture import run_capture
 from horizon.core.decomposition import SITES
 from horizon.core.loader import cache_root, load_model
+
 from tests.bench.timing import interleaved, plain_hf_model, prompt_ids
 
 
@@ -21,8 +22,12 @@ def bench_capture_all_sites() -> dict:
         },
         repeats=7,
     )
-    return {"ratio": round(times["capture"] / times["hf"], 3), "target": 1.3,
-            "hf_s": round(times["hf"], 4), "capture_s": round(times["capture"], 4)}
+    return {
+        "ratio": round(times["capture"] / times["hf"], 3),
+        "target": 1.3,
+        "hf_s": round(times["hf"], 4),
+        "capture_s": round(times["capture"], 4),
+    }
 
 
 def bench_load_warm() -> dict:
@@ -31,8 +36,7 @@ def bench_load_warm() -> dict:
     started = time.perf_counter()
     load_model("smollm2-135m", device="cpu")
     seconds = time.perf_counter() - started
-    return {"ratio": round(seconds / 8.0, 3), "target": 1.0, "seconds": round(seconds, 2),
-            "cache": str(cache_root())}
+    return {"ratio": round(seconds / 8.0, 3), "target": 1.0, "seconds": round(seconds, 2), "cache": str(cache_root())}
 
 
 def bench_load_cold() -> dict:
@@ -44,8 +48,13 @@ def bench_load_cold() -> dict:
     with tempfile.TemporaryDirectory() as empty_cache:
         started = time.perf_counter()
         subprocess.run(
-            [sys.executable, "-c", "from horizon.core.loader import load_model; load_model('smollm2-135m', device='cpu')"],
-            check=True, env={**__import__("os").environ, "XDG_CACHE_HOME": empty_cache},
+            [
+                sys.executable,
+                "-c",
+                "from horizon.core.loader import load_model; load_model('smollm2-135m', device='cpu')",
+            ],
+            check=True,
+            env={**__import__("os").environ, "XDG_CACHE_HOME": empty_cache},
         )
         seconds = time.perf_counter() - started
     return {"ratio": round(seconds / 30.0, 3), "target": 1.0, "seconds": round(seconds, 2)}

@@ -35,7 +35,7 @@ def root() -> None:
 
 def _register() -> None:
     # Each module adds its commands to `app` on import.
-    from horizon.tui.cli import models_cmd  # noqa: F401
+    from horizon.tui.cli import models_cmd, tokens_cmd  # noqa: F401
 
     for optional in ("norms_cmd", "horizon_cmd", "truncate_cmd", "sweep_cmd", "inspect_cmd"):
         try:

@@ -16,32 +16,47 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-
 from horizon.core.errors import HorizonError
 from horizon.core.loader import DEFAULT_MODEL, LoadedModel, load_model
 from horizon.core.prompts import gather_prompts, tokenize
+from rich.console import Console
 
 # A short, real sentence: the default when a command gets neither --prompt nor --file.
 DEFAULT_PROMPT = (
     "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. "
     "It is named after the engineer Gustave Eiffel, whose company designed and built the tower "
-    "from 1887 to 1889. Locally nicknamed \"La dame de fer\", it was constructed as the centrepiece "
+    'from 1887 to 1889. Locally nicknamed "La dame de fer", it was constructed as the centrepiece '
     "of the 1889 World's Fair, and to crown the centennial anniversary of the French Revolution."
 )
 
 console = Console()
 err_console = Console(stderr=True)
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model spec: smollm2-135m, tiny-llama, tiny-gpt2, a .gguf path, an HF dir or hub id.")]
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model", "-m", help="Model spec: smollm2-135m, tiny-llama, tiny-gpt2, a .gguf path, an HF dir or hub id."
+    ),
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32 | bfloat16 | float16")]
 PromptOpt = Annotated[str | None, typer.Option("--prompt", "-p", help="Prompt text.")]
-FileOpt = Annotated[str | None, typer.Option("--file", "-f", help="Prompts: plain text (one per line) or JSONL with a \"text\" field; - reads stdin.")]
+FileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--file", "-f", help='Prompts: plain text (one per line) or JSONL with a "text" field; - reads stdin.'
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON to stdout instead of the rich view.")]
-BosOpt = Annotated[bool, typer.Option("--bos/--no-bos", help="Prepend a BOS token (position 0, excluded from statistics).")]
-BosTokenOpt = Annotated[str | None, typer.Option("--bos-token", help="BOS token to prepend instead of the model's default.")]
-TruncateToOpt = Annotated[int | None, typer.Option("--truncate-to", help="Keep only the first N tokens (BOS included) of over-long prompts.")]
+BosOpt = Annotated[
+    bool, typer.Option("--bos/--no-bos", help="Prepend a BOS token (position 0, excluded from statistics).")
+]
+BosTokenOpt = Annotated[
+    str | None, typer.Option("--bos-token", help="BOS token to prepend instead of the model's default.")
+]
+TruncateToOpt = Annotated[
+    int | None, typer.Option("--truncate-to", help="Keep only the first N tokens (BOS included) of over-long prompts.")
+]
 
 
 @dataclass
@@ -131,8 +146,12 @@ def progress_bar(description: str, total: int, quiet: bool = False):
         yield lambda n=1: None
         return
     with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=err_console, transient=True,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
     ) as progress:
         task = progress.add_task(description, total=total)
         yield lambda n=1: progress.advance(task, n)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from rich.table import Table
-
 from horizon.core.loader import list_models
 from horizon.tui.cli.app import app
 from horizon.tui.cli.common import JsonOpt, console, emit
+from rich.table import Table
 
 
 @app.command("models")
@@ -23,7 +22,10 @@ def models(as_json: JsonOpt = False) -> None:
             table.add_column(column)
         for info in infos:
             table.add_row(
-                info.name, info.architecture, str(info.n_layers), str(info.d_model),
+                info.name,
+                info.architecture,
+                str(info.n_layers),
+                str(info.d_model),
                 "[green]yes[/]" if info.available else "[red]no[/]",
                 info.source + (f"\n[dim]{info.note}[/]" if info.note else ""),
             )
