@@ -1,0 +1,700 @@
+"""Running the analyses over a corpus into a results store (``core/store.py``), locally or on Ray.
+
+The work unit is a *shard*: ``shard_size`` consecutive prompts. ``--shard I/N`` gives worker I
+the shards whose id is I modulo N, so N workers (processes, machines, Ray actors) split a corpus
+deterministically and write into one directory. A ``SweepWorker`` owns one loaded model and turns
+a shard into Arrow tables; the driver (``run_sweep``) owns the directory: it writes each table
+atomically and marks the shard done in the manifest. With ``--backend ray`` the driver keeps
+only the store and hands shards to one actor per device, each of which loads the model once.
+
+Truncation centres with the mean residual of the *whole corpus* (SCIENCE.md section 4): it is
+computed once, before any shard, stored as ``truncation_mu.npy`` and reused by every shard,
+worker and resumed run, so results do not depend on how the corpus was split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import platform
+import shutil
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from horizon.core import store
+from horizon.core.corpus import Corpus, check_max_tokens
+from horizon.core.errors import HorizonError
+from horizon.core.store import ANALYSES, ANALYSIS_TABLES, BASE_TABLES
+
+DEFAULT_SHARD_SIZE = 8
+PACKAGES = ("horizon-inspector", "torch", "transformer-lens", "transformers", "pyarrow", "numpy", "ray")
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """``--shard I/N``: this worker takes the shards whose id is ``index`` modulo ``count``."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str | None) -> ShardSpec:
+        if text is None:
+            return cls()
+        try:
+            index_text, count_text = text.split("/")
+            index, count = int(index_text), int(count_text)
+        except ValueError:
+            raise HorizonError(f"--shard takes I/N (e.g. 0/4), got {text!r}") from None
+        if count < 1 or not 0 <= index < count:
+            raise HorizonError(f"--shard {text}: I must be in 0..N-1 and N at least 1")
+        return cls(index, count)
+
+    def owns(self, shard_id: int) -> bool:
+        return shard_id % self.count == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+@dataclass
+class SweepSettings:
+    """Everything that changes the numbers of a sweep (recorded in the manifest, checked on resume)."""
+
+    analyses: list[str] = field(default_factory=lambda: list(ANALYSES))
+    max_tokens: int | None = None
+    bos: bool = True
+    bos_token: str | None = None
+    shard_size: int = DEFAULT_SHARD_SIZE
+    lengths: list[int] = field(default_factory=lambda: [1, 5, 10])
+    ks: list[int] | None = None  # None: every k from 1 to L+1 (the scan default)
+    start_layers: list[int] = field(default_factory=lambda: [0])
+    tol: float = 0.1
+    source: str = "recursive"
+    keep_embed: bool = False
+    final: str = "window"
+
+    def validate(self) -> None:
+        if not self.analyses:
+            raise HorizonError("--analyses is empty")
+        unknown = [name for name in self.analyses if name not in ANALYSES]
+        if unknown:
+            raise HorizonError(f"unknown analysis {unknown[0]!r}: choose from {', '.join(ANALYSES)}")
+        self.analyses = [name for name in ANALYSES if name in self.analyses]  # canonical order, no repeats
+        check_max_tokens(self.max_tokens)
+        if self.shard_size < 1:
+            raise HorizonError("--shard-size must be at least 1")
+        if "truncate" in self.analyses and not self.bos:
+            raise HorizonError("the truncate analysis needs BOS (truncated prompts keep it): drop --no-bos "
+                               "or leave truncate out of --analyses")
+        if self.tol < 0:
+            raise HorizonError(f"--tol must be >= 0, got {self.tol}")
+
+    def analysis_settings(self, n_layers: int) -> dict[str, dict[str, Any]]:
+        """Per analysis, the settings that define its numbers."""
+        every: dict[str, dict[str, Any]] = {
+            "norms": {"sites": ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"]},
+            "truncate": {"lengths": sorted(set(self.lengths)), "centring": "corpus mean"},
+            "scan": {
+                "ks": self.ks if self.ks is not None else list(range(1, n_layers + 2)),
+                "start_layers": self.start_layers, "tol": self.tol, "source": self.source,
+                "keep_embed": self.keep_embed, "final": self.final, "unit": "layer",
+            },
+            "attention": {"buckets": ["0", "1-5", "6-10", ">10"]},
+        }
+        return {name: every[name] for name in self.analyses}
+
+
+def plan_shards(n_prompts: int, shard_size: int) -> list[list[int]]:
+    """Consecutive groups of prompt indices: shard i holds prompts i*size .. (i+1)*size - 1."""
+    return [list(range(start, min(start + shard_size, n_prompts))) for start in range(0, n_prompts, shard_size)]
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+# ----------------------------------------------------------------------------- the worker
+
+
+@dataclass
+class WorkerConfig:
+    """What a worker needs to rebuild the same model and inputs anywhere (it must pickle for Ray)."""
+
+    model: str
+    device: str
+    dtype: str
+    texts: list[str]
+    settings: SweepSettings
+    bridge_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+class SweepWorker:
+    """One loaded model that turns shards into tables. Used in-process, or as a Ray actor."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        from horizon.core.corpus import Corpus, tokenize_corpus
+        from horizon.core.loader import load_model
+
+        self.config = config
+        self.settings = config.settings
+        self.model = load_model(config.model, device=config.device, dtype=config.dtype, **config.bridge_kwargs)
+        corpus = Corpus(name="", texts=config.texts, kinds=[""] * len(config.texts))
+        self.token_ids = tokenize_corpus(self.model, corpus, self.settings.max_tokens, self.settings.bos,
+                                         self.settings.bos_token)
+        self.mu: Any = None
+
+    # -- what the driver records about the model
+    def describe(self) -> dict[str, Any]:
+        model = self.model
+        bos_id = self.token_ids[0][0] if self.settings.bos else None
+        return {
+            "model": {
+                "spec": model.spec, "hash": model.model_hash, "source": model.source,
+                "architecture": model.architecture, "n_layers": model.n_layers, "d_model": model.d_model,
+                "n_heads": model.n_heads, "n_kv_heads": model.n_kv_heads, "n_ctx": model.n_ctx,
+            },
+            "device": str(model.device),
+            "dtype": str(model.dtype).removeprefix("torch."),
+            "bos": {"enabled": self.settings.bos, "token": self.settings.bos_token or model.default_bos
+                    if self.settings.bos else None, "token_id": bos_id},
+            "n_tokens": [len(ids) for ids in self.token_ids],
+            "host": socket.gethostname(),
+        }
+
+    def compute_mu(self) -> np.ndarray:
+        """The corpus-wide mean residual [L+1, d_model] for truncation's centring."""
+        from horizon.core.truncation import mean_residual
+
+        return mean_residual(self.model, self.token_ids, self.settings.bos).float().cpu().numpy()
+
+    def set_mu(self, mu: np.ndarray) -> None:
+        import torch
+
+        self.mu = torch.as_tensor(mu, dtype=torch.float32, device=self.model.device)
+
+    def run_shard(self, prompt_indices: Sequence[int], analyses: Sequence[str]) -> dict[str, pa.Table]:
+        """All tables of one shard: the base tables plus one per analysis asked for."""
+        import torch
+        from horizon.core.prompts import decode_tokens
+
+        indices = list(prompt_indices)
+        token_ids = [self.token_ids[index] for index in indices]
+        tokens = [decode_tokens(self.model, ids) for ids in token_ids]
+        tables = {
+            "prompts": _prompts_table(indices, [self.config.texts[index] for index in indices], token_ids),
+            "tokens": _tokens_table(indices, token_ids, tokens),
+        }
+        with torch.inference_mode():
+            for analysis in analyses:
+                tables[ANALYSIS_TABLES[analysis]] = ANALYSIS_RUNNERS[analysis](self, indices, token_ids, tokens)
+        return tables
+
+
+def _prompts_table(indices: list[int], texts: list[str], token_ids: list[list[int]]) -> pa.Table:
+    return pa.table({
+        "prompt": pa.array(indices, pa.int32()),
+        "n_tokens": pa.array([len(ids) for ids in token_ids], pa.int32()),
+        "text": pa.array(texts, pa.string()),
+    })
+
+
+def _tokens_table(indices: list[int], token_ids: list[list[int]], tokens: list[list[str]]) -> pa.Table:
+    return pa.table({
+        "prompt": pa.array(np.repeat(indices, [len(ids) for ids in token_ids]), pa.int32()),
+        "position": pa.array(np.concatenate([np.arange(len(ids)) for ids in token_ids]), pa.int32()),
+        "token_id": pa.array(np.concatenate([np.asarray(ids) for ids in token_ids]), pa.int32()),
+        "token": pa.array([text for row in tokens for text in row], pa.string()),
+    })
+
+
+def _norms_rows(worker: SweepWorker, indices: list[int], token_ids: list[list[int]],
+                tokens: list[list[str]]) -> pa.Table:
+    from horizon.core.norms import NORM_SITES, analyse_norms
+
+    report = analyse_norms(worker.model, token_ids, worker.settings.bos)
+    columns: dict[str, list[np.ndarray]] = {key: [] for key in ("prompt", "position", "layer", "norm", "std")}
+    sites: list[np.ndarray] = []
+    token_text: list[np.ndarray] = []
+    for row, prompt in enumerate(indices):
+        length = len(token_ids[row])
+        prompt_tokens = np.asarray(tokens[row], dtype=object)
+        for site in NORM_SITES:
+            norms = report.norms[site][row]  # [layers, T]
+            stds = report.stds[site][row]
+            n_rows = norms.shape[0]
+            columns["prompt"].append(np.full(n_rows * length, prompt))
+            columns["layer"].append(np.repeat(np.arange(n_rows), length))
+            columns["position"].append(np.tile(np.arange(length), n_rows))
+            columns["norm"].append(norms.reshape(-1))
+            columns["std"].append(stds.reshape(-1))
+            sites.append(np.full(n_rows * length, site, dtype=object))
+            token_text.append(np.tile(prompt_tokens, n_rows))
+    return pa.table({
+        "prompt": pa.array(np.concatenate(columns["prompt"]), pa.int32()),
+        "position": pa.array(np.concatenate(columns["position"]), pa.int32()),
+        "token": pa.array(np.concatenate(token_text), pa.string()),
+        "layer": pa.array(np.concatenate(columns["layer"]), pa.int16()),
+        "site": pa.array(np.concatenate(sites), pa.string()).dictionary_encode(),
+        "norm": pa.array(np.concatenate(columns["norm"]), pa.float32()),
+        "std": pa.array(np.concatenate(columns["std"]), pa.float32()),
+    })
+
+
+def _truncation_rows(worker: SweepWorker, indices: list[int], token_ids: list[list[int]],
+                     tokens: list[list[str]]) -> pa.Table:
+    from horizon.core.truncation import analyse_truncation
+
+    if worker.mu is None:
+        raise RuntimeError("the corpus mean residual must be set before truncation shards run")
+    report = analyse_truncation(worker.model, token_ids, lengths=worker.settings.lengths, mu=worker.mu,
+                                n_outliers=0)
+    n_records, n_rows = report.cos.shape
+    prompt_map = np.asarray(indices)
+    return pa.table({
+        "prompt": pa.array(np.repeat(prompt_map[report.record_prompt], n_rows), pa.int32()),
+        "position": pa.array(np.repeat(report.record_pos, n_rows), pa.int32()),
+        "token": pa.array(np.repeat(np.asarray(report.record_token, dtype=object), n_rows), pa.string()),
+        "category": pa.array(np.repeat(np.asarray(report.record_category, dtype=object), n_rows),
+                             pa.string()).dictionary_encode(),
+        "length": pa.array(np.repeat(report.record_length, n_rows), pa.int16()),
+        "layer": pa.array(np.tile(np.arange(n_rows), n_records), pa.int16()),
+        "cos": pa.array(report.cos.reshape(-1), pa.float32()),
+        "cos_raw": pa.array(report.cos_raw.reshape(-1), pa.float32()),
+    })
+
+
+def _horizon_rows(worker: SweepWorker, indices: list[int], token_ids: list[list[int]],
+                  tokens: list[list[str]]) -> pa.Table:
+    from horizon.core.horizon import scan
+
+    settings = worker.settings
+    records: list[dict[str, Any]] = []
+    # One scan per prompt: each prompt's curve is its own row set, and corpus aggregates are
+    # the token-weighted means of them (every metric is a mean over next-token predictions).
+    for prompt, ids in zip(indices, token_ids, strict=True):
+        result = scan(worker.model, [ids], ks=settings.ks, start_layers=settings.start_layers, tol=settings.tol,
+                      source=settings.source, keep_embed=settings.keep_embed, final=settings.final)
+        for row in result.rows:
+            records.append({"prompt": prompt, "n_tokens": result.n_tokens, "k": row["k"], "K": row["K"],
+                            "start_layer": row["start_layer"], "loss_clean": result.loss_clean,
+                            "loss": row["loss"], "delta_loss": row["delta_loss"], "kl": row["kl"],
+                            "top1": row["top1_agreement"]})
+    schema = pa.schema([("prompt", pa.int32()), ("n_tokens", pa.int32()), ("k", pa.int16()), ("K", pa.int16()),
+                        ("start_layer", pa.int16()), ("loss_clean", pa.float64()), ("loss", pa.float64()),
+                        ("delta_loss", pa.float64()), ("kl", pa.float64()), ("top1", pa.float64())])
+    return pa.Table.from_pylist(records, schema=schema)
+
+
+ATTENTION_MASSES = ("mass_0", "mass_1_5", "mass_6_10", "mass_gt10")
+
+
+def _attention_rows(worker: SweepWorker, indices: list[int], token_ids: list[list[int]],
+                    tokens: list[list[str]]) -> pa.Table:
+    try:
+        from horizon.core.attention import attention_distance
+    except ModuleNotFoundError as exc:
+        if exc.name != "horizon.core.attention":
+            raise
+        raise HorizonError("the attention analysis is not available in this build (core/attention.py is "
+                           "missing): leave it out of --analyses") from None
+    columns: dict[str, list[Any]] = {"prompt": [], "n_queries": [], "layer": [], "head": []}
+    values: dict[str, list[float]] = {}
+    for prompt, ids in zip(indices, token_ids, strict=True):
+        report = attention_distance(worker.model, [ids], worker.settings.bos)
+        for name, array in _attention_fields(report).items():
+            values.setdefault(name, []).extend(np.asarray(array, dtype=np.float64).reshape(-1).tolist())
+        n_layers, n_heads = np.asarray(report.mean_distance).shape
+        columns["prompt"] += [prompt] * (n_layers * n_heads)
+        columns["n_queries"] += [len(ids) - 1] * (n_layers * n_heads)
+        columns["layer"] += np.repeat(np.arange(n_layers), n_heads).tolist()
+        columns["head"] += np.tile(np.arange(n_heads), n_layers).tolist()
+    table = {
+        "prompt": pa.array(columns["prompt"], pa.int32()),
+        "n_queries": pa.array(columns["n_queries"], pa.int32()),
+        "layer": pa.array(columns["layer"], pa.int16()),
+        "head": pa.array(columns["head"], pa.int16()),
+    }
+    table.update({name: pa.array(column, pa.float64()) for name, column in values.items()})
+    return pa.table(table)
+
+
+def _attention_fields(report: Any) -> dict[str, Any]:
+    """The per-[layer, head] arrays of an AttentionReport, named for the table."""
+    fields = {"mean_distance": report.mean_distance, "mean_distance_no_bos": report.mean_distance_no_bos}
+    for suffix, masses in (("", report.mass), ("_no_bos", report.mass_no_bos)):
+        array = np.asarray(masses, dtype=np.float64)  # [layer, head, bucket]
+        for bucket, name in enumerate(ATTENTION_MASSES):
+            fields[name + suffix] = array[..., bucket]
+    return fields
+
+
+ANALYSIS_RUNNERS: dict[str, Callable[[SweepWorker, list[int], list[list[int]], list[list[str]]], pa.Table]] = {
+    "norms": _norms_rows,
+    "truncate": _truncation_rows,
+    "scan": _horizon_rows,
+    "attention": _attention_rows,
+}
+
+
+# ----------------------------------------------------------------------------- the driver
+
+
+@dataclass
+class SweepSummary:
+    """What a sweep run did (the CLI's end-of-run summary and --json)."""
+
+    out: str
+    shards_total: int
+    shards_done_before: int
+    shards_run: int
+    shards_done: int
+    prompts_run: int
+    tokens_run: int
+    seconds: float
+    complete: bool
+    analyses: list[str]
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_run / self.seconds if self.seconds > 0 else 0.0
+
+
+Progress = Callable[[int, int], None]  # (prompts finished, tokens finished) since the last call
+
+
+def _new_manifest(corpus: Corpus, settings: SweepSettings, described: dict[str, Any],
+                  max_prompts: int | None, started: str) -> dict[str, Any]:
+    shards = plan_shards(len(corpus), settings.shard_size)
+    n_tokens = described["n_tokens"]
+    return {
+        "format": store.FORMAT,
+        "version": store.FORMAT_VERSION,
+        "created": started,
+        "updated": started,
+        "finished": None,
+        "model": described["model"],
+        "dtype": described["dtype"],
+        "device": described["device"],
+        "bos": described["bos"],
+        "packages": package_versions(),
+        "corpus": {"name": corpus.name, "sha256": corpus.sha256, "n_prompts": len(corpus),
+                   "max_prompts": max_prompts, "max_tokens": settings.max_tokens, "n_tokens": int(sum(n_tokens)),
+                   "kinds": corpus.kinds},
+        "analyses": settings.analysis_settings(described["model"]["n_layers"]),
+        "shard_size": settings.shard_size,
+        "shards": [
+            {"id": index, "prompts": [members[0], members[-1]], "n_tokens": int(sum(n_tokens[i] for i in members)),
+             "status": "pending", "rows": {}}
+            for index, members in enumerate(shards)
+        ],
+        "runs": [],
+    }
+
+
+def _prepare_directory(root: Path, new: dict[str, Any], resume: bool, force: bool) -> tuple[dict[str, Any], str]:
+    """Create the manifest, or check the existing one and join it. Returns (manifest, what happened)."""
+    with store.locked(root):
+        if (root / store.MANIFEST).exists():
+            try:
+                old = store.read_manifest(root)
+            except HorizonError:
+                if not force:
+                    raise HorizonError(f"{root / store.MANIFEST} is damaged; pass --force to discard the directory's "
+                                       "results and start over") from None
+                old = None
+            conflicts = store.settings_conflicts(old, new) if old is not None else []
+            if conflicts and not force:
+                raise HorizonError(f"{root} holds a sweep with other settings ({'; '.join(conflicts)}); use another "
+                                   "--out, or pass --force to discard its results and start over")
+            if old is not None and not conflicts:
+                for name, analysis in new["analyses"].items():
+                    old["analyses"].setdefault(name, analysis)
+                old["finished"] = None if _missing_work(old) else old["finished"]
+                store.write_json_atomic(root / store.MANIFEST, old)
+                return old, "resumed"
+            _discard(root)
+        elif resume:
+            raise HorizonError(f"--resume: {root} holds no sweep to resume")
+        elif root.exists() and any(path.name != store.LOCK for path in root.iterdir()):
+            if not force:
+                raise HorizonError(f"{root} exists and is not a results directory; use another --out or --force")
+            _discard(root)
+        store.write_json_atomic(root / store.MANIFEST, new)
+        return new, "created"
+
+
+def _discard(root: Path) -> None:
+    """Remove a previous sweep's files (only the ones a sweep writes)."""
+    for table in (*BASE_TABLES, *ANALYSIS_TABLES.values()):
+        shutil.rmtree(root / table, ignore_errors=True)
+    for name in (store.MANIFEST, store.MU_FILE):
+        (root / name).unlink(missing_ok=True)
+
+
+def _missing_work(manifest: dict[str, Any]) -> bool:
+    return any(_missing_tables(manifest, shard) for shard in manifest["shards"])
+
+
+def _missing_tables(manifest: dict[str, Any], shard: dict[str, Any]) -> list[str]:
+    wanted = [*BASE_TABLES, *(ANALYSIS_TABLES[name] for name in manifest["analyses"])]
+    return [table for table in wanted if table not in shard.get("rows", {})]
+
+
+def _ensure_mu(root: Path, manifest: dict[str, Any], compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """Load the stored corpus mean, or compute and store it once (under the lock: one worker does it)."""
+    with store.locked(root):
+        current = store.read_manifest(root)
+        recorded = current["analyses"].get("truncate", {}).get("_mu_sha256")
+        path = root / store.MU_FILE
+        if recorded and path.exists():
+            mu = np.load(path, allow_pickle=False)
+            if hashlib.sha256(mu.tobytes()).hexdigest() == recorded:
+                return mu
+        mu = compute().astype(np.float32)
+        store.write_array_atomic(path, mu)
+        current["analyses"]["truncate"]["_mu_sha256"] = hashlib.sha256(mu.tobytes()).hexdigest()
+        current["updated"] = store.now_iso()
+        store.write_json_atomic(root / store.MANIFEST, current)
+        manifest["analyses"]["truncate"]["_mu_sha256"] = current["analyses"]["truncate"]["_mu_sha256"]
+        return mu
+
+
+def _record_shard(root: Path, shard_id: int, tables: dict[str, pa.Table], seconds: float, worker: str) -> None:
+    """Write a shard's tables atomically, then mark them in the manifest (in that order: see store.py)."""
+    for table, data in tables.items():
+        store.write_table_atomic(store.shard_path(root, table, shard_id), data)
+
+    def change(manifest: dict[str, Any]) -> None:
+        shard = manifest["shards"][shard_id]
+        shard["rows"].update({table: data.num_rows for table, data in tables.items()})
+        shard["status"] = "pending" if _missing_tables(manifest, shard) else "done"
+        shard["finished"] = store.now_iso()
+        shard["seconds"] = round(seconds, 3)
+        shard["worker"] = worker
+
+    store.update_manifest(root, change)
+
+
+def _todo(manifest: dict[str, Any], shard_spec: ShardSpec, analyses: list[str],
+          damaged: set[int]) -> list[tuple[int, list[str]]]:
+    """(shard id, analyses still to run) for this worker's shards, in id order."""
+    todo = []
+    for shard in manifest["shards"]:
+        shard_id = int(shard["id"])
+        if not shard_spec.owns(shard_id):
+            continue
+        if shard_id in damaged:
+            shard["rows"] = {}
+        missing = _missing_tables(manifest, shard)
+        wanted = [name for name in analyses if ANALYSIS_TABLES[name] in missing]
+        if wanted or any(table in missing for table in BASE_TABLES):
+            # Base tables are rewritten whenever a shard runs, so a partly-done shard stays consistent.
+            todo.append((shard_id, wanted))
+    return todo
+
+
+def run_sweep(
+    corpus: Corpus,
+    out: str | Path,
+    model: str,
+    settings: SweepSettings,
+    device: str = "auto",
+    dtype: str = "float32",
+    shard: ShardSpec | None = None,
+    resume: bool = False,
+    force: bool = False,
+    backend: str = "local",
+    workers: int = 1,
+    ray_address: str | None = None,
+    bridge_kwargs: dict[str, Any] | None = None,
+    max_prompts: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    on_plan: Callable[[int, int, int], None] | None = None,
+) -> SweepSummary:
+    """Run (or finish) a sweep into ``out``.
+
+    ``on_plan(prompts_to_run, tokens_to_run, shards_done_before)`` is called once the work is
+    known; ``progress(prompts, tokens)`` after each shard.
+    """
+    settings.validate()
+    shard = shard or ShardSpec()
+    if backend not in ("local", "ray"):
+        raise HorizonError(f"unknown --backend {backend!r}: use local or ray")
+    if workers < 1:
+        raise HorizonError("--workers must be at least 1")
+    root = Path(out).expanduser()
+    if root.exists() and not root.is_dir():
+        raise HorizonError(f"--out {out} is a file, not a directory")
+    config = WorkerConfig(model=model, device=device, dtype=dtype, texts=corpus.texts, settings=settings,
+                          bridge_kwargs=dict(bridge_kwargs or {}))
+    started_clock = time.perf_counter()
+    started = store.now_iso()
+
+    pool = _LocalPool(config) if backend == "local" else _RayPool(config, workers, ray_address)
+    try:
+        described = pool.describe()
+        new = _new_manifest(corpus, settings, described, max_prompts, started)
+        manifest, _ = _prepare_directory(root, new, resume, force)
+        run_record = {"started": started, "ended": None, "shard": str(shard), "backend": backend,
+                      "workers": pool.size, "host": described["host"], "device": described["device"],
+                      "pid": os.getpid()}
+        store.update_manifest(root, lambda m: m["runs"].append(run_record))
+
+        damaged = set(store.mark_damaged_shards(root, store.open_results(root)))
+        todo = _todo(manifest, shard, settings.analyses, damaged)
+        done_before = sum(1 for s in manifest["shards"] if not _missing_tables(manifest, s))
+        shard_tokens = {int(s["id"]): int(s["n_tokens"]) for s in manifest["shards"]}
+        shard_prompts = {int(s["id"]): s["prompts"][1] - s["prompts"][0] + 1 for s in manifest["shards"]}
+        if on_plan is not None:
+            on_plan(sum(shard_prompts[i] for i, _ in todo), sum(shard_tokens[i] for i, _ in todo), done_before)
+
+        if todo and any("truncate" in analyses for _, analyses in todo):
+            pool.set_mu(_ensure_mu(root, manifest, pool.compute_mu))
+
+        plans = plan_shards(len(corpus), settings.shard_size)
+        prompts_run = tokens_run = 0
+        for shard_id, tables, seconds in pool.run(todo, plans):
+            _record_shard(root, shard_id, tables, seconds, str(shard))
+            prompts_run += shard_prompts[shard_id]
+            tokens_run += shard_tokens[shard_id]
+            if progress is not None:
+                progress(shard_prompts[shard_id], shard_tokens[shard_id])
+    finally:
+        pool.close()
+
+    ended = store.now_iso()
+
+    def finish(m: dict[str, Any]) -> None:
+        for run in m["runs"]:
+            if run["started"] == started and run["pid"] == os.getpid():
+                run["ended"] = ended
+        if not _missing_work(m):
+            m["finished"] = ended
+
+    final = store.update_manifest(root, finish)
+    done = sum(1 for s in final["shards"] if not _missing_tables(final, s))
+    return SweepSummary(
+        out=str(root), shards_total=len(final["shards"]), shards_done_before=done_before, shards_run=len(todo),
+        shards_done=done, prompts_run=prompts_run, tokens_run=tokens_run,
+        seconds=time.perf_counter() - started_clock, complete=final["finished"] is not None,
+        analyses=list(final["analyses"]),
+    )
+
+
+# ----------------------------------------------------------------------------- backends
+
+
+ShardResult = tuple[int, dict[str, pa.Table], float]
+
+
+class _LocalPool:
+    """One in-process worker: shards run one after another."""
+
+    size = 1
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.worker = SweepWorker(config)
+
+    def describe(self) -> dict[str, Any]:
+        return self.worker.describe()
+
+    def compute_mu(self) -> np.ndarray:
+        return self.worker.compute_mu()
+
+    def set_mu(self, mu: np.ndarray) -> None:
+        self.worker.set_mu(mu)
+
+    def run(self, todo: list[tuple[int, list[str]]], plans: list[list[int]]):
+        for shard_id, analyses in todo:
+            started = time.perf_counter()
+            tables = self.worker.run_shard(plans[shard_id], analyses)
+            yield shard_id, tables, time.perf_counter() - started
+
+    def close(self) -> None:
+        pass
+
+
+class _RayPool:
+    """One Ray actor per device; each loads the model once and takes shards as they free up."""
+
+    def __init__(self, config: WorkerConfig, workers: int, address: str | None) -> None:
+        try:
+            import ray
+        except ModuleNotFoundError:
+            raise HorizonError("--backend ray needs Ray: pip install 'horizon-inspector[ray]'") from None
+        self.ray = ray
+        self.started_ray = False
+        if not ray.is_initialized():
+            address = address or os.environ.get("RAY_ADDRESS")
+            if address:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            else:
+                # A local cluster: one CPU per worker is enough, and the dashboard is not needed.
+                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+            self.started_ray = True
+        uses_gpu = config.device.startswith("cuda") or (config.device == "auto" and _cluster_has_gpus(ray))
+        remote_worker = ray.remote(num_cpus=1, num_gpus=1 if uses_gpu else 0)(SweepWorker)
+        self.actors = [remote_worker.remote(config) for _ in range(workers)]
+        self.size = workers
+
+    def describe(self) -> dict[str, Any]:
+        descriptions = self._get([actor.describe.remote() for actor in self.actors])
+        return descriptions[0]
+
+    def compute_mu(self) -> np.ndarray:
+        return self._get(self.actors[0].compute_mu.remote())
+
+    def set_mu(self, mu: np.ndarray) -> None:
+        reference = self.ray.put(mu)
+        self._get([actor.set_mu.remote(reference) for actor in self.actors])
+
+    def run(self, todo: list[tuple[int, list[str]]], plans: list[list[int]]):
+        pending = list(todo)
+        running: dict[Any, tuple[int, Any, float]] = {}
+        idle = list(self.actors)
+        while pending or running:
+            while idle and pending:
+                actor = idle.pop()
+                shard_id, analyses = pending.pop(0)
+                running[actor.run_shard.remote(plans[shard_id], analyses)] = (shard_id, actor, time.perf_counter())
+            ready, _ = self.ray.wait(list(running), num_returns=1)
+            shard_id, actor, started = running.pop(ready[0])
+            idle.append(actor)
+            yield shard_id, self._get(ready[0]), time.perf_counter() - started
+
+    def _get(self, reference: Any) -> Any:
+        try:
+            return self.ray.get(reference)
+        except self.ray.exceptions.RayTaskError as exc:
+            cause = exc.as_instanceof_cause()
+            if isinstance(cause, HorizonError):
+                raise HorizonError(str(cause).splitlines()[-1]) from None
+            raise
+
+    def close(self) -> None:
+        for actor in getattr(self, "actors", []):
+            self.ray.kill(actor)
+        if self.started_ray:
+            self.ray.shutdown()
+
+
+def _cluster_has_gpus(ray: Any) -> bool:
+    return ray.cluster_resources().get("GPU", 0) > 0
