@@ -1,0 +1,172 @@
+"""Attention distance per head (SCIENCE.md section 5, seed 003's comment thread).
+
+For head h of layer l and query t, with pattern A[t, s]: mean distance sum_s A[t, s] (t - s) and
+the mass at distance 0, 1..5, 6..10 and > 10, averaged over query positions t >= 1 (real tokens
+only), once as is and once with the BOS column removed and the row renormalised.
+
+Streaming: each layer's pattern [batch, head, query, key] is reduced to per-head sums inside its
+hook, so no pattern outlives its layer. Every query head is reported (with grouped-query attention
+the bridge's pattern already has one row block per query head).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from horizon.core.errors import HorizonError
+from horizon.core.loader import LoadedModel
+from horizon.core.prompts import batches
+
+BUCKETS: tuple[str, ...] = ("0", "1-5", "6-10", ">10")
+PATTERN_HOOK = "blocks.{layer}.attn.hook_pattern"
+
+
+class _StopForward(Exception):
+    """Raised after the last layer's pattern: the rest of the pass is not needed."""
+
+
+def distance_weights(n_pos: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[5, query, key]: the distance t - s (0 above the diagonal), then one 0/1 mask per bucket."""
+    query = torch.arange(n_pos, device=device)[:, None]
+    key = torch.arange(n_pos, device=device)[None, :]
+    distance = query - key
+    causal = distance >= 0
+    buckets = (
+        distance == 0,
+        causal & (distance >= 1) & (distance <= 5),
+        causal & (distance >= 6) & (distance <= 10),
+        distance > 10,
+    )
+    return torch.stack([distance.clamp_min(0), *buckets]).float()
+
+
+def pattern_statistics(pattern: torch.Tensor, drop_bos: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-query statistics of a pattern [batch, head, query, key].
+
+    Returns ``stats`` [5, batch, head, query] (mean distance, then the four bucket masses) and
+    ``valid`` [batch, head, query]: with ``drop_bos`` the key column 0 is removed and each row
+    renormalised; a row with no mass left off BOS is not valid (its statistics are 0).
+    """
+    weights = distance_weights(pattern.shape[-1], pattern.device)
+    pattern = pattern.float()
+    if not drop_bos:
+        stats = torch.einsum("bhts,kts->kbht", pattern, weights)
+        return stats, torch.ones(pattern.shape[:-1], dtype=torch.bool, device=pattern.device)
+    rest = pattern[..., 1:]
+    remaining = rest.sum(dim=-1)  # summed directly, not 1 - A[t, 0], to keep precision near 1
+    valid = remaining > 0
+    floor = torch.finfo(torch.float32).tiny
+    stats = torch.einsum("bhts,kts->kbht", rest, weights[..., 1:]) / remaining.clamp_min(floor)
+    return stats * valid, valid
+
+
+@dataclass
+class AttentionReport:
+    """Per layer and head: mean attention distance and bucket masses, with and without BOS."""
+
+    model: str
+    token_ids: list[list[int]]
+    n_layers: int
+    n_heads: int
+    has_bos: bool
+    n_queries: int
+    mean_distance: np.ndarray  # [layer, head]
+    mean_distance_no_bos: np.ndarray
+    mass: dict[str, np.ndarray]  # bucket -> [layer, head]
+    mass_no_bos: dict[str, np.ndarray]
+
+    def ranked(self, no_bos: bool = True) -> list[tuple[int, int, float]]:
+        """(layer, head, mean distance) from the most local head to the most long-range one."""
+        values = self.mean_distance_no_bos if no_bos else self.mean_distance
+        flat = [(layer, head, float(values[layer, head]))
+                for layer in range(self.n_layers) for head in range(self.n_heads)]
+        return sorted(flat, key=lambda item: (np.nan_to_num(item[2], nan=np.inf), item[0], item[1]))
+
+    def to_json(self) -> dict[str, Any]:
+        """The issue's JSON keys except ``model`` and ``token_ids`` (the command adds those)."""
+        return {
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "mean_distance": self.mean_distance.tolist(),
+            "mean_distance_no_bos": self.mean_distance_no_bos.tolist(),
+            "mass": {bucket: values.tolist() for bucket, values in self.mass.items()},
+            "mass_no_bos": {bucket: values.tolist() for bucket, values in self.mass_no_bos.items()},
+        }
+
+
+def attention_distance(
+    model: LoadedModel,
+    token_ids: list[list[int]],
+    has_bos: bool,
+    batch_size: int = 8,
+    progress: Callable[[int], None] | None = None,
+) -> AttentionReport:
+    """Attention-distance statistics over all query positions t >= 1 of the prompts.
+
+    Without a BOS token there is no BOS column to remove, so the ``_no_bos`` arrays equal the
+    plain ones. ``progress(n)`` is called with the number of prompts just done.
+    """
+    n_layers, n_heads = model.n_layers, model.n_heads
+    device = model.device
+    sums = torch.zeros(n_layers, 5, n_heads, dtype=torch.float64, device=device)
+    sums_no_bos = torch.zeros_like(sums)
+    counts_no_bos = torch.zeros(n_layers, n_heads, dtype=torch.float64, device=device)
+    n_queries = 0
+    for batch in batches(model, token_ids, has_bos, batch_size):
+        queries = batch.mask.clone()
+        queries[:, 0] = False  # t >= 1, real tokens only
+        query_weight = queries.to(torch.float64)
+
+        def reducer(layer: int, query_weight: torch.Tensor = query_weight) -> Callable:
+            def hook(pattern: torch.Tensor, hook: Any) -> torch.Tensor:
+                if pattern.shape[1] != n_heads:
+                    raise RuntimeError(f"layer {layer} pattern has {pattern.shape[1]} heads, expected {n_heads}")
+                stats, _ = pattern_statistics(pattern.detach())
+                sums[layer] += torch.einsum("kbht,bt->kh", stats.double(), query_weight)
+                if has_bos:
+                    stats, valid = pattern_statistics(pattern.detach(), drop_bos=True)
+                    sums_no_bos[layer] += torch.einsum("kbht,bt->kh", stats.double(), query_weight)
+                    counts_no_bos[layer] += torch.einsum("bht,bt->h", valid.double(), query_weight)
+                if layer == n_layers - 1:
+                    raise _StopForward
+                return pattern
+
+            return hook
+
+        hooks = [(PATTERN_HOOK.format(layer=layer), reducer(layer)) for layer in range(n_layers)]
+        with torch.inference_mode():
+            try:
+                model.bridge.run_with_hooks(batch.input_ids, fwd_hooks=hooks, return_type=None)
+            except _StopForward:
+                pass
+            else:
+                raise RuntimeError(f"attention pattern hooks did not fire on {model.architecture}")
+        n_queries += int(queries.sum())
+        if progress is not None:
+            progress(len(batch.token_ids))
+    if n_queries == 0:
+        raise HorizonError("the prompts hold no query position after the first token")
+    plain = (sums / n_queries).cpu().numpy()
+    if has_bos:
+        no_bos = (sums_no_bos / counts_no_bos.clamp_min(1)[:, None, :]).cpu().numpy()
+        # A head whose every query put all its mass on BOS has no renormalised statistics.
+        no_bos = np.where((counts_no_bos == 0).cpu().numpy()[:, None, :], np.nan, no_bos)
+    else:
+        no_bos = plain.copy()
+    return AttentionReport(
+        model=model.spec,
+        token_ids=token_ids,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        has_bos=has_bos,
+        n_queries=n_queries,
+        mean_distance=plain[:, 0],
+        mean_distance_no_bos=no_bos[:, 0],
+        mass={bucket: plain[:, 1 + k] for k, bucket in enumerate(BUCKETS)},
+        mass_no_bos={bucket: no_bos[:, 1 + k] for k, bucket in enumerate(BUCKETS)},
+    )

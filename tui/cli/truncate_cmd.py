@@ -1,0 +1,243 @@
+"""`horizon truncate` and `horizon attention`: do early layers specialise in local processing? (seed 003)"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from horizon.core.attention import BUCKETS, AttentionReport, attention_distance
+from horizon.core.categories import CATEGORIES
+from horizon.core.errors import HorizonError
+from horizon.core.loader import DEFAULT_MODEL
+from horizon.core.truncation import TruncationReport, analyse_truncation, layer_labels, n_truncations
+from horizon.tui.cli.app import app
+from horizon.tui.cli.common import (
+    BosOpt,
+    BosTokenOpt,
+    DeviceOpt,
+    DtypeOpt,
+    FileOpt,
+    JsonOpt,
+    ModelOpt,
+    PromptOpt,
+    TruncateToOpt,
+    console,
+    emit,
+    parse_int_list,
+    prepare_inputs,
+    progress_bar,
+)
+
+LENGTH_COLOURS = ("red", "yellow", "green", "cyan", "blue", "magenta")
+BAR_WIDTH = 32
+
+LengthsOpt = Annotated[str, typer.Option("--lengths", help="Truncation lengths c (tokens kept, current one included).")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Truncated prompts per forward pass.")]
+OutliersOpt = Annotated[int, typer.Option("--outliers", help="How many lowest-cosine tokens to list.")]
+OutlierLayerOpt = Annotated[
+    int | None,
+    typer.Option("--outlier-layer", help="Rank outliers by their cosine at this row (0..L, L = final); "
+                                          "default: each token's lowest cosine over all rows."),
+]
+CategoryLengthOpt = Annotated[
+    int | None, typer.Option("--category-length", help="Length shown in the per-category table (default: the longest).")
+]
+
+
+def _fmt(value: float) -> str:
+    return "-" if value is None or not np.isfinite(value) else f"{value:.3f}"
+
+
+def _dot_bar(values: list[float], low: float) -> Text:
+    """One row of a dot plot on [low, 1]: a coloured marker per length, where its median sits."""
+    cells = ["·"] * BAR_WIDTH
+    styles = ["dim"] * BAR_WIDTH
+    for index, value in enumerate(values):
+        if value is None or not np.isfinite(value):
+            continue
+        where = round((min(max(value, low), 1.0) - low) / (1.0 - low) * (BAR_WIDTH - 1))
+        cells[where] = "●"
+        styles[where] = LENGTH_COLOURS[index % len(LENGTH_COLOURS)]
+    text = Text()
+    for cell, style in zip(cells, styles, strict=True):
+        text.append(cell, style=style)
+    return text
+
+
+def _visible(text: str) -> str:
+    return text.replace("\n", "⏎").replace("\t", "⇥")
+
+
+def render_truncation(report: TruncationReport, n_prompts: int, n_tokens: int, category_length: int) -> None:
+    labels = layer_labels(report.n_layers)
+    lengths = report.lengths
+    console.print(
+        f"[bold]context truncation[/] · {report.model} · {n_prompts} prompt(s), {n_tokens} tokens · "
+        f"{len(report.record_token)} truncated prompts · lengths {', '.join(map(str, lengths))}"
+    )
+    finite = [v for c in lengths for v in report.median_cos[c] if v is not None and np.isfinite(v)]
+    low = min(0.0, np.floor(min(finite) * 10) / 10) if finite else 0.0
+    table = Table(title="median mean-centred cosine, truncated vs full context", title_justify="left")
+    table.add_column("layer")
+    for index, c in enumerate(lengths):
+        colour = LENGTH_COLOURS[index % len(LENGTH_COLOURS)]
+        table.add_column(f"[{colour}]c={c}[/]", justify="right")
+    table.add_column(f"{low:.1f} {'─' * (BAR_WIDTH - 8)} 1.0")
+    for row, label in enumerate(labels):
+        values = [report.median_cos[c][row] for c in lengths]
+        table.add_row(label, *[_fmt(v) for v in values], _dot_bar(values, low))
+    console.print(table)
+
+    n_rows = report.n_layers + 1
+    shown_rows = sorted({0, 1, n_rows // 4, n_rows // 2, (3 * n_rows) // 4, n_rows - 1} & set(range(n_rows)))
+    per_category = report.categories.get(category_length, {})
+    cat_table = Table(title=f"median cosine per token category, c={category_length}", title_justify="left")
+    cat_table.add_column("category")
+    cat_table.add_column("count", justify="right")
+    for row in shown_rows:
+        # Short headers (L<i> = resid_pre_i) keep the table inside an 80-column terminal.
+        cat_table.add_column("final" if row == report.n_layers else f"L{row}", justify="right")
+    for category in CATEGORIES:
+        count = per_category.get("count", {}).get(category, 0)
+        medians = per_category.get(category, [float("nan")] * n_rows)
+        cat_table.add_row(category, str(count), *[_fmt(medians[row]) for row in shown_rows])
+    console.print(cat_table)
+
+    if report.outliers:
+        out_table = Table(title="lowest-cosine tokens (token highlighted in its context)", title_justify="left")
+        for column in ("cos", "row", "c", "category", "context"):
+            out_table.add_column(column, justify="right" if column in {"cos", "c"} else "left")
+        for outlier in report.outliers:
+            context = Text()
+            context.append("…" + _visible(outlier.context_before), style="dim")
+            context.append(_visible(outlier.token), style="bold reverse")
+            context.append(_visible(outlier.context_after) + "…", style="dim")
+            out_table.add_row(f"{outlier.cos:.3f}", labels[outlier.layer], str(outlier.length), outlier.category,
+                              context)
+        console.print(out_table)
+
+
+@app.command("truncate")
+def truncate(
+    model: ModelOpt = DEFAULT_MODEL,
+    prompt: PromptOpt = None,
+    file: FileOpt = None,
+    lengths: LengthsOpt = "1,5,10",
+    batch_size: BatchOpt = 32,
+    outliers: OutliersOpt = 20,
+    outlier_layer: OutlierLayerOpt = None,
+    category_length: CategoryLengthOpt = None,
+    bos: BosOpt = True,
+    bos_token: BosTokenOpt = None,
+    truncate_to: TruncateToOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    as_json: JsonOpt = False,
+) -> None:
+    """Truncate the context to the last c tokens: how similar is each layer's residual to the full-context one?"""
+    length_list = list(dict.fromkeys(parse_int_list(lengths, "--lengths", minimum=1)))
+    if batch_size < 1:
+        raise HorizonError("--batch-size must be at least 1")
+    if outliers < 0:
+        raise HorizonError("--outliers must be >= 0")
+    if outlier_layer is not None and outlier_layer < 0:
+        raise HorizonError("--outlier-layer must be >= 0")
+    if category_length is not None and category_length not in length_list:
+        raise HorizonError(f"--category-length {category_length} is not one of --lengths {lengths}")
+    if not bos:
+        raise HorizonError("truncated prompts start with BOS ([BOS] + the last c tokens): drop --no-bos")
+    inputs = prepare_inputs(model, device, dtype, prompt, file, bos, bos_token, truncate_to, quiet=as_json)
+    if outlier_layer is not None and outlier_layer > inputs.model.n_layers:
+        raise HorizonError(f"--outlier-layer must be in 0..{inputs.model.n_layers} (the last is the final residual)")
+    total = n_truncations(inputs.token_ids, length_list)
+    if total == 0:
+        longest = max(len(ids) for ids in inputs.token_ids)
+        raise HorizonError(
+            f"no position can be truncated: the longest prompt has {longest} tokens with BOS, and c = "
+            f"{min(length_list)} needs at least {min(length_list) + 2}"
+        )
+    with progress_bar("truncating", total, quiet=as_json) as advance:
+        report = analyse_truncation(inputs.model, inputs.token_ids, length_list, batch_size=batch_size,
+                                    n_outliers=outliers, progress=advance, outlier_layer=outlier_layer)
+    payload = {"model": inputs.model.spec, "token_ids": inputs.token_ids, **report.to_json()}
+    n_tokens = sum(len(ids) for ids in inputs.token_ids)
+    shown_length = category_length if category_length is not None else max(length_list)
+    emit(as_json, payload, lambda: render_truncation(report, len(inputs.token_ids), n_tokens, shown_length))
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+def _heat_style(value: float, high: float) -> str:
+    """Local heads cool (blue), long-range heads warm (red), on a log scale up to ``high``."""
+    if value is None or not np.isfinite(value):
+        return "dim"
+    share = float(np.clip(np.log1p(value) / np.log1p(max(high, 1e-9)), 0.0, 1.0))
+    red, blue = int(40 + 200 * share), int(40 + 200 * (1 - share))
+    return f"white on rgb({red},40,{blue})"
+
+
+def render_attention(report: AttentionReport, top: int) -> None:
+    console.print(
+        f"[bold]attention distance[/] · {report.model} · {report.n_layers} layers × {report.n_heads} query heads · "
+        f"{report.n_queries} query positions (t >= 1)"
+    )
+    values = report.mean_distance_no_bos
+    high = float(np.nanmax(values)) if np.isfinite(values).any() else 1.0
+    title = "mean attention distance per head" + (", BOS column removed" if report.has_bos else "")
+    heat = Table(title=title, title_justify="left")
+    heat.add_column("layer", justify="right")
+    for head in range(report.n_heads):
+        heat.add_column(f"h{head}", justify="right")
+    heat.add_column("mean", justify="right")
+    for layer in range(report.n_layers):
+        cells = [Text(_fmt1(values[layer, head]), style=_heat_style(values[layer, head], high))
+                 for head in range(report.n_heads)]
+        heat.add_row(str(layer), *cells, _fmt1(float(np.nanmean(values[layer]))))
+    console.print(heat)
+
+    ranked = report.ranked(no_bos=True)
+    for title, heads in (("most local heads", ranked[:top]), ("most long-range heads", ranked[::-1][:top])):
+        table = Table(title=f"{title} (BOS removed)", title_justify="left")
+        for column in ("layer", "head", "mean dist", *(f"mass {b}" for b in BUCKETS), "dist with BOS"):
+            table.add_column(column, justify="right")
+        for layer, head, distance in heads:
+            table.add_row(str(layer), str(head), _fmt1(distance),
+                          *[_fmt(report.mass_no_bos[b][layer, head]) for b in BUCKETS],
+                          _fmt1(report.mean_distance[layer, head]))
+        console.print(table)
+
+
+def _fmt1(value: float) -> str:
+    return "-" if value is None or not np.isfinite(value) else f"{value:.1f}"
+
+
+@app.command("attention")
+def attention(
+    model: ModelOpt = DEFAULT_MODEL,
+    prompt: PromptOpt = None,
+    file: FileOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts per forward pass.")] = 8,
+    top: Annotated[int, typer.Option("--top", help="Heads listed in the most-local / most-long-range views.")] = 8,
+    bos: BosOpt = True,
+    bos_token: BosTokenOpt = None,
+    truncate_to: TruncateToOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    as_json: JsonOpt = False,
+) -> None:
+    """Per head: how far back does attention look? Mean distance and mass at 0, 1-5, 6-10, >10 tokens."""
+    if batch_size < 1:
+        raise HorizonError("--batch-size must be at least 1")
+    if top < 0:
+        raise HorizonError("--top must be >= 0")
+    inputs = prepare_inputs(model, device, dtype, prompt, file, bos, bos_token, truncate_to, quiet=as_json)
+    with progress_bar("attention", len(inputs.token_ids), quiet=as_json) as advance:
+        report = attention_distance(inputs.model, inputs.token_ids, inputs.has_bos, batch_size=batch_size,
+                                    progress=advance)
+    payload = {"model": inputs.model.spec, "token_ids": inputs.token_ids, **report.to_json()}
+    emit(as_json, payload, lambda: render_attention(report, top))
