@@ -302,7 +302,8 @@ def _horizon_rows(worker: SweepWorker, indices: list[int], token_ids: list[list[
     return pa.Table.from_pylist(records, schema=schema)
 
 
-ATTENTION_MASSES = ("mass_0", "mass_1_5", "mass_6_10", "mass_gt10")
+# AttentionReport bucket name -> table column.
+ATTENTION_MASSES = {"0": "mass_0", "1-5": "mass_1_5", "6-10": "mass_6_10", ">10": "mass_gt10"}
 
 
 def _attention_rows(worker: SweepWorker, indices: list[int], token_ids: list[list[int]],
@@ -314,35 +315,25 @@ def _attention_rows(worker: SweepWorker, indices: list[int], token_ids: list[lis
             raise
         raise HorizonError("the attention analysis is not available in this build (core/attention.py is "
                            "missing): leave it out of --analyses") from None
-    columns: dict[str, list[Any]] = {"prompt": [], "n_queries": [], "layer": [], "head": []}
-    values: dict[str, list[float]] = {}
+    parts: list[pa.Table] = []
+    # One report per prompt, so the table keeps prompts apart; corpus views weight by n_queries.
     for prompt, ids in zip(indices, token_ids, strict=True):
         report = attention_distance(worker.model, [ids], worker.settings.bos)
-        for name, array in _attention_fields(report).items():
-            values.setdefault(name, []).extend(np.asarray(array, dtype=np.float64).reshape(-1).tolist())
-        n_layers, n_heads = np.asarray(report.mean_distance).shape
-        columns["prompt"] += [prompt] * (n_layers * n_heads)
-        columns["n_queries"] += [len(ids) - 1] * (n_layers * n_heads)
-        columns["layer"] += np.repeat(np.arange(n_layers), n_heads).tolist()
-        columns["head"] += np.tile(np.arange(n_heads), n_layers).tolist()
-    table = {
-        "prompt": pa.array(columns["prompt"], pa.int32()),
-        "n_queries": pa.array(columns["n_queries"], pa.int32()),
-        "layer": pa.array(columns["layer"], pa.int16()),
-        "head": pa.array(columns["head"], pa.int16()),
-    }
-    table.update({name: pa.array(column, pa.float64()) for name, column in values.items()})
-    return pa.table(table)
-
-
-def _attention_fields(report: Any) -> dict[str, Any]:
-    """The per-[layer, head] arrays of an AttentionReport, named for the table."""
-    fields = {"mean_distance": report.mean_distance, "mean_distance_no_bos": report.mean_distance_no_bos}
-    for suffix, masses in (("", report.mass), ("_no_bos", report.mass_no_bos)):
-        array = np.asarray(masses, dtype=np.float64)  # [layer, head, bucket]
-        for bucket, name in enumerate(ATTENTION_MASSES):
-            fields[name + suffix] = array[..., bucket]
-    return fields
+        n_layers, n_heads = report.mean_distance.shape
+        size = n_layers * n_heads
+        columns: dict[str, pa.Array] = {
+            "prompt": pa.array(np.full(size, prompt), pa.int32()),
+            "n_queries": pa.array(np.full(size, report.n_queries), pa.int32()),
+            "layer": pa.array(np.repeat(np.arange(n_layers), n_heads), pa.int16()),
+            "head": pa.array(np.tile(np.arange(n_heads), n_layers), pa.int16()),
+            "mean_distance": pa.array(report.mean_distance.reshape(-1), pa.float64()),
+            "mean_distance_no_bos": pa.array(report.mean_distance_no_bos.reshape(-1), pa.float64()),
+        }
+        for suffix, masses in (("", report.mass), ("_no_bos", report.mass_no_bos)):
+            for bucket, name in ATTENTION_MASSES.items():
+                columns[name + suffix] = pa.array(np.asarray(masses[bucket]).reshape(-1), pa.float64())
+        parts.append(pa.table(columns))
+    return pa.concat_tables(parts)
 
 
 ANALYSIS_RUNNERS: dict[str, Callable[[SweepWorker, list[int], list[list[int]], list[list[str]]], pa.Table]] = {
@@ -698,3 +689,186 @@ class _RayPool:
 
 def _cluster_has_gpus(ray: Any) -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
+
+
+# ----------------------------------------------------------------------------- corpus views (report)
+
+
+def corpus_views(results: store.Results) -> dict[str, Any]:
+    """The aggregate of every analysis over the intact shards, as the single-prompt commands show it.
+
+    Reads only the Parquet tables (no model). Each analysis's own summary code does the
+    statistics, so a sweep and a single-prompt run over the same prompts agree exactly.
+    """
+    manifest = results.manifest or {}
+    has_bos = bool(manifest.get("bos", {}).get("enabled", True))
+    views: dict[str, Any] = {}
+    for analysis, build in (("norms", _norms_view), ("truncate", _truncation_view), ("scan", _horizon_view),
+                            ("attention", _attention_view)):
+        table = results.table(ANALYSIS_TABLES[analysis])
+        if table is None or table.num_rows == 0:
+            continue
+        try:
+            views[analysis] = build(results, table, manifest, has_bos)
+        except (KeyError, ValueError, pa.ArrowException) as exc:
+            results.problems.append(f"the {analysis} table cannot be summarised ({type(exc).__name__}: {exc})")
+    return views
+
+
+def _column(table: pa.Table, name: str) -> np.ndarray:
+    column = table.column(name)
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    return column.to_numpy()
+
+
+def _norms_view(results: store.Results, table: pa.Table, manifest: dict[str, Any], has_bos: bool) -> dict[str, Any]:
+    from horizon.core.norms import NORM_SITES, _aggregate, appendix1_check, fit_growth
+
+    site = _column(table, "site")
+    prompt, position, layer = _column(table, "prompt"), _column(table, "position"), _column(table, "layer")
+    norm, std = _column(table, "norm").astype(np.float64), _column(table, "std").astype(np.float64)
+    stats = {}
+    n_positions = 0
+    for name in NORM_SITES:
+        selected = site == name
+        if has_bos:
+            selected &= position >= 1  # BOS (position 0) is excluded from statistics (SCIENCE.md s.2)
+        order = np.lexsort((position[selected], prompt[selected], layer[selected]))
+        rows = int(layer[selected].max()) + 1
+        pooled = np.stack((norm[selected][order], std[selected][order])).reshape(2, rows, -1)
+        stats[name], _ = _aggregate([pooled], include_bos=True, has_bos=False)
+        n_positions = pooled.shape[2]
+    growth = fit_growth(stats["resid_pre"].mean_norm)
+    bos_mean = None
+    if has_bos:
+        at_bos = (site == "resid_pre") & (position == 0)
+        bos_layers = layer[at_bos]
+        bos_mean = (np.bincount(bos_layers, weights=norm[at_bos]) / np.bincount(bos_layers)).tolist()
+    return {
+        "n_prompts": len(np.unique(prompt)),
+        "n_positions": int(n_positions),
+        "sites": {name: value.to_json() for name, value in stats.items()},
+        "growth": growth.to_json(),
+        "bos": {"mean_norm": bos_mean},
+        "appendix1": appendix1_check(stats["resid_pre"].mean_norm, stats["attn_out"].mean_norm,
+                                     stats["mlp_out"].mean_norm),
+    }
+
+
+class _TokenTextDecoder:
+    """Stands in for a tokenizer's ``decode`` from the stored token texts (no model needed)."""
+
+    def __init__(self, texts: dict[int, str]) -> None:
+        self.texts = texts
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return "".join(self.texts.get(int(token_id), "") for token_id in ids)
+
+
+def _stored_tokens(results: store.Results) -> tuple[list[list[int]], dict[int, str]]:
+    """Token ids per corpus prompt (index = prompt number) and the text of each token id."""
+    tokens = results.table("tokens")
+    if tokens is None:
+        return [], {}
+    prompt, position = _column(tokens, "prompt"), _column(tokens, "position")
+    token_id, text = _column(tokens, "token_id"), tokens.column("token").to_pylist()
+    order = np.lexsort((position, prompt))
+    by_prompt: list[list[int]] = [[] for _ in range(int(prompt.max()) + 1)]
+    for index in order:
+        by_prompt[prompt[index]].append(int(token_id[index]))
+    return by_prompt, {int(i): t for i, t in zip(token_id.tolist(), text, strict=True)}
+
+
+def _truncation_view(results: store.Results, table: pa.Table, manifest: dict[str, Any],
+                     has_bos: bool) -> dict[str, Any]:
+    from horizon.core.truncation import TruncationReport, find_outliers, summarise
+
+    layer = _column(table, "layer")
+    n_rows = int(layer.max()) + 1
+    prompt, position, length = _column(table, "prompt"), _column(table, "position"), _column(table, "length")
+    order = np.lexsort((layer, position, length, prompt))
+    records = order[layer[order] == 0]  # one record per (prompt, position, length), at its layer-0 row
+    token_ids, texts = _stored_tokens(results)
+    report = TruncationReport(
+        model=manifest.get("model", {}).get("spec", "?"),
+        token_ids=token_ids,
+        lengths=sorted(int(c) for c in np.unique(length)),
+        n_layers=n_rows - 1,
+        record_prompt=prompt[records],
+        record_pos=position[records],
+        record_length=length[records],
+        record_token=[table.column("token")[int(i)].as_py() for i in records],
+        record_category=np.asarray(_column(table, "category"), dtype=object)[records].tolist(),
+        cos=_column(table, "cos")[order].reshape(-1, n_rows).astype(np.float64),
+        cos_raw=_column(table, "cos_raw")[order].reshape(-1, n_rows).astype(np.float64),
+    )
+    summarise(report)
+    if token_ids:
+        report.outliers = find_outliers(report, _TokenTextDecoder(texts), 20)
+    view = report.to_json()
+    view.pop("per_token")  # every record is in the table itself
+    view["n_records"] = len(records)
+    return view
+
+
+def _horizon_view(results: store.Results, table: pa.Table, manifest: dict[str, Any],
+                  has_bos: bool) -> dict[str, Any]:
+    from horizon.core.horizon import effective_horizon
+
+    settings = manifest.get("analyses", {}).get("scan", {})
+    tol = float(settings.get("tol", 0.1))
+    prompt, weight = _column(table, "prompt"), _column(table, "n_tokens").astype(np.float64)
+    k, big_k, start = _column(table, "k"), _column(table, "K"), _column(table, "start_layer")
+    metrics = {name: _column(table, name) for name in ("loss_clean", "loss", "delta_loss", "kl", "top1")}
+    rows = []
+    # Every metric is a mean over next-token predictions, so the corpus value is the
+    # prediction-weighted mean of the per-prompt values (what one scan over all prompts gives).
+    for start_layer in sorted(np.unique(start).tolist()):
+        for k_value in sorted(np.unique(k[start == start_layer]).tolist()):
+            selected = (start == start_layer) & (k == k_value)
+            w = weight[selected]
+            row = {"k": int(k_value), "K": int(big_k[selected][0]), "start_layer": int(start_layer)}
+            for name in ("loss", "delta_loss", "kl"):
+                row[name] = float(np.sum(metrics[name][selected] * w) / w.sum())
+            row["top1_agreement"] = float(np.sum(metrics["top1"][selected] * w) / w.sum())
+            rows.append(row)
+    first = np.unique(prompt, return_index=True)[1]
+    n_tokens = float(weight[first].sum())
+    return {
+        "rows": rows,
+        "effective_horizon": {str(layer): effective_horizon(rows, layer, tol) for layer in sorted(set(start.tolist()))},
+        "loss_clean": float(np.sum(metrics["loss_clean"][first] * weight[first]) / n_tokens),
+        "tol": tol,
+        "n_tokens": int(n_tokens),
+        "n_prompts": len(first),
+        "unit": settings.get("unit", "layer"),
+    }
+
+
+def _attention_view(results: store.Results, table: pa.Table, manifest: dict[str, Any],
+                    has_bos: bool) -> dict[str, Any]:
+    layer, head = _column(table, "layer"), _column(table, "head")
+    weight = _column(table, "n_queries").astype(np.float64)
+    n_layers, n_heads = int(layer.max()) + 1, int(head.max()) + 1
+    cell = layer.astype(np.int64) * n_heads + head
+
+    def mean(name: str) -> list[list[float | None]]:
+        values = _column(table, name).astype(np.float64)
+        # Query-weighted over prompts; a prompt whose head has no value (NaN, all mass on BOS) is left out.
+        valid = ~np.isnan(values)
+        total = np.bincount(cell[valid], weights=values[valid] * weight[valid], minlength=n_layers * n_heads)
+        count = np.bincount(cell[valid], weights=weight[valid], minlength=n_layers * n_heads)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            averaged = np.where(count > 0, total / count, np.nan)
+        return averaged.reshape(n_layers, n_heads).tolist()
+
+    return {
+        "n_layers": n_layers,
+        "n_heads": n_heads,
+        "n_queries": int(np.unique(np.stack((_column(table, "prompt"), weight)), axis=1)[1].sum()),
+        "mean_distance": mean("mean_distance"),
+        "mean_distance_no_bos": mean("mean_distance_no_bos"),
+        "mass": {bucket: mean(column) for bucket, column in ATTENTION_MASSES.items()},
+        "mass_no_bos": {bucket: mean(column + "_no_bos") for bucket, column in ATTENTION_MASSES.items()},
+    }
