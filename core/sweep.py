@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +32,9 @@ from horizon.core import store
 from horizon.core.corpus import Corpus, check_max_tokens
 from horizon.core.errors import HorizonError
 from horizon.core.store import ANALYSES, ANALYSIS_TABLES, BASE_TABLES
+
+if TYPE_CHECKING:
+    from horizon.core.loader import LoadedModel
 
 DEFAULT_SHARD_SIZE = 8
 PACKAGES = ("horizon-inspector", "torch", "transformer-lens", "transformers", "pyarrow", "numpy", "ray")
@@ -148,13 +151,15 @@ class WorkerConfig:
 class SweepWorker:
     """One loaded model that turns shards into tables. Used in-process, or as a Ray actor."""
 
-    def __init__(self, config: WorkerConfig) -> None:
+    def __init__(self, config: WorkerConfig, loaded: LoadedModel | None = None) -> None:
         from horizon.core.corpus import Corpus, tokenize_corpus
         from horizon.core.loader import load_model
 
         self.config = config
         self.settings = config.settings
-        self.model = load_model(config.model, device=config.device, dtype=config.dtype, **config.bridge_kwargs)
+        self.model = loaded if loaded is not None else load_model(
+            config.model, device=config.device, dtype=config.dtype, **config.bridge_kwargs
+        )
         corpus = Corpus(name="", texts=config.texts, kinds=[""] * len(config.texts))
         self.token_ids = tokenize_corpus(self.model, corpus, self.settings.max_tokens, self.settings.bos,
                                          self.settings.bos_token)
@@ -505,7 +510,7 @@ def _todo(manifest: dict[str, Any], shard_spec: ShardSpec, analyses: list[str],
 def run_sweep(
     corpus: Corpus,
     out: str | Path,
-    model: str,
+    model: str | LoadedModel,
     settings: SweepSettings,
     device: str = "auto",
     dtype: str = "float32",
@@ -534,12 +539,15 @@ def run_sweep(
     root = Path(out).expanduser()
     if root.exists() and not root.is_dir():
         raise HorizonError(f"--out {out} is a file, not a directory")
-    config = WorkerConfig(model=model, device=device, dtype=dtype, texts=corpus.texts, settings=settings,
-                          bridge_kwargs=dict(bridge_kwargs or {}))
+    loaded = None if isinstance(model, str) else model  # an already loaded model (local backend only)
+    if loaded is not None and backend != "local":
+        raise ValueError("a loaded model can only be used with the local backend")
+    config = WorkerConfig(model=model if isinstance(model, str) else model.spec, device=device, dtype=dtype,
+                          texts=corpus.texts, settings=settings, bridge_kwargs=dict(bridge_kwargs or {}))
     started_clock = time.perf_counter()
     started = store.now_iso()
 
-    pool = _LocalPool(config) if backend == "local" else _RayPool(config, workers, ray_address)
+    pool = _LocalPool(config, loaded) if backend == "local" else _RayPool(config, workers, ray_address)
     try:
         described = pool.describe()
         new = _new_manifest(corpus, settings, described, max_prompts, started)
@@ -601,8 +609,8 @@ class _LocalPool:
 
     size = 1
 
-    def __init__(self, config: WorkerConfig) -> None:
-        self.worker = SweepWorker(config)
+    def __init__(self, config: WorkerConfig, loaded: LoadedModel | None = None) -> None:
+        self.worker = SweepWorker(config, loaded)
 
     def describe(self) -> dict[str, Any]:
         return self.worker.describe()
