@@ -1,0 +1,295 @@
+"""Pilot tests of the inspector: every number on screen is the engine's number."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+from horizon.core.attention import attention_distance
+from horizon.core.categories import token_category
+from horizon.core.horizon import HorizonConfig, patch
+from horizon.core.loader import LoadedModel
+from horizon.core.norms import analyse_norms
+from horizon.core.prompts import tokenize
+from horizon.core.session import PatchSettings, Session
+from horizon.core.truncation import analyse_truncation
+from horizon.tui.app import HorizonApp
+from horizon.tui.screens.outliers import OutliersTable
+from horizon.tui.widgets.detail import DetailPane
+from horizon.tui.widgets.slider import Slider
+from horizon.tui.widgets.token_grid import TokenGrid, layout, visible_token
+from rich.console import Console
+from textual.widgets import Static
+
+PROMPT = "The capital of France is Paris. It is known for the Eiffel Tower, and its food is famous."
+SIZE = (80, 24)
+
+
+def make_session(model: LoadedModel, prompts: list[str] | None = None) -> Session:
+    prompts = prompts or [PROMPT]
+    return Session(model, prompts, tokenize(model, prompts))
+
+
+async def settle(app: HorizonApp, pilot) -> None:  # type: ignore[no-untyped-def]
+    """Let debounce timers fire, then wait for every worker and the redraw."""
+    await pilot.pause(0.2)
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+def plain(widget: Static) -> str:
+    """The text a Static shows (Text or any rich renderable)."""
+    console = Console(width=200, file=io.StringIO(), record=True)
+    console.print(widget.content)
+    return console.export_text()
+
+
+def grid_styles(grid: TokenGrid) -> list[str]:
+    return [str(grid.scale.style(value).bgcolor) for value in grid.values]
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+def test_layout_wraps_and_never_overflows() -> None:
+    cells = ["aaaa", "bb", "cccccc", "d", "eeeeeee"]
+    places = layout(cells, 10)
+    assert [(p.line, p.start) for p in places] == [(0, 0), (0, 5), (1, 0), (1, 7), (2, 0)]
+    assert all(p.end <= 10 for p in places)
+
+
+def test_visible_token_shows_whitespace() -> None:
+    assert visible_token(" the") == "·the"
+    assert visible_token("\n\n") == "↵↵"
+    assert visible_token("\t") == "→"
+    assert visible_token("x" * 40).endswith("…")
+
+
+# ----------------------------------------------------------------------------- the app
+
+
+@pytest.mark.anyio
+async def test_k_slider_recolours_grid_with_engine_loss(tiny_llama: LoadedModel) -> None:
+    session = make_session(tiny_llama)
+    app = HorizonApp(session=session, background=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        app.action_show_tab("horizon")
+        await pilot.pause()
+        slider = app.query_one("#k-slider", Slider)
+        assert slider.has_focus
+        await pilot.press("home")  # k = 1
+        await settle(app, pilot)
+        grid = app.query_one("#horizon-grid", TokenGrid)
+        colours_k1 = grid_styles(grid)
+        values_k1 = list(grid.values)
+        await pilot.press("right")  # k = 2
+        await settle(app, pilot)
+        assert app.settings.k == 2
+        expected = patch(tiny_llama, session.token_ids, HorizonConfig.from_layers(2))
+        summary = plain(app.query_one("#horizon-summary", Static))
+        assert f"{expected.delta_loss:+.3f}" in summary
+        assert f"{expected.loss_patched:.3f}" in summary
+        per_token = np.array(expected.per_token_loss_patched[0]) - np.array(expected.per_token_loss_clean[0])
+        np.testing.assert_allclose(np.array(grid.values[1:], dtype=float), per_token, atol=1e-6)
+        assert grid.values[0] is None  # BOS is never predicted
+        assert grid_styles(grid) != colours_k1
+        assert grid.values != values_k1
+
+
+@pytest.mark.anyio
+async def test_stale_patch_runs_are_never_shown(tiny_llama: LoadedModel) -> None:
+    session = make_session(tiny_llama)
+    app = HorizonApp(session=session, background=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        app.action_show_tab("horizon")
+        await pilot.pause()
+        await pilot.press("home", "right", "right", "right", "left")  # burst: ends on k = 3
+        await settle(app, pilot)
+        assert app.settings.k == 3
+        shown = session.cached_patch(app.settings)
+        assert shown is not None
+        summary = plain(app.query_one("#horizon-summary", Static))
+        assert summary.startswith("k=3 ") and f"{shown.delta_loss:+.3f}" in summary
+        # The debounce ran only the last value of the burst (and the first k on start-up).
+        ran = {key[0].k for key in session._patches}
+        assert 4 not in ran and 5 not in ran
+
+
+@pytest.mark.anyio
+async def test_selecting_a_token_fills_the_detail_pane(tiny_llama: LoadedModel) -> None:
+    session = make_session(tiny_llama)
+    app = HorizonApp(session=session)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press("right", "right", "right", "right", "right", "right", "right")  # token 6
+        await settle(app, pilot)
+        assert app.selected == 6
+        detail = app.query_one(DetailPane)
+        assert detail.display
+        info = detail.detail
+        tokens = session.tokens()
+        assert info.token == tokens[6] and info.category == token_category(tokens[6])
+        ids = session.token_ids
+        truncation = analyse_truncation(tiny_llama, ids, lengths=(1, 5, 10))
+        for length in (1, 5, 10):
+            rows = np.nonzero((truncation.record_length == length) & (truncation.record_pos == 6))[0]
+            if length >= 6:  # t - c < 1: no truncation record for this token
+                assert all(value is None for value in info.cos_by_length[length])
+            else:
+                np.testing.assert_allclose(info.cos_by_length[length], truncation.cos[rows[0]], atol=1e-6)
+        norms = analyse_norms(tiny_llama, ids, has_bos=True)
+        np.testing.assert_allclose(info.norms, norms.norms["resid_pre"][0][:, 6], rtol=1e-5)
+        expected = patch(tiny_llama, ids, HorizonConfig.from_layers(app.settings.k))
+        assert math.isclose(
+            info.loss_increase, expected.per_token_loss_patched[0][5] - expected.per_token_loss_clean[0][5],
+            abs_tol=1e-6,
+        )
+        assert math.isclose(info.kl, expected.per_token_kl[0][5], abs_tol=1e-6)
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not app.query_one(DetailPane).display
+
+
+@pytest.mark.anyio
+async def test_clicking_a_token_selects_it(tiny_llama: LoadedModel) -> None:
+    app = HorizonApp(session=make_session(tiny_llama), background=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        grid = app.query_one("#tokens-grid", TokenGrid)
+        places = layout([visible_token(t) for t in grid.tokens], grid.content_region.width)
+        target = places[3]
+        await pilot.click(grid, offset=(target.start + grid.content_region.x - grid.region.x, target.line))
+        await pilot.pause()
+        assert app.selected == 3
+
+
+@pytest.mark.anyio
+async def test_metric_layer_and_length_keys_change_the_grid(tiny_llama: LoadedModel) -> None:
+    session = make_session(tiny_llama)
+    app = HorizonApp(session=session)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        grid = app.query_one("#tokens-grid", TokenGrid)
+        report = session.cached("truncation")
+        n = tiny_llama.n_layers
+        assert (app.metric, app.layer, app.length) == ("cosine", n, 1)
+        rows = report.record_length == 1
+        by_pos = dict(zip(report.record_pos[rows].tolist(), report.cos[rows, n].tolist(), strict=True))
+        assert [v for v in grid.values if v is not None] == pytest.approx([by_pos[p] for p in sorted(by_pos)])
+        await pilot.press("left_square_bracket", "l")  # layer L-1, length 5
+        await pilot.pause()
+        assert (app.layer, app.length) == (n - 1, 5)
+        rows = report.record_length == 5
+        assert grid.values[:6] == [None] * 6  # BOS, and positions 1..5 have t - c < 1 at c = 5
+        row_at_6 = np.nonzero(rows & (report.record_pos == 6))[0][0]
+        assert grid.values[6] == pytest.approx(float(report.cos[row_at_6, n - 1]))
+        await pilot.press("m")  # norm
+        await pilot.pause()
+        norms = session.cached("norms").norms["resid_pre"][0][n - 1]
+        assert grid.values == pytest.approx(norms.tolist())
+
+
+@pytest.mark.anyio
+async def test_outlier_enter_jumps_to_the_token(tiny_llama: LoadedModel) -> None:
+    session = make_session(tiny_llama)
+    app = HorizonApp(session=session)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press("4")
+        await pilot.pause()
+        table = app.query_one(OutliersTable)
+        assert table.has_focus and table.row_count > 0
+        report = session.cached("truncation")
+        rows = np.nonzero(report.record_length == 1)[0]
+        lowest = rows[np.argmin(report.cos[rows, app.layer])]
+        first = table.get_row_at(0)
+        assert int(first[4]) == int(report.record_pos[lowest])
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.query_one("#tabs").active == "tokens"
+        assert app.selected == int(report.record_pos[lowest])
+        assert app.query_one(DetailPane).display
+
+
+@pytest.mark.anyio
+async def test_attention_lists_match_the_engine(tiny_llama: LoadedModel) -> None:
+    session = make_session(tiny_llama)
+    app = HorizonApp(session=session)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press("5")
+        await pilot.pause()
+        expected = attention_distance(tiny_llama, session.token_ids, True)
+        layer, head, distance = expected.ranked(True)[0]
+        text = plain(app.query_one("#attention-lists", Static))
+        assert f"L{layer}.H{head}  {distance:.2f}" in text
+        await pilot.press("b")
+        await pilot.pause()
+        layer, head, distance = expected.ranked(False)[-1]
+        assert f"L{layer}.H{head}  {distance:.2f}" in plain(app.query_one("#attention-lists", Static))
+
+
+@pytest.mark.anyio
+async def test_worker_error_is_a_notification_and_the_app_keeps_running(tiny_llama: LoadedModel) -> None:
+    session = make_session(tiny_llama)
+
+    def broken(settings: PatchSettings, prompt: int = 0) -> None:
+        raise MemoryError("out of memory")
+
+    session.patch = broken  # type: ignore[method-assign]
+    app = HorizonApp(session=session, background=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        assert "patch" in app.failed and "out of memory" in app.failed["patch"]
+        assert any("out of memory" in n.message for n in app._notifications)
+        await pilot.press("2", "question_mark")
+        await pilot.pause()
+        assert app.is_running and type(app.screen).__name__ == "HelpScreen"
+
+
+@pytest.mark.anyio
+async def test_live_mode_loads_in_a_worker(tiny_llama: LoadedModel) -> None:
+    app = HorizonApp(load=lambda: make_session(tiny_llama), loading_label="tiny-llama", background=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        assert app.session is not None
+        assert app.query_one("#tokens-grid", TokenGrid).tokens == app.session.tokens()
+
+
+@pytest.mark.anyio
+async def test_command_palette_has_every_action(tiny_llama: LoadedModel) -> None:
+    app = HorizonApp(session=make_session(tiny_llama), background=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        titles = {command.title for command in app.get_system_commands(app.screen)}
+        for title in ("Show tokens", "Show attention", "Help", "Horizon k up", "Toggle keep_embed", "Pick prompt"):
+            assert title in titles
+        before = app.settings.k
+        next(c for c in app.get_system_commands(app.screen) if c.title == "Horizon k up").callback()
+        assert app.settings.k == before + 1
+
+
+@pytest.mark.anyio
+async def test_prompt_picker_filters_by_text(tiny_llama: LoadedModel) -> None:
+    prompts = [PROMPT, "Rome is the capital of Italy.", "Berlin is in Germany."]
+    session = make_session(tiny_llama, prompts)
+    app = HorizonApp(session=session, background=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press("p")
+        await pilot.pause()
+        await pilot.press(*"berlin", "enter")
+        await settle(app, pilot)
+        assert app.prompt_index == 2
+        assert app.query_one("#tokens-grid", TokenGrid).tokens == session.tokens(2)
+
+
+def test_inspect_rejects_bad_flags_before_loading(run_cli) -> None:  # type: ignore[no-untyped-def]
+    code, out, err = run_cli("inspect", "--prompt", "x", "--file", "y")
+    assert code == 2 and "not both" in err and out == ""
+    code, _, err = run_cli("inspect", "--prompt", "   ")
+    assert code == 2 and "empty" in err

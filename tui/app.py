@@ -1,0 +1,370 @@
+"""`horizon inspect`: the Textual app.
+
+The app owns the user's selections (metric, layer, length, horizon settings, prompt, token) as
+reactive attributes and a ``Session`` that computes engine results. All model work runs in
+thread workers: one queue for the background analyses and an exclusive group for the patched
+pass, whose stale runs are cancelled and never shown (a generation counter guards the redraw).
+Each screen module draws itself from the session's cached results in ``refresh_view``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, ClassVar
+
+from horizon.core.errors import HorizonError
+from horizon.core.session import PatchSettings, Session
+from horizon.tui.screens.attention import AttentionPane
+from horizon.tui.screens.help import HelpScreen
+from horizon.tui.screens.horizon import HorizonPane
+from horizon.tui.screens.norms import NormsPane
+from horizon.tui.screens.outliers import OutliersPane
+from horizon.tui.screens.prompts import PromptPicker
+from horizon.tui.screens.tokens import TokensPane
+from horizon.tui.widgets.status import StatusLine
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.widgets import Footer, TabbedContent, TabPane
+from textual.worker import get_current_worker
+
+METRICS = ("cosine", "norm", "loss", "kl")
+TABS = ("tokens", "norms", "horizon", "outliers", "attention")
+BACKGROUND = ("truncation", "norms", "attention", "scan")
+DEBOUNCE_S = 0.12
+
+
+class HorizonApp(App[None]):
+    """The inspector. Give it a ready ``session``, or a ``load`` callable run in a worker."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "horizon"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("question_mark", "help", "help"),
+        Binding("1", "show_tab('tokens')", "tokens", show=False),
+        Binding("2", "show_tab('norms')", "norms", show=False),
+        Binding("3", "show_tab('horizon')", "horizon", show=False),
+        Binding("4", "show_tab('outliers')", "outliers", show=False),
+        Binding("5", "show_tab('attention')", "attention", show=False),
+        Binding("m", "cycle_metric", "metric"),
+        Binding("left_square_bracket", "layer(-1)", "layer-", key_display="["),
+        Binding("right_square_bracket", "layer(1)", "layer+", key_display="]"),
+        Binding("l", "cycle_length", "length"),
+        Binding("comma", "k(-1)", "k-", key_display=","),
+        Binding("full_stop", "k(1)", "k+", key_display="."),
+        Binding("s", "toggle_source", "source", show=False),
+        Binding("e", "toggle_keep_embed", "keep embed", show=False),
+        Binding("f", "toggle_final", "final", show=False),
+        Binding("b", "toggle_bos", "BOS", show=False),
+        Binding("p", "pick_prompt", "prompt", show=False),
+        Binding("escape", "close_detail", "close", show=False),
+        Binding("q", "quit", "quit"),
+    ]
+
+    metric: reactive[str] = reactive("cosine")
+    layer: reactive[int] = reactive(0)
+    length: reactive[int] = reactive(1)
+    settings: reactive[PatchSettings] = reactive(PatchSettings(k=1))
+    prompt_index: reactive[int] = reactive(0)
+    selected: reactive[int | None] = reactive(None)
+    attention_no_bos: reactive[bool] = reactive(True)
+
+    def __init__(
+        self,
+        session: Session | None = None,
+        load: Callable[[], Session] | None = None,
+        loading_label: str = "model",
+        background: bool = True,
+        show_timings: bool = True,
+    ) -> None:
+        super().__init__()
+        if session is None and load is None:
+            raise ValueError("give a session or a load callable")
+        self.session = session
+        self._load = load
+        self.loading_label = loading_label
+        self.background = background
+        self.show_timings = show_timings  # off in snapshot tests, whose pictures must not vary
+        self.pending: set[str] = set()
+        self.failed: dict[str, str] = {}
+        self.last_run: tuple[str, float] | None = None
+        self._patch_generation = 0
+        self._debounce: Any = None
+
+    # ------------------------------------------------------------------ layout
+
+    def compose(self) -> ComposeResult:
+        with TabbedContent(id="tabs", initial="tokens"):
+            with TabPane("1 Tokens", id="tokens"):
+                yield TokensPane()
+            with TabPane("2 Norms", id="norms"):
+                yield NormsPane()
+            with TabPane("3 Horizon", id="horizon"):
+                yield HorizonPane()
+            with TabPane("4 Outliers", id="outliers"):
+                yield OutliersPane()
+            with TabPane("5 Attention", id="attention"):
+                yield AttentionPane()
+        yield StatusLine(id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#tokens-grid").focus()
+        self.theme = "textual-dark" if self.theme == "textual-ansi" else self.theme
+        if self.session is not None:
+            self._session_ready(self.session)
+        else:
+            self.pending.add(f"loading {self.loading_label}")
+            self.refresh_status()
+            self._load_session()
+
+    @work(thread=True, group="load", exit_on_error=False)
+    def _load_session(self) -> None:
+        assert self._load is not None
+        start = time.perf_counter()
+        try:
+            session = self._load()
+        except HorizonError as exc:
+            self.call_from_thread(self._fatal, str(exc))
+            return
+        except Exception as exc:
+            self.call_from_thread(self._fatal, f"{type(exc).__name__}: {exc}")
+            return
+        self.last_run = ("load", time.perf_counter() - start)
+        self.call_from_thread(self._session_ready, session)
+
+    def _fatal(self, message: str) -> None:
+        self.pending.clear()
+        self.notify(message, title="cannot start", severity="error", timeout=30)
+        self.refresh_status()
+
+    def _session_ready(self, session: Session) -> None:
+        self.session = session
+        self.pending = {name for name in self.pending if not name.startswith("loading")}
+        n = session.n_layers
+        self.set_reactive(HorizonApp.layer, n)  # the final residual: where truncation differs most
+        self.set_reactive(HorizonApp.settings, PatchSettings(k=max(1, n // 2)))
+        self.query_one(HorizonPane).configure(n)
+        self.start_patch()
+        if self.background:
+            self.pending.update(BACKGROUND)
+            self._run_background(self.prompt_index)
+        self.refresh_all()
+
+    # ------------------------------------------------------------------ workers
+
+    @work(thread=True, group="background", exclusive=True, exit_on_error=False)
+    def _run_background(self, prompt: int) -> None:
+        worker = get_current_worker()
+        assert self.session is not None
+        jobs: dict[str, Callable[[], Any]] = {
+            "truncation": self.session.truncation,
+            "norms": self.session.norms,
+            "attention": lambda: self.session.attention(prompt),  # type: ignore[union-attr]
+            "scan": lambda: self.session.scan(prompt),  # type: ignore[union-attr]
+        }
+        for name, job in jobs.items():
+            if worker.is_cancelled:
+                return
+            start = time.perf_counter()
+            try:
+                job()
+            except Exception as exc:
+                self.call_from_thread(self._job_failed, name, exc)
+                continue
+            if not worker.is_cancelled:
+                self.call_from_thread(self._job_done, name, time.perf_counter() - start)
+
+    def start_patch(self) -> None:
+        """Run the patched pass for the current settings now (no debounce)."""
+        if self.session is None:
+            return
+        self._patch_generation += 1
+        if self.session.cached_patch(self.settings, self.prompt_index) is not None:
+            self.workers.cancel_group(self, "patch")
+            self.pending.discard("patch")
+            self.refresh_all()
+            return
+        self.pending.add("patch")
+        self.refresh_status()
+        self._run_patch(self.settings, self.prompt_index, self._patch_generation)
+
+    @work(thread=True, group="patch", exclusive=True, exit_on_error=False)
+    def _run_patch(self, settings: PatchSettings, prompt: int, generation: int) -> None:
+        worker = get_current_worker()
+        assert self.session is not None
+        start = time.perf_counter()
+        try:
+            self.session.patch(settings, prompt)
+        except Exception as exc:
+            if generation == self._patch_generation:
+                self.call_from_thread(self._job_failed, "patch", exc)
+            return
+        # A newer setting was asked for while this ran: its result is cached but never shown.
+        if worker.is_cancelled or generation != self._patch_generation:
+            return
+        self.call_from_thread(self._job_done, "patch", time.perf_counter() - start)
+
+    def _job_done(self, name: str, seconds: float) -> None:
+        self.pending.discard(name)
+        self.failed.pop(name, None)
+        self.last_run = (name, seconds)
+        self.refresh_all()
+
+    def _job_failed(self, name: str, exc: BaseException) -> None:
+        self.pending.discard(name)
+        message = str(exc) if isinstance(exc, HorizonError) else f"{type(exc).__name__}: {exc}"
+        self.failed[name] = message
+        self.notify(message, title=f"{name} failed", severity="error", timeout=10)
+        self.refresh_all()
+
+    # ------------------------------------------------------------------ drawing
+
+    def refresh_all(self) -> None:
+        if self.session is None:
+            self.refresh_status()
+            return
+        for pane in (TokensPane, NormsPane, HorizonPane, OutliersPane, AttentionPane):
+            self.query_one(pane).refresh_view()
+        self.refresh_status()
+
+    def refresh_status(self) -> None:
+        self.query_one(StatusLine).show(self)
+
+    def watch_metric(self) -> None:
+        self.refresh_all()
+
+    def watch_layer(self) -> None:
+        self.refresh_all()
+
+    def watch_length(self) -> None:
+        self.refresh_all()
+
+    def watch_selected(self) -> None:
+        self.query_one(TokensPane).refresh_view()
+
+    def watch_attention_no_bos(self) -> None:
+        self.query_one(AttentionPane).refresh_view()
+
+    def watch_settings(self, old: PatchSettings, new: PatchSettings) -> None:
+        if old == new or self.session is None:
+            return
+        self.query_one(HorizonPane).sync_controls()
+        self.refresh_status()
+        # Debounced: a burst of slider steps runs one patched pass, for the last value.
+        if self._debounce is not None:
+            self._debounce.stop()
+        self._debounce = self.set_timer(DEBOUNCE_S, self.start_patch)
+
+    def watch_prompt_index(self, old: int, new: int) -> None:
+        if old == new or self.session is None:
+            return
+        self.selected = None
+        self.start_patch()
+        self.pending.update({"attention", "scan"})
+        self._run_background(new)
+        self.refresh_all()
+
+    # ------------------------------------------------------------------ actions
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_show_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+
+    def action_cycle_metric(self) -> None:
+        self.metric = METRICS[(METRICS.index(self.metric) + 1) % len(METRICS)]
+
+    def action_layer(self, step: int) -> None:
+        if self.session is not None:
+            self.layer = max(0, min(self.session.n_layers, self.layer + step))
+
+    def action_cycle_length(self) -> None:
+        lengths = self.session.lengths if self.session is not None else (1, 5, 10)
+        self.length = lengths[(lengths.index(self.length) + 1) % len(lengths)] if self.length in lengths else lengths[0]
+
+    def action_k(self, step: int) -> None:
+        if self.session is not None:
+            k = max(1, min(self.session.n_layers + 1, self.settings.k + step))
+            self.settings = replace(self.settings, k=k)
+
+    def action_start_layer(self, step: int) -> None:
+        if self.session is not None:
+            start = max(0, min(self.session.n_layers - 1, self.settings.start_layer + step))
+            self.settings = replace(self.settings, start_layer=start)
+
+    def action_toggle_source(self) -> None:
+        self.settings = replace(self.settings, source="clean" if self.settings.source == "recursive" else "recursive")
+
+    def action_toggle_keep_embed(self) -> None:
+        self.settings = replace(self.settings, keep_embed=not self.settings.keep_embed)
+
+    def action_toggle_final(self) -> None:
+        self.settings = replace(self.settings, final="full" if self.settings.final == "window" else "window")
+
+    def action_toggle_bos(self) -> None:
+        self.attention_no_bos = not self.attention_no_bos
+
+    def action_cycle_category(self) -> None:
+        self.query_one(OutliersPane).cycle_category()
+
+    def action_close_detail(self) -> None:
+        self.selected = None
+
+    def action_pick_prompt(self) -> None:
+        if self.session is None:
+            return
+
+        def chosen(index: int | None) -> None:
+            if index is not None:
+                self.prompt_index = index
+
+        self.push_screen(PromptPicker(self.session.prompts, self.prompt_index), chosen)
+
+    def jump_to_token(self, prompt: int, position: int) -> None:
+        """Show a token in the Tokens screen (from the outliers table)."""
+        self.prompt_index = prompt
+        self.action_show_tab("tokens")
+        self.selected = position
+        self.query_one(TokensPane).focus_grid()
+
+    @on(TabbedContent.TabActivated)
+    def _tab_changed(self, event: TabbedContent.TabActivated) -> None:
+        # Put the keyboard where the screen's work is: arrows then act at once.
+        targets = {"tokens": "#tokens-grid", "horizon": "#k-slider", "outliers": "#outliers-table"}
+        target = targets.get(str(event.pane.id))
+        if target is not None:
+            self.query_one(target).focus()
+        self.refresh_status()
+
+    def get_system_commands(self, screen: Screen) -> Any:
+        yield from super().get_system_commands(screen)
+        for number, tab in enumerate(TABS, start=1):
+            yield SystemCommand(f"Show {tab}", f"switch to the {tab} screen (key {number})",
+                                lambda tab=tab: self.action_show_tab(tab))
+        commands = (
+            ("Help", "every metric and key (?)", self.action_help),
+            ("Cycle token metric", "cosine, norm, Δloss, KL (m)", self.action_cycle_metric),
+            ("Layer down", "([)", lambda: self.action_layer(-1)),
+            ("Layer up", "(])", lambda: self.action_layer(1)),
+            ("Cycle truncation length", "1, 5, 10 (l)", self.action_cycle_length),
+            ("Horizon k down", "(,)", lambda: self.action_k(-1)),
+            ("Horizon k up", "(.)", lambda: self.action_k(1)),
+            ("Start layer down", "horizon start layer", lambda: self.action_start_layer(-1)),
+            ("Start layer up", "horizon start layer", lambda: self.action_start_layer(1)),
+            ("Toggle horizon source", "recursive / clean (s)", self.action_toggle_source),
+            ("Toggle keep_embed", "always add the embedding to the window (e)", self.action_toggle_keep_embed),
+            ("Toggle final readout", "window / full (f)", self.action_toggle_final),
+            ("Toggle attention BOS", "with / without the BOS column (b)", self.action_toggle_bos),
+            ("Cycle outlier category", "all, newline, full_stop, ... (c)", self.action_cycle_category),
+            ("Pick prompt", "search the prompts by text (p)", self.action_pick_prompt),
+            ("Close detail pane", "(esc)", self.action_close_detail),
+        )
+        for title, help_line, callback in commands:
+            yield SystemCommand(title, help_line, callback)

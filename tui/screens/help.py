@@ -1,0 +1,72 @@
+"""The help screen (?): every metric in one line (SCIENCE.md) and every key."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+METRICS = (
+    ("cosine", "mean-centred cosine between the residual of [BOS]+last c tokens and the full-prompt residual "
+               "at that layer (both minus the mean residual mu_l)"),
+    ("norm", "L2 norm over d_model of the residual (resid_pre_l; row L = final residual), BOS excluded from stats"),
+    ("growth", "g_i = mean norm(resid_pre_{i+1}) / mean norm(resid_pre_i); rate = exp(slope) of log mean norm"),
+    ("Δloss", "cross-entropy increase of next-token prediction when every sublayer reads only the last k "
+              "layers' outputs (horizon K = 2k sublayers)"),
+    ("KL", "KL(clean || patched) of the next-token distribution, per token and mean"),
+    ("top-1", "fraction of positions where the patched and clean top-1 predictions agree"),
+    ("eff. horizon", "smallest k whose loss increase is <= tol"),
+    ("distance", "attention mean distance sum_s A[t,s](t-s), averaged over queries t>=1; "
+                 "'no BOS' drops the BOS column and renormalises"),
+)
+
+KEYS = (
+    ("1..5", "Tokens, Norms, Horizon, Outliers, Attention"),
+    ("?", "this help"),
+    ("ctrl+p", "command palette (every action)"),
+    ("m", "cycle the token metric: cosine, norm, Δloss, KL"),
+    ("[ / ]", "layer down / up"),
+    ("l", "truncation length 1 → 5 → 10"),
+    (", / .", "horizon k down / up"),
+    ("s / e / f", "source recursive|clean, keep_embed, final window|full"),
+    ("←→↑↓ click", "select a token (opens the detail pane); esc closes it"),
+    ("tab", "focus next widget (sliders: ←/→, home/end)"),
+    ("c / o", "outliers: cycle category filter / sort column; enter jumps to the token"),
+    ("b", "attention: with / without the BOS column"),
+    ("p", "pick a prompt (search by text)"),
+    ("q", "quit"),
+)
+
+
+def help_text() -> Table:
+    table = Table.grid(padding=(0, 1))
+    table.add_column(style="bold cyan", no_wrap=True)
+    table.add_column()
+    table.add_row(Text("Metrics", style="bold underline"), "")
+    for name, line in METRICS:
+        table.add_row(name, Text(line))
+    table.add_row("", "")
+    table.add_row(Text("Keys", style="bold underline"), "")
+    for key, line in KEYS:
+        table.add_row(key, Text(line))
+    table.add_row("", "")
+    table.add_row("", Text("Token colour for Δloss/KL is that of the predicted token (position t+1). "
+                           "Grey cells: no value (BOS, or t-c < 1).", style="dim"))
+    return table
+
+
+class HelpScreen(ModalScreen[None]):
+    """Metrics and keys; any of esc, q, ? closes it."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,q,question_mark", "dismiss", "close")]
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="help-box"):
+            yield Static(Text("horizon inspect: help", style="bold"), id="help-title")
+            yield Static(help_text(), id="help-body")

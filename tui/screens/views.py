@@ -1,0 +1,121 @@
+"""What each screen shows, read out of the engine reports (indexing only, no science).
+
+Every function takes the session and the user's selections and returns plain lists for the
+widgets, or None while the analysis it needs is still pending.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from horizon.core.categories import token_category
+from horizon.core.session import PatchSettings, Session
+from horizon.tui.widgets.detail import TokenDetail
+
+METRIC_LABELS = {"cosine": "cosine", "norm": "norm", "loss": "Δloss", "kl": "KL"}
+
+
+def _float(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def layer_name(layer: int, n_layers: int) -> str:
+    return "final" if layer == n_layers else f"L{layer}"
+
+
+def cosines(session: Session, prompt: int, length: int, layer: int) -> list[float | None] | None:
+    """Mean-centred cosine per position (None where t - c < 1 or at BOS)."""
+    report = session.cached("truncation")
+    if report is None:
+        return None
+    values: list[float | None] = [None] * len(session.token_ids[prompt])
+    rows = np.nonzero((report.record_prompt == prompt) & (report.record_length == length))[0]
+    for row in rows:
+        values[int(report.record_pos[row])] = _float(report.cos[row, layer])
+    return values
+
+
+def cosine_curves(session: Session, prompt: int, position: int) -> dict[int, list[float | None]]:
+    """Per length, the token's cosine at every layer 0..L (all None when it has no record)."""
+    report = session.cached("truncation")
+    curves: dict[int, list[float | None]] = {}
+    for length in session.lengths:
+        curves[length] = [None] * (session.n_layers + 1)
+        if report is None:
+            continue
+        match = np.nonzero(
+            (report.record_prompt == prompt) & (report.record_length == length) & (report.record_pos == position)
+        )[0]
+        if len(match):
+            curves[length] = [_float(value) for value in report.cos[match[0]]]
+    return curves
+
+
+def norms(session: Session, prompt: int, layer: int) -> list[float | None] | None:
+    """Residual norm per position at resid_pre row ``layer`` (row L = final residual)."""
+    report = session.cached("norms")
+    if report is None:
+        return None
+    return [_float(value) for value in report.norms["resid_pre"][prompt][layer]]
+
+
+def norm_curve(session: Session, prompt: int, position: int) -> list[float | None]:
+    report = session.cached("norms")
+    if report is None:
+        return []
+    return [_float(value) for value in report.norms["resid_pre"][prompt][:, position]]
+
+
+def patch_per_token(session: Session, settings: PatchSettings, prompt: int, which: str) -> list[float | None] | None:
+    """Per-token loss increase or KL, placed on the predicted token (position t+1); BOS gets None."""
+    result = session.cached_patch(settings, prompt)
+    if result is None:
+        return None
+    if which == "loss":
+        series = [p - c for p, c in zip(result.per_token_loss_patched[0], result.per_token_loss_clean[0], strict=True)]
+    else:
+        series = result.per_token_kl[0]
+    values: list[float | None] = [None] * len(session.token_ids[prompt])
+    for t, value in enumerate(series):
+        if t + 1 < len(values):
+            values[t + 1] = _float(value)
+    return values
+
+
+def token_values(app: Any) -> tuple[list[float | None] | None, bool, str]:
+    """(values, diverging scale?, label) of the Tokens screen's current metric."""
+    session: Session = app.session
+    n = session.n_layers
+    if app.metric == "cosine":
+        return cosines(session, app.prompt_index, app.length, app.layer), True, (
+            f"cosine c={app.length} {layer_name(app.layer, n)}")
+    if app.metric == "norm":
+        return norms(session, app.prompt_index, app.layer), False, f"norm {layer_name(app.layer, n)}"
+    values = patch_per_token(session, app.settings, app.prompt_index, app.metric)
+    return values, app.metric == "loss", f"{METRIC_LABELS[app.metric]} k={app.settings.k}"
+
+
+def token_detail(app: Any, position: int) -> TokenDetail:
+    session: Session = app.session
+    prompt = app.prompt_index
+    tokens = session.tokens(prompt)
+    loss = patch_per_token(session, app.settings, prompt, "loss")
+    kl = patch_per_token(session, app.settings, prompt, "kl")
+    return TokenDetail(
+        index=position,
+        token=tokens[position],
+        category="BOS" if position == 0 and session.has_bos else token_category(tokens[position]),
+        before="".join(tokens[1 if session.has_bos else 0 : position]),
+        after="".join(tokens[position + 1 :]),
+        cos_by_length=cosine_curves(session, prompt, position),
+        norms=norm_curve(session, prompt, position),
+        loss_increase=None if loss is None else loss[position],
+        kl=None if kl is None else kl[position],
+        k=app.settings.k,
+        layer=app.layer,
+    )

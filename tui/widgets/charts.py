@@ -1,0 +1,165 @@
+"""Small text charts: inline sparklines, a colour legend, a cell heat map and a loss curve."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from horizon.tui.widgets.scales import Scale, fmt
+from rich.style import Style
+from rich.text import Text
+from textual.reactive import reactive
+from textual.widget import Widget
+
+BLOCKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: Sequence[float | None], low: float | None = None, high: float | None = None) -> str:
+    """One block character per value, scaled between ``low`` and ``high`` (default: the data's range)."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return " " * len(values)
+    low = min(finite) if low is None else low
+    high = max(finite) if high is None else high
+    span = high - low
+    out = []
+    for value in values:
+        if value is None or not math.isfinite(value):
+            out.append(" ")
+            continue
+        fraction = 0.5 if span <= 0 else (value - low) / span
+        out.append(BLOCKS[min(len(BLOCKS) - 1, max(0, int(fraction * (len(BLOCKS) - 1) + 0.5)))])
+    return "".join(out)
+
+
+def legend_text(scale: Scale, label: str, width: int = 24) -> Text:
+    """A colour bar with its end labels: ``label  low ████ high``."""
+    text = Text(f"{label} ", style="bold")
+    text.append(fmt(scale.low) + " ")
+    for column in range(width):
+        value = scale.low + (scale.high - scale.low) * (column + 0.5) / width
+        text.append(" ", Style(bgcolor=scale.style(value).bgcolor))
+    text.append(" " + fmt(scale.high))
+    text.append("  ")
+    text.append("  ", scale.style(None))
+    text.append(" n/a", style="dim")
+    return text
+
+
+class Legend(Widget):
+    """The colour legend of the grid or heat map beside it."""
+
+    DEFAULT_CSS = "Legend { height: 1; }"
+    scale: reactive[Scale] = reactive(lambda: Scale(0.0, 1.0))
+    label: reactive[str] = reactive("")
+
+    def render(self) -> Text:
+        return legend_text(self.scale, self.label, width=max(8, min(32, self.size.width - 30)))
+
+
+class HeatMap(Widget):
+    """A rows x columns matrix as coloured cells, with row labels and column ticks.
+
+    Columns are averaged into buckets when there are more columns than fit, so the whole
+    matrix is always visible; ``cell_width`` characters per column otherwise.
+    """
+
+    DEFAULT_CSS = "HeatMap { height: auto; }"
+    matrix: reactive[list[list[float | None]]] = reactive(list, layout=True)
+    row_labels: reactive[list[str]] = reactive(list)
+    scale: reactive[Scale] = reactive(lambda: Scale(0.0, 1.0))
+    cell_width: reactive[int] = reactive(2)
+    column_title: reactive[str] = reactive("")
+
+    def get_content_height(self, container, viewport, width: int) -> int:  # type: ignore[no-untyped-def]
+        return len(self.matrix) + 1 if self.matrix else 1
+
+    def _columns(self, width: int) -> tuple[list[list[float | None]], int, int]:
+        """The matrix bucketed to fit: (rows, cell width, columns per bucket)."""
+        label_width = max((len(label) for label in self.row_labels), default=0) + 1
+        n_cols = max((len(row) for row in self.matrix), default=0)
+        room = max(1, width - label_width)
+        cell = self.cell_width
+        if n_cols * cell > room:
+            cell = 1
+        per_bucket = max(1, math.ceil(n_cols / room)) if n_cols > room else 1
+        rows = []
+        for row in self.matrix:
+            bucketed = []
+            for start in range(0, len(row), per_bucket):
+                chunk = [v for v in row[start : start + per_bucket] if v is not None and math.isfinite(v)]
+                bucketed.append(sum(chunk) / len(chunk) if chunk else None)
+            rows.append(bucketed)
+        return rows, cell, per_bucket
+
+    def render(self) -> Text:
+        if not self.matrix:
+            return Text("no data yet", style="dim")
+        width = self.content_region.width or self.size.width or 80
+        rows, cell, per_bucket = self._columns(width)
+        label_width = max((len(label) for label in self.row_labels), default=0)
+        lines = []
+        for index, row in enumerate(rows):
+            label = self.row_labels[index] if index < len(self.row_labels) else str(index)
+            line = Text(label.rjust(label_width) + " ", style="dim")
+            for value in row:
+                line.append(" " * cell, Style(bgcolor=self.scale.style(value).bgcolor))
+            lines.append(line)
+        n_cols = len(rows[0]) if rows else 0
+        ticks = Text(" " * (label_width + 1), style="dim")
+        step = max(1, 10 // cell)
+        axis = ""
+        for column in range(0, n_cols, step):
+            tick = str(column * per_bucket)
+            axis = axis.ljust(column * cell) + tick
+        ticks.append(axis[: max(0, width - label_width - 1)])
+        if self.column_title:
+            ticks.append("  " + self.column_title)
+        lines.append(ticks)
+        return Text("\n").join(lines)
+
+
+def curve_text(
+    xs: Sequence[int], ys: Sequence[float], reference: float | None, marked_x: int | None,
+    current_x: int | None, height: int = 6, label_x: str = "k", bar_width: int = 1,
+) -> Text:
+    """A column chart of ``ys`` over ``xs``: one bar per x, a dashed reference line, two marks.
+
+    The current x is magenta, the marked x (effective horizon) green, the reference (clean
+    loss) a yellow dashed line.
+    """
+    if not ys:
+        return Text("no data yet", style="dim")
+    finite = [y for y in ys if math.isfinite(y)]
+    low = min([*finite, reference] if reference is not None else finite)
+    high = max([*finite, reference] if reference is not None else finite)
+    low = min(low, 0.0) if low > 0 and low < 0.2 * high else low
+    span = (high - low) or 1.0
+    levels = height * 8
+
+    def level(y: float) -> int:
+        return round((y - low) / span * (levels - 1))
+
+    ref_row = None if reference is None else height - 1 - level(reference) // 8
+    lines = []
+    for row in range(height):
+        row_floor = (height - 1 - row) * 8
+        label = fmt(high) if row == 0 else (fmt(low) if row == height - 1 else "")
+        line = Text(label.rjust(7), style="dim")
+        line.append(" ")
+        for x, y in zip(xs, ys, strict=True):
+            filled = level(y) + 1 - row_floor
+            char = " " if filled <= 0 else ("█" if filled >= 8 else BLOCKS[filled - 1])
+            style = "bold magenta" if x == current_x else ("green" if x == marked_x else "cyan")
+            if char == " " and row == ref_row:
+                char, style = "╌", "yellow"
+            line.append(char * bar_width, style)
+            line.append("╌" if row == ref_row else " ", "yellow")
+        lines.append(line)
+    axis = " " * 8
+    step = 1 if len(xs) <= 12 else 5
+    for index, x in enumerate(xs):
+        if index % step == 0 or x == current_x:
+            axis = axis[: 8 + index * (bar_width + 1)].ljust(8 + index * (bar_width + 1)) + str(x)
+    lines.append(Text(axis + f"  {label_x}", style="dim"))
+    return Text("\n").join(lines)
