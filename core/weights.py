@@ -13,9 +13,9 @@
   distribution but breaks the structure between coordinates (the seed's "resampled" inputs).
 
 Weights are read through the bridge's TransformerLens-layout accessors, so ``processing="tl"``
-(``enable_compatibility_mode``: fold norms, centre writing weights, fold value biases) shows the
-same quantities in the seeds' processed basis. Processing runs on a copy: the caller's model keeps
-its raw weights.
+(``enable_compatibility_mode``: fold norms, centre writing weights, fold value biases; the
+unembedding is left uncentred since nothing here reads it) shows the same quantities in the
+seeds' processed basis. Processing runs on a copy: the caller's model keeps its raw weights.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def with_processing(model: LoadedModel, processing: str) -> LoadedModel:
         )
     processed = copy.deepcopy(model)
     try:
-        processed.bridge.enable_compatibility_mode(disable_warnings=True)
+        # The unembedding is never measured here: skip centring it (a vocab-sized copy, seconds).
+        processed.bridge.enable_compatibility_mode(disable_warnings=True, center_unembed=False)
     except (RuntimeError, NotImplementedError, ValueError, KeyError) as exc:
         raise HorizonError(
             f"--processing tl failed for {model.spec} ({model.architecture}): {exc}".splitlines()[0]
