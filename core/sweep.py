@@ -256,7 +256,7 @@ def _norms_rows(worker: SweepWorker, indices: list[int], token_ids: list[list[in
         "position": pa.array(np.concatenate(columns["position"]), pa.int32()),
         "token": pa.array(np.concatenate(token_text), pa.string()),
         "layer": pa.array(np.concatenate(columns["layer"]), pa.int16()),
-        "site": pa.array(np.concatenate(sites), pa.string()).dictionary_encode(),
+        "site": pa.array(np.concatenate(sites), pa.string()),
         "norm": pa.array(np.concatenate(columns["norm"]), pa.float32()),
         "std": pa.array(np.concatenate(columns["std"]), pa.float32()),
     })
@@ -277,7 +277,7 @@ def _truncation_rows(worker: SweepWorker, indices: list[int], token_ids: list[li
         "position": pa.array(np.repeat(report.record_pos, n_rows), pa.int32()),
         "token": pa.array(np.repeat(np.asarray(report.record_token, dtype=object), n_rows), pa.string()),
         "category": pa.array(np.repeat(np.asarray(report.record_category, dtype=object), n_rows),
-                             pa.string()).dictionary_encode(),
+                             pa.string()),
         "length": pa.array(np.repeat(report.record_length, n_rows), pa.int16()),
         "layer": pa.array(np.tile(np.arange(n_rows), n_records), pa.int16()),
         "cos": pa.array(report.cos.reshape(-1), pa.float32()),
