@@ -53,7 +53,7 @@ class TokensPane(Horizontal):
         legend.scale, legend.label = scale, views.METRIC_LABELS[app.metric]
         header = Text()
         header.append(label, style="bold")
-        header.append("   [m] metric  [ ] layer  [l] length  [,.] k", style="dim")
+        header.append(f"   prompt {app.prompt_index + 1}/{len(session.prompts)}, {len(tokens)} tokens", style="dim")
         if pending:
             header.append("   computing…", style="yellow")
         self.query_one("#tokens-header", Static).update(header)
