@@ -363,14 +363,16 @@ class SweepSummary:
     shards_done: int
     prompts_run: int
     tokens_run: int
-    seconds: float
+    seconds: float  # wall time of the whole run, model load included
+    work_seconds: float  # from the first shard (or the corpus-mean pass) to the last
     complete: bool
     analyses: list[str]
     problems: list[str] = field(default_factory=list)
 
     @property
     def tokens_per_s(self) -> float:
-        return self.tokens_run / self.seconds if self.seconds > 0 else 0.0
+        """Throughput of the analyses themselves (model load and set-up left out)."""
+        return self.tokens_run / self.work_seconds if self.work_seconds > 0 else 0.0
 
 
 Progress = Callable[[int, int], None]  # (prompts finished, tokens finished) since the last call
@@ -562,6 +564,7 @@ def run_sweep(
         done_before = sum(1 for s in manifest["shards"] if not _missing_tables(manifest, s))
         shard_tokens = {int(s["id"]): int(s["n_tokens"]) for s in manifest["shards"]}
         shard_prompts = {int(s["id"]): s["prompts"][1] - s["prompts"][0] + 1 for s in manifest["shards"]}
+        work_started = time.perf_counter()
         if on_plan is not None:
             on_plan(sum(shard_prompts[i] for i, _ in todo), sum(shard_tokens[i] for i, _ in todo), done_before)
 
@@ -576,6 +579,7 @@ def run_sweep(
             tokens_run += shard_tokens[shard_id]
             if progress is not None:
                 progress(shard_prompts[shard_id], shard_tokens[shard_id])
+        work_seconds = time.perf_counter() - work_started
     finally:
         pool.close()
 
@@ -593,7 +597,8 @@ def run_sweep(
     return SweepSummary(
         out=str(root), shards_total=len(final["shards"]), shards_done_before=done_before, shards_run=len(todo),
         shards_done=done, prompts_run=prompts_run, tokens_run=tokens_run,
-        seconds=time.perf_counter() - started_clock, complete=final["finished"] is not None,
+        seconds=time.perf_counter() - started_clock, work_seconds=work_seconds,
+        complete=final["finished"] is not None,
         analyses=list(final["analyses"]),
     )
 
@@ -686,6 +691,12 @@ class _RayPool:
             cause = exc.as_instanceof_cause()
             if isinstance(cause, HorizonError):
                 raise HorizonError(str(cause).splitlines()[-1]) from None
+            raise
+        except self.ray.exceptions.RayActorError as exc:
+            # An actor that failed in its constructor (bad model spec, ...) reports here.
+            lines = [line for line in str(exc).splitlines() if "HorizonError:" in line]
+            if lines:
+                raise HorizonError(lines[-1].split("HorizonError:", 1)[1].strip()) from None
             raise
 
     def close(self) -> None:
@@ -806,7 +817,7 @@ def _truncation_view(results: store.Results, table: pa.Table, manifest: dict[str
         record_prompt=prompt[records],
         record_pos=position[records],
         record_length=length[records],
-        record_token=[table.column("token")[int(i)].as_py() for i in records],
+        record_token=np.asarray(table.column("token").to_numpy(zero_copy_only=False), dtype=object)[records].tolist(),
         record_category=np.asarray(_column(table, "category"), dtype=object)[records].tolist(),
         cos=_column(table, "cos")[order].reshape(-1, n_rows).astype(np.float64),
         cos_raw=_column(table, "cos_raw")[order].reshape(-1, n_rows).astype(np.float64),

@@ -173,6 +173,7 @@ def sweep(
         "prompts_run": summary.prompts_run,
         "tokens_run": summary.tokens_run,
         "seconds": round(summary.seconds, 3),
+        "work_seconds": round(summary.work_seconds, 3),
         "tokens_per_s": round(summary.tokens_per_s, 1),
     }
 
@@ -183,8 +184,9 @@ def sweep(
             f"({summary.shards_run} run now, {summary.shards_done_before} already done)"
         )
         console.print(
-            f"{summary.prompts_run} prompts, {summary.tokens_run} tokens in {summary.seconds:.1f} s "
-            f"({summary.tokens_per_s:.0f} tokens/s); analyses: {', '.join(summary.analyses)}"
+            f"{summary.prompts_run} prompts, {summary.tokens_run} tokens in {summary.work_seconds:.1f} s, "
+            f"{summary.tokens_per_s:.0f} tokens/s ({summary.seconds:.1f} s with the model load); "
+            f"analyses: {', '.join(summary.analyses)}"
         )
         if not summary.complete:
             console.print("[dim]other shards are for other --shard workers, or run the same command with --resume[/]")
@@ -208,7 +210,7 @@ def _sweep_progress(quiet: bool):
     if quiet or not err_console.is_terminal:
         yield (lambda *args: None), (lambda *args: None)
         return
-    started = time.perf_counter()
+    state_started = {"at": time.perf_counter()}
     state = {"tokens": 0}
     with Progress(
         TextColumn("[bold]sweep"),
@@ -225,11 +227,12 @@ def _sweep_progress(quiet: bool):
         task = progress.add_task("sweep", total=None, rate="loading model ...")
 
         def on_plan(prompts: int, tokens: int, done_before: int) -> None:
+            state_started["at"] = time.perf_counter()  # tokens/s counts the analyses, not the model load
             progress.update(task, total=prompts, rate=f"{tokens} tokens to run")
 
         def advance(prompts: int, tokens: int) -> None:
             state["tokens"] += tokens
-            rate = state["tokens"] / max(time.perf_counter() - started, 1e-9)
+            rate = state["tokens"] / max(time.perf_counter() - state_started["at"], 1e-9)
             progress.update(task, advance=prompts, rate=f"{rate:,.0f} tokens/s")
 
         yield on_plan, advance
