@@ -1,0 +1,240 @@
+"""`horizon patch` and `horizon scan`: the effective layer horizon (seed 000, SCIENCE.md section 3)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from horizon.core.errors import HorizonError
+from horizon.core.horizon import (
+    DEFAULT_TOL,
+    FINALS,
+    SOURCES,
+    UNITS,
+    HorizonConfig,
+    PatchResult,
+    ScanResult,
+    default_ks,
+    horizon_sublayers,
+    patch,
+    scan,
+)
+from horizon.core.loader import DEFAULT_MODEL
+from horizon.tui.cli.app import app
+from horizon.tui.cli.common import (
+    BosOpt,
+    BosTokenOpt,
+    DeviceOpt,
+    DtypeOpt,
+    FileOpt,
+    JsonOpt,
+    ModelOpt,
+    PromptOpt,
+    TruncateToOpt,
+    console,
+    emit,
+    parse_int_list,
+    prepare_inputs,
+    progress_bar,
+)
+from rich.table import Table
+from rich.text import Text
+
+BAR_WIDTH = 30
+
+KOpt = Annotated[int, typer.Option("--k", help="Horizon in layers (K = 2k sublayers); sublayers with --unit sublayer.")]
+UnitOpt = Annotated[str, typer.Option("--unit", help="What --k counts: layer (K = 2k) | sublayer (K = k).")]
+SourceOpt = Annotated[
+    str, typer.Option("--source", help="recursive: windows sum this patched pass's outputs; clean: the clean run's.")
+]
+KeepEmbedOpt = Annotated[bool, typer.Option("--keep-embed", help="Always add the embedding s_0 to the window.")]
+FinalOpt = Annotated[str, typer.Option("--final", help="Unembedding reads the window or the full residual.")]
+StartLayerOpt = Annotated[
+    int, typer.Option("--start-layer", help="Enforce only on readers in layers >= S (final readout = layer L).")
+]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Prompts per forward pass.")]
+KsOpt = Annotated[str | None, typer.Option("--ks", help="Horizons k to scan (default 1..L+1; 1..2L+1 in sublayers).")]
+StartLayersOpt = Annotated[
+    str, typer.Option("--start-layers", help="Start layers S, e.g. 0,5,10 (the seed's confounder control).")
+]
+TolOpt = Annotated[float, typer.Option("--tol", help="Effective horizon: smallest k with loss increase <= tol (nats).")]
+
+
+def _check_choices(unit: str, source: str, final: str) -> None:
+    for value, choices, option in ((unit, UNITS, "--unit"), (source, SOURCES, "--source"), (final, FINALS, "--final")):
+        if value not in choices:
+            raise HorizonError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _bar(value: float, scale: float) -> Text:
+    """A bar proportional to a loss increase (negative increases get an empty bar)."""
+    filled = 0 if scale <= 0 else round(BAR_WIDTH * max(0.0, min(value, scale)) / scale)
+    return Text("█" * filled + "·" * (BAR_WIDTH - filled), style="red" if filled else "dim")
+
+
+@app.command("patch")
+def patch_command(
+    k: KOpt,
+    unit: UnitOpt = "layer",
+    source: SourceOpt = "recursive",
+    keep_embed: KeepEmbedOpt = False,
+    final: FinalOpt = "window",
+    start_layer: StartLayerOpt = 0,
+    model: ModelOpt = DEFAULT_MODEL,
+    prompt: PromptOpt = None,
+    file: FileOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    bos: BosOpt = True,
+    bos_token: BosTokenOpt = None,
+    truncate_to: TruncateToOpt = None,
+    batch_size: BatchOpt = 8,
+    as_json: JsonOpt = False,
+) -> None:
+    """One forward pass with an enforced horizon: loss, its increase, KL and top-1 agreement vs the clean run."""
+    _check_choices(unit, source, final)
+    config = HorizonConfig.from_unit(k, unit, source=source, keep_embed=keep_embed, final=final,
+                                     start_layer=start_layer)
+    if batch_size < 1:
+        raise HorizonError("--batch-size must be at least 1")
+    inputs = prepare_inputs(model, device, dtype, prompt, file, bos, bos_token, truncate_to, quiet=as_json)
+    result = patch(inputs.model, inputs.token_ids, config, batch_size=batch_size)
+    payload = {
+        "model": inputs.model.spec,
+        "token_ids": inputs.token_ids,
+        "k": k,
+        "unit": unit,
+        "K": config.horizon_sublayers,
+        "source": source,
+        "keep_embed": keep_embed,
+        "final": final,
+        "start_layer": start_layer,
+        "loss_clean": result.loss_clean,
+        "loss_patched": result.loss_patched,
+        "delta_loss": result.delta_loss,
+        "kl": result.kl,
+        "top1_agreement": result.top1_agreement,
+        "n_tokens": result.n_tokens,
+        "n_prompts": len(inputs.token_ids),
+        "per_token": result.per_token,
+    }
+    emit(as_json, payload, lambda: _render_patch(inputs, result, k, unit))
+
+
+def _render_patch(inputs: Any, result: PatchResult, k: int, unit: str) -> None:
+    config = result.config
+    n_layers = inputs.model.n_layers
+    console.print(
+        f"[bold]horizon patch[/] {inputs.model.spec} ({n_layers} layers): k = {k} {unit}(s), K = "
+        f"{config.horizon_sublayers} sublayers, source {config.source}, final {config.final}, "
+        f"start layer {config.start_layer}{', embedding kept' if config.keep_embed else ''}"
+    )
+    if config.first_patched_reader(n_layers) is None:
+        console.print("[dim]the window never bites here (K >= 2L+1 or start layer > L): this is the clean model[/]")
+    table = Table(show_header=True, header_style="bold")
+    for column in ("loss clean", "loss patched", "Δ loss", "KL(clean‖patched)", "top-1 agreement"):
+        table.add_column(column, justify="right")
+    table.add_row(_fmt(result.loss_clean), _fmt(result.loss_patched), f"{result.delta_loss:+.3f}",
+                  _fmt(result.kl, 4), f"{result.top1_agreement:.1%}")
+    console.print(table)
+    if len(inputs.token_ids) == 1:
+        tokens = inputs.tokens()[0]
+        worst = sorted(range(len(result.per_token_kl[0])), key=lambda t: -result.per_token_kl[0][t])[:8]
+        detail = Table(title="largest KL predictions", title_justify="left", header_style="bold")
+        for column in ("pos", "context → next", "loss clean", "loss patched", "KL"):
+            detail.add_column(column, justify="right" if column != "context → next" else "left")
+        for t in worst:
+            context = "".join(tokens[max(0, t - 5) : t + 1]).replace("\n", "⏎")
+            detail.add_row(str(t), f"{context!r} → {tokens[t + 1]!r}", _fmt(result.per_token_loss_clean[0][t]),
+                           _fmt(result.per_token_loss_patched[0][t]), _fmt(result.per_token_kl[0][t], 4))
+        console.print(detail)
+    console.print(f"[dim]{result.n_tokens} next-token predictions (positions 0..T-2) over "
+                  f"{len(inputs.token_ids)} prompt(s)[/]")
+
+
+@app.command("scan")
+def scan_command(
+    ks: KsOpt = None,
+    start_layers: StartLayersOpt = "0",
+    tol: TolOpt = DEFAULT_TOL,
+    unit: UnitOpt = "layer",
+    source: SourceOpt = "recursive",
+    keep_embed: KeepEmbedOpt = False,
+    final: FinalOpt = "window",
+    model: ModelOpt = DEFAULT_MODEL,
+    prompt: PromptOpt = None,
+    file: FileOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    bos: BosOpt = True,
+    bos_token: BosTokenOpt = None,
+    truncate_to: TruncateToOpt = None,
+    batch_size: BatchOpt = 8,
+    as_json: JsonOpt = False,
+) -> None:
+    """Loss increase, KL and top-1 for every enforced horizon k, and the effective layer horizon at --tol."""
+    _check_choices(unit, source, final)
+    k_list = parse_int_list(ks, "--ks", minimum=1) if ks is not None else None
+    layer_list = parse_int_list(start_layers, "--start-layers", minimum=0)
+    if not tol >= 0:
+        raise HorizonError(f"--tol must be a number >= 0, got {tol}")
+    if batch_size < 1:
+        raise HorizonError("--batch-size must be at least 1")
+    inputs = prepare_inputs(model, device, dtype, prompt, file, bos, bos_token, truncate_to, quiet=as_json)
+    n_rows = len(k_list or default_ks(inputs.model.n_layers, unit)) * len(dict.fromkeys(layer_list))
+    with progress_bar("scan", n_rows, quiet=as_json) as advance:
+        result = scan(inputs.model, inputs.token_ids, ks=k_list, start_layers=layer_list, tol=tol, source=source,
+                      keep_embed=keep_embed, final=final, unit=unit, progress=advance, batch_size=batch_size)
+    payload = {
+        "model": inputs.model.spec,
+        "token_ids": inputs.token_ids,
+        "loss_clean": result.loss_clean,
+        "rows": result.rows,
+        "effective_horizon": result.effective_horizon,
+        "tol": result.tol,
+        "unit": unit,
+        "source": source,
+        "keep_embed": keep_embed,
+        "final": final,
+        "n_tokens": result.n_tokens,
+        "n_prompts": len(inputs.token_ids),
+    }
+    emit(as_json, payload, lambda: _render_scan(inputs, result, source, keep_embed, final))
+
+
+def _render_scan(inputs: Any, result: ScanResult, source: str, keep_embed: bool, final: str) -> None:
+    n_layers = inputs.model.n_layers
+    console.print(
+        f"[bold]horizon scan[/] {inputs.model.spec} ({n_layers} layers): loss vs enforced horizon, "
+        f"k in {result.unit}s, source {source}, final {final}{', embedding kept' if keep_embed else ''}"
+    )
+    console.print(f"clean loss [bold]{result.loss_clean:.3f}[/] nats over {result.n_tokens} next-token predictions "
+                  f"({len(inputs.token_ids)} prompt(s))")
+    scale = max([row["delta_loss"] for row in result.rows] + [result.tol])
+    for start_layer, horizon in result.effective_horizon.items():
+        rows = [row for row in result.rows if row["start_layer"] == start_layer]
+        table = Table(title=f"start layer {start_layer}", title_justify="left", header_style="bold")
+        for column in ("k", "K", "loss", "Δ loss", "", "KL", "top-1"):
+            table.add_column(column, justify="left" if column == "" else "right")
+        for row in rows:
+            marker = " ◀" if row["k"] == horizon else ""
+            style = "bold green" if row["k"] == horizon else None
+            table.add_row(str(row["k"]), str(row["K"]), _fmt(row["loss"]), f"{row['delta_loss']:+.3f}{marker}",
+                          _bar(row["delta_loss"], scale), _fmt(row["kl"], 4), f"{row['top1_agreement']:.0%}",
+                          style=style)
+        console.print(table)
+    for start_layer, horizon in result.effective_horizon.items():
+        where = f"start layer {start_layer}"
+        if horizon is None:
+            console.print(f"effective horizon ({where}): [red]none[/] of the scanned k keeps the loss increase "
+                          f"<= {result.tol:g} nats")
+        else:
+            sublayers = horizon_sublayers(horizon, result.unit)
+            console.print(f"effective horizon ({where}): [bold green]k = {horizon}[/] {result.unit}(s) "
+                          f"(K = {sublayers} sublayers) at tol {result.tol:g} nats")
+    console.print("[dim]readers in layers below the start layer always see the full residual stream; "
+                  "for start layer 0, layers < k are unaffected by horizon k (the seed's confounder)[/]")
