@@ -86,6 +86,7 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     temp = Path(temp_name)
     try:
         write(temp)
+        os.chmod(temp, 0o644)  # mkstemp makes 0600 files; results are meant to be shared and read by others
         with open(temp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(temp, path)
