@@ -58,6 +58,14 @@ class Session:
     def n_layers(self) -> int:
         return self.model.n_layers
 
+    @property
+    def can_patch(self) -> bool:
+        return True
+
+    @property
+    def label(self) -> str:
+        return f"{self.model.spec} {self.model.device.type}"
+
     def tokens(self, prompt: int = 0) -> list[str]:
         return self._tokens[prompt]
 
@@ -131,3 +139,235 @@ class Session:
 
     def cached_patch(self, settings: PatchSettings, prompt: int = 0) -> Any | None:
         return self._patches.get((settings, prompt))
+
+
+# ----------------------------------------------------------------------------- results mode
+
+
+@dataclass
+class StoredTruncation:
+    """The truncation records of a results directory, shaped like TruncationReport's arrays."""
+
+    n_layers: int
+    record_prompt: Any
+    record_pos: Any
+    record_length: Any
+    record_token: list[str]
+    record_category: list[str]
+    cos: Any  # [N, L+1]
+
+
+@dataclass
+class StoredNorms:
+    """Per-prompt resid_pre norms from the store plus the corpus aggregates of `horizon report`."""
+
+    n_layers: int
+    has_bos: bool
+    norms: dict[str, list[Any]]  # "resid_pre" -> per prompt [L+1, T] (None where not stored)
+    stats: dict[str, Any]
+    growth: Any
+    bos_mean_norm: Any
+
+
+@dataclass
+class StoredScan:
+    """The corpus scan of `horizon report` (rows, effective horizon per start layer, clean loss, tol)."""
+
+    rows: list[dict[str, Any]]
+    effective_horizon: dict[int, int | None]
+    loss_clean: float
+    tol: float
+
+
+class ResultsSession:
+    """A results directory behind the Session interface: stored numbers, no model needed.
+
+    The corpus-wide views (norm aggregates, growth, scan, attention) are those of
+    ``horizon report`` (core.sweep.corpus_views); per-token values (cosines, norms) come from the
+    stored tables of the prompt shown. With a ``live`` Session (same prompts, a loaded model),
+    patched passes can be rerun; otherwise ``can_patch`` is False.
+    """
+
+    def __init__(self, path: str, live_model: LoadedModel | None = None) -> None:
+        import numpy as np
+        from horizon.core import store
+        from horizon.core.sweep import corpus_views
+
+        self.results = store.open_results(path)
+        if self.results.manifest is None:
+            raise HorizonError(f"{path} is not a results directory written by horizon sweep")
+        manifest = self.results.manifest
+        self.views = corpus_views(self.results)
+        self.timings: dict[str, float] = {}
+        self.has_bos = bool(manifest.get("bos", {}).get("enabled", True))
+        model_info = manifest.get("model") or {}
+        self.spec = str(model_info.get("spec", "?"))
+        prompts_table = self.results.table("prompts")
+        tokens_table = self.results.table("tokens")
+        if prompts_table is None or tokens_table is None:
+            raise HorizonError(f"{path} holds no intact shard yet")
+        # Prompts are numbered by their corpus index; only those of intact shards are shown.
+        numbers = [int(n) for n in prompts_table.column("prompt").to_pylist()]
+        texts = prompts_table.column("text").to_pylist()
+        order = sorted(range(len(numbers)), key=lambda i: numbers[i])
+        self.prompt_numbers = [numbers[i] for i in order]
+        self.prompts = [texts[i] for i in order]
+        row_of = {number: row for row, number in enumerate(self.prompt_numbers)}
+        self.token_ids: list[list[int]] = [[] for _ in self.prompts]
+        self._tokens: list[list[str]] = [[] for _ in self.prompts]
+        t_prompt = tokens_table.column("prompt").to_numpy()
+        t_pos = tokens_table.column("position").to_numpy()
+        t_ids = tokens_table.column("token_id").to_pylist()
+        t_text = tokens_table.column("token").to_pylist()
+        for index in np.lexsort((t_pos, t_prompt)):
+            row = row_of.get(int(t_prompt[index]))
+            if row is not None:
+                self.token_ids[row].append(int(t_ids[index]))
+                self._tokens[row].append(str(t_text[index]))
+        self.n_layers = int(model_info.get("n_layers") or self._infer_layers())
+        self.lengths = tuple(manifest.get("analyses", {}).get("truncate", {}).get("lengths", DEFAULT_LENGTHS))
+        self._row_of = row_of
+        self._cache: dict[Any, Any] = {}
+        self.live = Session(live_model, self.prompts, self.token_ids, self.has_bos) if live_model else None
+        self.model = live_model
+
+    def _infer_layers(self) -> int:
+        attention = self.views.get("attention")
+        if attention:
+            return int(attention["n_layers"])
+        raise HorizonError("the results directory does not record the model's number of layers")
+
+    # The Session interface the app uses ------------------------------------------------
+
+    @property
+    def can_patch(self) -> bool:
+        return self.live is not None
+
+    @property
+    def label(self) -> str:
+        return f"{self.spec} results {self.results.path.name}"
+
+    def tokens(self, prompt: int = 0) -> list[str]:
+        return self._tokens[prompt]
+
+    def cached(self, key: Any) -> Any | None:
+        name = key[0] if isinstance(key, tuple) else key
+        if name not in self._cache:
+            self._cache[name] = self._build(name)
+        return self._cache[name]
+
+    def truncation(self) -> Any:
+        return self.cached("truncation")
+
+    def norms(self) -> Any:
+        return self.cached("norms")
+
+    def attention(self, prompt: int = 0) -> Any:
+        return self.cached("attention")
+
+    def scan(self, prompt: int = 0) -> Any:
+        return self.cached("scan")
+
+    def patch(self, settings: PatchSettings, prompt: int = 0) -> Any:
+        if self.live is None:
+            raise HorizonError("results mode has no model: pass --model to rerun patched passes")
+        return self.live.patch(settings, prompt)
+
+    def cached_patch(self, settings: PatchSettings, prompt: int = 0) -> Any | None:
+        return None if self.live is None else self.live.cached_patch(settings, prompt)
+
+    # Building the stored views -----------------------------------------------------------
+
+    def _build(self, name: str) -> Any:
+        builders = {
+            "truncation": self._stored_truncation, "norms": self._stored_norms,
+            "scan": self._stored_scan, "attention": self._stored_attention,
+        }
+        return builders[name]() if name in builders else None
+
+    def _stored_truncation(self) -> StoredTruncation | None:
+        import numpy as np
+
+        table = self.results.table("truncation")
+        if table is None or "truncate" not in self.views:
+            return None
+        layer = table.column("layer").to_numpy()
+        n_rows = int(layer.max()) + 1
+        prompt = table.column("prompt").to_numpy()
+        position = table.column("position").to_numpy()
+        length = table.column("length").to_numpy()
+        order = np.lexsort((layer, position, length, prompt))
+        first = order[layer[order] == 0]  # one record per (prompt, position, length)
+        rows = np.array([self._row_of.get(int(p), -1) for p in prompt[first]])
+        return StoredTruncation(
+            n_layers=n_rows - 1,
+            record_prompt=rows,
+            record_pos=position[first],
+            record_length=length[first],
+            record_token=[str(t) for t in np.asarray(table.column("token").to_pylist(), dtype=object)[first]],
+            record_category=[str(c) for c in np.asarray(table.column("category").to_pylist(), dtype=object)[first]],
+            cos=table.column("cos").to_numpy()[order].reshape(-1, n_rows).astype(np.float64),
+        )
+
+    def _stored_norms(self) -> StoredNorms | None:
+        import numpy as np
+        from horizon.core.norms import Growth
+
+        view = self.views.get("norms")
+        table = self.results.table("norms")
+        if view is None or table is None:
+            return None
+        site = np.asarray(table.column("site").to_pylist(), dtype=object)
+        keep = site == "resid_pre"
+        prompt = table.column("prompt").to_numpy()[keep]
+        position = table.column("position").to_numpy()[keep]
+        layer = table.column("layer").to_numpy()[keep]
+        norm = table.column("norm").to_numpy()[keep].astype(np.float64)
+        per_prompt: list[Any] = [None] * len(self.prompts)
+        n_rows = int(layer.max()) + 1
+        for number, row in self._row_of.items():
+            mine = prompt == number
+            if mine.any():
+                matrix = np.full((n_rows, int(position[mine].max()) + 1), np.nan)
+                matrix[layer[mine], position[mine]] = norm[mine]
+                per_prompt[row] = matrix
+        growth = dict(view["growth"])
+        growth["fit_layers"] = tuple(growth["fit_layers"])
+        stats = {name: _Namespace(mean_norm=np.asarray(entry["mean_norm"], dtype=np.float64))
+                 for name, entry in view["sites"].items()}
+        bos = view.get("bos", {}).get("mean_norm")
+        return StoredNorms(
+            n_layers=n_rows - 1, has_bos=self.has_bos, norms={"resid_pre": per_prompt}, stats=stats,
+            growth=Growth(**growth), bos_mean_norm=None if bos is None else np.asarray(bos, dtype=np.float64),
+        )
+
+    def _stored_scan(self) -> StoredScan | None:
+        view = self.views.get("scan")
+        if view is None:
+            return None
+        horizons = {int(layer): k for layer, k in view["effective_horizon"].items()}
+        return StoredScan(rows=view["rows"], effective_horizon=horizons, loss_clean=view["loss_clean"], tol=view["tol"])
+
+    def _stored_attention(self) -> Any:
+        import numpy as np
+        from horizon.core.attention import AttentionReport
+
+        view = self.views.get("attention")
+        if view is None:
+            return None
+
+        def array(matrix: list[list[float | None]]) -> Any:
+            return np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=np.float64)
+
+        return AttentionReport(
+            model=self.spec, token_ids=self.token_ids, n_layers=view["n_layers"], n_heads=view["n_heads"],
+            has_bos=self.has_bos, n_queries=view["n_queries"],
+            mean_distance=array(view["mean_distance"]), mean_distance_no_bos=array(view["mean_distance_no_bos"]),
+            mass={k: array(v) for k, v in view["mass"].items()},
+            mass_no_bos={k: array(v) for k, v in view["mass_no_bos"].items()},
+        )
+
+
+class _Namespace:
+    def __init__(self, **values: Any) -> None:
+        self.__dict__.update(values)

@@ -293,3 +293,73 @@ def test_inspect_rejects_bad_flags_before_loading(run_cli) -> None:  # type: ign
     assert code == 2 and "not both" in err and out == ""
     code, _, err = run_cli("inspect", "--prompt", "   ")
     assert code == 2 and "empty" in err
+
+
+# ----------------------------------------------------------------------------- results mode
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from horizon.core.corpus import Corpus
+    from horizon.core.sweep import SweepSettings, run_sweep
+
+    texts = [PROMPT, "Rome is the capital of Italy, and Milan is in the north.", "Berlin is in Germany."]
+    out = tmp_path_factory.mktemp("inspect") / "results"
+    settings = SweepSettings(analyses=["norms", "truncate", "scan", "attention"], shard_size=2)
+    run_sweep(Corpus(name="t", texts=texts, kinds=[""] * len(texts)), out, tiny_llama, settings, device="cpu")
+    return out
+
+
+@pytest.mark.anyio
+async def test_results_mode_shows_the_report_numbers(sweep_dir, run_cli) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from horizon.core.session import ResultsSession
+
+    code, out, err = run_cli("report", str(sweep_dir), "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    session = ResultsSession(str(sweep_dir))
+    assert not session.can_patch and len(session.prompts) == 3
+    app = HorizonApp(session=session)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        assert not app.failed
+        await pilot.press("2")
+        await pilot.pause()
+        growth = report["norms"]["growth"]
+        summary = plain(app.query_one("#norms-summary", Static))
+        assert f"{growth['rate']:.3f}/layer over layers {growth['fit_layers'][0]}-{growth['fit_layers'][1]}" in summary
+        await pilot.press("3")
+        await pilot.pause()
+        curve = plain(app.query_one("#horizon-curve", Static))
+        scan = report["scan"]
+        assert f"clean {scan['loss_clean']:.3f}" in curve
+        assert f"k={scan['effective_horizon']['0']}" in curve
+        await pilot.press("5")
+        await pilot.pause()
+        distances = np.array(report["attention"]["mean_distance_no_bos"], dtype=float)
+        layer, head = np.unravel_index(np.nanargmin(distances), distances.shape)
+        assert f"L{layer}.H{head}  {distances[layer, head]:.2f}" in plain(app.query_one("#attention-lists", Static))
+        # The token grid shows this prompt's stored cosines (length 1, final layer).
+        await pilot.press("1")
+        await pilot.pause()
+        stored = session.results.table("truncation")
+        rows = [
+            (p, pos, cos) for p, pos, c, lay, cos in zip(
+                stored.column("prompt").to_pylist(), stored.column("position").to_pylist(),
+                stored.column("length").to_pylist(), stored.column("layer").to_pylist(),
+                stored.column("cos").to_pylist(), strict=True,
+            ) if p == 0 and c == 1 and lay == app.layer
+        ]
+        grid = app.query_one("#tokens-grid", TokenGrid)
+        assert grid.tokens == session.tokens(0) and len(rows) == len(grid.tokens) - 2
+        for _, pos, cos in rows:
+            assert grid.values[pos] == pytest.approx(cos)
+
+
+def test_inspect_results_flag_is_checked_before_loading(run_cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = run_cli("inspect", "--results", str(tmp_path))
+    assert code == 2 and "not a results directory" in err
+    code, _, err = run_cli("inspect", "--results", str(tmp_path), "--prompt", "x")
+    assert code == 2 and "drop --prompt" in err

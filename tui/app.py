@@ -181,7 +181,7 @@ class HorizonApp(App[None]):
 
     def start_patch(self) -> None:
         """Run the patched pass for the current settings now (no debounce)."""
-        if self.session is None:
+        if self.session is None or not self.session.can_patch:
             return
         self._patch_generation += 1
         if self.session.cached_patch(self.settings, self.prompt_index) is not None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
+import typer
 from horizon.core.errors import HorizonError
 from horizon.core.loader import DEFAULT_MODEL, load_model
 from horizon.core.prompts import gather_prompts, tokenize
@@ -14,7 +18,6 @@ from horizon.tui.cli.common import (
     DeviceOpt,
     DtypeOpt,
     FileOpt,
-    ModelOpt,
     PromptOpt,
     TruncateToOpt,
 )
@@ -34,9 +37,30 @@ def session_loader(
     return load
 
 
+InspectModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Model spec (default: the bundled smollm2-135m); with --results: reruns."),
+]
+ResultsOpt = Annotated[
+    str | None, typer.Option("--results", help="Browse a results directory written by horizon sweep (no model needed).")
+]
+
+
+def results_loader(directory: str, model: str | None, device: str, dtype: str):
+    """The results-mode loader: open the store, and the model too when one is given."""
+    from horizon.core.session import ResultsSession
+
+    def load() -> ResultsSession:
+        live = load_model(model, device=device, dtype=dtype) if model is not None else None
+        return ResultsSession(directory, live_model=live)
+
+    return load
+
+
 @app.command("inspect")
 def inspect(
-    model: ModelOpt = DEFAULT_MODEL,
+    model: InspectModelOpt = None,
+    results: ResultsOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
     prompt: PromptOpt = None,
@@ -52,10 +76,18 @@ def inspect(
     """
     from horizon.tui.app import HorizonApp
 
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise HorizonError(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    if results is not None:
+        if prompt is not None or file is not None:
+            raise HorizonError("--results shows the sweep's own prompts; drop --prompt/--file")
+        if not (Path(results).expanduser() / "manifest.json").is_file():
+            raise HorizonError(f"{results} is not a results directory (no manifest.json)")
+        HorizonApp(load=results_loader(results, model, device, dtype), loading_label=results).run()
+        return
+    model = model or DEFAULT_MODEL
     prompts = gather_prompts(prompt, file, DEFAULT_PROMPT)
     if truncate_to is not None and truncate_to < 2:
         raise HorizonError("--truncate-to must be at least 2")
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise HorizonError(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}")
     loader = session_loader(model, device, dtype, prompts, bos, bos_token, truncate_to)
     HorizonApp(load=loader, loading_label=model).run()

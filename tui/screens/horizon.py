@@ -91,7 +91,9 @@ class HorizonPane(Vertical):
         settings = app.settings
         result = session.cached_patch(settings, app.prompt_index)
         summary = self.query_one("#horizon-summary", Static)
-        if result is None:
+        if not session.can_patch:
+            summary.update(Text("stored results: no model to rerun (give --model)", style="dim"))
+        elif result is None:
             summary.update(Text(f"k={settings.k}  patched pass running…", style="yellow"))
         else:
             summary.update(patch_summary(result, settings))

@@ -58,7 +58,10 @@ class NormsPane(VerticalScroll):
         text.append(growth.describe())
         summary.update(text)
         self.query_one("#norms-table", Static).update(site_table(report))
-        matrix = np.asarray(report.norms["resid_pre"][app.prompt_index])  # [L+1, T]
+        stored = report.norms["resid_pre"][app.prompt_index]
+        if stored is None:  # results mode: this prompt's norms are not in the store
+            return
+        matrix = np.asarray(stored)  # [L+1, T]
         start = 1 if report.has_bos else 0  # BOS is shown apart: its norm would flatten the colours
         shown = matrix[:, start:]
         n = report.n_layers

@@ -59,14 +59,14 @@ def cosine_curves(session: Session, prompt: int, position: int) -> dict[int, lis
 def norms(session: Session, prompt: int, layer: int) -> list[float | None] | None:
     """Residual norm per position at resid_pre row ``layer`` (row L = final residual)."""
     report = session.cached("norms")
-    if report is None:
+    if report is None or report.norms["resid_pre"][prompt] is None:
         return None
     return [_float(value) for value in report.norms["resid_pre"][prompt][layer]]
 
 
 def norm_curve(session: Session, prompt: int, position: int) -> list[float | None]:
     report = session.cached("norms")
-    if report is None:
+    if report is None or report.norms["resid_pre"][prompt] is None:
         return []
     return [_float(value) for value in report.norms["resid_pre"][prompt][:, position]]
 

@@ -18,9 +18,8 @@ class StatusLine(Static):
             text.append(f"loading {app.loading_label}…", style="bold yellow")
             self.update(text)
             return
-        model = session.model
-        text.append(f"{model.spec}", style="bold")
-        text.append(f" {model.device.type} L={model.n_layers}", style="dim")
+        text.append(session.label, style="bold")
+        text.append(f" L={session.n_layers}", style="dim")
         text.append(f"  T={len(session.token_ids[app.prompt_index])}")
         if len(session.prompts) > 1:
             text.append(f" prompt {app.prompt_index + 1}/{len(session.prompts)}")
