@@ -146,6 +146,29 @@ def test_default_window_skips_the_early_jump() -> None:
     assert default_fit_window(2.0 ** np.arange(6)) == (0, 5)
 
 
+def test_default_window_is_the_longest_straight_one_by_brute_force() -> None:
+    from horizon.core.norms import FIT_TOLERANCE, MIN_FIT_POINTS
+
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        norms = np.exp(np.cumsum(rng.normal(0.08, 0.06, size=25)))
+        start, stop = default_fit_window(norms)
+        logs = np.log(norms)
+
+        def rms(a: int, b: int, logs: np.ndarray = logs) -> float:
+            x = np.arange(a, b + 1)
+            residual = logs[a : b + 1] - np.polyval(np.polyfit(x, logs[a : b + 1], 1), x)
+            return float(np.sqrt((residual**2).mean()))
+
+        straight = [(b - a + 1) for a in range(25) for b in range(a + MIN_FIT_POINTS - 1, 25)
+                    if rms(a, b) <= FIT_TOLERANCE]
+        if straight:
+            assert rms(start, stop) <= FIT_TOLERANCE + 1e-12
+            assert stop - start + 1 == max(straight)
+        else:
+            assert (start, stop) == (0, 24)
+
+
 @pytest.mark.parametrize("window", [(5, 3), (0, 13), (-1, 4), (4, 4)])
 def test_bad_fit_windows_raise(window: tuple[int, int]) -> None:
     with pytest.raises(HorizonError, match="--fit"):
