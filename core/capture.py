@@ -37,6 +37,13 @@ class Capture:
         return torch.cat((self.acts["resid_pre"], self.acts["final"].unsqueeze(0)), dim=0)
 
 
+def _stop_forward(activation: torch.Tensor, hook: object) -> torch.Tensor:
+    """Ends the forward pass: the bridge catches its own StopAtLayerException and returns."""
+    from transformer_lens.model_bridge.exceptions import StopAtLayerException
+
+    raise StopAtLayerException(activation)
+
+
 def run_capture(
     model: LoadedModel,
     input_ids: torch.Tensor,
@@ -50,7 +57,8 @@ def run_capture(
 
     ``extra_hooks`` maps a key to any other bridge hook name (e.g. attention patterns) whose
     per-layer ``{layer}`` placeholder is expanded over all layers and stacked like a site.
-    ``stop_after_final`` skips the unembedding when the logits are not needed.
+    ``stop_after_final`` ends the pass at the final norm's input (no final norm, no unembedding)
+    when the logits are not needed; hooks after that point then never fire.
     """
     wanted = list(dict.fromkeys(sites))
     for site in wanted:
@@ -86,7 +94,10 @@ def run_capture(
 
     with torch.inference_mode():
         if stop_after_final and not keep_logits:
-            model.bridge.run_with_hooks(input_ids, fwd_hooks=hooks, stop_at_layer=None, return_type=None)
+            # Every site has fired once the final norm's input is reached: stop there, skipping
+            # the final norm and the unembedding (a vocab-sized matmul, ~10% of a small model).
+            hooks.append((site_hook("final"), _stop_forward))
+            model.bridge.run_with_hooks(input_ids, fwd_hooks=hooks, return_type=None)
             logits = None
         else:
             logits = model.bridge.run_with_hooks(input_ids, fwd_hooks=hooks, return_type="logits")

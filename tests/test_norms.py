@@ -218,3 +218,15 @@ def test_cli_rich_view(run_cli) -> None:
     for site in NORM_SITES:
         assert site in out
     assert "resid_pre norm per position" in out
+
+
+def test_analysis_skips_the_unembedding(tiny_llama: LoadedModel) -> None:
+    """Only norms are needed: the pass stops at the final norm's input, before the vocab-sized matmul."""
+    calls: list[int] = []
+    handle = tiny_llama.hf_model.lm_head.register_forward_hook(lambda module, args, output: calls.append(1))
+    try:
+        report = analyse_norms(tiny_llama, tokenize(tiny_llama, PROMPTS), has_bos=True)
+    finally:
+        handle.remove()
+    assert calls == []
+    assert np.all(report.norms["resid_pre"][0][-1] > 0)  # the final residual was still recorded
