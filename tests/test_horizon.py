@@ -1,0 +1,357 @@
+"""The effective layer horizon: invariants, a bridge-hook reference, an independent plain-HF re-implementation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from horizon.core import horizon as H
+from horizon.core.errors import HorizonError
+from horizon.core.horizon import HorizonConfig, clean_run, patch, patched_logits, reference_patched_logits, scan
+from horizon.core.loader import _tiny_hf_model
+from horizon.core.prompts import make_batch, tokenize
+
+from tests.conftest import SHORT_PROMPT
+
+PROMPTS = [SHORT_PROMPT, "Hello world, this is short.", "One two three four five six seven eight nine ten eleven."]
+
+
+def _batch(model, prompts):
+    ids = tokenize(model, prompts)
+    return ids, make_batch(ids, 0, True, model.device)
+
+
+def _option_grid(n_layers: int) -> list[HorizonConfig]:
+    configs = []
+    for horizon in (1, 3, 2 * n_layers):
+        for source in ("recursive", "clean"):
+            for keep_embed in (False, True):
+                final = ("window", "full")[len(configs) % 2]
+                configs.append(HorizonConfig(horizon, source, keep_embed, final, (len(configs) // 2) % n_layers))
+    return configs
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_config_counts_layers_and_sublayers() -> None:
+    assert HorizonConfig.from_layers(3).horizon_sublayers == 6
+    assert HorizonConfig.from_unit(3, "sublayer").horizon_sublayers == 3
+    assert HorizonConfig.from_unit(3, "layer", source="clean").source == "clean"
+    config = HorizonConfig(4, start_layer=3)
+    # L = 5: readers j = 1..11; j > 4 and layer(j) >= 3 -> first is attn_3 = reader 7; final (11) patched.
+    assert config.first_patched_reader(5) == 7
+    assert [config.patches(j, 5) for j in (6, 7, 11)] == [False, True, True]
+    assert not HorizonConfig(4, final="full").patches(11, 5)
+    assert HorizonConfig(11).first_patched_reader(5) is None
+    assert HorizonConfig(2, start_layer=6).first_patched_reader(5) is None
+    assert HorizonConfig(2, start_layer=5).first_patched_reader(5) == 11  # the final readout is layer L
+
+
+@pytest.mark.parametrize("bad", [
+    lambda: HorizonConfig(0), lambda: HorizonConfig(2, source="x"), lambda: HorizonConfig(2, final="x"),
+    lambda: HorizonConfig(2, start_layer=-1), lambda: HorizonConfig.from_layers(0),
+    lambda: HorizonConfig.from_unit(1, "block"),
+])
+def test_config_rejects_bad_values(bad) -> None:
+    with pytest.raises(HorizonError):
+        bad()
+
+
+def test_parallel_architecture_refused(tiny_llama) -> None:
+    parallel = dataclasses.replace(tiny_llama, parallel_attn_mlp=True)
+    with pytest.raises(HorizonError, match="parallel"):
+        patch(parallel, tokenize(tiny_llama, [SHORT_PROMPT]), HorizonConfig(2))
+
+
+# ----------------------------------------------------------------------------- invariants
+
+
+def test_wide_horizon_and_late_start_reproduce_clean(tiny_model) -> None:
+    ids, batch = _batch(tiny_model, PROMPTS)
+    clean = clean_run(tiny_model, batch)
+    n = tiny_model.n_layers
+    no_ops = [HorizonConfig(2 * n + 1), HorizonConfig(2 * n + 1, source="clean"), HorizonConfig(1, start_layer=n + 1),
+              HorizonConfig(1, start_layer=n, final="full")]
+    for _, logits in patched_logits(tiny_model, clean, no_ops):
+        assert (logits - clean.logits)[batch.mask].abs().max() <= 1e-4
+    result = patch(tiny_model, ids, HorizonConfig(2 * n + 1))
+    assert result.delta_loss == 0 and result.kl == 0 and result.top1_agreement == 1
+
+
+@pytest.mark.parametrize("first_layer", [0, 1, 3])
+def test_pass_from_cached_clean_residual_reproduces_clean(tiny_model, first_layer) -> None:
+    """The replayed blocks (start from cached resid_pre, tiled kwargs, own readout) equal the bridge's run."""
+    _, batch = _batch(tiny_model, PROMPTS)
+    clean = clean_run(tiny_model, batch)
+    first_layer = min(first_layer, tiny_model.n_layers - 1)
+    rows = [(first_layer, 0, HorizonConfig(2 * tiny_model.n_layers + 1)),
+            (first_layer, 1, HorizonConfig(2 * tiny_model.n_layers + 1, final="full"))]
+    for _, logits in H._staircase_pass(tiny_model, clean, rows):
+        assert (logits - clean.logits)[batch.mask].abs().max() <= 1e-4
+
+
+def test_engine_matches_bridge_reference_for_every_option(tiny_model) -> None:
+    """Staircase-batched passes from cached prefixes == one full hooked bridge pass per config."""
+    _, batch = _batch(tiny_model, PROMPTS)
+    clean = clean_run(tiny_model, batch)
+    configs = _option_grid(tiny_model.n_layers)
+    seen = 0
+    changed = 0
+    # A small memory budget forces several passes, so grouping is exercised too.
+    for index, logits in patched_logits(tiny_model, clean, configs, max_pass_bytes=4 * H._row_bytes(tiny_model, clean)):
+        reference = reference_patched_logits(tiny_model, batch.input_ids, configs[index])
+        assert (logits - reference)[batch.mask].abs().max() <= 1e-4, configs[index]
+        changed += bool((reference - clean.logits)[batch.mask].abs().max() > 1e-3)
+        seen += 1
+    assert seen == len(configs)
+    assert changed > len(configs) // 2  # the grid really patches something
+
+
+def test_padding_does_not_change_any_prompt(tiny_llama) -> None:
+    ids = tokenize(tiny_llama, PROMPTS)
+    config = HorizonConfig(3, keep_embed=True, start_layer=1)
+    together = patch(tiny_llama, ids, config)
+    tokens = 0
+    for index, single_ids in enumerate(ids):
+        alone = patch(tiny_llama, [single_ids], config)
+        assert alone.n_tokens == len(single_ids) - 1
+        tokens += alone.n_tokens
+        for field in ("per_token_loss_clean", "per_token_loss_patched", "per_token_kl"):
+            assert getattr(together, field)[index] == pytest.approx(getattr(alone, field)[0], abs=1e-4)
+    assert together.n_tokens == tokens
+
+
+# ----------------------------------------------------------------------------- independent re-implementation
+
+
+@pytest.fixture(scope="module")
+def fresh_tiny_llama(tiny_llama):
+    """Its own HF instance (the bridge wraps the loaded model's modules in place)."""
+    return _tiny_hf_model("tiny-llama", len(tiny_llama.tokenizer))
+
+
+def _hf_patched_logits(hf, input_ids: torch.Tensor, config: HorizonConfig, everywhere: bool = False) -> torch.Tensor:
+    """SCIENCE.md section 3 written directly with torch module hooks on a plain LlamaForCausalLM.
+
+    ``everywhere`` patches every reader with its window, even where the window holds all outputs.
+    """
+    layers = hf.model.layers
+    n_layers = len(layers)
+
+    def run(clean_outputs: list[torch.Tensor] | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        outputs: list[torch.Tensor] = []
+        handles = []
+
+        def keep(output):
+            outputs.append(output[0] if isinstance(output, tuple) else output)
+
+        def window_hook(j: int):
+            def hook(module, args):
+                layer = (j - 1) // 2
+                final_full = j == 2 * n_layers + 1 and config.final == "full"
+                if clean_outputs is None and not everywhere:
+                    return None
+                if not everywhere and (final_full or j <= config.horizon_sublayers or layer < config.start_layer):
+                    return None
+                if everywhere and (clean_outputs is not None and not config.patches(j, n_layers)):
+                    return None
+                source = clean_outputs if (clean_outputs is not None and config.source == "clean") else outputs
+                start = max(0, j - config.horizon_sublayers)
+                window = sum(source[start:j][1:], source[start:j][0])
+                if config.keep_embed and start > 0:
+                    window = window + source[0]
+                return (window, *args[1:])
+
+            return hook
+
+        handles.append(hf.model.embed_tokens.register_forward_hook(lambda m, a, o: keep(o)))
+        for i, layer in enumerate(layers):
+            handles.append(layer.input_layernorm.register_forward_pre_hook(window_hook(2 * i + 1)))
+            handles.append(layer.self_attn.register_forward_hook(lambda m, a, o: keep(o)))
+            handles.append(layer.post_attention_layernorm.register_forward_pre_hook(window_hook(2 * i + 2)))
+            handles.append(layer.mlp.register_forward_hook(lambda m, a, o: keep(o)))
+        handles.append(hf.model.norm.register_forward_pre_hook(window_hook(2 * n_layers + 1)))
+        try:
+            with torch.inference_mode():
+                logits = hf(input_ids).logits
+        finally:
+            for handle in handles:
+                handle.remove()
+        return logits, outputs
+
+    if everywhere:
+        return run(None)[0]
+    _, clean_outputs = run(None)
+    # Recursive: the hooks read `outputs` of this same run; clean: the first run's.
+    return run(clean_outputs)[0]
+
+
+def _ce(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits[0, :-1], input_ids[0, 1:], reduction="none")
+
+
+def test_full_window_everywhere_reproduces_clean_independently(tiny_llama, fresh_tiny_llama) -> None:
+    """K >= 2L+1 with the window applied at every reader (plain HF) equals our clean logits."""
+    ids = tokenize(tiny_llama, [SHORT_PROMPT])
+    input_ids = torch.tensor(ids)
+    windowed = _hf_patched_logits(fresh_tiny_llama, input_ids, HorizonConfig(2 * tiny_llama.n_layers + 1),
+                                  everywhere=True)
+    result = patch(tiny_llama, ids, HorizonConfig(2 * tiny_llama.n_layers + 1), keep_logits=True)
+    assert (windowed[0] - result.logits[0]).abs().max() <= 1e-4
+    with torch.inference_mode():
+        plain = fresh_tiny_llama(input_ids).logits
+    assert result.loss_clean == pytest.approx(float(_ce(plain, input_ids).mean()), abs=1e-5)
+
+
+@pytest.mark.parametrize("config", [
+    HorizonConfig(1), HorizonConfig(2), HorizonConfig(3, start_layer=2), HorizonConfig(4, keep_embed=True),
+    HorizonConfig(2, source="clean"), HorizonConfig(5, source="clean", keep_embed=True, final="full"),
+    HorizonConfig(2, final="full", start_layer=1), HorizonConfig(6, start_layer=3, keep_embed=True),
+    HorizonConfig(1, start_layer=4),
+], ids=str)
+def test_independent_plain_hf_reimplementation(tiny_llama, fresh_tiny_llama, config) -> None:
+    ids = tokenize(tiny_llama, [SHORT_PROMPT])
+    input_ids = torch.tensor(ids)
+    expected_logits = _hf_patched_logits(fresh_tiny_llama, input_ids, config)
+    with torch.inference_mode():
+        clean_logits = fresh_tiny_llama(input_ids).logits
+    expected = _ce(expected_logits, input_ids)
+    result = patch(tiny_llama, ids, config, keep_logits=True)
+    assert result.loss_patched == pytest.approx(float(expected.mean()), abs=1e-4)
+    assert result.per_token_loss_patched[0] == pytest.approx(expected.tolist(), abs=1e-4)
+    assert (result.logits[0] - expected_logits[0]).abs().max() <= 1e-4
+    clean_logp, patched_logp = clean_logits[0, :-1].log_softmax(-1), expected_logits[0, :-1].log_softmax(-1)
+    kl = (clean_logp.exp() * (clean_logp - patched_logp)).sum(-1)
+    assert result.per_token_kl[0] == pytest.approx(kl.tolist(), abs=1e-5)
+    agree = (clean_logp.argmax(-1) == patched_logp.argmax(-1)).double().mean()
+    assert result.top1_agreement == pytest.approx(float(agree))
+    assert result.delta_loss == pytest.approx(result.loss_patched - result.loss_clean, abs=1e-9)
+
+
+# ----------------------------------------------------------------------------- scan
+
+
+def test_scan_rows_equal_single_patches(tiny_model) -> None:
+    ids = tokenize(tiny_model, PROMPTS[:2])
+    n = tiny_model.n_layers
+    advanced: list[int] = []
+    result = scan(tiny_model, ids, start_layers=(0, 2), tol=0.005, progress=advanced.append)
+    assert sum(advanced) == len(result.rows) == 2 * (n + 1)
+    assert [row["k"] for row in result.rows[: n + 1]] == list(range(1, n + 2))
+    for row in result.rows:
+        single = patch(tiny_model, ids, HorizonConfig.from_layers(row["k"], start_layer=row["start_layer"]))
+        assert row["K"] == 2 * row["k"]
+        assert row["loss"] == pytest.approx(single.loss_patched, abs=1e-5)
+        assert row["delta_loss"] == pytest.approx(single.delta_loss, abs=1e-5)
+        assert row["kl"] == pytest.approx(single.kl, abs=1e-6)
+        assert row["top1_agreement"] == pytest.approx(single.top1_agreement)
+    assert result.loss_clean == pytest.approx(single.loss_clean, abs=1e-9)
+    assert result.rows[n]["delta_loss"] == 0  # k = L+1 is the clean model
+    for start, horizon in result.effective_horizon.items():
+        qualifying = [r["k"] for r in result.rows if r["start_layer"] == start and r["delta_loss"] <= 0.005]
+        assert horizon == min(qualifying)
+    assert result.tol == 0.005 and result.n_tokens == sum(len(x) - 1 for x in ids)
+
+
+def test_scan_sublayer_unit_and_options(tiny_llama) -> None:
+    ids = tokenize(tiny_llama, [SHORT_PROMPT])
+    result = scan(tiny_llama, ids, unit="sublayer", source="clean", keep_embed=True, final="full",
+                  start_layers=(1,))
+    assert [row["K"] for row in result.rows] == list(range(1, 2 * tiny_llama.n_layers + 2))
+    for row in result.rows[::3]:
+        single = patch(tiny_llama, ids, HorizonConfig(row["K"], "clean", True, "full", 1))
+        assert row["loss"] == pytest.approx(single.loss_patched, abs=1e-5)
+    late = scan(tiny_llama, ids, ks=[1, 2], start_layers=(tiny_llama.n_layers + 1,))
+    assert all(row["delta_loss"] == 0 for row in late.rows)
+    assert late.effective_horizon == {tiny_llama.n_layers + 1: 1}
+    assert scan(tiny_llama, ids, ks=[1], tol=0.0).effective_horizon[0] in (None, 1)
+
+
+def test_effective_horizon_is_smallest_qualifying_k() -> None:
+    rows = [{"k": k, "start_layer": 0, "delta_loss": d} for k, d in [(1, 2.0), (2, 0.05), (3, 0.3), (4, 0.0)]]
+    assert H.effective_horizon(rows, 0, 0.1) == 2
+    assert H.effective_horizon(rows, 0, 0.01) == 4
+    assert H.effective_horizon(rows, 0, -1) is None
+    assert H.effective_horizon(rows, 5, 0.1) is None
+
+
+# ----------------------------------------------------------------------------- the bundled model
+
+
+@pytest.mark.slow
+def test_bundled_model_engine_matches_reference_and_clean(smol) -> None:
+    _, batch = _batch(smol, ["The Eiffel Tower is in Paris, and it was built in 1889."])
+    clean = clean_run(smol, batch)
+    n = smol.n_layers
+    configs = [HorizonConfig(2 * n + 1), HorizonConfig(1, start_layer=n + 1), HorizonConfig(2 * n + 1, source="clean"),
+               HorizonConfig(6, start_layer=20)]
+    results = dict(patched_logits(smol, clean, configs))
+    for index in range(3):
+        assert (results[index] - clean.logits).abs().max() <= 1e-4
+    for index in (3,):
+        reference = reference_patched_logits(smol, batch.input_ids, configs[index])
+        assert (results[index] - reference).abs().max() <= 1e-3
+    (_, replayed), = H._staircase_pass(smol, clean, [(12, 0, HorizonConfig(2 * n + 1))])
+    assert (replayed - clean.logits).abs().max() <= 1e-4
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_patch_json(run_cli) -> None:
+    code, out, err = run_cli("patch", "-m", "tiny-llama", "--k", "2", "--start-layer", "1", "--keep-embed",
+                             "-p", SHORT_PROMPT, "--json")
+    assert code == 0, err
+    payload = json.loads(out)
+    for key in ("model", "token_ids", "k", "unit", "K", "source", "keep_embed", "final", "start_layer", "loss_clean",
+                "loss_patched", "delta_loss", "kl", "top1_agreement", "per_token"):
+        assert key in payload
+    assert payload["K"] == 4 and payload["keep_embed"] is True and payload["start_layer"] == 1
+    n_predictions = len(payload["token_ids"][0]) - 1
+    assert {len(payload["per_token"][name][0]) for name in ("loss_clean", "loss_patched", "kl")} == {n_predictions}
+    assert math.isclose(payload["delta_loss"], payload["loss_patched"] - payload["loss_clean"], abs_tol=1e-9)
+
+
+def test_cli_scan_json_and_rich(run_cli, tmp_path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"{PROMPTS[0]}\n{PROMPTS[1]}\n")
+    code, out, err = run_cli("scan", "-m", "tiny-llama", "-f", str(prompts), "--start-layers", "0,2", "--ks", "1,2,5",
+                             "--tol", "0.05", "--json")
+    assert code == 0, err
+    payload = json.loads(out)
+    assert set(payload) >= {"model", "token_ids", "loss_clean", "rows", "effective_horizon", "tol"}
+    assert len(payload["token_ids"]) == 2 and payload["tol"] == 0.05
+    assert [(row["k"], row["start_layer"]) for row in payload["rows"]] == [(1, 0), (2, 0), (5, 0), (1, 2), (2, 2),
+                                                                          (5, 2)]
+    assert set(payload["rows"][0]) == {"k", "K", "start_layer", "loss", "delta_loss", "kl", "top1_agreement"}
+    assert set(payload["effective_horizon"]) == {"0", "2"}
+    code, out, err = run_cli("scan", "-m", "tiny-llama", "-p", SHORT_PROMPT, "--unit", "sublayer", "--ks", "1,9")
+    assert code == 0, err
+    assert "effective horizon (start layer 0)" in out and "clean loss" in out and "K = 9" not in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (("patch", "--k", "0"), "--k must be at least 1"),
+    (("patch", "--k", "1", "--source", "nope"), "--source must be one of"),
+    (("patch", "--k", "1", "--final", "x"), "--final must be one of"),
+    (("patch", "--k", "1", "--unit", "x"), "--unit must be one of"),
+    (("patch", "--k", "1", "--start-layer", "-1"), "start layer must be >= 0"),
+    (("scan", "--ks", "0,1"), "--ks values must be >= 1"),
+    (("scan", "--start-layers", "a"), "--start-layers takes comma-separated integers"),
+    (("scan", "--tol", "-1"), "--tol must be a number >= 0"),
+])
+def test_cli_rejects_bad_flags_before_loading(run_cli, monkeypatch, args, message) -> None:
+    import horizon.tui.cli.common as common
+
+    def no_load(*_args, **_kwargs):
+        raise AssertionError("the model was loaded before the flags were checked")
+
+    monkeypatch.setattr(common, "load_model", no_load)
+    code, out, err = run_cli(*args, "-m", "tiny-llama", "-p", "hi there")
+    assert code == 2 and out == ""
+    assert err.startswith("horizon: error:") and message in err
