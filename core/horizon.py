@@ -565,17 +565,21 @@ def reference_patched_logits(model: LoadedModel, input_ids: torch.Tensor, config
     if config.source == "clean":
         capture = run_capture(model, input_ids, ("embed", "attn_out", "mlp_out"))
         clean_outputs = stack_outputs(capture["embed"], capture["attn_out"], capture["mlp_out"])
-    produced: list[torch.Tensor] = []
+    batch, pos = input_ids.shape
+    produced = torch.empty((n_readers(n_layers), batch, pos, model.d_model), dtype=model.dtype, device=model.device)
+    count = 0
 
     def record(activation: torch.Tensor, hook: object) -> torch.Tensor:
-        produced.append(activation)
+        nonlocal count
+        produced[count] = activation
+        count += 1
         return activation
 
     def read(j: int) -> Callable:
         def hook(activation: torch.Tensor, hook: object) -> torch.Tensor:
             if not config.patches(j, n_layers):
                 return activation
-            outputs = clean_outputs if clean_outputs is not None else torch.stack(produced[:j])
+            outputs = clean_outputs if clean_outputs is not None else produced
             return window_read(outputs, j, config.horizon_sublayers, config.keep_embed)
 
         return hook

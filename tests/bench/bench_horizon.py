@@ -1,0 +1,101 @@
+"""Horizon patch and scan vs plain HF forwards on a 128-token prompt of the bundled model (issue 4).
+
+Every ratio is measured side by side in one run: the functions alternate, so load drift on a
+shared machine hits all of them alike.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from horizon.core.horizon import HorizonConfig, clean_run, patch, patched_logits, reference_patched_logits, scan
+from horizon.core.loader import load_model
+from horizon.core.prompts import make_batch
+
+from tests.bench.timing import interleaved, plain_hf_model, prompt_ids
+
+_cache: dict[str, object] = {}
+
+
+def _setup() -> tuple:
+    if not _cache:
+        _cache["model"] = load_model("smollm2-135m", device="cpu")
+        _cache["hf"] = plain_hf_model()
+        _cache["ids"] = prompt_ids(128)
+    return _cache["model"], _cache["hf"], _cache["ids"]
+
+
+def _alternate(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds per function, alternating, no warm-up runs (the callers warm up once)."""
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    with torch.inference_mode():
+        for _ in range(repeats):
+            for name, function in functions.items():
+                started = time.perf_counter()
+                function()
+                times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def bench_patch_pass() -> dict:
+    """One patched pass (k = 1, S = 0: the window bites from attn_1 on) vs one plain HF forward."""
+    model, hf, ids = _setup()
+    clean = clean_run(model, make_batch(ids.tolist(), 0, True, model.device))
+    config = HorizonConfig.from_layers(1)
+    times = interleaved(
+        {"hf": lambda: hf(ids), "patched": lambda: list(patched_logits(model, clean, [config]))}, repeats=5
+    )
+    return {"ratio": round(times["patched"] / times["hf"], 3), "target": 1.3,
+            "hf_s": round(times["hf"], 4), "patched_s": round(times["patched"], 4)}
+
+
+def bench_patch_with_clean() -> dict:
+    """`patch()` as a caller sees it: the clean run, the patched pass and the metrics, vs one HF forward."""
+    model, hf, ids = _setup()
+    token_ids = ids.tolist()
+    config = HorizonConfig.from_layers(1)
+    times = interleaved({"hf": lambda: hf(ids), "patch": lambda: patch(model, token_ids, config)}, repeats=3)
+    return {"ratio": round(times["patch"] / times["hf"], 3), "target": None,
+            "hf_s": round(times["hf"], 4), "patch_s": round(times["patch"], 4)}
+
+
+def _naive_scan(model, token_ids: list[list[int]]) -> list[tuple[float, float]]:
+    """The clean run, then one full hooked bridge pass per k = 1..L+1: what a new user writes."""
+    input_ids = torch.tensor(token_ids)
+    targets = input_ids[0, 1:]
+    rows = []
+    with torch.inference_mode():
+        clean_logp = model.bridge(input_ids)[0, :-1].log_softmax(-1)
+        for k in range(1, model.n_layers + 2):
+            logp = reference_patched_logits(model, input_ids, HorizonConfig.from_layers(k))[0, :-1].log_softmax(-1)
+            kl = (clean_logp.exp() * (clean_logp - logp)).sum(-1).mean()
+            rows.append((float(torch.nn.functional.nll_loss(logp, targets)), float(kl)))
+    return rows
+
+
+def bench_scan_full() -> dict:
+    """Full scan (k = 1..L+1, S = 0) vs (L+1) plain HF forwards; the naive reference scan's ratio printed too."""
+    model, hf, ids = _setup()
+    token_ids = ids.tolist()
+    n_forwards = model.n_layers + 1
+    with torch.inference_mode():  # warm-up: one of each
+        hf(ids)
+        scan(model, token_ids, ks=[1, model.n_layers])
+        reference_patched_logits(model, ids, HorizonConfig.from_layers(1))
+    fast = _alternate({"hf": lambda: hf(ids), "scan": lambda: scan(model, token_ids)}, repeats=3)
+    slow = _alternate({"hf": lambda: hf(ids), "scan": lambda: scan(model, token_ids),
+                       "naive": lambda: _naive_scan(model, token_ids)}, repeats=1)
+    hf_s = statistics.median([fast["hf"], slow["hf"]])
+    return {
+        "ratio": round(fast["scan"] / (n_forwards * fast["hf"]), 3),
+        "target": 0.6,
+        "forwards": n_forwards,
+        "hf_s": round(hf_s, 4),
+        "scan_s": round(fast["scan"], 3),
+        "naive_s": round(slow["naive"], 3),
+        "naive_over_scan": round(slow["naive"] / slow["scan"], 2),
+        "naive_over_forwards": round(slow["naive"] / (n_forwards * slow["hf"]), 3),
+    }
