@@ -26,8 +26,10 @@ from horizon.core.loader import LoadedModel
 from horizon.core.prompts import TokenBatch, batches, decode_tokens
 
 DEFAULT_LENGTHS = (1, 5, 10)
-# Full prompts per forward when the full-context residuals are taken (prompts can be long).
+# Full prompts per forward when the full-context residuals are taken, at most; fewer when the
+# prompts are long, so one batch's residuals [L+1, batch, pos, d_model] stay under FULL_BATCH_BYTES.
 FULL_BATCH = 8
+FULL_BATCH_BYTES = 256 * 2**20
 # Keep the full-context residuals between the mean pass and the comparison pass below this size;
 # above it they are recomputed (one extra forward over the full prompts) instead of held.
 KEEP_FULL_BYTES = 512 * 2**20
@@ -103,13 +105,20 @@ def _sum_non_bos(residuals: torch.Tensor, batch: TokenBatch) -> tuple[torch.Tens
 
 
 def mean_residual(model: LoadedModel, token_ids: list[list[int]], has_bos: bool, batch_size: int = 8) -> torch.Tensor:
-    """mu_l: the mean full-context residual over all non-BOS, non-padding positions, [L+1, d_model]."""
+    """mu_l: the mean full-context residual over all non-BOS, non-padding positions, [L+1, d_model].
+
+    Reduced inside the hooks (a sum per row), so a corpus of long prompts never holds its residuals.
+    """
     total = torch.zeros(model.n_layers + 1, model.d_model, dtype=torch.float64, device=model.device)
     count = 0
     for batch in batches(model, token_ids, has_bos, batch_size):
-        summed, n = _sum_non_bos(full_residuals(model, batch), batch)
-        total += summed
-        count += n
+        mask = batch.stat_mask()[:, :, None].to(model.device)
+
+        def accumulate(row: int, activation: torch.Tensor, mask: torch.Tensor = mask) -> None:
+            total[row] += (activation.double() * mask).sum(dim=(0, 1))
+
+        run_residuals(model, batch.input_ids, accumulate)
+        count += int(mask.sum())
     if count == 0:
         raise HorizonError("the prompts hold no token after BOS to average over")
     return (total / count).float()
@@ -296,9 +305,10 @@ def _full_batches(
     model: LoadedModel, token_ids: list[list[int]], mu: torch.Tensor | None
 ) -> tuple[torch.Tensor, Callable[[], Iterator[tuple[int, TokenBatch, torch.Tensor]]]]:
     """mu (computed here when not given) and an iterator over (first prompt, batch, residuals)."""
-    prompt_batches = batches(model, token_ids, True, FULL_BATCH)
-    starts = np.cumsum([0] + [len(batch.token_ids) for batch in prompt_batches])[:-1].tolist()
     row_bytes = (model.n_layers + 1) * model.d_model * 4
+    longest = max(len(ids) for ids in token_ids)
+    prompt_batches = batches(model, token_ids, True, max(1, min(FULL_BATCH, FULL_BATCH_BYTES // (longest * row_bytes))))
+    starts = np.cumsum([0] + [len(batch.token_ids) for batch in prompt_batches])[:-1].tolist()
     keep = sum(batch.input_ids.numel() for batch in prompt_batches) * row_bytes <= KEEP_FULL_BYTES
     kept: list[torch.Tensor] = []
     if mu is None:
