@@ -186,7 +186,7 @@ def site_table(report: NormsReport, site: str) -> Table:
             start, stop = report.growth.fit_layers
             in_fit = start <= row <= stop
             ratio = report.growth.ratios[row - 1] if row > 0 else None
-            cells.append(f"[{'bold' if in_fit else 'dim'}]{fmt(ratio)}[/]")
+            cells.append("-" if ratio is None else f"[{'bold' if in_fit else 'dim'}]{ratio:.3f}[/]")
             cells.append(fmt(float(report.bos_mean_norm[row])) if report.bos_mean_norm is not None else "-")
             if row < report.n_layers:
                 cells.append("[green]ok[/]" if report.appendix1["holds"][row] else "[red]FAIL[/]")
@@ -203,7 +203,9 @@ def heat_table(report: NormsReport, tokens: list[str], prompt: int) -> Table:
     fits = max(4, (console.width - 8) // (HEAT_COLUMN_WIDTH + 1))
     shown = min(n_positions, fits)
     logs = np.log(np.maximum(matrix[:, :shown], 1e-12))
-    low, high = float(logs.min()), float(logs.max())
+    # The colour range comes from the real tokens: BOS norms can be 100x larger and would flatten it.
+    first = 1 if report.has_bos and shown > 1 else 0
+    low, high = float(logs[:, first:].min()), float(logs[:, first:].max())
     span = high - low or 1.0
     caption = f"positions 0-{shown - 1} of {n_positions}"
     if shown < n_positions:
@@ -217,7 +219,7 @@ def heat_table(report: NormsReport, tokens: list[str], prompt: int) -> Table:
     for row in range(matrix.shape[0]):
         cells = [layer_label("resid_pre", row, report.n_layers)]
         for position in range(shown):
-            level = (logs[row, position] - low) / span
+            level = min(1.0, max(0.0, (logs[row, position] - low) / span))
             # Blue (small) through yellow to red (large): a perceptual ramp on a log scale.
             red = int(40 + 215 * min(1.0, 2 * level))
             green = int(80 + 150 * (1 - abs(2 * level - 1)))
