@@ -13,11 +13,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from horizon.core.errors import HorizonError
-from horizon.core.loader import LoadedModel
-from horizon.core.prompts import decode_tokens
+
+if TYPE_CHECKING:  # the app imports this module before torch is loaded, so it can paint at once
+    from horizon.core.loader import LoadedModel
 
 T = TypeVar("T")
 DEFAULT_LENGTHS = (1, 5, 10)
@@ -52,6 +53,8 @@ class Session:
     def __post_init__(self) -> None:
         if not self.token_ids or len(self.token_ids) != len(self.prompts):
             raise HorizonError("a session needs one token list per prompt")
+        from horizon.core.prompts import decode_tokens
+
         self._tokens = [decode_tokens(self.model, ids) for ids in self.token_ids]
 
     @property

@@ -58,6 +58,8 @@ def test_layout_wraps_and_never_overflows() -> None:
     places = layout(cells, 10)
     assert [(p.line, p.start) for p in places] == [(0, 0), (0, 5), (1, 0), (1, 7), (2, 0)]
     assert all(p.end <= 10 for p in places)
+    broken = layout(["a", "↵", "b"], 80, [False, True, False])
+    assert [(p.line, p.start) for p in broken] == [(0, 0), (0, 2), (1, 0)]
 
 
 def test_visible_token_shows_whitespace() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, ClassVar
 
 from horizon.core.errors import HorizonError
@@ -41,7 +42,7 @@ DEBOUNCE_S = 0.12
 class HorizonApp(App[None]):
     """The inspector. Give it a ready ``session``, or a ``load`` callable run in a worker."""
 
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses elsewhere still find it
     TITLE = "horizon"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("question_mark", "help", "help"),

@@ -84,8 +84,7 @@ from horizon.tui.cli.inspect_cmd import session_loader
 from horizon.tui.cli.common import DEFAULT_PROMPT
 marks = {}
 class Timed(HorizonApp):
-    def on_mount(self):
-        super().on_mount()
+    def on_mount(self):  # Textual also runs HorizonApp.on_mount (handlers run along the MRO)
         self.call_after_refresh(lambda: marks.setdefault("first_paint", time.time() - t0))
 async def main():
     app = Timed(load=session_loader("smollm2-135m", "cpu", "float32", [DEFAULT_PROMPT], True, None, None))

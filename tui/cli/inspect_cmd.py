@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from horizon.core.errors import HorizonError
-from horizon.core.loader import DEFAULT_MODEL, load_model
-from horizon.core.prompts import gather_prompts, tokenize
-from horizon.core.session import Session
 from horizon.tui.cli.app import app
 from horizon.tui.cli.common import (
     DEFAULT_PROMPT,
@@ -22,6 +19,9 @@ from horizon.tui.cli.common import (
     TruncateToOpt,
 )
 
+if TYPE_CHECKING:
+    from horizon.core.session import ResultsSession, Session
+
 
 def session_loader(
     model: str, device: str, dtype: str, prompts: list[str], bos: bool, bos_token: str | None,
@@ -30,6 +30,11 @@ def session_loader(
     """A callable the app runs in a worker: load the model, tokenise, build the session."""
 
     def load() -> Session:
+        # Imported here, in the app's worker: torch loads while the first screen is already up.
+        from horizon.core.loader import load_model
+        from horizon.core.prompts import tokenize
+        from horizon.core.session import Session
+
         loaded = load_model(model, device=device, dtype=dtype)
         token_ids = tokenize(loaded, prompts, bos=bos, bos_token=bos_token, truncate_to=truncate_to)
         return Session(loaded, prompts, token_ids, has_bos=bos)
@@ -48,9 +53,11 @@ ResultsOpt = Annotated[
 
 def results_loader(directory: str, model: str | None, device: str, dtype: str):
     """The results-mode loader: open the store, and the model too when one is given."""
-    from horizon.core.session import ResultsSession
 
     def load() -> ResultsSession:
+        from horizon.core.loader import load_model
+        from horizon.core.session import ResultsSession
+
         live = load_model(model, device=device, dtype=dtype) if model is not None else None
         return ResultsSession(directory, live_model=live)
 
@@ -74,6 +81,8 @@ def inspect(
     With no options it opens the bundled model on a bundled prompt. Keys: ? for help,
     1-5 for the screens, ctrl+p for every action.
     """
+    from horizon.core.loader import DEFAULT_MODEL
+    from horizon.core.prompts import gather_prompts
     from horizon.tui.app import HorizonApp
 
     if dtype not in ("float32", "bfloat16", "float16"):

@@ -21,7 +21,7 @@ class TokensPane(Horizontal):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="tokens-main"):
-            yield Static(id="tokens-header")
+            yield Static(Text("loading the model and tokenising…", style="yellow"), id="tokens-header")
             yield Legend(id="tokens-legend")
             with VerticalScroll(id="tokens-scroll"):
                 yield TokenGrid(id="tokens-grid")

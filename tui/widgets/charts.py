@@ -79,7 +79,8 @@ class HeatMap(Widget):
         label_width = max((len(label) for label in self.row_labels), default=0) + 1
         n_cols = max((len(row) for row in self.matrix), default=0)
         room = max(1, width - label_width)
-        cell = self.cell_width
+        # Wide terminals get wider cells (up to 6 columns each); narrow ones fall back to 1.
+        cell = max(self.cell_width, min(6, room // max(1, n_cols)))
         if n_cols * cell > room:
             cell = 1
         per_bucket = max(1, math.ceil(n_cols / room)) if n_cols > room else 1

@@ -37,15 +37,21 @@ class CellPlace:
     end: int
 
 
-def layout(cells: list[str], width: int) -> list[CellPlace]:
-    """Place cells left to right, one space apart, wrapping at ``width`` columns."""
+def layout(cells: list[str], width: int, breaks_after: list[bool] | None = None) -> list[CellPlace]:
+    """Place cells left to right, one space apart, wrapping at ``width`` columns.
+
+    A cell flagged in ``breaks_after`` (a token ending in a newline) ends its line, so the grid
+    keeps the prompt's own line structure.
+    """
     places = []
     line, column = 0, 0
-    for cell in cells:
+    for index, cell in enumerate(cells):
         if column > 0 and column + len(cell) > width:
             line, column = line + 1, 0
         places.append(CellPlace(line, column, column + len(cell)))
         column += len(cell) + 1
+        if breaks_after is not None and breaks_after[index]:
+            line, column = line + 1, 0
     return places
 
 
@@ -75,7 +81,8 @@ class TokenGrid(Widget, can_focus=True):
             self.index = index
 
     def _places(self, width: int) -> list[CellPlace]:
-        return layout([visible_token(token) for token in self.tokens], max(1, width))
+        breaks = [token.endswith("\n") for token in self.tokens]
+        return layout([visible_token(token) for token in self.tokens], max(1, width), breaks)
 
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
         places = self._places(width)
@@ -84,7 +91,8 @@ class TokenGrid(Widget, can_focus=True):
     def render(self) -> Text:
         width = self.content_region.width or self.size.width
         places = self._places(width)
-        lines: list[Text] = [Text() for _ in range((places[-1].line + 1) if places else 1)]
+        n_lines = (places[-1].line + 1) if places else 1
+        lines: list[Text] = [Text() for _ in range(n_lines)]
         for index, (token, place) in enumerate(zip(self.tokens, places, strict=True)):
             value = self.values[index] if index < len(self.values) else None
             style = self.scale.style(value)
