@@ -320,20 +320,16 @@ class ResultsSession:
         table = self.results.table("norms")
         if view is None or table is None:
             return None
-        site = np.asarray(table.column("site").to_pylist(), dtype=object)
-        keep = site == "resid_pre"
-        prompt = table.column("prompt").to_numpy()[keep]
-        position = table.column("position").to_numpy()[keep]
-        layer = table.column("layer").to_numpy()[keep]
-        norm = table.column("norm").to_numpy()[keep].astype(np.float64)
-        per_prompt: list[Any] = [None] * len(self.prompts)
-        n_rows = int(layer.max()) + 1
-        for number, row in self._row_of.items():
-            mine = prompt == number
-            if mine.any():
-                matrix = np.full((n_rows, int(position[mine].max()) + 1), np.nan)
-                matrix[layer[mine], position[mine]] = norm[mine]
-                per_prompt[row] = matrix
+        site = table.column("site")
+        if hasattr(site.type, "value_type"):  # dictionary-encoded
+            site = site.cast(site.type.value_type)
+        keep = np.asarray(site.to_numpy(zero_copy_only=False) == "resid_pre")
+        per_prompt = _PerPromptMatrix(
+            self.prompt_numbers,
+            table.column("prompt").to_numpy()[keep], table.column("layer").to_numpy()[keep],
+            table.column("position").to_numpy()[keep], table.column("norm").to_numpy()[keep].astype(np.float64),
+        )
+        n_rows = per_prompt.n_rows
         growth = dict(view["growth"])
         growth["fit_layers"] = tuple(growth["fit_layers"])
         stats = {name: _Namespace(mean_norm=np.asarray(entry["mean_norm"], dtype=np.float64))
@@ -369,6 +365,40 @@ class ResultsSession:
             mass={k: array(v) for k, v in view["mass"].items()},
             mass_no_bos={k: array(v) for k, v in view["mass_no_bos"].items()},
         )
+
+
+class _PerPromptMatrix:
+    """prompt row -> its [layers, positions] matrix, assembled from long-format rows on first use.
+
+    Rows are sorted by prompt once, so a sweep of many prompts costs one sort, not one scan each.
+    """
+
+    def __init__(self, numbers: list[int], prompt: Any, layer: Any, position: Any, value: Any) -> None:
+        import numpy as np
+
+        order = np.argsort(prompt, kind="stable")
+        self.numbers = numbers
+        self.prompt, self.layer, self.position, self.value = prompt[order], layer[order], position[order], value[order]
+        self.n_rows = int(layer.max()) + 1 if len(layer) else 0
+        self._built: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def __getitem__(self, row: int) -> Any:
+        import numpy as np
+
+        if row not in self._built:
+            number = self.numbers[row]
+            start, stop = np.searchsorted(self.prompt, [number, number + 1])
+            if stop == start:
+                self._built[row] = None
+            else:
+                positions = self.position[start:stop]
+                matrix = np.full((self.n_rows, int(positions.max()) + 1), np.nan)
+                matrix[self.layer[start:stop], positions] = self.value[start:stop]
+                self._built[row] = matrix
+        return self._built[row]
 
 
 class _Namespace:

@@ -218,6 +218,28 @@ async def test_outlier_enter_jumps_to_the_token(tiny_llama: LoadedModel) -> None
 
 
 @pytest.mark.anyio
+async def test_outlier_category_filter_and_sort(tiny_llama: LoadedModel) -> None:
+    session = make_session(tiny_llama)
+    app = HorizonApp(session=session)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press("4", "c", "c", "c", "c")  # all -> newline -> full_stop -> comma -> common
+        await pilot.pause()
+        table = app.query_one(OutliersTable)
+        report = session.cached("truncation")
+        expected = sum(1 for c, n in zip(report.record_category, report.record_length, strict=True)
+                       if c == "common" and n == 1)
+        assert table.row_count == expected > 0
+        assert {table.get_row_at(i)[2] for i in range(table.row_count)} == {"common"}
+        cosines = [float(table.get_row_at(i)[0].plain) for i in range(table.row_count)]
+        assert cosines == sorted(cosines)
+        await pilot.press("o", "o", "o", "o")  # sort by position
+        await pilot.pause()
+        positions = [table.get_row_at(i)[4] for i in range(table.row_count)]
+        assert positions == sorted(positions)
+
+
+@pytest.mark.anyio
 async def test_attention_lists_match_the_engine(tiny_llama: LoadedModel) -> None:
     session = make_session(tiny_llama)
     app = HorizonApp(session=session)
