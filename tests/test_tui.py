@@ -309,6 +309,8 @@ async def test_prompt_picker_filters_by_text(tiny_llama: LoadedModel) -> None:
         await pilot.press(*"berlin", "enter")
         await settle(app, pilot)
         assert app.prompt_index == 2
+        # Typing in the search box must not fire the app's single-letter keys (b, e, l).
+        assert app.length == 1 and not app.settings.keep_embed and app.attention_no_bos
         assert app.query_one("#tokens-grid", TokenGrid).tokens == session.tokens(2)
 
 

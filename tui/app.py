@@ -115,7 +115,6 @@ class HorizonApp(App[None]):
 
     def on_mount(self) -> None:
         self.query_one("#tokens-grid").focus()
-        self.theme = "textual-dark" if self.theme == "textual-ansi" else self.theme
         if self.session is not None:
             self._session_ready(self.session)
         else:
