@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 
+import torch
 from horizon.core.loader import load_model
 from horizon.core.norms import analyse_norms
 
-from tests.bench.timing import interleaved, plain_hf_model, prompt_ids
+from tests.bench.timing import plain_hf_model, prompt_ids
 
 MEMORY_SCRIPT = """
 import json, resource, torch
@@ -28,20 +32,47 @@ print(json.dumps({"after_load_kb": after_load, "peak_kb": peak, "rate": report.g
 
 
 def bench_norms_forward_128() -> dict:
-    """analyse_norms (capture + norms + aggregates + fit) on 128 tokens vs a plain HF forward."""
+    """analyse_norms (capture + norms + aggregates + fit) on 128 tokens vs a plain HF forward.
+
+    The two run in alternation; the ratio is the median of the per-pair ratios, so load from
+    other processes on a shared machine hits both sides of each pair alike. Single-threaded for
+    the same reason (two threads each on a busy 2-core machine mostly measure the scheduler).
+    The ratio of the medians and of the best times are reported beside it.
+    """
     model = load_model("smollm2-135m", device="cpu")
     baseline = plain_hf_model()
     ids = prompt_ids(128)
     token_ids = ids.tolist()
-    times = interleaved(
-        {
-            "hf": lambda: baseline(ids),
-            "norms": lambda: analyse_norms(model, token_ids, has_bos=True),
-        },
-        repeats=9,
-    )
-    return {"ratio": round(times["norms"] / times["hf"], 3), "target": 1.3,
-            "hf_s": round(times["hf"], 4), "norms_s": round(times["norms"], 4)}
+    functions = {"hf": lambda: baseline(ids), "norms": lambda: analyse_norms(model, token_ids, has_bos=True)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        times = paired_times(functions, repeats=11)
+    finally:
+        torch.set_num_threads(threads)
+    ratios = [norms / hf for hf, norms in zip(times["hf"], times["norms"], strict=True)]
+    return {
+        "ratio": round(statistics.median(ratios), 3),
+        "target": 1.3,
+        "ratio_of_medians": round(statistics.median(times["norms"]) / statistics.median(times["hf"]), 3),
+        "ratio_of_best": round(min(times["norms"]) / min(times["hf"]), 3),
+        "hf_s": round(statistics.median(times["hf"]), 4),
+        "norms_s": round(statistics.median(times["norms"]), 4),
+    }
+
+
+def paired_times(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Every function once per round, in alternation, after a warm-up round: all the raw times."""
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    with torch.inference_mode():
+        for function in functions.values():
+            function()
+        for _ in range(repeats):
+            for name, function in functions.items():
+                started = time.perf_counter()
+                function()
+                times[name].append(time.perf_counter() - started)
+    return times
 
 
 def bench_norms_memory_50_prompts() -> dict:
