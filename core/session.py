@@ -49,6 +49,8 @@ class Session:
     _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
     _patches: OrderedDict[Any, Any] = field(default_factory=OrderedDict, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    _waiting: int = 0  # patched passes waiting for the lock (the scan yields to them)
+    _counter_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         if not self.token_ids or len(self.token_ids) != len(self.prompts):
@@ -115,17 +117,51 @@ class Session:
             lambda: attention_distance(self.model, [self.token_ids[prompt]], self.has_bos),
         )
 
-    def scan(self, prompt: int = 0) -> Any:
-        """ScanResult of one prompt over every k (core.horizon.scan)."""
-        from horizon.core.horizon import scan
+    def scan(self, prompt: int = 0, chunk: int = 4) -> Any:
+        """ScanResult of one prompt over every k (core.horizon.scan), run ``chunk`` ks at a time.
 
-        return self._cached(("scan", prompt), "scan", lambda: scan(self.model, [self.token_ids[prompt]]))
+        Between chunks the lock is handed to any waiting patched pass, so a slider move is not
+        stuck behind the whole scan; the rows are the engine's, and so is the effective horizon.
+        """
+        from horizon.core.horizon import ScanResult, default_ks, effective_horizon, scan
+
+        key = ("scan", prompt)
+        if key in self._cache:
+            return self._cache[key]
+        started = time.perf_counter()
+        ks = default_ks(self.n_layers, "layer")
+        rows: list[dict[str, Any]] = []
+        part = None
+        for first in range(0, len(ks), chunk):
+            while self._waiting:  # let a patched pass in first
+                time.sleep(0.005)
+            with self._lock:
+                part = scan(self.model, [self.token_ids[prompt]], ks=ks[first : first + chunk])
+            rows.extend(part.rows)
+        assert part is not None
+        result = ScanResult(
+            rows=rows, effective_horizon={0: effective_horizon(rows, 0, part.tol)}, loss_clean=part.loss_clean,
+            tol=part.tol, n_tokens=part.n_tokens, unit=part.unit,
+        )
+        with self._lock:
+            self._cache[key] = result
+            self.timings["scan"] = time.perf_counter() - started
+        return result
 
     def patch(self, settings: PatchSettings, prompt: int = 0) -> Any:
         """PatchResult of one prompt under ``settings`` (core.horizon.patch), LRU-cached."""
+        key = (settings, prompt)
+        with self._counter_lock:
+            self._waiting += 1
+        try:
+            return self._patch_locked(settings, prompt, key)
+        finally:
+            with self._counter_lock:
+                self._waiting -= 1
+
+    def _patch_locked(self, settings: PatchSettings, prompt: int, key: Any) -> Any:
         from horizon.core.horizon import HorizonConfig, patch
 
-        key = (settings, prompt)
         with self._lock:
             if key in self._patches:
                 self._patches.move_to_end(key)

@@ -69,6 +69,34 @@ def test_visible_token_shows_whitespace() -> None:
     assert visible_token("x" * 40).endswith("…")
 
 
+# ----------------------------------------------------------------------------- the session
+
+
+def test_session_scan_in_chunks_equals_one_engine_scan(tiny_llama: LoadedModel) -> None:
+    from horizon.core.horizon import scan
+
+    session = make_session(tiny_llama)
+    chunked = session.scan(chunk=2)
+    whole = scan(tiny_llama, session.token_ids)
+    assert [row["k"] for row in chunked.rows] == [row["k"] for row in whole.rows] == list(range(1, 6))
+    for mine, theirs in zip(chunked.rows, whole.rows, strict=True):
+        for name in ("loss", "delta_loss", "kl", "top1_agreement"):
+            assert mine[name] == pytest.approx(theirs[name], abs=1e-6)
+    assert chunked.effective_horizon == whole.effective_horizon
+    assert chunked.loss_clean == pytest.approx(whole.loss_clean)
+    assert session.scan() is chunked  # cached
+
+
+def test_session_caches_patches_by_settings(tiny_llama: LoadedModel) -> None:
+    session = make_session(tiny_llama)
+    first = session.patch(PatchSettings(k=2))
+    assert session.patch(PatchSettings(k=2)) is first
+    other = session.patch(PatchSettings(k=2, keep_embed=True))
+    assert other is not first and session.cached_patch(PatchSettings(k=3)) is None
+    expected = patch(tiny_llama, session.token_ids, HorizonConfig.from_layers(2, keep_embed=True))
+    assert other.delta_loss == pytest.approx(expected.delta_loss, abs=1e-6)
+
+
 # ----------------------------------------------------------------------------- the app
 
 
