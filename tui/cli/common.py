@@ -17,8 +17,10 @@ from typing import Annotated, Any
 
 import typer
 from horizon.core.errors import HorizonError
+
+# The loader imports torch lazily and nothing else here imports it at module level, so that
+# `horizon --help` and the inspector's first paint never wait for torch.
 from horizon.core.loader import DEFAULT_MODEL, LoadedModel, load_model
-from horizon.core.prompts import gather_prompts, tokenize
 from rich.console import Console
 
 # A short, real sentence: the default when a command gets neither --prompt nor --file.
@@ -95,6 +97,8 @@ def prepare_inputs(
     quiet: bool = False,
 ) -> Inputs:
     """Validate the prompt options before the (slow) model load, then tokenise."""
+    from horizon.core.prompts import gather_prompts, tokenize
+
     prompts = gather_prompts(prompt, file, default_prompt)
     if truncate_to is not None and truncate_to < 2:
         raise HorizonError("--truncate-to must be at least 2")
