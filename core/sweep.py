@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import os
 import platform
 import shutil
@@ -443,7 +444,7 @@ def _discard(root: Path) -> None:
     """Remove a previous sweep's files (only the ones a sweep writes)."""
     for table in (*BASE_TABLES, *ANALYSIS_TABLES.values()):
         shutil.rmtree(root / table, ignore_errors=True)
-    for name in (store.MANIFEST, store.MU_FILE):
+    for name in (store.MANIFEST, store.MU_FILE, VIEWS_FILE):
         (root / name).unlink(missing_ok=True)
 
 
@@ -593,6 +594,7 @@ def run_sweep(
             m["finished"] = ended
 
     final = store.update_manifest(root, finish)
+    write_views(root)
     done = sum(1 for s in final["shards"] if not _missing_tables(final, s))
     return SweepSummary(
         out=str(root), shards_total=len(final["shards"]), shards_done_before=done_before, shards_run=len(todo),
@@ -724,7 +726,7 @@ def corpus_views(results: store.Results) -> dict[str, Any]:
     views: dict[str, Any] = {}
     for analysis, build in (("norms", _norms_view), ("truncate", _truncation_view), ("scan", _horizon_view),
                             ("attention", _attention_view)):
-        table = results.table(ANALYSIS_TABLES[analysis])
+        table = results.table(ANALYSIS_TABLES[analysis], columns=VIEW_COLUMNS.get(analysis))
         if table is None or table.num_rows == 0:
             continue
         try:
@@ -732,6 +734,13 @@ def corpus_views(results: store.Results) -> dict[str, Any]:
         except (KeyError, ValueError, pa.ArrowException) as exc:
             results.problems.append(f"the {analysis} table cannot be summarised ({type(exc).__name__}: {exc})")
     return views
+
+
+# Only the columns a view needs are read (the per-row token texts of norms are the bulk of it).
+VIEW_COLUMNS = {
+    "norms": ["prompt", "position", "layer", "site", "norm", "std"],
+    "truncate": ["prompt", "position", "token", "category", "length", "layer", "cos", "cos_raw"],
+}
 
 
 def _column(table: pa.Table, name: str) -> np.ndarray:
@@ -744,16 +753,22 @@ def _column(table: pa.Table, name: str) -> np.ndarray:
 def _norms_view(results: store.Results, table: pa.Table, manifest: dict[str, Any], has_bos: bool) -> dict[str, Any]:
     from horizon.core.norms import NORM_SITES, _aggregate, appendix1_check, fit_growth
 
-    site = _column(table, "site")
+    # Site names as small integer codes: comparing 1.5M strings would dominate the report's time.
+    encoded = pa.chunked_array(table.column("site").combine_chunks().dictionary_encode())
+    site_names = encoded.chunk(0).dictionary.to_pylist()
+    site_code = encoded.chunk(0).indices.to_numpy()
     prompt, position, layer = _column(table, "prompt"), _column(table, "position"), _column(table, "layer")
     norm, std = _column(table, "norm").astype(np.float64), _column(table, "std").astype(np.float64)
+    site = np.asarray(site_names, dtype=object)[site_code]  # only used for the BOS row below
     stats = {}
     n_positions = 0
     for name in NORM_SITES:
-        selected = site == name
+        selected = site_code == site_names.index(name)
         if has_bos:
             selected &= position >= 1  # BOS (position 0) is excluded from statistics (SCIENCE.md s.2)
-        order = np.lexsort((position[selected], prompt[selected], layer[selected]))
+        # Rows are written prompt by prompt, layer-major with positions in order, so a stable sort by
+        # layer alone lines every layer's positions up in the same (prompt, position) order.
+        order = np.argsort(layer[selected], kind="stable")
         rows = int(layer[selected].max()) + 1
         pooled = np.stack((norm[selected][order], std[selected][order])).reshape(2, rows, -1)
         stats[name], _ = _aggregate([pooled], include_bos=True, has_bos=False)
@@ -806,7 +821,11 @@ def _truncation_view(results: store.Results, table: pa.Table, manifest: dict[str
     layer = _column(table, "layer")
     n_rows = int(layer.max()) + 1
     prompt, position, length = _column(table, "prompt"), _column(table, "position"), _column(table, "length")
-    order = np.lexsort((layer, position, length, prompt))
+    if len(layer) % n_rows == 0 and np.array_equal(layer.reshape(-1, n_rows), np.broadcast_to(
+            np.arange(n_rows), (len(layer) // n_rows, n_rows))):
+        order = np.arange(len(layer))  # as written: each record's L+1 layers in a row
+    else:
+        order = np.lexsort((layer, position, length, prompt))
     records = order[layer[order] == 0]  # one record per (prompt, position, length), at its layer-0 row
     token_ids, texts = _stored_tokens(results)
     report = TruncationReport(
@@ -817,8 +836,8 @@ def _truncation_view(results: store.Results, table: pa.Table, manifest: dict[str
         record_prompt=prompt[records],
         record_pos=position[records],
         record_length=length[records],
-        record_token=np.asarray(table.column("token").to_numpy(zero_copy_only=False), dtype=object)[records].tolist(),
-        record_category=np.asarray(_column(table, "category"), dtype=object)[records].tolist(),
+        record_token=table.column("token").take(pa.array(records)).to_pylist(),
+        record_category=table.column("category").take(pa.array(records)).to_pylist(),
         cos=_column(table, "cos")[order].reshape(-1, n_rows).astype(np.float64),
         cos_raw=_column(table, "cos_raw")[order].reshape(-1, n_rows).astype(np.float64),
     )
@@ -891,3 +910,47 @@ def _attention_view(results: store.Results, table: pa.Table, manifest: dict[str,
         "mass": {bucket: mean(column) for bucket, column in ATTENTION_MASSES.items()},
         "mass_no_bos": {bucket: mean(column + "_no_bos") for bucket, column in ATTENTION_MASSES.items()},
     }
+
+
+# ----------------------------------------------------------------------------- cached views
+
+VIEWS_FILE = "views.json"
+
+
+def views_fingerprint(results: store.Results) -> str:
+    """Identifies the exact set of table files a view was computed from (name, size, mtime)."""
+    digest = hashlib.sha256()
+    for table in sorted(results.files):
+        for file in results.files[table]:
+            info = file.stat()
+            digest.update(f"{table}/{file.name}:{info.st_size}:{info.st_mtime_ns};".encode())
+    return digest.hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot store {type(value).__name__} in {VIEWS_FILE}")
+
+
+def write_views(root: str | Path) -> dict[str, Any]:
+    """Compute the corpus views and store them beside the tables, so ``report`` needs no torch."""
+    results = store.open_results(root)
+    views = corpus_views(results)
+    payload = {"fingerprint": views_fingerprint(results), "views": views}
+    text = json.dumps(payload, default=_plain)
+    store._atomic_write(Path(root) / VIEWS_FILE, lambda temp: temp.write_text(text, encoding="utf-8"))
+    return views
+
+
+def load_views(results: store.Results) -> dict[str, Any]:
+    """The stored views when they match the intact files exactly, else computed now (slower: imports torch)."""
+    path = results.path / VIEWS_FILE
+    if path.exists():
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+            if payload.get("fingerprint") == views_fingerprint(results):
+                return payload["views"]
+        except (OSError, ValueError, AttributeError):
+            pass  # a damaged cache is only a cache: compute the views again
+    return corpus_views(results)

@@ -337,3 +337,17 @@ def test_sweep_cli_end_to_end(run_cli, tmp_path: Path) -> None:
     code, _, err = run_cli("sweep", str(corpus), "--out", str(out), "--model", "tiny-llama", "--device", "cpu",
                            "--analyses", "norms", "--max-tokens", "20")
     assert code == 2 and "max_tokens" in err and "--force" in err
+
+
+def test_report_uses_the_stored_views_without_torch(full: Path) -> None:
+    from horizon.core.sweep import VIEWS_FILE, load_views, views_fingerprint
+
+    results = store.open_results(full)
+    stored = json.loads((full / VIEWS_FILE).read_text())
+    assert stored["fingerprint"] == views_fingerprint(results)
+    assert load_views(results)["scan"] == stored["views"]["scan"]
+    code = ("import sys; from horizon.tui.cli.app import main; rc = main(['report', sys.argv[1], '--json']); "
+            "sys.exit(rc if rc else (3 if 'torch' in sys.modules else 0))")
+    finished = subprocess.run([sys.executable, "-c", code, str(full)], capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr
+    assert json.loads(finished.stdout)["attention"]["n_layers"] == 4

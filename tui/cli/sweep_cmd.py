@@ -247,10 +247,10 @@ def report(
     as_json: JsonOpt = False,
 ) -> None:
     """The corpus-wide view of every analysis in a results directory (no model is loaded)."""
-    from horizon.core.sweep import corpus_views
+    from horizon.core.sweep import load_views
 
     results = store.open_results(directory)
-    views = corpus_views(results)
+    views = load_views(results)
     manifest = results.manifest or {}
     payload = {
         "results": str(results.path),
@@ -488,6 +488,9 @@ def merge(
     done = sum(1 for shard in base["shards"] if shard["status"] == "done")
     base["finished"] = store.now_iso() if done == len(base["shards"]) else None
     store.write_json_atomic(target / store.MANIFEST, base)
+    from horizon.core.sweep import write_views
+
+    write_views(target)  # so that report on the merged directory needs no torch
     payload = {
         "out": str(target),
         "sources": [str(r.path) for r in opened],
