@@ -10,6 +10,8 @@ Layout::
     DIR/horizon/...                   prompt, n_tokens, k, K, start_layer, loss_clean, loss, delta_loss, kl, top1
     DIR/attention/...                 prompt, n_queries, layer, head, mean_distance, mean_distance_no_bos, mass_*
     DIR/truncation_mu.npy             the corpus-wide mean residual [L+1, d_model] every shard centres with
+    DIR/views.json                    the corpus views ``report`` shows, cached with a fingerprint of the
+                                      table files they came from (``core/sweep.py``: load_views)
 
 A *shard* is a fixed group of consecutive prompts (``shard_size``, recorded in the manifest).
 Every table file of a shard is written to a temp name and renamed into place, and only then is
