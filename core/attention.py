@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from horizon.core.errors import HorizonError
 from horizon.core.loader import LoadedModel
 from horizon.core.prompts import batches

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from horizon.core.categories import CATEGORIES, token_category
 from horizon.core.decomposition import site_hook
 from horizon.core.errors import HorizonError

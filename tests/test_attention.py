@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from horizon.core.attention import BUCKETS, attention_distance, distance_weights, pattern_statistics
 from horizon.core.loader import _tiny_hf_model
 from horizon.core.prompts import tokenize
+
 from tests.conftest import SHORT_PROMPT
 
 PROMPTS = [SHORT_PROMPT, "Short prompt, padded in its batch."]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from horizon.core.categories import CATEGORIES, COMMON_WORDS, token_category
 from horizon.core.loader import bundled_tokenizer
 

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from horizon.core.categories import CATEGORIES, token_category
 from horizon.core.loader import _tiny_hf_model
 from horizon.core.prompts import batches, tokenize
@@ -19,6 +18,7 @@ from horizon.core.truncation import (
     n_truncations,
     truncation_windows,
 )
+
 from tests.conftest import SHORT_PROMPT
 
 PROMPTS = [SHORT_PROMPT, "A short one, with commas.\nAnd a newline."]

@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 
 import torch
-
 from horizon.core.loader import load_model
 from horizon.core.truncation import analyse_truncation, run_residuals, truncation_windows
+
 from tests.bench.timing import interleaved, plain_hf_model, prompt_ids
 
 LENGTHS = (1, 5, 10)

@@ -6,9 +6,6 @@ from typing import Annotated
 
 import numpy as np
 import typer
-from rich.table import Table
-from rich.text import Text
-
 from horizon.core.attention import BUCKETS, AttentionReport, attention_distance
 from horizon.core.categories import CATEGORIES
 from horizon.core.errors import HorizonError
@@ -31,6 +28,8 @@ from horizon.tui.cli.common import (
     prepare_inputs,
     progress_bar,
 )
+from rich.table import Table
+from rich.text import Text
 
 LENGTH_COLOURS = ("red", "yellow", "green", "cyan", "blue", "magenta")
 BAR_WIDTH = 32
