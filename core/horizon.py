@@ -41,6 +41,8 @@ UNITS = ("layer", "sublayer")
 DEFAULT_TOL = 0.1
 # Memory one batched pass may hold (window buffers, activations, attention scores, logits).
 DEFAULT_PASS_BYTES = 2 << 30
+# Logits one batched readout may hold.
+READOUT_BYTES = 512 << 20
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -139,9 +141,18 @@ class CleanRun:
     block_args: list[tuple[tuple, dict]]  # per layer: the block's call arguments after hidden_states
     _tiled: dict[tuple[int, int], tuple[tuple, dict]] = field(default_factory=dict, repr=False)
 
+    _clean_logp: torch.Tensor | None = field(default=None, repr=False)
+
     @property
     def batch_size(self) -> int:
         return self.outputs.shape[1]
+
+    @property
+    def clean_logp(self) -> torch.Tensor:
+        """Clean next-token log-probabilities at positions 0..T-2, computed once for every config."""
+        if self._clean_logp is None:
+            self._clean_logp = torch.log_softmax(self.logits[:, :-1].float(), dim=-1)
+        return self._clean_logp
 
     def block_call(self, layer: int, copies: int) -> tuple[tuple, dict]:
         """The layer's call arguments for ``copies`` stacked copies of the batch."""
@@ -322,9 +333,23 @@ def _staircase_pass(
             args, kwargs = clean.block_call(layer, joined)
             output = model.bridge.blocks[layer](hidden, *args, **kwargs)
             hidden = output[0] if isinstance(output, tuple) else output
-    for row, (_, index, config) in enumerate(rows):
-        slots = slice(row * batch, (row + 1) * batch)
-        yield index, _readout(model, clean, config, buffer[:, slots], hidden[slots])
+    # The final reader of several rows at once (one unembedding matmul), in chunks that bound the logits' memory.
+    vocab = int(model.bridge.cfg.d_vocab)
+    per_chunk = max(1, READOUT_BYTES // max(1, batch * hidden.shape[1] * vocab * 4))
+    for first in range(0, n_rows, per_chunk):
+        chunk = list(enumerate(rows))[first : first + per_chunk]
+        reads = []
+        for row, (_, _, config) in chunk:
+            slots = slice(row * batch, (row + 1) * batch)
+            if config.patches(n_readers(n_layers), n_layers):
+                source = buffer[:, slots] if config.source == "recursive" else clean.outputs
+                reads.append(window_read(source, n_readers(n_layers), config.horizon_sublayers, config.keep_embed))
+            else:
+                reads.append(hidden[slots])
+        with torch.inference_mode():
+            logits = model.bridge.unembed(model.bridge.ln_final(torch.cat(reads)))
+        for offset, (_, (_, index, _)) in enumerate(chunk):
+            yield index, logits[offset * batch : (offset + 1) * batch]
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -341,11 +366,17 @@ class TokenMetrics:
     valid: torch.Tensor
 
 
-def token_metrics(clean_logits: torch.Tensor, patched: torch.Tensor, batch: TokenBatch) -> TokenMetrics:
-    """Next-token CE (clean and patched), KL(clean || patched) and top-1 agreement at positions 0..T-2."""
+def token_metrics(
+    clean_logits: torch.Tensor, patched: torch.Tensor, batch: TokenBatch, clean_logp: torch.Tensor | None = None
+) -> TokenMetrics:
+    """Next-token CE (clean and patched), KL(clean || patched) and top-1 agreement at positions 0..T-2.
+
+    ``clean_logp`` (the clean log-softmax at 0..T-2) may be passed in when it is reused.
+    """
     targets = batch.input_ids[:, 1:].unsqueeze(-1)
     valid = batch.mask[:, 1:]  # the prediction at t counts when token t+1 is real (not padding)
-    clean_logp = torch.log_softmax(clean_logits[:, :-1].float(), dim=-1)
+    if clean_logp is None:
+        clean_logp = torch.log_softmax(clean_logits[:, :-1].float(), dim=-1)
     patched_logp = torch.log_softmax(patched[:, :-1].float(), dim=-1)
     loss_clean = -clean_logp.gather(-1, targets).squeeze(-1)
     loss_patched = -patched_logp.gather(-1, targets).squeeze(-1)
@@ -511,14 +542,14 @@ def scan(
     totals = [_Totals() for _ in configs]
     clean_totals = _Totals()
     for clean in cleans:
-        clean_totals.add(token_metrics(clean.logits, clean.logits, clean.batch))
+        clean_totals.add(token_metrics(clean.logits, clean.logits, clean.batch, clean.clean_logp))
     # Each group of configs runs over every token batch before the next group, so a config
     # finishes once and progress moves group by group.
     order = _pass_order(model, configs)
     for group in order:
         for clean in cleans:
             for index, logits in patched_logits(model, clean, [configs[i] for i in group], max_pass_bytes):
-                totals[group[index]].add(token_metrics(clean.logits, logits, clean.batch))
+                totals[group[index]].add(token_metrics(clean.logits, logits, clean.batch, clean.clean_logp))
         if progress is not None:
             progress(len(group))
     n = clean_totals.n_tokens
