@@ -301,15 +301,48 @@ def _hub_cached(repo_id: str) -> bool:
     return isinstance(found, str)
 
 
-def _load_hf_dir_or_hub(name: str, local_only: bool) -> tuple[Any, Any]:
+def _load_hf_dir_or_hub(
+    name: str, local_only: bool, dtype: str = "float32", placement: dict[str, Any] | None = None
+) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with _quiet():
         model = AutoModelForCausalLM.from_pretrained(
-            name, dtype="float32", local_files_only=local_only, attn_implementation="eager"
+            name, dtype=dtype, local_files_only=local_only, attn_implementation="eager", **(placement or {})
         )
         tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
     return model, tokenizer
+
+
+def multi_device_placement(device_map: str | dict[str, Any] | None, n_devices: int | None) -> dict[str, Any] | None:
+    """``from_pretrained`` arguments that spread a model over devices; None keeps one device.
+
+    The bridge refuses device_map/n_devices next to a pre-built HF model, so the placement is
+    applied where the HF model is built and the bridge reads it back from ``hf_device_map``.
+    """
+    if n_devices is None or (n_devices == 1 and device_map is None):
+        return None if device_map is None else {"device_map": device_map}
+    import torch
+
+    if n_devices < 1:
+        raise HorizonError(f"--n-devices must be at least 1, got {n_devices}")
+    available = torch.cuda.device_count()
+    if n_devices > available:
+        raise HorizonError(f"--n-devices {n_devices} asked for, but torch sees {available} CUDA device(s) here")
+    budget = {index: torch.cuda.get_device_properties(index).total_memory for index in range(n_devices)}
+    return {"device_map": device_map or "auto", "max_memory": budget}
+
+
+def _dispatch_built_model(model: Any, placement: dict[str, Any]) -> Any:
+    """Place a model built in memory (the tiny ones) the way from_pretrained would."""
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    device_map = placement["device_map"]
+    if device_map == "auto":
+        device_map = infer_auto_device_map(model, max_memory=placement.get("max_memory"))
+    elif isinstance(device_map, str):
+        device_map = {"": device_map}
+    return dispatch_model(model, device_map=device_map)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -341,15 +374,18 @@ def load_model(
     spec: str = DEFAULT_MODEL,
     device: str = "auto",
     dtype: str | torch.dtype = "float32",
-    **bridge_kwargs: Any,
+    device_map: str | dict[str, Any] | None = None,
+    n_devices: int | None = None,
 ) -> LoadedModel:
     """Load any supported spec and boot it into a TransformerBridge.
 
-    ``bridge_kwargs`` (device_map, n_devices, ...) pass through to ``boot_transformers`` for
-    models that do not fit one device.
+    ``device_map`` (e.g. "auto") or ``n_devices`` > 1 spread a model that does not fit one
+    device over several (accelerate placement); ``device`` then only names the input device.
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
+    dtype_name = str(torch_dtype).removeprefix("torch.")
+    placement = multi_device_placement(device_map, n_devices)
     spec = spec.strip()
     if not spec:
         raise HorizonError("empty model spec")
@@ -358,7 +394,7 @@ def load_model(
     if spec == DEFAULT_MODEL or spec.endswith(".gguf"):
         gguf = bundled_gguf_path() if spec == DEFAULT_MODEL else Path(spec).expanduser()
         cache = gguf_cache_dir(gguf)
-        hf_model, tokenizer = _load_hf_dir_or_hub(str(cache), local_only=True)
+        hf_model, tokenizer = _load_hf_dir_or_hub(str(cache), True, dtype_name, placement)
         source = str(gguf)
         model_hash = cache.name.removeprefix("gguf-")
         if spec == DEFAULT_MODEL:
@@ -366,7 +402,9 @@ def load_model(
             boot_name = "HuggingFaceTB/SmolLM2-135M-Instruct"
     elif spec in TINY_MODELS:
         tokenizer = bundled_tokenizer()
-        hf_model = _tiny_hf_model(spec, len(tokenizer))
+        hf_model = _tiny_hf_model(spec, len(tokenizer)).to(dtype=torch_dtype)
+        if placement is not None:
+            hf_model = _dispatch_built_model(hf_model, placement)
         source = "random weights (seed 0)"
         model_hash = spec
         default_bos = BUNDLED_BOS
@@ -375,7 +413,7 @@ def load_model(
         if not (path / "config.json").exists():
             raise HorizonError(f"{path} is a directory but not an HF model (no config.json)")
         try:
-            hf_model, tokenizer = _load_hf_dir_or_hub(str(path), local_only=True)
+            hf_model, tokenizer = _load_hf_dir_or_hub(str(path), True, dtype_name, placement)
         except Exception as exc:
             raise HorizonError(f"cannot load HF model from {path}: {exc}".splitlines()[0]) from None
         source = str(path.resolve())
@@ -390,7 +428,7 @@ def load_model(
                 "cache, and the HF hub is unreachable from here (see `horizon models`)"
             )
         try:
-            hf_model, tokenizer = _load_hf_dir_or_hub(spec, local_only=cached)
+            hf_model, tokenizer = _load_hf_dir_or_hub(spec, cached, dtype_name, placement)
         except Exception as exc:
             raise HorizonError(f"cannot load model {spec!r} from the HF hub: {exc}".splitlines()[0]) from None
         source = f"HF hub: {spec}"
@@ -398,20 +436,21 @@ def load_model(
 
     if default_bos is None:
         default_bos = tokenizer.bos_token or tokenizer.eos_token
-    hf_model = hf_model.to(dtype=torch_dtype)
-    if "device_map" not in bridge_kwargs and "n_devices" not in bridge_kwargs:
+    if placement is None:
         hf_model = hf_model.to(torch_device)
     from transformer_lens.model_bridge import TransformerBridge
 
     try:
         with _quiet():
             bridge = TransformerBridge.boot_transformers(
-                boot_name, hf_model=hf_model, tokenizer=tokenizer, dtype=torch_dtype, **bridge_kwargs
+                boot_name, hf_model=hf_model, tokenizer=tokenizer, dtype=torch_dtype
             )
     except Exception as exc:
         raise HorizonError(f"TransformerLens cannot bridge {spec}: {exc}".splitlines()[0]) from None
     bridge.eval()
     cfg = bridge.cfg
+    if placement is not None:  # inputs go where the embedding lives
+        torch_device = hf_model.get_input_embeddings().weight.device
     return LoadedModel(
         spec=spec,
         source=source,

@@ -143,3 +143,21 @@ def test_copied_gguf_loads_through_the_path_spec(tmp_path: Path) -> None:
     shutil.copyfile(bundled_gguf_path(), copy)
     loaded = load_model(str(copy), device="cpu")
     assert loaded.n_layers == 30 and loaded.source == str(copy)
+
+
+@pytest.mark.parametrize("spec", ["tiny-llama", "smollm2-135m"])
+def test_device_map_places_through_hf_and_matches(spec: str, request: pytest.FixtureRequest) -> None:
+    """--device-map goes to from_pretrained / accelerate (the bridge refuses it beside hf_model)."""
+    reference = request.getfixturevalue("tiny_llama" if spec == "tiny-llama" else "smol")
+    placed = load_model(spec, device="cpu", device_map="cpu")
+    # accelerate records a placement it dispatched; from_pretrained may skip it for one device
+    assert set(getattr(placed.hf_model, "hf_device_map", {"": "cpu"}).values()) == {"cpu"}
+    ids = torch.tensor([[0, 504, 3458, 282, 4649, 314]])
+    with torch.inference_mode():
+        assert torch.allclose(placed.bridge(ids), reference.bridge(ids), atol=1e-4)
+
+
+def test_n_devices_beyond_what_torch_sees_fails_clearly() -> None:
+    wanted = torch.cuda.device_count() + 2  # always a multi-device request
+    with pytest.raises(HorizonError, match=f"--n-devices {wanted} asked for"):
+        load_model("tiny-llama", device="cpu", n_devices=wanted)
