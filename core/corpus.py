@@ -18,7 +18,6 @@ Nothing here imports torch: reading and hashing a corpus is cheap and happens be
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -130,23 +129,11 @@ def _looks_jsonl(file: Path) -> bool:
 
 
 def _read_jsonl(file: Path, name: str) -> tuple[list[str], list[str]]:
-    texts: list[str] = []
-    kinds: list[str] = []
-    for number, line in enumerate(_read_text(file, name).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise HorizonError(f"{name} line {number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise HorizonError(f'{name} line {number}: no "text" string field')
-        if not record["text"].strip():
-            raise HorizonError(f"{name} line {number}: the text is empty")
-        texts.append(record["text"])
-        kind = record.get("kind", "")
-        kinds.append(kind if isinstance(kind, str) else "")
-    return texts, kinds
+    from horizon.core.prompts import jsonl_records
+
+    records = jsonl_records(_read_text(file, name).splitlines(), name)
+    kinds = [record.get("kind", "") for record in records]
+    return [record["text"] for record in records], [kind if isinstance(kind, str) else "" for kind in kinds]
 
 
 def _read_directory(directory: Path, name: str) -> tuple[list[str], list[str]]:

@@ -11,10 +11,13 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from horizon.core.errors import HorizonError
-from horizon.core.loader import LoadedModel
+
+if TYPE_CHECKING:  # torch loads where batches are built: reading prompts and corpora stays light
+    import torch
+    from horizon.core.loader import LoadedModel
 
 
 def read_prompts(path: str) -> list[str]:
@@ -43,14 +46,21 @@ def read_prompts(path: str) -> list[str]:
         raise HorizonError(f"{name} is not UTF-8 text (bad byte at offset {exc.start})") from None
     lines = text.splitlines()
     looks_jsonl = name.endswith(".jsonl") or (bool(lines) and lines[0].lstrip().startswith("{"))
-    prompts = _parse_jsonl(lines, name) if looks_jsonl else [line for line in lines if line.strip()]
+    if looks_jsonl:
+        prompts = [record["text"] for record in jsonl_records(lines, name)]
+    else:
+        prompts = [line for line in lines if line.strip()]
     if not prompts:
         raise HorizonError(f"{name} holds no prompt")
     return prompts
 
 
-def _parse_jsonl(lines: list[str], name: str) -> list[str]:
-    prompts = []
+def jsonl_records(lines: list[str], name: str) -> list[dict]:
+    """The JSON objects of a JSONL text, each checked to have a non-empty "text" string.
+
+    One parser for every JSONL input (prompt files and sweep corpora); errors name the line.
+    """
+    records = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -60,8 +70,10 @@ def _parse_jsonl(lines: list[str], name: str) -> list[str]:
             raise HorizonError(f"{name} line {number}: not valid JSON ({exc.msg})") from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise HorizonError(f'{name} line {number}: no "text" string field')
-        prompts.append(record["text"])
-    return prompts
+        if not record["text"].strip():
+            raise HorizonError(f"{name} line {number}: the text is empty")
+        records.append(record)
+    return records
 
 
 def gather_prompts(prompt: str | None, file: str | None, default: str | None = None) -> list[str]:
@@ -136,6 +148,8 @@ def tokenize(
 
 
 def make_batch(token_ids: list[list[int]], pad_id: int, has_bos: bool, device: torch.device) -> TokenBatch:
+    import torch
+
     longest = max(len(ids) for ids in token_ids)
     input_ids = torch.full((len(token_ids), longest), pad_id, dtype=torch.long)
     mask = torch.zeros((len(token_ids), longest), dtype=torch.bool)
