@@ -6,10 +6,6 @@ shared machine hits all of them alike.
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable
-
 import torch
 from horizon.core.horizon import HorizonConfig, clean_run, patch, patched_logits, reference_patched_logits, scan
 from horizon.core.loader import load_model
@@ -26,18 +22,6 @@ def _setup() -> tuple:
         _cache["hf"] = plain_hf_model()
         _cache["ids"] = prompt_ids(128)
     return _cache["model"], _cache["hf"], _cache["ids"]
-
-
-def _alternate(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds per function, alternating, no warm-up runs (the callers warm up once)."""
-    times: dict[str, list[float]] = {name: [] for name in functions}
-    with torch.inference_mode():
-        for _ in range(repeats):
-            for name, function in functions.items():
-                started = time.perf_counter()
-                function()
-                times[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def bench_patch_pass() -> dict:
@@ -94,8 +78,8 @@ def bench_scan_full() -> dict:
         hf(ids)
         scan(model, token_ids, ks=[1, model.n_layers])
         reference_patched_logits(model, ids, HorizonConfig.from_layers(1))
-    times = _alternate({"forwards": forwards, "scan": lambda: scan(model, token_ids),
-                        "naive": lambda: _naive_scan(model, token_ids)}, repeats=2)
+    times = interleaved({"forwards": forwards, "scan": lambda: scan(model, token_ids),
+                        "naive": lambda: _naive_scan(model, token_ids)}, repeats=2, warmup=False)
     return {
         "ratio": round(times["scan"] / times["forwards"], 3),
         "target": 0.6,

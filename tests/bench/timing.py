@@ -22,17 +22,29 @@ def best_of(function: Callable[[], object], repeats: int = 5, warmup: int = 1) -
     return statistics.median(times)
 
 
-def interleaved(functions: dict[str, Callable[[], object]], repeats: int = 5) -> dict[str, float]:
-    """Median times of several functions measured in alternation, so drift hits all alike."""
+def paired_times(
+    functions: dict[str, Callable[[], object]], repeats: int = 5, warmup: bool = True
+) -> dict[str, list[float]]:
+    """Every function once per round, in alternation (after a warm-up round): the raw seconds.
+
+    Alternating means load drift on a shared machine hits every function alike.
+    """
     times: dict[str, list[float]] = {name: [] for name in functions}
     with torch.inference_mode():
-        for function in functions.values():
-            function()
+        if warmup:
+            for function in functions.values():
+                function()
         for _ in range(repeats):
             for name, function in functions.items():
                 started = time.perf_counter()
                 function()
                 times[name].append(time.perf_counter() - started)
+    return times
+
+
+def interleaved(functions: dict[str, Callable[[], object]], repeats: int = 5, warmup: bool = True) -> dict[str, float]:
+    """Median seconds of several functions measured in alternation."""
+    times = paired_times(functions, repeats, warmup)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
