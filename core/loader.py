@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import importlib.metadata
 import io
+import json
 import logging
 import os
 import shutil
@@ -183,22 +184,26 @@ def _gguf_field(reader: Any, key: str) -> Any:
     return value[0]
 
 
+def _gguf_cache_path(path: Path) -> Path:
+    check_gguf(path)
+    return cache_root() / f"gguf-{file_sha256(path)[:24]}"
+
+
 def gguf_cache_dir(path: Path) -> Path:
     """The float-weights cache for one GGUF file, converting it on first use."""
-    check_gguf(path)
-    target = cache_root() / f"gguf-{file_sha256(path)[:24]}"
+    target = _gguf_cache_path(path)
     if (target / "complete").exists():
         return target
-    gguf_metadata(path)  # a clear error for a truncated file, before the slow conversion
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         with _quiet():
             model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype="float32")
             tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    except HorizonError:
-        raise
     except Exception as exc:
+        # Parsing the header again costs seconds, so it only runs to explain a failure: a
+        # damaged file gets that name, anything else the converter's own message.
+        gguf_metadata(path)
         raise HorizonError(f"cannot convert GGUF file {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
     # De-quantised weights are plain floats: drop the quantiser so save_pretrained accepts them.
     model.hf_quantizer = None
@@ -470,12 +475,25 @@ def load_model(
     )
 
 
+def _cached_gguf_metadata(path: Path) -> dict[str, Any] | None:
+    """The same facts from the converted cache's config.json, when it exists (milliseconds)."""
+    config_file = _gguf_cache_path(path) / "config.json"
+    if not (config_file.parent / "complete").exists():
+        return None
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    return {
+        "architecture": config["model_type"],
+        "n_layers": config["num_hidden_layers"],
+        "d_model": config["hidden_size"],
+    }
+
+
 def list_models() -> list[ModelInfo]:
     """The specs `horizon models` shows, each with whether it can load on this machine."""
     infos: list[ModelInfo] = []
     try:
         path = bundled_gguf_path()
-        meta = gguf_metadata(path)
+        meta = _cached_gguf_metadata(path) or gguf_metadata(path)
         infos.append(
             ModelInfo(
                 DEFAULT_MODEL,
