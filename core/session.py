@@ -117,7 +117,7 @@ class Session:
             lambda: attention_distance(self.model, [self.token_ids[prompt]], self.has_bos),
         )
 
-    def scan(self, prompt: int = 0, chunk: int = 4) -> Any:
+    def scan(self, prompt: int = 0, chunk: int = 8) -> Any:
         """ScanResult of one prompt over every k (core.horizon.scan), run ``chunk`` ks at a time.
 
         Between chunks the lock is handed to any waiting patched pass, so a slider move is not
