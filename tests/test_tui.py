@@ -21,7 +21,7 @@ from horizon.tui.widgets.detail import DetailPane
 from horizon.tui.widgets.slider import Slider
 from horizon.tui.widgets.token_grid import TokenGrid, layout, visible_token
 from rich.console import Console
-from textual.widgets import Static
+from textual.widgets import Static, TabbedContent
 
 PROMPT = "The capital of France is Paris. It is known for the Eiffel Tower, and its food is famous."
 SIZE = (80, 24)
@@ -417,3 +417,18 @@ def test_inspect_results_flag_is_checked_before_loading(run_cli, tmp_path) -> No
     assert code == 2 and "not a results directory" in err
     code, _, err = run_cli("inspect", "--results", str(tmp_path), "--prompt", "x")
     assert code == 2 and "drop --prompt" in err
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("start", ["1", "3", "4", "5"])
+async def test_number_keys_switch_screens_from_any_screen(tiny_llama: LoadedModel, start: str) -> None:
+    """Regression: with the k slider focused, screens without a focus target (2, 5) did not open."""
+    app = HorizonApp(session=make_session(tiny_llama))
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press(start)
+        for key, tab in [("2", "norms"), ("3", "horizon"), ("5", "attention"), ("3", "horizon"),
+                         ("1", "tokens"), ("3", "horizon"), ("4", "outliers"), ("2", "norms")]:
+            await pilot.press(key)
+            await pilot.pause()
+            assert app.query_one(TabbedContent).active == tab, (start, key, app.focused)

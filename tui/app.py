@@ -276,6 +276,9 @@ class HorizonApp(App[None]):
             self.push_screen(HelpScreen())
 
     def action_show_tab(self, tab: str) -> None:
+        # A widget keeping focus inside the old pane pulls TabbedContent back to that pane, so
+        # let go of focus first; _tab_changed then focuses the new screen's own widget, if any.
+        self.set_focus(None)
         self.query_one(TabbedContent).active = tab
 
     def action_cycle_metric(self) -> None:
