@@ -209,7 +209,7 @@ def _norm_and_std(key: str, activation: torch.Tensor) -> torch.Tensor:
     return torch.stack((values.norm(dim=-1), centred_norm / math.sqrt(values.shape[-1]))).cpu()
 
 
-def _aggregate(rows: list[np.ndarray], include_bos: bool, has_bos: bool) -> tuple[SiteStats, np.ndarray]:
+def aggregate_site(rows: list[np.ndarray], include_bos: bool, has_bos: bool) -> tuple[SiteStats, np.ndarray]:
     """Pool the statistics positions of all prompts: per-prompt [2, rows, T] -> SiteStats."""
     skip = 1 if has_bos and not include_bos else 0
     pooled = np.concatenate([array[:, :, skip:] for array in rows], axis=2)  # [2, rows, N]
@@ -277,7 +277,7 @@ def analyse_norms(
 
     stats: dict[str, SiteStats] = {}
     for site in NORM_SITES:
-        stats[site], _ = _aggregate(per_prompt[site], include_bos, has_bos)
+        stats[site], _ = aggregate_site(per_prompt[site], include_bos, has_bos)
     growth = fit_growth(stats["resid_pre"].mean_norm, fit)
     bos_mean = None
     if has_bos:

@@ -751,7 +751,7 @@ def _column(table: pa.Table, name: str) -> np.ndarray:
 
 
 def _norms_view(results: store.Results, table: pa.Table, manifest: dict[str, Any], has_bos: bool) -> dict[str, Any]:
-    from horizon.core.norms import NORM_SITES, _aggregate, appendix1_check, fit_growth
+    from horizon.core.norms import NORM_SITES, aggregate_site, appendix1_check, fit_growth
 
     # Site names as small integer codes: comparing 1.5M strings would dominate the report's time.
     encoded = pa.chunked_array(table.column("site").combine_chunks().dictionary_encode())
@@ -771,7 +771,7 @@ def _norms_view(results: store.Results, table: pa.Table, manifest: dict[str, Any
         order = np.argsort(layer[selected], kind="stable")
         rows = int(layer[selected].max()) + 1
         pooled = np.stack((norm[selected][order], std[selected][order])).reshape(2, rows, -1)
-        stats[name], _ = _aggregate([pooled], include_bos=True, has_bos=False)
+        stats[name], _ = aggregate_site([pooled], include_bos=True, has_bos=False)
         n_positions = pooled.shape[2]
     growth = fit_growth(stats["resid_pre"].mean_norm)
     bos_mean = None
