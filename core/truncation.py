@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from horizon.core.capture import run_capture
 from horizon.core.categories import CATEGORIES, token_category
-from horizon.core.decomposition import site_hook
 from horizon.core.errors import HorizonError
 from horizon.core.loader import LoadedModel
 from horizon.core.prompts import TokenBatch, batches, decode_tokens
@@ -36,65 +36,36 @@ CONTEXT_BEFORE = 12
 CONTEXT_AFTER = 4
 
 
-class _StopForward(Exception):
-    """Raised from the final-norm hook: everything needed is recorded, skip norm + unembedding."""
-
-
 def layer_labels(n_layers: int) -> list[str]:
     """Names of the L+1 rows: resid_pre_0..resid_pre_{L-1}, then the final residual."""
     return [f"resid_pre_{layer}" for layer in range(n_layers)] + ["final"]
 
 
-def run_residuals(
-    model: LoadedModel, input_ids: torch.Tensor, on_layer: Callable[[int, torch.Tensor], None]
-) -> None:
-    """One forward that calls ``on_layer(row, activation)`` for the L+1 rows, then stops.
+def residual_rows(
+    model: LoadedModel, input_ids: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> torch.Tensor:
+    """The L+1 rows (resid_pre_0..resid_pre_{L-1}, final) of one forward that stops at the final norm.
 
-    ``activation`` is [batch, pos, d_model]; row L is the final residual (input of the final norm).
+    ``reduce`` shrinks each [batch, pos, d_model] activation inside its hook; the rows are stacked
+    on a new leading dimension.
     """
-    n_layers = model.n_layers
-
-    def recorder(row: int) -> Callable:
-        def hook(activation: torch.Tensor, hook: object) -> torch.Tensor:
-            on_layer(row, activation.detach())
-            if row == n_layers:
-                raise _StopForward
-            return activation
-
-        return hook
-
-    hooks = [(site_hook("resid_pre", layer), recorder(layer)) for layer in range(n_layers)]
-    hooks.append((site_hook("final"), recorder(n_layers)))
-    with torch.inference_mode():
-        try:
-            model.bridge.run_with_hooks(input_ids, fwd_hooks=hooks, return_type=None)
-        except _StopForward:
-            return
-    raise RuntimeError(f"the final-residual hook did not fire on {model.architecture}")
+    shrink = None if reduce is None else (lambda site, activation: reduce(activation))
+    capture = run_capture(model, input_ids, ("resid_pre", "final"), reduce=shrink, stop_after_final=True)
+    return capture.resid_pre_and_final()
 
 
 def full_residuals(model: LoadedModel, batch: TokenBatch) -> torch.Tensor:
     """Residuals of one right-padded batch at every position: [L+1, batch, pos, d_model]."""
-    rows: list[torch.Tensor | None] = [None] * (model.n_layers + 1)
-
-    def keep(row: int, activation: torch.Tensor) -> None:
-        rows[row] = activation.float()
-
-    run_residuals(model, batch.input_ids, keep)
-    return torch.stack(rows)  # type: ignore[arg-type]
+    return residual_rows(model, batch.input_ids, lambda activation: activation.float())
 
 
 def last_position_residuals(model: LoadedModel, input_ids: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
     """Residuals at the last position of equal-length prompts [N, n]: [N, L+1, d_model]."""
-    out = torch.empty(input_ids.shape[0], model.n_layers + 1, model.d_model, device=model.device)
-    for start in range(0, input_ids.shape[0], batch_size):
-        chunk = input_ids[start : start + batch_size].to(model.device)
-
-        def keep(row: int, activation: torch.Tensor, start: int = start) -> None:
-            out[start : start + activation.shape[0], row] = activation[:, -1].float()
-
-        run_residuals(model, chunk, keep)
-    return out
+    chunks = [
+        residual_rows(model, input_ids[start : start + batch_size].to(model.device), lambda a: a[:, -1].float())
+        for start in range(0, input_ids.shape[0], batch_size)
+    ]
+    return torch.cat(chunks, dim=1).transpose(0, 1)
 
 
 def _sum_non_bos(residuals: torch.Tensor, batch: TokenBatch) -> tuple[torch.Tensor, int]:
@@ -112,11 +83,7 @@ def mean_residual(model: LoadedModel, token_ids: list[list[int]], has_bos: bool,
     count = 0
     for batch in batches(model, token_ids, has_bos, batch_size):
         mask = batch.stat_mask()[:, :, None].to(model.device)
-
-        def accumulate(row: int, activation: torch.Tensor, mask: torch.Tensor = mask) -> None:
-            total[row] += (activation.double() * mask).sum(dim=(0, 1))
-
-        run_residuals(model, batch.input_ids, accumulate)
+        total += residual_rows(model, batch.input_ids, lambda a, mask=mask: (a.double() * mask).sum(dim=(0, 1)))
         count += int(mask.sum())
     if count == 0:
         raise HorizonError("the prompts hold no token after BOS to average over")

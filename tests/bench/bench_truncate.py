@@ -12,7 +12,7 @@ import time
 
 import torch
 from horizon.core.loader import load_model
-from horizon.core.truncation import analyse_truncation, run_residuals, truncation_windows
+from horizon.core.truncation import analyse_truncation, residual_rows, truncation_windows
 
 from tests.bench.timing import interleaved, plain_hf_model, prompt_ids
 
@@ -39,10 +39,10 @@ def bench_truncate_vs_hf() -> dict:
 
     def per_token_loop() -> None:
         # The naive engine: the same hooks and full-prompt pass, but one forward per truncated prompt.
-        run_residuals(model, full, lambda row, activation: None)
+        residual_rows(model, full, lambda activation: activation[:, -1])
         for tensor in windows:
             for row in tensor:
-                run_residuals(model, row[None], lambda row, activation: None)
+                residual_rows(model, row[None], lambda activation: activation[:, -1])
 
     times = interleaved({"hf": hf_batched, "analysis": analysis}, repeats=3)
     # The loop is ~10x slower and only reported: timed once, right after the side-by-side pair.
