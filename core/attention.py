@@ -17,16 +17,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from horizon.core.capture import stop_forward
 from horizon.core.errors import HorizonError
 from horizon.core.loader import LoadedModel
 from horizon.core.prompts import batches
 
 BUCKETS: tuple[str, ...] = ("0", "1-5", "6-10", ">10")
 PATTERN_HOOK = "blocks.{layer}.attn.hook_pattern"
-
-
-class _StopForward(Exception):
-    """Raised after the last layer's pattern: the rest of the pass is not needed."""
 
 
 def distance_weights(n_pos: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -116,6 +113,7 @@ def attention_distance(
     sums_no_bos = torch.zeros_like(sums)
     counts_no_bos = torch.zeros(n_layers, n_heads, dtype=torch.float64, device=device)
     n_queries = 0
+    fired: list[bool] = []  # per batch: which layers' pattern hooks ran
     for batch in batches(model, token_ids, has_bos, batch_size):
         queries = batch.mask.clone()
         queries[:, 0] = False  # t >= 1, real tokens only
@@ -131,20 +129,19 @@ def attention_distance(
                     stats, valid = pattern_statistics(pattern.detach(), drop_bos=True)
                     sums_no_bos[layer] += torch.einsum("kbht,bt->kh", stats.double(), query_weight)
                     counts_no_bos[layer] += torch.einsum("bht,bt->h", valid.double(), query_weight)
-                if layer == n_layers - 1:
-                    raise _StopForward
+                fired[layer] = True
                 return pattern
 
             return hook
 
+        fired[:] = [False] * n_layers
         hooks = [(PATTERN_HOOK.format(layer=layer), reducer(layer)) for layer in range(n_layers)]
+        # Nothing after the last layer's pattern is needed: end the pass there.
+        hooks.append((PATTERN_HOOK.format(layer=n_layers - 1), stop_forward))
         with torch.inference_mode():
-            try:
-                model.bridge.run_with_hooks(batch.input_ids, fwd_hooks=hooks, return_type=None)
-            except _StopForward:
-                pass
-            else:
-                raise RuntimeError(f"attention pattern hooks did not fire on {model.architecture}")
+            model.bridge.run_with_hooks(batch.input_ids, fwd_hooks=hooks, return_type=None)
+        if not all(fired):
+            raise RuntimeError(f"attention pattern hooks did not fire on {model.architecture}")
         n_queries += int(queries.sum())
         if progress is not None:
             progress(len(batch.token_ids))

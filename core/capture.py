@@ -37,8 +37,8 @@ class Capture:
         return torch.cat((self.acts["resid_pre"], self.acts["final"].unsqueeze(0)), dim=0)
 
 
-def _stop_forward(activation: torch.Tensor, hook: object) -> torch.Tensor:
-    """Ends the forward pass: the bridge catches its own StopAtLayerException and returns."""
+def stop_forward(activation: torch.Tensor, hook: object) -> torch.Tensor:
+    """A hook that ends the forward pass: the bridge catches its StopAtLayerException and returns."""
     from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
     raise StopAtLayerException(activation)
@@ -96,7 +96,7 @@ def run_capture(
         if stop_after_final and not keep_logits:
             # Every site has fired once the final norm's input is reached: stop there, skipping
             # the final norm and the unembedding (a vocab-sized matmul, ~10% of a small model).
-            hooks.append((site_hook("final"), _stop_forward))
+            hooks.append((site_hook("final"), stop_forward))
             model.bridge.run_with_hooks(input_ids, fwd_hooks=hooks, return_type=None)
             logits = None
         else:

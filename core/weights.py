@@ -156,10 +156,6 @@ def mlp_probe(model: LoadedModel, layer: int, inputs: torch.Tensor) -> tuple[flo
     return float(output.double().norm(dim=-1).mean()), float((hidden > 0).double().mean())
 
 
-def mlp_pre_hook(layer: int) -> str:
-    return f"blocks.{layer}.mlp.hook_pre"
-
-
 def real_mlp_inputs(
     model: LoadedModel, token_ids: list[list[int]], has_bos: bool, batch_size: int = 8, seed: int = 0
 ) -> tuple[list[float], list[torch.Tensor]]:
