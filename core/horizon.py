@@ -13,11 +13,14 @@ clean run records each block's call arguments (attention mask, rotary embeddings
 the patched pass calls the bridge blocks from the first patched layer on, so every bridge hook
 still fires. A scan batches many horizons into one pass as a "staircase": the row of horizon k joins
 the batch at its own first patched layer, so no block is ever run on a row whose input is clean.
+Windows are differences of float64 prefix sums (one subtraction per reader, exact to float32
+rounding), and a scan's readout reduces each vocabulary tile of the logits to the metrics while the
+tile is in cache, so no config's full logits are ever held.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +31,7 @@ from horizon.core.decomposition import (
     output_hook,
     reader_hook,
     reader_layer,
+    residual_reads,
     stack_outputs,
     window_read,
 )
@@ -42,7 +46,11 @@ DEFAULT_TOL = 0.1
 # Memory one batched pass may hold (window buffers, activations, attention scores, logits).
 DEFAULT_PASS_BYTES = 2 << 30
 # Logits one batched readout may hold.
-READOUT_BYTES = 512 << 20
+READOUT_BYTES = 128 << 20
+# Vocabulary columns per unembedding tile, and the memory one tile of stacked rows may take: small
+# enough to stay in cache while it is reduced, and for the allocator to reuse instead of mapping anew.
+VOCAB_TILE = 2048
+TILE_BYTES = 10 << 20
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -140,19 +148,26 @@ class CleanRun:
     logits: torch.Tensor  # [batch, pos, vocab]
     block_args: list[tuple[tuple, dict]]  # per layer: the block's call arguments after hidden_states
     _tiled: dict[tuple[int, int], tuple[tuple, dict]] = field(default_factory=dict, repr=False)
-
-    _clean_logp: torch.Tensor | None = field(default=None, repr=False)
+    _reference: CleanReference | None = field(default=None, repr=False)
+    _exact_reads: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def batch_size(self) -> int:
         return self.outputs.shape[1]
 
     @property
-    def clean_logp(self) -> torch.Tensor:
-        """Clean next-token log-probabilities at positions 0..T-2, computed once for every config."""
-        if self._clean_logp is None:
-            self._clean_logp = torch.log_softmax(self.logits[:, :-1].float(), dim=-1)
-        return self._clean_logp
+    def exact_reads(self) -> torch.Tensor:
+        """Clean r_1..r_{2L+1} (index j-1) as float64 sums of the outputs, computed once."""
+        if self._exact_reads is None:
+            self._exact_reads = residual_reads(self.outputs.double())
+        return self._exact_reads
+
+    @property
+    def reference(self) -> CleanReference:
+        """The clean next-token statistics every config is compared with, computed once."""
+        if self._reference is None:
+            self._reference = CleanReference.of(self.logits, self.batch)
+        return self._reference
 
     def block_call(self, layer: int, copies: int) -> tuple[tuple, dict]:
         """The layer's call arguments for ``copies`` stacked copies of the batch."""
@@ -227,7 +242,8 @@ def _row_bytes(model: LoadedModel, clean: CleanRun) -> int:
     batch, pos = clean.batch_size, clean.outputs.shape[2]
     element = clean.outputs.element_size()
     d_mlp = int(getattr(model.bridge.cfg, "d_mlp", None) or 4 * model.d_model)
-    per_position = model.d_model * (n_readers(model.n_layers) + 8) + 2 * model.n_heads * pos + 3 * d_mlp
+    # The float64 prefixes count twice; then activations, attention scores and the MLP.
+    per_position = model.d_model * (2 * n_readers(model.n_layers) + 8) + 2 * model.n_heads * pos + 3 * d_mlp
     return batch * pos * per_position * element
 
 
@@ -236,123 +252,302 @@ def patched_logits(
     clean: CleanRun,
     configs: Sequence[HorizonConfig],
     max_pass_bytes: int = DEFAULT_PASS_BYTES,
+    progress: Callable[[float], None] | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield (index into configs, patched logits [batch, pos, vocab]) for every config.
 
     Configs that patch nothing yield the clean logits; the others run in as few batched passes
-    as ``max_pass_bytes`` allows, each starting at the layer where its first window bites.
+    as ``max_pass_bytes`` allows, each starting at the layer where its first window bites (layer
+    L: only the final readout is patched, so no block runs for it). ``progress(n)`` advances by
+    n configs' worth of work, in fractions as the layers of a pass complete.
     """
+    readout = _logits_readout(model, clean.batch_size)
+    yield from _run_configs(model, clean, configs, readout, clean.logits, max_pass_bytes, progress)
+
+
+def _logits_readout(model: LoadedModel, batch: int) -> Callable[[torch.Tensor], list[torch.Tensor]]:
+    """Final-normed reads of stacked rows -> each row's logits [batch, pos, vocab], fresh tensors."""
+
+    def readout(normed: torch.Tensor) -> list[torch.Tensor]:
+        logits = _unembed(model, normed, normed.new_empty((*normed.shape[:-1], int(model.bridge.cfg.d_vocab))))
+        return list(logits.split(batch))
+
+    return readout
+
+
+def patched_metrics(
+    model: LoadedModel,
+    clean: CleanRun,
+    configs: Sequence[HorizonConfig],
+    max_pass_bytes: int = DEFAULT_PASS_BYTES,
+    progress: Callable[[float], None] | None = None,
+) -> Iterator[tuple[int, TokenMetrics]]:
+    """Like ``patched_logits``, but yield each config's metrics against the clean run.
+
+    The readout never holds a config's full logits: the unembedding runs one vocabulary tile at
+    a time and every metric is reduced from the tile while it is still in cache (the scan's path).
+    """
+    reference = clean.reference
+    head = _linear_head(model)
+    batch = clean.batch_size
+
+    def readout(normed: torch.Tensor) -> list[TokenMetrics]:
+        predicting = normed[:, :-1]  # the last position predicts nothing that is scored
+        n_rows = predicting.shape[0] // batch
+        if head is None:  # not a plain linear head: unembed whole, then reduce
+            logits = model.bridge.unembed(predicting).float()
+            return _vocab_metrics(reference, [(slice(0, logits.shape[-1]), logits)], n_rows)
+        weight, bias = head
+
+        def tiles() -> Iterator[tuple[slice, torch.Tensor]]:
+            buffers: dict[int, torch.Tensor] = {}
+            for columns in _vocab_tiles(weight.shape[0]):
+                width = columns.stop - columns.start
+                if width not in buffers:
+                    buffers[width] = predicting.new_empty((*predicting.shape[:-1], width))
+                tile = torch.matmul(predicting, weight[columns].t(), out=buffers[width])
+                if bias is not None:
+                    tile += bias[columns]
+                yield columns, tile
+
+        return _vocab_metrics(reference, tiles(), n_rows)
+
+    rows_per_readout = TILE_BYTES // max(1, batch * clean.outputs.shape[2] * VOCAB_TILE * 4)
+    yield from _run_configs(
+        model, clean, configs, readout, reference.unpatched(), max_pass_bytes, progress, rows_per_readout
+    )
+
+
+def _run_configs(
+    model: LoadedModel,
+    clean: CleanRun,
+    configs: Sequence[HorizonConfig],
+    readout: Callable[[torch.Tensor], list[Any]],
+    unpatched: Any,
+    max_pass_bytes: int,
+    progress: Callable[[float], None] | None,
+    rows_per_readout: int | None = None,
+) -> Iterator[tuple[int, Any]]:
+    """Group configs into staircase passes; yield (config index, readout item) for each."""
     n_layers = model.n_layers
-    in_blocks: list[tuple[int, int]] = []  # (first patched layer, config index)
-    readout_only: list[int] = []
+    advance = progress or (lambda n: None)
+    staircase: list[tuple[int, int]] = []  # (first patched layer, config index)
     for index, config in enumerate(configs):
         first = config.first_patched_reader(n_layers)
         if first is None:
-            yield index, clean.logits
-        elif first == n_readers(n_layers):
-            readout_only.append(index)
+            advance(1)
+            yield index, unpatched
         else:
-            in_blocks.append((reader_layer(first), index))
-    for index in readout_only:
-        yield index, _readout(model, clean, configs[index], clean.outputs, clean.resid_pre.new_empty(0))
-    in_blocks.sort()
+            staircase.append((reader_layer(first), index))
+    staircase.sort()
     per_pass = max(1, max_pass_bytes // max(1, _row_bytes(model, clean)))
-    for start in range(0, len(in_blocks), per_pass):
-        group = in_blocks[start : start + per_pass]
-        yield from _staircase_pass(model, clean, [(layer, index, configs[index]) for layer, index in group])
-
-
-def _readout(
-    model: LoadedModel, clean: CleanRun, config: HorizonConfig, outputs: torch.Tensor, final_resid: torch.Tensor
-) -> torch.Tensor:
-    """The final reader: the norm reads the window (or the full residual), then the unembedding."""
-    final = n_readers(model.n_layers)
-    if config.patches(final, model.n_layers):
-        source = outputs if config.source == "recursive" else clean.outputs
-        read = window_read(source, final, config.horizon_sublayers, config.keep_embed)
-    else:
-        read = final_resid
-    with torch.inference_mode():
-        return model.bridge.unembed(model.bridge.ln_final(read))
+    for start in range(0, len(staircase), per_pass):
+        rows = [(layer, index, configs[index]) for layer, index in staircase[start : start + per_pass]]
+        yield from _staircase_pass(model, clean, rows, readout, advance, rows_per_readout)
 
 
 def _staircase_pass(
-    model: LoadedModel, clean: CleanRun, rows: list[tuple[int, int, HorizonConfig]]
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """One batched pass; row r (sorted by first patched layer) occupies batch slots r*B..(r+1)*B-1."""
+    model: LoadedModel,
+    clean: CleanRun,
+    rows: list[tuple[int, int, HorizonConfig]],
+    readout: Callable[[torch.Tensor], list[Any]] | None = None,
+    advance: Callable[[float], None] = lambda n: None,
+    rows_per_readout: int | None = None,
+) -> Iterator[tuple[int, Any]]:
+    """One batched pass; row r (sorted by first patched layer) occupies batch slots r*B..(r+1)*B-1.
+
+    A window is a difference of two prefix sums of the outputs, h_j = P_j - P_{j-K} (+ s_0 with
+    keep_embed), not a sum of K outputs: one subtraction per reader instead of up to 2L additions.
+    P_i = s_0 + ... + s_{i-1} is kept in float64, so the difference is the window to float32
+    rounding even where huge early outputs (the BOS position's) sit in both prefixes; the model's
+    own float32 residual stream is not used for this, as differencing it would expose its rounding.
+    A row's prefix is its own from the layer it joined on (source recursive), the clean one before.
+    """
     n_layers, batch = model.n_layers, clean.batch_size
+    readout = readout or _logits_readout(model, batch)  # each row's logits unless told otherwise
+    final = n_readers(n_layers)
     first_layer = rows[0][0]
     n_rows = len(rows)
-    # Window buffer: slots below each row's first patched layer keep the clean outputs, the rest
-    # are overwritten by this pass's outputs as they are produced (the recursive source).
-    buffer = clean.outputs.repeat(1, n_rows, 1, 1)
+    clean_prefix = clean.exact_reads  # clean P_1..P_{2L+1}, index i-1
+    prefix: dict[int, torch.Tensor] = {}  # P_i of every active row, from the first layer's reader on
+    last_use = _prefix_last_use(rows, n_layers)
 
-    def row_source(row: int) -> torch.Tensor:
-        if rows[row][2].source == "recursive":
-            return buffer[:, row * batch : (row + 1) * batch]
-        return clean.outputs
+    def slots(row: int) -> slice:
+        return slice(row * batch, (row + 1) * batch)
+
+    def row_prefix(row: int, i: int) -> torch.Tensor:
+        layer, _, config = rows[row]
+        if config.source == "recursive" and i >= 2 * layer + 1:
+            return prefix[i][slots(row)]
+        return clean_prefix[i - 1]
+
+    def write_windows(j: int, current: torch.Tensor, out: torch.Tensor, first_row: int = 0) -> None:
+        """Fill ``out`` with what reader j of rows first_row.. reads: the window if patched, else ``current``."""
+        for local in range(current.shape[0] // batch):
+            row, here = first_row + local, slots(local)
+            config = rows[row][2]
+            if not config.patches(j, n_layers):
+                out[here] = current[here]
+                continue
+            torch.sub(row_prefix(row, j), row_prefix(row, j - config.horizon_sublayers), out=out[here])
+            if config.keep_embed:  # j > K, so the window never holds s_0 on its own
+                out[here] += clean.outputs[0]
 
     def read_window(j: int) -> Callable:
         def hook(activation: torch.Tensor, hook: object) -> torch.Tensor:
-            active = activation.shape[0] // batch
-            patched = [row for row in range(active) if rows[row][2].patches(j, n_layers)]
-            if not patched:
+            for i in [i for i in prefix if last_use[i] < j]:  # no reader from here on subtracts it
+                del prefix[i]
+            if not any(rows[row][2].patches(j, n_layers) for row in range(activation.shape[0] // batch)):
                 return activation
             # A new tensor: the norm's input may alias the residual stream, which must flow on intact.
-            replaced = activation.clone()
-            for row in patched:
-                config = rows[row][2]
-                replaced[row * batch : (row + 1) * batch] = window_read(
-                    row_source(row), j, config.horizon_sublayers, config.keep_embed
-                )
+            replaced = torch.empty_like(activation)
+            write_windows(j, activation, replaced)
             return replaced
 
         return hook
 
-    def record_output(j: int) -> Callable:
+    def add_output(j: int) -> Callable:
         def hook(activation: torch.Tensor, hook: object) -> torch.Tensor:
-            buffer[j, : activation.shape[0]] = activation
+            prefix[j + 1] = prefix[j] + activation  # float64 + the sublayer's output s_j
             return activation
 
         return hook
 
-    readers = range(2 * first_layer + 1, 2 * n_layers + 1)
+    readers = range(2 * first_layer + 1, final)
     fwd_hooks = [(reader_hook(j, n_layers), read_window(j)) for j in readers]
-    fwd_hooks += [(output_hook(j), record_output(j)) for j in readers]
+    fwd_hooks += [(output_hook(j), add_output(j)) for j in readers]
     joined = 0
     hidden = clean.resid_pre.new_empty((0, *clean.resid_pre.shape[2:]))
+
+    def join(layer: int, start: torch.Tensor) -> None:
+        # Rows whose first patched reader is in this layer have seen clean inputs so far.
+        nonlocal joined, hidden
+        newcomers = 0
+        while joined + newcomers < n_rows and rows[joined + newcomers][0] == layer:
+            newcomers += 1
+        if newcomers:
+            i = 2 * layer + 1
+            hidden = torch.cat((hidden, start.repeat(newcomers, 1, 1)))
+            joining = clean_prefix[i - 1].repeat(newcomers, 1, 1)
+            prefix[i] = torch.cat((prefix[i], joining)) if i in prefix else joining
+            joined += newcomers
+
+    # Progress: each row is one config's worth, spread evenly over its blocks and its readout.
+    share = [1 / (n_layers - layer + 1) for layer, _, _ in rows]
     with torch.inference_mode(), model.bridge.hooks(fwd_hooks=fwd_hooks):
         for layer in range(first_layer, n_layers):
-            newcomers = 0
-            while joined + newcomers < n_rows and rows[joined + newcomers][0] == layer:
-                newcomers += 1
-            if newcomers:
-                # Rows joining here have seen clean inputs so far: start them from clean resid_pre.
-                hidden = torch.cat((hidden, clean.resid_pre[layer].repeat(newcomers, 1, 1)))
-                joined += newcomers
+            join(layer, clean.resid_pre[layer])
             args, kwargs = clean.block_call(layer, joined)
             output = model.bridge.blocks[layer](hidden, *args, **kwargs)
             hidden = output[0] if isinstance(output, tuple) else output
-    # The final reader of several rows at once (one unembedding matmul), in chunks that bound the logits' memory.
-    vocab = int(model.bridge.cfg.d_vocab)
-    per_chunk = max(1, READOUT_BYTES // max(1, batch * hidden.shape[1] * vocab * 4))
-    for first in range(0, n_rows, per_chunk):
-        chunk = list(enumerate(rows))[first : first + per_chunk]
-        reads = []
-        for row, (_, _, config) in chunk:
-            slots = slice(row * batch, (row + 1) * batch)
-            if config.patches(n_readers(n_layers), n_layers):
-                source = buffer[:, slots] if config.source == "recursive" else clean.outputs
-                reads.append(window_read(source, n_readers(n_layers), config.horizon_sublayers, config.keep_embed))
-            else:
-                reads.append(hidden[slots])
-        with torch.inference_mode():
-            logits = model.bridge.unembed(model.bridge.ln_final(torch.cat(reads)))
-        for offset, (_, (_, index, _)) in enumerate(chunk):
-            yield index, logits[offset * batch : (offset + 1) * batch]
+            advance(sum(share[:joined]))
+    with torch.inference_mode():
+        join(n_layers, clean_prefix[final - 1].to(hidden.dtype))  # rows patched only at the final readout
+        # The final reader of several rows at once (one unembedding matmul), in chunks that bound the logits' memory.
+        if rows_per_readout is None:  # whole logits per row
+            rows_per_readout = READOUT_BYTES // max(1, batch * hidden.shape[1] * int(model.bridge.cfg.d_vocab) * 4)
+        per_chunk = max(1, rows_per_readout)
+        for first in range(0, n_rows, per_chunk):
+            last = min(n_rows, first + per_chunk)
+            current = hidden[first * batch : last * batch]
+            reads = torch.empty_like(current)
+            write_windows(final, current, reads, first_row=first)
+            items = readout(model.bridge.ln_final(reads))
+            advance(sum(share[first:last]))
+            for (_, index, _), item in zip(rows[first:last], items, strict=True):
+                yield index, item
+
+
+def _linear_head(model: LoadedModel) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """The unembedding's weight [vocab, d_model] and bias (None if zero), when it is a plain linear layer.
+
+    Applied directly, the head writes logits where the caller wants them; the bridge's module
+    allocates a fresh tensor per call and broadcasts even an all-zero bias into it first, which
+    costs as much as a quarter of the matmul on a CPU.
+    """
+    head = getattr(model.bridge.unembed, "original_component", None)
+    if not isinstance(head, torch.nn.Linear):
+        return None
+    bias = head.bias if head.bias is not None and bool(head.bias.any()) else None
+    return head.weight, bias
+
+
+def _unembed(model: LoadedModel, normed: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The unembedding of ``normed`` written into ``out``."""
+    head = _linear_head(model)
+    if head is None:
+        return out.copy_(model.bridge.unembed(normed))
+    weight, bias = head
+    torch.matmul(normed, weight.t(), out=out)
+    if bias is not None:
+        out += bias
+    return out
+
+
+def _prefix_last_use(rows: list[tuple[int, int, HorizonConfig]], n_layers: int) -> dict[int, int]:
+    """For each prefix index i a pass holds: the last reader that subtracts it (then it can be freed)."""
+    final = n_readers(n_layers)
+    last_use: dict[int, int] = {}
+    for layer, _, config in rows:
+        for i in range(2 * layer + 1, final + 1):
+            # P_i is the minuend at reader i (and feeds P_{i+1}); with the recursive source, the
+            # subtrahend at reader i + K.
+            reader = i + config.horizon_sublayers if config.source == "recursive" else 0
+            last_use[i] = max(last_use.get(i, 0), i, reader if reader <= final else 0)
+    return last_use
 
 
 # ----------------------------------------------------------------------------- metrics
+
+
+def _vocab_tiles(vocab: int) -> list[slice]:
+    return [slice(start, min(vocab, start + VOCAB_TILE)) for start in range(0, vocab, VOCAB_TILE)]
+
+
+@dataclass
+class CleanReference:
+    """The clean run's next-token statistics at positions 0..T-2: what each patched run is compared with.
+
+    A scan compares up to 2L+1 configs with one clean run, so everything that depends on the clean
+    logits alone (probabilities, log-normaliser, loss, top-1) is computed here once.
+    """
+
+    logits: torch.Tensor  # [batch, pos-1, vocab], float32
+    probs: torch.Tensor  # softmax of logits
+    logsumexp: torch.Tensor  # [batch, pos-1]
+    loss: torch.Tensor  # next-token cross-entropy [batch, pos-1]
+    top1: torch.Tensor  # argmax token [batch, pos-1]
+    targets: torch.Tensor  # the next tokens [batch, pos-1]
+    valid: torch.Tensor  # the prediction at t counts when token t+1 is real (not padding)
+    _tiles: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of(cls, clean_logits: torch.Tensor, batch: TokenBatch) -> CleanReference:
+        logits = clean_logits[:, :-1].float()
+        logsumexp = torch.logsumexp(logits, dim=-1)
+        targets = batch.input_ids[:, 1:]
+        return cls(
+            logits=logits,
+            probs=torch.softmax(logits, dim=-1),
+            logsumexp=logsumexp,
+            loss=logsumexp - logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1),
+            top1=logits.max(dim=-1).indices,
+            targets=targets,
+            valid=batch.mask[:, 1:],
+        )
+
+    def tile(self, columns: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clean logits and probabilities over a vocabulary tile, contiguous, made once."""
+        if columns.start == 0 and columns.stop == self.logits.shape[-1]:
+            return self.logits, self.probs
+        key = (columns.start, columns.stop)
+        if key not in self._tiles:
+            self._tiles[key] = (self.logits[..., columns].contiguous(), self.probs[..., columns].contiguous())
+        return self._tiles[key]
+
+    def unpatched(self) -> TokenMetrics:
+        """The metrics of a config that patches nothing: the clean run against itself."""
+        return _masked(self, self.loss, torch.zeros_like(self.loss), torch.ones_like(self.valid))
 
 
 @dataclass
@@ -366,26 +561,63 @@ class TokenMetrics:
     valid: torch.Tensor
 
 
-def token_metrics(
-    clean_logits: torch.Tensor, patched: torch.Tensor, batch: TokenBatch, clean_logp: torch.Tensor | None = None
-) -> TokenMetrics:
-    """Next-token CE (clean and patched), KL(clean || patched) and top-1 agreement at positions 0..T-2.
+def token_metrics(clean: CleanReference, patched: torch.Tensor) -> TokenMetrics:
+    """Next-token CE (clean and patched), KL(clean || patched) and top-1 agreement at positions 0..T-2."""
+    logits = patched[:, :-1].float()
+    (metrics,) = _vocab_metrics(clean, [(slice(0, logits.shape[-1]), logits)], 1)
+    return metrics
 
-    ``clean_logp`` (the clean log-softmax at 0..T-2) may be passed in when it is reused.
+
+def _vocab_metrics(
+    clean: CleanReference, tiles: Iterable[tuple[slice, torch.Tensor]], n_rows: int
+) -> list[TokenMetrics]:
+    """Metrics of ``n_rows`` stacked configs from their logits, given one vocabulary tile at a time.
+
+    Each tile is [n_rows * batch, pos-1, width]; the reductions over the vocabulary are combined
+    across tiles, so a whole row of logits never has to exist at once.
     """
-    targets = batch.input_ids[:, 1:].unsqueeze(-1)
-    valid = batch.mask[:, 1:]  # the prediction at t counts when token t+1 is real (not padding)
-    if clean_logp is None:
-        clean_logp = torch.log_softmax(clean_logits[:, :-1].float(), dim=-1)
-    patched_logp = torch.log_softmax(patched[:, :-1].float(), dim=-1)
-    loss_clean = -clean_logp.gather(-1, targets).squeeze(-1)
-    loss_patched = -patched_logp.gather(-1, targets).squeeze(-1)
-    kl = (clean_logp.exp() * (clean_logp - patched_logp)).sum(-1)
-    agree = clean_logp.argmax(-1) == patched_logp.argmax(-1)
-    zero = torch.zeros((), dtype=loss_clean.dtype, device=loss_clean.device)
+    shape = (n_rows, *clean.valid.shape)
+    logsumexps: list[torch.Tensor] = []
+    shift_dot = clean.logsumexp.new_zeros(shape)
+    top_logit = clean.logsumexp.new_full(shape, -torch.inf)
+    target_logit = clean.logsumexp.new_zeros(shape)
+    clean_top1_logit = clean.logsumexp.new_zeros(shape)
+    for columns, tile in tiles:
+        tile = tile.view(*shape, -1)
+        clean_logits, clean_probs = clean.tile(columns)
+        logsumexps.append(torch.logsumexp(tile, dim=-1))
+        # KL(c || p) = sum_v p_c (log p_c - log p_p) = (lse_p - lse_c) - sum_v p_c (z_p - z_c), as
+        # sum_v p_c = 1. The logits are differenced before the weighted sum, so no large terms
+        # cancel: as exact as the log-softmax form in float32, with fewer sweeps of the vocabulary.
+        shift_dot += torch.linalg.vecdot(tile - clean_logits, clean_probs)
+        torch.maximum(top_logit, tile.amax(dim=-1), out=top_logit)
+        _pick(tile, columns, clean.targets, target_logit)
+        _pick(tile, columns, clean.top1, clean_top1_logit)
+    logsumexp = torch.logsumexp(torch.stack(logsumexps), dim=0) if len(logsumexps) > 1 else logsumexps[0]
+    loss = logsumexp - target_logit
+    kl = (logsumexp - clean.logsumexp) - shift_dot
+    # The clean top-1 token is still the patched top-1 when its logit is the largest (an amax is
+    # several times faster than an argmax over the vocabulary).
+    agree = clean_top1_logit >= top_logit
+    return [_masked(clean, loss[row], kl[row], agree[row]) for row in range(n_rows)]
+
+
+def _pick(tile: torch.Tensor, columns: slice, tokens: torch.Tensor, out: torch.Tensor) -> None:
+    """Copy into ``out`` the logits of ``tokens`` ([batch, pos-1]) that fall in this tile."""
+    inside = (tokens >= columns.start) & (tokens < columns.stop)
+    if not bool(inside.any()):
+        return
+    local = (tokens - columns.start).clamp(0, tile.shape[-1] - 1).expand(*tile.shape[:-1])
+    picked = tile.gather(-1, local.unsqueeze(-1)).squeeze(-1)
+    torch.where(inside, picked, out, out=out)
+
+
+def _masked(clean: CleanReference, loss: torch.Tensor, kl: torch.Tensor, agree: torch.Tensor) -> TokenMetrics:
+    valid = clean.valid
+    zero = torch.zeros((), dtype=kl.dtype, device=kl.device)
     return TokenMetrics(
-        loss_clean=torch.where(valid, loss_clean, zero),
-        loss_patched=torch.where(valid, loss_patched, zero),
+        loss_clean=torch.where(valid, clean.loss, zero),
+        loss_patched=torch.where(valid, loss, zero),
         kl=torch.where(valid, kl, zero),
         top1_agree=agree & valid,
         valid=valid,
@@ -432,14 +664,15 @@ class PatchResult:
                 "kl": self.per_token_kl}
 
 
-def _token_batches(model: LoadedModel, token_ids: list[list[int]], batch_size: int) -> list[TokenBatch]:
+def clean_runs(model: LoadedModel, token_ids: list[list[int]], batch_size: int = 8) -> list[CleanRun]:
+    """The clean runs of the prompts, in token batches: what patch and scan compare against."""
     if not token_ids:
         raise HorizonError("no prompt to run")
     for index, ids in enumerate(token_ids):
         if len(ids) < 2:
             raise HorizonError(f"prompt {index + 1} has {len(ids)} token(s); a prediction needs at least 2")
     # has_bos only affects stat_mask; the horizon metrics use every prediction 0..T-2.
-    return batches(model, token_ids, has_bos=True, batch_size=batch_size)
+    return [clean_run(model, batch) for batch in batches(model, token_ids, has_bos=True, batch_size=batch_size)]
 
 
 def patch(
@@ -448,18 +681,22 @@ def patch(
     config: HorizonConfig,
     keep_logits: bool = False,
     batch_size: int = 8,
+    cleans: Sequence[CleanRun] | None = None,
 ) -> PatchResult:
-    """Run ``config`` on the prompts and compare with the clean run."""
+    """Run ``config`` on the prompts and compare with the clean run.
+
+    ``cleans`` are the prompts' clean runs (``clean_runs``) when the caller keeps them for reuse.
+    """
     check_model(model)
     totals = _Totals()
     per_clean: list[list[float]] = []
     per_patched: list[list[float]] = []
     per_kl: list[list[float]] = []
     kept: list[torch.Tensor] = []
-    for batch in _token_batches(model, token_ids, batch_size):
-        clean = clean_run(model, batch)
-        ((_, logits),) = list(patched_logits(model, clean, [config]))
-        metrics = token_metrics(clean.logits, logits, batch)
+    for clean in cleans if cleans is not None else clean_runs(model, token_ids, batch_size):
+        batch = clean.batch
+        ((_, logits),) = list(patched_logits(model, clean, [config]))  # kept: a fresh tensor
+        metrics = token_metrics(clean.reference, logits)
         totals.add(metrics)
         for row, length in enumerate(batch.lengths):
             per_clean.append(metrics.loss_clean[row, : length - 1].tolist())
@@ -519,11 +756,16 @@ def scan(
     keep_embed: bool = False,
     final: str = "window",
     unit: str = "layer",
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[float], None] | None = None,
     batch_size: int = 8,
     max_pass_bytes: int = DEFAULT_PASS_BYTES,
+    cleans: Sequence[CleanRun] | None = None,
 ) -> ScanResult:
-    """Loss increase, KL and top-1 agreement for every k and start layer; ``progress(n)`` advances n rows."""
+    """Loss increase, KL and top-1 agreement for every k and start layer.
+
+    ``progress(n)`` advances by n rows' worth of work (fractions as layers complete); ``cleans``
+    are the prompts' clean runs when the caller keeps them for reuse.
+    """
     check_unit(unit)
     if tol < 0:
         raise HorizonError(f"--tol must be >= 0, got {tol}")
@@ -538,20 +780,15 @@ def scan(
         HorizonConfig(horizon_sublayers(k, unit), source=source, keep_embed=keep_embed, final=final, start_layer=layer)
         for k, layer in pairs
     ]
-    cleans = [clean_run(model, batch) for batch in _token_batches(model, token_ids, batch_size)]
+    cleans = list(cleans) if cleans is not None else clean_runs(model, token_ids, batch_size)
     totals = [_Totals() for _ in configs]
     clean_totals = _Totals()
+    # All configs go into one staircase per token batch: the largest batched matmuls, one readout.
+    scaled = None if progress is None else (lambda n: progress(n / len(cleans)))
     for clean in cleans:
-        clean_totals.add(token_metrics(clean.logits, clean.logits, clean.batch, clean.clean_logp))
-    # Each group of configs runs over every token batch before the next group, so a config
-    # finishes once and progress moves group by group.
-    order = _pass_order(model, configs)
-    for group in order:
-        for clean in cleans:
-            for index, logits in patched_logits(model, clean, [configs[i] for i in group], max_pass_bytes):
-                totals[group[index]].add(token_metrics(clean.logits, logits, clean.batch, clean.clean_logp))
-        if progress is not None:
-            progress(len(group))
+        clean_totals.add(clean.reference.unpatched())
+        for index, metrics in patched_metrics(model, clean, configs, max_pass_bytes, scaled):
+            totals[index].add(metrics)
     n = clean_totals.n_tokens
     loss_clean = clean_totals.loss_clean / n
     rows = []
@@ -567,19 +804,6 @@ def scan(
         })
     horizons = {layer: effective_horizon(rows, layer, tol) for layer in dict.fromkeys(start_layers)}
     return ScanResult(rows=rows, effective_horizon=horizons, loss_clean=loss_clean, tol=tol, n_tokens=n, unit=unit)
-
-
-def _pass_order(model: LoadedModel, configs: Sequence[HorizonConfig], rows_per_group: int = 8) -> list[list[int]]:
-    """Config indices in groups for progress reporting, ordered by first patched layer.
-
-    Each group is handed to ``patched_logits`` whole, which packs it into staircase passes.
-    """
-    def first_layer(index: int) -> int:
-        first = configs[index].first_patched_reader(model.n_layers)
-        return -1 if first is None else reader_layer(first)
-
-    ordered = sorted(range(len(configs)), key=first_layer)
-    return [ordered[start : start + rows_per_group] for start in range(0, len(ordered), rows_per_group)]
 
 
 # ----------------------------------------------------------------------------- the straightforward reference

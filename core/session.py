@@ -50,6 +50,8 @@ class Session:
     _patches: OrderedDict[Any, Any] = field(default_factory=OrderedDict, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _waiting: int = 0  # patched passes waiting for the lock (the scan yields to them)
+    _clean_runs: OrderedDict[int, Any] = field(default_factory=OrderedDict, repr=False)
+    clean_cache_size: int = 4  # prompts whose clean runs are kept (each ~100 MB at 64 tokens)
     _counter_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -117,6 +119,18 @@ class Session:
             lambda: attention_distance(self.model, [self.token_ids[prompt]], self.has_bos),
         )
 
+    def _clean(self, prompt: int) -> Any:
+        """The prompt's clean runs (core.horizon.clean_runs), shared by the scan and every patched pass."""
+        from horizon.core.horizon import clean_runs
+
+        with self._lock:
+            if prompt not in self._clean_runs:
+                self._clean_runs[prompt] = clean_runs(self.model, [self.token_ids[prompt]])
+                while len(self._clean_runs) > self.clean_cache_size:
+                    self._clean_runs.popitem(last=False)
+            self._clean_runs.move_to_end(prompt)
+            return self._clean_runs[prompt]
+
     def scan(self, prompt: int = 0, chunk: int = 8) -> Any:
         """ScanResult of one prompt over every k (core.horizon.scan), run ``chunk`` ks at a time.
 
@@ -136,7 +150,8 @@ class Session:
             while self._waiting:  # let a patched pass in first
                 time.sleep(0.005)
             with self._lock:
-                part = scan(self.model, [self.token_ids[prompt]], ks=ks[first : first + chunk])
+                part = scan(self.model, [self.token_ids[prompt]], ks=ks[first : first + chunk],
+                            cleans=self._clean(prompt))
             rows.extend(part.rows)
         assert part is not None
         result = ScanResult(
@@ -170,7 +185,9 @@ class Session:
                 settings.k, source=settings.source, keep_embed=settings.keep_embed,
                 final=settings.final, start_layer=settings.start_layer,
             )
-            result = self._timed("patch", lambda: patch(self.model, [self.token_ids[prompt]], config))
+            result = self._timed(
+                "patch", lambda: patch(self.model, [self.token_ids[prompt]], config, cleans=self._clean(prompt))
+            )
             self._patches[key] = result
             while len(self._patches) > self.patch_cache_size:
                 self._patches.popitem(last=False)

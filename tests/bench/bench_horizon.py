@@ -79,7 +79,7 @@ def bench_scan_full() -> dict:
         scan(model, token_ids, ks=[1, model.n_layers])
         reference_patched_logits(model, ids, HorizonConfig.from_layers(1))
     times = interleaved({"forwards": forwards, "scan": lambda: scan(model, token_ids),
-                        "naive": lambda: _naive_scan(model, token_ids)}, repeats=2, warmup=False)
+                        "naive": lambda: _naive_scan(model, token_ids)}, repeats=3, warmup=False)
     return {
         "ratio": round(times["scan"] / times["forwards"], 3),
         "target": 0.6,
