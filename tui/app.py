@@ -9,6 +9,7 @@ Each screen module draws itself from the session's cached results in ``refresh_v
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -17,6 +18,7 @@ from typing import Any, ClassVar
 
 from horizon.core.errors import HorizonError
 from horizon.core.session import PatchSettings, Session
+from horizon.tui.hangup import HangupGuard
 from horizon.tui.screens.attention import AttentionPane
 from horizon.tui.screens.help import HelpScreen
 from horizon.tui.screens.horizon import HorizonPane
@@ -114,6 +116,7 @@ class HorizonApp(App[None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        HangupGuard(self).install(asyncio.get_running_loop())
         self.query_one("#tokens-grid").focus()
         if self.session is not None:
             self._session_ready(self.session)

@@ -98,4 +98,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # `python -m horizon.tui.cli.app`: the command modules register on horizon.tui.cli.app's Typer
+    # app, which is not this __main__ module's copy, so run that one.
+    from horizon.tui.cli.app import main as registered_main
+
+    raise SystemExit(registered_main())

@@ -21,6 +21,7 @@ from horizon.tui.cli.common import (
 
 if TYPE_CHECKING:
     from horizon.core.session import ResultsSession, Session
+    from horizon.tui.app import HorizonApp
 
 
 def session_loader(
@@ -92,11 +93,17 @@ def inspect(
             raise HorizonError("--results shows the sweep's own prompts; drop --prompt/--file")
         if not (Path(results).expanduser() / "manifest.json").is_file():
             raise HorizonError(f"{results} is not a results directory (no manifest.json)")
-        HorizonApp(load=results_loader(results, model, device, dtype), loading_label=results).run()
+        _run(HorizonApp(load=results_loader(results, model, device, dtype), loading_label=results))
         return
     model = model or DEFAULT_MODEL
     prompts = gather_prompts(prompt, file, DEFAULT_PROMPT)
     if truncate_to is not None and truncate_to < 2:
         raise HorizonError("--truncate-to must be at least 2")
     loader = session_loader(model, device, dtype, prompts, bos, bos_token, truncate_to)
-    HorizonApp(load=loader, loading_label=model).run()
+    _run(HorizonApp(load=loader, loading_label=model))
+
+
+def _run(app: HorizonApp) -> None:
+    app.run()
+    if app.return_code:  # e.g. 129 when the terminal hung up
+        raise typer.Exit(app.return_code)
