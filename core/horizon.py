@@ -292,7 +292,7 @@ def patched_metrics(
     batch = clean.batch_size
 
     def readout(normed: torch.Tensor) -> list[TokenMetrics]:
-        predicting = normed[:, :-1]  # the last position predicts nothing that is scored
+        predicting = normed[:, :-1].contiguous()  # the last position predicts nothing that is scored
         n_rows = predicting.shape[0] // batch
         if head is None:  # not a plain linear head: unembed whole, then reduce
             logits = model.bridge.unembed(predicting).float()
@@ -308,7 +308,7 @@ def patched_metrics(
                 tile = torch.matmul(predicting, weight[columns].t(), out=buffers[width])
                 if bias is not None:
                     tile += bias[columns]
-                yield columns, tile
+                yield columns, tile.float()  # metrics in float32 whatever the model's dtype
 
         return _vocab_metrics(reference, tiles(), n_rows)
 

@@ -400,3 +400,18 @@ def test_tiled_readout_metrics_equal_metrics_of_full_logits(tiny_model, monkeypa
         assert torch.equal(fused[index].top1_agree, expected.top1_agree)
         assert torch.equal(fused[index].valid, batch.mask[:, 1:])
     assert not fused[0].top1_agree[batch.mask[:, 1:]].all()  # the patch changes some top-1 predictions
+
+
+def test_scan_in_bfloat16_matches_patch_and_float32() -> None:
+    """A bfloat16 model: the scan's tiled readout reduces in float32, like patch's full logits."""
+    from horizon.core.loader import load_model
+
+    model = load_model("tiny-llama", device="cpu", dtype="bfloat16")
+    ids = tokenize(model, [SHORT_PROMPT])
+    result = scan(model, ids, ks=[1, 2, model.n_layers + 1])
+    for row in result.rows:
+        single = patch(model, ids, HorizonConfig.from_layers(row["k"]))
+        assert row["loss"] == pytest.approx(single.loss_patched, abs=1e-4)
+        assert row["kl"] == pytest.approx(single.kl, abs=1e-4)
+        assert math.isfinite(row["loss"]) and row["kl"] >= -1e-4
+    assert result.rows[-1]["delta_loss"] == 0
