@@ -295,19 +295,15 @@ def patched_metrics(
         predicting = normed[:, :-1].contiguous()  # the last position predicts nothing that is scored
         n_rows = predicting.shape[0] // batch
         if head is None:  # not a plain linear head: unembed whole, then reduce
-            logits = model.bridge.unembed(predicting).float()
-            return _vocab_metrics(reference, [(slice(0, logits.shape[-1]), logits)], n_rows)
-        weight, bias = head
+            return _logits_metrics(reference, model.bridge.unembed(predicting), n_rows)
 
         def tiles() -> Iterator[tuple[slice, torch.Tensor]]:
             buffers: dict[int, torch.Tensor] = {}
-            for columns in _vocab_tiles(weight.shape[0]):
+            for columns in _vocab_tiles(head[0].shape[0]):
                 width = columns.stop - columns.start
                 if width not in buffers:
                     buffers[width] = predicting.new_empty((*predicting.shape[:-1], width))
-                tile = torch.matmul(predicting, weight[columns].t(), out=buffers[width])
-                if bias is not None:
-                    tile += bias[columns]
+                tile = _apply_head(head, predicting, buffers[width], columns)
                 yield columns, tile.float()  # metrics in float32 whatever the model's dtype
 
         return _vocab_metrics(reference, tiles(), n_rows)
@@ -458,7 +454,10 @@ def _staircase_pass(
                 yield index, item
 
 
-def _linear_head(model: LoadedModel) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+LinearHead = tuple[torch.Tensor, torch.Tensor | None]  # weight [vocab, d_model], bias or None
+
+
+def _linear_head(model: LoadedModel) -> LinearHead | None:
     """The unembedding's weight [vocab, d_model] and bias (None if zero), when it is a plain linear layer.
 
     Applied directly, the head writes logits where the caller wants them; the bridge's module
@@ -477,10 +476,17 @@ def _unembed(model: LoadedModel, normed: torch.Tensor, out: torch.Tensor) -> tor
     head = _linear_head(model)
     if head is None:
         return out.copy_(model.bridge.unembed(normed))
+    return _apply_head(head, normed, out)
+
+
+def _apply_head(
+    head: LinearHead, normed: torch.Tensor, out: torch.Tensor, columns: slice = slice(None)
+) -> torch.Tensor:
+    """The logits of vocabulary ``columns`` (all by default) under a linear head, written into ``out``."""
     weight, bias = head
-    torch.matmul(normed, weight.t(), out=out)
+    torch.matmul(normed, weight[columns].t(), out=out)
     if bias is not None:
-        out += bias
+        out += bias[columns]
     return out
 
 
@@ -563,9 +569,13 @@ class TokenMetrics:
 
 def token_metrics(clean: CleanReference, patched: torch.Tensor) -> TokenMetrics:
     """Next-token CE (clean and patched), KL(clean || patched) and top-1 agreement at positions 0..T-2."""
-    logits = patched[:, :-1].float()
-    (metrics,) = _vocab_metrics(clean, [(slice(0, logits.shape[-1]), logits)], 1)
+    (metrics,) = _logits_metrics(clean, patched[:, :-1], 1)
     return metrics
+
+
+def _logits_metrics(clean: CleanReference, logits: torch.Tensor, n_rows: int) -> list[TokenMetrics]:
+    """Metrics of ``n_rows`` stacked configs from whole logits at the predicting positions (one tile)."""
+    return _vocab_metrics(clean, [(slice(0, logits.shape[-1]), logits.float())], n_rows)
 
 
 def _vocab_metrics(
@@ -605,8 +615,6 @@ def _vocab_metrics(
 def _pick(tile: torch.Tensor, columns: slice, tokens: torch.Tensor, out: torch.Tensor) -> None:
     """Copy into ``out`` the logits of ``tokens`` ([batch, pos-1]) that fall in this tile."""
     inside = (tokens >= columns.start) & (tokens < columns.stop)
-    if not bool(inside.any()):
-        return
     local = (tokens - columns.start).clamp(0, tile.shape[-1] - 1).expand(*tile.shape[:-1])
     picked = tile.gather(-1, local.unsqueeze(-1)).squeeze(-1)
     torch.where(inside, picked, out, out=out)

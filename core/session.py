@@ -124,12 +124,8 @@ class Session:
         from horizon.core.horizon import clean_runs
 
         with self._lock:
-            if prompt not in self._clean_runs:
-                self._clean_runs[prompt] = clean_runs(self.model, [self.token_ids[prompt]])
-                while len(self._clean_runs) > self.clean_cache_size:
-                    self._clean_runs.popitem(last=False)
-            self._clean_runs.move_to_end(prompt)
-            return self._clean_runs[prompt]
+            return _lru(self._clean_runs, prompt, self.clean_cache_size,
+                        lambda: clean_runs(self.model, [self.token_ids[prompt]]))
 
     def scan(self, prompt: int = 0, chunk: int = 8) -> Any:
         """ScanResult of one prompt over every k (core.horizon.scan), run ``chunk`` ks at a time.
@@ -177,24 +173,27 @@ class Session:
     def _patch_locked(self, settings: PatchSettings, prompt: int, key: Any) -> Any:
         from horizon.core.horizon import HorizonConfig, patch
 
+        config = HorizonConfig.from_layers(
+            settings.k, source=settings.source, keep_embed=settings.keep_embed,
+            final=settings.final, start_layer=settings.start_layer,
+        )
         with self._lock:
-            if key in self._patches:
-                self._patches.move_to_end(key)
-                return self._patches[key]
-            config = HorizonConfig.from_layers(
-                settings.k, source=settings.source, keep_embed=settings.keep_embed,
-                final=settings.final, start_layer=settings.start_layer,
-            )
-            result = self._timed(
+            return _lru(self._patches, key, self.patch_cache_size, lambda: self._timed(
                 "patch", lambda: patch(self.model, [self.token_ids[prompt]], config, cleans=self._clean(prompt))
-            )
-            self._patches[key] = result
-            while len(self._patches) > self.patch_cache_size:
-                self._patches.popitem(last=False)
-            return result
+            ))
 
     def cached_patch(self, settings: PatchSettings, prompt: int = 0) -> Any | None:
         return self._patches.get((settings, prompt))
+
+
+def _lru(cache: OrderedDict[Any, T], key: Any, size: int, compute: Callable[[], T]) -> T:
+    """``cache[key]``, computed on a miss; the least recently used entries beyond ``size`` go."""
+    if key not in cache:
+        cache[key] = compute()
+        while len(cache) > size:
+            cache.popitem(last=False)
+    cache.move_to_end(key)
+    return cache[key]
 
 
 # ----------------------------------------------------------------------------- results mode

@@ -9,6 +9,7 @@ writes to a terminal that is gone), the process is ended after a short grace per
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
@@ -44,12 +45,12 @@ class HangupGuard:
         self.fd = sys.__stdin__.fileno() if fd is None and sys.__stdin__ is not None else fd
         self.fired = False
 
-    def install(self, loop: object) -> bool:
+    def install(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Watch the terminal (only when the app runs on one: not headless, not piped)."""
         if self.fd is None or not os.isatty(self.fd):
             return False
         # Installed even when SIGHUP was inherited as ignored: a TUI without a terminal has no use.
-        loop.add_signal_handler(signal.SIGHUP, self.hangup)  # type: ignore[attr-defined]
+        loop.add_signal_handler(signal.SIGHUP, self.hangup)
         self.app.set_interval(POLL_S, self.check)
         return True
 
