@@ -1,4 +1,4 @@
-"""Attention distance per head (SCIENCE.md section 5, seed 003's comment thread).
+"""Attention distance per head (docs/SCIENCE.md section 5, seed 003's comment thread).
 
 For head h of layer l and query t, with pattern A[t, s]: mean distance sum_s A[t, s] (t - s) and
 the mass at distance 0, 1..5, 6..10 and > 10, averaged over query positions t >= 1 (real tokens

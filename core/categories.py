@@ -1,4 +1,4 @@
-"""Token categories of the truncation error analysis (SCIENCE.md section 4, seed 003).
+"""Token categories of the truncation error analysis (docs/SCIENCE.md section 4, seed 003).
 
 Categories are decided on the *decoded* token text (byte-level BPE markers such as the
 leading-space symbol already turned into a real space), checked in this order:

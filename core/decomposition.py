@@ -1,4 +1,4 @@
-"""The sublayer decomposition of the residual stream (SCIENCE.md section 1), in one place.
+"""The sublayer decomposition of the residual stream (docs/SCIENCE.md section 1), in one place.
 
 Sublayer outputs in order: s_0 = embedding (incl. positional), s_{2i+1} = attn_i, s_{2i+2} = mlp_i.
 Reader j (sublayer j = 1..2L, and the final readout j = 2L+1) reads r_j = s_0 + ... + s_{j-1}:
@@ -72,7 +72,7 @@ def residual_reads(outputs: torch.Tensor) -> torch.Tensor:
 
 
 def window_read(outputs: torch.Tensor, j: int, horizon_sublayers: int, keep_embed: bool = False) -> torch.Tensor:
-    """h_j = s_{max(0, j-K)} + ... + s_{j-1}: what reader j sees under horizon K (SCIENCE.md s.3)."""
+    """h_j = s_{max(0, j-K)} + ... + s_{j-1}: what reader j sees under horizon K (docs/SCIENCE.md s.3)."""
     start = max(0, j - horizon_sublayers)
     window = outputs[start:j].sum(dim=0)
     if keep_embed and start > 0:

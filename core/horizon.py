@@ -1,4 +1,4 @@
-"""The effective layer horizon (SCIENCE.md section 3, seed 000): a patched forward pass and its metrics.
+"""The effective layer horizon (docs/SCIENCE.md section 3, seed 000): a patched forward pass and its metrics.
 
 Enforcing horizon K (in sublayers): every reader j (sublayers 1..2L, final readout 2L+1) reads the
 window h_j = s_{max(0, j-K)} + ... + s_{j-1} instead of r_j. The window replaces the input of the
@@ -58,7 +58,7 @@ TILE_BYTES = 10 << 20
 
 @dataclass(frozen=True)
 class HorizonConfig:
-    """One enforced horizon: K in sublayers plus the SCIENCE.md section 3 options."""
+    """One enforced horizon: K in sublayers plus the docs/SCIENCE.md section 3 options."""
 
     horizon_sublayers: int
     source: str = "recursive"

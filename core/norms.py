@@ -1,4 +1,4 @@
-"""Residual-stream norm growth (SCIENCE.md section 2; seeds 001 and 002).
+"""Residual-stream norm growth (docs/SCIENCE.md section 2; seeds 001 and 002).
 
 One capture pass per batch records, for every position, the L2 norm and the standard deviation
 over d_model of resid_pre_i (plus the final residual), resid_mid_i, resid_post_i, attn_out_i and
@@ -201,7 +201,7 @@ def _norm_and_std(key: str, activation: torch.Tensor) -> torch.Tensor:
     """[batch, pos, d_model] -> [2, batch, pos]: L2 norm and population std over d_model.
 
     Population std (no Bessel correction) so that std == norm / sqrt(d_model) exactly when the
-    vector's mean is zero (SCIENCE.md s.2). Computed as the norm of the centred vector: torch's
+    vector's mean is zero (docs/SCIENCE.md s.2). Computed as the norm of the centred vector: torch's
     own std is ~20x slower on CPU and would dominate the hooks' cost.
     """
     values = activation.float()

@@ -7,7 +7,7 @@ a shard into Arrow tables; the driver (``run_sweep``) owns the directory: it wri
 atomically and marks the shard done in the manifest. With ``--backend ray`` the driver keeps
 only the store and hands shards to one actor per device, each of which loads the model once.
 
-Truncation centres with the mean residual of the *whole corpus* (SCIENCE.md section 4): it is
+Truncation centres with the mean residual of the *whole corpus* (docs/SCIENCE.md section 4): it is
 computed once, before any shard, stored as ``truncation_mu.npy`` and reused by every shard,
 worker and resumed run, so results do not depend on how the corpus was split.
 """
@@ -765,7 +765,7 @@ def _norms_view(results: store.Results, table: pa.Table, manifest: dict[str, Any
     for name in NORM_SITES:
         selected = site_code == site_names.index(name)
         if has_bos:
-            selected &= position >= 1  # BOS (position 0) is excluded from statistics (SCIENCE.md s.2)
+            selected &= position >= 1  # BOS (position 0) is excluded from statistics (docs/SCIENCE.md s.2)
         # Rows are written prompt by prompt, layer-major with positions in order, so a stable sort by
         # layer alone lines every layer's positions up in the same (prompt, position) order.
         order = np.argsort(layer[selected], kind="stable")

@@ -1,4 +1,4 @@
-"""Context truncation (SCIENCE.md section 4, seed 003): do early layers only use recent tokens?
+"""Context truncation (docs/SCIENCE.md section 4, seed 003): do early layers only use recent tokens?
 
 For a length c and a position t with t - c >= 1, the truncated prompt is [BOS] + x_{t-c+1..t}.
 Its last-position residual is compared with the full-prompt residual at t, at resid_pre_0..
@@ -150,7 +150,7 @@ class Outlier:
 
 @dataclass
 class TruncationReport:
-    """All records plus the summaries of SCIENCE.md section 4.
+    """All records plus the summaries of docs/SCIENCE.md section 4.
 
     Records are held as arrays (row k of ``cos`` belongs to ``record_prompt[k]``, ...);
     ``per_token`` builds the list of TokenRecord on first use.

@@ -1,4 +1,4 @@
-"""Weight-side evidence for norm growth (SCIENCE.md section 2; seed 002's weight analysis).
+"""Weight-side evidence for norm growth (docs/SCIENCE.md section 2; seed 002's weight analysis).
 
 - Per head ||W_V W_O||_F (the OV circuit). With grouped-query attention query head h uses the
   W_V of its key-value group, h // (n_heads / n_kv_heads), as in the attention forward.

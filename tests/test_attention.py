@@ -1,4 +1,4 @@
-"""Attention distance (SCIENCE.md section 5): per-query formulas, plain-HF patterns, CLI."""
+"""Attention distance (docs/SCIENCE.md section 5): per-query formulas, plain-HF patterns, CLI."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Token categories (SCIENCE.md section 4) on real tokens of the bundled tokenizer."""
+"""Token categories (docs/SCIENCE.md section 4) on real tokens of the bundled tokenizer."""
 
 from __future__ import annotations
 

@@ -136,7 +136,7 @@ def fresh_tiny_llama(tiny_llama):
 
 
 def _hf_patched_logits(hf, input_ids: torch.Tensor, config: HorizonConfig, everywhere: bool = False) -> torch.Tensor:
-    """SCIENCE.md section 3 written directly with torch module hooks on a plain LlamaForCausalLM.
+    """docs/SCIENCE.md section 3 written directly with torch module hooks on a plain LlamaForCausalLM.
 
     ``everywhere`` patches every reader with its window, even where the window holds all outputs.
     """

@@ -1,4 +1,4 @@
-"""Context truncation (SCIENCE.md section 4): engine against a plain-HF loop, invariants, CLI."""
+"""Context truncation (docs/SCIENCE.md section 4): engine against a plain-HF loop, invariants, CLI."""
 
 from __future__ import annotations
 

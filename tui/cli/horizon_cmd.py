@@ -1,4 +1,4 @@
-"""`horizon patch` and `horizon scan`: the effective layer horizon (seed 000, SCIENCE.md section 3)."""
+"""`horizon patch` and `horizon scan`: the effective layer horizon (seed 000, docs/SCIENCE.md section 3)."""
 
 from __future__ import annotations
 

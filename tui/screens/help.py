@@ -1,4 +1,4 @@
-"""The help screen (?): every metric in one line (SCIENCE.md) and every key."""
+"""The help screen (?): every metric in one line (docs/SCIENCE.md) and every key."""
 
 from __future__ import annotations
 
