@@ -48,7 +48,8 @@ def help_text() -> Table:
     table = Table.grid(padding=(0, 1))
     table.add_column(style="bold cyan", no_wrap=True)
     table.add_column()
-    table.add_row(Text("Metrics", style="bold underline"), "")
+    table.add_row(Text("Metrics", style="bold underline"),
+                  Text("exact definitions: docs/SCIENCE.md in the repository", style="dim"))
     for name, line in METRICS:
         table.add_row(name, Text(line))
     table.add_row("", "")
