@@ -65,8 +65,9 @@ def bundled_corpus_path() -> Path:
 
 def load_corpus(path: str | None = None, max_prompts: int | None = None) -> Corpus:
     """Read a corpus (``None`` or ``"bundled"``: the default corpus shipped with the package)."""
-    if max_prompts is not None and max_prompts < 1:
-        raise HorizonError("--max-prompts must be at least 1")
+    from horizon.core.options import check_at_least
+
+    check_at_least(max_prompts, "--max-prompts", 1)
     if path is None or path == BUNDLED_CORPUS:
         name = BUNDLED_CORPUS
         texts, kinds = _read_jsonl(bundled_corpus_path(), "the bundled corpus")
@@ -166,5 +167,6 @@ def tokenize_corpus(
 
 
 def check_max_tokens(max_tokens: int | None) -> None:
-    if max_tokens is not None and max_tokens < 2:
-        raise HorizonError("--max-tokens must be at least 2 (BOS and one token)")
+    from horizon.core.options import check_max_tokens as check
+
+    check(max_tokens)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-from horizon.core import store
+from horizon.core import options, store
 from horizon.core.corpus import Corpus, check_max_tokens
 from horizon.core.errors import HorizonError
 from horizon.core.store import ANALYSES, ANALYSIS_TABLES, BASE_TABLES
@@ -96,13 +96,23 @@ class SweepSettings:
             raise HorizonError(f"unknown analysis {unknown[0]!r}: choose from {', '.join(ANALYSES)}")
         self.analyses = [name for name in ANALYSES if name in self.analyses]  # canonical order, no repeats
         check_max_tokens(self.max_tokens)
-        if self.shard_size < 1:
-            raise HorizonError("--shard-size must be at least 1")
+        options.check_at_least(self.shard_size, "--shard-size", 1)
         if "truncate" in self.analyses and not self.bos:
             raise HorizonError("the truncate analysis needs BOS (truncated prompts keep it): drop --no-bos "
                                "or leave truncate out of --analyses")
-        if self.tol < 0:
-            raise HorizonError(f"--tol must be >= 0, got {self.tol}")
+        self.tol = options.check_tol(self.tol)
+        options.check_lengths(self.lengths)
+        options.check_ks(self.ks)
+        options.check_start_layers(self.start_layers)
+
+    def validate_for_model(self, n_layers: int, n_ctx: int) -> None:
+        """The checks that need the model: layer indices and lengths against its size."""
+        if "scan" in self.analyses:
+            options.check_ks(self.ks, n_layers)
+            options.check_start_layers(self.start_layers, n_layers)
+        if "truncate" in self.analyses:
+            limit = n_ctx if self.max_tokens is None else min(self.max_tokens, n_ctx)
+            options.check_lengths(self.lengths, limit)
 
     def analysis_settings(self, n_layers: int) -> dict[str, dict[str, Any]]:
         """Per analysis, the settings that define its numbers."""
@@ -553,6 +563,7 @@ def run_sweep(
     pool = _LocalPool(config, loaded) if backend == "local" else _RayPool(config, workers, ray_address)
     try:
         described = pool.describe()
+        settings.validate_for_model(described["model"]["n_layers"], described["model"]["n_ctx"])
         new = _new_manifest(corpus, settings, described, max_prompts, started)
         manifest, _ = _prepare_directory(root, new, resume, force)
         run_record = {"started": started, "ended": None, "shard": str(shard), "backend": backend,

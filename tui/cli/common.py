@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import typer
-from horizon.core.errors import HorizonError
 
 # The loader imports torch lazily and nothing else here imports it at module level, so that
 # `horizon --help` and the inspector's first paint never wait for torch.
 from horizon.core.loader import DEFAULT_MODEL, LoadedModel, load_model
+from horizon.core.options import check_truncate_to, parse_int_list  # noqa: F401  (parse_int_list: shared)
 from rich.console import Console
 
 # A short, real sentence: the default when a command gets neither --prompt nor --file.
@@ -100,8 +100,7 @@ def prepare_inputs(
     from horizon.core.prompts import gather_prompts, tokenize
 
     prompts = gather_prompts(prompt, file, default_prompt)
-    if truncate_to is not None and truncate_to < 2:
-        raise HorizonError("--truncate-to must be at least 2")
+    check_truncate_to(truncate_to)
     loaded = load_with_status(model, device, dtype, quiet=quiet)
     token_ids = tokenize(loaded, prompts, bos=bos, bos_token=bos_token, truncate_to=truncate_to)
     return Inputs(loaded, prompts, token_ids, bos)
@@ -126,19 +125,6 @@ def emit(as_json: bool, payload: dict[str, Any], render: Callable[[], None]) -> 
         sys.stdout.write(json.dumps(jsonable(payload)) + "\n")
     else:
         render()
-
-
-def parse_int_list(text: str, option: str, minimum: int = 0) -> list[int]:
-    """'1,5,10' -> [1, 5, 10] with a clear error naming the option."""
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise HorizonError(f"{option} takes comma-separated integers, got {text!r}") from None
-    if not values:
-        raise HorizonError(f"{option} is empty")
-    if any(value < minimum for value in values):
-        raise HorizonError(f"{option} values must be >= {minimum}, got {text!r}")
-    return values
 
 
 @contextmanager

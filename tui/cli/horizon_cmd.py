@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from horizon.core import options
 from horizon.core.errors import HorizonError
 from horizon.core.horizon import (
     DEFAULT_TOL,
@@ -99,9 +100,10 @@ def patch_command(
     _check_choices(unit, source, final)
     config = HorizonConfig.from_unit(k, unit, source=source, keep_embed=keep_embed, final=final,
                                      start_layer=start_layer)
-    if batch_size < 1:
-        raise HorizonError("--batch-size must be at least 1")
+    options.check_batch_size(batch_size)
     inputs = prepare_inputs(model, device, dtype, prompt, file, bos, bos_token, truncate_to, quiet=as_json)
+    options.check_k(k, inputs.model.n_layers, unit)
+    options.check_start_layer(start_layer, inputs.model.n_layers)
     result = patch(inputs.model, inputs.token_ids, config, batch_size=batch_size)
     payload = {
         "model": inputs.model.spec,
@@ -180,11 +182,11 @@ def scan_command(
     _check_choices(unit, source, final)
     k_list = parse_int_list(ks, "--ks", minimum=1) if ks is not None else None
     layer_list = parse_int_list(start_layers, "--start-layers", minimum=0)
-    if not tol >= 0:
-        raise HorizonError(f"--tol must be a number >= 0, got {tol}")
-    if batch_size < 1:
-        raise HorizonError("--batch-size must be at least 1")
+    tol = options.check_tol(tol)
+    options.check_batch_size(batch_size)
     inputs = prepare_inputs(model, device, dtype, prompt, file, bos, bos_token, truncate_to, quiet=as_json)
+    options.check_ks(k_list, inputs.model.n_layers, unit)
+    options.check_start_layers(layer_list, inputs.model.n_layers)
     n_rows = len(k_list or default_ks(inputs.model.n_layers, unit)) * len(dict.fromkeys(layer_list))
     with progress_bar("scan", n_rows, quiet=as_json) as advance:
         result = scan(inputs.model, inputs.token_ids, ks=k_list, start_layers=layer_list, tol=tol, source=source,

@@ -83,6 +83,7 @@ def inspect(
     1-5 for the screens, ctrl+p for every action.
     """
     from horizon.core.loader import DEFAULT_MODEL
+    from horizon.core.options import check_truncate_to
     from horizon.core.prompts import gather_prompts
     from horizon.tui.app import HorizonApp
 
@@ -97,8 +98,7 @@ def inspect(
         return
     model = model or DEFAULT_MODEL
     prompts = gather_prompts(prompt, file, DEFAULT_PROMPT)
-    if truncate_to is not None and truncate_to < 2:
-        raise HorizonError("--truncate-to must be at least 2")
+    check_truncate_to(truncate_to)
     loader = session_loader(model, device, dtype, prompts, bos, bos_token, truncate_to)
     _run(HorizonApp(load=loader, loading_label=model))
 

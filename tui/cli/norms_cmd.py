@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import numpy as np
 import typer
+from horizon.core import options
 from horizon.core.errors import HorizonError
 from horizon.core.norms import NORM_SITES, QUANTILES, NormsReport, analyse_norms
 from horizon.core.weights import check_processing, weight_report, with_processing
@@ -85,10 +86,8 @@ def norms(
     # Every flag is checked before the model loads.
     fit_window = parse_fit(fit)
     check_processing(processing)
-    if batch_size < 1:
-        raise HorizonError("--batch-size must be at least 1")
-    if show_prompt < 1:
-        raise HorizonError("--show-prompt counts from 1")
+    options.check_batch_size(batch_size)
+    options.check_at_least(show_prompt, "--show-prompt", 1)
     inputs = prepare_inputs(model, device, dtype, prompt, file, bos, bos_token, truncate_to, quiet=as_json)
     if show_prompt > len(inputs.token_ids):
         raise HorizonError(f"--show-prompt {show_prompt}: there are only {len(inputs.token_ids)} prompts")

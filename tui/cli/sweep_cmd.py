@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from horizon.core import store
+from horizon.core import options, store
 from horizon.core.errors import HorizonError
 from horizon.tui.cli.app import app
 from horizon.tui.cli.common import (
@@ -134,12 +134,11 @@ def sweep(
     shard_spec = ShardSpec.parse(shard)
     if backend == "ray" and shard is not None:
         raise HorizonError("--shard is for separate local workers; with --backend ray use --workers")
+    options.check_at_least(workers, "--workers", 1)
     bridge_kwargs: dict[str, Any] = {}
-    if device_map is not None:
+    if options.check_device_map(device_map) is not None:
         bridge_kwargs["device_map"] = device_map
-    if n_devices is not None:
-        if n_devices < 1:
-            raise HorizonError("--n-devices must be at least 1")
+    if options.check_n_devices(n_devices) is not None:
         bridge_kwargs["n_devices"] = n_devices
     texts = load_corpus(corpus, max_prompts=max_prompts)
 

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import numpy as np
 import typer
+from horizon.core import options
 from horizon.core.attention import BUCKETS, AttentionReport, attention_distance
 from horizon.core.categories import CATEGORIES
 from horizon.core.errors import HorizonError
@@ -139,19 +140,17 @@ def truncate(
 ) -> None:
     """Truncate the context to the last c tokens: how similar is each layer's residual to the full-context one?"""
     length_list = list(dict.fromkeys(parse_int_list(lengths, "--lengths", minimum=1)))
-    if batch_size < 1:
-        raise HorizonError("--batch-size must be at least 1")
-    if outliers < 0:
-        raise HorizonError("--outliers must be >= 0")
-    if outlier_layer is not None and outlier_layer < 0:
-        raise HorizonError("--outlier-layer must be >= 0")
+    options.check_batch_size(batch_size)
+    options.check_at_least(outliers, "--outliers", 0)
+    options.check_layer_row(outlier_layer, None, "--outlier-layer")
     if category_length is not None and category_length not in length_list:
         raise HorizonError(f"--category-length {category_length} is not one of --lengths {lengths}")
     if not bos:
         raise HorizonError("truncated prompts start with BOS ([BOS] + the last c tokens): drop --no-bos")
     inputs = prepare_inputs(model, device, dtype, prompt, file, bos, bos_token, truncate_to, quiet=as_json)
-    if outlier_layer is not None and outlier_layer > inputs.model.n_layers:
-        raise HorizonError(f"--outlier-layer must be in 0..{inputs.model.n_layers} (the last is the final residual)")
+    options.check_layer_row(outlier_layer, inputs.model.n_layers, "--outlier-layer")
+    options.check_lengths(length_list, inputs.model.n_ctx if truncate_to is None else min(truncate_to,
+                                                                                           inputs.model.n_ctx))
     total = n_truncations(inputs.token_ids, length_list)
     if total == 0:
         longest = max(len(ids) for ids in inputs.token_ids)
@@ -230,10 +229,8 @@ def attention(
     as_json: JsonOpt = False,
 ) -> None:
     """Per head: how far back does attention look? Mean distance and mass at 0, 1-5, 6-10, >10 tokens."""
-    if batch_size < 1:
-        raise HorizonError("--batch-size must be at least 1")
-    if top < 0:
-        raise HorizonError("--top must be >= 0")
+    options.check_batch_size(batch_size)
+    options.check_at_least(top, "--top", 0)
     inputs = prepare_inputs(model, device, dtype, prompt, file, bos, bos_token, truncate_to, quiet=as_json)
     with progress_bar("attention", len(inputs.token_ids), quiet=as_json) as advance:
         report = attention_distance(inputs.model, inputs.token_ids, inputs.has_bos, batch_size=batch_size,
