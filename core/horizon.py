@@ -42,6 +42,7 @@ from horizon.core.prompts import TokenBatch, batches
 SOURCES = ("recursive", "clean")
 FINALS = ("window", "full")
 UNITS = ("layer", "sublayer")
+ABLATIONS = ("zero", "mean")
 DEFAULT_TOL = 0.1
 # Memory one batched pass may hold (window buffers, activations, attention scores, logits).
 DEFAULT_PASS_BYTES = 2 << 30
@@ -65,6 +66,10 @@ class HorizonConfig:
     keep_embed: bool = False
     final: str = "window"
     start_layer: int = 0
+    # zero: outputs outside the window count as zero; mean: as their clean means (AblationMeans).
+    ablation: str = "zero"
+    # Enforce the horizon at this layer's readers only (L: the final readout); None: every layer >= start_layer.
+    only_layer: int | None = None
 
     def __post_init__(self) -> None:
         if self.horizon_sublayers < 1:
@@ -75,6 +80,19 @@ class HorizonConfig:
             raise HorizonError(f"unknown final readout {self.final!r}: use window or full")
         if self.start_layer < 0:
             raise HorizonError(f"the start layer must be >= 0, got {self.start_layer}")
+        if self.ablation not in ABLATIONS:
+            raise HorizonError(f"unknown ablation {self.ablation!r}: use zero or mean")
+        if self.only_layer is not None:
+            if self.only_layer < 0:
+                raise HorizonError(f"the only layer must be >= 0, got {self.only_layer}")
+            if self.start_layer:
+                raise HorizonError("--only-layer and --start-layer are exclusive: give one of them")
+
+    def check_layers(self, n_layers: int) -> None:
+        """Refuse an only layer beyond the final readout (layer L)."""
+        if self.only_layer is not None and self.only_layer > n_layers:
+            raise HorizonError(f"--only-layer {self.only_layer} is out of range: use 0..{n_layers} "
+                               f"(or final; {n_layers} is the final readout)")
 
     @classmethod
     def from_layers(cls, k: int, **options: Any) -> HorizonConfig:
@@ -95,7 +113,16 @@ class HorizonConfig:
         """Whether reader j reads the window instead of the residual stream."""
         if j == n_readers(n_layers) and self.final == "full":
             return False
-        return j > self.horizon_sublayers and reader_layer(j) >= self.start_layer
+        if j <= self.horizon_sublayers:  # the window still reaches s_0: it is the whole stream
+            return False
+        if self.only_layer is not None:
+            return reader_layer(j) == self.only_layer
+        return reader_layer(j) >= self.start_layer
+
+    def last_patched_reader(self, n_layers: int) -> int:
+        """The last reader that may read a window (with only_layer N < L: mlp_N = reader 2N+2)."""
+        final = n_readers(n_layers)
+        return final if self.only_layer is None else min(final, 2 * self.only_layer + 2)
 
     def first_patched_reader(self, n_layers: int) -> int | None:
         """The first reader the window bites (every later one is patched too); None: a clean run."""
@@ -234,6 +261,90 @@ def clean_run(model: LoadedModel, batch: TokenBatch) -> CleanRun:
     )
 
 
+# ----------------------------------------------------------------------------- mean ablation
+
+
+@dataclass
+class AblationMeans:
+    """m_0..m_{2L}: the clean run's mean of each sublayer output (docs/SCIENCE.md section 3, ablation).
+
+    With ``ablation="mean"`` reader j reads h_j + m_0 + ... + m_{lo-1} (lo = max(0, j-K)): the
+    outputs outside its window are replaced by their means instead of zero. ``mean[i]`` is the mean
+    of s_i over the non-BOS positions of the analysed prompts (every position without a BOS); at
+    the BOS position 0 the clean run's own s_i at position 0 is used (every prompt's is the same),
+    so it is not stored here. A sweep computes these once over the whole corpus.
+    """
+
+    mean: torch.Tensor  # [2L+1, d_model] float64
+    has_bos: bool = True
+    n_positions: int = 0  # how many positions were averaged
+    _fills: dict[tuple[int, bool, torch.dtype], torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.mean = self.mean.double()
+        # M_i = m_0 + ... + m_{i-1}, i = 0..2L+1 (M_0 = 0).
+        self.prefix = torch.cat((self.mean.new_zeros((1, self.mean.shape[-1])), self.mean.cumsum(dim=0)))
+
+    def fill(self, lo: int, keep_embed: bool, dtype: torch.dtype) -> torch.Tensor:
+        """What replaces s_0..s_{lo-1} at the non-BOS positions: M_lo, or M_lo - m_0 when s_0 is kept exact."""
+        key = (lo, keep_embed, dtype)
+        if key not in self._fills:
+            value = self.prefix[lo] - (self.prefix[1] if keep_embed else 0)
+            self._fills[key] = value.to(dtype)
+        return self._fills[key]
+
+    def check(self, n_layers: int, d_model: int) -> None:
+        if tuple(self.mean.shape) != (n_readers(n_layers), d_model):
+            raise HorizonError(f"the ablation means have shape {tuple(self.mean.shape)}; this model needs "
+                               f"({n_readers(n_layers)}, {d_model})")
+
+
+class MeanAccumulator:
+    """Sums of each sublayer output over the positions that enter the ablation means."""
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.count = 0
+        self.has_bos = True
+
+    def add(self, outputs: torch.Tensor, batch: TokenBatch) -> None:
+        """``outputs``: s_0..s_{2L} of one token batch [2L+1, batch, pos, d_model]."""
+        mask = batch.stat_mask()  # real tokens, without the BOS position when there is one
+        self.has_bos = batch.has_bos
+        summed = torch.stack([outputs[i][mask].double().sum(dim=0) for i in range(outputs.shape[0])])
+        self.total = summed if self.total is None else self.total + summed
+        self.count += int(mask.sum())
+
+    def result(self) -> AblationMeans:
+        if self.total is None or self.count == 0:
+            raise HorizonError("mean ablation needs at least one position after the BOS to average over")
+        return AblationMeans(self.total / self.count, self.has_bos, self.count)
+
+
+def ablation_means(cleans: Sequence[CleanRun]) -> AblationMeans:
+    """The means of the analysed prompts' own clean runs."""
+    accumulator = MeanAccumulator()
+    for clean in cleans:
+        accumulator.add(clean.outputs, clean.batch)
+    return accumulator.result()
+
+
+def corpus_ablation_means(
+    model: LoadedModel, token_ids: list[list[int]], has_bos: bool = True, batch_size: int = 8
+) -> AblationMeans:
+    """The means over a whole corpus, one clean capture per token batch (nothing else is kept)."""
+    check_model(model)
+    accumulator = MeanAccumulator()
+    for batch in batches(model, token_ids, has_bos=has_bos, batch_size=batch_size):
+        capture = run_capture(model, batch.input_ids, ("embed", "attn_out", "mlp_out"))
+        accumulator.add(stack_outputs(capture["embed"], capture["attn_out"], capture["mlp_out"]), batch)
+    return accumulator.result()
+
+
+def _needs_means(configs: Iterable[HorizonConfig]) -> bool:
+    return any(config.ablation == "mean" for config in configs)
+
+
 # ----------------------------------------------------------------------------- the patched pass
 
 
@@ -253,16 +364,18 @@ def patched_logits(
     configs: Sequence[HorizonConfig],
     max_pass_bytes: int = DEFAULT_PASS_BYTES,
     progress: Callable[[float], None] | None = None,
+    means: AblationMeans | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield (index into configs, patched logits [batch, pos, vocab]) for every config.
 
     Configs that patch nothing yield the clean logits; the others run in as few batched passes
     as ``max_pass_bytes`` allows, each starting at the layer where its first window bites (layer
     L: only the final readout is patched, so no block runs for it). ``progress(n)`` advances by
-    n configs' worth of work, in fractions as the layers of a pass complete.
+    n configs' worth of work, in fractions as the layers of a pass complete. ``means`` are the
+    ablation means of mean-ablating configs (default: those of this clean run's prompts).
     """
     readout = _logits_readout(model, clean.batch_size)
-    yield from _run_configs(model, clean, configs, readout, clean.logits, max_pass_bytes, progress)
+    yield from _run_configs(model, clean, configs, readout, clean.logits, max_pass_bytes, progress, means=means)
 
 
 def _logits_readout(model: LoadedModel, batch: int) -> Callable[[torch.Tensor], list[torch.Tensor]]:
@@ -281,6 +394,7 @@ def patched_metrics(
     configs: Sequence[HorizonConfig],
     max_pass_bytes: int = DEFAULT_PASS_BYTES,
     progress: Callable[[float], None] | None = None,
+    means: AblationMeans | None = None,
 ) -> Iterator[tuple[int, TokenMetrics]]:
     """Like ``patched_logits``, but yield each config's metrics against the clean run.
 
@@ -310,7 +424,7 @@ def patched_metrics(
 
     rows_per_readout = TILE_BYTES // max(1, batch * clean.outputs.shape[2] * VOCAB_TILE * 4)
     yield from _run_configs(
-        model, clean, configs, readout, reference.unpatched(), max_pass_bytes, progress, rows_per_readout
+        model, clean, configs, readout, reference.unpatched(), max_pass_bytes, progress, rows_per_readout, means
     )
 
 
@@ -323,9 +437,15 @@ def _run_configs(
     max_pass_bytes: int,
     progress: Callable[[float], None] | None,
     rows_per_readout: int | None = None,
+    means: AblationMeans | None = None,
 ) -> Iterator[tuple[int, Any]]:
     """Group configs into staircase passes; yield (config index, readout item) for each."""
     n_layers = model.n_layers
+    for config in configs:
+        config.check_layers(n_layers)
+    if _needs_means(configs):
+        means = means if means is not None else ablation_means([clean])
+        means.check(n_layers, model.d_model)
     advance = progress or (lambda n: None)
     staircase: list[tuple[int, int]] = []  # (first patched layer, config index)
     for index, config in enumerate(configs):
@@ -339,7 +459,7 @@ def _run_configs(
     per_pass = max(1, max_pass_bytes // max(1, _row_bytes(model, clean)))
     for start in range(0, len(staircase), per_pass):
         rows = [(layer, index, configs[index]) for layer, index in staircase[start : start + per_pass]]
-        yield from _staircase_pass(model, clean, rows, readout, advance, rows_per_readout)
+        yield from _staircase_pass(model, clean, rows, readout, advance, rows_per_readout, means)
 
 
 def _staircase_pass(
@@ -349,6 +469,7 @@ def _staircase_pass(
     readout: Callable[[torch.Tensor], list[Any]] | None = None,
     advance: Callable[[float], None] = lambda n: None,
     rows_per_readout: int | None = None,
+    means: AblationMeans | None = None,
 ) -> Iterator[tuple[int, Any]]:
     """One batched pass; row r (sorted by first patched layer) occupies batch slots r*B..(r+1)*B-1.
 
@@ -358,6 +479,9 @@ def _staircase_pass(
     rounding even where huge early outputs (the BOS position's) sit in both prefixes; the model's
     own float32 residual stream is not used for this, as differencing it would expose its rounding.
     A row's prefix is its own from the layer it joined on (source recursive), the clean one before.
+    Mean ablation adds the prefix of the means, M_lo (a [d_model] vector), at the non-BOS positions
+    and the clean P_lo at the BOS position. Prefixes are kept only up to the last reader any row
+    patches (with only_layer N < L that is mlp_N); past it the rows just run on.
     """
     n_layers, batch = model.n_layers, clean.batch_size
     readout = readout or _logits_readout(model, batch)  # each row's logits unless told otherwise
@@ -367,6 +491,7 @@ def _staircase_pass(
     clean_prefix = clean.exact_reads  # clean P_1..P_{2L+1}, index i-1
     prefix: dict[int, torch.Tensor] = {}  # P_i of every active row, from the first layer's reader on
     last_use = _prefix_last_use(rows, n_layers)
+    last_prefix = max(last_use)  # no P_i beyond it is ever read
 
     def slots(row: int) -> slice:
         return slice(row * batch, (row + 1) * batch)
@@ -385,9 +510,16 @@ def _staircase_pass(
             if not config.patches(j, n_layers):
                 out[here] = current[here]
                 continue
-            torch.sub(row_prefix(row, j), row_prefix(row, j - config.horizon_sublayers), out=out[here])
+            lo = j - config.horizon_sublayers
+            torch.sub(row_prefix(row, j), row_prefix(row, lo), out=out[here])
             if config.keep_embed:  # j > K, so the window never holds s_0 on its own
                 out[here] += clean.outputs[0]
+            if config.ablation == "mean":
+                assert means is not None
+                out[here] += means.fill(lo, config.keep_embed, out.dtype)
+                if means.has_bos:  # position 0: the clean P_lo there, whether s_0 is kept or not
+                    bos = row_prefix(row, lo)[:, 0] - clean_prefix[lo - 1][:, 0]  # 0 unless recursive
+                    torch.sub(row_prefix(row, j)[:, 0], bos, out=out[here][:, 0])
 
     def read_window(j: int) -> Callable:
         def hook(activation: torch.Tensor, hook: object) -> torch.Tensor:
@@ -404,7 +536,8 @@ def _staircase_pass(
 
     def add_output(j: int) -> Callable:
         def hook(activation: torch.Tensor, hook: object) -> torch.Tensor:
-            prefix[j + 1] = prefix[j] + activation  # float64 + the sublayer's output s_j
+            if j + 1 <= last_prefix:
+                prefix[j + 1] = prefix[j] + activation  # float64 + the sublayer's output s_j
             return activation
 
         return hook
@@ -492,14 +625,17 @@ def _apply_head(
 
 def _prefix_last_use(rows: list[tuple[int, int, HorizonConfig]], n_layers: int) -> dict[int, int]:
     """For each prefix index i a pass holds: the last reader that subtracts it (then it can be freed)."""
-    final = n_readers(n_layers)
     last_use: dict[int, int] = {}
     for layer, _, config in rows:
-        for i in range(2 * layer + 1, final + 1):
+        last = config.last_patched_reader(n_layers)
+        for i in range(2 * layer + 1, last + 1):
             # P_i is the minuend at reader i (and feeds P_{i+1}); with the recursive source, the
             # subtrahend at reader i + K.
             reader = i + config.horizon_sublayers if config.source == "recursive" else 0
-            last_use[i] = max(last_use.get(i, 0), i, reader if reader <= final else 0)
+            last_use[i] = max(last_use.get(i, 0), i, reader if reader <= last else 0)
+    # The chain P_i -> P_{i+1} must not break between rows joining at different layers.
+    for i in range(min(last_use), max(last_use) + 1):
+        last_use[i] = max(last_use.get(i, 0), i)
     return last_use
 
 
@@ -649,6 +785,11 @@ class _Totals:
         self.agree += int(metrics.top1_agree.sum())
         self.n_tokens += int(metrics.valid.sum())
 
+    def row(self, n: int) -> dict[str, float]:
+        """The means over ``n`` predictions, as a scan row's metrics."""
+        return {"loss": self.loss_patched / n, "delta_loss": (self.loss_patched - self.loss_clean) / n,
+                "kl": self.kl / n, "top1_agreement": self.agree / n}
+
 
 @dataclass
 class PatchResult:
@@ -672,15 +813,20 @@ class PatchResult:
                 "kl": self.per_token_kl}
 
 
-def clean_runs(model: LoadedModel, token_ids: list[list[int]], batch_size: int = 8) -> list[CleanRun]:
-    """The clean runs of the prompts, in token batches: what patch and scan compare against."""
+def clean_runs(
+    model: LoadedModel, token_ids: list[list[int]], batch_size: int = 8, has_bos: bool = True
+) -> list[CleanRun]:
+    """The clean runs of the prompts, in token batches: what patch and scan compare against.
+
+    ``has_bos`` says whether position 0 is a BOS (mean ablation leaves it out of the means).
+    """
     if not token_ids:
         raise HorizonError("no prompt to run")
     for index, ids in enumerate(token_ids):
         if len(ids) < 2:
             raise HorizonError(f"prompt {index + 1} has {len(ids)} token(s); a prediction needs at least 2")
-    # has_bos only affects stat_mask; the horizon metrics use every prediction 0..T-2.
-    return [clean_run(model, batch) for batch in batches(model, token_ids, has_bos=True, batch_size=batch_size)]
+    # has_bos only affects stat_mask (the ablation means); the metrics use every prediction 0..T-2.
+    return [clean_run(model, batch) for batch in batches(model, token_ids, has_bos=has_bos, batch_size=batch_size)]
 
 
 def patch(
@@ -690,20 +836,28 @@ def patch(
     keep_logits: bool = False,
     batch_size: int = 8,
     cleans: Sequence[CleanRun] | None = None,
+    means: AblationMeans | None = None,
+    has_bos: bool = True,
 ) -> PatchResult:
     """Run ``config`` on the prompts and compare with the clean run.
 
-    ``cleans`` are the prompts' clean runs (``clean_runs``) when the caller keeps them for reuse.
+    ``cleans`` are the prompts' clean runs (``clean_runs``) when the caller keeps them for reuse;
+    ``means`` the ablation means of a mean-ablating config (default: the prompts' own, with
+    position 0 a BOS when ``has_bos``).
     """
     check_model(model)
+    config.check_layers(model.n_layers)
+    cleans = list(cleans) if cleans is not None else clean_runs(model, token_ids, batch_size, has_bos)
+    if config.ablation == "mean" and means is None:
+        means = ablation_means(cleans)
     totals = _Totals()
     per_clean: list[list[float]] = []
     per_patched: list[list[float]] = []
     per_kl: list[list[float]] = []
     kept: list[torch.Tensor] = []
-    for clean in cleans if cleans is not None else clean_runs(model, token_ids, batch_size):
+    for clean in cleans:
         batch = clean.batch
-        ((_, logits),) = list(patched_logits(model, clean, [config]))  # kept: a fresh tensor
+        ((_, logits),) = list(patched_logits(model, clean, [config], means=means))  # kept: a fresh tensor
         metrics = token_metrics(clean.reference, logits)
         totals.add(metrics)
         for row, length in enumerate(batch.lengths):
@@ -768,64 +922,176 @@ def scan(
     batch_size: int = 8,
     max_pass_bytes: int = DEFAULT_PASS_BYTES,
     cleans: Sequence[CleanRun] | None = None,
+    ablation: str = "zero",
+    means: AblationMeans | None = None,
+    has_bos: bool = True,
 ) -> ScanResult:
     """Loss increase, KL and top-1 agreement for every k and start layer.
 
     ``progress(n)`` advances by n rows' worth of work (fractions as layers complete); ``cleans``
-    are the prompts' clean runs when the caller keeps them for reuse.
+    are the prompts' clean runs when the caller keeps them for reuse; ``means`` the ablation means
+    with ``ablation="mean"`` (default: the prompts' own, position 0 a BOS when ``has_bos``).
     """
+    ks = _check_scan(model, ks, unit, tol)
+    if not start_layers or min(start_layers) < 0:
+        raise HorizonError("the start layers must be integers >= 0")
+    pairs = [(k, layer) for layer in dict.fromkeys(start_layers) for k in ks]
+    configs = [
+        HorizonConfig(horizon_sublayers(k, unit), source=source, keep_embed=keep_embed, final=final, start_layer=layer,
+                      ablation=ablation)
+        for k, layer in pairs
+    ]
+    totals, loss_clean, n = _evaluate(model, token_ids, configs, progress, batch_size, max_pass_bytes, cleans, means,
+                                      has_bos)
+    rows = []
+    for (k, layer), config, total in zip(pairs, configs, totals, strict=True):
+        rows.append({"k": k, "K": config.horizon_sublayers, "start_layer": layer, **total.row(n)})
+    horizons = {layer: effective_horizon(rows, layer, tol) for layer in dict.fromkeys(start_layers)}
+    return ScanResult(rows=rows, effective_horizon=horizons, loss_clean=loss_clean, tol=tol, n_tokens=n, unit=unit)
+
+
+def _check_scan(model: LoadedModel, ks: Sequence[int] | None, unit: str, tol: float) -> list[int]:
+    """Validate a scan's shared arguments; the distinct ks to run, in order."""
     check_unit(unit)
-    if tol < 0:
+    if not tol >= 0:
         raise HorizonError(f"--tol must be >= 0, got {tol}")
     ks = default_ks(model.n_layers, unit) if ks is None else list(ks)
     if not ks or min(ks) < 1:
         raise HorizonError("the horizons to scan must be integers >= 1")
-    if not start_layers or min(start_layers) < 0:
-        raise HorizonError("the start layers must be integers >= 0")
     check_model(model)
-    pairs = [(k, layer) for layer in dict.fromkeys(start_layers) for k in dict.fromkeys(ks)]
-    configs = [
-        HorizonConfig(horizon_sublayers(k, unit), source=source, keep_embed=keep_embed, final=final, start_layer=layer)
-        for k, layer in pairs
-    ]
-    cleans = list(cleans) if cleans is not None else clean_runs(model, token_ids, batch_size)
+    return list(dict.fromkeys(ks))
+
+
+def _evaluate(
+    model: LoadedModel,
+    token_ids: list[list[int]],
+    configs: Sequence[HorizonConfig],
+    progress: Callable[[float], None] | None,
+    batch_size: int,
+    max_pass_bytes: int,
+    cleans: Sequence[CleanRun] | None,
+    means: AblationMeans | None,
+    has_bos: bool,
+) -> tuple[list[_Totals], float, int]:
+    """Every config's metric totals over the prompts, the clean loss, and the number of predictions.
+
+    All configs go into one staircase per token batch: the largest batched matmuls, one readout.
+    """
+    cleans = list(cleans) if cleans is not None else clean_runs(model, token_ids, batch_size, has_bos)
+    if _needs_means(configs) and means is None:
+        means = ablation_means(cleans)
     totals = [_Totals() for _ in configs]
     clean_totals = _Totals()
-    # All configs go into one staircase per token batch: the largest batched matmuls, one readout.
     scaled = None if progress is None else (lambda n: progress(n / len(cleans)))
     for clean in cleans:
         clean_totals.add(clean.reference.unpatched())
-        for index, metrics in patched_metrics(model, clean, configs, max_pass_bytes, scaled):
+        for index, metrics in patched_metrics(model, clean, configs, max_pass_bytes, scaled, means):
             totals[index].add(metrics)
     n = clean_totals.n_tokens
-    loss_clean = clean_totals.loss_clean / n
-    rows = []
-    for (k, layer), config, total in zip(pairs, configs, totals, strict=True):
-        rows.append({
-            "k": k,
-            "K": config.horizon_sublayers,
-            "start_layer": layer,
-            "loss": total.loss_patched / n,
-            "delta_loss": (total.loss_patched - total.loss_clean) / n,
-            "kl": total.kl / n,
-            "top1_agreement": total.agree / n,
-        })
-    horizons = {layer: effective_horizon(rows, layer, tol) for layer in dict.fromkeys(start_layers)}
-    return ScanResult(rows=rows, effective_horizon=horizons, loss_clean=loss_clean, tol=tol, n_tokens=n, unit=unit)
+    return totals, clean_totals.loss_clean / n, n
+
+
+@dataclass
+class ByLayerResult:
+    """The per-layer horizon matrix: row N = the horizon enforced at layer N only (N = L: the final readout).
+
+    Every matrix is [L+1][len(ks)]; ``effective_horizon[N]`` is the smallest k of row N whose loss
+    increase is <= tol (None: none of the ks).
+    """
+
+    layers: list[int]
+    ks: list[int]
+    loss: list[list[float]]
+    delta_loss: list[list[float]]
+    kl: list[list[float]]
+    top1_agreement: list[list[float]]
+    effective_horizon: list[int | None]
+    loss_clean: float
+    tol: float
+    n_tokens: int
+    unit: str = "layer"
+    ablation: str = "zero"
+
+    def payload(self) -> dict[str, Any]:
+        """The ``by_layer`` JSON object of ``horizon scan --by-layer``."""
+        return {"layers": self.layers, "ks": self.ks, "delta_loss": self.delta_loss, "kl": self.kl,
+                "loss": self.loss, "top1_agreement": self.top1_agreement,
+                "effective_horizon": self.effective_horizon, "tol": self.tol}
+
+
+def by_layer_configs(
+    n_layers: int, ks: Sequence[int], unit: str = "layer", **options: Any
+) -> list[tuple[int, int, HorizonConfig]]:
+    """(layer N, k, config) for every cell of the matrix, row by row."""
+    return [(layer, k, HorizonConfig(horizon_sublayers(k, unit), only_layer=layer, **options))
+            for layer in range(n_layers + 1) for k in ks]
+
+
+def scan_by_layer(
+    model: LoadedModel,
+    token_ids: list[list[int]],
+    ks: Sequence[int] | None = None,
+    tol: float = DEFAULT_TOL,
+    source: str = "recursive",
+    keep_embed: bool = False,
+    final: str = "window",
+    unit: str = "layer",
+    ablation: str = "zero",
+    progress: Callable[[float], None] | None = None,
+    batch_size: int = 8,
+    max_pass_bytes: int = DEFAULT_PASS_BYTES,
+    cleans: Sequence[CleanRun] | None = None,
+    means: AblationMeans | None = None,
+    has_bos: bool = True,
+) -> ByLayerResult:
+    """For every layer N = 0..L and every k: the loss increase with the horizon enforced at layer N only.
+
+    With K = 2k (layer unit), layer N's readers are attn_N (j = 2N+1) and mlp_N (j = 2N+2), and the
+    window of reader j reaches back to lo = max(0, j - 2k); the final readout (N = L) is j = 2L+1.
+    For k > N every such lo is 0 (2N+2 - 2k <= 0; 2L+1 - 2k < 0 when N = L), so the cell is the
+    clean run: ``HorizonConfig.patches`` returns False for all its readers and no pass runs for it.
+    Every other cell is one row of the staircase: it starts at layer N from the cached clean
+    residual (layers below N are unchanged) and runs on to the readout, the layers above N reading
+    the full stream of the patched pass. All rows of all layers share the batched passes and the
+    vocabulary-tiled readout of ``patched_metrics``. ``progress(n)`` advances by n cells' worth.
+    """
+    ks = _check_scan(model, ks, unit, tol)
+    n_layers = model.n_layers
+    cells = by_layer_configs(n_layers, ks, unit, source=source, keep_embed=keep_embed, final=final,
+                             ablation=ablation)
+    totals, loss_clean, n = _evaluate(model, token_ids, [config for _, _, config in cells], progress, batch_size,
+                                      max_pass_bytes, cleans, means, has_bos)
+    layers = list(range(n_layers + 1))
+    matrices: dict[str, list[list[float]]] = {name: [] for name in ("loss", "delta_loss", "kl", "top1_agreement")}
+    horizons: list[int | None] = []
+    for layer in layers:
+        row = [totals[layer * len(ks) + column].row(n) for column in range(len(ks))]
+        for name, matrix in matrices.items():
+            matrix.append([cell[name] for cell in row])
+        qualifying = [k for k, cell in zip(ks, row, strict=True) if cell["delta_loss"] <= tol]
+        horizons.append(min(qualifying) if qualifying else None)
+    return ByLayerResult(layers=layers, ks=ks, effective_horizon=horizons, loss_clean=loss_clean, tol=tol,
+                         n_tokens=n, unit=unit, ablation=ablation, **matrices)
 
 
 # ----------------------------------------------------------------------------- the straightforward reference
 
 
-def reference_patched_logits(model: LoadedModel, input_ids: torch.Tensor, config: HorizonConfig) -> torch.Tensor:
+def reference_patched_logits(
+    model: LoadedModel, input_ids: torch.Tensor, config: HorizonConfig, means: AblationMeans | None = None
+) -> torch.Tensor:
     """One full hooked bridge pass with the window hooks, as a new user would write it.
 
     No clean-prefix reuse, no batching: the benchmark's naive scan and a cross-check in tests.
+    Mean ablation needs ``means`` (position 0 is taken as a BOS when ``means.has_bos``).
     """
     check_model(model)
     n_layers = model.n_layers
+    config.check_layers(n_layers)
+    if config.ablation == "mean" and means is None:
+        raise HorizonError("mean ablation needs the ablation means")
     clean_outputs: torch.Tensor | None = None
-    if config.source == "clean":
+    if config.source == "clean" or config.ablation == "mean":
         capture = run_capture(model, input_ids, ("embed", "attn_out", "mlp_out"))
         clean_outputs = stack_outputs(capture["embed"], capture["attn_out"], capture["mlp_out"])
     batch, pos = input_ids.shape
@@ -842,8 +1108,15 @@ def reference_patched_logits(model: LoadedModel, input_ids: torch.Tensor, config
         def hook(activation: torch.Tensor, hook: object) -> torch.Tensor:
             if not config.patches(j, n_layers):
                 return activation
-            outputs = clean_outputs if clean_outputs is not None else produced
-            return window_read(outputs, j, config.horizon_sublayers, config.keep_embed)
+            outputs = clean_outputs if config.source == "clean" else produced
+            window = window_read(outputs, j, config.horizon_sublayers, config.keep_embed)
+            if config.ablation == "mean":
+                assert means is not None and clean_outputs is not None
+                lo = j - config.horizon_sublayers
+                window = window + means.fill(lo, config.keep_embed, window.dtype)
+                if means.has_bos:  # position 0: the window plus the clean s_0..s_{lo-1} there
+                    window[:, 0] = outputs[lo:j, :, 0].sum(dim=0) + clean_outputs[:lo, :, 0].sum(dim=0)
+            return window
 
         return hook
 

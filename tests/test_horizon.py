@@ -135,10 +135,13 @@ def fresh_tiny_llama(tiny_llama):
     return _tiny_hf_model("tiny-llama", len(tiny_llama.tokenizer))
 
 
-def _hf_patched_logits(hf, input_ids: torch.Tensor, config: HorizonConfig, everywhere: bool = False) -> torch.Tensor:
+def _hf_patched_logits(hf, input_ids: torch.Tensor, config: HorizonConfig, everywhere: bool = False,
+                       has_bos: bool = True) -> torch.Tensor:
     """docs/SCIENCE.md section 3 written directly with torch module hooks on a plain LlamaForCausalLM.
 
     ``everywhere`` patches every reader with its window, even where the window holds all outputs.
+    Mean ablation (one prompt): outputs before the window are replaced by their clean means over
+    positions 1.. (all positions without a BOS), and at the BOS position by the clean outputs there.
     """
     layers = hf.model.layers
     n_layers = len(layers)
@@ -158,6 +161,8 @@ def _hf_patched_logits(hf, input_ids: torch.Tensor, config: HorizonConfig, every
                     return None
                 if not everywhere and (final_full or j <= config.horizon_sublayers or layer < config.start_layer):
                     return None
+                if not everywhere and config.only_layer is not None and layer != config.only_layer:
+                    return None
                 if everywhere and (clean_outputs is not None and not config.patches(j, n_layers)):
                     return None
                 source = clean_outputs if (clean_outputs is not None and config.source == "clean") else outputs
@@ -165,6 +170,15 @@ def _hf_patched_logits(hf, input_ids: torch.Tensor, config: HorizonConfig, every
                 window = sum(source[start:j][1:], source[start:j][0])
                 if config.keep_embed and start > 0:
                     window = window + source[0]
+                if config.ablation == "mean" and clean_outputs is not None:
+                    filler = torch.zeros_like(window)
+                    for i in range(1 if config.keep_embed else 0, start):
+                        if has_bos:
+                            filler[:, 1:] += clean_outputs[i][:, 1:].mean(dim=1, keepdim=True)
+                            filler[:, 0] += clean_outputs[i][:, 0]
+                        else:
+                            filler += clean_outputs[i].mean(dim=1, keepdim=True)
+                    window = window + filler
                 return (window, *args[1:])
 
             return hook
@@ -233,6 +247,95 @@ def test_independent_plain_hf_reimplementation(tiny_llama, fresh_tiny_llama, con
     assert result.delta_loss == pytest.approx(result.loss_patched - result.loss_clean, abs=1e-9)
 
 
+def _check_against_hf(tiny_llama, hf, config: HorizonConfig, bos: bool = True) -> None:
+    ids = tokenize(tiny_llama, [SHORT_PROMPT], bos=bos)
+    input_ids = torch.tensor(ids)
+    expected_logits = _hf_patched_logits(hf, input_ids, config, has_bos=bos)
+    result = patch(tiny_llama, ids, config, keep_logits=True, has_bos=bos)
+    assert (result.logits[0] - expected_logits[0]).abs().max() <= 1e-4, config
+    assert result.per_token_loss_patched[0] == pytest.approx(_ce(expected_logits, input_ids).tolist(), abs=1e-4)
+
+
+@pytest.mark.parametrize("source", ["recursive", "clean"])
+@pytest.mark.parametrize("keep_embed", [False, True])
+@pytest.mark.parametrize("horizon, start_layer, final", [(1, 0, "window"), (3, 1, "full"), (6, 0, "window")])
+def test_mean_ablation_matches_plain_hf(tiny_llama, fresh_tiny_llama, source, keep_embed, horizon, start_layer,
+                                        final) -> None:
+    config = HorizonConfig(horizon, source, keep_embed, final, start_layer, ablation="mean")
+    _check_against_hf(tiny_llama, fresh_tiny_llama, config)
+
+
+@pytest.mark.parametrize("keep_embed", [False, True])
+def test_mean_ablation_without_bos_averages_every_position(tiny_llama, fresh_tiny_llama, keep_embed) -> None:
+    _check_against_hf(tiny_llama, fresh_tiny_llama, HorizonConfig(2, keep_embed=keep_embed, ablation="mean"), bos=False)
+
+
+def test_mean_ablation_differs_from_zero_and_wide_horizon_is_clean(tiny_llama) -> None:
+    ids = tokenize(tiny_llama, PROMPTS)
+    zero = patch(tiny_llama, ids, HorizonConfig(2))
+    mean = patch(tiny_llama, ids, HorizonConfig(2, ablation="mean"))
+    assert abs(zero.loss_patched - mean.loss_patched) > 1e-3
+    wide = patch(tiny_llama, ids, HorizonConfig(2 * tiny_llama.n_layers + 1, ablation="mean"))
+    assert wide.delta_loss == 0 and wide.kl == 0
+
+
+def test_ablation_means_pool_every_prompt_and_corpus_means_agree(tiny_llama) -> None:
+    ids = tokenize(tiny_llama, PROMPTS)
+    cleans = H.clean_runs(tiny_llama, ids, batch_size=2)
+    means = H.ablation_means(cleans)
+    # Directly: every prompt alone, its outputs at positions 1..T-1, pooled.
+    rows = []
+    for single in ids:
+        clean = H.clean_runs(tiny_llama, [single])[0]
+        rows.append(clean.outputs[:, 0, 1:].double())
+    expected = torch.cat(rows, dim=1).mean(dim=1)
+    assert means.n_positions == sum(len(x) - 1 for x in ids)
+    assert torch.allclose(means.mean, expected, atol=1e-6)
+    corpus = H.corpus_ablation_means(tiny_llama, ids, batch_size=3)
+    assert torch.allclose(corpus.mean, expected, atol=1e-6) and corpus.has_bos
+    # Passing corpus-wide means gives one prompt the corpus numbers, not its own.
+    config = HorizonConfig(2, ablation="mean")
+    own = patch(tiny_llama, [ids[0]], config)
+    shared = patch(tiny_llama, [ids[0]], config, means=means)
+    assert own.loss_patched != pytest.approx(shared.loss_patched, abs=1e-6)
+    together = patch(tiny_llama, ids, config)
+    assert together.per_token_loss_patched[0] == pytest.approx(shared.per_token_loss_patched[0], abs=1e-4)
+
+
+@pytest.mark.parametrize("config", [
+    HorizonConfig(2, only_layer=2), HorizonConfig(1, only_layer=1, source="clean"),
+    HorizonConfig(2, only_layer=4), HorizonConfig(3, only_layer=4, keep_embed=True),
+    HorizonConfig(2, only_layer=2, ablation="mean"), HorizonConfig(2, only_layer=4, ablation="mean", keep_embed=True),
+], ids=str)
+def test_only_layer_matches_plain_hf(tiny_llama, fresh_tiny_llama, config) -> None:
+    assert tiny_llama.n_layers == 4  # layer 2 is a middle layer, 4 the final readout
+    _check_against_hf(tiny_llama, fresh_tiny_llama, config)
+
+
+@pytest.mark.parametrize("ablation", ["zero", "mean"])
+def test_only_layer_at_every_layer_with_k1(tiny_llama, fresh_tiny_llama, ablation) -> None:
+    for layer in range(tiny_llama.n_layers + 1):
+        _check_against_hf(tiny_llama, fresh_tiny_llama, HorizonConfig.from_layers(1, only_layer=layer,
+                                                                                  ablation=ablation))
+
+
+def test_only_layer_config() -> None:
+    config = HorizonConfig(2, only_layer=3)
+    # L = 5: layer 3's readers are 7 and 8; nothing else reads a window.
+    assert [j for j in range(1, 12) if config.patches(j, 5)] == [7, 8]
+    assert config.first_patched_reader(5) == 7 and config.last_patched_reader(5) == 8
+    assert [j for j in range(1, 12) if HorizonConfig(2, only_layer=5).patches(j, 5)] == [11]
+    assert HorizonConfig(2, only_layer=5, final="full").first_patched_reader(5) is None
+    assert HorizonConfig(8, only_layer=3).first_patched_reader(5) is None  # K >= 2N+2: the window reaches s_0
+    assert HorizonConfig(7, only_layer=3).first_patched_reader(5) == 8
+    with pytest.raises(HorizonError, match="exclusive"):
+        HorizonConfig(2, only_layer=1, start_layer=2)
+    with pytest.raises(HorizonError, match="ablation"):
+        HorizonConfig(2, ablation="half")
+    with pytest.raises(HorizonError, match="out of range"):
+        HorizonConfig(2, only_layer=6).check_layers(5)
+
+
 # ----------------------------------------------------------------------------- scan
 
 
@@ -272,6 +375,52 @@ def test_scan_sublayer_unit_and_options(tiny_llama) -> None:
     assert all(row["delta_loss"] == 0 for row in late.rows)
     assert late.effective_horizon == {tiny_llama.n_layers + 1: 1}
     assert scan(tiny_llama, ids, ks=[1], tol=0.0).effective_horizon[0] in (None, 1)
+
+
+def test_scan_with_mean_ablation_equals_single_patches(tiny_llama) -> None:
+    ids = tokenize(tiny_llama, PROMPTS[:2])
+    result = scan(tiny_llama, ids, ks=[1, 2, 3], start_layers=(0, 1), ablation="mean", keep_embed=True)
+    for row in result.rows:
+        single = patch(tiny_llama, ids, HorizonConfig.from_layers(row["k"], start_layer=row["start_layer"],
+                                                                  keep_embed=True, ablation="mean"))
+        assert row["loss"] == pytest.approx(single.loss_patched, abs=1e-5)
+        assert row["kl"] == pytest.approx(single.kl, abs=1e-6)
+
+
+def test_by_layer_matrix(tiny_llama) -> None:
+    """Every cell = one patch with only_layer N; k > N cells are the clean run exactly; horizons per row."""
+    ids = tokenize(tiny_llama, PROMPTS)
+    n = tiny_llama.n_layers
+    advanced: list[float] = []
+    tol = 0.01
+    result = H.scan_by_layer(tiny_llama, ids, tol=tol, progress=advanced.append, batch_size=2)
+    assert result.layers == list(range(n + 1)) and result.ks == list(range(1, n + 2))
+    assert sum(advanced) == pytest.approx(len(result.layers) * len(result.ks))
+    for layer in result.layers:
+        for column, k in enumerate(result.ks):
+            if k > layer:
+                assert result.delta_loss[layer][column] == 0 and result.kl[layer][column] == 0
+                assert result.top1_agreement[layer][column] == 1
+            else:
+                single = patch(tiny_llama, ids, HorizonConfig.from_layers(k, only_layer=layer))
+                assert result.delta_loss[layer][column] == pytest.approx(single.delta_loss, abs=1e-5)
+                assert result.kl[layer][column] == pytest.approx(single.kl, abs=1e-6)
+                assert result.top1_agreement[layer][column] == pytest.approx(single.top1_agreement)
+        qualifying = [k for k, d in zip(result.ks, result.delta_loss[layer], strict=True) if d <= tol]
+        assert result.effective_horizon[layer] == min(qualifying)
+    assert any(abs(d) > 1e-3 for row in result.delta_loss for d in row)
+    payload = result.payload()
+    assert set(payload) >= {"layers", "ks", "delta_loss", "kl", "effective_horizon", "tol"}
+
+
+def test_by_layer_with_mean_ablation_and_sublayer_unit(tiny_llama) -> None:
+    ids = tokenize(tiny_llama, PROMPTS[:2])
+    result = H.scan_by_layer(tiny_llama, ids, ks=[1, 3], unit="sublayer", ablation="mean", source="clean")
+    assert result.ablation == "mean" and result.unit == "sublayer"
+    for layer in result.layers:
+        for column, k in enumerate(result.ks):
+            single = patch(tiny_llama, ids, HorizonConfig(k, source="clean", ablation="mean", only_layer=layer))
+            assert result.delta_loss[layer][column] == pytest.approx(single.delta_loss, abs=1e-5)
 
 
 def test_effective_horizon_is_smallest_qualifying_k() -> None:
