@@ -6,32 +6,52 @@ flag) becomes one line on stderr and exit code 2, never a traceback or a usage d
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import signal
 import sys
+from collections.abc import Callable
+from typing import Any
 
-import typer
+# Nothing heavier than the standard library is imported at the top: the console script imports
+# this module before ``main`` can catch anything, so a Ctrl-C during the imports of Typer, the
+# command modules and torch must happen inside ``main``. The Typer app is built on first use
+# (``from horizon.tui.cli.app import app`` in a command module, from inside ``main``).
 
-try:  # Typer >= 0.25 vendors Click as typer._click; older ones use the click package itself.
-    from typer._click import exceptions as click_errors
-except ImportError:  # pragma: no cover - depends on the installed Typer
-    from click import exceptions as click_errors
-
-from horizon.core.errors import HorizonError
-
-app = typer.Typer(
-    name="horizon",
-    help="Inspect a transformer's residual stream: norm growth, layer horizons, local processing.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
-)
+HELP = "Inspect a transformer's residual stream: norm growth, layer horizons, local processing."
 
 
-@app.callback()
-def root() -> None:
-    """Inspect a transformer's residual stream: norm growth, layer horizons, local processing."""
+def _build_app() -> Any:
+    import typer
+
+    built = typer.Typer(
+        name="horizon",
+        help=HELP,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode="rich",
+    )
+
+    @built.callback()
+    def root() -> None:
+        """Inspect a transformer's residual stream: norm growth, layer horizons, local processing."""
+
+    return built
+
+
+def get_app() -> Any:
+    """The Typer app every command module registers on (built once)."""
+    if "app" not in globals():
+        globals()["app"] = _build_app()
+    return globals()["app"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        return get_app()
+    raise AttributeError(name)
 
 
 # Which module defines each command. Only the invoked command's module is imported, so a
@@ -61,18 +81,74 @@ def _register(args: list[str]) -> None:
 
 
 def fail(message: str) -> None:
-    sys.stderr.write(f"horizon: error: {message}\n")
+    from horizon.core.untrusted import visible
+
+    sys.stderr.write(f"horizon: error: {visible(message)}\n")
     sys.stderr.flush()
+
+
+# Set by a command whose interruption leaves something resumable (sweep): called on Ctrl-C, it
+# returns what to add to the one-line message ("DIR is resumable with --resume"), or None.
+interrupt_hint: Callable[[], str | None] | None = None
+
+
+def interrupted() -> int:
+    """The one line and exit code 130 of an interrupted command (a second Ctrl-C is ignored now)."""
+    with contextlib.suppress(Exception):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    hint = None
+    if interrupt_hint is not None:
+        with contextlib.suppress(Exception):
+            hint = interrupt_hint()
+    fail("interrupted" + (f"; {hint}" if hint else ""))
+    return 130
+
+
+_sigint_seen = False
+
+
+def _on_sigint(signum: int, frame: object) -> None:
+    # Typer turns a KeyboardInterrupt inside a command into a silent exit 130; the flag lets
+    # main tell that apart from a command's own return value and still print its one line.
+    global _sigint_seen
+    _sigint_seen = True
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (the console script passes it to sys.exit)."""
+    global interrupt_hint, _sigint_seen
+    interrupt_hint = None
+    _sigint_seen = False
+    with contextlib.suppress(Exception):  # ours, whatever a library installed (main thread only)
+        signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        code = _run(argv)
+        return interrupted() if _sigint_seen else code
+    except KeyboardInterrupt:
+        return interrupted()
+    finally:
+        if argv is None:  # the console script: a Ctrl-C now, during interpreter shutdown, changes nothing
+            with contextlib.suppress(Exception):
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+        else:  # in-process callers (tests) get Python's handler back
+            with contextlib.suppress(Exception):
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _run(argv: list[str] | None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = sys.argv[1:] if argv is None else argv
-    _register(args)
     try:
-        result = app(args=args, prog_name="horizon", standalone_mode=False)
+        from typer._click import exceptions as click_errors  # Typer >= 0.25 vendors Click
+    except ImportError:  # pragma: no cover - depends on the installed Typer
+        from click import exceptions as click_errors
+    from horizon.core.errors import HorizonError
+
+    try:
+        _register(args)
+        result = get_app()(args=args, prog_name="horizon", standalone_mode=False)
     except HorizonError as exc:
         fail(str(exc))
         return 2
@@ -85,14 +161,17 @@ def main(argv: list[str] | None = None) -> int:
     except click_errors.ClickException as exc:
         fail(exc.format_message().replace("\n", " "))
         return 2
-    except typer.Abort:
-        fail("aborted")
-        return 130
-    except KeyboardInterrupt:
-        fail("interrupted")
-        return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:
+        import typer
+
+        if not isinstance(exc, typer.Abort):
+            raise
+        if _sigint_seen:
+            return interrupted()
+        fail("aborted (end of input)")
+        return 130
     code = result if isinstance(result, int) else 0
     return code
 

@@ -141,6 +141,7 @@ def sweep(
     if options.check_n_devices(n_devices) is not None:
         bridge_kwargs["n_devices"] = n_devices
     texts = load_corpus(corpus, max_prompts=max_prompts)
+    _resumable_on_interrupt(out)
 
     with _sweep_progress(quiet or as_json) as (on_plan, advance):
         summary = run_sweep(
@@ -192,6 +193,20 @@ def sweep(
         console.print(f"[dim]see the results: horizon report {summary.out}[/]")
 
     emit(as_json, payload, render)
+
+
+def _resumable_on_interrupt(out: str) -> None:
+    """After Ctrl-C, say that --out can be resumed (once it holds this sweep's manifest)."""
+    from horizon.tui.cli import app as cli
+
+    root = Path(out).expanduser()
+
+    def hint() -> str | None:
+        if (root / store.MANIFEST).is_file():
+            return f"{out} is resumable with --resume (finished shards are kept)"
+        return None
+
+    cli.interrupt_hint = hint
 
 
 @contextmanager
