@@ -151,3 +151,39 @@ def check_device_map(value: str | None) -> str | None:
 
 def check_n_devices(value: int | None) -> int | None:
     return check_at_least(value, "--n-devices", 1)
+
+
+# ----------------------------------------------------------------------------- horizon: ablation, one layer
+
+ABLATIONS = ("zero", "mean")
+
+
+def check_ablation(value: str) -> str:
+    """--ablation: outputs outside the window count as zero, or as their clean means."""
+    if value not in ABLATIONS:
+        raise HorizonError(f"--ablation must be one of {', '.join(ABLATIONS)}, got {value!r}")
+    return value
+
+
+def check_only_layer(text: str | None, n_layers: int | None = None, start_layer_given: bool = False) -> int | None:
+    """--only-layer N|final: the layer (0..L; final = L, the readout) whose readers alone get the horizon.
+
+    Before the load (``n_layers`` None) only its form and its exclusivity with --start-layer are
+    checked; after it, the layer is returned (None: not given).
+    """
+    if text is None:
+        return None
+    if start_layer_given:
+        raise HorizonError("--only-layer and --start-layer are exclusive: give one of them")
+    if text.strip().lower() == "final":
+        return n_layers
+    try:
+        value = int(text)
+    except ValueError:
+        raise HorizonError(f"--only-layer takes a layer number or 'final', got {text!r}") from None
+    if value < 0:
+        raise HorizonError(f"--only-layer must be >= 0, got {value}")
+    if n_layers is not None and value > n_layers:
+        raise HorizonError(f"--only-layer {value} is out of range: this model has {n_layers} layers, so it runs "
+                           f"0..{n_layers} (or final; layer {n_layers} is the final readout)")
+    return value

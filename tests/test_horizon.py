@@ -510,6 +510,51 @@ def test_cli_scan_json_and_rich(run_cli, tmp_path) -> None:
     assert "effective horizon (start layer 0)" in out and "clean loss" in out and "K = 9" not in err
 
 
+def test_cli_patch_only_layer_and_mean_ablation_json(run_cli) -> None:
+    code, out, err = run_cli("patch", "-m", "tiny-llama", "--k", "1", "--only-layer", "final", "--ablation", "mean",
+                             "-p", SHORT_PROMPT, "--json")
+    assert code == 0, err
+    payload = json.loads(out)
+    assert payload["ablation"] == "mean" and payload["only_layer"] == 4 and payload["start_layer"] == 0
+    code, out, err = run_cli("patch", "-m", "tiny-llama", "--k", "1", "-p", SHORT_PROMPT, "--json")
+    payload = json.loads(out)
+    assert payload["ablation"] == "zero" and payload["only_layer"] is None
+
+
+def test_cli_scan_by_layer_json_and_rich(run_cli) -> None:
+    code, out, err = run_cli("scan", "-m", "tiny-llama", "-p", SHORT_PROMPT, "--by-layer", "--ks", "1,2,3",
+                             "--ablation", "mean", "--tol", "0.05", "--json")
+    assert code == 0, err
+    payload = json.loads(out)
+    assert payload["ablation"] == "mean" and "rows" in payload
+    matrix = payload["by_layer"]
+    assert set(matrix) >= {"layers", "ks", "delta_loss", "kl", "effective_horizon", "tol"}
+    assert matrix["layers"] == [0, 1, 2, 3, 4] and matrix["ks"] == [1, 2, 3] and matrix["tol"] == 0.05
+    assert len(matrix["delta_loss"]) == 5 and all(len(row) == 3 for row in matrix["kl"])
+    assert matrix["delta_loss"][0] == [0, 0, 0] and matrix["delta_loss"][2][2] == 0  # k > N: the clean run
+    assert len(matrix["effective_horizon"]) == 5
+    code, out, err = run_cli("scan", "-m", "tiny-llama", "-p", SHORT_PROMPT, "--json")
+    assert "by_layer" not in json.loads(out) and json.loads(out)["ablation"] == "zero"
+    code, out, err = run_cli("scan", "-m", "tiny-llama", "-p", SHORT_PROMPT, "--by-layer", "--ks", "1,2")
+    assert code == 0, err
+    assert "the horizon at one layer" in out and "final" in out and "eff. k" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (("patch", "--k", "1", "--only-layer", "2", "--start-layer", "1"), "exclusive"),
+    (("patch", "--k", "1", "--only-layer", "9"), "--only-layer 9 is out of range"),
+    (("patch", "--k", "1", "--only-layer", "mid"), "--only-layer takes a layer number"),
+    (("patch", "--k", "1", "--ablation", "half"), "--ablation must be one of zero, mean"),
+    (("scan", "--ablation", "half"), "--ablation must be one of zero, mean"),
+    (("scan", "--by-layer", "--start-layers", "1"), "exclusive"),
+])
+def test_cli_rejects_bad_horizon_combinations(run_cli, args, message) -> None:
+    code, out, err = run_cli(*args, "-m", "tiny-llama", "-p", "hi there")
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("horizon: error:") and message in lines[0], err
+
+
 @pytest.mark.parametrize("args, message", [
     (("patch", "--k", "0"), "--k must be at least 1"),
     (("patch", "--k", "1", "--source", "nope"), "--source must be one of"),

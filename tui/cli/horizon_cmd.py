@@ -12,13 +12,16 @@ from horizon.core.horizon import (
     FINALS,
     SOURCES,
     UNITS,
+    ByLayerResult,
     HorizonConfig,
     PatchResult,
     ScanResult,
+    clean_runs,
     default_ks,
     horizon_sublayers,
     patch,
     scan,
+    scan_by_layer,
 )
 from horizon.core.loader import DEFAULT_MODEL
 from horizon.tui.cli.app import app
@@ -51,12 +54,23 @@ SourceOpt = Annotated[
 KeepEmbedOpt = Annotated[bool, typer.Option("--keep-embed", help="Always add the embedding s_0 to the window.")]
 FinalOpt = Annotated[str, typer.Option("--final", help="Unembedding reads the window or the full residual.")]
 StartLayerOpt = Annotated[
-    int, typer.Option("--start-layer", help="Enforce only on readers in layers >= S (final readout = layer L).")
+    int | None,
+    typer.Option("--start-layer", help="Enforce only on readers in layers >= S (final readout = layer L; default 0)."),
+]
+AblationOpt = Annotated[
+    str, typer.Option("--ablation", help="Outputs outside the window count as zero, or as their clean means (mean).")
+]
+OnlyLayerOpt = Annotated[
+    str | None,
+    typer.Option("--only-layer", help="Enforce the horizon at this layer's readers only: N in 0..L, or final."),
+]
+ByLayerOpt = Annotated[
+    bool, typer.Option("--by-layer", help="Also the layer x k matrix: the horizon enforced at each layer N alone.")
 ]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Prompts per forward pass.")]
 KsOpt = Annotated[str | None, typer.Option("--ks", help="Horizons k to scan (default 1..L+1; 1..2L+1 in sublayers).")]
 StartLayersOpt = Annotated[
-    str, typer.Option("--start-layers", help="Start layers S, e.g. 0,5,10 (the seed's confounder control).")
+    str | None, typer.Option("--start-layers", help="Start layers S, e.g. 0,5,10 (the seed's confounder control).")
 ]
 TolOpt = Annotated[float, typer.Option("--tol", help="Effective horizon: smallest k with loss increase <= tol (nats).")]
 
@@ -84,7 +98,9 @@ def patch_command(
     source: SourceOpt = "recursive",
     keep_embed: KeepEmbedOpt = False,
     final: FinalOpt = "window",
-    start_layer: StartLayerOpt = 0,
+    start_layer: StartLayerOpt = None,
+    only_layer: OnlyLayerOpt = None,
+    ablation: AblationOpt = "zero",
     model: ModelOpt = DEFAULT_MODEL,
     prompt: PromptOpt = None,
     file: FileOpt = None,
@@ -98,13 +114,19 @@ def patch_command(
 ) -> None:
     """One forward pass with an enforced horizon: loss, its increase, KL and top-1 agreement vs the clean run."""
     _check_choices(unit, source, final)
-    config = HorizonConfig.from_unit(k, unit, source=source, keep_embed=keep_embed, final=final,
-                                     start_layer=start_layer)
+    options.check_ablation(ablation)
+    options.check_only_layer(only_layer, start_layer_given=start_layer is not None)
+    start = start_layer or 0
+    HorizonConfig.from_unit(k, unit, source=source, keep_embed=keep_embed, final=final, start_layer=start,
+                            ablation=ablation)
     options.check_batch_size(batch_size)
     inputs = prepare_inputs(model, device, dtype, prompt, file, bos, bos_token, truncate_to, quiet=as_json)
     options.check_k(k, inputs.model.n_layers, unit)
-    options.check_start_layer(start_layer, inputs.model.n_layers)
-    result = patch(inputs.model, inputs.token_ids, config, batch_size=batch_size)
+    options.check_start_layer(start, inputs.model.n_layers)
+    layer = options.check_only_layer(only_layer, inputs.model.n_layers)
+    config = HorizonConfig.from_unit(k, unit, source=source, keep_embed=keep_embed, final=final, start_layer=start,
+                                     ablation=ablation, only_layer=layer)
+    result = patch(inputs.model, inputs.token_ids, config, batch_size=batch_size, has_bos=bos)
     payload = {
         "model": inputs.model.spec,
         "token_ids": inputs.token_ids,
@@ -114,7 +136,9 @@ def patch_command(
         "source": source,
         "keep_embed": keep_embed,
         "final": final,
-        "start_layer": start_layer,
+        "start_layer": start,
+        "ablation": ablation,
+        "only_layer": layer,
         "loss_clean": result.loss_clean,
         "loss_patched": result.loss_patched,
         "delta_loss": result.delta_loss,
@@ -130,13 +154,15 @@ def patch_command(
 def _render_patch(inputs: Any, result: PatchResult, k: int, unit: str) -> None:
     config = result.config
     n_layers = inputs.model.n_layers
+    where = f"start layer {config.start_layer}" if config.only_layer is None else _where(config.only_layer, n_layers)
     console.print(
         f"[bold]horizon patch[/] {inputs.model.spec} ({n_layers} layers): k = {k} {unit}(s), K = "
-        f"{config.horizon_sublayers} sublayers, source {config.source}, final {config.final}, "
-        f"start layer {config.start_layer}{', embedding kept' if config.keep_embed else ''}"
+        f"{config.horizon_sublayers} sublayers, source {config.source}, final {config.final}, {where}"
+        f", {config.ablation} ablation{', embedding kept' if config.keep_embed else ''}"
     )
     if config.first_patched_reader(n_layers) is None:
-        console.print("[dim]the window never bites here (K >= 2L+1 or start layer > L): this is the clean model[/]")
+        console.print("[dim]the window never bites here (K >= 2L+1, a start layer > L, or a window that still "
+                      "reaches the embedding at the only layer): this is the clean model[/]")
     table = Table(show_header=True, header_style="bold")
     for column in ("loss clean", "loss patched", "Δ loss", "KL(clean‖patched)", "top-1 agreement"):
         table.add_column(column, justify="right")
@@ -158,15 +184,21 @@ def _render_patch(inputs: Any, result: PatchResult, k: int, unit: str) -> None:
                   f"{len(inputs.token_ids)} prompt(s)[/]")
 
 
+def _where(layer: int, n_layers: int) -> str:
+    return "the final readout only" if layer == n_layers else f"layer {layer} only"
+
+
 @app.command("scan")
 def scan_command(
     ks: KsOpt = None,
-    start_layers: StartLayersOpt = "0",
+    start_layers: StartLayersOpt = None,
     tol: TolOpt = DEFAULT_TOL,
     unit: UnitOpt = "layer",
     source: SourceOpt = "recursive",
     keep_embed: KeepEmbedOpt = False,
     final: FinalOpt = "window",
+    ablation: AblationOpt = "zero",
+    by_layer: ByLayerOpt = False,
     model: ModelOpt = DEFAULT_MODEL,
     prompt: PromptOpt = None,
     file: FileOpt = None,
@@ -180,17 +212,29 @@ def scan_command(
 ) -> None:
     """Loss increase, KL and top-1 for every enforced horizon k, and the effective layer horizon at --tol."""
     _check_choices(unit, source, final)
+    options.check_ablation(ablation)
+    if by_layer and start_layers is not None:
+        raise HorizonError("--by-layer and --start-layers are exclusive: the matrix enforces the horizon at one "
+                           "layer at a time")
     k_list = parse_int_list(ks, "--ks", minimum=1) if ks is not None else None
-    layer_list = parse_int_list(start_layers, "--start-layers", minimum=0)
+    layer_list = parse_int_list(start_layers or "0", "--start-layers", minimum=0)
     tol = options.check_tol(tol)
     options.check_batch_size(batch_size)
     inputs = prepare_inputs(model, device, dtype, prompt, file, bos, bos_token, truncate_to, quiet=as_json)
-    options.check_ks(k_list, inputs.model.n_layers, unit)
-    options.check_start_layers(layer_list, inputs.model.n_layers)
-    n_rows = len(k_list or default_ks(inputs.model.n_layers, unit)) * len(dict.fromkeys(layer_list))
+    n_layers = inputs.model.n_layers
+    options.check_ks(k_list, n_layers, unit)
+    options.check_start_layers(layer_list, n_layers)
+    n_ks = len(dict.fromkeys(k_list or default_ks(n_layers, unit)))
+    n_rows = n_ks * len(dict.fromkeys(layer_list)) + (n_ks * (n_layers + 1) if by_layer else 0)
+    # One set of clean runs for the curve and the matrix (and the prompts' own means for --ablation mean).
+    cleans = clean_runs(inputs.model, inputs.token_ids, batch_size, has_bos=bos)
+    common = {"ks": k_list, "tol": tol, "source": source, "keep_embed": keep_embed, "final": final, "unit": unit,
+              "ablation": ablation, "batch_size": batch_size, "cleans": cleans}
+    matrix: ByLayerResult | None = None
     with progress_bar("scan", n_rows, quiet=as_json) as advance:
-        result = scan(inputs.model, inputs.token_ids, ks=k_list, start_layers=layer_list, tol=tol, source=source,
-                      keep_embed=keep_embed, final=final, unit=unit, progress=advance, batch_size=batch_size)
+        result = scan(inputs.model, inputs.token_ids, start_layers=layer_list, progress=advance, **common)
+        if by_layer:
+            matrix = scan_by_layer(inputs.model, inputs.token_ids, progress=advance, **common)
     payload = {
         "model": inputs.model.spec,
         "token_ids": inputs.token_ids,
@@ -202,17 +246,27 @@ def scan_command(
         "source": source,
         "keep_embed": keep_embed,
         "final": final,
+        "ablation": ablation,
         "n_tokens": result.n_tokens,
         "n_prompts": len(inputs.token_ids),
     }
-    emit(as_json, payload, lambda: _render_scan(inputs, result, source, keep_embed, final))
+    if matrix is not None:
+        payload["by_layer"] = matrix.payload()
+
+    def render() -> None:
+        _render_scan(inputs, result, source, keep_embed, final, ablation)
+        if matrix is not None:
+            _render_by_layer(matrix)
+
+    emit(as_json, payload, render)
 
 
-def _render_scan(inputs: Any, result: ScanResult, source: str, keep_embed: bool, final: str) -> None:
+def _render_scan(inputs: Any, result: ScanResult, source: str, keep_embed: bool, final: str, ablation: str) -> None:
     n_layers = inputs.model.n_layers
     console.print(
         f"[bold]horizon scan[/] {inputs.model.spec} ({n_layers} layers): loss vs enforced horizon, "
-        f"k in {result.unit}s, source {source}, final {final}{', embedding kept' if keep_embed else ''}"
+        f"k in {result.unit}s, source {source}, final {final}, {ablation} ablation"
+        f"{', embedding kept' if keep_embed else ''}"
     )
     console.print(f"clean loss [bold]{result.loss_clean:.3f}[/] nats over {result.n_tokens} next-token predictions "
                   f"({len(inputs.token_ids)} prompt(s))")
@@ -240,3 +294,49 @@ def _render_scan(inputs: Any, result: ScanResult, source: str, keep_embed: bool,
                           f"(K = {sublayers} sublayers) at tol {result.tol:g} nats")
     console.print("[dim]readers in layers below the start layer always see the full residual stream; "
                   "for start layer 0, layers < k are unaffected by horizon k (the seed's confounder)[/]")
+
+
+def _cell(value: float) -> str:
+    """A loss increase in at most 4 characters: 0, .31, -.02, 2.1, 12."""
+    if abs(value) < 0.005:
+        return "0"
+    if abs(value) < 1:
+        return f"{value:.2f}".replace("0.", ".", 1)
+    return f"{value:.1f}" if abs(value) < 10 else f"{value:.0f}"
+
+
+def _heat(value: float, scale: float) -> str:
+    """Background for a loss increase: white to red up to ``scale``, blue below zero."""
+    if abs(value) < 0.005 or scale <= 0:
+        return "dim"
+    share = min(1.0, abs(value) / scale) ** 0.5
+    level = round(60 + 150 * share)
+    colour = f"rgb({level},40,40)" if value > 0 else f"rgb(40,60,{level})"
+    return f"white on {colour}"
+
+
+def _render_by_layer(matrix: ByLayerResult) -> None:
+    n_layers = matrix.layers[-1]
+    console.print(
+        f"[bold]the horizon at one layer[/]: loss increase (nats) with the horizon enforced at layer N only "
+        f"(rows; N = {n_layers} is the final readout), k in {matrix.unit}s (columns), {matrix.ablation} ablation"
+    )
+    table = Table(header_style="bold", box=None, pad_edge=False, padding=(0, 1, 0, 0))
+    table.add_column("N", justify="right")
+    for k in matrix.ks:
+        table.add_column(str(k), justify="right", min_width=3)
+    table.add_column("eff. k", justify="right", style="bold green")
+    scale = max([cell for row in matrix.delta_loss for cell in row] + [matrix.tol])
+    for layer, row, horizon in zip(matrix.layers, matrix.delta_loss, matrix.effective_horizon, strict=True):
+        cells = []
+        for k, value in zip(matrix.ks, row, strict=True):
+            unchanged = matrix.unit == "layer" and k > layer  # the windows still reach the embedding
+            text = Text("·" if unchanged else _cell(value), style="dim" if unchanged else _heat(value, scale))
+            if k == horizon:
+                text.stylize("bold underline")
+            cells.append(text)
+        label = "final" if layer == n_layers else str(layer)
+        table.add_row(label, *cells, "-" if horizon is None else str(horizon))
+    console.print(table)
+    console.print(f"[dim]eff. k: the smallest k of the row with loss increase <= {matrix.tol:g} nats (underlined); "
+                  "· : k > N, the window still reaches the embedding, so the cell is the clean run[/]")
