@@ -460,11 +460,14 @@ def load_model(
     dtype: str | torch.dtype = "float32",
     device_map: str | dict[str, Any] | None = None,
     n_devices: int | None = None,
+    unverified: bool | None = None,
 ) -> LoadedModel:
     """Load any supported spec and boot it into a TransformerBridge.
 
     ``device_map`` (e.g. "auto") or ``n_devices`` > 1 spread a model that does not fit one
     device over several (accelerate placement); ``device`` then only names the input device.
+    The booted model passes the quick verification checks (core/verify.py) or is refused;
+    ``unverified=True`` (default: the HORIZON_UNVERIFIED environment variable) skips them.
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
@@ -548,7 +551,7 @@ def load_model(
     cfg = bridge.cfg
     if placement is not None:  # inputs go where the embedding lives
         torch_device = hf_model.get_input_embeddings().weight.device
-    return LoadedModel(
+    loaded = LoadedModel(
         spec=spec,
         source=source,
         bridge=bridge,
@@ -568,6 +571,10 @@ def load_model(
         # a tiny spec, or what from_pretrained takes (the GGUF cache, a directory, a hub id).
         extra={"reload": reload},
     )
+    from horizon.core.verify import require_verified
+
+    require_verified(loaded, unverified)
+    return loaded
 
 
 def _cached_gguf_metadata(path: Path) -> dict[str, Any] | None:

@@ -69,6 +69,7 @@ COMMAND_MODULES = {
     "report": "sweep_cmd",
     "merge": "sweep_cmd",
     "inspect": "inspect_cmd",
+    "verify": "verify_cmd",
 }
 
 

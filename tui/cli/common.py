@@ -56,6 +56,26 @@ BosOpt = Annotated[
 BosTokenOpt = Annotated[
     str | None, typer.Option("--bos-token", help="BOS token to prepend instead of the model's default.")
 ]
+
+
+def _allow_unverified(value: bool) -> bool:
+    # One switch for every load this process makes (sweep workers, the app's reruns included):
+    # the loader reads HORIZON_UNVERIFIED (core/verify.py).
+    if value:
+        import os
+
+        os.environ["HORIZON_UNVERIFIED"] = "1"
+    return value
+
+
+UnverifiedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--unverified",
+        help="Run even on a model that fails verification (see `horizon verify`); numbers may be wrong.",
+        callback=_allow_unverified,
+    ),
+]
 TruncateToOpt = Annotated[
     int | None, typer.Option("--truncate-to", help="Keep only the first N tokens (BOS included) of over-long prompts.")
 ]

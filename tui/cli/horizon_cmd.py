@@ -35,6 +35,7 @@ from horizon.tui.cli.common import (
     ModelOpt,
     PromptOpt,
     TruncateToOpt,
+    UnverifiedOpt,
     console,
     emit,
     parse_int_list,
@@ -110,6 +111,7 @@ def patch_command(
     bos_token: BosTokenOpt = None,
     truncate_to: TruncateToOpt = None,
     batch_size: BatchOpt = 8,
+    unverified: UnverifiedOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """One forward pass with an enforced horizon: loss, its increase, KL and top-1 agreement vs the clean run."""
@@ -208,6 +210,7 @@ def scan_command(
     bos_token: BosTokenOpt = None,
     truncate_to: TruncateToOpt = None,
     batch_size: BatchOpt = 8,
+    unverified: UnverifiedOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Loss increase, KL and top-1 for every enforced horizon k, and the effective layer horizon at --tol."""

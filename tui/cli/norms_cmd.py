@@ -24,6 +24,7 @@ from horizon.tui.cli.common import (
     ModelOpt,
     PromptOpt,
     TruncateToOpt,
+    UnverifiedOpt,
     console,
     emit,
     prepare_inputs,
@@ -80,6 +81,7 @@ def norms(
     processing: ProcessingOpt = "raw",
     batch_size: BatchSizeOpt = 8,
     show_prompt: ShowPromptOpt = 1,
+    unverified: UnverifiedOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Residual-stream norms per layer and site, their growth rate, the BOS curve; --weights for weight norms."""

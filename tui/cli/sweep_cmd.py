@@ -25,6 +25,7 @@ from horizon.tui.cli.common import (
     DtypeOpt,
     JsonOpt,
     ModelOpt,
+    UnverifiedOpt,
     console,
     emit,
     err_console,
@@ -112,6 +113,7 @@ def sweep(
     device_map: DeviceMapOpt = None,
     n_devices: NDevicesOpt = None,
     quiet: QuietOpt = False,
+    unverified: UnverifiedOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Run analyses over a corpus into a results directory (manifest.json + Parquet tables)."""

@@ -23,6 +23,7 @@ from horizon.tui.cli.common import (
     ModelOpt,
     PromptOpt,
     TruncateToOpt,
+    UnverifiedOpt,
     console,
     emit,
     parse_int_list,
@@ -136,6 +137,7 @@ def truncate(
     truncate_to: TruncateToOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
+    unverified: UnverifiedOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Truncate the context to the last c tokens: how similar is each layer's residual to the full-context one?"""
@@ -226,6 +228,7 @@ def attention(
     truncate_to: TruncateToOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
+    unverified: UnverifiedOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Per head: how far back does attention look? Mean distance and mass at 0, 1-5, 6-10, >10 tokens."""

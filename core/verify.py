@@ -1,0 +1,452 @@
+"""Verification of an architecture: the checks that make every other number trustworthy.
+
+A tool that silently computes the wrong decomposition on a new architecture is worse than one
+that refuses it, so every model is checked against the decomposition (docs/SCIENCE.md section 1)
+before an analysis runs on it. Two levels:
+
+- ``quick_checks`` (run by ``load_model`` on every load, about one short forward pass, no
+  readout): every reader and writer hook site the engine needs exists, the final norm was found,
+  attention patterns are hooked, s_0 + sum of sublayer outputs equals the final residual, and
+  every reader's hook sees the partial sum r_j the decomposition says it reads.
+- ``verify`` (``horizon verify``): the quick checks plus the bridge's logits against an
+  independently built plain HF model, a full horizon (k = L+1) against the clean run, and the
+  attention patterns themselves (rows sum to 1, causal, sliding windows respected), with the
+  attention implementation that produced them.
+
+A model failing a quick check is refused at load with one line naming the check. The verdict of
+a full ``verify`` is stored under the weight cache keyed by the model's hash, dtype and library
+versions; a stored failure is refused the same way. ``--unverified`` (or HORIZON_UNVERIFIED=1)
+skips both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from horizon.core.decomposition import n_readers, output_hook, reader_hook, site_hook
+from horizon.core.errors import HorizonError
+from horizon.core.loader import LoadedModel, cache_root
+
+# A fixed prompt (23 tokens with the SmolLM2 tokenizer) for every check.
+VERIFY_PROMPT = "The capital of France is Paris. It is known for the Eiffel Tower, and its food is famous."
+QUICK_PROMPT = "The capital of France is Paris, and its tower is famous."
+ENV_OVERRIDE = "HORIZON_UNVERIFIED"
+
+# The architecture families the tool claims: every check passes on a tiny random-weight model of
+# each (tests/test_verify.py), and the README's model table is generated from those results.
+# family (HF model_type) -> HF causal-LM class, what matters about it here.
+CLAIMED_FAMILIES: dict[str, tuple[str, str]] = {
+    "llama": ("LlamaForCausalLM", "pre-norm RMSNorm, GQA, rotary (SmolLM2, Llama 2/3)"),
+    "mistral": ("MistralForCausalLM", "as Llama, sliding-window attention on every layer"),
+    "qwen2": ("Qwen2ForCausalLM", "as Llama, with q/k/v biases"),
+    "qwen3": ("Qwen3ForCausalLM", "as Llama, with q/k norms"),
+    "gemma2": ("Gemma2ForCausalLM", "sandwich norms (post-attention / post-feedforward), scaled embedding"),
+    "gemma3_text": (
+        "Gemma3ForCausalLM",
+        "sandwich norms, scaled embedding, q/k norms, sliding-window and global layers (Gemma 3 270M)",
+    ),
+    "phi3": ("Phi3ForCausalLM", "fused qkv and gate/up projections"),
+    "gpt2": ("GPT2LMHeadModel", "LayerNorm, learned positions (s_0 includes them), fused qkv"),
+    "gpt_neo": ("GPTNeoForCausalLM", "alternating local (windowed) and global attention"),
+    "opt": ("OPTForCausalLM", "learned positions with an offset, ReLU MLP"),
+    "gpt_neox": ("GPTNeoXForCausalLM", "parallel attention + MLP: both read resid_pre (horizon refused)"),
+    "gptj": ("GPTJForCausalLM", "parallel attention + MLP with one shared norm (horizon refused)"),
+    "phi": ("PhiForCausalLM", "parallel attention + MLP with one shared norm (horizon refused)"),
+}
+# Bridged by TransformerLens but refused here, with the reason (also checked by the tests).
+REFUSED_FAMILIES: dict[str, tuple[str, str]] = {
+    "olmo2": (
+        "Olmo2ForCausalLM",
+        "post-norm only: sublayers read the raw stream, no pre-norm input to hook a reader at (sites check)",
+    ),
+}
+
+# Relative-error bars per dtype: float32 sums agree to rounding; half precision adds one
+# rounding per residual addition.
+DECOMPOSITION_BAR = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 4e-2}
+LOGITS_BAR = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+@dataclass
+class Check:
+    """One check: passed (None when it does not apply to this architecture), the measured error."""
+
+    name: str
+    passed: bool | None
+    measured: float | None = None
+    bar: float | None = None
+    detail: str = ""
+
+
+@dataclass
+class Verification:
+    spec: str
+    architecture: str
+    model_hash: str
+    dtype: str
+    attn_implementation: str
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[Check]:
+        return [check for check in self.checks if check.passed is False]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+
+def overridden(unverified: bool | None = None) -> bool:
+    """Whether verification is switched off (an explicit flag, else HORIZON_UNVERIFIED)."""
+    if unverified is not None:
+        return unverified
+    return os.environ.get(ENV_OVERRIDE, "").lower() in {"1", "true", "yes"}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def attn_implementation(model: LoadedModel) -> str:
+    config = getattr(model.hf_model, "config", None)
+    return str(getattr(config, "_attn_implementation", None) or "unknown")
+
+
+def _prompt_ids(model: LoadedModel, text: str) -> torch.Tensor:
+    ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+    try:
+        ids = [model.bos_token_id(), *ids]
+    except HorizonError:
+        pass  # a model without BOS or EOS is checked on the text alone
+    return torch.tensor([ids[: max(2, min(len(ids), model.n_ctx))]], device=model.device)
+
+
+def _reader_sites(model: LoadedModel) -> list[tuple[str, int]]:
+    """(hook name, index of the partial sum r_j it must carry) for every reader the engine uses.
+
+    Sequential blocks: reader j reads r_j. Parallel attention + MLP: both sublayers of layer i
+    read resid_pre_i = r_{2i+1}; a shared norm (GPT-J, Phi) has no separate MLP reader.
+    """
+    names = model.bridge.hook_dict
+    sites = []
+    for j in range(1, n_readers(model.n_layers) + 1):
+        hook = reader_hook(j, model.n_layers)
+        if model.parallel_attn_mlp and j <= 2 * model.n_layers and j % 2 == 0:
+            if hook not in names:
+                continue
+            sites.append((hook, j - 1))
+        else:
+            sites.append((hook, j))
+    return sites
+
+
+def _writer_sites(model: LoadedModel) -> list[str]:
+    return [site_hook("embed")] + [output_hook(j) for j in range(1, 2 * model.n_layers + 1)]
+
+
+def _rel(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    actual, expected = actual.double(), expected.double()
+    return float((actual - expected).norm() / expected.norm().clamp_min(1e-30))
+
+
+def _record(model: LoadedModel, ids: torch.Tensor, names: list[str], logits: bool) -> tuple[dict, Any]:
+    store: dict[str, torch.Tensor] = {}
+
+    def recorder(name: str) -> Callable:
+        def hook(activation: torch.Tensor, hook: object) -> torch.Tensor:
+            store[name] = activation.detach().clone()
+            return activation
+
+        return hook
+
+    hooks = [(name, recorder(name)) for name in dict.fromkeys(names)]
+    with torch.inference_mode():
+        if logits:
+            out = model.bridge.run_with_hooks(ids, fwd_hooks=hooks, return_type="logits")
+        else:
+            from horizon.core.capture import stop_forward
+
+            hooks.append((site_hook("final"), stop_forward))
+            model.bridge.run_with_hooks(ids, fwd_hooks=hooks, return_type=None)
+            out = None
+    return store, out
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def structural_checks(model: LoadedModel) -> list[Check]:
+    """Hook sites, the final norm, attention-pattern hooks: no forward pass."""
+    names = model.bridge.hook_dict
+    checks = []
+    needed = [hook for hook, _ in _reader_sites(model)] + _writer_sites(model)
+    missing = [name for name in needed if name not in names]
+    blocks = getattr(model.bridge, "blocks", None)
+    n_blocks = len(blocks) if blocks is not None else 0
+    if n_blocks != model.n_layers:
+        missing.insert(0, f"blocks ({n_blocks} of {model.n_layers})")
+    checks.append(
+        Check(
+            "sites",
+            not missing,
+            float(len(missing)),
+            0.0,
+            f"missing {', '.join(missing[:3])}" if missing else f"{len(needed)} reader and writer hooks found",
+        )
+    )
+    final = getattr(model.bridge, "ln_final", None)
+    module = getattr(final, "original_component", None)
+    kind = type(module).__name__ if module is not None else "none"
+    checks.append(Check("final_norm", "norm" in kind.lower(), None, None, kind))
+    patterns = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.n_layers)]
+    absent = [name for name in patterns if name not in names]
+    checks.append(
+        Check(
+            "attention_hooks",
+            not absent,
+            float(len(absent)),
+            0.0,
+            f"missing {absent[0]}" if absent else f"hook_pattern on every layer ({attn_implementation(model)})",
+        )
+    )
+    return checks
+
+
+def decomposition_checks(model: LoadedModel, ids: torch.Tensor) -> list[Check]:
+    """s_0 + sum of outputs = final residual, and every reader sees its partial sum r_j."""
+    readers = _reader_sites(model)
+    writers = _writer_sites(model)
+    store, _ = _record(model, ids, [hook for hook, _ in readers] + writers, logits=False)
+    bar = DECOMPOSITION_BAR.get(model.dtype, 1e-5)
+    missing = [name for name in [hook for hook, _ in readers] + writers if name not in store]
+    if missing:
+        detail = f"hook {missing[0]} did not fire"
+        return [Check("decomposition", False, None, bar, detail), Check("readers", False, None, bar, detail)]
+    outputs = torch.stack([store[name].double() for name in writers])
+    partial = outputs.cumsum(dim=0)  # partial[j-1] = r_j
+    final = store[site_hook("final")]
+    decomposition = _rel(partial[-1], final)
+    errors = [(_rel(store[hook], partial[j - 1]), hook) for hook, j in readers]
+    worst, where = max(errors)
+    return [
+        Check(
+            "decomposition", decomposition <= bar, decomposition, bar, "max relative error of s_0 + sum s_i vs final"
+        ),
+        Check("readers", worst <= bar, worst, bar, f"worst reader {where}"),
+    ]
+
+
+def quick_checks(model: LoadedModel) -> list[Check]:
+    """What load_model runs on every load: structure plus one short pass, stopped before the readout."""
+    checks = structural_checks(model)
+    if checks[0].passed:
+        checks += decomposition_checks(model, _prompt_ids(model, QUICK_PROMPT))
+    return checks
+
+
+def independent_hf_model(model: LoadedModel) -> tuple[Any, str]:
+    """A plain HF model with the same weights that the bridge never wrapped, and how it was built."""
+    from horizon.core.loader import TINY_MODELS, _quiet, _tiny_hf_model
+
+    reload = model.extra.get("reload")
+    if reload in TINY_MODELS:
+        return _tiny_hf_model(reload, len(model.tokenizer)).to(model.device, model.dtype), "rebuilt (seed 0)"
+    if reload is not None and not getattr(model.hf_model, "hf_device_map", None):
+        from transformers import AutoModelForCausalLM
+
+        try:
+            with _quiet():
+                fresh = AutoModelForCausalLM.from_pretrained(
+                    reload, dtype=model.dtype, attn_implementation="eager", local_files_only=Path(reload).exists()
+                )
+            return fresh.to(model.device).eval(), "reloaded from the same files"
+        except Exception:
+            pass
+    return model.hf_model, "the bridge's own HF modules (no independent copy could be built)"
+
+
+def logits_check(model: LoadedModel, ids: torch.Tensor, reference: Any) -> Check:
+    with torch.inference_mode():
+        bridge_logits = model.bridge(ids).double()
+        plain = reference(ids).logits.double()
+    error = float((bridge_logits - plain).abs().max() / plain.abs().max().clamp_min(1e-30))
+    bar = LOGITS_BAR.get(model.dtype, 1e-4)
+    return Check("logits", error <= bar, error, bar, "max |bridge - HF| / max |HF| over the prompt")
+
+
+def full_horizon_check(model: LoadedModel, ids: torch.Tensor) -> Check:
+    if model.parallel_attn_mlp:
+        return Check("full_horizon", None, None, None, "not applicable: parallel attention + MLP (horizon refused)")
+    from horizon.core.horizon import HorizonConfig, patch
+
+    result = patch(model, [ids[0].tolist()], HorizonConfig(2 * model.n_layers + 1), keep_logits=True)
+    with torch.inference_mode():
+        clean = model.bridge(ids)[0].double()
+    error = float((result.logits[0].double() - clean).abs().max() / clean.abs().max().clamp_min(1e-30))
+    bar = LOGITS_BAR.get(model.dtype, 1e-4)
+    return Check("full_horizon", error <= bar, error, bar, f"k = {model.n_layers + 1} vs clean logits")
+
+
+def sliding_windows(model: LoadedModel) -> list[int | None]:
+    """Per layer: the sliding-window size of a local-attention layer, None for a global one."""
+    config = model.hf_model.config
+    window = getattr(config, "sliding_window", None) or getattr(config, "window_size", None)
+    kinds = getattr(config, "layer_types", None)
+    if kinds is None and getattr(config, "attention_layers", None) is not None:  # GPT-Neo
+        kinds = ["sliding_attention" if kind == "local" else "full_attention" for kind in config.attention_layers]
+    if kinds is None:
+        kinds = ["sliding_attention" if window else "full_attention"] * model.n_layers
+    return [int(window) if window and "sliding" in str(kind) else None for kind in kinds][: model.n_layers]
+
+
+def attention_check(model: LoadedModel, ids: torch.Tensor) -> Check:
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.n_layers)]
+    store, _ = _record(model, ids, names, logits=False)
+    implementation = attn_implementation(model)
+    if len(store) != len(names):
+        return Check("attention", False, None, None, f"patterns not produced ({implementation} attention)")
+    windows = sliding_windows(model)
+    worst = 0.0
+    n_pos = ids.shape[1]
+    query = torch.arange(n_pos, device=ids.device).unsqueeze(1)
+    key = torch.arange(n_pos, device=ids.device).unsqueeze(0)
+    for name, window in zip(names, windows, strict=True):
+        pattern = store[name].double()  # [batch, head, query, key]
+        worst = max(worst, float((pattern.sum(dim=-1) - 1).abs().max()))
+        forbidden = key > query
+        if window is not None:
+            forbidden = forbidden | (query - key >= window)
+        worst = max(worst, float(pattern[..., forbidden].abs().max()) if forbidden.any() else 0.0)
+    local = [layer for layer, window in enumerate(windows) if window is not None]
+    layout = "all global"
+    if local:
+        layout = (
+            f"{len(local)} sliding-window layer(s) (window {windows[local[0]]}), {model.n_layers - len(local)} global"
+        )
+    bar = LOGITS_BAR.get(model.dtype, 1e-4)
+    return Check("attention", worst <= bar, worst, bar, f"{implementation} attention; {layout}")
+
+
+def verify(model: LoadedModel, reference: Any = None, prompt: str = VERIFY_PROMPT) -> Verification:
+    """Every check on ``model`` and a fixed prompt; ``reference`` is the plain HF model to compare with."""
+    result = Verification(
+        model.spec,
+        model.architecture,
+        model.model_hash,
+        str(model.dtype).removeprefix("torch."),
+        attn_implementation(model),
+    )
+    result.checks = structural_checks(model)
+    ids = _prompt_ids(model, prompt)
+    if not result.checks[0].passed:
+        return result
+    result.checks += decomposition_checks(model, ids)
+    how = "given"
+    if reference is None:
+        reference, how = independent_hf_model(model)
+    check = logits_check(model, ids, reference)
+    check.detail += f"; reference: {how}"
+    result.checks.append(check)
+    result.checks.append(full_horizon_check(model, ids))
+    result.checks.append(attention_check(model, ids))
+    return result
+
+
+# ----------------------------------------------------------------------------- the stored verdict
+
+
+def _verdict_path(model: LoadedModel, level: str = "full") -> Path:
+    """Where a verdict is stored: keyed by the model's hash, dtype, library versions and this code."""
+    import transformer_lens
+    import transformers
+
+    here = Path(__file__).parent
+    code = hashlib.sha256(b"".join((here / name).read_bytes() for name in ("decomposition.py", "verify.py")))
+    key = "|".join(
+        [
+            model.model_hash,
+            str(model.dtype),
+            transformers.__version__,
+            getattr(transformer_lens, "__version__", "?"),
+            code.hexdigest(),
+        ]
+    )
+    return cache_root() / "verified" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.{level}.json"
+
+
+def _content_keyed(model: LoadedModel) -> bool:
+    """Whether the model hash names the weights' content (a GGUF's sha256, a hub commit)."""
+    from horizon.core.loader import TINY_MODELS
+
+    return not (
+        model.model_hash.startswith("dir:") or model.model_hash.endswith(":unknown") or model.spec in TINY_MODELS
+    )
+
+
+def store_verdict(model: LoadedModel, result: Verification, level: str = "full") -> Path:
+    """Write a verification's verdict atomically next to the weight cache."""
+    path = _verdict_path(model, level)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    staging.write_text(json.dumps(result.to_dict(), indent=1) + "\n", encoding="utf-8")
+    os.replace(staging, path)
+    return path
+
+
+def stored_verdict(model: LoadedModel, level: str = "full") -> dict[str, Any] | None:
+    try:
+        return json.loads(_verdict_path(model, level).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _refusal(model: LoadedModel, check: dict[str, Any], where: str) -> HorizonError:
+    measured = check.get("measured")
+    numbers = "" if measured is None else f" (measured {measured:.3g}, bar {check.get('bar'):g})"
+    return HorizonError(
+        f"{model.spec} ({model.architecture}) failed the {check['name']} check{where}{numbers}: {check['detail']}; "
+        "its analyses would be wrong (--unverified to run anyway)"
+    )
+
+
+def require_verified(model: LoadedModel, unverified: bool | None = None) -> None:
+    """Refuse a model that fails a quick check or a stored `horizon verify` (one line naming the check).
+
+    The quick checks' verdict is stored for models whose hash names their content (the GGUFs,
+    hub commits), so a model is checked once per cache, not once per command.
+    """
+    if overridden(unverified):
+        model.extra["verified"] = "skipped"
+        return
+    full = stored_verdict(model)
+    if full is not None:
+        failed = [check for check in full.get("checks", []) if check.get("passed") is False]
+        if failed:
+            raise _refusal(model, failed[0], " of `horizon verify`")
+    cacheable = _content_keyed(model)
+    quick = stored_verdict(model, "quick") if cacheable else None
+    if quick is None:
+        result = Verification(
+            model.spec,
+            model.architecture,
+            model.model_hash,
+            str(model.dtype).removeprefix("torch."),
+            attn_implementation(model),
+            quick_checks(model),
+        )
+        quick = result.to_dict()
+        if cacheable:
+            store_verdict(model, result, "quick")
+    failed = [check for check in quick.get("checks", []) if check.get("passed") is False]
+    model.extra["verified"] = "failed" if failed else ("full" if full is not None else "quick")
+    if failed:
+        raise _refusal(model, failed[0], "")

@@ -1,0 +1,246 @@
+"""`horizon verify` and the refusal of unverified models, on tiny random-weight models of every family.
+
+Each family is built from transformers' own config class (no download) with seeded random
+weights, bridged like ``load_model`` bridges a tiny model, and verified against a second,
+independently built copy. The README's table of claimed families is generated from these results
+(``python -m tests.test_verify`` prints it) and checked here.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from horizon.core import verify as V
+from horizon.core.errors import HorizonError
+from horizon.core.loader import LoadedModel, bundled_tokenizer, load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE_START, TABLE_END = "<!-- families:start -->", "<!-- families:end -->"
+CHECK_COLUMNS = ("sites", "final_norm", "decomposition", "readers", "logits", "full_horizon", "attention")
+
+
+def family_config(family: str, vocab_size: int):
+    """A 2-layer, d_model-64 config of ``family`` from transformers' own config class."""
+    import transformers as T
+
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=256,
+    )
+    gqa = dict(num_key_value_heads=2)
+    positions = dict(n_embd=64, n_layer=2, n_head=4, n_positions=256, vocab_size=vocab_size)
+    configs = {
+        "llama": lambda: T.LlamaConfig(**common, **gqa),
+        "mistral": lambda: T.MistralConfig(**common, **gqa, sliding_window=4),
+        "qwen2": lambda: T.Qwen2Config(**common, **gqa),
+        "qwen3": lambda: T.Qwen3Config(**common, **gqa, head_dim=16),
+        "gemma2": lambda: T.Gemma2Config(**common, **gqa, head_dim=16),
+        "gemma3_text": lambda: T.Gemma3TextConfig(
+            **common, **gqa, head_dim=16, sliding_window=4, layer_types=["sliding_attention", "full_attention"]
+        ),
+        "phi3": lambda: T.Phi3Config(**common, **gqa),
+        "gpt2": lambda: T.GPT2Config(**positions),
+        "gpt_neo": lambda: T.GPTNeoConfig(
+            **common, attention_types=[[["local", "global"], 1]], num_layers=2, num_heads=4, window_size=4
+        ),
+        "opt": lambda: T.OPTConfig(**common, ffn_dim=128, word_embed_proj_dim=64),
+        "gpt_neox": lambda: T.GPTNeoXConfig(**common),
+        "gptj": lambda: T.GPTJConfig(**positions, rotary_dim=8),
+        "phi": lambda: T.PhiConfig(**common),
+        "olmo2": lambda: T.Olmo2Config(**common, **gqa),
+    }
+    return configs[family]()
+
+
+def _hf_model(family: str, vocab_size: int):
+    from transformers import AutoModelForCausalLM
+
+    config = family_config(family, vocab_size)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    try:
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    finally:
+        torch.random.set_rng_state(state)
+    model.config.architectures = [type(model).__name__]  # the bridge picks its adapter by this
+    return model
+
+
+@functools.cache
+def _tokenizer():
+    return bundled_tokenizer()
+
+
+def family_model(family: str) -> LoadedModel:
+    """A tiny ``family`` model booted into the bridge the way load_model boots tiny-llama."""
+    from horizon.core.loader import _quiet
+    from transformer_lens.model_bridge import TransformerBridge
+
+    tokenizer = _tokenizer()
+    hf_model = _hf_model(family, len(tokenizer))
+    with _quiet():
+        bridge = TransformerBridge.boot_transformers(family, hf_model=hf_model, tokenizer=tokenizer)
+    bridge.eval()
+    cfg = bridge.cfg
+    return LoadedModel(
+        spec=f"tiny-{family}",
+        source="random weights (seed 0)",
+        bridge=bridge,
+        tokenizer=tokenizer,
+        architecture=hf_model.config.model_type,
+        n_layers=int(cfg.n_layers),
+        d_model=int(cfg.d_model),
+        n_heads=int(cfg.n_heads),
+        n_kv_heads=int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads),
+        n_ctx=int(cfg.n_ctx),
+        default_bos="<|endoftext|>",
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)),
+        model_hash=f"tiny-{family}",
+    )
+
+
+def verify_family(family: str) -> V.Verification:
+    model = family_model(family)
+    return V.verify(model, reference=_hf_model(family, len(model.tokenizer)))
+
+
+@pytest.fixture(scope="module")
+def verified() -> dict[str, V.Verification]:
+    return {family: verify_family(family) for family in (*V.CLAIMED_FAMILIES, *V.REFUSED_FAMILIES)}
+
+
+def family_table(results: dict[str, V.Verification]) -> str:
+    """The README's markdown table of claimed (and refused) families, from verification results."""
+    mark = {True: "pass", False: "FAIL", None: "n/a"}
+    header = ["family (`model_type`)", "HF class", *CHECK_COLUMNS, "notes"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for family, (hf_class, note) in {**V.CLAIMED_FAMILIES, **V.REFUSED_FAMILIES}.items():
+        checks = {check.name: check.passed for check in results[family].checks}
+        cells = [mark[checks[name]] if name in checks else "-" for name in CHECK_COLUMNS]
+        status = "" if family in V.CLAIMED_FAMILIES else "**refused**: "
+        lines.append(f"| `{family}` | `{hf_class}` | " + " | ".join(cells) + f" | {status}{note} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- families
+
+
+@pytest.mark.parametrize("family", list(V.CLAIMED_FAMILIES))
+def test_claimed_family_passes_every_check(family: str, verified: dict[str, V.Verification]) -> None:
+    result = verified[family]
+    assert result.passed, [(c.name, c.measured, c.detail) for c in result.failed]
+    names = {check.name for check in result.checks}
+    assert set(CHECK_COLUMNS) <= names
+    horizon = next(check for check in result.checks if check.name == "full_horizon")
+    parallel = "parallel" in V.CLAIMED_FAMILIES[family][1]
+    assert horizon.passed is (None if parallel else True)
+
+
+def test_refused_family_fails_a_named_check(verified: dict[str, V.Verification]) -> None:
+    result = verified["olmo2"]
+    assert [check.name for check in result.failed] == ["sites"]
+    assert "ln1.hook_in" in result.failed[0].detail
+
+
+def test_sliding_windows_are_seen_in_the_patterns(verified: dict[str, V.Verification]) -> None:
+    """Gemma 3 alternates windowed and global layers; GPT-Neo too; Mistral windows every layer."""
+    details = {
+        family: next(c.detail for c in verified[family].checks if c.name == "attention")
+        for family in V.CLAIMED_FAMILIES
+    }
+    assert "1 sliding-window layer(s) (window 4), 1 global" in details["gemma3_text"]
+    assert "1 sliding-window layer(s) (window 4), 1 global" in details["gpt_neo"]
+    assert "2 sliding-window layer(s) (window 4), 0 global" in details["mistral"]
+    assert "all global" in details["llama"]
+
+
+def test_attention_check_catches_a_wrong_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check is real: claiming a narrower window than the model uses fails it."""
+    model = family_model("gemma3_text")
+    ids = V._prompt_ids(model, V.VERIFY_PROMPT)
+    assert V.attention_check(model, ids).passed
+    monkeypatch.setattr(V, "sliding_windows", lambda m: [2, None])
+    assert V.attention_check(model, ids).passed is False
+
+
+def test_readme_lists_the_verified_families(verified: dict[str, V.Verification]) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    found = re.search(re.escape(TABLE_START) + r"\n(.*?)\n" + re.escape(TABLE_END), readme, re.S)
+    assert found, "README.md has no families table (python -m tests.test_verify prints it)"
+    assert found.group(1).strip() == family_table(verified)
+
+
+# ----------------------------------------------------------------------------- refusal
+
+
+@pytest.fixture
+def broken_decomposition(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pretend the engine hooked the MLP outputs at the wrong site (as if an alias were missing)."""
+    monkeypatch.delenv(V.ENV_OVERRIDE, raising=False)
+    real = V.output_hook
+    monkeypatch.setattr(V, "output_hook", lambda j: real(j).replace("hook_mlp_out", "mlp.hook_in"))
+
+
+def test_a_failing_model_is_refused_with_one_line(broken_decomposition) -> None:
+    with pytest.raises(HorizonError, match="failed the decomposition check") as caught:
+        load_model("tiny-gpt2", device="cpu")
+    assert "\n" not in str(caught.value) and "--unverified" in str(caught.value)
+    assert load_model("tiny-gpt2", device="cpu", unverified=True).extra["verified"] == "skipped"
+
+
+def test_cli_refuses_and_unverified_overrides(broken_decomposition, run_cli, monkeypatch) -> None:
+    code, out, err = run_cli("norms", "--model", "tiny-gpt2", "--device", "cpu", "--json")
+    assert code == 2 and "failed the decomposition check" in err and err.count("\n") == 1
+    monkeypatch.setenv(V.ENV_OVERRIDE, "0")  # restored after the test: --unverified sets it for the process
+    code, out, err = run_cli("norms", "--model", "tiny-gpt2", "--device", "cpu", "--json", "--unverified")
+    assert code == 0 and json.loads(out)["n_layers"] == 3
+
+
+def test_verify_command_table_json_and_stored_verdict(run_cli, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(V, "cache_root", lambda: tmp_path / "horizon")  # verdicts only
+    code, out, _ = run_cli("verify", "--model", "tiny-gpt2", "--device", "cpu", "--reference", "loaded")
+    assert code == 0 and "verified" in out and "full_horizon" in out
+    code, out, _ = run_cli("verify", "--model", "tiny-gpt2", "--device", "cpu", "--json")
+    payload = json.loads(out)
+    assert code == 0 and payload["passed"] and payload["attn_implementation"] == "eager"
+    assert {check["name"] for check in payload["checks"]} >= set(CHECK_COLUMNS)
+    assert len(list((tmp_path / "horizon" / "verified").glob("*.full.json"))) == 1  # one model, one verdict
+
+
+def test_a_stored_failed_verdict_is_refused(tiny_gpt2, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(V, "cache_root", lambda: tmp_path / "horizon")  # verdicts only
+    monkeypatch.delenv(V.ENV_OVERRIDE, raising=False)
+    result = V.verify(tiny_gpt2)
+    result.checks[-1].passed = False  # as if the attention check had failed
+    V.store_verdict(tiny_gpt2, result)
+    with pytest.raises(HorizonError, match="failed the attention check of `horizon verify`"):
+        V.require_verified(tiny_gpt2)
+    V.require_verified(tiny_gpt2, unverified=True)
+
+
+def test_quick_verdict_is_cached_for_content_keyed_models(smol, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(V, "cache_root", lambda: tmp_path / "horizon")  # verdicts only
+    monkeypatch.delenv(V.ENV_OVERRIDE, raising=False)
+    V.require_verified(smol)
+    stored = V.stored_verdict(smol, "quick")
+    assert stored is not None and stored["passed"]
+    calls = []
+    monkeypatch.setattr(V, "quick_checks", lambda model: calls.append(model) or [])
+    V.require_verified(smol)
+    assert calls == []  # the stored verdict answered
+
+
+if __name__ == "__main__":  # print the README table
+    sys.stdout.write(family_table({f: verify_family(f) for f in (*V.CLAIMED_FAMILIES, *V.REFUSED_FAMILIES)}) + "\n")
