@@ -17,6 +17,7 @@ from horizon.tui.cli.common import (
     FileOpt,
     PromptOpt,
     TruncateToOpt,
+    UnverifiedOpt,
 )
 
 if TYPE_CHECKING:
@@ -76,6 +77,7 @@ def inspect(
     bos: BosOpt = True,
     bos_token: BosTokenOpt = None,
     truncate_to: TruncateToOpt = None,
+    unverified: UnverifiedOpt = False,  # applied by its callback (HORIZON_UNVERIFIED)
 ) -> None:
     """Open the inspector: tokens, norms, horizon, outliers and attention, computed live.
 
