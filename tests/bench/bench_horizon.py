@@ -6,12 +6,22 @@ shared machine hits all of them alike.
 
 from __future__ import annotations
 
+import statistics
+
 import torch
-from horizon.core.horizon import HorizonConfig, clean_run, patch, patched_logits, reference_patched_logits, scan
+from horizon.core.horizon import (
+    HorizonConfig,
+    clean_run,
+    patch,
+    patched_logits,
+    reference_patched_logits,
+    scan,
+    scan_by_layer,
+)
 from horizon.core.loader import load_model
 from horizon.core.prompts import make_batch
 
-from tests.bench.timing import interleaved, plain_hf_model, prompt_ids
+from tests.bench.timing import interleaved, paired_times, plain_hf_model, prompt_ids
 
 _cache: dict[str, object] = {}
 
@@ -89,4 +99,36 @@ def bench_scan_full() -> dict:
         "naive_s": round(times["naive"], 3),
         "naive_over_scan": round(times["naive"] / times["scan"], 2),
         "naive_over_forwards": round(times["naive"] / times["forwards"], 3),
+    }
+
+
+def bench_scan_by_layer() -> dict:
+    """The layer x k matrix (every N = 0..L, every k = 1..L+1) vs (L+1) plain HF forwards, side by side.
+
+    The floor: sum over N of N x (L - N) layer-passes plus one readout per patched cell (about
+    7x the work of L+1 forwards on SmolLM2); a full hooked pass per cell would be about 15x.
+    """
+    model, hf, ids = _setup()
+    token_ids = ids.tolist()
+    n_forwards = model.n_layers + 1
+
+    def forwards() -> None:
+        for _ in range(n_forwards):
+            hf(ids)
+
+    with torch.inference_mode():  # warm-up: a small matrix
+        hf(ids)
+        scan_by_layer(model, token_ids, ks=[1, 2])
+    # One matrix between two blocks of forwards (forwards, matrix, forwards): drift on a shared
+    # machine hits both sides alike, and the benchmark stays short (one matrix is ~7 blocks).
+    times = paired_times({"forwards": forwards, "by_layer": lambda: scan_by_layer(model, token_ids)},
+                         repeats=1, warmup=False)
+    times["forwards"] += paired_times({"forwards": forwards}, repeats=1, warmup=False)["forwards"]
+    times = {name: statistics.mean(values) for name, values in times.items()}
+    return {
+        "ratio": round(times["by_layer"] / times["forwards"], 3),
+        "target": 7.5,
+        "forwards": n_forwards,
+        "forwards_s": round(times["forwards"], 3),
+        "by_layer_s": round(times["by_layer"], 3),
     }
