@@ -87,6 +87,7 @@ class SweepSettings:
     source: str = "recursive"
     keep_embed: bool = False
     final: str = "window"
+    ablation: str = "zero"  # scan: "mean" replaces outputs outside the window by their corpus-wide means
 
     def validate(self) -> None:
         if not self.analyses:
@@ -101,6 +102,7 @@ class SweepSettings:
             raise HorizonError("the truncate analysis needs BOS (truncated prompts keep it): drop --no-bos "
                                "or leave truncate out of --analyses")
         self.tol = options.check_tol(self.tol)
+        options.check_ablation(self.ablation)
         options.check_lengths(self.lengths)
         options.check_ks(self.ks)
         options.check_start_layers(self.start_layers)
@@ -123,6 +125,8 @@ class SweepSettings:
                 "ks": self.ks if self.ks is not None else list(range(1, n_layers + 2)),
                 "start_layers": self.start_layers, "tol": self.tol, "source": self.source,
                 "keep_embed": self.keep_embed, "final": self.final, "unit": "layer",
+                # Recorded only when mean, so sweeps from before the option still resume.
+                **({"ablation": "mean", "means": "corpus mean"} if self.ablation == "mean" else {}),
             },
             "attention": {"buckets": ["0", "1-5", "6-10", ">10"]},
         }
@@ -204,6 +208,19 @@ class SweepWorker:
         import torch
 
         self.mu = torch.as_tensor(mu, dtype=torch.float32, device=self.model.device)
+
+    def compute_ablation_means(self) -> np.ndarray:
+        """Mean ablation's corpus-wide means of every sublayer output [2L+1, d_model] (float64)."""
+        from horizon.core.horizon import corpus_ablation_means
+
+        return corpus_ablation_means(self.model, self.token_ids, self.settings.bos).mean.cpu().numpy()
+
+    def set_ablation_means(self, means: np.ndarray) -> None:
+        import torch
+        from horizon.core.horizon import AblationMeans
+
+        self.ablation_means = AblationMeans(torch.as_tensor(means, dtype=torch.float64, device=self.model.device),
+                                            has_bos=self.settings.bos)
 
     def run_shard(self, prompt_indices: Sequence[int], analyses: Sequence[str]) -> dict[str, pa.Table]:
         """All tables of one shard: the base tables plus one per analysis asked for."""
@@ -306,7 +323,8 @@ def _horizon_rows(worker: SweepWorker, indices: list[int], token_ids: list[list[
     # the token-weighted means of them (every metric is a mean over next-token predictions).
     for prompt, ids in zip(indices, token_ids, strict=True):
         result = scan(worker.model, [ids], ks=settings.ks, start_layers=settings.start_layers, tol=settings.tol,
-                      source=settings.source, keep_embed=settings.keep_embed, final=settings.final)
+                      source=settings.source, keep_embed=settings.keep_embed, final=settings.final,
+                      ablation=settings.ablation, means=getattr(worker, "ablation_means", None), has_bos=settings.bos)
         for row in result.rows:
             records.append({"prompt": prompt, "n_tokens": result.n_tokens, "k": row["k"], "K": row["K"],
                             "start_layer": row["start_layer"], "loss_clean": result.loss_clean,
@@ -486,6 +504,36 @@ def _ensure_mu(root: Path, manifest: dict[str, Any], compute: Callable[[], np.nd
         return mu
 
 
+ABLATION_MEANS_FILE = "ablation_means.npy"  # the scan's corpus-wide means with --ablation mean [2L+1, d_model]
+
+
+def _ensure_ablation_means(root: Path, manifest: dict[str, Any], compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """Mean ablation's corpus-wide means: loaded, or computed once before any shard (as the truncation mean is).
+
+    Every shard, worker and resumed run uses the same stored means, so the scan's numbers do not
+    depend on how the corpus was split. A missing or changed file (its sha256 is recorded) is computed again.
+    """
+    with store.locked(root):
+        current = store.read_manifest(root)
+        recorded = current["analyses"].get("scan", {}).get("_means_sha256")
+        path = root / ABLATION_MEANS_FILE
+        if recorded and path.exists():
+            try:
+                means = np.load(path, allow_pickle=False)
+                if hashlib.sha256(np.ascontiguousarray(means).tobytes()).hexdigest() == recorded:
+                    return means
+            except (OSError, ValueError, EOFError):
+                pass
+        means = np.ascontiguousarray(compute().astype(np.float64))
+        store.write_array_atomic(path, means)
+        digest = hashlib.sha256(means.tobytes()).hexdigest()
+        current["analyses"]["scan"]["_means_sha256"] = digest
+        current["updated"] = store.now_iso()
+        store.write_json_atomic(root / store.MANIFEST, current)
+        manifest["analyses"]["scan"]["_means_sha256"] = digest
+        return means
+
+
 def _record_shard(root: Path, shard_id: int, tables: dict[str, pa.Table], seconds: float, worker: str) -> None:
     """Write a shard's tables atomically, then mark them in the manifest (in that order: see store.py)."""
     for table, data in tables.items():
@@ -582,6 +630,8 @@ def run_sweep(
 
         if todo and any("truncate" in analyses for _, analyses in todo):
             pool.set_mu(_ensure_mu(root, manifest, pool.compute_mu))
+        if settings.ablation == "mean" and todo and any("scan" in analyses for _, analyses in todo):
+            pool.set_ablation_means(_ensure_ablation_means(root, manifest, pool.compute_ablation_means))
 
         plans = plan_shards(len(corpus), settings.shard_size)
         prompts_run = tokens_run = 0
@@ -639,6 +689,12 @@ class _LocalPool:
     def set_mu(self, mu: np.ndarray) -> None:
         self.worker.set_mu(mu)
 
+    def compute_ablation_means(self) -> np.ndarray:
+        return self.worker.compute_ablation_means()
+
+    def set_ablation_means(self, means: np.ndarray) -> None:
+        self.worker.set_ablation_means(means)
+
     def run(self, todo: list[tuple[int, list[str]]], plans: list[list[int]]):
         for shard_id, analyses in todo:
             started = time.perf_counter()
@@ -682,6 +738,13 @@ class _RayPool:
     def set_mu(self, mu: np.ndarray) -> None:
         reference = self.ray.put(mu)
         self._get([actor.set_mu.remote(reference) for actor in self.actors])
+
+    def compute_ablation_means(self) -> np.ndarray:
+        return self._get(self.actors[0].compute_ablation_means.remote())
+
+    def set_ablation_means(self, means: np.ndarray) -> None:
+        reference = self.ray.put(means)
+        self._get([actor.set_ablation_means.remote(reference) for actor in self.actors])
 
     def run(self, todo: list[tuple[int, list[str]]], plans: list[list[int]]):
         pending = list(todo)
@@ -892,6 +955,7 @@ def _horizon_view(results: store.Results, table: pa.Table, manifest: dict[str, A
         "n_tokens": int(n_tokens),
         "n_prompts": len(first),
         "unit": settings.get("unit", "layer"),
+        "ablation": settings.get("ablation", "zero"),
     }
 
 

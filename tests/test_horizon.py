@@ -609,3 +609,43 @@ def test_scan_in_bfloat16_matches_patch_and_float32() -> None:
         assert row["kl"] == pytest.approx(single.kl, abs=1e-4)
         assert math.isfinite(row["loss"]) and row["kl"] >= -1e-4
     assert result.rows[-1]["delta_loss"] == 0
+
+
+# ----------------------------------------------------------------------------- sweep
+
+
+def test_sweep_mean_ablation_uses_corpus_means_stored_once(tiny_llama, tmp_path) -> None:
+    """Corpus-wide means are computed before any shard and stored: the numbers do not depend on sharding."""
+    import numpy as np
+    from horizon.core import store
+    from horizon.core.corpus import Corpus
+    from horizon.core.sweep import ABLATION_MEANS_FILE, ShardSpec, SweepSettings, corpus_views, run_sweep
+
+    corpus = Corpus(name="t", texts=PROMPTS, kinds=[""] * len(PROMPTS))
+
+    def settings(size: int) -> SweepSettings:
+        return SweepSettings(analyses=["scan"], shard_size=size, ks=[1, 2, 5], ablation="mean")
+
+    one = tmp_path / "one"
+    run_sweep(corpus, one, tiny_llama, settings(3), device="cpu")
+    split = tmp_path / "split"
+    run_sweep(corpus, split, tiny_llama, settings(1), device="cpu", shard=ShardSpec(0, 2))
+    run_sweep(corpus, split, tiny_llama, settings(1), device="cpu", shard=ShardSpec(1, 2))
+    means = np.load(one / ABLATION_MEANS_FILE)
+    assert means.shape == (2 * tiny_llama.n_layers + 1, tiny_llama.d_model) and means.dtype == np.float64
+    assert np.array_equal(means, np.load(split / ABLATION_MEANS_FILE))
+    manifest = store.read_manifest(one)
+    assert manifest["analyses"]["scan"]["ablation"] == "mean" and manifest["analyses"]["scan"]["_means_sha256"]
+    views = [corpus_views(store.open_results(path))["scan"] for path in (one, split)]
+    assert views[0]["ablation"] == "mean"
+    # One scan over every prompt with the prompts' own means (= the corpus means) gives the same rows.
+    direct = scan(tiny_llama, tokenize(tiny_llama, PROMPTS), ks=[1, 2, 5], ablation="mean")
+    for view in views:
+        for row, expected in zip(view["rows"], direct.rows, strict=True):
+            assert row["delta_loss"] == pytest.approx(expected["delta_loss"], abs=1e-5)
+            assert row["kl"] == pytest.approx(expected["kl"], abs=1e-6)
+    zero = tmp_path / "zero"
+    run_sweep(corpus, zero, tiny_llama, SweepSettings(analyses=["scan"], ks=[1, 2, 5]), device="cpu")
+    assert not (zero / ABLATION_MEANS_FILE).exists()
+    assert "ablation" not in store.read_manifest(zero)["analyses"]["scan"]  # as before the option
+    assert corpus_views(store.open_results(zero))["scan"]["ablation"] == "zero"

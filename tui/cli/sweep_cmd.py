@@ -75,6 +75,9 @@ LengthsOpt = Annotated[str, typer.Option("--lengths", help="truncate: context le
 KsOpt = Annotated[str | None, typer.Option("--ks", help="scan: horizons k in layers (default 1..L+1).")]
 StartLayersOpt = Annotated[str, typer.Option("--start-layers", help="scan: start layers S.")]
 TolOpt = Annotated[float, typer.Option("--tol", help="scan: loss-increase tolerance of the effective horizon.")]
+AblationOpt = Annotated[
+    str, typer.Option("--ablation", help="scan: outputs outside the window count as zero, or as their corpus means.")
+]
 DeviceMapOpt = Annotated[
     str | None, typer.Option("--device-map", help="Passed to the bridge (e.g. auto) for models over one GPU.")
 ]
@@ -110,6 +113,7 @@ def sweep(
     ks: KsOpt = None,
     start_layers: StartLayersOpt = "0",
     tol: TolOpt = 0.1,
+    ablation: AblationOpt = "zero",
     device_map: DeviceMapOpt = None,
     n_devices: NDevicesOpt = None,
     quiet: QuietOpt = False,
@@ -131,6 +135,7 @@ def sweep(
         ks=None if ks is None else parse_int_list(ks, "--ks", minimum=1),
         start_layers=parse_int_list(start_layers, "--start-layers", minimum=0),
         tol=tol,
+        ablation=ablation,
     )
     settings.validate()
     shard_spec = ShardSpec.parse(shard)
@@ -414,7 +419,7 @@ def _escape(text: str) -> str:
 def _render_scan(view: dict[str, Any]) -> None:
     table = Table(
         title=f"scan: loss vs enforced horizon k over {view['n_prompts']} prompts, {view['n_tokens']} "
-        f"predictions (clean loss {view['loss_clean']:.4f})",
+        f"predictions (clean loss {view['loss_clean']:.4f}), {view.get('ablation', 'zero')} ablation",
         title_justify="left",
     )
     for column in ("start", "k", "K", "loss", "Δloss", "KL", "top-1"):
