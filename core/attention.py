@@ -12,7 +12,7 @@ the bridge's pattern already has one row block per query head).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -61,6 +61,18 @@ def pattern_statistics(pattern: torch.Tensor, drop_bos: bool = False) -> tuple[t
     return stats * valid, valid
 
 
+def sliding_windows(model: LoadedModel) -> list[int | None]:
+    """Per layer: the sliding-window size of a local-attention layer, None for a global one."""
+    config = model.hf_model.config
+    window = getattr(config, "sliding_window", None) or getattr(config, "window_size", None)
+    kinds = getattr(config, "layer_types", None)
+    if kinds is None and getattr(config, "attention_layers", None) is not None:  # GPT-Neo
+        kinds = ["sliding_attention" if kind == "local" else "full_attention" for kind in config.attention_layers]
+    if kinds is None:
+        kinds = ["sliding_attention" if window else "full_attention"] * model.n_layers
+    return [int(window) if window and "sliding" in str(kind) else None for kind in kinds][: model.n_layers]
+
+
 @dataclass
 class AttentionReport:
     """Per layer and head: mean attention distance and bucket masses, with and without BOS."""
@@ -75,6 +87,16 @@ class AttentionReport:
     mean_distance_no_bos: np.ndarray
     mass: dict[str, np.ndarray]  # bucket -> [layer, head]
     mass_no_bos: dict[str, np.ndarray]
+    # Per layer: the sliding-window size of a local-attention layer, None for a global one
+    # (Gemma 3: 15 windowed layers, 3 global); empty when unknown (a stored sweep).
+    windows: list[int | None] = field(default_factory=list)
+
+    def layer_label(self, layer: int) -> str:
+        """``layer``, marked ``global`` or ``w<size>`` when the model mixes windowed and global layers."""
+        if len(set(self.windows)) < 2:
+            return str(layer)
+        window = self.windows[layer]
+        return f"{layer} {'global' if window is None else f'w{window}'}"
 
     def ranked(self, no_bos: bool = True) -> list[tuple[int, int, float]]:
         """(layer, head, mean distance) from the most local head to the most long-range one."""
@@ -92,6 +114,7 @@ class AttentionReport:
             "mean_distance_no_bos": self.mean_distance_no_bos.tolist(),
             "mass": {bucket: values.tolist() for bucket, values in self.mass.items()},
             "mass_no_bos": {bucket: values.tolist() for bucket, values in self.mass_no_bos.items()},
+            "sliding_window": list(self.windows),
         }
 
 
@@ -165,4 +188,5 @@ def attention_distance(
         mean_distance_no_bos=no_bos[:, 0],
         mass={bucket: plain[:, 1 + k] for k, bucket in enumerate(BUCKETS)},
         mass_no_bos={bucket: no_bos[:, 1 + k] for k, bucket in enumerate(BUCKETS)},
+        windows=sliding_windows(model),
     )

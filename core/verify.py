@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from horizon.core.attention import sliding_windows
 from horizon.core.decomposition import n_readers, output_hook, reader_hook, site_hook
 from horizon.core.errors import HorizonError
 from horizon.core.loader import LoadedModel, cache_root
@@ -294,18 +295,6 @@ def full_horizon_check(model: LoadedModel, ids: torch.Tensor) -> Check:
     error = float((result.logits[0].double() - clean).abs().max() / clean.abs().max().clamp_min(1e-30))
     bar = LOGITS_BAR.get(model.dtype, 1e-4)
     return Check("full_horizon", error <= bar, error, bar, f"k = {model.n_layers + 1} vs clean logits")
-
-
-def sliding_windows(model: LoadedModel) -> list[int | None]:
-    """Per layer: the sliding-window size of a local-attention layer, None for a global one."""
-    config = model.hf_model.config
-    window = getattr(config, "sliding_window", None) or getattr(config, "window_size", None)
-    kinds = getattr(config, "layer_types", None)
-    if kinds is None and getattr(config, "attention_layers", None) is not None:  # GPT-Neo
-        kinds = ["sliding_attention" if kind == "local" else "full_attention" for kind in config.attention_layers]
-    if kinds is None:
-        kinds = ["sliding_attention" if window else "full_attention"] * model.n_layers
-    return [int(window) if window and "sliding" in str(kind) else None for kind in kinds][: model.n_layers]
 
 
 def attention_check(model: LoadedModel, ids: torch.Tensor) -> Check:

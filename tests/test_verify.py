@@ -175,6 +175,21 @@ def test_attention_check_catches_a_wrong_window(monkeypatch: pytest.MonkeyPatch)
     assert V.attention_check(model, ids).passed is False
 
 
+def test_attention_report_marks_windowed_and_global_layers() -> None:
+    """On a Gemma 3 layout (window 4, then a global layer) the windowed layer has no mass beyond it."""
+    from horizon.core.attention import attention_distance
+    from horizon.core.prompts import tokenize
+
+    model = family_model("gemma3_text")
+    report = attention_distance(model, tokenize(model, [V.VERIFY_PROMPT]), has_bos=True)
+    assert report.windows == [4, None]
+    assert [report.layer_label(layer) for layer in range(2)] == ["0 w4", "1 global"]
+    assert report.to_json()["sliding_window"] == [4, None]
+    assert report.mass["6-10"][0].max() == 0 and report.mass[">10"][0].max() == 0
+    assert report.mass[">10"][1].min() > 0
+    assert attention_distance(family_model("llama"), [[0, 5, 6]], has_bos=True).layer_label(0) == "0"
+
+
 def test_readme_lists_the_verified_families(verified: dict[str, V.Verification]) -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     found = re.search(re.escape(TABLE_START) + r"\n(.*?)\n" + re.escape(TABLE_END), readme, re.S)

@@ -197,7 +197,7 @@ def render_attention(report: AttentionReport, top: int) -> None:
     for layer in range(report.n_layers):
         cells = [Text(_fmt1(values[layer, head]), style=_heat_style(values[layer, head], high))
                  for head in range(report.n_heads)]
-        heat.add_row(str(layer), *cells, _fmt1(float(np.nanmean(values[layer]))))
+        heat.add_row(report.layer_label(layer), *cells, _fmt1(float(np.nanmean(values[layer]))))
     console.print(heat)
 
     ranked = report.ranked(no_bos=True)
@@ -206,7 +206,7 @@ def render_attention(report: AttentionReport, top: int) -> None:
         for column in ("layer", "head", "mean dist", *(f"mass {b}" for b in BUCKETS), "dist with BOS"):
             table.add_column(column, justify="right")
         for layer, head, distance in heads:
-            table.add_row(str(layer), str(head), _fmt1(distance),
+            table.add_row(report.layer_label(layer), str(head), _fmt1(distance),
                           *[_fmt(report.mass_no_bos[b][layer, head]) for b in BUCKETS],
                           _fmt1(report.mean_distance[layer, head]))
         console.print(table)
