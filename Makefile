@@ -30,6 +30,8 @@ install: $(STAMP)
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	# The pictures again with one thread: float sums in another order must not change them.
+	HORIZON_TEST_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest tests/test_tui_snapshots.py -q
 
 inspect: install
 	$(BIN)/horizon inspect

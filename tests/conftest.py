@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from horizon.core.loader import LoadedModel, load_model
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """HORIZON_TEST_THREADS=n runs torch on n threads (make test runs the snapshots on one)."""
+    threads = os.environ.get("HORIZON_TEST_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
 
 SHORT_PROMPT = "The capital of France is Paris. It is known for the Eiffel Tower, and its food is famous."
 

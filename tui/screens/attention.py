@@ -4,10 +4,11 @@ by default; b toggles) and the most local and most long-range heads."""
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 from typing import Any
 
 from horizon.tui.widgets.charts import HeatMap, Legend
-from horizon.tui.widgets.scales import Scale
+from horizon.tui.widgets.scales import Scale, fixed, note_margin
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -25,6 +26,9 @@ def distance_matrix(report: Any, no_bos: bool) -> list[list[float | None]]:
 def extreme_heads(report: Any, no_bos: bool, n: int = N_LISTED) -> tuple[list[tuple], list[tuple]]:
     """((layer, head, distance) most local first, most long-range first), as the engine ranks them."""
     ranked = [cell for cell in report.ranked(no_bos) if math.isfinite(cell[2])]
+    for listed in (ranked[: n + 1], ranked[::-1][: n + 1]):  # the listed heads' order is a choice too
+        for (_, _, first), (_, _, second) in pairwise(listed):
+            note_margin("order", first, (second - first) / 2)
     return ranked[:n], ranked[::-1][:n]
 
 
@@ -65,5 +69,5 @@ class AttentionPane(VerticalScroll):
         table.add_column()
         table.add_row(Text("most local", style="bold"), Text("most long-range", style="bold"))
         for (l1, h1, d1), (l2, h2, d2) in zip(local, far, strict=False):
-            table.add_row(f"L{l1}.H{h1}  {d1:.2f}", f"L{l2}.H{h2}  {d2:.2f}")
+            table.add_row(f"L{l1}.H{h1}  {fixed(d1, 2)}", f"L{l2}.H{h2}  {fixed(d2, 2)}")
         self.query_one("#attention-lists", Static).update(table)

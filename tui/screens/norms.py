@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 from horizon.tui.widgets.charts import HeatMap, Legend, sparkline
-from horizon.tui.widgets.scales import Scale, fmt
+from horizon.tui.widgets.scales import Scale, fixed, fmt
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -55,7 +55,8 @@ class NormsPane(VerticalScroll):
         growth = report.growth
         text = Text("mean ‖resid‖ per layer (BOS excluded)  ", style="bold")
         text.append("rate ", style="dim")
-        text.append(growth.describe())
+        first, last = growth.fit_layers  # growth.describe(), its numbers rounded here for the screen
+        text.append(f"{fixed(growth.rate, 3)}/layer over layers {first}-{last} (r^2 {fixed(growth.r2, 2)})")
         summary.update(text)
         self.query_one("#norms-table", Static).update(site_table(report))
         stored = report.norms["resid_pre"][app.prompt_index]

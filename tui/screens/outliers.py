@@ -3,11 +3,13 @@ by category and sortable by any column (click a header or press o); enter jumps 
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any, ClassVar
 
 import numpy as np
 from horizon.core.categories import CATEGORIES
 from horizon.tui.screens.views import layer_name
+from horizon.tui.widgets.scales import fixed, note_margin
 from horizon.tui.widgets.token_grid import visible_token
 from rich.text import Text
 from textual import on
@@ -26,7 +28,11 @@ def outlier_rows(report: Any, tokens_of: Any, length: int, layer: int, category:
     if category is not None:
         keep &= np.array([c == category for c in report.record_category], dtype=bool)
     rows = np.nonzero(keep)[0]
-    order = rows[np.argsort(report.cos[rows, layer], kind="stable")][:MAX_ROWS]
+    order = rows[np.argsort(report.cos[rows, layer], kind="stable")][: MAX_ROWS + 1]
+    shown = [float(report.cos[row, layer]) for row in order]
+    for first, second in pairwise(shown):  # the rows' order is a choice too
+        note_margin("order", first, (second - first) / 2)
+    order = order[:MAX_ROWS]
     out = []
     for row in order:
         prompt, pos = int(report.record_prompt[row]), int(report.record_pos[row])
@@ -85,7 +91,7 @@ class OutliersPane(Vertical):
         rows = outlier_rows(report, session.tokens, app.length, app.layer, self.category)
         for index, (cos, token, category, prompt, pos, context) in enumerate(rows):
             table.add_row(
-                Text(f"{cos:+.3f}", style="bold"), visible_token(token), category, prompt, pos, context,
+                Text(fixed(cos, 3, sign=True), style="bold"), visible_token(token), category, prompt, pos, context,
                 key=f"{prompt - 1}:{pos}:{index}",
             )
 

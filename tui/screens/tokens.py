@@ -43,9 +43,10 @@ class TokensPane(Horizontal):
         pending = values is None
         if pending:
             values = [None] * len(tokens)
-        scale = Scale.fit(values, diverging=diverging)
         if app.metric == "cosine":
             scale = Scale(-1.0, 1.0, diverging=True)  # cosines are comparable across layers on a fixed scale
+        else:
+            scale = Scale.fit(values, diverging=diverging)
         grid.set_data(tokens, values, scale)
         if grid.cursor != app.selected:
             grid.cursor = app.selected

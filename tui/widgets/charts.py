@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from horizon.tui.widgets.scales import Scale, fmt
+from horizon.tui.widgets.scales import Scale, fmt, note_margin, round_half, round_range, unrecorded
+from rich.color import Color
 from rich.style import Style
 from rich.text import Text
 from textual.reactive import reactive
@@ -27,19 +28,25 @@ def sparkline(values: Sequence[float | None], low: float | None = None, high: fl
         if value is None or not math.isfinite(value):
             out.append(" ")
             continue
-        fraction = 0.5 if span <= 0 else (value - low) / span
-        out.append(BLOCKS[min(len(BLOCKS) - 1, max(0, int(fraction * (len(BLOCKS) - 1) + 0.5)))])
+        if span <= 0:
+            level = len(BLOCKS) // 2
+        else:
+            position = (value - low) / span * (len(BLOCKS) - 1)
+            level = math.floor(position + 0.5)
+            note_margin("bar height", value, (abs(position - math.floor(position) - 0.5)) * span / (len(BLOCKS) - 1))
+        out.append(BLOCKS[min(len(BLOCKS) - 1, max(0, level))])
     return "".join(out)
 
 
 def legend_text(scale: Scale, label: str, width: int = 24) -> Text:
-    """A colour bar with its end labels: ``label  low ████ high``."""
+    """A colour bar of the scale's steps with its end labels: ``label  low ████ high``."""
     text = Text(f"{label} ", style="bold")
-    text.append(fmt(scale.low) + " ")
-    for column in range(width):
-        value = scale.low + (scale.high - scale.low) * (column + 0.5) / width
-        text.append(" ", Style(bgcolor=scale.style(value).bgcolor))
-    text.append(" " + fmt(scale.high))
+    with unrecorded():  # the ends are round numbers, the columns whole steps: nothing to round
+        text.append(fmt(scale.low) + " ")
+        for column in range(width):
+            rgb = scale.step_rgb(column * scale.steps // width)
+            text.append(" ", Style(bgcolor=Color.from_rgb(*rgb)))
+        text.append(" " + fmt(scale.high))
     text.append("  ")
     text.append("  ", scale.style(None))
     text.append(" n/a", style="dim")
@@ -134,18 +141,22 @@ def curve_text(
     finite = [y for y in ys if math.isfinite(y)]
     low = min([*finite, reference] if reference is not None else finite)
     high = max([*finite, reference] if reference is not None else finite)
+    if low > 0:
+        note_margin("chart range", low, low - 0.2 * high)
     low = min(low, 0.0) if low > 0 and low < 0.2 * high else low
-    span = (high - low) or 1.0
+    low, high, _ = round_range(low, high, target=height)  # round axis ends, as the colour scales
+    span = high - low
     levels = height * 8
 
     def level(y: float) -> int:
-        return round((y - low) / span * (levels - 1))
+        return round_half("bar height", y, (y - low) / span * (levels - 1), span / (levels - 1))
 
     ref_row = None if reference is None else height - 1 - level(reference) // 8
     lines = []
     for row in range(height):
         row_floor = (height - 1 - row) * 8
-        label = fmt(high) if row == 0 else (fmt(low) if row == height - 1 else "")
+        with unrecorded():  # round numbers
+            label = fmt(high) if row == 0 else (fmt(low) if row == height - 1 else "")
         line = Text(label.rjust(7), style="dim")
         line.append(" ")
         for x, y in zip(xs, ys, strict=True):

@@ -1,12 +1,22 @@
-"""Perceptual colour scales for cell backgrounds, with a readable foreground for each.
+"""Perceptual colour scales for cell backgrounds, with a readable foreground for each, and the
+display quantisation every number on screen goes through.
 
 Sequential values use viridis (perceptually uniform, colour-blind safe); signed values use a
 blue-white-red diverging scale centred on zero (ColorBrewer RdBu). Missing values are grey.
+
+Colours come in steps, not a continuous ramp: a scale spans a round range (its ends are
+multiples of a 1-2-5 step) cut into at most a dozen equal steps, and a value takes the colour of
+its step. So a colour, a printed digit (``fmt``, ``fixed``) and a bar height (charts) are each a
+discrete choice made from a float, and each choice can report its *margin*: how far the value
+lay from the nearest boundary between two choices. ``recording_margins`` collects them; the
+snapshot tests use it to check that no picture rests on the last bits of a float.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from rich.color import Color
@@ -23,6 +33,98 @@ DIVERGING = (
     (253, 219, 199), (244, 165, 130), (214, 96, 77), (178, 24, 43),
 )  # fmt: skip
 MISSING_BG = (60, 60, 60)
+TARGET_STEPS = 10  # a fitted scale has at most TARGET_STEPS + 2 colour steps
+
+
+# ----------------------------------------------------------------------------- margins
+
+
+@dataclass(frozen=True)
+class Margin:
+    """One display choice: ``value`` lay ``distance`` (in its own units) from a boundary."""
+
+    kind: str
+    value: float
+    distance: float
+
+
+_margins: list[Margin] | None = None
+
+
+@contextmanager
+def recording_margins() -> Iterator[list[Margin]]:
+    """Collect the margin of every display choice made inside the block (tests use this)."""
+    global _margins
+    previous, _margins = _margins, []
+    try:
+        yield _margins
+    finally:
+        _margins = previous
+
+
+@contextmanager
+def unrecorded() -> Iterator[None]:
+    """Choices made from exact numbers (a scale's round ends, a legend's columns) are not noted."""
+    global _margins
+    previous, _margins = _margins, None
+    try:
+        yield
+    finally:
+        _margins = previous
+
+
+def note_margin(kind: str, value: float, distance: float) -> None:
+    if _margins is not None:
+        _margins.append(Margin(kind, float(value), abs(float(distance))))
+
+
+def round_half(kind: str, value: float, position: float, unit: float) -> int:
+    """``round(position)``, noting how far ``value`` (= position * unit + offset) was from a .5."""
+    note_margin(kind, value, (abs(position - math.floor(position) - 0.5)) * unit)
+    return round(position)
+
+
+def fixed(value: float, decimals: int, sign: bool = False) -> str:
+    """``f"{value:.{decimals}f}"`` (``+`` with ``sign``), noting the rounding margin."""
+    unit = 10.0**-decimals
+    round_half("digit", value, value / unit, unit)
+    return f"{value:{'+' if sign else ''}.{decimals}f}"
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    """A short number for labels: ``digits`` decimals below 1, ``digits`` significant figures
+    from 1 up (so a label never claims more precision than the value has); n/a when missing."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    magnitude = abs(value)
+    if value != 0 and (magnitude >= 1e4 or magnitude < 10**-digits):
+        exponent = math.floor(math.log10(magnitude))
+        unit = 10.0 ** (exponent - digits + 1)
+        round_half("digit", value, value / unit, unit)
+        return f"{value:.{digits - 1}e}"
+    if magnitude >= 1:  # the number of decimals changes at each power of ten
+        exponent = math.floor(math.log10(magnitude))
+        note_margin("digit", value, min(magnitude - 10.0**exponent, 10.0 ** (exponent + 1) - magnitude))
+    else:
+        note_margin("digit", value, min(magnitude - 10.0**-digits, 1 - magnitude) if value != 0 else 1.0)
+    if magnitude < 1:
+        return fixed(value, digits)
+    decimals = max(0, digits - 1 - math.floor(math.log10(magnitude)))
+    return fixed(value, decimals)
+
+
+# ----------------------------------------------------------------------------- scales
+
+
+def nice_step(span: float, target: int = TARGET_STEPS) -> float:
+    """The smallest 1-2-5 step (times a power of ten) that cuts ``span`` into <= target steps.
+
+    Steps are parsed from decimal text (``2e-3``), so the same choice gives the same bits."""
+    raw = span / target
+    exponent = math.floor(math.log10(raw))
+    candidates = [float(f"5e{exponent - 1}")] + [float(f"{mantissa}e{exponent}") for mantissa in (1, 2, 5, 10)]
+    note_margin("scale step", span, min(abs(span - candidate * target) for candidate in candidates))
+    return next(candidate for candidate in candidates if candidate >= raw)
 
 
 def _interpolate(stops: tuple[tuple[int, int, int], ...], fraction: float) -> tuple[int, int, int]:
@@ -42,33 +144,48 @@ def _foreground(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
 
 @dataclass(frozen=True)
 class Scale:
-    """Maps a value to a cell style: sequential over [low, high], or diverging around zero."""
+    """Maps a value to a cell style: ``steps`` equal colour steps over [low, high], sequential
+    or diverging around zero (values outside take the end colours)."""
 
     low: float
     high: float
     diverging: bool = False
+    steps: int = TARGET_STEPS
 
     @classmethod
     def fit(cls, values: list[float | None], diverging: bool = False) -> Scale:
-        """A scale spanning the finite values (symmetric around zero when diverging)."""
+        """A round scale over the finite values: its ends are multiples of a 1-2-5 step (and
+        symmetric around zero when diverging), so they move only when the data moves a lot."""
         finite = [value for value in values if value is not None and math.isfinite(value)]
         if not finite:
             return cls(0.0, 1.0, diverging)
         low, high = min(finite), max(finite)
         if diverging:
-            bound = max(abs(low), abs(high)) or 1.0
-            return cls(-bound, bound, True)
-        if high - low < 1e-12:
-            high = low + 1.0
-        return cls(low, high, False)
+            bound = max(abs(low), abs(high))
+            if bound == 0:
+                return cls(-1.0, 1.0, True)
+            step = nice_step(2 * bound)
+            half = _ceil(bound, step)
+            return cls(-half * step, half * step, True, 2 * half)
+        low, high, steps = round_range(low, high)
+        return cls(low, high, False, steps)
 
-    def fraction(self, value: float) -> float:
-        return (value - self.low) / (self.high - self.low) if self.high > self.low else 0.5
+    def step_of(self, value: float) -> int:
+        """The colour step (0 .. steps-1) of a value, noting its margin to the step's edges."""
+        width = (self.high - self.low) / self.steps
+        position = (value - self.low) / width
+        edge = round(position)
+        if 0 < edge < self.steps:  # the scale's own ends are no boundary: beyond them is clipped
+            note_margin("colour step", value, (position - edge) * width)
+        return min(self.steps - 1, max(0, math.floor(position)))
+
+    def step_rgb(self, step: int) -> tuple[int, int, int]:
+        return _interpolate(DIVERGING if self.diverging else VIRIDIS, (step + 0.5) / self.steps)
 
     def rgb(self, value: float | None) -> tuple[int, int, int]:
         if value is None or not math.isfinite(value):
             return MISSING_BG
-        return _interpolate(DIVERGING if self.diverging else VIRIDIS, self.fraction(value))
+        return self.step_rgb(self.step_of(value))
 
     def style(self, value: float | None) -> Style:
         background = self.rgb(value)
@@ -76,10 +193,23 @@ class Scale:
         return Style(color=Color.from_rgb(*foreground), bgcolor=Color.from_rgb(*background))
 
 
-def fmt(value: float | None, digits: int = 3) -> str:
-    """A short number for labels: n/a for missing values."""
-    if value is None or not math.isfinite(value):
-        return "n/a"
-    if value != 0 and (abs(value) >= 1e4 or abs(value) < 10 ** -(digits)):
-        return f"{value:.{digits - 1}e}"
-    return f"{value:.{digits}g}" if abs(value) >= 100 else f"{value:.{digits}f}"
+def round_range(low: float, high: float, target: int = TARGET_STEPS) -> tuple[float, float, int]:
+    """[low, high] widened to multiples of a 1-2-5 step: (round low, round high, steps)."""
+    span = high - low
+    step = nice_step(span if span > 0 else (abs(low) or 1.0), target)
+    first = _floor(low, step)
+    last = max(first + 1, _ceil(high, step))
+    return first * step, last * step, last - first
+
+
+def _floor(value: float, step: float) -> int:
+    """floor(value / step), noting the margin (an end of a fitted scale)."""
+    position = value / step
+    note_margin("scale end", value, (position - round(position)) * step)
+    return math.floor(position)
+
+
+def _ceil(value: float, step: float) -> int:
+    position = value / step
+    note_margin("scale end", value, (position - round(position)) * step)
+    return math.ceil(position)
