@@ -1062,16 +1062,42 @@ def scan_by_layer(
     totals, loss_clean, n = _evaluate(model, token_ids, [config for _, _, config in cells], progress, batch_size,
                                       max_pass_bytes, cleans, means, has_bos)
     layers = list(range(n_layers + 1))
-    matrices: dict[str, list[list[float]]] = {name: [] for name in ("loss", "delta_loss", "kl", "top1_agreement")}
-    horizons: list[int | None] = []
+    matrices: dict[str, list[list[float]]] = {name: [] for name in BY_LAYER_METRICS}
     for layer in layers:
         row = [totals[layer * len(ks) + column].row(n) for column in range(len(ks))]
         for name, matrix in matrices.items():
             matrix.append([cell[name] for cell in row])
-        qualifying = [k for k, cell in zip(ks, row, strict=True) if cell["delta_loss"] <= tol]
+    return ByLayerResult(layers=layers, ks=ks, effective_horizon=_row_horizons(ks, matrices["delta_loss"], tol),
+                         loss_clean=loss_clean, tol=tol, n_tokens=n, unit=unit, ablation=ablation, **matrices)
+
+
+BY_LAYER_METRICS = ("loss", "delta_loss", "kl", "top1_agreement")
+
+
+def _row_horizons(ks: Sequence[int], delta_loss: Sequence[Sequence[float]], tol: float) -> list[int | None]:
+    """Per row of the matrix, the smallest k whose loss increase is <= tol (None: none)."""
+    horizons: list[int | None] = []
+    for row in delta_loss:
+        qualifying = [k for k, value in zip(ks, row, strict=True) if value <= tol]
         horizons.append(min(qualifying) if qualifying else None)
-    return ByLayerResult(layers=layers, ks=ks, effective_horizon=horizons, loss_clean=loss_clean, tol=tol,
-                         n_tokens=n, unit=unit, ablation=ablation, **matrices)
+    return horizons
+
+
+def join_by_layer(parts: Sequence[ByLayerResult]) -> ByLayerResult:
+    """One matrix from parts over disjoint ks of the same prompts (columns side by side, ks in order)."""
+    first = parts[0]
+    columns = sorted((k, index, column) for index, part in enumerate(parts) for column, k in enumerate(part.ks))
+    ks = [k for k, _, _ in columns]
+    if len(set(ks)) != len(ks):
+        raise HorizonError("the parts of a by-layer matrix overlap in k")
+    rows = range(len(first.layers))
+    matrices = {
+        name: [[getattr(parts[index], name)[row][column] for _, index, column in columns] for row in rows]
+        for name in BY_LAYER_METRICS
+    }
+    horizons = _row_horizons(ks, matrices["delta_loss"], first.tol)
+    return ByLayerResult(layers=first.layers, ks=ks, effective_horizon=horizons, loss_clean=first.loss_clean,
+                         tol=first.tol, n_tokens=first.n_tokens, unit=first.unit, ablation=first.ablation, **matrices)
 
 
 # ----------------------------------------------------------------------------- the straightforward reference

@@ -33,6 +33,13 @@ class PatchSettings:
     source: str = "recursive"
     keep_embed: bool = False
     final: str = "window"
+    ablation: str = "zero"
+    only_layer: int | None = None  # set: the horizon at this layer only (start_layer is then ignored)
+
+
+def _scan_key(prompt: int, ablation: str) -> tuple:
+    # The zero-ablation scan keeps its original key, which the app's background queue uses.
+    return ("scan", prompt) if ablation == "zero" else ("scan", prompt, ablation)
 
 
 @dataclass
@@ -125,9 +132,17 @@ class Session:
 
         with self._lock:
             return _lru(self._clean_runs, prompt, self.clean_cache_size,
-                        lambda: clean_runs(self.model, [self.token_ids[prompt]]))
+                        lambda: clean_runs(self.model, [self.token_ids[prompt]], has_bos=self.has_bos))
 
-    def scan(self, prompt: int = 0, chunk: int = 8) -> Any:
+    def _ablation_means(self, prompt: int, ablation: str) -> Any:
+        """Mean ablation's means: the prompt's own clean run (core.horizon.ablation_means), else None."""
+        if ablation != "mean":
+            return None
+        from horizon.core.horizon import ablation_means
+
+        return self._cached(("means", prompt), "means", lambda: ablation_means(self._clean(prompt)))
+
+    def scan(self, prompt: int = 0, chunk: int = 8, ablation: str = "zero") -> Any:
         """ScanResult of one prompt over every k (core.horizon.scan), run ``chunk`` ks at a time.
 
         Between chunks the lock is handed to any waiting patched pass, so a slider move is not
@@ -135,7 +150,7 @@ class Session:
         """
         from horizon.core.horizon import ScanResult, default_ks, effective_horizon, scan
 
-        key = ("scan", prompt)
+        key = _scan_key(prompt, ablation)
         if key in self._cache:
             return self._cache[key]
         started = time.perf_counter()
@@ -147,7 +162,8 @@ class Session:
                 time.sleep(0.005)
             with self._lock:
                 part = scan(self.model, [self.token_ids[prompt]], ks=ks[first : first + chunk],
-                            cleans=self._clean(prompt))
+                            cleans=self._clean(prompt), ablation=ablation,
+                            means=self._ablation_means(prompt, ablation))
             rows.extend(part.rows)
         assert part is not None
         result = ScanResult(
@@ -157,6 +173,33 @@ class Session:
         with self._lock:
             self._cache[key] = result
             self.timings["scan"] = time.perf_counter() - started
+        return result
+
+    def by_layer(self, prompt: int = 0, ablation: str = "zero", chunk: int = 4) -> Any:
+        """ByLayerResult of one prompt (core.horizon.scan_by_layer), run ``chunk`` ks at a time.
+
+        Like ``scan``, it hands the lock to waiting patched passes between chunks; the parts are
+        joined by the engine (core.horizon.join_by_layer), which also gives each row's horizon.
+        """
+        from horizon.core.horizon import default_ks, join_by_layer, scan_by_layer
+
+        key = ("by_layer", prompt, ablation)
+        if key in self._cache:
+            return self._cache[key]
+        started = time.perf_counter()
+        ks = default_ks(self.n_layers, "layer")
+        parts = []
+        for first in range(0, len(ks), chunk):
+            while self._waiting:
+                time.sleep(0.005)
+            with self._lock:
+                parts.append(scan_by_layer(self.model, [self.token_ids[prompt]], ks=ks[first : first + chunk],
+                                           cleans=self._clean(prompt), ablation=ablation,
+                                           means=self._ablation_means(prompt, ablation)))
+        result = join_by_layer(parts)
+        with self._lock:
+            self._cache[key] = result
+            self.timings["by_layer"] = time.perf_counter() - started
         return result
 
     def patch(self, settings: PatchSettings, prompt: int = 0) -> Any:
@@ -174,16 +217,24 @@ class Session:
         from horizon.core.horizon import HorizonConfig, patch
 
         config = HorizonConfig.from_layers(
-            settings.k, source=settings.source, keep_embed=settings.keep_embed,
-            final=settings.final, start_layer=settings.start_layer,
+            settings.k, source=settings.source, keep_embed=settings.keep_embed, final=settings.final,
+            start_layer=settings.start_layer if settings.only_layer is None else 0,
+            ablation=settings.ablation, only_layer=settings.only_layer,
         )
         with self._lock:
             return _lru(self._patches, key, self.patch_cache_size, lambda: self._timed(
-                "patch", lambda: patch(self.model, [self.token_ids[prompt]], config, cleans=self._clean(prompt))
+                "patch", lambda: patch(self.model, [self.token_ids[prompt]], config, cleans=self._clean(prompt),
+                                       means=self._ablation_means(prompt, settings.ablation))
             ))
 
     def cached_patch(self, settings: PatchSettings, prompt: int = 0) -> Any | None:
         return self._patches.get((settings, prompt))
+
+    def cached_scan(self, prompt: int = 0, ablation: str = "zero") -> Any | None:
+        return self._cache.get(_scan_key(prompt, ablation))
+
+    def cached_by_layer(self, prompt: int = 0, ablation: str = "zero") -> Any | None:
+        return self._cache.get(("by_layer", prompt, ablation))
 
 
 def _lru(cache: OrderedDict[Any, T], key: Any, size: int, compute: Callable[[], T]) -> T:
@@ -232,6 +283,7 @@ class StoredScan:
     effective_horizon: dict[int, int | None]
     loss_clean: float
     tol: float
+    ablation: str = "zero"
 
 
 class ResultsSession:
@@ -320,7 +372,20 @@ class ResultsSession:
     def attention(self, prompt: int = 0) -> Any:
         return self.cached("attention")
 
-    def scan(self, prompt: int = 0) -> Any:
+    def scan(self, prompt: int = 0, ablation: str | None = None) -> Any:
+        """The stored corpus scan (swept with the ablation its manifest records)."""
+        return self.cached("scan")
+
+    def by_layer(self, prompt: int = 0, ablation: str = "zero") -> Any:
+        """The layer x k matrix of one prompt: computed by the live session (a results directory holds none)."""
+        if self.live is None:
+            raise HorizonError("results mode has no model: pass --model to compute the layer x k matrix")
+        return self.live.by_layer(prompt, ablation)
+
+    def cached_by_layer(self, prompt: int = 0, ablation: str = "zero") -> Any | None:
+        return None if self.live is None else self.live.cached_by_layer(prompt, ablation)
+
+    def cached_scan(self, prompt: int = 0, ablation: str = "zero") -> Any | None:
         return self.cached("scan")
 
     def patch(self, settings: PatchSettings, prompt: int = 0) -> Any:
@@ -397,7 +462,8 @@ class ResultsSession:
         if view is None:
             return None
         horizons = {int(layer): k for layer, k in view["effective_horizon"].items()}
-        return StoredScan(rows=view["rows"], effective_horizon=horizons, loss_clean=view["loss_clean"], tol=view["tol"])
+        return StoredScan(rows=view["rows"], effective_horizon=horizons, loss_clean=view["loss_clean"], tol=view["tol"],
+                          ablation=view.get("ablation", "zero"))
 
     def _stored_attention(self) -> Any:
         import numpy as np

@@ -1,19 +1,28 @@
 """Screen 3, Horizon: sliders for k and the start layer, toggles for the options, the patched
-pass's numbers, its per-token loss increase on the token grid, and the scanned loss-vs-k curve."""
+pass's numbers, its per-token loss increase on the token grid, and the scanned loss-vs-k curve.
+
+With the layer x k view on (key x), the curve gives way to the per-layer horizon matrix (the
+horizon enforced at one layer N only, every k), and the selected cell (layer slider or < >, k
+slider or , ., or a click) is the patched pass whose per-token loss increase the grid shows.
+Key a switches zero and mean ablation. The matrix and the mean-ablation scan run in workers.
+"""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar
 
 from horizon.tui.screens import views
 from horizon.tui.widgets.charts import Legend, curve_text
+from horizon.tui.widgets.layer_matrix import LayerMatrix, unchanged
 from horizon.tui.widgets.scales import Scale, fmt
 from horizon.tui.widgets.slider import Slider
 from horizon.tui.widgets.token_grid import TokenGrid
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Checkbox, Static
 
@@ -21,6 +30,10 @@ from textual.widgets import Checkbox, Static
 def patch_summary(result: Any, settings: Any) -> Text:
     text = Text()
     text.append(f"k={settings.k} ", style="bold")
+    if settings.only_layer is not None:
+        text.append(f"at L{settings.only_layer} only ", style="bold")
+    if settings.ablation != "zero":
+        text.append(f"{settings.ablation} ", style="bold")
     text.append("loss ", style="dim")
     text.append(f"{result.loss_clean:.3f}→{result.loss_patched:.3f}")
     text.append("  Δ ", style="dim")
@@ -33,43 +46,145 @@ def patch_summary(result: Any, settings: Any) -> Text:
 
 
 class HorizonPane(Vertical):
+    DEFAULT_CSS = """
+    #matrix-scroll { height: 1fr; min-height: 4; display: none; }
+    #layer-slider, #matrix-legend { display: none; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("a", "toggle_ablation", "ablation", show=False),
+        Binding("x", "toggle_matrix", "layer x k", show=False),
+        Binding("less_than_sign", "cell_layer(-1)", "layer-", show=False, key_display="<"),
+        Binding("greater_than_sign", "cell_layer(1)", "layer+", show=False, key_display=">"),
+    ]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._started: set[tuple[str, int, str]] = set()  # (matrix | scan, prompt, ablation) asked for
+        self._matrix_layer: int | None = None  # the layer the matrix view returns to
+
     def compose(self) -> ComposeResult:
         yield Slider("k    ", 1, 2, 1, id="k-slider")
         yield Slider("start", 0, 1, 0, id="start-slider")
+        yield Slider("layer", 0, 1, 0, id="layer-slider")
         with Horizontal(id="horizon-toggles"):
             yield Checkbox("clean source", id="source-toggle")
             yield Checkbox("keep embed", id="embed-toggle")
             yield Checkbox("full final", id="final-toggle")
+            yield Checkbox("mean", id="ablation-toggle")
+            yield Checkbox("layer×k", id="matrix-toggle")
         yield Static(id="horizon-summary")
         yield Static(id="horizon-curve")
+        with VerticalScroll(id="matrix-scroll"):
+            yield LayerMatrix(id="horizon-matrix")
+        yield Legend(id="matrix-legend")
         yield Legend(id="horizon-legend")
         with VerticalScroll(id="horizon-scroll"):
             yield TokenGrid(id="horizon-grid")
 
     def configure(self, n_layers: int) -> None:
-        """Set the sliders' ranges for the model: k in 1..L+1, start layer in 0..L-1."""
+        """Set the sliders' ranges for the model: k in 1..L+1, start layer in 0..L-1, layer N in 0..L."""
         k_slider = self.query_one("#k-slider", Slider)
         start_slider = self.query_one("#start-slider", Slider)
         with self.prevent(Slider.Changed):
             k_slider.maximum = n_layers + 1
             start_slider.maximum = max(0, n_layers - 1)
+            self.query_one("#layer-slider", Slider).maximum = n_layers
         self.sync_controls()
 
     def sync_controls(self) -> None:
         """Show the app's settings on the controls without echoing change messages."""
         settings = self.app.settings  # type: ignore[attr-defined]
+        matrix = settings.only_layer is not None
         with self.prevent(Slider.Changed, Checkbox.Changed):
             self.query_one("#k-slider", Slider).value = settings.k
             self.query_one("#start-slider", Slider).value = settings.start_layer
+            if matrix:
+                self.query_one("#layer-slider", Slider).value = settings.only_layer
             self.query_one("#source-toggle", Checkbox).value = settings.source == "clean"
             self.query_one("#embed-toggle", Checkbox).value = settings.keep_embed
             self.query_one("#final-toggle", Checkbox).value = settings.final == "full"
+            self.query_one("#ablation-toggle", Checkbox).value = settings.ablation == "mean"
+            self.query_one("#matrix-toggle", Checkbox).value = matrix
+        self.query_one("#start-slider").display = not matrix
+        self.query_one("#horizon-curve").display = not matrix
+        for name in ("#layer-slider", "#matrix-scroll", "#matrix-legend"):
+            self.query_one(name).display = matrix
+        self._start_work()
+
+    # -------------------------------------------------------------------- the matrix and the mean scan
+
+    def _start_work(self) -> None:
+        """Start (once) the worker for what the view shows and no result holds yet."""
+        app: Any = self.app
+        session = app.session
+        if session is None or not session.can_patch:
+            return
+        settings, prompt = app.settings, app.prompt_index
+        wanted = []
+        if settings.only_layer is not None and session.cached_by_layer(prompt, settings.ablation) is None:
+            wanted.append(("matrix", prompt, settings.ablation))
+        if settings.ablation != "zero" and session.cached_scan(prompt, settings.ablation) is None:
+            wanted.append(("scan", prompt, settings.ablation))
+        for job in wanted:
+            if job not in self._started:
+                self._started.add(job)
+                app.pending.add(_job_name(job))
+                app.refresh_status()
+                self._compute(job)
+
+    @work(thread=True, group="horizon-extra", exit_on_error=False)
+    def _compute(self, job: tuple[str, int, str]) -> None:
+        kind, prompt, ablation = job
+        app: Any = self.app
+        started = time.perf_counter()
+        try:
+            if kind == "matrix":
+                app.session.by_layer(prompt, ablation)
+            else:
+                app.session.scan(prompt, ablation=ablation)
+        except Exception as exc:
+            self._started.discard(job)
+            app.call_from_thread(app._job_failed, _job_name(job), exc)
+            return
+        app.call_from_thread(app._job_done, _job_name(job), time.perf_counter() - started)
+
+    # -------------------------------------------------------------------- controls
+
+    def action_toggle_ablation(self) -> None:
+        app: Any = self.app
+        app.settings = replace(app.settings, ablation="mean" if app.settings.ablation == "zero" else "zero")
+
+    def action_toggle_matrix(self) -> None:
+        app: Any = self.app
+        if app.session is None:
+            return
+        settings = app.settings
+        if settings.only_layer is None:
+            layer = self._matrix_layer if self._matrix_layer is not None else app.session.n_layers // 2
+            app.settings = replace(settings, only_layer=layer)
+        else:
+            self._matrix_layer = settings.only_layer
+            app.settings = replace(settings, only_layer=None)
+
+    def action_cell_layer(self, step: int) -> None:
+        app: Any = self.app
+        if app.session is not None and app.settings.only_layer is not None:
+            layer = max(0, min(app.session.n_layers, app.settings.only_layer + step))
+            app.settings = replace(app.settings, only_layer=layer)
+
+    @on(LayerMatrix.Selected)
+    def _cell(self, event: LayerMatrix.Selected) -> None:
+        app: Any = self.app
+        app.settings = replace(app.settings, k=event.k, only_layer=event.layer)
 
     @on(Slider.Changed)
     def _slider(self, event: Slider.Changed) -> None:
         app: Any = self.app
         if event.slider.id == "k-slider":
             app.settings = replace(app.settings, k=event.value)
+        elif event.slider.id == "layer-slider":
+            if app.settings.only_layer is not None:
+                app.settings = replace(app.settings, only_layer=event.value)
         else:
             app.settings = replace(app.settings, start_layer=event.value)
 
@@ -82,11 +197,16 @@ class HorizonPane(Vertical):
             app.settings = replace(app.settings, keep_embed=event.value)
         elif event.checkbox.id == "final-toggle":
             app.settings = replace(app.settings, final="full" if event.value else "window")
+        elif event.checkbox.id == "ablation-toggle":
+            app.settings = replace(app.settings, ablation="mean" if event.value else "zero")
+        elif event.checkbox.id == "matrix-toggle" and event.value != (app.settings.only_layer is not None):
+            self.action_toggle_matrix()
 
     def refresh_view(self) -> None:
         app: Any = self.app
         if app.session is None:
             return
+        self._start_work()
         session = app.session
         settings = app.settings
         result = session.cached_patch(settings, app.prompt_index)
@@ -103,20 +223,48 @@ class HorizonPane(Vertical):
             values = [None] * len(tokens)
         scale = Scale.fit(values, diverging=True)
         self.query_one("#horizon-grid", TokenGrid).set_data(tokens, values, scale)
-        legend = self.query_one(Legend)
+        legend = self.query_one("#horizon-legend", Legend)
         legend.scale, legend.label = scale, "Δloss"
-        self.query_one("#horizon-curve", Static).update(self._curve(app))
+        if settings.only_layer is None:
+            self.query_one("#horizon-curve", Static).update(self._curve(app))
+        else:
+            self._show_matrix(app)
+
+    def _show_matrix(self, app: Any) -> None:
+        settings = app.settings
+        matrix = self.query_one(LayerMatrix)
+        result = app.session.cached_by_layer(app.prompt_index, settings.ablation)
+        legend = self.query_one("#matrix-legend", Legend)
+        if result is None:
+            failed = app.failed.get(_job_name(("matrix", app.prompt_index, settings.ablation)))
+            matrix.result = None
+            if not app.session.can_patch:
+                legend.label = "layer × k matrix: stored results hold none (give --model to compute it)"
+            else:
+                legend.label = f"layer × k matrix failed: {failed}" if failed else "layer × k matrix: computing…"
+            return
+        values = [value for layer, row in zip(result.layers, result.delta_loss, strict=True)
+                  for k, value in zip(result.ks, row, strict=True) if not unchanged(layer, k)]
+        scale = Scale.fit(values, diverging=True)
+        matrix.result, matrix.scale, matrix.selected = result, scale, (settings.only_layer, settings.k)
+        legend.scale = scale
+        legend.label = f"Δloss, layer N only ◆ eff. k (tol {result.tol:g})"
+        if matrix.region.height:
+            row = result.layers.index(settings.only_layer) if settings.only_layer in result.layers else 0
+            self.query_one("#matrix-scroll", VerticalScroll).scroll_to(y=max(0, row - 2), animate=False)
 
     @staticmethod
     def _curve(app: Any) -> Text:
-        scan = app.session.cached(("scan", app.prompt_index))
+        ablation = app.settings.ablation
+        scan = app.session.cached_scan(app.prompt_index, ablation)
         if scan is None:
-            failed = app.failed.get("scan")
+            failed = app.failed.get("scan" if ablation == "zero" else _job_name(("scan", app.prompt_index, ablation)))
             return Text(f"scan failed: {failed}" if failed else "loss-vs-k scan: computing…", style="dim")
         rows = [row for row in scan.rows if row["start_layer"] == 0]
         horizon = scan.effective_horizon.get(0)
         title = Text("loss vs k ", style="bold")
-        title.append(f"(recursive, S=0)  clean {scan.loss_clean:.3f} ", style="dim")
+        shown = getattr(scan, "ablation", ablation)  # stored results: the sweep's own ablation
+        title.append(f"(recursive, S=0, {shown})  clean {scan.loss_clean:.3f} ", style="dim")
         title.append("╌╌", style="yellow")
         title.append(f"  eff. horizon (tol {scan.tol:g}) ", style="dim")
         title.append(f"k={horizon}" if horizon is not None else "none", style="bold green")
@@ -125,3 +273,9 @@ class HorizonPane(Vertical):
             height=4,
         )
         return Text("\n").join([title, chart])
+
+
+def _job_name(job: tuple[str, int, str]) -> str:
+    kind, _, ablation = job
+    name = "layer × k" if kind == "matrix" else "scan"
+    return name if ablation == "zero" else f"{name} {ablation}"
