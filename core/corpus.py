@@ -106,10 +106,9 @@ def split_blank_lines(text: str) -> list[str]:
 
 
 def _read_text(file: Path, name: str) -> str:
-    try:
-        raw = file.read_bytes()
-    except OSError as exc:
-        raise HorizonError(f"cannot read {name}: {exc.strerror}") from None
+    from horizon.core.prompts import read_limited
+
+    raw = read_limited(file, name)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -119,13 +118,16 @@ def _read_text(file: Path, name: str) -> str:
 def _looks_jsonl(file: Path) -> bool:
     if file.suffix == ".jsonl":
         return True
+    if not file.is_file():
+        return False  # a device or pipe: read once, by _read_text, which names what it is
     try:
-        with open(file, encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                if line.strip():
-                    return line.lstrip().startswith("{")
+        with open(file, "rb") as handle:
+            head = handle.read(1 << 16)  # never a whole line of an endless or huge file
     except OSError:
         return False
+    for line in head.decode("utf-8", errors="replace").splitlines():
+        if line.strip():
+            return line.lstrip().startswith("{")
     return False
 
 

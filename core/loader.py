@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -517,9 +518,15 @@ def load_model(
         source = str(path.resolve())
         model_hash = f"dir:{path.resolve()}"
         reload = str(path.resolve())
+    elif Path(spec).expanduser().exists():
+        raise HorizonError(f"{spec} is not a model: give a .gguf file, an HF model directory (with config.json), "
+                           "a hub id or a name from `horizon models`")
     elif Path(spec).suffix or spec.startswith((".", "/", "~")):
         raise HorizonError(f"model file not found: {spec}")
     else:
+        if not re.fullmatch(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?", spec):
+            raise HorizonError(f"unknown model {spec!r}: not a bundled or tiny model, not a local path, and not a "
+                               "valid HF hub id (see `horizon models`)")
         cached = _hub_cached(spec)
         if not cached and not _hub_reachable():
             raise HorizonError(

@@ -11,7 +11,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from horizon.core.errors import HorizonError
 
@@ -27,7 +27,7 @@ def read_prompts(path: str) -> list[str]:
     blank lines instead; this is the single-prompt commands' format.)
     """
     if path == "-":
-        raw = sys.stdin.buffer.read()
+        raw = read_stdin()
         name = "stdin"
     else:
         file = Path(path).expanduser()
@@ -35,10 +35,7 @@ def read_prompts(path: str) -> list[str]:
             raise HorizonError(f"file not found: {path}")
         if file.is_dir():
             raise HorizonError(f"{path} is a directory, not a prompt file")
-        try:
-            raw = file.read_bytes()
-        except OSError as exc:
-            raise HorizonError(f"cannot read {path}: {exc.strerror}") from None
+        raw = read_limited(file, path)
         name = path
     try:
         text = raw.decode("utf-8")
@@ -53,6 +50,42 @@ def read_prompts(path: str) -> list[str]:
     if not prompts:
         raise HorizonError(f"{name} holds no prompt")
     return prompts
+
+
+MAX_INPUT_BYTES = 256 * 1024 * 1024  # a prompt file or corpus larger than this is a mistake (or /dev/zero)
+
+
+def read_limited(file: Path, name: str) -> bytes:
+    """The bytes of a prompt file or corpus file: a regular file or a pipe, at most MAX_INPUT_BYTES."""
+    import stat
+
+    try:
+        mode = file.stat().st_mode
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
+            raise HorizonError(f"{name} is a device, not a text file")
+        with open(file, "rb") as handle:
+            return _limited(handle, name)
+    except OSError as exc:
+        raise HorizonError(f"cannot read {name}: {exc.strerror or type(exc).__name__}") from None
+
+
+def read_stdin() -> bytes:
+    """All of stdin (``--file -``), with a clear error when it is closed."""
+    stream = getattr(sys.stdin, "buffer", None)
+    if sys.stdin is None or stream is None:
+        raise HorizonError("--file -: stdin is closed, so there is nothing to read")
+    try:
+        return _limited(stream, "stdin")
+    except (OSError, ValueError) as exc:
+        raise HorizonError(f"--file -: stdin cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+
+
+def _limited(handle: Any, name: str) -> bytes:
+    raw = handle.read(MAX_INPUT_BYTES + 1)
+    if len(raw) > MAX_INPUT_BYTES:
+        raise HorizonError(f"{name} holds more than {MAX_INPUT_BYTES // (1024 * 1024)} MiB; split it into "
+                           "smaller files")
+    return raw
 
 
 def jsonl_records(lines: list[str], name: str) -> list[dict]:
