@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from horizon.core.errors import HorizonError
 from horizon.core.session import PatchSettings, Session
+from horizon.core.untrusted import visible
 from horizon.tui.hangup import HangupGuard
 from horizon.tui.screens.attention import AttentionPane
 from horizon.tui.screens.help import HelpScreen
@@ -142,7 +143,7 @@ class HorizonApp(App[None]):
 
     def _fatal(self, message: str) -> None:
         self.pending.clear()
-        self.notify(message, title="cannot start", severity="error", timeout=30)
+        self.notify(visible(message), title="cannot start", severity="error", timeout=30, markup=False)
         self.refresh_status()
 
     def _session_ready(self, session: Session) -> None:
@@ -222,7 +223,7 @@ class HorizonApp(App[None]):
         self.pending.discard(name)
         message = str(exc) if isinstance(exc, HorizonError) else f"{type(exc).__name__}: {exc}"
         self.failed[name] = message
-        self.notify(message, title=f"{name} failed", severity="error", timeout=10)
+        self.notify(visible(message), title=f"{name} failed", severity="error", timeout=10, markup=False)
         self.refresh_all()
 
     # ------------------------------------------------------------------ drawing

@@ -24,6 +24,7 @@ from horizon.core.horizon import (
     scan_by_layer,
 )
 from horizon.core.loader import DEFAULT_MODEL
+from horizon.core.untrusted import markup_safe
 from horizon.tui.cli.app import app
 from horizon.tui.cli.common import (
     BosOpt,
@@ -158,7 +159,7 @@ def _render_patch(inputs: Any, result: PatchResult, k: int, unit: str) -> None:
     n_layers = inputs.model.n_layers
     where = f"start layer {config.start_layer}" if config.only_layer is None else _where(config.only_layer, n_layers)
     console.print(
-        f"[bold]horizon patch[/] {inputs.model.spec} ({n_layers} layers): k = {k} {unit}(s), K = "
+        f"[bold]horizon patch[/] {markup_safe(inputs.model.spec)} ({n_layers} layers): k = {k} {unit}(s), K = "
         f"{config.horizon_sublayers} sublayers, source {config.source}, final {config.final}, {where}"
         f", {config.ablation} ablation{', embedding kept' if config.keep_embed else ''}"
     )
@@ -179,8 +180,9 @@ def _render_patch(inputs: Any, result: PatchResult, k: int, unit: str) -> None:
             detail.add_column(column, justify="right" if column != "context → next" else "left")
         for t in worst:
             context = "".join(tokens[max(0, t - 5) : t + 1]).replace("\n", "⏎")
-            detail.add_row(str(t), f"{context!r} → {tokens[t + 1]!r}", _fmt(result.per_token_loss_clean[0][t]),
-                           _fmt(result.per_token_loss_patched[0][t]), _fmt(result.per_token_kl[0][t], 4))
+            detail.add_row(str(t), markup_safe(f"{context!r} → {tokens[t + 1]!r}"),
+                           _fmt(result.per_token_loss_clean[0][t]), _fmt(result.per_token_loss_patched[0][t]),
+                           _fmt(result.per_token_kl[0][t], 4))
         console.print(detail)
     console.print(f"[dim]{result.n_tokens} next-token predictions (positions 0..T-2) over "
                   f"{len(inputs.token_ids)} prompt(s)[/]")
@@ -267,7 +269,7 @@ def scan_command(
 def _render_scan(inputs: Any, result: ScanResult, source: str, keep_embed: bool, final: str, ablation: str) -> None:
     n_layers = inputs.model.n_layers
     console.print(
-        f"[bold]horizon scan[/] {inputs.model.spec} ({n_layers} layers): loss vs enforced horizon, "
+        f"[bold]horizon scan[/] {markup_safe(inputs.model.spec)} ({n_layers} layers): loss vs enforced horizon, "
         f"k in {result.unit}s, source {source}, final {final}, {ablation} ablation"
         f"{', embedding kept' if keep_embed else ''}"
     )

@@ -11,6 +11,7 @@ import typer
 from horizon.core import options
 from horizon.core.errors import HorizonError
 from horizon.core.norms import NORM_SITES, QUANTILES, NormsReport, analyse_norms
+from horizon.core.untrusted import markup_safe, visible
 from horizon.core.weights import check_processing, weight_report, with_processing
 from horizon.tui.cli.app import app
 from horizon.tui.cli.common import (
@@ -215,7 +216,7 @@ def heat_table(report: NormsReport, tokens: list[str], prompt: int) -> Table:
                   caption_justify="left", show_edge=False, pad_edge=False, padding=(0, 0), collapse_padding=True)
     table.add_column("layer", justify="right")
     for position in range(shown):
-        label = tokens[position].replace("\n", "\\n").strip() or repr(tokens[position])
+        label = visible(tokens[position].replace("\n", "\\n")).strip() or repr(tokens[position])
         table.add_column(Text(label[:HEAT_COLUMN_WIDTH], style="bold"), justify="right", width=HEAT_COLUMN_WIDTH)
     for row in range(matrix.shape[0]):
         cells = [layer_label("resid_pre", row, report.n_layers)]
@@ -233,7 +234,7 @@ def heat_table(report: NormsReport, tokens: list[str], prompt: int) -> Table:
 def render_norms(inputs: Inputs, report: NormsReport, tokens: list[list[str]], processing: str, prompt: int) -> None:
     model = inputs.model
     console.print(
-        f"[bold]{model.spec}[/]  {model.n_layers} layers, d_model {model.d_model}, weights {processing}; "
+        f"[bold]{markup_safe(model.spec)}[/]  {model.n_layers} layers, d_model {model.d_model}, weights {processing}; "
         f"{len(inputs.token_ids)} prompt(s), {report.n_positions} positions in the statistics "
         f"({'BOS included' if report.include_bos or not report.has_bos else 'BOS excluded'})"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from horizon.core.untrusted import markup_safe
 from horizon.tui.cli.app import app
 from horizon.tui.cli.common import (
     BosOpt,
@@ -53,7 +54,7 @@ def tokens(
             table.add_column("token")
             for position, (token_id, word) in enumerate(zip(ids, words, strict=True)):
                 note = " [dim](BOS)[/]" if position == 0 and inputs.has_bos else ""
-                table.add_row(str(position), str(token_id), repr(word) + note)
+                table.add_row(str(position), str(token_id), markup_safe(repr(word)) + note)
             console.print(table)
 
     emit(as_json, payload, render)

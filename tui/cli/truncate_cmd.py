@@ -12,6 +12,7 @@ from horizon.core.categories import CATEGORIES
 from horizon.core.errors import HorizonError
 from horizon.core.loader import DEFAULT_MODEL
 from horizon.core.truncation import TruncationReport, analyse_truncation, layer_labels, n_truncations
+from horizon.core.untrusted import markup_safe, visible
 from horizon.tui.cli.app import app
 from horizon.tui.cli.common import (
     BosOpt,
@@ -70,14 +71,14 @@ def _dot_bar(values: list[float], low: float) -> Text:
 
 
 def _visible(text: str) -> str:
-    return text.replace("\n", "⏎").replace("\t", "⇥")
+    return visible(text.replace("\n", "⏎").replace("\t", "⇥"))
 
 
 def render_truncation(report: TruncationReport, n_prompts: int, n_tokens: int, category_length: int) -> None:
     labels = layer_labels(report.n_layers)
     lengths = report.lengths
     console.print(
-        f"[bold]context truncation[/] · {report.model} · {n_prompts} prompt(s), {n_tokens} tokens · "
+        f"[bold]context truncation[/] · {markup_safe(report.model)} · {n_prompts} prompt(s), {n_tokens} tokens · "
         f"{len(report.record_token)} truncated prompts · lengths {', '.join(map(str, lengths))}"
     )
     finite = [v for c in lengths for v in report.median_cos[c] if v is not None and np.isfinite(v)]
@@ -183,7 +184,8 @@ def _heat_style(value: float, high: float) -> str:
 
 def render_attention(report: AttentionReport, top: int) -> None:
     console.print(
-        f"[bold]attention distance[/] · {report.model} · {report.n_layers} layers × {report.n_heads} query heads · "
+        f"[bold]attention distance[/] · {markup_safe(report.model)} · {report.n_layers} layers × "
+        f"{report.n_heads} query heads · "
         f"{report.n_queries} query positions (t >= 1)"
     )
     values = report.mean_distance_no_bos

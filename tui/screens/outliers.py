@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 from horizon.core.categories import CATEGORIES
+from horizon.core.untrusted import markup_safe
 from horizon.tui.screens.views import layer_name
 from horizon.tui.widgets.scales import fixed, note_margin
 from horizon.tui.widgets.token_grid import visible_token
@@ -38,8 +39,9 @@ def outlier_rows(report: Any, tokens_of: Any, length: int, layer: int, category:
         prompt, pos = int(report.record_prompt[row]), int(report.record_pos[row])
         tokens = tokens_of(prompt)
         before = "".join(tokens[max(1, pos - 6) : pos]).replace("\n", "↵")
-        out.append((float(report.cos[row, layer]), report.record_token[row], report.record_category[row],
-                    prompt + 1, pos, before[-24:] + "[" + tokens[pos].replace("\n", "↵") + "]"))
+        # DataTable reads str cells as markup: text of the prompt is escaped (markup, control characters).
+        out.append((float(report.cos[row, layer]), markup_safe(report.record_token[row]), report.record_category[row],
+                    prompt + 1, pos, markup_safe(before[-24:] + "[" + tokens[pos].replace("\n", "↵") + "]")))
     return out
 
 

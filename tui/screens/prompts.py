@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from horizon.core.untrusted import visible
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
@@ -42,7 +44,8 @@ class PromptPicker(ModalScreen[int | None]):
         options.clear_options()
         for index in matching(self.prompts, query)[:500]:
             label = self.prompts[index].replace("\n", "↵ ")
-            options.add_option(Option(f"{index:>4}  {label[:200]}", id=str(index)))
+            # A Text, not a str: the prompt is shown as written, never read as markup.
+            options.add_option(Option(Text(f"{index:>4}  {visible(label[:200])}"), id=str(index)))
         if options.option_count:
             options.highlighted = 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from horizon.core.untrusted import visible
 from horizon.tui.widgets.charts import sparkline
 from horizon.tui.widgets.scales import fmt
 from horizon.tui.widgets.token_grid import visible_token
@@ -45,9 +46,9 @@ class DetailPane(Static):
         text.append(f"#{detail.index} ", style="dim")
         text.append(visible_token(detail.token), style="bold reverse")
         text.append(f"  {detail.category}\n", style="italic")
-        context = Text("…" + detail.before[-40:].replace("\n", "↵"), style="dim")
-        context.append(detail.token.replace("\n", "↵"), style="bold underline")
-        context.append(detail.after[:24].replace("\n", "↵") + "…", style="dim")
+        context = Text("…" + visible(detail.before[-40:].replace("\n", "↵")), style="dim")
+        context.append(visible(detail.token.replace("\n", "↵")), style="bold underline")
+        context.append(visible(detail.after[:24].replace("\n", "↵")) + "…", style="dim")
         text.append_text(context)
         text.append("\n\n")
         text.append("cosine by layer", style="bold")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from horizon.core.untrusted import visible
 from rich.text import Text
 from textual.widgets import Static
 
@@ -15,10 +16,10 @@ class StatusLine(Static):
         text = Text()
         session = app.session
         if session is None:
-            text.append(f"loading {app.loading_label}…", style="bold yellow")
+            text.append(f"loading {visible(app.loading_label)}…", style="bold yellow")
             self.update(text)
             return
-        text.append(session.label, style="bold")
+        text.append(visible(session.label), style="bold")
         text.append(f" L={session.n_layers}", style="dim")
         text.append(f"  T={len(session.token_ids[app.prompt_index])}")
         if len(session.prompts) > 1:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from horizon.core.untrusted import visible
 from horizon.tui.widgets.scales import Scale
 from rich.style import Style
 from rich.text import Text
@@ -25,8 +26,8 @@ MAX_CELL = 16  # longer tokens are shown cut, with an ellipsis
 
 
 def visible_token(text: str) -> str:
-    """The token with whitespace made visible and long tokens cut."""
-    shown = text.translate(VISIBLE) or "∅"
+    """The token with whitespace and control characters made visible, and long tokens cut."""
+    shown = visible(text.translate(VISIBLE)) or "∅"
     return shown if len(shown) <= MAX_CELL else shown[: MAX_CELL - 1] + "…"
 
 
