@@ -21,16 +21,26 @@ either absent, complete and counted, or complete but not yet counted (a kill bet
 and the manifest update): readers use only the files of shards the manifest marks done, so no
 row is ever read twice or half, and ``--resume`` simply redoes shards that are not done.
 
+Every table file's row count and sha256 are recorded with it, so a file changed or damaged
+after the write (even one whose Parquet footer still reads) is named and never read. Temp files
+carry their writer's host and pid (``.NAME.HOST-PID.XXXX.tmp``): a run that joins the directory
+removes those of dead writers, and moves every file the manifest does not record (strays, damaged
+files) into ``DIR/quarantine/<time>/``, so that any Parquet reader of ``DIR/<table>`` sees exactly
+the recorded rows. Those moves, and the rename of a shard's files, happen under the lock.
+
 Nothing here imports torch: ``open_results`` must stay fast for ``horizon report`` and the app.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import hashlib
 import json
 import os
 import re
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -54,6 +64,37 @@ BASE_TABLES = ("prompts", "tokens")
 ANALYSIS_TABLES = {"norms": "norms", "truncate": "truncation", "scan": "horizon", "attention": "attention"}
 ANALYSES = tuple(ANALYSIS_TABLES)
 SHARD_FILE = re.compile(r"^shard-(\d{5})\.parquet$")
+QUARANTINE = "quarantine"
+# What each table must hold (more columns are fine: a later version may add one).
+SCHEMAS: dict[str, dict[str, pa.DataType]] = {
+    "prompts": {"prompt": pa.int32(), "n_tokens": pa.int32(), "text": pa.string()},
+    "tokens": {"prompt": pa.int32(), "position": pa.int32(), "token_id": pa.int32(), "token": pa.string()},
+    "norms": {"prompt": pa.int32(), "position": pa.int32(), "token": pa.string(), "layer": pa.int16(),
+              "site": pa.string(), "norm": pa.float32(), "std": pa.float32()},
+    "truncation": {"prompt": pa.int32(), "position": pa.int32(), "token": pa.string(), "category": pa.string(),
+                   "length": pa.int16(), "layer": pa.int16(), "cos": pa.float32(), "cos_raw": pa.float32()},
+    "horizon": {"prompt": pa.int32(), "n_tokens": pa.int32(), "k": pa.int16(), "K": pa.int16(),
+                "start_layer": pa.int16(), **{name: pa.float64() for name in
+                                              ("loss_clean", "loss", "delta_loss", "kl", "top1")}},
+    "attention": {"prompt": pa.int32(), "n_queries": pa.int32(), "layer": pa.int16(), "head": pa.int16(),
+                  **{name + suffix: pa.float64() for suffix in ("", "_no_bos") for name in
+                     ("mean_distance", "mass_0", "mass_1_5", "mass_6_10", "mass_gt10")}},
+}
+TABLES = (*BASE_TABLES, *ANALYSIS_TABLES.values())
+
+
+class WriteError(HorizonError):
+    """A file of the store could not be written (read-only place, a file in the way, a full disk)."""
+
+    def __init__(self, path: Path, exc: OSError) -> None:
+        self.path = path
+        cause = exc.strerror or str(exc) or type(exc).__name__
+        if exc.errno == errno.ENOSPC:
+            cause = "no space left on the device"
+        elif isinstance(exc, NotADirectoryError) or exc.errno == errno.ENOTDIR:
+            blocker = next((parent for parent in path.parents if parent.is_file()), None)
+            cause = f"{blocker} is a file, not a directory" if blocker else cause
+        super().__init__(f"cannot write {path}: {cause}")
 
 
 def now_iso() -> str:
@@ -80,22 +121,57 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through ``write(temp_path)`` and rename into place: readers see all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+def temp_tag() -> str:
+    """``HOST-PID`` of this process, as temp file names carry it (dots and dashes made safe)."""
+    host = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:40] or "host"
+    return f"{host}-{os.getpid()}"
+
+
+TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")
+
+
+def stage(path: Path, write: Callable[[Path], None]) -> Path:
+    """Write through ``write(temp_path)`` beside ``path`` and fsync it; ``commit`` renames it into place."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.{temp_tag()}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise WriteError(path, exc) from None
     temp = Path(temp_name)
     try:
         write(temp)
         os.chmod(temp, 0o644)  # mkstemp makes 0600 files; results are meant to be shared and read by others
         with open(temp, "rb") as handle:
             os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
+    except BaseException as exc:
         temp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise WriteError(path, exc) from None
         raise
+    return temp
+
+
+def commit(temp: Path, path: Path) -> None:
+    try:
+        os.replace(temp, path)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise WriteError(path, exc) from None
     _fsync_dir(path.parent)
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through ``write(temp_path)`` and rename into place: readers see all or nothing."""
+    commit(stage(path, write), path)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
@@ -105,6 +181,10 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
 
 def write_table_atomic(path: Path, table: pa.Table) -> None:
     _atomic_write(path, lambda temp: pq.write_table(table, temp, compression="zstd"))
+
+
+def stage_table(path: Path, table: pa.Table) -> Path:
+    return stage(path, lambda temp: pq.write_table(table, temp, compression="zstd"))
 
 
 def write_array_atomic(path: Path, array: np.ndarray) -> None:
@@ -121,8 +201,12 @@ def write_array_atomic(path: Path, array: np.ndarray) -> None:
 @contextlib.contextmanager
 def locked(root: Path) -> Iterator[None]:
     """An exclusive lock on the results directory (for manifest read-modify-write)."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / LOCK, "a") as handle:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        handle = open(root / LOCK, "a")
+    except OSError as exc:
+        raise WriteError(root / LOCK, exc) from None
+    with handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -143,12 +227,68 @@ def read_manifest(root: Path) -> dict[str, Any]:
         raise HorizonError(f"{path} is not a horizon results manifest")
     if manifest.get("version") != FORMAT_VERSION:
         raise HorizonError(f"{path} has format version {manifest.get('version')}; this horizon reads {FORMAT_VERSION}")
+    problem = structure_problem(manifest)
+    if problem:
+        raise HorizonError(f"{path} is damaged: {problem}")
     return manifest
 
 
-def update_manifest(root: Path, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    """Apply ``change`` to the manifest under the directory lock and rewrite it atomically."""
-    with locked(root):
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def structure_problem(manifest: dict[str, Any]) -> str | None:
+    """What is wrong with the structure or types of a manifest (valid JSON is not enough), or None."""
+    if "shards" not in manifest:
+        return None if set(manifest) <= {"format", "version", "runs", "updated"} else "it has no shard list"
+    checks: list[tuple[str, Any, Callable[[Any], bool], str]] = [
+        ("model", manifest.get("model"), lambda v: isinstance(v, dict) and isinstance(v.get("hash"), str)
+         and _is_int(v.get("n_layers")) and v["n_layers"] >= 1, "an object with a hash and n_layers"),
+        ("dtype", manifest.get("dtype"), lambda v: isinstance(v, str), "a string"),
+        ("bos", manifest.get("bos"), lambda v: isinstance(v, dict) and isinstance(v.get("enabled"), bool),
+         "an object with enabled true/false"),
+        ("corpus", manifest.get("corpus"), lambda v: isinstance(v, dict) and isinstance(v.get("sha256"), str)
+         and _is_int(v.get("n_prompts")) and (v.get("max_tokens") is None or _is_int(v.get("max_tokens"))),
+         "an object with sha256, n_prompts and max_tokens"),
+        ("analyses", manifest.get("analyses"), lambda v: isinstance(v, dict) and all(
+            name in ANALYSES and isinstance(settings, dict) for name, settings in v.items()),
+         "an object of known analyses"),
+        ("shard_size", manifest.get("shard_size"), lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+        ("shards", manifest.get("shards"), lambda v: isinstance(v, list), "a list"),
+        ("runs", manifest.get("runs", []), lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v),
+         "a list of objects"),
+    ]
+    for name, value, ok, expected in checks:
+        if not ok(value):
+            return f"{name} should be {expected}, it is {_short(value)}"
+    for index, shard in enumerate(manifest["shards"]):
+        where = f"shards[{index}]"
+        if not isinstance(shard, dict):
+            return f"{where} should be an object"
+        if shard.get("id") != index:
+            return f"{where}.id should be {index}, it is {_short(shard.get('id'))}"
+        prompts = shard.get("prompts")
+        if not (isinstance(prompts, list) and len(prompts) == 2 and all(_is_int(p) for p in prompts)
+                and 0 <= prompts[0] <= prompts[1]):
+            return f"{where}.prompts should be [first, last], it is {_short(prompts)}"
+        if not _is_int(shard.get("n_tokens")) or shard.get("status") not in ("pending", "done"):
+            return f"{where} should have an integer n_tokens and a status pending or done"
+        rows = shard.get("rows")
+        if not isinstance(rows, dict) or any(table not in TABLES or not _is_int(count) or count < 0
+                                             for table, count in rows.items()):
+            return f"{where}.rows should map table names to row counts, it is {_short(rows)}"
+        sums = shard.get("sha256", {})
+        if not isinstance(sums, dict) or any(not isinstance(value, str) for value in sums.values()):
+            return f"{where}.sha256 should map table names to hex digests"
+    return None
+
+
+def update_manifest(root: Path, change: Callable[[dict[str, Any]], None], lock: bool = True) -> dict[str, Any]:
+    """Apply ``change`` to the manifest under the directory lock and rewrite it atomically.
+
+    ``lock=False``: the caller already holds the lock.
+    """
+    with locked(root) if lock else contextlib.nullcontext():
         manifest = read_manifest(root)
         change(manifest)
         manifest["updated"] = now_iso()
@@ -204,6 +344,7 @@ class Results:
     manifest: dict[str, Any] | None
     problems: list[str] = field(default_factory=list)
     files: dict[str, list[Path]] = field(default_factory=dict)  # table -> readable files of done shards
+    notes: list[str] = field(default_factory=list)  # not problems: e.g. files moved to quarantine earlier
     _cache: dict[str, pa.Table] = field(default_factory=dict, repr=False)
 
     @property
@@ -219,12 +360,25 @@ class Results:
         return sum(1 for shard in self.shards if shard.get("status") == "done")
 
     def table(self, name: str, columns: list[str] | None = None) -> pa.Table | None:
-        """One table over all intact shards (None when no shard of it is readable)."""
+        """One table over all intact shards (None when no shard of it is readable).
+
+        A file whose footer reads but whose data does not (corrupt pages) is named in
+        ``problems`` and left out, here and in every later read.
+        """
         if name not in self.files or not self.files[name]:
             return None
         key = name if columns is None else f"{name}:{','.join(columns)}"
         if key not in self._cache:
-            parts = [pq.read_table(file, columns=columns) for file in self.files[name]]
+            parts = []
+            for file in list(self.files[name]):
+                try:
+                    parts.append(pq.read_table(file, columns=columns))
+                except (OSError, pa.ArrowException, ValueError) as exc:
+                    self.files[name].remove(file)
+                    self.problems.append(f"{file} is damaged ({type(exc).__name__} while reading its data); "
+                                         "it is left out, and --resume redoes that shard")
+            if not parts:
+                return None
             self._cache[key] = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
         return self._cache[key]
 
@@ -234,20 +388,79 @@ class Results:
             return None
         try:
             return np.load(file, allow_pickle=False)
-        except (OSError, ValueError):
+        except (OSError, ValueError, EOFError):
             return None
 
 
-def _check_file(file: Path, expected_rows: int | None) -> str | None:
-    """Why a Parquet shard file cannot be used, or None when it is intact."""
+def _check_file(file: Path, expected_rows: int | None, table: str | None = None,
+                expected_sha: str | None = None, full: bool = False) -> str | None:
+    """Why a Parquet shard file cannot be used, or None when it is intact.
+
+    Checks the footer, the schema of ``table``, the recorded row count and, when recorded, the
+    sha256; ``full`` also reads every data page (for files with no recorded sha256).
+    """
     try:
         metadata = pq.read_metadata(file)
-    except (OSError, pa.ArrowException) as exc:
+        schema = metadata.schema.to_arrow_schema()
+    except (OSError, pa.ArrowException, ValueError) as exc:
         return f"{file} is damaged or truncated ({type(exc).__name__}); rerun with --resume to redo it"
+    if table in SCHEMAS:
+        for column, kind in SCHEMAS[table].items():
+            index = schema.get_field_index(column)
+            if index < 0 or schema.field(index).type != kind:
+                found = "missing" if index < 0 else str(schema.field(index).type)
+                return (f"{file} does not hold a {table} table (column {column} is {found}, expected {kind}); "
+                        "rerun with --resume to redo it")
     if expected_rows is not None and metadata.num_rows != expected_rows:
         return (f"{file} has {metadata.num_rows} rows but the manifest recorded {expected_rows}; "
                 "it was changed after the sweep wrote it")
+    if expected_sha is not None:
+        try:
+            actual = file_sha256(file)
+        except OSError as exc:
+            return f"{file} cannot be read ({exc.strerror or type(exc).__name__})"
+        if actual != expected_sha:
+            return (f"{file} does not match the checksum the manifest recorded: it was changed or damaged after "
+                    "the sweep wrote it; rerun with --resume to redo it")
+    elif full:
+        try:
+            pq.read_table(file)
+        except (OSError, pa.ArrowException, ValueError) as exc:
+            return f"{file} is damaged ({type(exc).__name__} while reading its data); rerun with --resume to redo it"
     return None
+
+
+def _recorded(manifest: dict[str, Any]) -> dict[int, tuple[dict[str, int], dict[str, str]]]:
+    """shard id -> (rows, sha256) of the table files the manifest records."""
+    return {int(shard["id"]): (shard.get("rows") or {}, shard.get("sha256") or {})
+            for shard in manifest.get("shards", [])}
+
+
+def leftover_temps(root: Path) -> list[Path]:
+    """Temp files of interrupted writes, in the directory and its table folders."""
+    found = sorted(root.glob(".*.tmp")) if root.is_dir() else []
+    for table in TABLES:
+        if (root / table).is_dir():
+            found += sorted((root / table).glob(".*.tmp"))
+    return found
+
+
+def strays(root: Path, manifest: dict[str, Any]) -> list[Path]:
+    """Everything in a table folder that is not a file the manifest records (what a Parquet reader would add)."""
+    recorded = _recorded(manifest)
+    found = []
+    for table in TABLES:
+        folder = root / table
+        if not folder.is_dir():
+            continue
+        for entry in sorted(folder.iterdir()):
+            if entry.name.startswith((".", "_")):
+                continue  # hidden: temp files (handled apart); Parquet readers skip these names too
+            match = SHARD_FILE.match(entry.name)
+            if match and entry.is_file() and table in recorded.get(int(match.group(1)), ({}, {}))[0]:
+                continue
+            found.append(entry)
+    return found
 
 
 def open_results(path: str | Path) -> Results:
@@ -266,23 +479,24 @@ def open_results(path: str | Path) -> Results:
         manifest: dict[str, Any] | None = read_manifest(root)
     except HorizonError as exc:
         manifest = None
-        problems.append(f"{exc}; showing the readable shard files without checking them against it")
+        problems.append(f"{exc}; showing the readable shard files without checking them against it "
+                        "(--resume rebuilds it from them)")
     results = Results(path=root, manifest=manifest, problems=problems)
-    tables = [*BASE_TABLES, *ANALYSIS_TABLES.values()]
 
-    for table in tables:
-        folder = root / table
-        if not folder.is_dir():
-            continue
-        for leftover in sorted(folder.glob(".shard-*.tmp")):
-            problems.append(f"{leftover} is a half-written shard (the sweep was interrupted while writing it); "
-                            "it is ignored and --resume redoes that shard")
+    for leftover in leftover_temps(root):
+        problems.append(f"{leftover} is a half-written file (a run was interrupted while writing it); "
+                        "it is ignored, and the next run in this directory removes it")
+    quarantined = sorted(file for file in (root / QUARANTINE).rglob("*") if file.is_file()) \
+        if (root / QUARANTINE).is_dir() else []
+    if quarantined:
+        results.notes.append(f"{root / QUARANTINE} holds {len(quarantined)} file(s) an earlier run moved aside "
+                             "(not recorded by the manifest, or damaged); they are not part of the results")
 
     if manifest is None:
-        for table in tables:
+        for table in TABLES:
             files = []
             for file in sorted((root / table).glob("shard-*.parquet")) if (root / table).is_dir() else []:
-                problem = _check_file(file, None)
+                problem = _check_file(file, None, table)
                 if problem:
                     problems.append(problem)
                 else:
@@ -294,39 +508,128 @@ def open_results(path: str | Path) -> Results:
         return results
 
     # A table file counts once the manifest records its row count (written after the rename).
-    done_rows: dict[int, dict[str, int]] = {}
-    for shard in manifest.get("shards", []):
-        if shard.get("rows"):
-            done_rows[int(shard["id"])] = shard["rows"]
-    not_done = [shard["id"] for shard in manifest.get("shards", []) if shard.get("status") != "done"]
+    recorded = _recorded(manifest)
+    not_done = [shard["id"] for shard in manifest["shards"] if shard.get("status") != "done"]
     if not_done:
         problems.append(f"{len(not_done)} of {len(manifest['shards'])} shards are not finished "
                         f"(first: {not_done[0]}); run the same sweep with --resume to complete them")
-    for table in tables:
+    for table in TABLES:
         files = []
         folder = root / table
-        for shard_id, rows in sorted(done_rows.items()):
+        for shard_id, (rows, sums) in sorted(recorded.items()):
             if table not in rows:
                 continue  # that analysis was not part of the run that wrote this shard
             file = folder / shard_name(shard_id)
-            if not file.exists():
+            if not file.is_file():
                 problems.append(f"{file} is missing although the manifest marks shard {shard_id} done; "
                                 "rerun with --resume to redo it")
                 continue
-            problem = _check_file(file, rows[table])
+            problem = _check_file(file, rows[table], table, sums.get(table))
             if problem:
                 problems.append(problem)
             else:
                 files.append(file)
-        if folder.is_dir():
-            for file in sorted(folder.glob("shard-*.parquet")):
-                match = SHARD_FILE.match(file.name)
-                if match and table not in done_rows.get(int(match.group(1)), {}):
-                    problems.append(f"{file} belongs to a shard the manifest does not mark done "
-                                    "(interrupted before it was recorded); it is ignored")
         if files:
             results.files[table] = files
+    for entry in strays(root, manifest):
+        problems.append(f"{entry} is not recorded by the manifest (interrupted before it was recorded, or put "
+                        "there by hand); it is ignored, and --resume moves it to the quarantine folder")
+    problem = mu_problem(root, manifest)
+    if problem:
+        problems.append(problem)
     return results
+
+
+def mu_problem(root: Path, manifest: dict[str, Any]) -> str | None:
+    """What is wrong with the stored corpus mean residual, when truncation has one recorded."""
+    recorded = manifest["analyses"].get("truncate", {}).get("_mu_sha256")
+    if not recorded:
+        return None
+    path = root / MU_FILE
+    try:
+        mu = np.load(path, allow_pickle=False)
+        ok = hashlib.sha256(np.ascontiguousarray(mu).tobytes()).hexdigest() == recorded
+    except FileNotFoundError:
+        return f"{path} is missing (the truncation tables are intact); --resume computes it again"
+    except (OSError, ValueError, EOFError):
+        ok = False
+    if not ok:
+        return (f"{path} is damaged or does not match the checksum the manifest recorded (the truncation tables "
+                "are intact); --resume computes it again")
+    return None
+
+
+def quarantine(root: Path, paths: list[Path], stamp: str | None = None) -> Path | None:
+    """Move ``paths`` (inside ``root``) to ``root/quarantine/<stamp>/``, keeping their relative paths."""
+    if not paths:
+        return None
+    stamp = stamp or datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    target = root / QUARANTINE / stamp
+    for path in paths:
+        destination = target / path.relative_to(root)
+        try:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, destination)
+        except OSError as exc:
+            raise WriteError(destination, exc) from None
+    return target
+
+
+def tidy(root: Path, manifest: dict[str, Any], pid_alive: Callable[[int], bool] | None = None) -> list[str]:
+    """Before a run joins the directory (caller holds the lock): remove dead writers' temp files, move
+    every unrecorded or damaged table file to the quarantine folder and forget damaged ones in
+    ``manifest`` (so they are redone). Returns one line per kind of thing done.
+    """
+    alive = pid_alive or _pid_alive
+    here = temp_tag().rsplit("-", 1)[0]
+    removed = 0
+    for temp in leftover_temps(root):
+        match = TEMP_FILE.match(temp.name)
+        if match and match.group("host") == here and alive(int(match.group("pid"))):
+            continue  # a live writer on this machine (another --shard worker) is writing it
+        if match and match.group("host") != here:
+            with contextlib.suppress(OSError):
+                if datetime.now(UTC).timestamp() - temp.stat().st_mtime < 24 * 3600:
+                    continue  # perhaps a live writer on another machine: left for a day
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+            removed += 1
+    moving = strays(root, manifest)
+    damaged = 0
+    for shard in manifest["shards"]:
+        rows, sums = shard.get("rows") or {}, shard.get("sha256") or {}
+        for table in list(rows):
+            file = shard_path(root, table, int(shard["id"]))
+            if not file.is_file():
+                problem = "missing"
+            else:
+                problem = _check_file(file, rows[table], table, sums.get(table), full=table not in sums)
+            if problem:
+                del rows[table]
+                sums.pop(table, None)
+                shard["status"] = "pending"
+                damaged += 1
+                if file.is_file():
+                    moving.append(file)
+    lines = []
+    if removed:
+        lines.append(f"removed {removed} temp file(s) of an interrupted run")
+    target = quarantine(root, moving)
+    if target is not None:
+        lines.append(f"moved {len(moving)} file(s) the manifest does not record, or that are damaged, to {target}")
+    if damaged:
+        lines.append(f"{damaged} recorded table file(s) are missing or damaged: their shards are redone")
+    return lines
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def mark_damaged_shards(root: Path, results: Results) -> list[int]:
@@ -335,9 +638,10 @@ def mark_damaged_shards(root: Path, results: Results) -> list[int]:
         return []
     bad: list[int] = []
     for shard in results.manifest.get("shards", []):
+        sums = shard.get("sha256") or {}
         for table, rows in shard.get("rows", {}).items():
             file = shard_path(root, table, int(shard["id"]))
-            if not file.exists() or _check_file(file, rows) is not None:
+            if not file.exists() or _check_file(file, rows, table, sums.get(table), full=table not in sums):
                 bad.append(int(shard["id"]))
                 break
     return bad

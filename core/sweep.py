@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from horizon.core import options, store
 from horizon.core.corpus import Corpus, check_max_tokens
 from horizon.core.errors import HorizonError
@@ -436,44 +437,147 @@ def _new_manifest(corpus: Corpus, settings: SweepSettings, described: dict[str, 
     }
 
 
-def _prepare_directory(root: Path, new: dict[str, Any], resume: bool, force: bool) -> tuple[dict[str, Any], str]:
-    """Create the manifest, or check the existing one and join it. Returns (manifest, what happened)."""
+def _prepare_directory(root: Path, new: dict[str, Any], resume: bool, force: bool,
+                       texts: Sequence[str] = ()) -> tuple[dict[str, Any], str, list[str]]:
+    """Create the manifest, or check the existing one and join it, or rebuild a lost one.
+
+    Returns (manifest, what happened, notes): the notes say what was tidied (temp files removed,
+    files moved to the quarantine folder) or rebuilt, one line each.
+    """
     with store.locked(root):
+        notes: list[str] = []
+        old = None
+        damaged = None
         if (root / store.MANIFEST).exists():
             try:
                 old = store.read_manifest(root)
-            except HorizonError:
-                if not force:
-                    raise HorizonError(f"{root / store.MANIFEST} is damaged; pass --force to discard the directory's "
-                                       "results and start over") from None
-                old = None
-            conflicts = store.settings_conflicts(old, new) if old is not None else []
+            except HorizonError as exc:
+                damaged = str(exc)
+        if old is not None:
+            conflicts = store.settings_conflicts(old, new)
             if conflicts and not force:
                 raise HorizonError(f"{root} holds a sweep with other settings ({'; '.join(conflicts)}); use another "
                                    "--out, or pass --force to discard its results and start over")
-            if old is not None and not conflicts:
+            if not conflicts:
                 for name, analysis in new["analyses"].items():
                     old["analyses"].setdefault(name, analysis)
+                notes += store.tidy(root, old)
                 old["finished"] = None if _missing_work(old) else old["finished"]
                 store.write_json_atomic(root / store.MANIFEST, old)
-                return old, "resumed"
+                return old, "resumed", notes
             _discard(root)
-        elif resume:
+        elif not force and (damaged is not None or _has_shard_files(root)):
+            manifest, notes = _rebuild_manifest(root, new, texts, damaged)
+            notes += store.tidy(root, manifest)
+            store.write_json_atomic(root / store.MANIFEST, manifest)
+            return manifest, "rebuilt", notes
+        elif resume and not force:
             raise HorizonError(f"--resume: {root} holds no sweep to resume")
-        elif root.exists() and any(path.name != store.LOCK for path in root.iterdir()):
+        elif root.exists() and any(path.name not in (store.LOCK, store.QUARANTINE) for path in root.iterdir()):
             if not force:
                 raise HorizonError(f"{root} exists and is not a results directory; use another --out or --force")
             _discard(root)
+        elif force:
+            _discard(root)
         store.write_json_atomic(root / store.MANIFEST, new)
-        return new, "created"
+        return new, "created", notes
+
+
+def _has_shard_files(root: Path) -> bool:
+    return any((root / table).is_dir() and any((root / table).glob("shard-*.parquet")) for table in store.TABLES)
+
+
+def _rebuild_manifest(root: Path, new: dict[str, Any], texts: Sequence[str],
+                      damaged: str | None) -> tuple[dict[str, Any], list[str]]:
+    """A manifest for this run that adopts every shard file that provably belongs to it.
+
+    A file is adopted when it reads completely, has its table's schema, covers exactly its
+    shard's prompts, and has the row count (and the k, start layer and length values) this
+    run's corpus, tokens and settings give; the prompts table must hold this corpus's texts and
+    token counts. What a file cannot show (the model's weights, scan tol/source/final) is taken
+    on trust from this run. Everything else is left for ``tidy`` to move to the quarantine folder.
+    """
+    manifest = json.loads(json.dumps(new))
+    moved = store.quarantine(root, [root / store.MANIFEST]) if damaged is not None else None
+    n_layers, n_heads = manifest["model"]["n_layers"], manifest["model"]["n_heads"]
+    analyses = manifest["analyses"]
+    adopted = 0
+    for shard in manifest["shards"]:
+        shard_id = int(shard["id"])
+        first, last = shard["prompts"]
+        prompts = list(range(first, last + 1))
+        base = _read_whole(store.shard_path(root, "prompts", shard_id), "prompts")
+        if base is None or base.column("prompt").to_pylist() != prompts \
+                or base.column("text").to_pylist() != list(texts[first:last + 1]) \
+                or sum(base.column("n_tokens").to_pylist()) != shard["n_tokens"]:
+            continue  # without its prompts table nothing in this shard can be checked
+        lengths = base.column("n_tokens").to_pylist()
+        expected = {"prompts": len(prompts), "tokens": sum(lengths),
+                    "norms": sum(lengths) * (n_layers + 1 + 4 * n_layers),
+                    "attention": len(prompts) * n_layers * n_heads}
+        if "scan" in analyses:
+            scan = analyses["scan"]
+            expected["horizon"] = len(prompts) * len(set(scan["ks"])) * len(set(scan["start_layers"]))
+        if "truncate" in analyses:
+            c_values = analyses["truncate"]["lengths"]
+            expected["truncation"] = (n_layers + 1) * sum(max(0, t - 1 - c) for t in lengths for c in c_values)
+        wanted = [*store.BASE_TABLES, *(ANALYSIS_TABLES[name] for name in analyses)]
+        for table in wanted:
+            path = store.shard_path(root, table, shard_id)
+            data = base if table == "prompts" else _read_whole(path, table)
+            if data is None or data.num_rows != expected[table] or not _same_values(data, {"prompt": prompts}):
+                continue
+            if table == "horizon" and not _same_values(data, {"k": analyses["scan"]["ks"],
+                                                                "start_layer": analyses["scan"]["start_layers"]}):
+                continue
+            if table == "truncation" and not _same_values(data, {"length": analyses["truncate"]["lengths"]}, True):
+                continue
+            shard["rows"][table] = data.num_rows
+            shard.setdefault("sha256", {})[table] = store.file_sha256(path)
+            adopted += 1
+        shard["status"] = "pending" if _missing_tables(manifest, shard) else "done"
+    if "truncate" in analyses and any("truncation" in shard["rows"] for shard in manifest["shards"]):
+        try:
+            mu = np.load(root / store.MU_FILE, allow_pickle=False)
+            if mu.shape == (n_layers + 1, manifest["model"]["d_model"]) and np.isfinite(mu).all():
+                analyses["truncate"]["_mu_sha256"] = hashlib.sha256(mu.tobytes()).hexdigest()
+        except (OSError, ValueError, EOFError):
+            pass  # computed again before any truncation shard runs
+    manifest["rebuilt"] = store.now_iso()
+    done = sum(1 for shard in manifest["shards"] if shard["status"] == "done")
+    why = f"it was damaged (kept in {moved})" if moved is not None else "it was missing"
+    notes = [f"rebuilt {root / store.MANIFEST} ({why}) from {adopted} shard file(s) that match this run's corpus, "
+             f"tokens and settings: {done}/{len(manifest['shards'])} shards done; the model weights and scan "
+             "tol/source/final cannot be checked from the files and are taken from this run"]
+    return manifest, notes
+
+
+def _same_values(data: pa.Table, wanted: dict[str, list[int]], subset: bool = False) -> bool:
+    for column, values in wanted.items():
+        found = set(data.column(column).to_pylist())
+        if not (found <= set(values) if subset else found == set(values)):
+            return False
+    return True
+
+
+def _read_whole(path: Path, table: str) -> pa.Table | None:
+    """The table in ``path`` when it is complete and has its schema, else None."""
+    if not path.is_file() or store._check_file(path, None, table) is not None:
+        return None
+    try:
+        return pq.read_table(path)
+    except (OSError, pa.ArrowException, ValueError):
+        return None
 
 
 def _discard(root: Path) -> None:
-    """Remove a previous sweep's files (only the ones a sweep writes)."""
-    for table in (*BASE_TABLES, *ANALYSIS_TABLES.values()):
+    """Remove a previous sweep's files (only the ones a sweep writes; the quarantine folder stays)."""
+    for table in store.TABLES:
         shutil.rmtree(root / table, ignore_errors=True)
-    for name in (store.MANIFEST, store.MU_FILE, VIEWS_FILE):
+    for name in (store.MANIFEST, store.MU_FILE, VIEWS_FILE, ABLATION_MEANS_FILE):
         (root / name).unlink(missing_ok=True)
+    for temp in store.leftover_temps(root):
+        temp.unlink(missing_ok=True)
 
 
 def _missing_work(manifest: dict[str, Any]) -> bool:
@@ -486,15 +590,21 @@ def _missing_tables(manifest: dict[str, Any], shard: dict[str, Any]) -> list[str
 
 
 def _ensure_mu(root: Path, manifest: dict[str, Any], compute: Callable[[], np.ndarray]) -> np.ndarray:
-    """Load the stored corpus mean, or compute and store it once (under the lock: one worker does it)."""
+    """Load the stored corpus mean, or compute and store it once (under the lock: one worker does it).
+
+    A missing, unreadable or changed file (its sha256 is recorded) is computed again.
+    """
     with store.locked(root):
         current = store.read_manifest(root)
         recorded = current["analyses"].get("truncate", {}).get("_mu_sha256")
         path = root / store.MU_FILE
         if recorded and path.exists():
-            mu = np.load(path, allow_pickle=False)
-            if hashlib.sha256(mu.tobytes()).hexdigest() == recorded:
-                return mu
+            try:
+                mu = np.load(path, allow_pickle=False)
+                if hashlib.sha256(np.ascontiguousarray(mu).tobytes()).hexdigest() == recorded:
+                    return mu
+            except (OSError, ValueError, EOFError):
+                pass
         mu = compute().astype(np.float32)
         store.write_array_atomic(path, mu)
         current["analyses"]["truncate"]["_mu_sha256"] = hashlib.sha256(mu.tobytes()).hexdigest()
@@ -535,31 +645,43 @@ def _ensure_ablation_means(root: Path, manifest: dict[str, Any], compute: Callab
 
 
 def _record_shard(root: Path, shard_id: int, tables: dict[str, pa.Table], seconds: float, worker: str) -> None:
-    """Write a shard's tables atomically, then mark them in the manifest (in that order: see store.py)."""
-    for table, data in tables.items():
-        store.write_table_atomic(store.shard_path(root, table, shard_id), data)
+    """Write a shard's tables, then mark them in the manifest (in that order: see store.py).
 
-    def change(manifest: dict[str, Any]) -> None:
-        shard = manifest["shards"][shard_id]
-        shard["rows"].update({table: data.num_rows for table, data in tables.items()})
-        shard["status"] = "pending" if _missing_tables(manifest, shard) else "done"
-        shard["finished"] = store.now_iso()
-        shard["seconds"] = round(seconds, 3)
-        shard["worker"] = worker
+    The slow part (writing and syncing the temp files) runs outside the lock; the renames and
+    the manifest update run under it, so a run tidying the directory never sees a renamed file
+    that is not recorded yet.
+    """
+    staged: dict[str, Path] = {}
+    try:
+        for table, data in tables.items():
+            staged[table] = store.stage_table(store.shard_path(root, table, shard_id), data)
+        sums = {table: store.file_sha256(temp) for table, temp in staged.items()}
 
-    store.update_manifest(root, change)
+        def change(manifest: dict[str, Any]) -> None:
+            shard = manifest["shards"][shard_id]
+            shard["rows"].update({table: data.num_rows for table, data in tables.items()})
+            shard.setdefault("sha256", {}).update(sums)
+            shard["status"] = "pending" if _missing_tables(manifest, shard) else "done"
+            shard["finished"] = store.now_iso()
+            shard["seconds"] = round(seconds, 3)
+            shard["worker"] = worker
+
+        with store.locked(root):
+            for table in list(staged):
+                store.commit(staged.pop(table), store.shard_path(root, table, shard_id))
+            store.update_manifest(root, change, lock=False)
+    finally:
+        for temp in staged.values():
+            temp.unlink(missing_ok=True)
 
 
-def _todo(manifest: dict[str, Any], shard_spec: ShardSpec, analyses: list[str],
-          damaged: set[int]) -> list[tuple[int, list[str]]]:
+def _todo(manifest: dict[str, Any], shard_spec: ShardSpec, analyses: list[str]) -> list[tuple[int, list[str]]]:
     """(shard id, analyses still to run) for this worker's shards, in id order."""
     todo = []
     for shard in manifest["shards"]:
         shard_id = int(shard["id"])
         if not shard_spec.owns(shard_id):
             continue
-        if shard_id in damaged:
-            shard["rows"] = {}
         missing = _missing_tables(manifest, shard)
         wanted = [name for name in analyses if ANALYSIS_TABLES[name] in missing]
         if wanted or any(table in missing for table in BASE_TABLES):
@@ -598,8 +720,7 @@ def run_sweep(
     if workers < 1:
         raise HorizonError("--workers must be at least 1")
     root = Path(out).expanduser()
-    if root.exists() and not root.is_dir():
-        raise HorizonError(f"--out {out} is a file, not a directory")
+    _check_out(root, out)
     loaded = None if isinstance(model, str) else model  # an already loaded model (local backend only)
     if loaded is not None and backend != "local":
         raise ValueError("a loaded model can only be used with the local backend")
@@ -608,19 +729,47 @@ def run_sweep(
     started_clock = time.perf_counter()
     started = store.now_iso()
 
+    try:
+        return _run(corpus, root, config, loaded, settings, shard, resume, force, backend, workers, ray_address,
+                    max_prompts, progress, on_plan, started, started_clock)
+    except store.WriteError as exc:
+        if (root / store.MANIFEST).is_file():
+            raise HorizonError(f"{exc}; the finished shards are kept: run the same command with --resume once "
+                               "that is fixed") from None
+        raise
+
+
+def _check_out(root: Path, out: str | Path) -> None:
+    """Refuse an --out that cannot be written before the model loads (a file in the way, no permission)."""
+    if root.exists() and not root.is_dir():
+        raise HorizonError(f"--out {out} is a file, not a directory")
+    existing = root
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing != root and not existing.is_dir():
+        raise HorizonError(f"cannot write {root}: {existing} is a file, not a directory")
+    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+        raise HorizonError(f"cannot write {root}: {existing} is not writable (permission denied)")
+
+
+def _run(corpus: Corpus, root: Path, config: WorkerConfig, loaded: LoadedModel | None, settings: SweepSettings,
+         shard: ShardSpec, resume: bool, force: bool, backend: str, workers: int, ray_address: str | None,
+         max_prompts: int | None, progress: Callable[[int, int], None] | None,
+         on_plan: Callable[[int, int, int], None] | None, started: str, started_clock: float) -> SweepSummary:
     pool = _LocalPool(config, loaded) if backend == "local" else _RayPool(config, workers, ray_address)
     try:
         described = pool.describe()
         settings.validate_for_model(described["model"]["n_layers"], described["model"]["n_ctx"])
         new = _new_manifest(corpus, settings, described, max_prompts, started)
-        manifest, _ = _prepare_directory(root, new, resume, force)
+        manifest, _, notes = _prepare_directory(root, new, resume, force, corpus.texts)
         run_record = {"started": started, "ended": None, "shard": str(shard), "backend": backend,
                       "workers": pool.size, "host": described["host"], "device": described["device"],
                       "pid": os.getpid()}
         store.update_manifest(root, lambda m: m["runs"].append(run_record))
 
-        damaged = set(store.mark_damaged_shards(root, store.open_results(root)))
-        todo = _todo(manifest, shard, settings.analyses, damaged)
+        todo = _todo(manifest, shard, settings.analyses)
         done_before = sum(1 for s in manifest["shards"] if not _missing_tables(manifest, s))
         shard_tokens = {int(s["id"]): int(s["n_tokens"]) for s in manifest["shards"]}
         shard_prompts = {int(s["id"]): s["prompts"][1] - s["prompts"][0] + 1 for s in manifest["shards"]}
@@ -630,6 +779,9 @@ def run_sweep(
 
         if todo and any("truncate" in analyses for _, analyses in todo):
             pool.set_mu(_ensure_mu(root, manifest, pool.compute_mu))
+        elif "truncate" in manifest["analyses"] and store.mu_problem(root, manifest):
+            _ensure_mu(root, manifest, pool.compute_mu)  # a damaged corpus mean is computed again
+            notes.append(f"computed {root / store.MU_FILE} again (it was missing or damaged)")
         if settings.ablation == "mean" and todo and any("scan" in analyses for _, analyses in todo):
             pool.set_ablation_means(_ensure_ablation_means(root, manifest, pool.compute_ablation_means))
 
@@ -655,7 +807,10 @@ def run_sweep(
             m["finished"] = ended
 
     final = store.update_manifest(root, finish)
-    write_views(root)
+    try:
+        write_views(root)
+    except store.WriteError as exc:  # only a cache: report computes the views without it
+        notes.append(f"{exc}; report computes the views from the tables instead")
     done = sum(1 for s in final["shards"] if not _missing_tables(final, s))
     return SweepSummary(
         out=str(root), shards_total=len(final["shards"]), shards_done_before=done_before, shards_run=len(todo),
@@ -663,6 +818,7 @@ def run_sweep(
         seconds=time.perf_counter() - started_clock, work_seconds=work_seconds,
         complete=final["finished"] is not None,
         analyses=list(final["analyses"]),
+        problems=notes,
     )
 
 
@@ -805,8 +961,9 @@ def corpus_views(results: store.Results) -> dict[str, Any]:
             continue
         try:
             views[analysis] = build(results, table, manifest, has_bos)
-        except (KeyError, ValueError, pa.ArrowException) as exc:
-            results.problems.append(f"the {analysis} table cannot be summarised ({type(exc).__name__}: {exc})")
+        except Exception as exc:  # damaged data of any shape: name it and show the other analyses
+            reason = str(exc).splitlines()[0][:200] if str(exc) else ""
+            results.problems.append(f"the {analysis} table cannot be summarised ({type(exc).__name__}: {reason})")
     return views
 
 
@@ -1008,24 +1165,44 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__} in {VIEWS_FILE}")
 
 
+def _views_sha256(views: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(views, sort_keys=True, default=_plain).encode()).hexdigest()
+
+
 def write_views(root: str | Path) -> dict[str, Any]:
     """Compute the corpus views and store them beside the tables, so ``report`` needs no torch."""
     results = store.open_results(root)
-    views = corpus_views(results)
-    payload = {"fingerprint": views_fingerprint(results), "views": views}
-    text = json.dumps(payload, default=_plain)
+    views = corpus_views(results)  # may leave out a file whose data turns out damaged: fingerprint after it
+    plain = json.loads(json.dumps(views, default=_plain))
+    payload = {"fingerprint": views_fingerprint(results), "sha256": _views_sha256(plain), "views": plain}
+    text = json.dumps(payload)
     store._atomic_write(Path(root) / VIEWS_FILE, lambda temp: temp.write_text(text, encoding="utf-8"))
     return views
 
 
 def load_views(results: store.Results) -> dict[str, Any]:
-    """The stored views when they match the intact files exactly, else computed now (slower: imports torch)."""
+    """The stored views when they match the intact files exactly, else computed now (slower: imports torch).
+
+    The cache is used only when its fingerprint names exactly the intact files and its content
+    hashes to the sha256 it records; anything else (damaged, edited, of another shape) is
+    named in ``results.problems`` and the views are computed from the tables.
+    """
     path = results.path / VIEWS_FILE
     if path.exists():
         try:
             payload = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(payload, dict):
+                raise ValueError("not an object")
+            views = payload.get("views")
             if payload.get("fingerprint") == views_fingerprint(results):
-                return payload["views"]
-        except (OSError, ValueError, AttributeError):
-            pass  # a damaged cache is only a cache: compute the views again
+                if (isinstance(views, dict) and set(views) <= set(ANALYSES)
+                        and all(isinstance(view, dict) for view in views.values())
+                        and payload.get("sha256") == _views_sha256(views)):
+                    return views
+                results.problems.append(f"{path} does not hold what it claims (its content does not match its "
+                                        "checksum); the views are computed from the tables")
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            # A damaged cache is only a cache: compute the views again.
+            results.problems.append(f"{path} is damaged ({type(exc).__name__}); the views are computed from the "
+                                    "tables")
     return corpus_views(results)

@@ -125,7 +125,7 @@ def test_half_written_and_unrecorded_shards_are_ignored(copy: Path) -> None:
     store.write_json_atomic(copy / store.MANIFEST, manifest)
     results = store.open_results(copy)
     text = " | ".join(results.problems)
-    assert "half-written" in text and "does not mark done" in text and "not finished" in text
+    assert "half-written" in text and "not recorded by the manifest" in text and "not finished" in text
     assert set(results.table("norms").column("prompt").to_pylist()) == {0, 1, 2}
 
 

@@ -142,9 +142,17 @@ def jsonable(value: Any) -> Any:
 def emit(as_json: bool, payload: dict[str, Any], render: Callable[[], None]) -> None:
     """Print ``payload`` as JSON, or call ``render`` for the rich view."""
     if as_json:
-        sys.stdout.write(json.dumps(jsonable(payload)) + "\n")
+        # json.dumps escapes every control character but DEL; text from outside gets no raw one through.
+        sys.stdout.write(json.dumps(jsonable(payload)).replace("\x7f", "\\u007f") + "\n")
     else:
         render()
+
+
+def warn(message: str, kind: str = "warning") -> None:
+    """One line on stderr, with text from outside made safe (control characters, markup)."""
+    from horizon.core.untrusted import markup_safe
+
+    err_console.print(f"[yellow]horizon: {kind}:[/] {markup_safe(message)}", highlight=False, soft_wrap=True)
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 from horizon.core import options, store
 from horizon.core.errors import HorizonError
+from horizon.core.untrusted import markup_safe
 from horizon.tui.cli.app import app
 from horizon.tui.cli.common import (
     BosOpt,
@@ -30,6 +31,7 @@ from horizon.tui.cli.common import (
     emit,
     err_console,
     parse_int_list,
+    warn,
 )
 from rich.table import Table
 
@@ -182,12 +184,13 @@ def sweep(
         "seconds": round(summary.seconds, 3),
         "work_seconds": round(summary.work_seconds, 3),
         "tokens_per_s": round(summary.tokens_per_s, 1),
+        "notes": summary.problems,
     }
 
     def render() -> None:
         state = "[green]complete[/]" if summary.complete else "[yellow]incomplete[/]"
         console.print(
-            f"sweep {state}: {summary.shards_done}/{summary.shards_total} shards in {summary.out} "
+            f"sweep {state}: {summary.shards_done}/{summary.shards_total} shards in {markup_safe(summary.out)} "
             f"({summary.shards_run} run now, {summary.shards_done_before} already done)"
         )
         console.print(
@@ -197,9 +200,11 @@ def sweep(
         )
         if not summary.complete:
             console.print("[dim]other shards are for other --shard workers, or run the same command with --resume[/]")
-        console.print(f"[dim]see the results: horizon report {summary.out}[/]")
+        console.print(f"[dim]see the results: horizon report {markup_safe(summary.out)}[/]")
 
     emit(as_json, payload, render)
+    for note in summary.problems[:3]:  # what was tidied or rebuilt in --out: one line each
+        warn(note, "note")
 
 
 def _resumable_on_interrupt(out: str) -> None:
@@ -268,11 +273,11 @@ def report(
     as_json: JsonOpt = False,
 ) -> None:
     """The corpus-wide view of every analysis in a results directory (no model is loaded)."""
-    from horizon.core.sweep import load_views
+    from horizon.core.sweep import corpus_views, load_views
 
     results = store.open_results(directory)
-    views = load_views(results)
-    manifest = results.manifest or {}
+    views = sanitize(load_views(results))
+    manifest = sanitize(results.manifest or {})
     payload = {
         "results": str(results.path),
         "problems": results.problems,
@@ -289,9 +294,43 @@ def report(
         "scan": views.get("scan"),
         "attention": views.get("attention"),
     }
-    emit(as_json, payload, lambda: render_report(results, views))
-    for problem in results.problems:
-        err_console.print(f"[yellow]horizon: warning:[/] {problem}", highlight=False, soft_wrap=True)
+
+    def render() -> None:
+        try:
+            with console.capture() as captured:
+                render_report(results, views)
+        except Exception as exc:  # a view of the wrong shape (a crafted or stale cache): recompute it
+            results.problems.append(f"the stored views cannot be shown ({type(exc).__name__}); computed from "
+                                    "the tables instead")
+            with console.capture() as captured:
+                render_report(results, sanitize(corpus_views(results)))
+        sys.stdout.write(captured.get())
+
+    emit(as_json, payload, render)
+    _print_problems(results.problems, results.notes)
+
+
+def _print_problems(problems: list[str], notes: list[str], limit: int = 3) -> None:
+    """At most ``limit`` lines on stderr: the first problems, then how many more (report --json lists all)."""
+    lines = [("warning", problem) for problem in problems] + [("note", note) for note in notes]
+    if len(lines) > limit:
+        more = len(lines) - (limit - 1)
+        lines = [*lines[: limit - 1], ("warning", f"and {more} more problem(s): horizon report --json lists them all")]
+    for kind, line in lines:
+        warn(line, kind)
+
+
+def sanitize(value: Any) -> Any:
+    """Every string of a stored view or manifest with control characters made visible (keys included)."""
+    from horizon.core.untrusted import visible
+
+    if isinstance(value, str):
+        return visible(value)
+    if isinstance(value, dict):
+        return {sanitize(key) if isinstance(key, str) else key: sanitize(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [sanitize(item) for item in value]
+    return value
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
@@ -315,10 +354,12 @@ def render_report(results: store.Results, views: dict[str, Any]) -> None:
     manifest = results.manifest or {}
     model = manifest.get("model") or {}
     corpus = manifest.get("corpus") or {}
+    safe = markup_safe
     console.print(
-        f"[bold]{results.path}[/]  model [bold]{model.get('spec', '?')}[/] ({model.get('n_layers', '?')} layers, "
-        f"{manifest.get('dtype', '?')}, {manifest.get('device', '?')}); corpus {corpus.get('name', '?')}: "
-        f"{corpus.get('n_prompts', '?')} prompts, {corpus.get('n_tokens', '?')} tokens; "
+        f"[bold]{safe(results.path)}[/]  model [bold]{safe(model.get('spec', '?'))}[/] "
+        f"({safe(model.get('n_layers', '?'))} layers, {safe(manifest.get('dtype', '?'))}, "
+        f"{safe(manifest.get('device', '?'))}); corpus {safe(corpus.get('name', '?'))}: "
+        f"{safe(corpus.get('n_prompts', '?'))} prompts, {safe(corpus.get('n_tokens', '?'))} tokens; "
         f"shards {results.n_done()}/{len(results.shards)} done"
     )
     if not views:
@@ -388,7 +429,8 @@ def _render_truncation(view: dict[str, Any]) -> None:
     for category, medians in categories.items():
         if category == "count":
             continue
-        by_category.add_row(category, str(categories["count"][category]), *[fmt(medians[r], 2) for r in rows])
+        by_category.add_row(markup_safe(category), str(categories["count"][category]),
+                            *[fmt(medians[r], 2) for r in rows])
     console.print(by_category)
     if view["outliers"]:
         outliers = Table(title="truncate: lowest-cosine tokens", title_justify="left")
@@ -396,12 +438,13 @@ def _render_truncation(view: dict[str, Any]) -> None:
             outliers.add_column(column)
         for item in view["outliers"][:10]:
             context = (
-                item["context_before"] + "[bold reverse]" + _escape(item["token"]) + "[/]" + item["context_after"]
-            ).replace("\n", "⏎")
+                _shown(item["context_before"]) + "[bold reverse]" + _shown(item["token"]) + "[/]"
+                + _shown(item["context_after"])
+            )
             outliers.add_row(
                 str(item["prompt"]),
                 str(item["pos"]),
-                repr(item["token"]),
+                markup_safe(repr(item["token"])),
                 str(item["length"]),
                 _layer_label(item["layer"], n_layers),
                 fmt(item["cos"], 2),
@@ -410,10 +453,9 @@ def _render_truncation(view: dict[str, Any]) -> None:
         console.print(outliers)
 
 
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
+def _shown(text: str) -> str:
+    """Text of a prompt inside a markup string: newlines as ⏎, control characters and markup escaped."""
+    return markup_safe(str(text).replace("\n", "⏎"))
 
 
 def _render_scan(view: dict[str, Any]) -> None:
