@@ -442,3 +442,15 @@ def test_special_inputs(run_cli, tmp_path: Path) -> None:
         assert_clean(*run_cli("tokens", "-m", "tiny-llama", "-f", str(big)), 2, "more than")
     finally:
         prompts.MAX_INPUT_BYTES = original
+
+
+def test_merge_into_an_unwritable_place(baseline, run_cli, tmp_path: Path) -> None:
+    _, clean, rows = baseline
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert_clean(*run_cli("merge", str(clean), "--out", str(blocker / "merged")), 2, "is a file, not a directory")
+    assert_clean(*run_cli("merge", str(clean), "--out", str(blocker)), 2, "not an empty directory")
+    code, out, err = run_cli("merge", str(clean), "--out", str(tmp_path / "merged"))
+    assert_clean(code, out, err, 0)
+    merged = store.open_results(tmp_path / "merged")
+    assert merged.problems == [] and {table: merged.table(table).num_rows for table in store.TABLES} == rows

@@ -511,8 +511,17 @@ def merge(
 ) -> None:
     """Combine results directories of one sweep (same model, corpus, settings) into one directory."""
     target = Path(out).expanduser()
-    if target.exists() and any(target.iterdir()):
-        raise HorizonError(f"--out {out} exists and is not empty; merge writes a new directory")
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise HorizonError(f"--out {out} exists and is not an empty directory; merge writes a new directory")
+    try:
+        _merge(sources, target, as_json)
+    except store.WriteError:
+        raise
+    except OSError as exc:  # a read-only place, a file in the way, a full disk
+        raise store.WriteError(Path(exc.filename) if exc.filename else target, exc) from None
+
+
+def _merge(sources: list[str], target: Path, as_json: bool) -> None:
     opened = [store.open_results(source) for source in sources]
     for results in opened:
         if results.manifest is None:
@@ -525,7 +534,7 @@ def merge(
         for name, settings in results.manifest["analyses"].items():
             base["analyses"].setdefault(name, settings)
     for shard in base["shards"]:
-        shard.update({"status": "pending", "rows": {}})
+        shard.update({"status": "pending", "rows": {}, "sha256": {}})
     base["runs"] = [run for results in opened for run in results.manifest.get("runs", [])]
     copied = 0
     for results in opened:
@@ -540,6 +549,8 @@ def merge(
                 shutil.copyfile(file, destination)
                 source_shard = results.manifest["shards"][shard_id]
                 shard["rows"][table] = source_shard["rows"][table]
+                if table in source_shard.get("sha256", {}):
+                    shard["sha256"][table] = source_shard["sha256"][table]
                 copied += 1
         mu = results.path / store.MU_FILE
         if mu.exists() and not (target / store.MU_FILE).exists():
@@ -565,9 +576,9 @@ def merge(
         as_json,
         payload,
         lambda: console.print(
-            f"merged {len(opened)} directories into {target}: {copied} shard files, "
+            f"merged {len(opened)} directories into {markup_safe(target)}: {copied} shard files, "
             f"{done}/{len(base['shards'])} shards done"
         ),
     )
     if done < len(base["shards"]):
-        sys.stderr.write(f"horizon: warning: {len(base['shards']) - done} shards are missing from every source\n")
+        warn(f"{len(base['shards']) - done} shards are missing from every source")
