@@ -512,7 +512,7 @@ def merge(
     """Combine results directories of one sweep (same model, corpus, settings) into one directory."""
     target = Path(out).expanduser()
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise HorizonError(f"--out {out} exists and is not an empty directory; merge writes a new directory")
+        raise HorizonError(f"--out {out} exists and is not empty (or not a directory); merge writes a new directory")
     try:
         _merge(sources, target, as_json)
     except store.WriteError:
