@@ -11,8 +11,11 @@ import importlib
 import os
 import signal
 import sys
-from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False  # not even typing is imported on the start-up path
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 # Nothing heavier than the standard library is imported at the top: the console script imports
 # this module before ``main`` can catch anything, so a Ctrl-C during the imports of Typer, the
