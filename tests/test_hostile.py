@@ -249,6 +249,15 @@ def test_every_command_on_damaged_stores(damage: str, baseline, run_cli, tmp_pat
     # the JSON way), and its shape is only found wrong when the rich view draws it.
     assert json.loads(out)["problems"] or damage == "views_crafted", "every damage is named"
 
+    # the app's results mode (inspect --results): opens what is intact, or refuses with a HorizonError.
+    from horizon.core.session import ResultsSession
+
+    try:
+        session = ResultsSession(str(copy))
+        session.norms(), session.truncation()
+    except HorizonError:
+        assert damage.startswith("manifest"), damage
+
     # merge: copies only intact files, or refuses in one line.
     code, out, err = run_cli("merge", str(copy), "--out", str(tmp_path / "merged"))
     assert code in (0, 2)
@@ -457,3 +466,34 @@ def test_merge_into_an_unwritable_place(baseline, run_cli, tmp_path: Path) -> No
     assert_clean(code, out, err, 0)
     merged = store.open_results(tmp_path / "merged")
     assert merged.problems == [] and {table: merged.table(table).num_rows for table in store.TABLES} == rows
+
+
+def test_tidy_keeps_a_live_writers_temp_file(baseline, tmp_path: Path) -> None:
+    """Another --shard worker on this machine may be writing right now: its temp file stays."""
+    _, clean, _ = baseline
+    copy = tmp_path / "copy"
+    shutil.copytree(clean, copy)
+    live = copy / "norms" / f".shard-00001.parquet.{store.temp_tag()}.abc12345.tmp"  # this process: alive
+    live.write_bytes(b"PAR1 writing")
+    dead = copy / "norms" / f".shard-00002.parquet.{store.temp_tag().rsplit('-', 1)[0]}-999999.abc12345.tmp"
+    dead.write_bytes(b"PAR1 half")
+    with store.locked(copy):
+        manifest = store.read_manifest(copy)
+        lines = store.tidy(copy, manifest, pid_alive=lambda pid: pid != 999999)
+    assert live.exists() and not dead.exists() and lines == ["removed 1 temp file(s) of an interrupted run"]
+
+
+def test_force_discards_tables_but_keeps_the_quarantine(baseline, run_cli, tmp_path: Path) -> None:
+    corpus, clean, _ = baseline
+    copy = tmp_path / "copy"
+    shutil.copytree(clean, copy)
+    _leftovers_and_strays(copy)
+    code, out, err = run_cli("sweep", str(corpus), "--out", str(copy), *SWEEP_ARGS, "--resume")
+    assert_clean(code, out, err, 0, "quarantine")
+    kept = sorted(path.name for path in (copy / store.QUARANTINE).rglob("*") if path.is_file())
+    code, out, err = run_cli("sweep", str(corpus), "--out", str(copy), "--model", "tiny-llama", "--device", "cpu",
+                             "--analyses", "norms", "--shard-size", "2", "--force", "-q", "--json")
+    assert_clean(code, out, err, 0)
+    assert json.loads(out)["shards_done_before"] == 0, "--force redid everything"
+    assert sorted(path.name for path in (copy / store.QUARANTINE).rglob("*") if path.is_file()) == kept
+    assert not (copy / "horizon").exists() and not (copy / store.MU_FILE).exists()
