@@ -509,7 +509,7 @@ def open_results(path: str | Path) -> Results:
 
     # A table file counts once the manifest records its row count (written after the rename).
     recorded = _recorded(manifest)
-    not_done = [shard["id"] for shard in manifest["shards"] if shard.get("status") != "done"]
+    not_done = [shard["id"] for shard in manifest.get("shards", []) if shard.get("status") != "done"]
     if not_done:
         problems.append(f"{len(not_done)} of {len(manifest['shards'])} shards are not finished "
                         f"(first: {not_done[0]}); run the same sweep with --resume to complete them")
@@ -542,7 +542,7 @@ def open_results(path: str | Path) -> Results:
 
 def mu_problem(root: Path, manifest: dict[str, Any]) -> str | None:
     """What is wrong with the stored corpus mean residual, when truncation has one recorded."""
-    recorded = manifest["analyses"].get("truncate", {}).get("_mu_sha256")
+    recorded = manifest.get("analyses", {}).get("truncate", {}).get("_mu_sha256")
     if not recorded:
         return None
     path = root / MU_FILE

@@ -547,8 +547,8 @@ def _rebuild_manifest(root: Path, new: dict[str, Any], texts: Sequence[str],
     done = sum(1 for shard in manifest["shards"] if shard["status"] == "done")
     why = f"it was damaged (kept in {moved})" if moved is not None else "it was missing"
     notes = [f"rebuilt {root / store.MANIFEST} ({why}) from {adopted} shard file(s) that match this run's corpus, "
-             f"tokens and settings: {done}/{len(manifest['shards'])} shards done; the model weights and scan "
-             "tol/source/final cannot be checked from the files and are taken from this run"]
+             f"tokens and settings: {done}/{len(manifest['shards'])} shards done; the model weights and the scan's "
+             "tol, source, final readout and ablation cannot be checked from the files and are taken from this run"]
     return manifest, notes
 
 
