@@ -95,7 +95,9 @@ def inspect(
         if prompt is not None or file is not None:
             raise HorizonError("--results shows the sweep's own prompts; drop --prompt/--file")
         if not (Path(results).expanduser() / "manifest.json").is_file():
-            raise HorizonError(f"{results} is not a results directory (no manifest.json)")
+            raise HorizonError(f"{results} is not a results directory (no manifest.json); if a sweep's manifest was "
+                               "lost, `horizon report` shows its shard files and the same sweep with --resume "
+                               "rebuilds it")
         _run(HorizonApp(load=results_loader(results, model, device, dtype), loading_label=results))
         return
     model = model or DEFAULT_MODEL
