@@ -487,6 +487,11 @@ def load_model(
         model_hash = cache.name.removeprefix("gguf-")
         default_bos = GEMMA_BOS
         boot_name = "google/gemma-3-270m"
+        # The Gemma tokenizer already prepends <bos> but reports add_bos_token False, so the
+        # bridge would parse its 33 MB vocabulary a second time (3 s) to get one that does;
+        # saying so keeps one tokenizer. Every call here passes add_special_tokens=False anyway.
+        tokenizer.add_bos_token = True
+        tokenizer.init_kwargs["add_bos_token"] = True
         reload = str(cache)
     elif spec == DEFAULT_MODEL or spec.endswith(".gguf"):
         gguf = bundled_gguf_path() if spec == DEFAULT_MODEL else Path(spec).expanduser()
