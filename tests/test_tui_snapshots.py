@@ -35,10 +35,8 @@ from horizon.core.loader import LoadedModel, load_model
 from horizon.core.prompts import tokenize
 from horizon.core.session import PatchSettings, Session
 from horizon.tui.app import HorizonApp
-from horizon.tui.widgets.charts import HeatMap
 from horizon.tui.widgets.scales import Margin, recording_margins
 from horizon.tui.widgets.status import StatusLine
-from horizon.tui.widgets.token_grid import TokenGrid
 from pytest_textual_snapshot import SVGImageExtension, normalize_svg
 from syrupy.assertion import SnapshotAssertion
 from textual.widgets import TabbedContent
@@ -218,8 +216,9 @@ async def choices(app: HorizonApp, keys: tuple[str, ...]) -> tuple[list[Margin],
             for pane in shown.query("*"):
                 if hasattr(pane, "refresh_view"):
                     pane.refresh_view()  # the screen rebuilds its numbers, lists and tables
-            for widget in (*shown.query(TokenGrid), *shown.query(HeatMap)):
-                widget.render()  # the cells' colours are chosen when they are drawn
+            for widget in shown.query("*"):  # cells' colours are chosen when our widgets draw
+                if type(widget).__module__.startswith("horizon.tui.widgets") and "render" in vars(type(widget)):
+                    widget.render()
         app.query_one(StatusLine).update("")  # which job finished last depends on the caches
         picture = normalize_svg(app.export_screenshot())
     return margins, picture

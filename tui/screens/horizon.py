@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from horizon.tui.screens import views
 from horizon.tui.widgets.charts import Legend, curve_text
 from horizon.tui.widgets.layer_matrix import LayerMatrix, unchanged
-from horizon.tui.widgets.scales import Scale, fmt
+from horizon.tui.widgets.scales import Scale, fixed, fmt
 from horizon.tui.widgets.slider import Slider
 from horizon.tui.widgets.token_grid import TokenGrid
 from rich.text import Text
@@ -35,9 +35,9 @@ def patch_summary(result: Any, settings: Any) -> Text:
     if settings.ablation != "zero":
         text.append(f"{settings.ablation} ", style="bold")
     text.append("loss ", style="dim")
-    text.append(f"{result.loss_clean:.3f}→{result.loss_patched:.3f}")
+    text.append(f"{fixed(result.loss_clean, 3)}→{fixed(result.loss_patched, 3)}")
     text.append("  Δ ", style="dim")
-    text.append(f"{result.delta_loss:+.3f}", style="bold")
+    text.append(fixed(result.delta_loss, 3, sign=True), style="bold")
     text.append("  KL ", style="dim")
     text.append(fmt(result.kl))
     text.append("  top-1 ", style="dim")
@@ -264,7 +264,7 @@ class HorizonPane(Vertical):
         horizon = scan.effective_horizon.get(0)
         title = Text("loss vs k ", style="bold")
         shown = getattr(scan, "ablation", ablation)  # stored results: the sweep's own ablation
-        title.append(f"(recursive, S=0, {shown})  clean {scan.loss_clean:.3f} ", style="dim")
+        title.append(f"(recursive, S=0, {shown})  clean {fixed(scan.loss_clean, 3)} ", style="dim")
         title.append("╌╌", style="yellow")
         title.append(f"  eff. horizon (tol {scan.tol:g}) ", style="dim")
         title.append(f"k={horizon}" if horizon is not None else "none", style="bold green")
