@@ -138,6 +138,7 @@ PICTURES = {
     "norms_screen": ("2",),
     "horizon_screen": ("3",),
     "horizon_moved_slider": ("3", "right", "right"),
+    "horizon_matrix": ("3", "x"),  # the layer x k matrix
     "outliers_screen": ("4",),
     "attention_screen": ("5",),
     "help_screen": ("question_mark",),
@@ -166,6 +167,10 @@ def test_horizon_screen(snap_compare, tiny_session: Session) -> None:  # type: i
 
 def test_horizon_moved_slider(snap_compare, tiny_session: Session) -> None:  # type: ignore[no-untyped-def]
     assert snap_compare(tiny_app(tiny_session), run_before=settle_then(*PICTURES["horizon_moved_slider"]))
+
+
+def test_horizon_matrix(snap_compare, tiny_session: Session) -> None:  # type: ignore[no-untyped-def]
+    assert snap_compare(tiny_app(tiny_session), run_before=settle_then(*PICTURES["horizon_matrix"]))
 
 
 def test_outliers_screen(snap_compare, tiny_session: Session) -> None:  # type: ignore[no-untyped-def]

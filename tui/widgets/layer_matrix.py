@@ -78,7 +78,7 @@ class LayerMatrix(Widget):
         for column, k in enumerate(result.ks):
             if column % step == 0:
                 axis = axis.ljust(column * cell) + str(k)
-        ticks.append(axis + "  k →")
+        ticks.append(axis + f"  k →   ◆ row's eff. horizon (tol {result.tol:g})")
         lines.append(ticks)
         return Text("\n").join(lines)
 
