@@ -1067,14 +1067,14 @@ def scan_by_layer(
         row = [totals[layer * len(ks) + column].row(n) for column in range(len(ks))]
         for name, matrix in matrices.items():
             matrix.append([cell[name] for cell in row])
-    return ByLayerResult(layers=layers, ks=ks, effective_horizon=_row_horizons(ks, matrices["delta_loss"], tol),
+    return ByLayerResult(layers=layers, ks=ks, effective_horizon=row_horizons(ks, matrices["delta_loss"], tol),
                          loss_clean=loss_clean, tol=tol, n_tokens=n, unit=unit, ablation=ablation, **matrices)
 
 
 BY_LAYER_METRICS = ("loss", "delta_loss", "kl", "top1_agreement")
 
 
-def _row_horizons(ks: Sequence[int], delta_loss: Sequence[Sequence[float]], tol: float) -> list[int | None]:
+def row_horizons(ks: Sequence[int], delta_loss: Sequence[Sequence[float]], tol: float) -> list[int | None]:
     """Per row of the matrix, the smallest k whose loss increase is <= tol (None: none)."""
     horizons: list[int | None] = []
     for row in delta_loss:
@@ -1095,7 +1095,7 @@ def join_by_layer(parts: Sequence[ByLayerResult]) -> ByLayerResult:
         name: [[getattr(parts[index], name)[row][column] for _, index, column in columns] for row in rows]
         for name in BY_LAYER_METRICS
     }
-    horizons = _row_horizons(ks, matrices["delta_loss"], first.tol)
+    horizons = row_horizons(ks, matrices["delta_loss"], first.tol)
     return ByLayerResult(layers=first.layers, ks=ks, effective_horizon=horizons, loss_clean=first.loss_clean,
                          tol=first.tol, n_tokens=first.n_tokens, unit=first.unit, ablation=first.ablation, **matrices)
 

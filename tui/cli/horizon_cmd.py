@@ -261,7 +261,7 @@ def scan_command(
     def render() -> None:
         _render_scan(inputs, result, source, keep_embed, final, ablation)
         if matrix is not None:
-            _render_by_layer(matrix)
+            render_by_layer(matrix)
 
     emit(as_json, payload, render)
 
@@ -320,7 +320,7 @@ def _heat(value: float, scale: float) -> str:
     return f"white on {colour}"
 
 
-def _render_by_layer(matrix: ByLayerResult) -> None:
+def render_by_layer(matrix: ByLayerResult) -> None:
     n_layers = matrix.layers[-1]
     console.print(
         f"[bold]the horizon at one layer[/]: loss increase (nats) with the horizon enforced at layer N only "
