@@ -216,6 +216,32 @@ def _quiet():
 # ----------------------------------------------------------------------------- GGUF
 
 
+@contextlib.contextmanager
+def _one_gguf_parse():
+    """Share one GGUF reader per file while transformers converts it.
+
+    transformers parses the file's header once for the config, once for the weights and once for
+    the tokenizer; with Gemma's 262k-token vocabulary in the header each parse takes seconds.
+    The reader is read-only (memory-mapped), so the three parses can share one.
+    """
+    import gguf
+
+    original = gguf.GGUFReader
+    readers: dict[tuple[str, str], Any] = {}
+
+    def shared(path: Any, mode: str = "r") -> Any:
+        key = (str(path), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = shared
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
 def check_gguf(path: Path) -> None:
     """Fail early and clearly on a missing or non-GGUF file (the parser's own errors are cryptic)."""
     if not path.exists():
@@ -277,7 +303,7 @@ def gguf_cache_dir(path: Path, sha256: str | None = None) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        with _quiet():
+        with _quiet(), _one_gguf_parse():
             model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype="float32")
             tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     except Exception as exc:
