@@ -37,7 +37,9 @@ err_console = Console(stderr=True)
 ModelOpt = Annotated[
     str,
     typer.Option(
-        "--model", "-m", help="Model spec: smollm2-135m, tiny-llama, tiny-gpt2, a .gguf path, an HF dir or hub id."
+        "--model",
+        "-m",
+        help="Model spec: smollm2-135m, gemma3-270m, tiny-llama, tiny-gpt2, a .gguf path, an HF dir or hub id.",
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
