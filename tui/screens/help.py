@@ -35,6 +35,7 @@ KEYS = (
     ("l", "truncation length 1 → 5 → 10"),
     (", / .", "horizon k down / up"),
     ("s / e / f", "source recursive|clean, keep_embed, final window|full"),
+    ("a / x / < >", "horizon: ablation zero|mean; layer × k matrix; its layer N down / up"),
     ("←→↑↓ click", "select a token (opens the detail pane); esc closes it"),
     ("tab", "focus next widget (sliders: ←/→, home/end)"),
     ("c / o", "outliers: cycle category filter / sort column; enter jumps to the token"),
