@@ -57,7 +57,8 @@ class AttentionPane(VerticalScroll):
         header.update(title)
         heat = self.query_one(HeatMap)
         heat.matrix = matrix
-        heat.row_labels = [str(layer) for layer in range(len(matrix))]
+        # Gemma 3 style models mix sliding-window and global layers: rows say which (w512 / global).
+        heat.row_labels = [report.layer_label(layer) for layer in range(len(matrix))]
         heat.scale = Scale.fit([value for row in matrix for value in row])
         heat.cell_width = 3
         heat.column_title = "head"
