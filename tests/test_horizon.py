@@ -353,7 +353,7 @@ def test_scan_rows_equal_single_patches(tiny_model) -> None:
         assert row["K"] == 2 * row["k"]
         assert row["loss"] == pytest.approx(single.loss_patched, abs=1e-5)
         assert row["delta_loss"] == pytest.approx(single.delta_loss, abs=1e-5)
-        assert row["kl"] == pytest.approx(single.kl, abs=1e-6)
+        assert row["kl"] == pytest.approx(single.kl, abs=1e-5)  # two float32 vocab sums, each ~1e-6 off float64
         assert row["top1_agreement"] == pytest.approx(single.top1_agreement)
     assert result.loss_clean == pytest.approx(single.loss_clean, abs=1e-9)
     assert result.rows[n]["delta_loss"] == 0  # k = L+1 is the clean model
@@ -384,7 +384,7 @@ def test_scan_with_mean_ablation_equals_single_patches(tiny_llama) -> None:
         single = patch(tiny_llama, ids, HorizonConfig.from_layers(row["k"], start_layer=row["start_layer"],
                                                                   keep_embed=True, ablation="mean"))
         assert row["loss"] == pytest.approx(single.loss_patched, abs=1e-5)
-        assert row["kl"] == pytest.approx(single.kl, abs=1e-6)
+        assert row["kl"] == pytest.approx(single.kl, abs=1e-5)  # two float32 vocab sums, each ~1e-6 off float64
 
 
 def test_by_layer_matrix(tiny_llama) -> None:
@@ -404,7 +404,7 @@ def test_by_layer_matrix(tiny_llama) -> None:
             else:
                 single = patch(tiny_llama, ids, HorizonConfig.from_layers(k, only_layer=layer))
                 assert result.delta_loss[layer][column] == pytest.approx(single.delta_loss, abs=1e-5)
-                assert result.kl[layer][column] == pytest.approx(single.kl, abs=1e-6)
+                assert result.kl[layer][column] == pytest.approx(single.kl, abs=1e-5)  # as above
                 assert result.top1_agreement[layer][column] == pytest.approx(single.top1_agreement)
         qualifying = [k for k, d in zip(result.ks, result.delta_loss[layer], strict=True) if d <= tol]
         assert result.effective_horizon[layer] == min(qualifying)
@@ -643,7 +643,7 @@ def test_sweep_mean_ablation_uses_corpus_means_stored_once(tiny_llama, tmp_path)
     for view in views:
         for row, expected in zip(view["rows"], direct.rows, strict=True):
             assert row["delta_loss"] == pytest.approx(expected["delta_loss"], abs=1e-5)
-            assert row["kl"] == pytest.approx(expected["kl"], abs=1e-6)
+            assert row["kl"] == pytest.approx(expected["kl"], abs=1e-5)  # as above
     zero = tmp_path / "zero"
     run_sweep(corpus, zero, tiny_llama, SweepSettings(analyses=["scan"], ks=[1, 2, 5]), device="cpu")
     assert not (zero / ABLATION_MEANS_FILE).exists()
