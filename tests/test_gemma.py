@@ -175,3 +175,9 @@ def test_full_horizon_equals_clean(gemma: LoadedModel) -> None:
     assert abs(result.delta_loss) < 1e-4 and result.kl < 1e-5 and result.top1_agreement == 1.0
     narrow = patch(gemma, token_ids, HorizonConfig.from_layers(2))
     assert narrow.delta_loss > 0.5  # and a real horizon does change it
+
+
+def test_float16_overflow_is_refused() -> None:
+    """Gemma's stream reaches tens of thousands: in float16 it overflows, and load says so."""
+    with pytest.raises(HorizonError, match=r"decomposition check.*overflows float16"):
+        load_model(GEMMA_MODEL, device="cpu", dtype="float16")

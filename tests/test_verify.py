@@ -245,6 +245,15 @@ def test_a_stored_failed_verdict_is_refused(tiny_gpt2, tmp_path, monkeypatch) ->
     V.require_verified(tiny_gpt2, unverified=True)
 
 
+def test_half_precision_bar_scales_with_depth(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bfloat16 rounds the stream at every addition: SmolLM2's 61 additions still pass (error 4e-2)."""
+    monkeypatch.delenv(V.ENV_OVERRIDE, raising=False)
+    model = load_model("smollm2-135m", device="cpu", dtype="bfloat16", unverified=True)
+    checks = {check.name: check for check in V.quick_checks(model)}
+    assert checks["decomposition"].passed and checks["decomposition"].bar == pytest.approx(2 * 2**-7 * 61**0.5)
+    assert V.decomposition_bar(load_model("tiny-gpt2", device="cpu", unverified=True)) == 1e-5
+
+
 def test_quick_verdict_is_cached_for_content_keyed_models(smol, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(V, "cache_root", lambda: tmp_path / "horizon")  # verdicts only
     monkeypatch.delenv(V.ENV_OVERRIDE, raising=False)
