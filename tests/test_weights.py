@@ -111,7 +111,9 @@ def test_random_and_real_probes_match_plain_hf(tiny_llama: LoadedModel, plain_ti
             output = layer.mlp(normed)
             gate = layer.mlp.gate_proj(normed)
         assert report["mlp_out_random"][index] == pytest.approx(float(output.double().norm(dim=-1).mean()), rel=1e-5)
-        assert report["neuron_rate_random"][index] == pytest.approx(float((gate > 0).double().mean()), abs=1e-6)
+        # A gate within float noise of 0 may fall on the other side in another kernel: allow one.
+        rate = float((gate > 0).double().mean())
+        assert report["neuron_rate_random"][index] == pytest.approx(rate, abs=1.5 / gate.numel())
         real = torch.cat([g[1:] for g in gates[index]])  # BOS (position 0) excluded
         assert report["neuron_rate_real"][index] == pytest.approx(float((real > 0).double().mean()), abs=1e-3)
     assert report["kind"] == "gate"
