@@ -21,6 +21,7 @@ skips both.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -444,7 +445,8 @@ def require_verified(model: LoadedModel, unverified: bool | None = None) -> None
         )
         quick = result.to_dict()
         if cacheable:
-            store_verdict(model, result, "quick")
+            with contextlib.suppress(OSError):  # a read-only cache only costs the next load a pass
+                store_verdict(model, result, "quick")
     failed = [check for check in quick.get("checks", []) if check.get("passed") is False]
     model.extra["verified"] = "failed" if failed else ("full" if full is not None else "quick")
     if failed:
