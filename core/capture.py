@@ -8,7 +8,7 @@ to per-position norms, so long runs never hold every [batch, pos, d_model] tenso
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from horizon.core.decomposition import PER_LAYER_SITES, SITES, site_hook, stack_outputs
@@ -23,7 +23,6 @@ class Capture:
 
     acts: dict[str, torch.Tensor]
     logits: torch.Tensor | None = None
-    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __getitem__(self, site: str) -> torch.Tensor:
         return self.acts[site]

@@ -36,8 +36,22 @@ from horizon.core.decomposition import (
     window_read,
 )
 from horizon.core.errors import HorizonError
+from horizon.core.horizon_metrics import (
+    CleanReference,
+    TokenMetrics,
+    Totals,
+    apply_head,
+    linear_head,
+    logits_metrics,
+    logits_readout,
+    token_metrics,
+    unembed,
+    vocab_metrics,
+    vocab_tiles,
+)
 from horizon.core.loader import LoadedModel
 from horizon.core.prompts import TokenBatch, batches
+from horizon.core.staircase import StaircasePass
 
 SOURCES = ("recursive", "clean")
 FINALS = ("window", "full")
@@ -46,8 +60,6 @@ ABLATIONS = ("zero", "mean")
 DEFAULT_TOL = 0.1
 # Memory one batched pass may hold (window buffers, activations, attention scores, logits).
 DEFAULT_PASS_BYTES = 2 << 30
-# Logits one batched readout may hold.
-READOUT_BYTES = 128 << 20
 # Vocabulary columns per unembedding tile, and the memory one tile of stacked rows may take: small
 # enough to stay in cache while it is reduced, and for the allocator to reuse instead of mapping anew.
 VOCAB_TILE = 2048
@@ -341,7 +353,7 @@ def corpus_ablation_means(
     return accumulator.result()
 
 
-def _needs_means(configs: Iterable[HorizonConfig]) -> bool:
+def needs_means(configs: Iterable[HorizonConfig]) -> bool:
     return any(config.ablation == "mean" for config in configs)
 
 
@@ -374,18 +386,8 @@ def patched_logits(
     n configs' worth of work, in fractions as the layers of a pass complete. ``means`` are the
     ablation means of mean-ablating configs (default: those of this clean run's prompts).
     """
-    readout = _logits_readout(model, clean.batch_size)
+    readout = logits_readout(model, clean.batch_size)
     yield from _run_configs(model, clean, configs, readout, clean.logits, max_pass_bytes, progress, means=means)
-
-
-def _logits_readout(model: LoadedModel, batch: int) -> Callable[[torch.Tensor], list[torch.Tensor]]:
-    """Final-normed reads of stacked rows -> each row's logits [batch, pos, vocab], fresh tensors."""
-
-    def readout(normed: torch.Tensor) -> list[torch.Tensor]:
-        logits = _unembed(model, normed, normed.new_empty((*normed.shape[:-1], int(model.bridge.cfg.d_vocab))))
-        return list(logits.split(batch))
-
-    return readout
 
 
 def patched_metrics(
@@ -402,25 +404,25 @@ def patched_metrics(
     a time and every metric is reduced from the tile while it is still in cache (the scan's path).
     """
     reference = clean.reference
-    head = _linear_head(model)
+    head = linear_head(model)
     batch = clean.batch_size
 
     def readout(normed: torch.Tensor) -> list[TokenMetrics]:
         predicting = normed[:, :-1].contiguous()  # the last position predicts nothing that is scored
         n_rows = predicting.shape[0] // batch
         if head is None:  # not a plain linear head: unembed whole, then reduce
-            return _logits_metrics(reference, model.bridge.unembed(predicting), n_rows)
+            return logits_metrics(reference, model.bridge.unembed(predicting), n_rows)
 
         def tiles() -> Iterator[tuple[slice, torch.Tensor]]:
             buffers: dict[int, torch.Tensor] = {}
-            for columns in _vocab_tiles(head[0].shape[0]):
+            for columns in vocab_tiles(head[0].shape[0], VOCAB_TILE):
                 width = columns.stop - columns.start
                 if width not in buffers:
                     buffers[width] = predicting.new_empty((*predicting.shape[:-1], width))
-                tile = _apply_head(head, predicting, buffers[width], columns)
+                tile = apply_head(head, predicting, buffers[width], columns)
                 yield columns, tile.float()  # metrics in float32 whatever the model's dtype
 
-        return _vocab_metrics(reference, tiles(), n_rows)
+        return vocab_metrics(reference, tiles(), n_rows)
 
     rows_per_readout = TILE_BYTES // max(1, batch * clean.outputs.shape[2] * VOCAB_TILE * 4)
     yield from _run_configs(
@@ -443,7 +445,7 @@ def _run_configs(
     n_layers = model.n_layers
     for config in configs:
         config.check_layers(n_layers)
-    if _needs_means(configs):
+    if needs_means(configs):
         means = means if means is not None else ablation_means([clean])
         means.check(n_layers, model.d_model)
     advance = progress or (lambda n: None)
@@ -459,336 +461,7 @@ def _run_configs(
     per_pass = max(1, max_pass_bytes // max(1, _row_bytes(model, clean)))
     for start in range(0, len(staircase), per_pass):
         rows = [(layer, index, configs[index]) for layer, index in staircase[start : start + per_pass]]
-        yield from _staircase_pass(model, clean, rows, readout, advance, rows_per_readout, means)
-
-
-def _staircase_pass(
-    model: LoadedModel,
-    clean: CleanRun,
-    rows: list[tuple[int, int, HorizonConfig]],
-    readout: Callable[[torch.Tensor], list[Any]] | None = None,
-    advance: Callable[[float], None] = lambda n: None,
-    rows_per_readout: int | None = None,
-    means: AblationMeans | None = None,
-) -> Iterator[tuple[int, Any]]:
-    """One batched pass; row r (sorted by first patched layer) occupies batch slots r*B..(r+1)*B-1.
-
-    A window is a difference of two prefix sums of the outputs, h_j = P_j - P_{j-K} (+ s_0 with
-    keep_embed), not a sum of K outputs: one subtraction per reader instead of up to 2L additions.
-    P_i = s_0 + ... + s_{i-1} is kept in float64, so the difference is the window to float32
-    rounding even where huge early outputs (the BOS position's) sit in both prefixes; the model's
-    own float32 residual stream is not used for this, as differencing it would expose its rounding.
-    A row's prefix is its own from the layer it joined on (source recursive), the clean one before.
-    Mean ablation adds the prefix of the means, M_lo (a [d_model] vector), at the non-BOS positions
-    and the clean P_lo at the BOS position. Prefixes are kept only up to the last reader any row
-    patches (with only_layer N < L that is mlp_N); past it the rows just run on.
-    """
-    n_layers, batch = model.n_layers, clean.batch_size
-    readout = readout or _logits_readout(model, batch)  # each row's logits unless told otherwise
-    final = n_readers(n_layers)
-    first_layer = rows[0][0]
-    n_rows = len(rows)
-    clean_prefix = clean.exact_reads  # clean P_1..P_{2L+1}, index i-1
-    prefix: dict[int, torch.Tensor] = {}  # P_i of every active row, from the first layer's reader on
-    last_use = _prefix_last_use(rows, n_layers)
-    last_prefix = max(last_use)  # no P_i beyond it is ever read
-
-    def slots(row: int) -> slice:
-        return slice(row * batch, (row + 1) * batch)
-
-    def row_prefix(row: int, i: int) -> torch.Tensor:
-        layer, _, config = rows[row]
-        if config.source == "recursive" and i >= 2 * layer + 1:
-            return prefix[i][slots(row)]
-        return clean_prefix[i - 1]
-
-    def write_windows(j: int, current: torch.Tensor, out: torch.Tensor, first_row: int = 0) -> None:
-        """Fill ``out`` with what reader j of rows first_row.. reads: the window if patched, else ``current``."""
-        for local in range(current.shape[0] // batch):
-            row, here = first_row + local, slots(local)
-            config = rows[row][2]
-            if not config.patches(j, n_layers):
-                out[here] = current[here]
-                continue
-            lo = j - config.horizon_sublayers
-            torch.sub(row_prefix(row, j), row_prefix(row, lo), out=out[here])
-            if config.keep_embed:  # j > K, so the window never holds s_0 on its own
-                out[here] += clean.outputs[0]
-            if config.ablation == "mean":
-                assert means is not None
-                out[here] += means.fill(lo, config.keep_embed, out.dtype)
-                if means.has_bos:  # position 0: the clean P_lo there, whether s_0 is kept or not
-                    bos = row_prefix(row, lo)[:, 0] - clean_prefix[lo - 1][:, 0]  # 0 unless recursive
-                    torch.sub(row_prefix(row, j)[:, 0], bos, out=out[here][:, 0])
-
-    def read_window(j: int) -> Callable:
-        def hook(activation: torch.Tensor, hook: object) -> torch.Tensor:
-            for i in [i for i in prefix if last_use[i] < j]:  # no reader from here on subtracts it
-                del prefix[i]
-            if not any(rows[row][2].patches(j, n_layers) for row in range(activation.shape[0] // batch)):
-                return activation
-            # A new tensor: the norm's input may alias the residual stream, which must flow on intact.
-            replaced = torch.empty_like(activation)
-            write_windows(j, activation, replaced)
-            return replaced
-
-        return hook
-
-    def add_output(j: int) -> Callable:
-        def hook(activation: torch.Tensor, hook: object) -> torch.Tensor:
-            if j + 1 <= last_prefix:
-                prefix[j + 1] = prefix[j] + activation  # float64 + the sublayer's output s_j
-            return activation
-
-        return hook
-
-    readers = range(2 * first_layer + 1, final)
-    fwd_hooks = [(reader_hook(j, n_layers), read_window(j)) for j in readers]
-    fwd_hooks += [(output_hook(j), add_output(j)) for j in readers]
-    joined = 0
-    hidden = clean.resid_pre.new_empty((0, *clean.resid_pre.shape[2:]))
-
-    def join(layer: int, start: torch.Tensor) -> None:
-        # Rows whose first patched reader is in this layer have seen clean inputs so far.
-        nonlocal joined, hidden
-        newcomers = 0
-        while joined + newcomers < n_rows and rows[joined + newcomers][0] == layer:
-            newcomers += 1
-        if newcomers:
-            i = 2 * layer + 1
-            hidden = torch.cat((hidden, start.repeat(newcomers, 1, 1)))
-            joining = clean_prefix[i - 1].repeat(newcomers, 1, 1)
-            prefix[i] = torch.cat((prefix[i], joining)) if i in prefix else joining
-            joined += newcomers
-
-    # Progress: each row is one config's worth, spread evenly over its blocks and its readout.
-    share = [1 / (n_layers - layer + 1) for layer, _, _ in rows]
-    with torch.inference_mode(), model.bridge.hooks(fwd_hooks=fwd_hooks):
-        for layer in range(first_layer, n_layers):
-            join(layer, clean.resid_pre[layer])
-            args, kwargs = clean.block_call(layer, joined)
-            output = model.bridge.blocks[layer](hidden, *args, **kwargs)
-            hidden = output[0] if isinstance(output, tuple) else output
-            advance(sum(share[:joined]))
-    with torch.inference_mode():
-        join(n_layers, clean_prefix[final - 1].to(hidden.dtype))  # rows patched only at the final readout
-        # The final reader of several rows at once (one unembedding matmul), in chunks that bound the logits' memory.
-        if rows_per_readout is None:  # whole logits per row
-            rows_per_readout = READOUT_BYTES // max(1, batch * hidden.shape[1] * int(model.bridge.cfg.d_vocab) * 4)
-        per_chunk = max(1, rows_per_readout)
-        for first in range(0, n_rows, per_chunk):
-            last = min(n_rows, first + per_chunk)
-            current = hidden[first * batch : last * batch]
-            reads = torch.empty_like(current)
-            write_windows(final, current, reads, first_row=first)
-            items = readout(model.bridge.ln_final(reads))
-            advance(sum(share[first:last]))
-            for (_, index, _), item in zip(rows[first:last], items, strict=True):
-                yield index, item
-
-
-LinearHead = tuple[torch.Tensor, torch.Tensor | None]  # weight [vocab, d_model], bias or None
-
-
-def _linear_head(model: LoadedModel) -> LinearHead | None:
-    """The unembedding's weight [vocab, d_model] and bias (None if zero), when it is a plain linear layer.
-
-    Applied directly, the head writes logits where the caller wants them; the bridge's module
-    allocates a fresh tensor per call and broadcasts even an all-zero bias into it first, which
-    costs as much as a quarter of the matmul on a CPU.
-    """
-    head = getattr(model.bridge.unembed, "original_component", None)
-    if not isinstance(head, torch.nn.Linear):
-        return None
-    bias = head.bias if head.bias is not None and bool(head.bias.any()) else None
-    return head.weight, bias
-
-
-def _unembed(model: LoadedModel, normed: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """The unembedding of ``normed`` written into ``out``."""
-    head = _linear_head(model)
-    if head is None:
-        return out.copy_(model.bridge.unembed(normed))
-    return _apply_head(head, normed, out)
-
-
-def _apply_head(
-    head: LinearHead, normed: torch.Tensor, out: torch.Tensor, columns: slice = slice(None)
-) -> torch.Tensor:
-    """The logits of vocabulary ``columns`` (all by default) under a linear head, written into ``out``."""
-    weight, bias = head
-    torch.matmul(normed, weight[columns].t(), out=out)
-    if bias is not None:
-        out += bias[columns]
-    return out
-
-
-def _prefix_last_use(rows: list[tuple[int, int, HorizonConfig]], n_layers: int) -> dict[int, int]:
-    """For each prefix index i a pass holds: the last reader that subtracts it (then it can be freed)."""
-    last_use: dict[int, int] = {}
-    for layer, _, config in rows:
-        last = config.last_patched_reader(n_layers)
-        for i in range(2 * layer + 1, last + 1):
-            # P_i is the minuend at reader i (and feeds P_{i+1}); with the recursive source, the
-            # subtrahend at reader i + K.
-            reader = i + config.horizon_sublayers if config.source == "recursive" else 0
-            last_use[i] = max(last_use.get(i, 0), i, reader if reader <= last else 0)
-    # The chain P_i -> P_{i+1} must not break between rows joining at different layers.
-    for i in range(min(last_use), max(last_use) + 1):
-        last_use[i] = max(last_use.get(i, 0), i)
-    return last_use
-
-
-# ----------------------------------------------------------------------------- metrics
-
-
-def _vocab_tiles(vocab: int) -> list[slice]:
-    return [slice(start, min(vocab, start + VOCAB_TILE)) for start in range(0, vocab, VOCAB_TILE)]
-
-
-@dataclass
-class CleanReference:
-    """The clean run's next-token statistics at positions 0..T-2: what each patched run is compared with.
-
-    A scan compares up to 2L+1 configs with one clean run, so everything that depends on the clean
-    logits alone (probabilities, log-normaliser, loss, top-1) is computed here once.
-    """
-
-    logits: torch.Tensor  # [batch, pos-1, vocab], float32
-    probs: torch.Tensor  # softmax of logits
-    logsumexp: torch.Tensor  # [batch, pos-1]
-    loss: torch.Tensor  # next-token cross-entropy [batch, pos-1]
-    top1: torch.Tensor  # argmax token [batch, pos-1]
-    targets: torch.Tensor  # the next tokens [batch, pos-1]
-    valid: torch.Tensor  # the prediction at t counts when token t+1 is real (not padding)
-    _tiles: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
-
-    @classmethod
-    def of(cls, clean_logits: torch.Tensor, batch: TokenBatch) -> CleanReference:
-        logits = clean_logits[:, :-1].float()
-        logsumexp = torch.logsumexp(logits, dim=-1)
-        targets = batch.input_ids[:, 1:]
-        return cls(
-            logits=logits,
-            probs=torch.softmax(logits, dim=-1),
-            logsumexp=logsumexp,
-            loss=logsumexp - logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1),
-            top1=logits.max(dim=-1).indices,
-            targets=targets,
-            valid=batch.mask[:, 1:],
-        )
-
-    def tile(self, columns: slice) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clean logits and probabilities over a vocabulary tile, contiguous, made once."""
-        if columns.start == 0 and columns.stop == self.logits.shape[-1]:
-            return self.logits, self.probs
-        key = (columns.start, columns.stop)
-        if key not in self._tiles:
-            self._tiles[key] = (self.logits[..., columns].contiguous(), self.probs[..., columns].contiguous())
-        return self._tiles[key]
-
-    def unpatched(self) -> TokenMetrics:
-        """The metrics of a config that patches nothing: the clean run against itself."""
-        return _masked(self, self.loss, torch.zeros_like(self.loss), torch.ones_like(self.valid))
-
-
-@dataclass
-class TokenMetrics:
-    """Per-prediction metrics of one token batch: [batch, pos-1] tensors, masked by ``valid``."""
-
-    loss_clean: torch.Tensor
-    loss_patched: torch.Tensor
-    kl: torch.Tensor
-    top1_agree: torch.Tensor
-    valid: torch.Tensor
-
-
-def token_metrics(clean: CleanReference, patched: torch.Tensor) -> TokenMetrics:
-    """Next-token CE (clean and patched), KL(clean || patched) and top-1 agreement at positions 0..T-2."""
-    (metrics,) = _logits_metrics(clean, patched[:, :-1], 1)
-    return metrics
-
-
-def _logits_metrics(clean: CleanReference, logits: torch.Tensor, n_rows: int) -> list[TokenMetrics]:
-    """Metrics of ``n_rows`` stacked configs from whole logits at the predicting positions (one tile)."""
-    return _vocab_metrics(clean, [(slice(0, logits.shape[-1]), logits.float())], n_rows)
-
-
-def _vocab_metrics(
-    clean: CleanReference, tiles: Iterable[tuple[slice, torch.Tensor]], n_rows: int
-) -> list[TokenMetrics]:
-    """Metrics of ``n_rows`` stacked configs from their logits, given one vocabulary tile at a time.
-
-    Each tile is [n_rows * batch, pos-1, width]; the reductions over the vocabulary are combined
-    across tiles, so a whole row of logits never has to exist at once.
-    """
-    shape = (n_rows, *clean.valid.shape)
-    logsumexps: list[torch.Tensor] = []
-    shift_dot = clean.logsumexp.new_zeros(shape)
-    top_logit = clean.logsumexp.new_full(shape, -torch.inf)
-    target_logit = clean.logsumexp.new_zeros(shape)
-    clean_top1_logit = clean.logsumexp.new_zeros(shape)
-    for columns, tile in tiles:
-        tile = tile.view(*shape, -1)
-        clean_logits, clean_probs = clean.tile(columns)
-        logsumexps.append(torch.logsumexp(tile, dim=-1))
-        # KL(c || p) = sum_v p_c (log p_c - log p_p) = (lse_p - lse_c) - sum_v p_c (z_p - z_c), as
-        # sum_v p_c = 1. The logits are differenced before the weighted sum, so no large terms
-        # cancel: as exact as the log-softmax form in float32, with fewer sweeps of the vocabulary.
-        shift_dot += torch.linalg.vecdot(tile - clean_logits, clean_probs)
-        torch.maximum(top_logit, tile.amax(dim=-1), out=top_logit)
-        _pick(tile, columns, clean.targets, target_logit)
-        _pick(tile, columns, clean.top1, clean_top1_logit)
-    logsumexp = torch.logsumexp(torch.stack(logsumexps), dim=0) if len(logsumexps) > 1 else logsumexps[0]
-    loss = logsumexp - target_logit
-    kl = (logsumexp - clean.logsumexp) - shift_dot
-    # The clean top-1 token is still the patched top-1 when its logit is the largest (an amax is
-    # several times faster than an argmax over the vocabulary).
-    agree = clean_top1_logit >= top_logit
-    return [_masked(clean, loss[row], kl[row], agree[row]) for row in range(n_rows)]
-
-
-def _pick(tile: torch.Tensor, columns: slice, tokens: torch.Tensor, out: torch.Tensor) -> None:
-    """Copy into ``out`` the logits of ``tokens`` ([batch, pos-1]) that fall in this tile."""
-    inside = (tokens >= columns.start) & (tokens < columns.stop)
-    local = (tokens - columns.start).clamp(0, tile.shape[-1] - 1).expand(*tile.shape[:-1])
-    picked = tile.gather(-1, local.unsqueeze(-1)).squeeze(-1)
-    torch.where(inside, picked, out, out=out)
-
-
-def _masked(clean: CleanReference, loss: torch.Tensor, kl: torch.Tensor, agree: torch.Tensor) -> TokenMetrics:
-    valid = clean.valid
-    zero = torch.zeros((), dtype=kl.dtype, device=kl.device)
-    return TokenMetrics(
-        loss_clean=torch.where(valid, clean.loss, zero),
-        loss_patched=torch.where(valid, loss, zero),
-        kl=torch.where(valid, kl, zero),
-        top1_agree=agree & valid,
-        valid=valid,
-    )
-
-
-@dataclass
-class _Totals:
-    """Running sums over token batches (means are pooled over every prediction)."""
-
-    loss_clean: float = 0.0
-    loss_patched: float = 0.0
-    kl: float = 0.0
-    agree: int = 0
-    n_tokens: int = 0
-
-    def add(self, metrics: TokenMetrics) -> None:
-        self.loss_clean += float(metrics.loss_clean.double().sum())
-        self.loss_patched += float(metrics.loss_patched.double().sum())
-        self.kl += float(metrics.kl.double().sum())
-        self.agree += int(metrics.top1_agree.sum())
-        self.n_tokens += int(metrics.valid.sum())
-
-    def row(self, n: int) -> dict[str, float]:
-        """The means over ``n`` predictions, as a scan row's metrics."""
-        return {"loss": self.loss_patched / n, "delta_loss": (self.loss_patched - self.loss_clean) / n,
-                "kl": self.kl / n, "top1_agreement": self.agree / n}
+        yield from StaircasePass(model, clean, rows, readout, advance, rows_per_readout, means).run()
 
 
 @dataclass
@@ -850,7 +523,7 @@ def patch(
     cleans = list(cleans) if cleans is not None else clean_runs(model, token_ids, batch_size, has_bos)
     if config.ablation == "mean" and means is None:
         means = ablation_means(cleans)
-    totals = _Totals()
+    totals = Totals()
     per_clean: list[list[float]] = []
     per_patched: list[list[float]] = []
     per_kl: list[list[float]] = []
@@ -880,224 +553,6 @@ def patch(
         per_token_kl=per_kl,
         logits=kept if keep_logits else None,
     )
-
-
-# ----------------------------------------------------------------------------- the scan
-
-
-@dataclass
-class ScanResult:
-    """The loss-vs-enforced-horizon curve, one row per (k, start layer)."""
-
-    rows: list[dict[str, Any]]
-    effective_horizon: dict[int, int | None]
-    loss_clean: float
-    tol: float
-    n_tokens: int
-    unit: str = "layer"
-
-
-def default_ks(n_layers: int, unit: str) -> list[int]:
-    """k = 1..L+1 in layers (K = 2..2L+2), k = 1..2L+1 in sublayers: the last one is the clean model."""
-    return list(range(1, n_layers + 2)) if unit == "layer" else list(range(1, 2 * n_layers + 2))
-
-
-def effective_horizon(rows: Sequence[dict[str, Any]], start_layer: int, tol: float) -> int | None:
-    """The smallest k whose loss increase is <= tol, at one start layer (None: no k qualifies)."""
-    qualifying = [row["k"] for row in rows if row["start_layer"] == start_layer and row["delta_loss"] <= tol]
-    return min(qualifying) if qualifying else None
-
-
-def scan(
-    model: LoadedModel,
-    token_ids: list[list[int]],
-    ks: Sequence[int] | None = None,
-    start_layers: Sequence[int] = (0,),
-    tol: float = DEFAULT_TOL,
-    source: str = "recursive",
-    keep_embed: bool = False,
-    final: str = "window",
-    unit: str = "layer",
-    progress: Callable[[float], None] | None = None,
-    batch_size: int = 8,
-    max_pass_bytes: int = DEFAULT_PASS_BYTES,
-    cleans: Sequence[CleanRun] | None = None,
-    ablation: str = "zero",
-    means: AblationMeans | None = None,
-    has_bos: bool = True,
-) -> ScanResult:
-    """Loss increase, KL and top-1 agreement for every k and start layer.
-
-    ``progress(n)`` advances by n rows' worth of work (fractions as layers complete); ``cleans``
-    are the prompts' clean runs when the caller keeps them for reuse; ``means`` the ablation means
-    with ``ablation="mean"`` (default: the prompts' own, position 0 a BOS when ``has_bos``).
-    """
-    ks = _check_scan(model, ks, unit, tol)
-    if not start_layers or min(start_layers) < 0:
-        raise HorizonError("the start layers must be integers >= 0")
-    pairs = [(k, layer) for layer in dict.fromkeys(start_layers) for k in ks]
-    configs = [
-        HorizonConfig(horizon_sublayers(k, unit), source=source, keep_embed=keep_embed, final=final, start_layer=layer,
-                      ablation=ablation)
-        for k, layer in pairs
-    ]
-    totals, loss_clean, n = _evaluate(model, token_ids, configs, progress, batch_size, max_pass_bytes, cleans, means,
-                                      has_bos)
-    rows = []
-    for (k, layer), config, total in zip(pairs, configs, totals, strict=True):
-        rows.append({"k": k, "K": config.horizon_sublayers, "start_layer": layer, **total.row(n)})
-    horizons = {layer: effective_horizon(rows, layer, tol) for layer in dict.fromkeys(start_layers)}
-    return ScanResult(rows=rows, effective_horizon=horizons, loss_clean=loss_clean, tol=tol, n_tokens=n, unit=unit)
-
-
-def _check_scan(model: LoadedModel, ks: Sequence[int] | None, unit: str, tol: float) -> list[int]:
-    """Validate a scan's shared arguments; the distinct ks to run, in order."""
-    check_unit(unit)
-    if not tol >= 0:
-        raise HorizonError(f"--tol must be >= 0, got {tol}")
-    ks = default_ks(model.n_layers, unit) if ks is None else list(ks)
-    if not ks or min(ks) < 1:
-        raise HorizonError("the horizons to scan must be integers >= 1")
-    check_model(model)
-    return list(dict.fromkeys(ks))
-
-
-def _evaluate(
-    model: LoadedModel,
-    token_ids: list[list[int]],
-    configs: Sequence[HorizonConfig],
-    progress: Callable[[float], None] | None,
-    batch_size: int,
-    max_pass_bytes: int,
-    cleans: Sequence[CleanRun] | None,
-    means: AblationMeans | None,
-    has_bos: bool,
-) -> tuple[list[_Totals], float, int]:
-    """Every config's metric totals over the prompts, the clean loss, and the number of predictions.
-
-    All configs go into one staircase per token batch: the largest batched matmuls, one readout.
-    """
-    cleans = list(cleans) if cleans is not None else clean_runs(model, token_ids, batch_size, has_bos)
-    if _needs_means(configs) and means is None:
-        means = ablation_means(cleans)
-    totals = [_Totals() for _ in configs]
-    clean_totals = _Totals()
-    scaled = None if progress is None else (lambda n: progress(n / len(cleans)))
-    for clean in cleans:
-        clean_totals.add(clean.reference.unpatched())
-        for index, metrics in patched_metrics(model, clean, configs, max_pass_bytes, scaled, means):
-            totals[index].add(metrics)
-    n = clean_totals.n_tokens
-    return totals, clean_totals.loss_clean / n, n
-
-
-@dataclass
-class ByLayerResult:
-    """The per-layer horizon matrix: row N = the horizon enforced at layer N only (N = L: the final readout).
-
-    Every matrix is [L+1][len(ks)]; ``effective_horizon[N]`` is the smallest k of row N whose loss
-    increase is <= tol (None: none of the ks).
-    """
-
-    layers: list[int]
-    ks: list[int]
-    loss: list[list[float]]
-    delta_loss: list[list[float]]
-    kl: list[list[float]]
-    top1_agreement: list[list[float]]
-    effective_horizon: list[int | None]
-    loss_clean: float
-    tol: float
-    n_tokens: int
-    unit: str = "layer"
-    ablation: str = "zero"
-
-    def payload(self) -> dict[str, Any]:
-        """The ``by_layer`` JSON object of ``horizon scan --by-layer``."""
-        return {"layers": self.layers, "ks": self.ks, "delta_loss": self.delta_loss, "kl": self.kl,
-                "loss": self.loss, "top1_agreement": self.top1_agreement,
-                "effective_horizon": self.effective_horizon, "tol": self.tol}
-
-
-def by_layer_configs(
-    n_layers: int, ks: Sequence[int], unit: str = "layer", **options: Any
-) -> list[tuple[int, int, HorizonConfig]]:
-    """(layer N, k, config) for every cell of the matrix, row by row."""
-    return [(layer, k, HorizonConfig(horizon_sublayers(k, unit), only_layer=layer, **options))
-            for layer in range(n_layers + 1) for k in ks]
-
-
-def scan_by_layer(
-    model: LoadedModel,
-    token_ids: list[list[int]],
-    ks: Sequence[int] | None = None,
-    tol: float = DEFAULT_TOL,
-    source: str = "recursive",
-    keep_embed: bool = False,
-    final: str = "window",
-    unit: str = "layer",
-    ablation: str = "zero",
-    progress: Callable[[float], None] | None = None,
-    batch_size: int = 8,
-    max_pass_bytes: int = DEFAULT_PASS_BYTES,
-    cleans: Sequence[CleanRun] | None = None,
-    means: AblationMeans | None = None,
-    has_bos: bool = True,
-) -> ByLayerResult:
-    """For every layer N = 0..L and every k: the loss increase with the horizon enforced at layer N only.
-
-    With K = 2k (layer unit), layer N's readers are attn_N (j = 2N+1) and mlp_N (j = 2N+2), and the
-    window of reader j reaches back to lo = max(0, j - 2k); the final readout (N = L) is j = 2L+1.
-    For k > N every such lo is 0 (2N+2 - 2k <= 0; 2L+1 - 2k < 0 when N = L), so the cell is the
-    clean run: ``HorizonConfig.patches`` returns False for all its readers and no pass runs for it.
-    Every other cell is one row of the staircase: it starts at layer N from the cached clean
-    residual (layers below N are unchanged) and runs on to the readout, the layers above N reading
-    the full stream of the patched pass. All rows of all layers share the batched passes and the
-    vocabulary-tiled readout of ``patched_metrics``. ``progress(n)`` advances by n cells' worth.
-    """
-    ks = _check_scan(model, ks, unit, tol)
-    n_layers = model.n_layers
-    cells = by_layer_configs(n_layers, ks, unit, source=source, keep_embed=keep_embed, final=final,
-                             ablation=ablation)
-    totals, loss_clean, n = _evaluate(model, token_ids, [config for _, _, config in cells], progress, batch_size,
-                                      max_pass_bytes, cleans, means, has_bos)
-    layers = list(range(n_layers + 1))
-    matrices: dict[str, list[list[float]]] = {name: [] for name in BY_LAYER_METRICS}
-    for layer in layers:
-        row = [totals[layer * len(ks) + column].row(n) for column in range(len(ks))]
-        for name, matrix in matrices.items():
-            matrix.append([cell[name] for cell in row])
-    return ByLayerResult(layers=layers, ks=ks, effective_horizon=row_horizons(ks, matrices["delta_loss"], tol),
-                         loss_clean=loss_clean, tol=tol, n_tokens=n, unit=unit, ablation=ablation, **matrices)
-
-
-BY_LAYER_METRICS = ("loss", "delta_loss", "kl", "top1_agreement")
-
-
-def row_horizons(ks: Sequence[int], delta_loss: Sequence[Sequence[float]], tol: float) -> list[int | None]:
-    """Per row of the matrix, the smallest k whose loss increase is <= tol (None: none)."""
-    horizons: list[int | None] = []
-    for row in delta_loss:
-        qualifying = [k for k, value in zip(ks, row, strict=True) if value <= tol]
-        horizons.append(min(qualifying) if qualifying else None)
-    return horizons
-
-
-def join_by_layer(parts: Sequence[ByLayerResult]) -> ByLayerResult:
-    """One matrix from parts over disjoint ks of the same prompts (columns side by side, ks in order)."""
-    first = parts[0]
-    columns = sorted((k, index, column) for index, part in enumerate(parts) for column, k in enumerate(part.ks))
-    ks = [k for k, _, _ in columns]
-    if len(set(ks)) != len(ks):
-        raise HorizonError("the parts of a by-layer matrix overlap in k")
-    rows = range(len(first.layers))
-    matrices = {
-        name: [[getattr(parts[index], name)[row][column] for _, index, column in columns] for row in rows]
-        for name in BY_LAYER_METRICS
-    }
-    horizons = row_horizons(ks, matrices["delta_loss"], first.tol)
-    return ByLayerResult(layers=first.layers, ks=ks, effective_horizon=horizons, loss_clean=first.loss_clean,
-                         tol=first.tol, n_tokens=first.n_tokens, unit=first.unit, ablation=first.ablation, **matrices)
 
 
 # ----------------------------------------------------------------------------- the straightforward reference
@@ -1153,3 +608,21 @@ def reference_patched_logits(
             hooks.append((output_hook(j), record))
     with torch.inference_mode():
         return model.bridge.run_with_hooks(input_ids, fwd_hooks=hooks, return_type="logits")
+
+
+# The scan and the layer x k matrix (core/horizon_scan.py) are part of this module's interface.
+from horizon.core.horizon_scan import (  # noqa: E402
+    ByLayerResult,
+    ScanResult,
+    by_layer_configs,
+    default_ks,
+    effective_horizon,
+    join_by_layer,
+    row_horizons,
+    scan,
+    scan_by_layer,
+)
+
+__all__ = ["ByLayerResult", "CleanReference", "ScanResult", "TokenMetrics", "apply_head", "by_layer_configs",
+           "default_ks", "effective_horizon", "join_by_layer", "logits_metrics", "row_horizons", "scan",
+           "scan_by_layer", "token_metrics", "unembed"]

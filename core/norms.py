@@ -51,6 +51,11 @@ class Growth:
         """E.g. '1.087/layer over layers 12-29 (r^2 0.98)'."""
         return f"{self.rate:.3f}/layer over layers {self.fit_layers[0]}-{self.fit_layers[1]} (r^2 {self.r2:.2f})"
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Growth:
+        return cls(ratios=list(data["ratios"]), rate=data["rate"], fit_layers=tuple(data["fit_layers"]),
+                   r2=data["r2"], rms_residual=data["rms_residual"], chosen=data["chosen"])
+
     def to_json(self) -> dict[str, Any]:
         return {
             "ratios": self.ratios,
@@ -70,6 +75,14 @@ class SiteStats:
     median_norm: np.ndarray  # [rows]
     std: np.ndarray  # [rows], mean over positions of the per-position std over d_model
     quantiles: dict[int, np.ndarray]  # percentile -> [rows]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SiteStats:
+        def array(values: list[float | None]) -> np.ndarray:
+            return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+        return cls(mean_norm=array(data["mean_norm"]), median_norm=array(data["median_norm"]), std=array(data["std"]),
+                   quantiles={int(q): array(values) for q, values in data["quantiles"].items()})
 
     def to_json(self) -> dict[str, Any]:
         return {

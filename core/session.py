@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from horizon.core.errors import HorizonError
 
@@ -35,6 +35,44 @@ class PatchSettings:
     final: str = "window"
     ablation: str = "zero"
     only_layer: int | None = None  # set: the horizon at this layer only (start_layer is then ignored)
+
+
+@runtime_checkable
+class Source(Protocol):
+    """What the app reads its numbers from: a live model (``Session``) or a results directory (``ResultsSession``).
+
+    Reading is separate from computing. ``ready(key)`` and the ``cached_*`` helpers only look a
+    result up (None when it is not built yet): the UI thread calls only these. The named
+    methods (``norms()``, ``truncation()``, ``attention(prompt)``, ``scan(prompt, ablation)``,
+    ``by_layer(prompt, ablation)``, ``patch(settings, prompt)``) compute and cache, and are
+    called from worker threads. Keys: ``"norms"``, ``"truncation"``, ``("attention", prompt)``,
+    ``("scan", prompt)`` (``("scan", prompt, "mean")`` for mean ablation),
+    ``("by_layer", prompt, ablation)``, ``(PatchSettings, prompt)``.
+    """
+
+    prompts: list[str]
+    token_ids: list[list[int]]
+    has_bos: bool
+    lengths: tuple[int, ...]
+    timings: dict[str, float]
+
+    @property
+    def n_layers(self) -> int: ...
+    @property
+    def can_patch(self) -> bool: ...
+    @property
+    def label(self) -> str: ...
+    def tokens(self, prompt: int = 0) -> list[str]: ...
+    def ready(self, key: Any) -> Any | None: ...
+    def cached_scan(self, prompt: int = 0, ablation: str = "zero") -> Any | None: ...
+    def cached_by_layer(self, prompt: int = 0, ablation: str = "zero") -> Any | None: ...
+    def cached_patch(self, settings: PatchSettings, prompt: int = 0) -> Any | None: ...
+    def norms(self) -> Any: ...
+    def truncation(self) -> Any: ...
+    def attention(self, prompt: int = 0) -> Any: ...
+    def scan(self, prompt: int = 0, ablation: str = "zero") -> Any: ...
+    def by_layer(self, prompt: int = 0, ablation: str = "zero") -> Any: ...
+    def patch(self, settings: PatchSettings, prompt: int = 0) -> Any: ...
 
 
 def _scan_key(prompt: int, ablation: str) -> tuple:
@@ -96,9 +134,13 @@ class Session:
                 self._cache[key] = self._timed(name, compute)
             return self._cache[key]
 
-    def cached(self, key: Any) -> Any | None:
-        """A result already computed (or None): lets the UI draw without waiting."""
+    def ready(self, key: Any) -> Any | None:
+        """A result already computed (or None): never computes, so the UI can draw without waiting."""
+        if isinstance(key, tuple) and key and isinstance(key[0], PatchSettings):
+            return self._patches.get(key)
         return self._cache.get(key)
+
+    cached = ready  # the name the app used first
 
     # -------------------------------------------------------------------- analyses
 
@@ -228,13 +270,13 @@ class Session:
             ))
 
     def cached_patch(self, settings: PatchSettings, prompt: int = 0) -> Any | None:
-        return self._patches.get((settings, prompt))
+        return self.ready((settings, prompt))
 
     def cached_scan(self, prompt: int = 0, ablation: str = "zero") -> Any | None:
-        return self._cache.get(_scan_key(prompt, ablation))
+        return self.ready(_scan_key(prompt, ablation))
 
     def cached_by_layer(self, prompt: int = 0, ablation: str = "zero") -> Any | None:
-        return self._cache.get(("by_layer", prompt, ablation))
+        return self.ready(("by_layer", prompt, ablation))
 
 
 def _lru(cache: OrderedDict[Any, T], key: Any, size: int, compute: Callable[[], T]) -> T:
@@ -250,55 +292,21 @@ def _lru(cache: OrderedDict[Any, T], key: Any, size: int, compute: Callable[[], 
 # ----------------------------------------------------------------------------- results mode
 
 
-@dataclass
-class StoredTruncation:
-    """The truncation records of a results directory, shaped like TruncationReport's arrays."""
-
-    n_layers: int
-    record_prompt: Any
-    record_pos: Any
-    record_length: Any
-    record_token: list[str]
-    record_category: list[str]
-    cos: Any  # [N, L+1]
-
-
-@dataclass
-class StoredNorms:
-    """Per-prompt resid_pre norms from the store plus the corpus aggregates of `horizon report`."""
-
-    n_layers: int
-    has_bos: bool
-    norms: dict[str, list[Any]]  # "resid_pre" -> per prompt [L+1, T] (None where not stored)
-    stats: dict[str, Any]
-    growth: Any
-    bos_mean_norm: Any
-
-
-@dataclass
-class StoredScan:
-    """The corpus scan of `horizon report` (rows, effective horizon per start layer, clean loss, tol)."""
-
-    rows: list[dict[str, Any]]
-    effective_horizon: dict[int, int | None]
-    loss_clean: float
-    tol: float
-    ablation: str = "zero"
-
-
 class ResultsSession:
-    """A results directory behind the Session interface: stored numbers, no model needed.
+    """A results directory behind the ``Source`` protocol: stored numbers, no model needed.
 
-    The corpus-wide views (norm aggregates, growth, scan, attention) are those of
-    ``horizon report`` (core.sweep.corpus_views); per-token values (cosines, norms) come from the
-    stored tables of the prompt shown. With a ``live`` Session (same prompts, a loaded model),
-    patched passes can be rerun; otherwise ``can_patch`` is False.
+    The corpus-wide views are those of ``horizon report`` (core/views.py); each is turned into
+    the engine's own result type by its analysis (core/analyses): a TruncationReport of every
+    stored record, a NormsReport with the per-prompt resid_pre norms, the corpus ScanResult, and
+    per prompt the AttentionReport of that prompt's stored rows. ``ready`` only looks results up;
+    the named methods build them (reading and sorting Parquet: call them from a worker thread),
+    once, under a lock. With a ``live`` model (same prompts), patched passes can be rerun;
+    otherwise ``can_patch`` is False.
     """
 
     def __init__(self, path: str, live_model: LoadedModel | None = None) -> None:
-        import numpy as np
         from horizon.core import store
-        from horizon.core.sweep import corpus_views
+        from horizon.core.views import corpus_views
 
         self.results = store.open_results(path)
         if self.results.manifest is None:
@@ -307,11 +315,10 @@ class ResultsSession:
         self.views = corpus_views(self.results)
         self.timings: dict[str, float] = {}
         self.has_bos = bool(manifest.get("bos", {}).get("enabled", True))
-        model_info = manifest.get("model") or {}
-        self.spec = str(model_info.get("spec", "?"))
+        self.model_info = manifest.get("model") or {}
+        self.spec = str(self.model_info.get("spec", "?"))
         prompts_table = self.results.table("prompts")
-        tokens_table = self.results.table("tokens")
-        if prompts_table is None or tokens_table is None:
+        if prompts_table is None or self.results.table("tokens") is None:
             raise HorizonError(f"{path} holds no intact shard yet")
         # Prompts are numbered by their corpus index; only those of intact shards are shown.
         numbers = [int(n) for n in prompts_table.column("prompt").to_pylist()]
@@ -319,22 +326,14 @@ class ResultsSession:
         order = sorted(range(len(numbers)), key=lambda i: numbers[i])
         self.prompt_numbers = [numbers[i] for i in order]
         self.prompts = [texts[i] for i in order]
-        row_of = {number: row for row, number in enumerate(self.prompt_numbers)}
-        self.token_ids: list[list[int]] = [[] for _ in self.prompts]
-        self._tokens: list[list[str]] = [[] for _ in self.prompts]
-        t_prompt = tokens_table.column("prompt").to_numpy()
-        t_pos = tokens_table.column("position").to_numpy()
-        t_ids = tokens_table.column("token_id").to_pylist()
-        t_text = tokens_table.column("token").to_pylist()
-        for index in np.lexsort((t_pos, t_prompt)):
-            row = row_of.get(int(t_prompt[index]))
-            if row is not None:
-                self.token_ids[row].append(int(t_ids[index]))
-                self._tokens[row].append(str(t_text[index]))
-        self.n_layers = int(model_info.get("n_layers") or self._infer_layers())
+        ids_by_number, texts_by_number = self.results.prompt_tokens()
+        self.token_ids = [ids_by_number[n] if n < len(ids_by_number) else [] for n in self.prompt_numbers]
+        self._tokens = [texts_by_number[n] if n < len(texts_by_number) else [] for n in self.prompt_numbers]
+        self.n_layers = int(self.model_info.get("n_layers") or self._infer_layers())
         self.lengths = tuple(manifest.get("analyses", {}).get("truncate", {}).get("lengths", DEFAULT_LENGTHS))
-        self._row_of = row_of
+        self._row_of = {number: row for row, number in enumerate(self.prompt_numbers)}
         self._cache: dict[Any, Any] = {}
+        self._lock = threading.Lock()
         self.live = Session(live_model, self.prompts, self.token_ids, self.has_bos) if live_model else None
         self.model = live_model
 
@@ -343,8 +342,6 @@ class ResultsSession:
         if attention:
             return int(attention["n_layers"])
         raise HorizonError("the results directory does not record the model's number of layers")
-
-    # The Session interface the app uses ------------------------------------------------
 
     @property
     def can_patch(self) -> bool:
@@ -357,24 +354,54 @@ class ResultsSession:
     def tokens(self, prompt: int = 0) -> list[str]:
         return self._tokens[prompt]
 
-    def cached(self, key: Any) -> Any | None:
-        name = key[0] if isinstance(key, tuple) else key
-        if name not in self._cache:
-            self._cache[name] = self._build(name)
-        return self._cache[name]
+    # Reading what is ready ---------------------------------------------------------------
+
+    def ready(self, key: Any) -> Any | None:
+        """The result under ``key`` when it is built (never builds: safe on the UI thread)."""
+        if isinstance(key, tuple) and key and key[0] == "scan":
+            key = "scan"  # one stored scan (swept with the ablation its manifest records)
+        if isinstance(key, tuple) and key and key[0] == "by_layer":
+            return None if self.live is None else self.live.ready(key)
+        if isinstance(key, tuple) and key and isinstance(key[0], PatchSettings):
+            return None if self.live is None else self.live.ready(key)
+        return self._cache.get(key)
+
+    cached = ready  # the name the app used first
+
+    def cached_scan(self, prompt: int = 0, ablation: str = "zero") -> Any | None:
+        return self.ready("scan")
+
+    def cached_by_layer(self, prompt: int = 0, ablation: str = "zero") -> Any | None:
+        return self.ready(("by_layer", prompt, ablation))
+
+    def cached_patch(self, settings: PatchSettings, prompt: int = 0) -> Any | None:
+        return self.ready((settings, prompt))
+
+    # Computing (worker threads) ----------------------------------------------------------
+
+    def _built(self, key: Any, name: str, build: Callable[[], T]) -> T:
+        with self._lock:  # one build per key, even when two workers ask at once
+            if key not in self._cache:
+                start = time.perf_counter()
+                self._cache[key] = build()
+                self.timings[name] = time.perf_counter() - start
+            return self._cache[key]
 
     def truncation(self) -> Any:
-        return self.cached("truncation")
+        """TruncationReport of every stored record (prompts numbered as shown), or None when not stored."""
+        return self._built("truncation", "truncation", self._truncation)
 
     def norms(self) -> Any:
-        return self.cached("norms")
+        """NormsReport: the corpus statistics of ``report`` and each shown prompt's resid_pre norms."""
+        return self._built("norms", "norms", self._norms)
 
     def attention(self, prompt: int = 0) -> Any:
-        return self.cached("attention")
+        """AttentionReport of one prompt, from that prompt's stored rows (None when not stored)."""
+        return self._built(("attention", prompt), "attention", lambda: self._attention(prompt))
 
-    def scan(self, prompt: int = 0, ablation: str | None = None) -> Any:
-        """The stored corpus scan (swept with the ablation its manifest records)."""
-        return self.cached("scan")
+    def scan(self, prompt: int = 0, ablation: str = "zero") -> Any:
+        """The stored corpus scan as a ScanResult (swept with the ablation its manifest records)."""
+        return self._built("scan", "scan", self._scan)
 
     def by_layer(self, prompt: int = 0, ablation: str = "zero") -> Any:
         """The layer x k matrix of one prompt: computed by the live session (a results directory holds none)."""
@@ -382,143 +409,62 @@ class ResultsSession:
             raise HorizonError("results mode has no model: pass --model to compute the layer x k matrix")
         return self.live.by_layer(prompt, ablation)
 
-    def cached_by_layer(self, prompt: int = 0, ablation: str = "zero") -> Any | None:
-        return None if self.live is None else self.live.cached_by_layer(prompt, ablation)
-
-    def cached_scan(self, prompt: int = 0, ablation: str = "zero") -> Any | None:
-        return self.cached("scan")
-
     def patch(self, settings: PatchSettings, prompt: int = 0) -> Any:
         if self.live is None:
             raise HorizonError("results mode has no model: pass --model to rerun patched passes")
         return self.live.patch(settings, prompt)
 
-    def cached_patch(self, settings: PatchSettings, prompt: int = 0) -> Any | None:
-        return None if self.live is None else self.live.cached_patch(settings, prompt)
+    # Building the stored results -----------------------------------------------------------
 
-    # Building the stored views -----------------------------------------------------------
-
-    def _build(self, name: str) -> Any:
-        builders = {
-            "truncation": self._stored_truncation, "norms": self._stored_norms,
-            "scan": self._stored_scan, "attention": self._stored_attention,
-        }
-        return builders[name]() if name in builders else None
-
-    def _stored_truncation(self) -> StoredTruncation | None:
-        import numpy as np
+    def _truncation(self) -> Any:
+        from horizon.core.analyses.truncate import report_from_rows
 
         table = self.results.table("truncation")
         if table is None or "truncate" not in self.views:
             return None
-        layer = table.column("layer").to_numpy()
-        n_rows = int(layer.max()) + 1
-        prompt = table.column("prompt").to_numpy()
-        position = table.column("position").to_numpy()
-        length = table.column("length").to_numpy()
-        order = np.lexsort((layer, position, length, prompt))
-        first = order[layer[order] == 0]  # one record per (prompt, position, length)
-        rows = np.array([self._row_of.get(int(p), -1) for p in prompt[first]])
-        return StoredTruncation(
-            n_layers=n_rows - 1,
-            record_prompt=rows,
-            record_pos=position[first],
-            record_length=length[first],
-            record_token=[str(t) for t in np.asarray(table.column("token").to_pylist(), dtype=object)[first]],
-            record_category=[str(c) for c in np.asarray(table.column("category").to_pylist(), dtype=object)[first]],
-            cos=table.column("cos").to_numpy()[order].reshape(-1, n_rows).astype(np.float64),
-        )
+        return report_from_rows(table, self.token_ids, self.spec, prompt_row=self._row_of)
 
-    def _stored_norms(self) -> StoredNorms | None:
-        import numpy as np
-        from horizon.core.norms import Growth
+    def _norms(self) -> Any:
+        from horizon.core.analyses.norms import report_from_rows
 
         view = self.views.get("norms")
-        table = self.results.table("norms")
+        table = self.results.table("norms", columns=["prompt", "position", "layer", "site", "norm", "std"])
         if view is None or table is None:
             return None
-        site = table.column("site")
-        if hasattr(site.type, "value_type"):  # dictionary-encoded
-            site = site.cast(site.type.value_type)
-        keep = np.asarray(site.to_numpy(zero_copy_only=False) == "resid_pre")
-        per_prompt = _PerPromptMatrix(
-            self.prompt_numbers,
-            table.column("prompt").to_numpy()[keep], table.column("layer").to_numpy()[keep],
-            table.column("position").to_numpy()[keep], table.column("norm").to_numpy()[keep].astype(np.float64),
-        )
-        n_rows = per_prompt.n_rows
-        growth = dict(view["growth"])
-        growth["fit_layers"] = tuple(growth["fit_layers"])
-        stats = {name: _Namespace(mean_norm=np.asarray(entry["mean_norm"], dtype=np.float64))
-                 for name, entry in view["sites"].items()}
-        bos = view.get("bos", {}).get("mean_norm")
-        return StoredNorms(
-            n_layers=n_rows - 1, has_bos=self.has_bos, norms={"resid_pre": per_prompt}, stats=stats,
-            growth=Growth(**growth), bos_mean_norm=None if bos is None else np.asarray(bos, dtype=np.float64),
-        )
+        return report_from_rows(view, table, self.prompt_numbers, self.has_bos, self.n_layers,
+                                int(self.model_info.get("d_model") or 0))
 
-    def _stored_scan(self) -> StoredScan | None:
+    def _scan(self) -> Any:
+        from horizon.core.horizon import ScanResult
+
         view = self.views.get("scan")
         if view is None:
             return None
         horizons = {int(layer): k for layer, k in view["effective_horizon"].items()}
-        return StoredScan(rows=view["rows"], effective_horizon=horizons, loss_clean=view["loss_clean"], tol=view["tol"],
-                          ablation=view.get("ablation", "zero"))
+        return ScanResult(rows=view["rows"], effective_horizon=horizons, loss_clean=view["loss_clean"],
+                          tol=view["tol"], n_tokens=view["n_tokens"], unit=view.get("unit", "layer"))
 
-    def _stored_attention(self) -> Any:
+    def _attention(self, prompt: int) -> Any:
         import numpy as np
+        import pyarrow.compute as pc
+        from horizon.core.analyses import attention
         from horizon.core.attention import AttentionReport
 
-        view = self.views.get("attention")
-        if view is None:
+        table = self.results.table("attention")
+        if table is None or "attention" not in self.views:
             return None
+        rows = table.filter(pc.equal(table.column("prompt"), self.prompt_numbers[prompt]))
+        if rows.num_rows == 0:
+            return None
+        view = attention.view(None, rows, {}, self.has_bos)
 
         def array(matrix: list[list[float | None]]) -> Any:
             return np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=np.float64)
 
         return AttentionReport(
-            model=self.spec, token_ids=self.token_ids, n_layers=view["n_layers"], n_heads=view["n_heads"],
+            model=self.spec, token_ids=[self.token_ids[prompt]], n_layers=view["n_layers"], n_heads=view["n_heads"],
             has_bos=self.has_bos, n_queries=view["n_queries"],
             mean_distance=array(view["mean_distance"]), mean_distance_no_bos=array(view["mean_distance_no_bos"]),
             mass={k: array(v) for k, v in view["mass"].items()},
             mass_no_bos={k: array(v) for k, v in view["mass_no_bos"].items()},
         )
-
-
-class _PerPromptMatrix:
-    """prompt row -> its [layers, positions] matrix, assembled from long-format rows on first use.
-
-    Rows are sorted by prompt once, so a sweep of many prompts costs one sort, not one scan each.
-    """
-
-    def __init__(self, numbers: list[int], prompt: Any, layer: Any, position: Any, value: Any) -> None:
-        import numpy as np
-
-        order = np.argsort(prompt, kind="stable")
-        self.numbers = numbers
-        self.prompt, self.layer, self.position, self.value = prompt[order], layer[order], position[order], value[order]
-        self.n_rows = int(layer.max()) + 1 if len(layer) else 0
-        self._built: dict[int, Any] = {}
-
-    def __len__(self) -> int:
-        return len(self.numbers)
-
-    def __getitem__(self, row: int) -> Any:
-        import numpy as np
-
-        if row not in self._built:
-            number = self.numbers[row]
-            start, stop = np.searchsorted(self.prompt, [number, number + 1])
-            if stop == start:
-                self._built[row] = None
-            else:
-                positions = self.position[start:stop]
-                matrix = np.full((self.n_rows, int(positions.max()) + 1), np.nan)
-                matrix[self.layer[start:stop], positions] = self.value[start:stop]
-                self._built[row] = matrix
-        return self._built[row]
-
-
-class _Namespace:
-    def __init__(self, **values: Any) -> None:
-        self.__dict__.update(values)

@@ -29,6 +29,10 @@ files) into ``DIR/quarantine/<time>/``, so that any Parquet reader of ``DIR/<tab
 the recorded rows. Those moves, and the rename of a shard's files, happen under the lock.
 
 Nothing here imports torch: ``open_results`` must stay fast for ``horizon report`` and the app.
+
+This module is over 400 lines on purpose: it is everything about the files of a results
+directory (atomic writes, the manifest, damage checks, quarantine, tidying, merge), so the
+crash-consistency rule above is kept in one place.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from horizon.core import analyses as registry
 from horizon.core.errors import HorizonError
 
 FORMAT = "horizon-results"
@@ -60,27 +65,41 @@ LOCK = ".lock"
 MU_FILE = "truncation_mu.npy"
 # Tables written for every shard whatever the analyses: they let a reader show tokens and texts.
 BASE_TABLES = ("prompts", "tokens")
-# CLI analysis name -> table name (the issue names the analyses after the commands).
-ANALYSIS_TABLES = {"norms": "norms", "truncate": "truncation", "scan": "horizon", "attention": "attention"}
-ANALYSES = tuple(ANALYSIS_TABLES)
 SHARD_FILE = re.compile(r"^shard-(\d{5})\.parquet$")
 QUARANTINE = "quarantine"
-# What each table must hold (more columns are fine: a later version may add one).
-SCHEMAS: dict[str, dict[str, pa.DataType]] = {
+# What each base table must hold (more columns are fine: a later version may add one). The
+# analyses' tables and schemas come from the registry (core/analyses): see ``schema``.
+BASE_SCHEMAS: dict[str, dict[str, pa.DataType]] = {
     "prompts": {"prompt": pa.int32(), "n_tokens": pa.int32(), "text": pa.string()},
     "tokens": {"prompt": pa.int32(), "position": pa.int32(), "token_id": pa.int32(), "token": pa.string()},
-    "norms": {"prompt": pa.int32(), "position": pa.int32(), "token": pa.string(), "layer": pa.int16(),
-              "site": pa.string(), "norm": pa.float32(), "std": pa.float32()},
-    "truncation": {"prompt": pa.int32(), "position": pa.int32(), "token": pa.string(), "category": pa.string(),
-                   "length": pa.int16(), "layer": pa.int16(), "cos": pa.float32(), "cos_raw": pa.float32()},
-    "horizon": {"prompt": pa.int32(), "n_tokens": pa.int32(), "k": pa.int16(), "K": pa.int16(),
-                "start_layer": pa.int16(), **{name: pa.float64() for name in
-                                              ("loss_clean", "loss", "delta_loss", "kl", "top1")}},
-    "attention": {"prompt": pa.int32(), "n_queries": pa.int32(), "layer": pa.int16(), "head": pa.int16(),
-                  **{name + suffix: pa.float64() for suffix in ("", "_no_bos") for name in
-                     ("mean_distance", "mass_0", "mass_1_5", "mass_6_10", "mass_gt10")}},
 }
-TABLES = (*BASE_TABLES, *ANALYSIS_TABLES.values())
+
+
+def analysis_tables() -> dict[str, str]:
+    """Analysis name -> table name, for every registered analysis (core/analyses)."""
+    return registry.tables()
+
+
+def all_tables() -> tuple[str, ...]:
+    """Every table a sweep may write: the base tables, then one per registered analysis."""
+    return (*BASE_TABLES, *registry.tables().values())
+
+
+def table_schema(table: str) -> dict[str, pa.DataType] | None:
+    if table in BASE_SCHEMAS:
+        return BASE_SCHEMAS[table]
+    return next((a.schema for a in registry.REGISTRY.values() if a.table == table), None)
+
+
+def __getattr__(name: str) -> Any:
+    # The registry can grow after import (a test registers an analysis), so these are computed on use.
+    if name == "ANALYSIS_TABLES":
+        return analysis_tables()
+    if name == "ANALYSES":
+        return registry.names()
+    if name == "TABLES":
+        return all_tables()
+    raise AttributeError(name)
 
 
 class WriteError(HorizonError):
@@ -161,7 +180,7 @@ def commit(temp: Path, path: Path) -> None:
     _fsync_dir(path.parent)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write through ``write(temp_path)`` and rename into place: readers see all or nothing."""
     commit(stage(path, write), path)
 
@@ -176,11 +195,11 @@ def file_sha256(path: Path) -> str:
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     text = json.dumps(payload, indent=2, sort_keys=False) + "\n"
-    _atomic_write(path, lambda temp: temp.write_text(text, encoding="utf-8"))
+    atomic_write(path, lambda temp: temp.write_text(text, encoding="utf-8"))
 
 
 def write_table_atomic(path: Path, table: pa.Table) -> None:
-    _atomic_write(path, lambda temp: pq.write_table(table, temp, compression="zstd"))
+    atomic_write(path, lambda temp: pq.write_table(table, temp, compression="zstd"))
 
 
 def stage_table(path: Path, table: pa.Table) -> Path:
@@ -192,7 +211,7 @@ def write_array_atomic(path: Path, array: np.ndarray) -> None:
         with open(temp, "wb") as handle:
             np.save(handle, array, allow_pickle=False)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 # ----------------------------------------------------------------------------- the manifest
@@ -251,7 +270,7 @@ def structure_problem(manifest: dict[str, Any]) -> str | None:
          and _is_int(v.get("n_prompts")) and (v.get("max_tokens") is None or _is_int(v.get("max_tokens"))),
          "an object with sha256, n_prompts and max_tokens"),
         ("analyses", manifest.get("analyses"), lambda v: isinstance(v, dict) and all(
-            name in ANALYSES and isinstance(settings, dict) for name, settings in v.items()),
+            name in registry.REGISTRY and isinstance(settings, dict) for name, settings in v.items()),
          "an object of known analyses"),
         ("shard_size", manifest.get("shard_size"), lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
         ("shards", manifest.get("shards"), lambda v: isinstance(v, list), "a list"),
@@ -274,7 +293,7 @@ def structure_problem(manifest: dict[str, Any]) -> str | None:
         if not _is_int(shard.get("n_tokens")) or shard.get("status") not in ("pending", "done"):
             return f"{where} should have an integer n_tokens and a status pending or done"
         rows = shard.get("rows")
-        if not isinstance(rows, dict) or any(table not in TABLES or not _is_int(count) or count < 0
+        if not isinstance(rows, dict) or any(table not in all_tables() or not _is_int(count) or count < 0
                                              for table, count in rows.items()):
             return f"{where}.rows should map table names to row counts, it is {_short(rows)}"
         sums = shard.get("sha256", {})
@@ -350,7 +369,7 @@ class Results:
     @property
     def analyses(self) -> list[str]:
         """Analyses with at least one intact shard, in the canonical order."""
-        return [name for name in ANALYSES if self.files.get(ANALYSIS_TABLES[name])]
+        return [name for name, table in analysis_tables().items() if self.files.get(table)]
 
     @property
     def shards(self) -> list[dict[str, Any]]:
@@ -382,6 +401,25 @@ class Results:
             self._cache[key] = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
         return self._cache[key]
 
+    def prompt_tokens(self) -> tuple[list[list[int]], list[list[str]]]:
+        """Token ids and token texts per corpus prompt (index = prompt number; empty where not stored)."""
+        if "prompt_tokens" not in self._cache:
+            tokens = self.table("tokens")
+            by_id: list[list[int]] = []
+            by_text: list[list[str]] = []
+            if tokens is not None and tokens.num_rows:
+                prompt = tokens.column("prompt").to_numpy()
+                position = tokens.column("position").to_numpy()
+                token_id, text = tokens.column("token_id").to_numpy(), tokens.column("token").to_pylist()
+                order = np.lexsort((position, prompt))
+                by_id = [[] for _ in range(int(prompt.max()) + 1)]
+                by_text = [[] for _ in by_id]
+                for index in order.tolist():
+                    by_id[prompt[index]].append(int(token_id[index]))
+                    by_text[prompt[index]].append(str(text[index]))
+            self._cache["prompt_tokens"] = (by_id, by_text)  # type: ignore[assignment]
+        return self._cache["prompt_tokens"]  # type: ignore[return-value]
+
     def mu(self) -> np.ndarray | None:
         file = self.path / MU_FILE
         if not file.exists():
@@ -392,7 +430,7 @@ class Results:
             return None
 
 
-def _check_file(file: Path, expected_rows: int | None, table: str | None = None,
+def check_file(file: Path, expected_rows: int | None, table: str | None = None,
                 expected_sha: str | None = None, full: bool = False) -> str | None:
     """Why a Parquet shard file cannot be used, or None when it is intact.
 
@@ -404,8 +442,8 @@ def _check_file(file: Path, expected_rows: int | None, table: str | None = None,
         schema = metadata.schema.to_arrow_schema()
     except (OSError, pa.ArrowException, ValueError) as exc:
         return f"{file} is damaged or truncated ({type(exc).__name__}); rerun with --resume to redo it"
-    if table in SCHEMAS:
-        for column, kind in SCHEMAS[table].items():
+    if table is not None and table_schema(table) is not None:
+        for column, kind in table_schema(table).items():
             index = schema.get_field_index(column)
             if index < 0 or schema.field(index).type != kind:
                 found = "missing" if index < 0 else str(schema.field(index).type)
@@ -439,7 +477,7 @@ def _recorded(manifest: dict[str, Any]) -> dict[int, tuple[dict[str, int], dict[
 def leftover_temps(root: Path) -> list[Path]:
     """Temp files of interrupted writes, in the directory and its table folders."""
     found = sorted(root.glob(".*.tmp")) if root.is_dir() else []
-    for table in TABLES:
+    for table in all_tables():
         if (root / table).is_dir():
             found += sorted((root / table).glob(".*.tmp"))
     return found
@@ -449,7 +487,7 @@ def strays(root: Path, manifest: dict[str, Any]) -> list[Path]:
     """Everything in a table folder that is not a file the manifest records (what a Parquet reader would add)."""
     recorded = _recorded(manifest)
     found = []
-    for table in TABLES:
+    for table in all_tables():
         folder = root / table
         if not folder.is_dir():
             continue
@@ -493,10 +531,10 @@ def open_results(path: str | Path) -> Results:
                              "(not recorded by the manifest, or damaged); they are not part of the results")
 
     if manifest is None:
-        for table in TABLES:
+        for table in all_tables():
             files = []
             for file in sorted((root / table).glob("shard-*.parquet")) if (root / table).is_dir() else []:
-                problem = _check_file(file, None, table)
+                problem = check_file(file, None, table)
                 if problem:
                     problems.append(problem)
                 else:
@@ -513,7 +551,7 @@ def open_results(path: str | Path) -> Results:
     if not_done:
         problems.append(f"{len(not_done)} of {len(manifest['shards'])} shards are not finished "
                         f"(first: {not_done[0]}); run the same sweep with --resume to complete them")
-    for table in TABLES:
+    for table in all_tables():
         files = []
         folder = root / table
         for shard_id, (rows, sums) in sorted(recorded.items()):
@@ -524,7 +562,7 @@ def open_results(path: str | Path) -> Results:
                 problems.append(f"{file} is missing although the manifest marks shard {shard_id} done; "
                                 "rerun with --resume to redo it")
                 continue
-            problem = _check_file(file, rows[table], table, sums.get(table))
+            problem = check_file(file, rows[table], table, sums.get(table))
             if problem:
                 problems.append(problem)
             else:
@@ -603,7 +641,7 @@ def tidy(root: Path, manifest: dict[str, Any], pid_alive: Callable[[int], bool] 
             if not file.is_file():
                 problem = "missing"
             else:
-                problem = _check_file(file, rows[table], table, sums.get(table), full=table not in sums)
+                problem = check_file(file, rows[table], table, sums.get(table), full=table not in sums)
             if problem:
                 del rows[table]
                 sums.pop(table, None)
@@ -632,7 +670,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def mark_damaged_shards(root: Path, results: Results) -> list[int]:
+def damaged_shards(root: Path, results: Results) -> list[int]:
     """Shard ids whose recorded files are missing or unreadable: ``--resume`` redoes them."""
     if results.manifest is None:
         return []
@@ -641,7 +679,84 @@ def mark_damaged_shards(root: Path, results: Results) -> list[int]:
         sums = shard.get("sha256") or {}
         for table, rows in shard.get("rows", {}).items():
             file = shard_path(root, table, int(shard["id"]))
-            if not file.exists() or _check_file(file, rows, table, sums.get(table), full=table not in sums):
+            if not file.exists() or check_file(file, rows, table, sums.get(table), full=table not in sums):
                 bad.append(int(shard["id"]))
                 break
     return bad
+
+
+# ----------------------------------------------------------------------------- merge
+
+
+@dataclass
+class Merged:
+    """What ``merge`` wrote: the sources, the shard files copied, shards done of total."""
+
+    target: Path
+    sources: list[Path]
+    files: int
+    shards_done: int
+    shards_total: int
+
+
+def merge(sources: list[str | Path], target: Path) -> Merged:
+    """Combine results directories of one sweep (same model, corpus, settings) into the new directory ``target``.
+
+    Each shard's table is taken from the first source that has it intact; row counts and
+    checksums are carried into the merged manifest, which is written last (atomically).
+    """
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise HorizonError(f"--out {target} exists and is not empty (or not a directory); merge writes a new "
+                           "directory")
+    try:
+        return _merge(sources, target)
+    except WriteError:
+        raise
+    except OSError as exc:  # a read-only place, a file in the way, a full disk
+        raise WriteError(Path(exc.filename) if exc.filename else target, exc) from None
+
+
+def _merge(sources: list[str | Path], target: Path) -> Merged:
+    import shutil
+
+    opened = [open_results(source) for source in sources]
+    for results in opened:
+        if results.manifest is None:
+            raise HorizonError(f"{results.path} has no readable manifest; merge needs one in every source")
+    base = json.loads(json.dumps(opened[0].manifest))
+    for results in opened[1:]:
+        conflicts = settings_conflicts(base, results.manifest)
+        if conflicts:
+            raise HorizonError(f"{results.path} is not the same sweep as {opened[0].path}: {'; '.join(conflicts)}")
+        for name, settings in results.manifest["analyses"].items():
+            base["analyses"].setdefault(name, settings)
+    for shard in base["shards"]:
+        shard.update({"status": "pending", "rows": {}, "sha256": {}})
+    base["runs"] = [run for results in opened for run in results.manifest.get("runs", [])]
+    copied = 0
+    for results in opened:
+        for table, files in results.files.items():
+            for file in files:
+                shard_id = int(SHARD_FILE.match(file.name).group(1))
+                shard = base["shards"][shard_id]
+                if table in shard["rows"]:
+                    continue  # an earlier source already gave this shard's table
+                destination = shard_path(target, table, shard_id)
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(file, destination)
+                source_shard = results.manifest["shards"][shard_id]
+                shard["rows"][table] = source_shard["rows"][table]
+                if table in source_shard.get("sha256", {}):
+                    shard["sha256"][table] = source_shard["sha256"][table]
+                copied += 1
+        mu = results.path / MU_FILE
+        if mu.exists() and not (target / MU_FILE).exists():
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(mu, target / MU_FILE)
+    wanted = {*BASE_TABLES, *(analysis_tables()[name] for name in base["analyses"])}
+    for shard in base["shards"]:
+        shard["status"] = "done" if wanted <= set(shard["rows"]) else "pending"
+    done = sum(1 for shard in base["shards"] if shard["status"] == "done")
+    base["finished"] = now_iso() if done == len(base["shards"]) else None
+    write_json_atomic(target / MANIFEST, base)
+    return Merged(target, [r.path for r in opened], copied, done, len(base["shards"]))

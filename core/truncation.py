@@ -22,6 +22,7 @@ from horizon.core.capture import run_capture
 from horizon.core.categories import CATEGORIES, token_category
 from horizon.core.errors import HorizonError
 from horizon.core.loader import LoadedModel
+from horizon.core.outliers import rank_outliers, token_context
 from horizon.core.prompts import TokenBatch, batches, decode_tokens
 
 DEFAULT_LENGTHS = (1, 5, 10)
@@ -32,8 +33,6 @@ FULL_BATCH_BYTES = 256 * 2**20
 # Keep the full-context residuals between the mean pass and the comparison pass below this size;
 # above it they are recomputed (one extra forward over the full prompts) instead of held.
 KEEP_FULL_BYTES = 512 * 2**20
-CONTEXT_BEFORE = 12
-CONTEXT_AFTER = 4
 
 
 def layer_labels(n_layers: int) -> list[str]:
@@ -183,10 +182,6 @@ class TruncationReport:
             for k in range(len(self.record_token))
         ]
 
-    @property
-    def labels(self) -> list[str]:
-        return layer_labels(self.n_layers)
-
     def to_json(self) -> dict[str, Any]:
         """The issue's JSON keys except ``model`` and ``token_ids`` (the command adds those)."""
         return {
@@ -236,31 +231,22 @@ def summarise(report: TruncationReport) -> None:
 
 
 def find_outliers(
-    report: TruncationReport, tokenizer: Any, n_outliers: int, outlier_layer: int | None = None
+    report: TruncationReport, tokens: Sequence[Sequence[str]], n_outliers: int, outlier_layer: int | None = None,
+    has_bos: bool = True,
 ) -> list[Outlier]:
-    """The ``n_outliers`` records with the lowest mean-centred cosine.
+    """The ``n_outliers`` records with the lowest outlier score (core/outliers.py: ``rank_outliers``).
 
     A record's score is its lowest cosine over the L+1 rows (reported with that row), or its
     cosine at ``outlier_layer`` when given: one entry per (token, length), never one per row.
+    ``tokens`` holds each prompt's token texts; the context is ``token_context``'s.
     """
-    if n_outliers <= 0 or len(report.cos) == 0:
-        return []
-    if outlier_layer is None:
-        rows = np.nanargmin(np.nan_to_num(report.cos, nan=np.inf), axis=1)
-    else:
-        rows = np.full(len(report.cos), outlier_layer)
-    scores = report.cos[np.arange(len(rows)), rows]
-    order = np.argsort(scores, kind="stable")[:n_outliers]
+    records, rows, scores = rank_outliers(report.cos, max(n_outliers, 0), outlier_layer)
     outliers = []
-    for k in order:
+    for k, row, score in zip(records.tolist(), rows.tolist(), scores.tolist(), strict=True):
         prompt, pos = int(report.record_prompt[k]), int(report.record_pos[k])
-        ids = report.token_ids[prompt]
-        before = tokenizer.decode(ids[max(1, pos - CONTEXT_BEFORE) : pos])
-        after = tokenizer.decode(ids[pos + 1 : pos + 1 + CONTEXT_AFTER])
-        outliers.append(
-            Outlier(prompt, pos, report.record_token[k], report.record_category[k], int(report.record_length[k]),
-                    int(rows[k]), float(scores[k]), before, after)
-        )
+        before, _, after = token_context(tokens[prompt], pos, has_bos)
+        outliers.append(Outlier(prompt, pos, report.record_token[k], report.record_category[k],
+                                int(report.record_length[k]), int(row), float(score), before, after))
     return outliers
 
 
@@ -367,5 +353,5 @@ def analyse_truncation(
         cos_raw=np.concatenate(raw_parts) if raw_parts else np.zeros((0, n_rows), dtype=np.float32),
     )
     summarise(report)
-    report.outliers = find_outliers(report, model.tokenizer, n_outliers, outlier_layer)
+    report.outliers = find_outliers(report, decoded, n_outliers, outlier_layer)
     return report

@@ -14,6 +14,7 @@ from horizon.core.errors import HorizonError
 from horizon.core.horizon import HorizonConfig, clean_run, patch, patched_logits, reference_patched_logits, scan
 from horizon.core.loader import _tiny_hf_model
 from horizon.core.prompts import make_batch, tokenize
+from horizon.core.staircase import StaircasePass
 
 from tests.conftest import SHORT_PROMPT
 
@@ -91,7 +92,7 @@ def test_pass_from_cached_clean_residual_reproduces_clean(tiny_model, first_laye
     first_layer = min(first_layer, tiny_model.n_layers - 1)
     rows = [(first_layer, 0, HorizonConfig(2 * tiny_model.n_layers + 1)),
             (first_layer, 1, HorizonConfig(2 * tiny_model.n_layers + 1, final="full"))]
-    for _, logits in H._staircase_pass(tiny_model, clean, rows):
+    for _, logits in StaircasePass(tiny_model, clean, rows).run():
         assert (logits - clean.logits)[batch.mask].abs().max() <= 1e-4
 
 
@@ -444,7 +445,7 @@ def test_bundled_model_engine_matches_reference_and_clean(smol) -> None:
     results = dict(patched_logits(smol, clean, configs))
     for index in range(3):
         assert (results[index] - clean.logits).abs().max() <= 1e-4
-    (_, replayed), = H._staircase_pass(smol, clean, [(12, 0, HorizonConfig(2 * n + 1))])
+    (_, replayed), = StaircasePass(smol, clean, [(12, 0, HorizonConfig(2 * n + 1))]).run()
     assert (replayed - clean.logits).abs().max() <= 1e-4
 
 
@@ -706,3 +707,26 @@ async def test_app_ablation_toggle_and_layer_matrix(tiny_llama) -> None:
         await settle(pilot)
         assert app.settings.only_layer is None and not app.query_one("#matrix-scroll").display
         assert app.query_one("#horizon-curve").display
+
+
+def test_sweep_by_layer_matrix_in_store_and_report(tiny_llama, tmp_path, run_cli) -> None:
+    from horizon.core import store
+    from horizon.core.corpus import Corpus
+    from horizon.core.sweep import SweepSettings, corpus_views, run_sweep
+
+    corpus = Corpus(name="t", texts=PROMPTS, kinds=[""] * len(PROMPTS))
+    out = tmp_path / "res"
+    run_sweep(corpus, out, tiny_llama, SweepSettings(analyses=["scan"], shard_size=2, ks=[1, 2, 5], by_layer=True),
+              device="cpu")
+    view = corpus_views(store.open_results(out))["scan"]
+    assert [row["k"] for row in view["rows"]] == [1, 2, 5]  # the curve keeps only the scan's rows
+    direct = H.scan_by_layer(tiny_llama, tokenize(tiny_llama, PROMPTS), ks=[1, 2, 5])
+    matrix = view["by_layer"]
+    assert matrix["layers"] == direct.layers and matrix["ks"] == direct.ks
+    assert matrix["effective_horizon"] == direct.effective_horizon
+    for name in ("delta_loss", "kl", "top1_agreement"):
+        for got, expected in zip(matrix[name], getattr(direct, name), strict=True):
+            assert got == pytest.approx(expected, abs=1e-5)
+    code, out_text, err = run_cli("report", str(out))
+    assert code == 0, err
+    assert "the horizon at one layer" in out_text and "eff. k" in out_text

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 from horizon.core import store
 from horizon.core.errors import HorizonError
-from horizon.core.sweep import VIEWS_FILE
+from horizon.core.views import VIEWS_FILE
 
 HORIZON = str(Path(sys.executable).with_name("horizon"))
 RAW_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -178,7 +178,7 @@ def _views_mismatch(root: Path) -> None:
 
 def _views_crafted(root: Path) -> None:
     """A cache written by someone else: self-consistent, but full of escapes and markup."""
-    from horizon.core.sweep import _views_sha256
+    from horizon.core.views import views_sha256
 
     payload = json.loads((root / VIEWS_FILE).read_text())
     views = payload["views"]
@@ -186,7 +186,7 @@ def _views_crafted(root: Path) -> None:
                                             context_after="\x9b1;1H[bold red]x")
     views["truncate"]["categories"][str(min(views["truncate"]["lengths"]))]["evil\x1b[5m[/]"] = [0.0] * 5
     views["scan"]["rows"][0]["k"] = "\x1b[2J"  # of the wrong type: rendering it fails, and is recomputed
-    payload["sha256"] = _views_sha256(views)
+    payload["sha256"] = views_sha256(views)
     (root / VIEWS_FILE).write_text(json.dumps(payload))
 
 
@@ -289,7 +289,7 @@ def test_resume_redoes_only_the_damaged_shard(baseline, tmp_path: Path) -> None:
                              shard_size=1)
     summary = run_sweep(load_corpus(str(corpus)), copy, "tiny-llama", settings, device="cpu", resume=True)
     assert summary.complete and summary.shards_run == 1 and summary.shards_done_before == 3
-    assert any("quarantine" in note for note in summary.problems)
+    assert any("quarantine" in note for note in summary.notes)
     quarantined = list((copy / store.QUARANTINE).rglob("shard-00001.parquet"))
     assert len(quarantined) == 1 and quarantined[0].parent.name == "norms"
 
@@ -311,7 +311,7 @@ def test_lost_manifest_is_rebuilt_without_redoing_intact_shards(damage: str, bas
                              shard_size=1)
     summary = run_sweep(load_corpus(str(corpus)), copy, "tiny-llama", settings, device="cpu", resume=True)
     assert summary.complete and summary.shards_run == 0, "every intact shard was adopted, none redone"
-    assert any("rebuilt" in note for note in summary.problems)
+    assert any("rebuilt" in note for note in summary.notes)
     results = store.open_results(copy)
     assert results.problems == []
     assert {table: results.table(table).num_rows for table in store.TABLES} == rows

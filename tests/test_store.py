@@ -51,7 +51,7 @@ def test_atomic_write_leaves_no_temp_file_and_keeps_the_old_file_on_failure(tmp_
         raise RuntimeError("killed mid-write")
 
     with pytest.raises(RuntimeError):
-        store._atomic_write(path, broken)
+        store.atomic_write(path, broken)
     assert pq.read_table(path).column("x").to_pylist() == [1, 2, 3]
     assert [file.name for file in path.parent.iterdir()] == [path.name]
 
@@ -115,7 +115,7 @@ def test_truncated_parquet_is_named_and_skipped(copy: Path, swept: Path) -> None
     assert any(str(bad) in problem and "damaged or truncated" in problem for problem in results.problems)
     prompts = set(results.table("norms").column("prompt").to_pylist())
     assert prompts == {0, 1, 3}
-    assert store.mark_damaged_shards(copy, results) == [2]
+    assert store.damaged_shards(copy, results) == [2]
 
 
 def test_half_written_and_unrecorded_shards_are_ignored(copy: Path) -> None:

@@ -340,7 +340,7 @@ def test_sweep_cli_end_to_end(run_cli, tmp_path: Path) -> None:
 
 
 def test_report_uses_the_stored_views_without_torch(full: Path) -> None:
-    from horizon.core.sweep import VIEWS_FILE, load_views, views_fingerprint
+    from horizon.core.views import VIEWS_FILE, load_views, views_fingerprint
 
     results = store.open_results(full)
     stored = json.loads((full / VIEWS_FILE).read_text())

@@ -392,7 +392,12 @@ async def test_results_mode_shows_the_report_numbers(sweep_dir, run_cli) -> None
         assert f"k={scan['effective_horizon']['0']}" in curve
         await pilot.press("5")
         await pilot.pause()
-        distances = np.array(report["attention"]["mean_distance_no_bos"], dtype=float)
+        # The Attention screen shows the prompt's own stored rows (the corpus aggregate is report's).
+        stored = session.results.table("attention").to_pydict()
+        mine = [i for i, p in enumerate(stored["prompt"]) if p == 0]
+        distances = np.full((max(stored["layer"]) + 1, max(stored["head"]) + 1), np.nan)
+        for i in mine:
+            distances[stored["layer"][i], stored["head"][i]] = stored["mean_distance_no_bos"][i]
         layer, head = np.unravel_index(np.nanargmin(distances), distances.shape)
         assert f"L{layer}.H{head}  {distances[layer, head]:.2f}" in plain(app.query_one("#attention-lists", Static))
         # The token grid shows this prompt's stored cosines (length 1, final layer).

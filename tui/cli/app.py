@@ -67,7 +67,7 @@ COMMAND_MODULES = {
     "patch": "horizon_cmd",
     "scan": "horizon_cmd",
     "truncate": "truncate_cmd",
-    "attention": "truncate_cmd",
+    "attention": "attention_cmd",
     "sweep": "sweep_cmd",
     "report": "sweep_cmd",
     "merge": "sweep_cmd",

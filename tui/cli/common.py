@@ -141,6 +141,13 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+def number(value: float | None, digits: int = 3) -> str:
+    """The CLI's one fixed-decimals number: ``digits`` decimals, ``-`` when missing or not finite."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
 def emit(as_json: bool, payload: dict[str, Any], render: Callable[[], None]) -> None:
     """Print ``payload`` as JSON, or call ``render`` for the rich view."""
     if as_json:

@@ -39,6 +39,7 @@ from horizon.tui.cli.common import (
     UnverifiedOpt,
     console,
     emit,
+    number,
     parse_int_list,
     prepare_inputs,
     progress_bar,
@@ -81,10 +82,6 @@ def _check_choices(unit: str, source: str, final: str) -> None:
     for value, choices, option in ((unit, UNITS, "--unit"), (source, SOURCES, "--source"), (final, FINALS, "--final")):
         if value not in choices:
             raise HorizonError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
-
-
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _bar(value: float, scale: float) -> Text:
@@ -169,8 +166,8 @@ def _render_patch(inputs: Any, result: PatchResult, k: int, unit: str) -> None:
     table = Table(show_header=True, header_style="bold")
     for column in ("loss clean", "loss patched", "Δ loss", "KL(clean‖patched)", "top-1 agreement"):
         table.add_column(column, justify="right")
-    table.add_row(_fmt(result.loss_clean), _fmt(result.loss_patched), f"{result.delta_loss:+.3f}",
-                  _fmt(result.kl, 4), f"{result.top1_agreement:.1%}")
+    table.add_row(number(result.loss_clean), number(result.loss_patched), f"{result.delta_loss:+.3f}",
+                  number(result.kl, 4), f"{result.top1_agreement:.1%}")
     console.print(table)
     if len(inputs.token_ids) == 1:
         tokens = inputs.tokens()[0]
@@ -181,8 +178,8 @@ def _render_patch(inputs: Any, result: PatchResult, k: int, unit: str) -> None:
         for t in worst:
             context = "".join(tokens[max(0, t - 5) : t + 1]).replace("\n", "⏎")
             detail.add_row(str(t), markup_safe(f"{context!r} → {tokens[t + 1]!r}"),
-                           _fmt(result.per_token_loss_clean[0][t]), _fmt(result.per_token_loss_patched[0][t]),
-                           _fmt(result.per_token_kl[0][t], 4))
+                           number(result.per_token_loss_clean[0][t]), number(result.per_token_loss_patched[0][t]),
+                           number(result.per_token_kl[0][t], 4))
         console.print(detail)
     console.print(f"[dim]{result.n_tokens} next-token predictions (positions 0..T-2) over "
                   f"{len(inputs.token_ids)} prompt(s)[/]")
@@ -284,8 +281,8 @@ def _render_scan(inputs: Any, result: ScanResult, source: str, keep_embed: bool,
         for row in rows:
             marker = " ◀" if row["k"] == horizon else ""
             style = "bold green" if row["k"] == horizon else None
-            table.add_row(str(row["k"]), str(row["K"]), _fmt(row["loss"]), f"{row['delta_loss']:+.3f}{marker}",
-                          _bar(row["delta_loss"], scale), _fmt(row["kl"], 4), f"{row['top1_agreement']:.0%}",
+            table.add_row(str(row["k"]), str(row["K"]), number(row["loss"]), f"{row['delta_loss']:+.3f}{marker}",
+                          _bar(row["delta_loss"], scale), number(row["kl"], 4), f"{row['top1_agreement']:.0%}",
                           style=style)
         console.print(table)
     for start_layer, horizon in result.effective_horizon.items():

@@ -1,4 +1,4 @@
-"""`horizon truncate` and `horizon attention`: do early layers specialise in local processing? (seed 003)"""
+"""`horizon truncate`: do early layers specialise in local processing? (seed 003; `horizon attention` is beside it)"""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from typing import Annotated
 import numpy as np
 import typer
 from horizon.core import options
-from horizon.core.attention import BUCKETS, AttentionReport, attention_distance
 from horizon.core.categories import CATEGORIES
 from horizon.core.errors import HorizonError
 from horizon.core.loader import DEFAULT_MODEL
@@ -27,6 +26,7 @@ from horizon.tui.cli.common import (
     UnverifiedOpt,
     console,
     emit,
+    number,
     parse_int_list,
     prepare_inputs,
     progress_bar,
@@ -48,10 +48,6 @@ OutlierLayerOpt = Annotated[
 CategoryLengthOpt = Annotated[
     int | None, typer.Option("--category-length", help="Length shown in the per-category table (default: the longest).")
 ]
-
-
-def _fmt(value: float) -> str:
-    return "-" if value is None or not np.isfinite(value) else f"{value:.3f}"
 
 
 def _dot_bar(values: list[float], low: float) -> Text:
@@ -91,7 +87,7 @@ def render_truncation(report: TruncationReport, n_prompts: int, n_tokens: int, c
     table.add_column(f"{low:.1f} {'─' * (BAR_WIDTH - 8)} 1.0")
     for row, label in enumerate(labels):
         values = [report.median_cos[c][row] for c in lengths]
-        table.add_row(label, *[_fmt(v) for v in values], _dot_bar(values, low))
+        table.add_row(label, *[number(v) for v in values], _dot_bar(values, low))
     console.print(table)
 
     n_rows = report.n_layers + 1
@@ -106,7 +102,7 @@ def render_truncation(report: TruncationReport, n_prompts: int, n_tokens: int, c
     for category in CATEGORIES:
         count = per_category.get("count", {}).get(category, 0)
         medians = per_category.get(category, [float("nan")] * n_rows)
-        cat_table.add_row(category, str(count), *[_fmt(medians[row]) for row in shown_rows])
+        cat_table.add_row(category, str(count), *[number(medians[row]) for row in shown_rows])
     console.print(cat_table)
 
     if report.outliers:
@@ -168,77 +164,3 @@ def truncate(
     n_tokens = sum(len(ids) for ids in inputs.token_ids)
     shown_length = category_length if category_length is not None else max(length_list)
     emit(as_json, payload, lambda: render_truncation(report, len(inputs.token_ids), n_tokens, shown_length))
-
-
-# ----------------------------------------------------------------------------- attention
-
-
-def _heat_style(value: float, high: float) -> str:
-    """Local heads cool (blue), long-range heads warm (red), on a log scale up to ``high``."""
-    if value is None or not np.isfinite(value):
-        return "dim"
-    share = float(np.clip(np.log1p(value) / np.log1p(max(high, 1e-9)), 0.0, 1.0))
-    red, blue = int(40 + 200 * share), int(40 + 200 * (1 - share))
-    return f"white on rgb({red},40,{blue})"
-
-
-def render_attention(report: AttentionReport, top: int) -> None:
-    console.print(
-        f"[bold]attention distance[/] · {markup_safe(report.model)} · {report.n_layers} layers × "
-        f"{report.n_heads} query heads · "
-        f"{report.n_queries} query positions (t >= 1)"
-    )
-    values = report.mean_distance_no_bos
-    high = float(np.nanmax(values)) if np.isfinite(values).any() else 1.0
-    title = "mean attention distance per head" + (", BOS column removed" if report.has_bos else "")
-    heat = Table(title=title, title_justify="left")
-    heat.add_column("layer", justify="right")
-    for head in range(report.n_heads):
-        heat.add_column(f"h{head}", justify="right")
-    heat.add_column("mean", justify="right")
-    for layer in range(report.n_layers):
-        cells = [Text(_fmt1(values[layer, head]), style=_heat_style(values[layer, head], high))
-                 for head in range(report.n_heads)]
-        heat.add_row(report.layer_label(layer), *cells, _fmt1(float(np.nanmean(values[layer]))))
-    console.print(heat)
-
-    ranked = report.ranked(no_bos=True)
-    for title, heads in (("most local heads", ranked[:top]), ("most long-range heads", ranked[::-1][:top])):
-        table = Table(title=f"{title} (BOS removed)", title_justify="left")
-        for column in ("layer", "head", "mean dist", *(f"mass {b}" for b in BUCKETS), "dist with BOS"):
-            table.add_column(column, justify="right")
-        for layer, head, distance in heads:
-            table.add_row(report.layer_label(layer), str(head), _fmt1(distance),
-                          *[_fmt(report.mass_no_bos[b][layer, head]) for b in BUCKETS],
-                          _fmt1(report.mean_distance[layer, head]))
-        console.print(table)
-
-
-def _fmt1(value: float) -> str:
-    return "-" if value is None or not np.isfinite(value) else f"{value:.1f}"
-
-
-@app.command("attention")
-def attention(
-    model: ModelOpt = DEFAULT_MODEL,
-    prompt: PromptOpt = None,
-    file: FileOpt = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts per forward pass.")] = 8,
-    top: Annotated[int, typer.Option("--top", help="Heads listed in the most-local / most-long-range views.")] = 8,
-    bos: BosOpt = True,
-    bos_token: BosTokenOpt = None,
-    truncate_to: TruncateToOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "float32",
-    unverified: UnverifiedOpt = False,
-    as_json: JsonOpt = False,
-) -> None:
-    """Per head: how far back does attention look? Mean distance and mass at 0, 1-5, 6-10, >10 tokens."""
-    options.check_batch_size(batch_size)
-    options.check_at_least(top, "--top", 0)
-    inputs = prepare_inputs(model, device, dtype, prompt, file, bos, bos_token, truncate_to, quiet=as_json)
-    with progress_bar("attention", len(inputs.token_ids), quiet=as_json) as advance:
-        report = attention_distance(inputs.model, inputs.token_ids, inputs.has_bos, batch_size=batch_size,
-                                    progress=advance)
-    payload = {"model": inputs.model.spec, "token_ids": inputs.token_ids, **report.to_json()}
-    emit(as_json, payload, lambda: render_attention(report, top))

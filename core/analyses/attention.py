@@ -1,0 +1,92 @@
+"""The attention analysis in the store: per prompt, layer and head, mean distance and mass buckets."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+from horizon.core.analyses import Analysis, column
+from horizon.core.errors import HorizonError
+
+if TYPE_CHECKING:
+    from horizon.core.store import Results
+
+# AttentionReport bucket name -> table column.
+MASSES = {"0": "mass_0", "1-5": "mass_1_5", "6-10": "mass_6_10", ">10": "mass_gt10"}
+SCHEMA = {"prompt": pa.int32(), "n_queries": pa.int32(), "layer": pa.int16(), "head": pa.int16(),
+          **{name + suffix: pa.float64() for suffix in ("", "_no_bos")
+             for name in ("mean_distance", *MASSES.values())}}
+
+
+def rows(worker: Any, indices: list[int], token_ids: list[list[int]], tokens: list[list[str]]) -> pa.Table:
+    try:
+        from horizon.core.attention import attention_distance
+    except ModuleNotFoundError as exc:
+        if exc.name != "horizon.core.attention":
+            raise
+        raise HorizonError("the attention analysis is not available in this build (core/attention.py is "
+                           "missing): leave it out of --analyses") from None
+    parts: list[pa.Table] = []
+    # One report per prompt, so the table keeps prompts apart; corpus views weight by n_queries.
+    for prompt, ids in zip(indices, token_ids, strict=True):
+        report = attention_distance(worker.model, [ids], worker.settings.bos)
+        parts.append(report_rows(report, prompt))
+    return pa.concat_tables(parts)
+
+
+def report_rows(report: Any, prompt: int) -> pa.Table:
+    """One prompt's AttentionReport as rows (one per layer and head)."""
+    n_layers, n_heads = report.mean_distance.shape
+    size = n_layers * n_heads
+    columns: dict[str, pa.Array] = {
+        "prompt": pa.array(np.full(size, prompt), pa.int32()),
+        "n_queries": pa.array(np.full(size, report.n_queries), pa.int32()),
+        "layer": pa.array(np.repeat(np.arange(n_layers), n_heads), pa.int16()),
+        "head": pa.array(np.tile(np.arange(n_heads), n_layers), pa.int16()),
+        "mean_distance": pa.array(report.mean_distance.reshape(-1), pa.float64()),
+        "mean_distance_no_bos": pa.array(report.mean_distance_no_bos.reshape(-1), pa.float64()),
+    }
+    for suffix, masses in (("", report.mass), ("_no_bos", report.mass_no_bos)):
+        for bucket, name in MASSES.items():
+            columns[name + suffix] = pa.array(np.asarray(masses[bucket]).reshape(-1), pa.float64())
+    return pa.table(columns)
+
+
+def view(results: Results | None, table: pa.Table, manifest: dict[str, Any], has_bos: bool) -> dict[str, Any]:
+    """Query-weighted means over the prompts in ``table`` (one prompt's rows give that prompt's report)."""
+    layer, head = column(table, "layer"), column(table, "head")
+    weight = column(table, "n_queries").astype(np.float64)
+    n_layers, n_heads = int(layer.max()) + 1, int(head.max()) + 1
+    cell = layer.astype(np.int64) * n_heads + head
+
+    def mean(name: str) -> list[list[float | None]]:
+        values = column(table, name).astype(np.float64)
+        # Query-weighted over prompts; a prompt whose head has no value (NaN, all mass on BOS) is left out.
+        valid = ~np.isnan(values)
+        total = np.bincount(cell[valid], weights=values[valid] * weight[valid], minlength=n_layers * n_heads)
+        count = np.bincount(cell[valid], weights=weight[valid], minlength=n_layers * n_heads)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            averaged = np.where(count > 0, total / count, np.nan)
+        return averaged.reshape(n_layers, n_heads).tolist()
+
+    return {
+        "n_layers": n_layers,
+        "n_heads": n_heads,
+        "n_queries": int(np.unique(np.stack((column(table, "prompt"), weight)), axis=1)[1].sum()),
+        "mean_distance": mean("mean_distance"),
+        "mean_distance_no_bos": mean("mean_distance_no_bos"),
+        "mass": {bucket: mean(name) for bucket, name in MASSES.items()},
+        "mass_no_bos": {bucket: mean(name + "_no_bos") for bucket, name in MASSES.items()},
+    }
+
+
+def expected_rows(lengths: list[int], settings: dict[str, Any], model: dict[str, Any]) -> int:
+    return len(lengths) * model["n_layers"] * model["n_heads"]
+
+
+ANALYSIS = Analysis(
+    name="attention", table="attention", schema=SCHEMA, rows=rows, view=view,
+    settings=lambda settings, n_layers: {"buckets": list(MASSES)},
+    expected_rows=expected_rows, render="horizon.tui.cli.report_render:render_attention", pane="attention",
+)

@@ -1,0 +1,211 @@
+"""The horizon's readout and metrics: the unembedding applied directly, and the per-prediction
+loss, KL(clean || patched) and top-1 agreement against the clean run (docs/SCIENCE.md section 3).
+
+A scan's readout reduces each vocabulary tile of the logits to these metrics while the tile is
+in cache (``vocab_metrics``), so no config's full logits are ever held.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from horizon.core.loader import LoadedModel
+from horizon.core.prompts import TokenBatch
+
+LinearHead = tuple[torch.Tensor, torch.Tensor | None]  # weight [vocab, d_model], bias or None
+
+
+def linear_head(model: LoadedModel) -> LinearHead | None:
+    """The unembedding's weight [vocab, d_model] and bias (None if zero), when it is a plain linear layer.
+
+    Applied directly, the head writes logits where the caller wants them; the bridge's module
+    allocates a fresh tensor per call and broadcasts even an all-zero bias into it first, which
+    costs as much as a quarter of the matmul on a CPU.
+    """
+    head = getattr(model.bridge.unembed, "original_component", None)
+    if not isinstance(head, torch.nn.Linear):
+        return None
+    bias = head.bias if head.bias is not None and bool(head.bias.any()) else None
+    return head.weight, bias
+
+
+def unembed(model: LoadedModel, normed: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The unembedding of ``normed`` written into ``out``."""
+    head = linear_head(model)
+    if head is None:
+        return out.copy_(model.bridge.unembed(normed))
+    return apply_head(head, normed, out)
+
+
+def apply_head(
+    head: LinearHead, normed: torch.Tensor, out: torch.Tensor, columns: slice = slice(None)
+) -> torch.Tensor:
+    """The logits of vocabulary ``columns`` (all by default) under a linear head, written into ``out``."""
+    weight, bias = head
+    torch.matmul(normed, weight[columns].t(), out=out)
+    if bias is not None:
+        out += bias[columns]
+    return out
+
+
+
+def logits_readout(model: LoadedModel, batch: int) -> Callable[[torch.Tensor], list[torch.Tensor]]:
+    """Final-normed reads of stacked rows -> each row's logits [batch, pos, vocab], fresh tensors."""
+
+    def readout(normed: torch.Tensor) -> list[torch.Tensor]:
+        logits = unembed(model, normed, normed.new_empty((*normed.shape[:-1], int(model.bridge.cfg.d_vocab))))
+        return list(logits.split(batch))
+
+    return readout
+
+
+def vocab_tiles(vocab: int, width: int) -> list[slice]:
+    """The vocabulary in tiles of ``width`` columns (the last one shorter)."""
+    return [slice(start, min(vocab, start + width)) for start in range(0, vocab, width)]
+
+
+@dataclass
+class CleanReference:
+    """The clean run's next-token statistics at positions 0..T-2: what each patched run is compared with.
+
+    A scan compares up to 2L+1 configs with one clean run, so everything that depends on the clean
+    logits alone (probabilities, log-normaliser, loss, top-1) is computed here once.
+    """
+
+    logits: torch.Tensor  # [batch, pos-1, vocab], float32
+    probs: torch.Tensor  # softmax of logits
+    logsumexp: torch.Tensor  # [batch, pos-1]
+    loss: torch.Tensor  # next-token cross-entropy [batch, pos-1]
+    top1: torch.Tensor  # argmax token [batch, pos-1]
+    targets: torch.Tensor  # the next tokens [batch, pos-1]
+    valid: torch.Tensor  # the prediction at t counts when token t+1 is real (not padding)
+    _tiles: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of(cls, clean_logits: torch.Tensor, batch: TokenBatch) -> CleanReference:
+        logits = clean_logits[:, :-1].float()
+        logsumexp = torch.logsumexp(logits, dim=-1)
+        targets = batch.input_ids[:, 1:]
+        return cls(
+            logits=logits,
+            probs=torch.softmax(logits, dim=-1),
+            logsumexp=logsumexp,
+            loss=logsumexp - logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1),
+            top1=logits.max(dim=-1).indices,
+            targets=targets,
+            valid=batch.mask[:, 1:],
+        )
+
+    def tile(self, columns: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clean logits and probabilities over a vocabulary tile, contiguous, made once."""
+        if columns.start == 0 and columns.stop == self.logits.shape[-1]:
+            return self.logits, self.probs
+        key = (columns.start, columns.stop)
+        if key not in self._tiles:
+            self._tiles[key] = (self.logits[..., columns].contiguous(), self.probs[..., columns].contiguous())
+        return self._tiles[key]
+
+    def unpatched(self) -> TokenMetrics:
+        """The metrics of a config that patches nothing: the clean run against itself."""
+        return _masked(self, self.loss, torch.zeros_like(self.loss), torch.ones_like(self.valid))
+
+
+@dataclass
+class TokenMetrics:
+    """Per-prediction metrics of one token batch: [batch, pos-1] tensors, masked by ``valid``."""
+
+    loss_clean: torch.Tensor
+    loss_patched: torch.Tensor
+    kl: torch.Tensor
+    top1_agree: torch.Tensor
+    valid: torch.Tensor
+
+
+def token_metrics(clean: CleanReference, patched: torch.Tensor) -> TokenMetrics:
+    """Next-token CE (clean and patched), KL(clean || patched) and top-1 agreement at positions 0..T-2."""
+    (metrics,) = logits_metrics(clean, patched[:, :-1], 1)
+    return metrics
+
+
+def logits_metrics(clean: CleanReference, logits: torch.Tensor, n_rows: int) -> list[TokenMetrics]:
+    """Metrics of ``n_rows`` stacked configs from whole logits at the predicting positions (one tile)."""
+    return vocab_metrics(clean, [(slice(0, logits.shape[-1]), logits.float())], n_rows)
+
+
+def vocab_metrics(
+    clean: CleanReference, tiles: Iterable[tuple[slice, torch.Tensor]], n_rows: int
+) -> list[TokenMetrics]:
+    """Metrics of ``n_rows`` stacked configs from their logits, given one vocabulary tile at a time.
+
+    Each tile is [n_rows * batch, pos-1, width]; the reductions over the vocabulary are combined
+    across tiles, so a whole row of logits never has to exist at once.
+    """
+    shape = (n_rows, *clean.valid.shape)
+    logsumexps: list[torch.Tensor] = []
+    shift_dot = clean.logsumexp.new_zeros(shape)
+    top_logit = clean.logsumexp.new_full(shape, -torch.inf)
+    target_logit = clean.logsumexp.new_zeros(shape)
+    clean_top1_logit = clean.logsumexp.new_zeros(shape)
+    for columns, tile in tiles:
+        tile = tile.view(*shape, -1)
+        clean_logits, clean_probs = clean.tile(columns)
+        logsumexps.append(torch.logsumexp(tile, dim=-1))
+        # KL(c || p) = sum_v p_c (log p_c - log p_p) = (lse_p - lse_c) - sum_v p_c (z_p - z_c), as
+        # sum_v p_c = 1. The logits are differenced before the weighted sum, so no large terms
+        # cancel: as exact as the log-softmax form in float32, with fewer sweeps of the vocabulary.
+        shift_dot += torch.linalg.vecdot(tile - clean_logits, clean_probs)
+        torch.maximum(top_logit, tile.amax(dim=-1), out=top_logit)
+        _pick(tile, columns, clean.targets, target_logit)
+        _pick(tile, columns, clean.top1, clean_top1_logit)
+    logsumexp = torch.logsumexp(torch.stack(logsumexps), dim=0) if len(logsumexps) > 1 else logsumexps[0]
+    loss = logsumexp - target_logit
+    kl = (logsumexp - clean.logsumexp) - shift_dot
+    # The clean top-1 token is still the patched top-1 when its logit is the largest (an amax is
+    # several times faster than an argmax over the vocabulary).
+    agree = clean_top1_logit >= top_logit
+    return [_masked(clean, loss[row], kl[row], agree[row]) for row in range(n_rows)]
+
+
+def _pick(tile: torch.Tensor, columns: slice, tokens: torch.Tensor, out: torch.Tensor) -> None:
+    """Copy into ``out`` the logits of ``tokens`` ([batch, pos-1]) that fall in this tile."""
+    inside = (tokens >= columns.start) & (tokens < columns.stop)
+    local = (tokens - columns.start).clamp(0, tile.shape[-1] - 1).expand(*tile.shape[:-1])
+    picked = tile.gather(-1, local.unsqueeze(-1)).squeeze(-1)
+    torch.where(inside, picked, out, out=out)
+
+
+def _masked(clean: CleanReference, loss: torch.Tensor, kl: torch.Tensor, agree: torch.Tensor) -> TokenMetrics:
+    valid = clean.valid
+    zero = torch.zeros((), dtype=kl.dtype, device=kl.device)
+    return TokenMetrics(
+        loss_clean=torch.where(valid, clean.loss, zero),
+        loss_patched=torch.where(valid, loss, zero),
+        kl=torch.where(valid, kl, zero),
+        top1_agree=agree & valid,
+        valid=valid,
+    )
+
+
+@dataclass
+class Totals:
+    """Running sums over token batches (means are pooled over every prediction)."""
+
+    loss_clean: float = 0.0
+    loss_patched: float = 0.0
+    kl: float = 0.0
+    agree: int = 0
+    n_tokens: int = 0
+
+    def add(self, metrics: TokenMetrics) -> None:
+        self.loss_clean += float(metrics.loss_clean.double().sum())
+        self.loss_patched += float(metrics.loss_patched.double().sum())
+        self.kl += float(metrics.kl.double().sum())
+        self.agree += int(metrics.top1_agree.sum())
+        self.n_tokens += int(metrics.valid.sum())
+
+    def row(self, n: int) -> dict[str, float]:
+        """The means over ``n`` predictions, as a scan row's metrics."""
+        return {"loss": self.loss_patched / n, "delta_loss": (self.loss_patched - self.loss_clean) / n,
+                "kl": self.kl / n, "top1_agreement": self.agree / n}

@@ -1,0 +1,127 @@
+"""The sweep's worker: one loaded model that turns a shard of prompts into Arrow tables.
+
+Used in-process (the local pool) or as a Ray actor (core/pools.py); the driver (core/sweep.py)
+owns the directory. Each analysis's rows come from its registry entry (core/analyses).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+from horizon.core import analyses as registry
+from horizon.core.sweep_settings import SweepSettings
+
+if TYPE_CHECKING:
+    from horizon.core.loader import LoadedModel
+
+
+@dataclass
+class WorkerConfig:
+    """What a worker needs to rebuild the same model and inputs anywhere (it must pickle for Ray)."""
+
+    model: str
+    device: str
+    dtype: str
+    texts: list[str]
+    settings: SweepSettings
+    load_kwargs: dict[str, Any] = field(default_factory=dict)  # placement: device_map, n_devices
+
+
+class SweepWorker:
+    """One loaded model that turns shards into tables. Used in-process, or as a Ray actor."""
+
+    def __init__(self, config: WorkerConfig, loaded: LoadedModel | None = None) -> None:
+        from horizon.core.corpus import Corpus, tokenize_corpus
+        from horizon.core.loader import load_model
+
+        self.config = config
+        self.settings = config.settings
+        self.model = loaded if loaded is not None else load_model(
+            config.model, device=config.device, dtype=config.dtype, **config.load_kwargs
+        )
+        corpus = Corpus(name="", texts=config.texts, kinds=[""] * len(config.texts))
+        self.token_ids = tokenize_corpus(self.model, corpus, self.settings.max_tokens, self.settings.bos,
+                                         self.settings.bos_token)
+        self.mu: Any = None
+
+    # -- what the driver records about the model
+    def describe(self) -> dict[str, Any]:
+        model = self.model
+        bos_id = self.token_ids[0][0] if self.settings.bos else None
+        return {
+            "model": {
+                "spec": model.spec, "hash": model.model_hash, "source": model.source,
+                "architecture": model.architecture, "n_layers": model.n_layers, "d_model": model.d_model,
+                "n_heads": model.n_heads, "n_kv_heads": model.n_kv_heads, "n_ctx": model.n_ctx,
+            },
+            "device": str(model.device),
+            "dtype": str(model.dtype).removeprefix("torch."),
+            "bos": {"enabled": self.settings.bos, "token": self.settings.bos_token or model.default_bos
+                    if self.settings.bos else None, "token_id": bos_id},
+            "n_tokens": [len(ids) for ids in self.token_ids],
+            "host": socket.gethostname(),
+        }
+
+    def compute_mu(self) -> np.ndarray:
+        """The corpus-wide mean residual [L+1, d_model] for truncation's centring."""
+        from horizon.core.truncation import mean_residual
+
+        return mean_residual(self.model, self.token_ids, self.settings.bos).float().cpu().numpy()
+
+    def set_mu(self, mu: np.ndarray) -> None:
+        import torch
+
+        self.mu = torch.as_tensor(mu, dtype=torch.float32, device=self.model.device)
+
+    def compute_ablation_means(self) -> np.ndarray:
+        """Mean ablation's corpus-wide means of every sublayer output [2L+1, d_model] (float64)."""
+        from horizon.core.horizon import corpus_ablation_means
+
+        return corpus_ablation_means(self.model, self.token_ids, self.settings.bos).mean.cpu().numpy()
+
+    def set_ablation_means(self, means: np.ndarray) -> None:
+        import torch
+        from horizon.core.horizon import AblationMeans
+
+        self.ablation_means = AblationMeans(torch.as_tensor(means, dtype=torch.float64, device=self.model.device),
+                                            has_bos=self.settings.bos)
+
+    def run_shard(self, prompt_indices: Sequence[int], analyses: Sequence[str]) -> dict[str, pa.Table]:
+        """All tables of one shard: the base tables plus one per analysis asked for."""
+        import torch
+        from horizon.core.prompts import decode_tokens
+
+        indices = list(prompt_indices)
+        token_ids = [self.token_ids[index] for index in indices]
+        tokens = [decode_tokens(self.model, ids) for ids in token_ids]
+        tables = {
+            "prompts": _prompts_table(indices, [self.config.texts[index] for index in indices], token_ids),
+            "tokens": _tokens_table(indices, token_ids, tokens),
+        }
+        with torch.inference_mode():
+            for name in analyses:
+                analysis = registry.REGISTRY[name]
+                tables[analysis.table] = analysis.rows(self, indices, token_ids, tokens)
+        return tables
+
+
+def _prompts_table(indices: list[int], texts: list[str], token_ids: list[list[int]]) -> pa.Table:
+    return pa.table({
+        "prompt": pa.array(indices, pa.int32()),
+        "n_tokens": pa.array([len(ids) for ids in token_ids], pa.int32()),
+        "text": pa.array(texts, pa.string()),
+    })
+
+
+def _tokens_table(indices: list[int], token_ids: list[list[int]], tokens: list[list[str]]) -> pa.Table:
+    return pa.table({
+        "prompt": pa.array(np.repeat(indices, [len(ids) for ids in token_ids]), pa.int32()),
+        "position": pa.array(np.concatenate([np.arange(len(ids)) for ids in token_ids]), pa.int32()),
+        "token_id": pa.array(np.concatenate([np.asarray(ids) for ids in token_ids]), pa.int32()),
+        "token": pa.array([text for row in tokens for text in row], pa.string()),
+    })
