@@ -27,10 +27,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# The snapshots run twice: float sums in another order (one thread) must not change a picture.
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
-	# The pictures again with one thread: float sums in another order must not change them.
 	HORIZON_TEST_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest tests/test_tui_snapshots.py -q
 
 inspect: install
