@@ -13,10 +13,12 @@ before an analysis runs on it. Two levels:
   attention patterns themselves (rows sum to 1, causal, sliding windows respected), with the
   attention implementation that produced them.
 
-A model failing a quick check is refused at load with one line naming the check. The verdict of
-a full ``verify`` is stored under the weight cache keyed by the model's hash, dtype and library
-versions; a stored failure is refused the same way. ``--unverified`` (or HORIZON_UNVERIFIED=1)
-skips both.
+A model failing a quick check is refused at load with one line naming the check. Verdicts are
+stored under the weight cache, keyed by the model's hash, dtype, library versions and the source
+of this module and core/decomposition.py: the quick one only for models whose hash names their
+content (GGUF sha256, hub commit), so those are checked once per cache; the full one by
+``horizon verify``, and a stored failure is refused the same way. ``--unverified`` (or
+HORIZON_UNVERIFIED=1) skips both.
 """
 
 from __future__ import annotations
