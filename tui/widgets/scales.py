@@ -164,6 +164,8 @@ class Scale:
             bound = max(abs(low), abs(high))
             if bound == 0:
                 return cls(-1.0, 1.0, True)
+            if not math.isfinite(2 * bound):
+                return cls(-bound, bound, True)
             step = nice_step(2 * bound)
             half = _ceil(bound, step)
             return cls(-half * step, half * step, True, 2 * half)
@@ -173,6 +175,8 @@ class Scale:
     def step_of(self, value: float) -> int:
         """The colour step (0 .. steps-1) of a value, noting its margin to the step's edges."""
         width = (self.high - self.low) / self.steps
+        if not width > 0:  # a degenerate scale: one colour
+            return 0
         position = (value - self.low) / width
         edge = round(position)
         if 0 < edge < self.steps:  # the scale's own ends are no boundary: beyond them is clipped
@@ -196,6 +200,8 @@ class Scale:
 def round_range(low: float, high: float, target: int = TARGET_STEPS) -> tuple[float, float, int]:
     """[low, high] widened to multiples of a 1-2-5 step: (round low, round high, steps)."""
     span = high - low
+    if not math.isfinite(span):  # ends near the float limits: no round step to be had
+        return low, high, target
     step = nice_step(span if span > 0 else (abs(low) or 1.0), target)
     first = _floor(low, step)
     last = max(first + 1, _ceil(high, step))
