@@ -16,15 +16,22 @@ the batch at its own first patched layer, so no block is ever run on a row whose
 Windows are differences of float64 prefix sums (one subtraction per reader, exact to float32
 rounding), and a scan's readout reduces each vocabulary tile of the logits to the metrics while the
 tile is in cache, so no config's full logits are ever held.
+
+Over 400 lines for a reason: the configuration, the clean run, the patched pass and ``patch`` are
+one pipeline whose invariants (which reader is patched, what the clean run caches for the pass)
+are best read together. Its parts live beside it: core/staircase.py (the batched pass),
+core/horizon_metrics.py (readout and metrics), core/horizon_scan.py (scan and the layer x k
+matrix), core/ablation.py (mean ablation's means).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from horizon.core.ablation import AblationMeans, MeanAccumulator, ablation_means, needs_means
 from horizon.core.capture import run_capture
 from horizon.core.decomposition import (
     n_readers,
@@ -276,71 +283,6 @@ def clean_run(model: LoadedModel, batch: TokenBatch) -> CleanRun:
 # ----------------------------------------------------------------------------- mean ablation
 
 
-@dataclass
-class AblationMeans:
-    """m_0..m_{2L}: the clean run's mean of each sublayer output (docs/SCIENCE.md section 3, ablation).
-
-    With ``ablation="mean"`` reader j reads h_j + m_0 + ... + m_{lo-1} (lo = max(0, j-K)): the
-    outputs outside its window are replaced by their means instead of zero. ``mean[i]`` is the mean
-    of s_i over the non-BOS positions of the analysed prompts (every position without a BOS); at
-    the BOS position 0 the clean run's own s_i at position 0 is used (every prompt's is the same),
-    so it is not stored here. A sweep computes these once over the whole corpus.
-    """
-
-    mean: torch.Tensor  # [2L+1, d_model] float64
-    has_bos: bool = True
-    n_positions: int = 0  # how many positions were averaged
-    _fills: dict[tuple[int, bool, torch.dtype], torch.Tensor] = field(default_factory=dict, repr=False)
-
-    def __post_init__(self) -> None:
-        self.mean = self.mean.double()
-        # M_i = m_0 + ... + m_{i-1}, i = 0..2L+1 (M_0 = 0).
-        self.prefix = torch.cat((self.mean.new_zeros((1, self.mean.shape[-1])), self.mean.cumsum(dim=0)))
-
-    def fill(self, lo: int, keep_embed: bool, dtype: torch.dtype) -> torch.Tensor:
-        """What replaces s_0..s_{lo-1} at the non-BOS positions: M_lo, or M_lo - m_0 when s_0 is kept exact."""
-        key = (lo, keep_embed, dtype)
-        if key not in self._fills:
-            value = self.prefix[lo] - (self.prefix[1] if keep_embed else 0)
-            self._fills[key] = value.to(dtype)
-        return self._fills[key]
-
-    def check(self, n_layers: int, d_model: int) -> None:
-        if tuple(self.mean.shape) != (n_readers(n_layers), d_model):
-            raise HorizonError(f"the ablation means have shape {tuple(self.mean.shape)}; this model needs "
-                               f"({n_readers(n_layers)}, {d_model})")
-
-
-class MeanAccumulator:
-    """Sums of each sublayer output over the positions that enter the ablation means."""
-
-    def __init__(self) -> None:
-        self.total: torch.Tensor | None = None
-        self.count = 0
-        self.has_bos = True
-
-    def add(self, outputs: torch.Tensor, batch: TokenBatch) -> None:
-        """``outputs``: s_0..s_{2L} of one token batch [2L+1, batch, pos, d_model]."""
-        mask = batch.stat_mask()  # real tokens, without the BOS position when there is one
-        self.has_bos = batch.has_bos
-        summed = torch.stack([outputs[i][mask].double().sum(dim=0) for i in range(outputs.shape[0])])
-        self.total = summed if self.total is None else self.total + summed
-        self.count += int(mask.sum())
-
-    def result(self) -> AblationMeans:
-        if self.total is None or self.count == 0:
-            raise HorizonError("mean ablation needs at least one position after the BOS to average over")
-        return AblationMeans(self.total / self.count, self.has_bos, self.count)
-
-
-def ablation_means(cleans: Sequence[CleanRun]) -> AblationMeans:
-    """The means of the analysed prompts' own clean runs."""
-    accumulator = MeanAccumulator()
-    for clean in cleans:
-        accumulator.add(clean.outputs, clean.batch)
-    return accumulator.result()
-
-
 def corpus_ablation_means(
     model: LoadedModel, token_ids: list[list[int]], has_bos: bool = True, batch_size: int = 8
 ) -> AblationMeans:
@@ -351,10 +293,6 @@ def corpus_ablation_means(
         capture = run_capture(model, batch.input_ids, ("embed", "attn_out", "mlp_out"))
         accumulator.add(stack_outputs(capture["embed"], capture["attn_out"], capture["mlp_out"]), batch)
     return accumulator.result()
-
-
-def needs_means(configs: Iterable[HorizonConfig]) -> bool:
-    return any(config.ablation == "mean" for config in configs)
 
 
 # ----------------------------------------------------------------------------- the patched pass
@@ -623,6 +561,24 @@ from horizon.core.horizon_scan import (  # noqa: E402
     scan_by_layer,
 )
 
-__all__ = ["ByLayerResult", "CleanReference", "ScanResult", "TokenMetrics", "apply_head", "by_layer_configs",
-           "default_ks", "effective_horizon", "join_by_layer", "logits_metrics", "row_horizons", "scan",
-           "scan_by_layer", "token_metrics", "unembed"]
+__all__ = [
+    "AblationMeans",
+    "ByLayerResult",
+    "CleanReference",
+    "MeanAccumulator",
+    "ScanResult",
+    "TokenMetrics",
+    "ablation_means",
+    "apply_head",
+    "by_layer_configs",
+    "default_ks",
+    "effective_horizon",
+    "join_by_layer",
+    "logits_metrics",
+    "needs_means",
+    "row_horizons",
+    "scan",
+    "scan_by_layer",
+    "token_metrics",
+    "unembed",
+]

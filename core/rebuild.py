@@ -66,7 +66,8 @@ def rebuild_manifest(root: Path, new: dict[str, Any], texts: Sequence[str],
             shard.setdefault("sha256", {})[table] = store.file_sha256(path)
             adopted += 1
         shard["status"] = "pending" if missing_tables(manifest, shard) else "done"
-    if "truncate" in analyses and any("truncation" in shard["rows"] for shard in manifest["shards"]):
+    truncate = registry.REGISTRY["truncate"].table
+    if "truncate" in analyses and any(truncate in shard["rows"] for shard in manifest["shards"]):
         try:
             mu = np.load(root / store.MU_FILE, allow_pickle=False)
             if mu.shape == (n_layers + 1, manifest["model"]["d_model"]) and np.isfinite(mu).all():

@@ -6,12 +6,13 @@ Layout::
     DIR/prompts/shard-00003.parquet   prompt, kind, n_tokens, text
     DIR/tokens/shard-00003.parquet    prompt, position, token_id, token
     DIR/norms/shard-00003.parquet     prompt, position, token, layer, site, norm, std
-    DIR/truncation/...                prompt, position, token, category, length, layer, cos, cos_raw
-    DIR/horizon/...                   prompt, n_tokens, k, K, start_layer, loss_clean, loss, delta_loss, kl, top1
+    DIR/truncate/...                  prompt, position, token, category, length, layer, cos, cos_raw
+    DIR/scan/...                      prompt, n_tokens, k, K, start_layer, loss_clean, loss, delta_loss, kl, top1
+                                      (+ only_layer: -1, or N on the rows of the layer x k matrix)
     DIR/attention/...                 prompt, n_queries, layer, head, mean_distance, mean_distance_no_bos, mass_*
     DIR/truncation_mu.npy             the corpus-wide mean residual [L+1, d_model] every shard centres with
     DIR/views.json                    the corpus views ``report`` shows, cached with a fingerprint of the
-                                      table files they came from (``core/sweep.py``: load_views)
+                                      table files they came from (``core/views.py``: load_views)
 
 A *shard* is a fixed group of consecutive prompts (``shard_size``, recorded in the manifest).
 Every table file of a shard is written to a temp name and renamed into place, and only then is
@@ -67,6 +68,9 @@ MU_FILE = "truncation_mu.npy"
 BASE_TABLES = ("prompts", "tokens")
 SHARD_FILE = re.compile(r"^shard-(\d{5})\.parquet$")
 QUARANTINE = "quarantine"
+# Tables renamed after their analyses: results directories written under the old names are read
+# under the new ones (report, inspect, merge); a sweep refuses to add to them (``legacy_tables``).
+LEGACY_TABLES = {"horizon": "scan", "truncation": "truncate"}
 # What each base table must hold (more columns are fine: a later version may add one). The
 # analyses' tables and schemas come from the registry (core/analyses): see ``schema``.
 BASE_SCHEMAS: dict[str, dict[str, pa.DataType]] = {
@@ -83,6 +87,25 @@ def analysis_tables() -> dict[str, str]:
 def all_tables() -> tuple[str, ...]:
     """Every table a sweep may write: the base tables, then one per registered analysis."""
     return (*BASE_TABLES, *registry.tables().values())
+
+
+def legacy_tables(manifest: dict[str, Any]) -> list[str]:
+    """The old table names a manifest records (a results directory from before the tables' renaming)."""
+    return sorted({table for shard in manifest.get("shards", []) if isinstance(shard, dict)
+                   for table in (shard.get("rows") or {}) if table in LEGACY_TABLES})
+
+
+def _read_legacy(manifest: dict[str, Any]) -> dict[str, str]:
+    """Rename a legacy manifest's tables in memory; returns new table name -> the folder holding it."""
+    folders: dict[str, str] = {}
+    for shard in manifest.get("shards", []):
+        for key in ("rows", "sha256"):
+            recorded = shard.get(key) or {}
+            for old, new in LEGACY_TABLES.items():
+                if old in recorded:
+                    recorded[new] = recorded.pop(old)
+                    folders[new] = old
+    return folders
 
 
 def table_schema(table: str) -> dict[str, pa.DataType] | None:
@@ -293,7 +316,8 @@ def structure_problem(manifest: dict[str, Any]) -> str | None:
         if not _is_int(shard.get("n_tokens")) or shard.get("status") not in ("pending", "done"):
             return f"{where} should have an integer n_tokens and a status pending or done"
         rows = shard.get("rows")
-        if not isinstance(rows, dict) or any(table not in all_tables() or not _is_int(count) or count < 0
+        if not isinstance(rows, dict) or any(table not in (*all_tables(), *LEGACY_TABLES) or not _is_int(count)
+                                             or count < 0
                                              for table, count in rows.items()):
             return f"{where}.rows should map table names to row counts, it is {_short(rows)}"
         sums = shard.get("sha256", {})
@@ -364,6 +388,7 @@ class Results:
     problems: list[str] = field(default_factory=list)
     files: dict[str, list[Path]] = field(default_factory=dict)  # table -> readable files of done shards
     notes: list[str] = field(default_factory=list)  # not problems: e.g. files moved to quarantine earlier
+    folders: dict[str, str] = field(default_factory=dict)  # table -> its folder, where not its name (legacy)
     _cache: dict[str, pa.Table] = field(default_factory=dict, repr=False)
 
     @property
@@ -520,6 +545,8 @@ def open_results(path: str | Path) -> Results:
         problems.append(f"{exc}; showing the readable shard files without checking them against it "
                         "(--resume rebuilds it from them)")
     results = Results(path=root, manifest=manifest, problems=problems)
+    if manifest is not None:
+        results.folders = _read_legacy(manifest)
 
     for leftover in leftover_temps(root):
         problems.append(f"{leftover} is a half-written file (a run was interrupted while writing it); "
@@ -531,9 +558,12 @@ def open_results(path: str | Path) -> Results:
                              "(not recorded by the manifest, or damaged); they are not part of the results")
 
     if manifest is None:
+        results.folders = {new: old for old, new in LEGACY_TABLES.items()
+                           if (root / old).is_dir() and not (root / new).is_dir()}
         for table in all_tables():
+            folder = root / results.folders.get(table, table)
             files = []
-            for file in sorted((root / table).glob("shard-*.parquet")) if (root / table).is_dir() else []:
+            for file in sorted(folder.glob("shard-*.parquet")) if folder.is_dir() else []:
                 problem = check_file(file, None, table)
                 if problem:
                     problems.append(problem)
@@ -553,7 +583,7 @@ def open_results(path: str | Path) -> Results:
                         f"(first: {not_done[0]}); run the same sweep with --resume to complete them")
     for table in all_tables():
         files = []
-        folder = root / table
+        folder = root / results.folders.get(table, table)
         for shard_id, (rows, sums) in sorted(recorded.items()):
             if table not in rows:
                 continue  # that analysis was not part of the run that wrote this shard

@@ -114,6 +114,11 @@ def _prepare_directory(root: Path, new: dict[str, Any], resume: bool, force: boo
             except HorizonError as exc:
                 damaged = str(exc)
         if old is not None:
+            legacy = store.legacy_tables(old)
+            if legacy and not force:
+                raise HorizonError(f"{root} was written by an earlier horizon (tables {', '.join(legacy)}; now "
+                                   f"{', '.join(store.LEGACY_TABLES[t] for t in legacy)}): report and inspect read "
+                                   "it, but a sweep cannot add to it; re-run the sweep into a new --out (or --force)")
             conflicts = store.settings_conflicts(old, new)
             if conflicts and not force:
                 raise HorizonError(f"{root} holds a sweep with other settings ({'; '.join(conflicts)}); use another "
@@ -149,7 +154,7 @@ def _has_shard_files(root: Path) -> bool:
 
 def _discard(root: Path) -> None:
     """Remove a previous sweep's files (only the ones a sweep writes; the quarantine folder stays)."""
-    for table in store.all_tables():
+    for table in (*store.all_tables(), *store.LEGACY_TABLES):
         shutil.rmtree(root / table, ignore_errors=True)
     for name in (store.MANIFEST, store.MU_FILE, VIEWS_FILE, ABLATION_MEANS_FILE):
         (root / name).unlink(missing_ok=True)

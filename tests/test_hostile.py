@@ -94,7 +94,7 @@ def test_ctrl_c_mid_sweep_is_resumable(tmp_path: Path) -> None:
     results = store.open_results(out)
     assert json.loads(finish.stdout)["complete"] and results.problems == []
     assert sorted(results.table("prompts").column("prompt").to_pylist()) == list(range(12))
-    assert results.table("horizon").num_rows == 12 * 2
+    assert results.table("scan").num_rows == 12 * 2
 
 
 # ----------------------------------------------------------------------------- the damaged-store matrix
@@ -149,7 +149,7 @@ def _corrupt_pages_legacy(root: Path) -> None:
 
 
 def _wrong_schema(root: Path) -> None:
-    file = root / "horizon" / "shard-00002.parquet"
+    file = root / "scan" / "shard-00002.parquet"
     rows = pq.read_metadata(file).num_rows
     pq.write_table(pa.table({"prompt": pa.array(["x"] * rows), "k": pa.array([1.5] * rows)}), file)
 
@@ -331,7 +331,7 @@ def test_rebuild_refuses_files_of_other_settings(baseline, tmp_path: Path) -> No
     settings = SweepSettings(analyses=["norms", "scan"], ks=[1, 2], shard_size=1)
     summary = run_sweep(load_corpus(str(corpus)), copy, "tiny-llama", settings, device="cpu")
     assert summary.complete and summary.shards_run == 4  # scan redone everywhere; norms adopted
-    horizon = store.open_results(copy).table("horizon")
+    horizon = store.open_results(copy).table("scan")
     assert sorted(set(horizon.column("k").to_pylist())) == [1, 2]
     assert list((copy / store.QUARANTINE).rglob("*.parquet"))
 
@@ -496,4 +496,4 @@ def test_force_discards_tables_but_keeps_the_quarantine(baseline, run_cli, tmp_p
     assert_clean(code, out, err, 0)
     assert json.loads(out)["shards_done_before"] == 0, "--force redid everything"
     assert sorted(path.name for path in (copy / store.QUARANTINE).rglob("*") if path.is_file()) == kept
-    assert not (copy / "horizon").exists() and not (copy / store.MU_FILE).exists()
+    assert not (copy / "scan").exists() and not (copy / store.MU_FILE).exists()

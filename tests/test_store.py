@@ -167,3 +167,32 @@ def test_mu_round_trips(tmp_path: Path) -> None:
     store.write_json_atomic(tmp_path / store.MANIFEST, {"format": store.FORMAT, "version": store.FORMAT_VERSION})
     results = store.Results(path=tmp_path, manifest=None)
     np.testing.assert_array_equal(results.mu(), mu)
+
+
+def test_a_directory_with_the_old_table_names_is_read_and_not_swept_into(tiny_llama, tmp_path: Path,
+                                                                          run_cli) -> None:
+    """Tables renamed after their analyses (horizon -> scan, truncation -> truncate): old directories still read."""
+    out = tmp_path / "old"
+    corpus = Corpus(name="test", texts=TEXTS[:2], kinds=["", ""])
+    run_sweep(corpus, out, tiny_llama, SweepSettings(analyses=["truncate", "scan"], shard_size=1, ks=[1, 5]),
+              device="cpu")
+    code, text, err = run_cli("report", str(out), "--json")
+    assert code == 0, err
+    current = json.loads(text)
+    manifest = json.loads((out / store.MANIFEST).read_text())
+    for old, new in store.LEGACY_TABLES.items():
+        (out / new).rename(out / old)
+        for shard in manifest["shards"]:
+            for key in ("rows", "sha256"):
+                shard[key][old] = shard[key].pop(new)
+    (out / store.MANIFEST).write_text(json.dumps(manifest))
+    (out / "views.json").unlink()
+    results = store.open_results(out)
+    assert results.problems == [] and results.analyses == ["truncate", "scan"]
+    code, text, err = run_cli("report", str(out), "--json")
+    assert code == 0, err
+    legacy = json.loads(text)
+    assert legacy["scan"] == current["scan"] and legacy["truncate"] == current["truncate"]
+    code, text, err = run_cli("sweep", "--out", str(out), "-m", "tiny-llama", "--device", "cpu", "--resume", "-q",
+                              "--analyses", "truncate,scan")
+    assert code == 2 and "written by an earlier horizon" in err and len(err.strip().splitlines()) == 1

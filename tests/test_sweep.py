@@ -31,8 +31,8 @@ KEYS = {
     "prompts": ["prompt"],
     "tokens": ["prompt", "position"],
     "norms": ["prompt", "site", "layer", "position"],
-    "truncation": ["prompt", "length", "position", "layer"],
-    "horizon": ["prompt", "start_layer", "k"],
+    "truncate": ["prompt", "length", "position", "layer"],
+    "scan": ["prompt", "start_layer", "k"],
     "attention": ["prompt", "layer", "head"],
 }
 
@@ -46,7 +46,7 @@ def light() -> SweepSettings:
     return SweepSettings(analyses=["norms", "truncate"], shard_size=2)
 
 
-LIGHT_TABLES = ("prompts", "tokens", "norms", "truncation")
+LIGHT_TABLES = ("prompts", "tokens", "norms", "truncate")
 
 
 @pytest.fixture(scope="module")
@@ -241,9 +241,9 @@ def test_resume_after_kill_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     n_layers = store.read_manifest(out)["model"]["n_layers"]
     # resid_pre has L+1 rows (with the final residual), the four other sites L rows, per position.
     assert norms.num_rows == n_positions * ((n_layers + 1) + 4 * n_layers), "no lost row"
-    horizon = results.table("horizon")
+    horizon = results.table("scan")
     assert horizon.num_rows == 12 * 2
-    assert len(set(zip(*(horizon.column(c).to_pylist() for c in KEYS["horizon"]), strict=True))) == horizon.num_rows
+    assert len(set(zip(*(horizon.column(c).to_pylist() for c in KEYS["scan"]), strict=True))) == horizon.num_rows
 
 
 # ----------------------------------------------------------------------------- Ray
@@ -287,7 +287,7 @@ def test_report_cli_on_a_damaged_directory(full: Path, run_cli, tmp_path: Path) 
 
     copy = tmp_path / "damaged"
     shutil.copytree(full, copy)
-    bad = copy / "horizon" / "shard-00001.parquet"
+    bad = copy / "scan" / "shard-00001.parquet"
     bad.write_bytes(b"PAR1 not really")
     (copy / store.MANIFEST).unlink()
     code, out, err = run_cli("report", str(copy), "--json")

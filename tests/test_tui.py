@@ -403,7 +403,7 @@ async def test_results_mode_shows_the_report_numbers(sweep_dir, run_cli) -> None
         # The token grid shows this prompt's stored cosines (length 1, final layer).
         await pilot.press("1")
         await pilot.pause()
-        stored = session.results.table("truncation")
+        stored = session.results.table("truncate")
         rows = [
             (p, pos, cos) for p, pos, c, lay, cos in zip(
                 stored.column("prompt").to_pylist(), stored.column("position").to_pylist(),

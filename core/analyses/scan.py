@@ -131,6 +131,6 @@ def fits(data: pa.Table, settings: dict[str, Any]) -> bool:
 
 
 ANALYSIS = Analysis(
-    name="scan", table="horizon", schema=SCHEMA, rows=rows, view=view, settings=scan_settings,
+    name="scan", table="scan", schema=SCHEMA, rows=rows, view=view, settings=scan_settings,
     expected_rows=expected_rows, fits=fits, render="horizon.tui.cli.report_render:render_scan", pane="horizon",
 )

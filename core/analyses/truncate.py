@@ -90,7 +90,7 @@ def fits(data: pa.Table, settings: dict[str, Any]) -> bool:
 
 
 ANALYSIS = Analysis(
-    name="truncate", table="truncation", schema=SCHEMA, rows=rows, view=view,
+    name="truncate", table="truncate", schema=SCHEMA, rows=rows, view=view,
     settings=lambda settings, n_layers: {"lengths": sorted(set(settings.lengths)), "centring": "corpus mean"},
     expected_rows=expected_rows, fits=fits, render="horizon.tui.cli.report_render:render_truncation",
     pane="outliers", needs_bos=True,

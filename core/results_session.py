@@ -1,0 +1,194 @@
+"""``ResultsSession``: the app's ``Source`` (core/session.py) over a results directory, no model needed."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from horizon.core.errors import HorizonError
+from horizon.core.session import DEFAULT_LENGTHS, PatchSettings, Session
+
+if TYPE_CHECKING:
+    from horizon.core.loader import LoadedModel
+
+T = TypeVar("T")
+
+
+class ResultsSession:
+    """A results directory behind the ``Source`` protocol: stored numbers, no model needed.
+
+    The corpus-wide views are those of ``horizon report`` (core/views.py); each is turned into
+    the engine's own result type by its analysis (core/analyses): a TruncationReport of every
+    stored record, a NormsReport with the per-prompt resid_pre norms, the corpus ScanResult, and
+    per prompt the AttentionReport of that prompt's stored rows. ``ready`` only looks results up;
+    the named methods build them (reading and sorting Parquet: call them from a worker thread),
+    once, under a lock. With a ``live`` model (same prompts), patched passes can be rerun;
+    otherwise ``can_patch`` is False.
+    """
+
+    def __init__(self, path: str, live_model: LoadedModel | None = None) -> None:
+        from horizon.core import store
+        from horizon.core.views import corpus_views
+
+        self.results = store.open_results(path)
+        if self.results.manifest is None:
+            raise HorizonError(f"{path} is not a results directory written by horizon sweep")
+        manifest = self.results.manifest
+        self.views = corpus_views(self.results)
+        self.timings: dict[str, float] = {}
+        self.has_bos = bool(manifest.get("bos", {}).get("enabled", True))
+        self.model_info = manifest.get("model") or {}
+        self.spec = str(self.model_info.get("spec", "?"))
+        prompts_table = self.results.table("prompts")
+        if prompts_table is None or self.results.table("tokens") is None:
+            raise HorizonError(f"{path} holds no intact shard yet")
+        # Prompts are numbered by their corpus index; only those of intact shards are shown.
+        numbers = [int(n) for n in prompts_table.column("prompt").to_pylist()]
+        texts = prompts_table.column("text").to_pylist()
+        order = sorted(range(len(numbers)), key=lambda i: numbers[i])
+        self.prompt_numbers = [numbers[i] for i in order]
+        self.prompts = [texts[i] for i in order]
+        ids_by_number, texts_by_number = self.results.prompt_tokens()
+        self.token_ids = [ids_by_number[n] if n < len(ids_by_number) else [] for n in self.prompt_numbers]
+        self._tokens = [texts_by_number[n] if n < len(texts_by_number) else [] for n in self.prompt_numbers]
+        self.n_layers = int(self.model_info.get("n_layers") or self._infer_layers())
+        self.lengths = tuple(manifest.get("analyses", {}).get("truncate", {}).get("lengths", DEFAULT_LENGTHS))
+        self._row_of = {number: row for row, number in enumerate(self.prompt_numbers)}
+        self._cache: dict[Any, Any] = {}
+        self._lock = threading.Lock()
+        self.live = Session(live_model, self.prompts, self.token_ids, self.has_bos) if live_model else None
+        self.model = live_model
+
+    def _infer_layers(self) -> int:
+        attention = self.views.get("attention")
+        if attention:
+            return int(attention["n_layers"])
+        raise HorizonError("the results directory does not record the model's number of layers")
+
+    @property
+    def can_patch(self) -> bool:
+        return self.live is not None
+
+    @property
+    def label(self) -> str:
+        return f"{self.spec} results {self.results.path.name}"
+
+    def tokens(self, prompt: int = 0) -> list[str]:
+        return self._tokens[prompt]
+
+    # Reading what is ready ---------------------------------------------------------------
+
+    def ready(self, key: Any) -> Any | None:
+        """The result under ``key`` when it is built (never builds: safe on the UI thread)."""
+        if isinstance(key, tuple) and key and key[0] == "scan":
+            key = "scan"  # one stored scan (swept with the ablation its manifest records)
+        if isinstance(key, tuple) and key and key[0] == "by_layer":
+            return None if self.live is None else self.live.ready(key)
+        if isinstance(key, tuple) and key and isinstance(key[0], PatchSettings):
+            return None if self.live is None else self.live.ready(key)
+        return self._cache.get(key)
+
+    cached = ready  # the name the app used first
+
+    def cached_scan(self, prompt: int = 0, ablation: str = "zero") -> Any | None:
+        return self.ready("scan")
+
+    def cached_by_layer(self, prompt: int = 0, ablation: str = "zero") -> Any | None:
+        return self.ready(("by_layer", prompt, ablation))
+
+    def cached_patch(self, settings: PatchSettings, prompt: int = 0) -> Any | None:
+        return self.ready((settings, prompt))
+
+    # Computing (worker threads) ----------------------------------------------------------
+
+    def _built(self, key: Any, name: str, build: Callable[[], T]) -> T:
+        with self._lock:  # one build per key, even when two workers ask at once
+            if key not in self._cache:
+                start = time.perf_counter()
+                self._cache[key] = build()
+                self.timings[name] = time.perf_counter() - start
+            return self._cache[key]
+
+    def truncation(self) -> Any:
+        """TruncationReport of every stored record (prompts numbered as shown), or None when not stored."""
+        return self._built("truncation", "truncation", self._truncation)
+
+    def norms(self) -> Any:
+        """NormsReport: the corpus statistics of ``report`` and each shown prompt's resid_pre norms."""
+        return self._built("norms", "norms", self._norms)
+
+    def attention(self, prompt: int = 0) -> Any:
+        """AttentionReport of one prompt, from that prompt's stored rows (None when not stored)."""
+        return self._built(("attention", prompt), "attention", lambda: self._attention(prompt))
+
+    def scan(self, prompt: int = 0, ablation: str = "zero") -> Any:
+        """The stored corpus scan as a ScanResult (swept with the ablation its manifest records)."""
+        return self._built("scan", "scan", self._scan)
+
+    def by_layer(self, prompt: int = 0, ablation: str = "zero") -> Any:
+        """The layer x k matrix of one prompt: computed by the live session (a results directory holds none)."""
+        if self.live is None:
+            raise HorizonError("results mode has no model: pass --model to compute the layer x k matrix")
+        return self.live.by_layer(prompt, ablation)
+
+    def patch(self, settings: PatchSettings, prompt: int = 0) -> Any:
+        if self.live is None:
+            raise HorizonError("results mode has no model: pass --model to rerun patched passes")
+        return self.live.patch(settings, prompt)
+
+    # Building the stored results -----------------------------------------------------------
+
+    def _truncation(self) -> Any:
+        from horizon.core.analyses.truncate import report_from_rows
+
+        table = self.results.table("truncate")
+        if table is None or "truncate" not in self.views:
+            return None
+        return report_from_rows(table, self.token_ids, self.spec, prompt_row=self._row_of)
+
+    def _norms(self) -> Any:
+        from horizon.core.analyses.norms import report_from_rows
+
+        view = self.views.get("norms")
+        table = self.results.table("norms", columns=["prompt", "position", "layer", "site", "norm", "std"])
+        if view is None or table is None:
+            return None
+        return report_from_rows(view, table, self.prompt_numbers, self.has_bos, self.n_layers,
+                                int(self.model_info.get("d_model") or 0))
+
+    def _scan(self) -> Any:
+        from horizon.core.horizon import ScanResult
+
+        view = self.views.get("scan")
+        if view is None:
+            return None
+        horizons = {int(layer): k for layer, k in view["effective_horizon"].items()}
+        return ScanResult(rows=view["rows"], effective_horizon=horizons, loss_clean=view["loss_clean"],
+                          tol=view["tol"], n_tokens=view["n_tokens"], unit=view.get("unit", "layer"))
+
+    def _attention(self, prompt: int) -> Any:
+        import numpy as np
+        import pyarrow.compute as pc
+        from horizon.core.analyses import attention
+        from horizon.core.attention import AttentionReport
+
+        table = self.results.table("attention")
+        if table is None or "attention" not in self.views:
+            return None
+        rows = table.filter(pc.equal(table.column("prompt"), self.prompt_numbers[prompt]))
+        if rows.num_rows == 0:
+            return None
+        view = attention.view(None, rows, {}, self.has_bos)
+
+        def array(matrix: list[list[float | None]]) -> Any:
+            return np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=np.float64)
+
+        return AttentionReport(
+            model=self.spec, token_ids=[self.token_ids[prompt]], n_layers=view["n_layers"], n_heads=view["n_heads"],
+            has_bos=self.has_bos, n_queries=view["n_queries"],
+            mean_distance=array(view["mean_distance"]), mean_distance_no_bos=array(view["mean_distance_no_bos"]),
+            mass={k: array(v) for k, v in view["mass"].items()},
+            mass_no_bos={k: array(v) for k, v in view["mass_no_bos"].items()},
+        )
