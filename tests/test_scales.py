@@ -4,8 +4,9 @@ digits, and the margins each choice reports (test_tui_snapshots.py relies on the
 from __future__ import annotations
 
 import pytest
+from horizon.tui.format import fixed, fmt
 from horizon.tui.widgets.charts import legend_text, sparkline
-from horizon.tui.widgets.scales import Scale, fixed, fmt, nice_step, recording_margins, unrecorded
+from horizon.tui.widgets.scales import Scale, nice_step, recording_margins, unrecorded
 
 
 def test_nice_step_is_one_two_or_five_times_a_power_of_ten() -> None:

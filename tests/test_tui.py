@@ -326,6 +326,30 @@ async def test_command_palette_has_every_action(tiny_llama: LoadedModel) -> None
 
 
 @pytest.mark.anyio
+async def test_one_key_table_makes_bindings_palette_and_help(tiny_llama: LoadedModel) -> None:
+    """BINDINGS, the command palette and the help screen's key list are all the key table's."""
+    from horizon.tui.keys import KEYS
+    from horizon.tui.screens.help import KEYS as HELP_KEYS
+    from horizon.tui.screens.horizon import HorizonPane
+
+    owners = {"app": HorizonApp, "horizon": HorizonPane, "outliers": OutliersTable}
+    for key in KEYS:
+        if key.keys and key.action:
+            bound = {(b.key, b.action) for b in owners[key.where].BINDINGS}  # type: ignore[union-attr]
+            assert (key.keys, key.action) in bound, key
+    for where, owner in owners.items():
+        assert len(owner.BINDINGS) == sum(1 for k in KEYS if k.keys and k.action and k.where == where)
+    app = HorizonApp(session=make_session(tiny_llama), background=False)
+    async with app.run_test(size=SIZE):
+        titles = [command.title for command in app.get_system_commands(app.screen) if command.title in
+                  {k.title for k in KEYS}]
+    assert titles == [k.title for k in KEYS if k.title]
+    rows = [label for label, _ in HELP_KEYS]
+    assert rows == list(dict.fromkeys(k.row for k in KEYS if k.row))
+    assert all(text for _, text in HELP_KEYS)
+
+
+@pytest.mark.anyio
 async def test_prompt_picker_filters_by_text(tiny_llama: LoadedModel) -> None:
     prompts = [PROMPT, "Rome is the capital of Italy.", "Berlin is in Germany."]
     session = make_session(tiny_llama, prompts)

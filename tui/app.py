@@ -20,6 +20,7 @@ from horizon.core.errors import HorizonError
 from horizon.core.session import PatchSettings, Session
 from horizon.core.untrusted import visible
 from horizon.tui.hangup import HangupGuard
+from horizon.tui.keys import TABS, bindings, palette  # noqa: F401  (TABS: the screens)
 from horizon.tui.screens.attention import AttentionPane
 from horizon.tui.screens.help import HelpScreen
 from horizon.tui.screens.horizon import HorizonPane
@@ -30,14 +31,13 @@ from horizon.tui.screens.tokens import TokensPane
 from horizon.tui.widgets.status import StatusLine
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
 METRICS = ("cosine", "norm", "loss", "kl")
-TABS = ("tokens", "norms", "horizon", "outliers", "attention")
 BACKGROUND = ("truncation", "norms", "attention", "scan")
 DEBOUNCE_S = 0.12
 
@@ -47,27 +47,7 @@ class HorizonApp(App[None]):
 
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses elsewhere still find it
     TITLE = "horizon"
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("question_mark", "help", "help"),
-        Binding("1", "show_tab('tokens')", "tokens", show=False),
-        Binding("2", "show_tab('norms')", "norms", show=False),
-        Binding("3", "show_tab('horizon')", "horizon", show=False),
-        Binding("4", "show_tab('outliers')", "outliers", show=False),
-        Binding("5", "show_tab('attention')", "attention", show=False),
-        Binding("m", "cycle_metric", "metric"),
-        Binding("left_square_bracket", "layer(-1)", "layer-", key_display="["),
-        Binding("right_square_bracket", "layer(1)", "layer+", key_display="]"),
-        Binding("l", "cycle_length", "length"),
-        Binding("comma", "k(-1)", "k-", key_display=","),
-        Binding("full_stop", "k(1)", "k+", key_display="."),
-        Binding("s", "toggle_source", "source", show=False),
-        Binding("e", "toggle_keep_embed", "keep embed", show=False),
-        Binding("f", "toggle_final", "final", show=False),
-        Binding("b", "toggle_bos", "BOS", show=False),
-        Binding("p", "pick_prompt", "prompt", show=False),
-        Binding("escape", "close_detail", "close", show=False),
-        Binding("q", "quit", "quit"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = bindings("app")  # the one key table: tui/keys.py
 
     metric: reactive[str] = reactive("cosine")
     layer: reactive[int] = reactive(0)
@@ -352,26 +332,5 @@ class HorizonApp(App[None]):
 
     def get_system_commands(self, screen: Screen) -> Any:
         yield from super().get_system_commands(screen)
-        for number, tab in enumerate(TABS, start=1):
-            yield SystemCommand(f"Show {tab}", f"switch to the {tab} screen (key {number})",
-                                lambda tab=tab: self.action_show_tab(tab))
-        commands = (
-            ("Help", "every metric and key (?)", self.action_help),
-            ("Cycle token metric", "cosine, norm, Δloss, KL (m)", self.action_cycle_metric),
-            ("Layer down", "([)", lambda: self.action_layer(-1)),
-            ("Layer up", "(])", lambda: self.action_layer(1)),
-            ("Cycle truncation length", "1, 5, 10 (l)", self.action_cycle_length),
-            ("Horizon k down", "(,)", lambda: self.action_k(-1)),
-            ("Horizon k up", "(.)", lambda: self.action_k(1)),
-            ("Start layer down", "horizon start layer", lambda: self.action_start_layer(-1)),
-            ("Start layer up", "horizon start layer", lambda: self.action_start_layer(1)),
-            ("Toggle horizon source", "recursive / clean (s)", self.action_toggle_source),
-            ("Toggle keep_embed", "always add the embedding to the window (e)", self.action_toggle_keep_embed),
-            ("Toggle final readout", "window / full (f)", self.action_toggle_final),
-            ("Toggle attention BOS", "with / without the BOS column (b)", self.action_toggle_bos),
-            ("Cycle outlier category", "all, newline, full_stop, ... (c)", self.action_cycle_category),
-            ("Pick prompt", "search the prompts by text (p)", self.action_pick_prompt),
-            ("Close detail pane", "(esc)", self.action_close_detail),
-        )
-        for title, help_line, callback in commands:
+        for title, help_line, callback in palette(self):  # the one key table: tui/keys.py
             yield SystemCommand(title, help_line, callback)

@@ -21,6 +21,7 @@ import typer
 # `horizon --help` and the inspector's first paint never wait for torch.
 from horizon.core.loader import DEFAULT_MODEL, LoadedModel, load_model
 from horizon.core.options import check_truncate_to, parse_int_list  # noqa: F401  (parse_int_list: shared)
+from horizon.tui.format import number  # noqa: F401  (the one number formatter, shared with the app)
 from rich.console import Console
 
 # A short, real sentence: the default when a command gets neither --prompt nor --file.
@@ -139,13 +140,6 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [jsonable(item) for item in value]
     return value
-
-
-def number(value: float | None, digits: int = 3) -> str:
-    """The CLI's one fixed-decimals number: ``digits`` decimals, ``-`` when missing or not finite."""
-    if value is None or not math.isfinite(value):
-        return "-"
-    return f"{value:.{digits}f}"
 
 
 def emit(as_json: bool, payload: dict[str, Any], render: Callable[[], None]) -> None:

@@ -9,12 +9,9 @@ from horizon.core import analyses as registry
 from horizon.core import store
 from horizon.core.untrusted import markup_safe
 from horizon.tui.cli.common import console
-from horizon.tui.cli.common import number as fmt
+from horizon.tui.format import layer_label
+from horizon.tui.format import number as fmt
 from rich.table import Table
-
-
-def _layer_label(index: int, n_layers: int) -> str:
-    return "final" if index == n_layers else str(index)
 
 
 def _spread(n_rows: int, wanted: int = 8) -> list[int]:
@@ -59,7 +56,7 @@ def render_norms(view: dict[str, Any]) -> None:
     for row in range(n_rows):
         ratio = growth["ratios"][row] if row < len(growth["ratios"]) else None
         table.add_row(
-            _layer_label(row, n_layers),
+            layer_label(row, n_layers),
             fmt(sites["resid_pre"]["mean_norm"][row], 2),
             fmt(sites["resid_pre"]["std"][row]),
             fmt(ratio),
@@ -83,7 +80,7 @@ def render_truncation(view: dict[str, Any]) -> None:
     )
     table.add_column("length", justify="right")
     for row in rows:
-        table.add_column(_layer_label(row, n_layers), justify="right")
+        table.add_column(layer_label(row, n_layers), justify="right")
     for length in view["lengths"]:
         medians = view["median_cos"][str(length)]
         q25, q75 = view["quartiles_cos"][str(length)]
@@ -95,7 +92,7 @@ def render_truncation(view: dict[str, Any]) -> None:
     by_category.add_column("category")
     by_category.add_column("tokens", justify="right")
     for row in rows:
-        by_category.add_column(_layer_label(row, n_layers), justify="right")
+        by_category.add_column(layer_label(row, n_layers), justify="right")
     for category, medians in categories.items():
         if category == "count":
             continue
@@ -116,7 +113,7 @@ def render_truncation(view: dict[str, Any]) -> None:
                 str(item["pos"]),
                 markup_safe(repr(item["token"])),
                 str(item["length"]),
-                _layer_label(item["layer"], n_layers),
+                layer_label(item["layer"], n_layers),
                 fmt(item["cos"], 2),
                 context,
             )

@@ -7,8 +7,9 @@ import math
 from itertools import pairwise
 from typing import Any
 
+from horizon.tui.format import fixed
 from horizon.tui.widgets.charts import HeatMap, Legend
-from horizon.tui.widgets.scales import Scale, fixed, note_margin
+from horizon.tui.widgets.scales import Scale, note_margin
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult

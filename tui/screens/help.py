@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from horizon.tui.keys import help_rows
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -26,23 +27,7 @@ METRICS = (
                  "'no BOS' drops the BOS column and renormalises"),
 )
 
-KEYS = (
-    ("1..5", "Tokens, Norms, Horizon, Outliers, Attention"),
-    ("?", "this help"),
-    ("ctrl+p", "command palette (every action)"),
-    ("m", "cycle the token metric: cosine, norm, Δloss, KL"),
-    ("[ / ]", "layer down / up"),
-    ("l", "truncation length 1 → 5 → 10"),
-    (", / .", "horizon k down / up"),
-    ("s / e / f", "source recursive|clean, keep_embed, final window|full"),
-    ("a / x / < >", "horizon: ablation zero|mean; layer × k matrix; its layer N down / up"),
-    ("←→↑↓ click", "select a token (opens the detail pane); esc closes it"),
-    ("tab", "focus next widget (sliders: ←/→, home/end)"),
-    ("c / o", "outliers: cycle category filter / sort column; enter jumps to the token"),
-    ("b", "attention: with / without the BOS column"),
-    ("p", "pick a prompt (search by text)"),
-    ("q", "quit"),
-)
+KEYS = help_rows()  # from the one key table (tui/keys.py)
 
 
 def help_text() -> Table:

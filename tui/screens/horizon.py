@@ -12,16 +12,18 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, ClassVar
 
+from horizon.tui.format import fixed, fmt
+from horizon.tui.keys import bindings
 from horizon.tui.screens import views
 from horizon.tui.widgets.charts import Legend, curve_text
 from horizon.tui.widgets.layer_matrix import LayerMatrix, unchanged
-from horizon.tui.widgets.scales import Scale, fixed, fmt
+from horizon.tui.widgets.scales import Scale
 from horizon.tui.widgets.slider import Slider
 from horizon.tui.widgets.token_grid import TokenGrid
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Checkbox, Static
 
@@ -49,12 +51,7 @@ class HorizonPane(Vertical):
     #matrix-scroll { height: 1fr; min-height: 4; display: none; }
     #layer-slider, #matrix-legend { display: none; }
     """
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("a", "toggle_ablation", "ablation", show=False),
-        Binding("x", "toggle_matrix", "layer x k", show=False),
-        Binding("less_than_sign", "cell_layer(-1)", "layer-", show=False, key_display="<"),
-        Binding("greater_than_sign", "cell_layer(1)", "layer+", show=False, key_display=">"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = bindings("horizon")  # a, x, < > (tui/keys.py)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from horizon.tui.format import fixed, fmt, layer_label
 from horizon.tui.widgets.charts import HeatMap, Legend, sparkline
-from horizon.tui.widgets.scales import Scale, fixed, fmt
+from horizon.tui.widgets.scales import Scale
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -68,7 +69,7 @@ class NormsPane(VerticalScroll):
         n = report.n_layers
         heat = self.query_one(HeatMap)
         heat.matrix = [[float(v) for v in row] for row in shown]
-        heat.row_labels = [("fin" if row == n else str(row)) for row in range(n + 1)]
+        heat.row_labels = [layer_label(row, n) for row in range(n + 1)]
         heat.scale = Scale.fit([float(v) for v in shown.ravel()])
         heat.column_title = "position"
         heat.cell_width = 2

@@ -8,48 +8,55 @@ from typing import Any, ClassVar
 
 import numpy as np
 from horizon.core.categories import CATEGORIES
+from horizon.core.outliers import rank_outliers, token_context
 from horizon.core.untrusted import markup_safe
-from horizon.tui.screens.views import layer_name
-from horizon.tui.widgets.scales import fixed, note_margin
+from horizon.tui.format import fixed, layer_label
+from horizon.tui.keys import bindings
+from horizon.tui.widgets.scales import note_margin
 from horizon.tui.widgets.token_grid import visible_token
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
 MAX_ROWS = 200
+CONTEXT_CHARS = 18  # of the context before the token, half that after (the token itself is never cut)
 COLUMNS = ("cos", "token", "category", "prompt", "pos", "context")
 
 
-def outlier_rows(report: Any, tokens_of: Any, length: int, layer: int, category: str | None) -> list[tuple]:
-    """(cos, token, category, prompt, pos, context) of the lowest-cosine records, lowest first."""
+def outlier_rows(report: Any, tokens_of: Any, length: int, layer: int, category: str | None,
+                 has_bos: bool = True) -> list[tuple]:
+    """(cos, token, category, prompt, pos, context) of the lowest-cosine records, lowest first.
+
+    The one outlier definition (core/outliers.py: ``rank_outliers`` over the selected layer's
+    row) and its one context (``token_context``): the token is always shown whole.
+    """
     keep = report.record_length == length
     if category is not None:
         keep &= np.array([c == category for c in report.record_category], dtype=bool)
-    rows = np.nonzero(keep)[0]
-    order = rows[np.argsort(report.cos[rows, layer], kind="stable")][: MAX_ROWS + 1]
-    shown = [float(report.cos[row, layer]) for row in order]
-    for first, second in pairwise(shown):  # the rows' order is a choice too
+    records, _, scores = rank_outliers(report.cos, MAX_ROWS + 1, layer=layer, keep=keep)
+    for first, second in pairwise(float(score) for score in scores):  # the rows' order is a choice too
         note_margin("order", first, (second - first) / 2)
-    order = order[:MAX_ROWS]
     out = []
-    for row in order:
-        prompt, pos = int(report.record_prompt[row]), int(report.record_pos[row])
-        tokens = tokens_of(prompt)
-        before = "".join(tokens[max(1, pos - 6) : pos]).replace("\n", "↵")
+    for record, score in zip(records[:MAX_ROWS], scores[:MAX_ROWS], strict=True):
+        prompt, pos = int(report.record_prompt[record]), int(report.record_pos[record])
+        before, token, after = token_context(tokens_of(prompt), pos, has_bos)
         # DataTable reads str cells as markup: text of the prompt is escaped (markup, control characters).
-        out.append((float(report.cos[row, layer]), markup_safe(report.record_token[row]), report.record_category[row],
-                    prompt + 1, pos, markup_safe(before[-24:] + "[" + tokens[pos].replace("\n", "↵") + "]")))
+        context = (_shown(before[-CONTEXT_CHARS:]) + "[bold reverse]" + _shown(token) + "[/]"
+                   + _shown(after[:CONTEXT_CHARS // 2]))
+        out.append((float(score), markup_safe(report.record_token[record]), report.record_category[record],
+                    prompt + 1, pos, context))
     return out
 
 
+def _shown(text: str) -> str:
+    return markup_safe(text.replace("\n", "↵"))
+
+
 class OutliersTable(DataTable):
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("c", "app.cycle_category", "category"),
-        Binding("o", "cycle_sort", "sort"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = bindings("outliers")  # c, o (tui/keys.py)
 
     sort_index = 0
 
@@ -82,7 +89,7 @@ class OutliersPane(Vertical):
         session = app.session
         report = session.cached("truncation")
         header = Text()
-        header.append(f"lowest cosine  c={app.length}  {layer_name(app.layer, session.n_layers)}  ", style="bold")
+        header.append(f"lowest cosine  c={app.length}  {layer_label(app.layer, session.n_layers, 'L')}  ", style="bold")
         header.append(f"category={self.category or 'all'}", style="bold")
         header.append("   [l] [ ] [c] filter  [o] sort  enter: show", style="dim")
         self.query_one("#outliers-header", Static).update(header)
@@ -90,7 +97,7 @@ class OutliersPane(Vertical):
         table.clear()
         if report is None:
             return
-        rows = outlier_rows(report, session.tokens, app.length, app.layer, self.category)
+        rows = outlier_rows(report, session.tokens, app.length, app.layer, self.category, session.has_bos)
         for index, (cos, token, category, prompt, pos, context) in enumerate(rows):
             table.add_row(
                 Text(fixed(cos, 3, sign=True), style="bold"), visible_token(token), category, prompt, pos, context,

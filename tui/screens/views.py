@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from horizon.core.categories import token_category
 from horizon.core.session import PatchSettings, Session
+from horizon.tui.format import layer_label
 from horizon.tui.widgets.detail import TokenDetail
 
 METRIC_LABELS = {"cosine": "cosine", "norm": "norm", "loss": "Δloss", "kl": "KL"}
@@ -22,10 +23,6 @@ def _float(value: Any) -> float | None:
         return None
     value = float(value)
     return value if math.isfinite(value) else None
-
-
-def layer_name(layer: int, n_layers: int) -> str:
-    return "final" if layer == n_layers else f"L{layer}"
 
 
 def cosines(session: Session, prompt: int, length: int, layer: int) -> list[float | None] | None:
@@ -93,9 +90,9 @@ def token_values(app: Any) -> tuple[list[float | None] | None, bool, str]:
     n = session.n_layers
     if app.metric == "cosine":
         return cosines(session, app.prompt_index, app.length, app.layer), True, (
-            f"cosine c={app.length} {layer_name(app.layer, n)}")
+            f"cosine c={app.length} {layer_label(app.layer, n, 'L')}")
     if app.metric == "norm":
-        return norms(session, app.prompt_index, app.layer), False, f"norm {layer_name(app.layer, n)}"
+        return norms(session, app.prompt_index, app.layer), False, f"norm {layer_label(app.layer, n, 'L')}"
     values = patch_per_token(session, app.settings, app.prompt_index, app.metric)
     return values, app.metric == "loss", f"{METRIC_LABELS[app.metric]} k={app.settings.k}"
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from horizon.tui.widgets.scales import Scale, fmt, note_margin, round_half, round_range, unrecorded
+from horizon.tui.format import fmt
+from horizon.tui.widgets.scales import Scale, note_margin, round_half, round_range, unrecorded
 from rich.color import Color
 from rich.style import Style
 from rich.text import Text

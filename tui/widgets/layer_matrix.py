@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from horizon.tui.format import layer_label
 from horizon.tui.widgets.scales import Scale
 from rich.style import Style
 from rich.text import Text
@@ -56,7 +57,7 @@ class LayerMatrix(Widget):
         n_layers = result.layers[-1]
         lines = []
         for layer, row, horizon in zip(result.layers, result.delta_loss, result.effective_horizon, strict=True):
-            label = "final" if layer == n_layers else f"L{layer}"
+            label = layer_label(layer, n_layers, "L")
             on_row = self.selected is not None and self.selected[0] == layer
             line = Text(label.ljust(LABEL_WIDTH), style="bold" if on_row else "dim")
             for k, value in zip(result.ks, row, strict=True):

@@ -6,7 +6,7 @@ blue-white-red diverging scale centred on zero (ColorBrewer RdBu). Missing value
 
 Colours come in steps, not a continuous ramp: a scale spans a round range (its ends are
 multiples of a 1-2-5 step) cut into at most a dozen equal steps, and a value takes the colour of
-its step. So a colour, a printed digit (``fmt``, ``fixed``) and a bar height (charts) are each a
+its step. So a colour, a printed digit (``fmt``, ``fixed`` in tui/format.py) and a bar height (charts) are each a
 discrete choice made from a float, and each choice can report its *margin*: how far the value
 lay from the nearest boundary between two choices. ``recording_margins`` collects them; the
 snapshot tests use it to check that no picture rests on the last bits of a float.
@@ -82,35 +82,6 @@ def round_half(kind: str, value: float, position: float, unit: float) -> int:
     """``round(position)``, noting how far ``value`` (= position * unit + offset) was from a .5."""
     note_margin(kind, value, (abs(position - math.floor(position) - 0.5)) * unit)
     return round(position)
-
-
-def fixed(value: float, decimals: int, sign: bool = False) -> str:
-    """``f"{value:.{decimals}f}"`` (``+`` with ``sign``), noting the rounding margin."""
-    unit = 10.0**-decimals
-    round_half("digit", value, value / unit, unit)
-    return f"{value:{'+' if sign else ''}.{decimals}f}"
-
-
-def fmt(value: float | None, digits: int = 3) -> str:
-    """A short number for labels: ``digits`` decimals below 1, ``digits`` significant figures
-    from 1 up (so a label never claims more precision than the value has); n/a when missing."""
-    if value is None or not math.isfinite(value):
-        return "n/a"
-    magnitude = abs(value)
-    if value != 0 and (magnitude >= 1e4 or magnitude < 10**-digits):
-        exponent = math.floor(math.log10(magnitude))
-        unit = 10.0 ** (exponent - digits + 1)
-        round_half("digit", value, value / unit, unit)
-        return f"{value:.{digits - 1}e}"
-    if magnitude >= 1:  # the number of decimals changes at each power of ten
-        exponent = math.floor(math.log10(magnitude))
-        note_margin("digit", value, min(magnitude - 10.0**exponent, 10.0 ** (exponent + 1) - magnitude))
-    else:
-        note_margin("digit", value, min(magnitude - 10.0**-digits, 1 - magnitude) if value != 0 else 1.0)
-    if magnitude < 1:
-        return fixed(value, digits)
-    decimals = max(0, digits - 1 - math.floor(math.log10(magnitude)))
-    return fixed(value, decimals)
 
 
 # ----------------------------------------------------------------------------- scales

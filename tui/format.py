@@ -1,0 +1,54 @@
+"""The one number formatter and layer label of the app and the CLI (tui/ is the UI layer of both).
+
+``fixed`` and ``fmt`` note the margin of each rounding (tui/widgets/scales.py: the snapshot tests
+check that no printed digit rests on float noise); ``number`` is the CLI's fixed-decimals form of
+``fixed`` with ``-`` for a missing value. ``layer_label`` names a residual row: ``final`` for row
+L (the final residual), the layer's number otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+
+from horizon.tui.widgets.scales import note_margin, round_half
+
+
+def fixed(value: float, decimals: int, sign: bool = False) -> str:
+    """``f"{value:.{decimals}f}"`` (``+`` with ``sign``), noting the rounding margin."""
+    unit = 10.0**-decimals
+    round_half("digit", value, value / unit, unit)
+    return f"{value:{'+' if sign else ''}.{decimals}f}"
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    """A short number for labels: ``digits`` decimals below 1, ``digits`` significant figures
+    from 1 up (so a label never claims more precision than the value has); n/a when missing."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    magnitude = abs(value)
+    if value != 0 and (magnitude >= 1e4 or magnitude < 10**-digits):
+        exponent = math.floor(math.log10(magnitude))
+        unit = 10.0 ** (exponent - digits + 1)
+        round_half("digit", value, value / unit, unit)
+        return f"{value:.{digits - 1}e}"
+    if magnitude >= 1:  # the number of decimals changes at each power of ten
+        exponent = math.floor(math.log10(magnitude))
+        note_margin("digit", value, min(magnitude - 10.0**exponent, 10.0 ** (exponent + 1) - magnitude))
+    else:
+        note_margin("digit", value, min(magnitude - 10.0**-digits, 1 - magnitude) if value != 0 else 1.0)
+    if magnitude < 1:
+        return fixed(value, digits)
+    decimals = max(0, digits - 1 - math.floor(math.log10(magnitude)))
+    return fixed(value, decimals)
+
+
+def number(value: float | None, digits: int = 3) -> str:
+    """The CLI's fixed-decimals number: ``digits`` decimals, ``-`` when missing or not finite."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    return fixed(value, digits)
+
+
+def layer_label(layer: int, n_layers: int, prefix: str = "") -> str:
+    """``final`` for row ``n_layers`` (the final residual), else ``prefix`` + the layer's number."""
+    return "final" if layer == n_layers else f"{prefix}{layer}"

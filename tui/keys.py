@@ -1,0 +1,106 @@
+"""The one key table of the inspector: the App's and panes' BINDINGS, the command palette and
+the help screen's key list are all generated from ``KEYS``.
+
+Each entry is one action: its key(s) (Textual key names; empty for a palette-only action), the
+action string the binding runs, the footer description, the palette title and help (no title:
+not in the palette), where the binding lives (``app``, or the pane or widget that owns it), and
+the help row it is listed under (entries sharing a row label are one row, whose text is the first
+entry's). Rows for keys no action here owns (the palette itself, tab, the token grid's arrows)
+are entries with no action.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from textual.actions import parse
+from textual.binding import Binding
+
+TABS = ("tokens", "norms", "horizon", "outliers", "attention")  # the screens, keys 1..5
+
+
+@dataclass(frozen=True)
+class Key:
+    keys: str  # Textual key names, comma separated ("" for palette-only actions)
+    action: str  # the action string ("" for a help row only)
+    description: str = ""  # the footer's word
+    title: str = ""  # the palette's title ("" = not in the palette)
+    help: str = ""  # the palette's help line
+    display: str | None = None  # the key as the footer and palette show it
+    show: bool = False  # in the footer
+    where: str = "app"  # app | horizon | outliers (whose BINDINGS hold it)
+    row: str = ""  # the help screen's row label ("" = not listed)
+    row_text: str = ""  # the row's text (on the row's first entry)
+
+
+KEYS: tuple[Key, ...] = (
+    *(Key(str(n), f"show_tab('{tab}')", tab, f"Show {tab}", f"switch to the {tab} screen (key {n})",
+          row="1..5", row_text="Tokens, Norms, Horizon, Outliers, Attention" if n == 1 else "")
+      for n, tab in enumerate(TABS, start=1)),
+    Key("question_mark", "help", "help", "Help", "every metric and key (?)", show=True, row="?", row_text="this help"),
+    Key("", "", row="ctrl+p", row_text="command palette (every action)"),
+    Key("m", "cycle_metric", "metric", "Cycle token metric", "cosine, norm, Δloss, KL (m)", show=True,
+        row="m", row_text="cycle the token metric: cosine, norm, Δloss, KL"),
+    Key("left_square_bracket", "layer(-1)", "layer-", "Layer down", "([)", "[", True, row="[ / ]",
+        row_text="layer down / up"),
+    Key("right_square_bracket", "layer(1)", "layer+", "Layer up", "(])", "]", True, row="[ / ]"),
+    Key("l", "cycle_length", "length", "Cycle truncation length", "1, 5, 10 (l)", show=True,
+        row="l", row_text="truncation length 1 → 5 → 10"),
+    Key("comma", "k(-1)", "k-", "Horizon k down", "(,)", ",", True, row=", / .", row_text="horizon k down / up"),
+    Key("full_stop", "k(1)", "k+", "Horizon k up", "(.)", ".", True, row=", / ."),
+    Key("", "start_layer(-1)", title="Start layer down", help="horizon start layer"),
+    Key("", "start_layer(1)", title="Start layer up", help="horizon start layer"),
+    Key("s", "toggle_source", "source", "Toggle horizon source", "recursive / clean (s)", row="s / e / f",
+        row_text="source recursive|clean, keep_embed, final window|full"),
+    Key("e", "toggle_keep_embed", "keep embed", "Toggle keep_embed", "always add the embedding to the window (e)",
+        row="s / e / f"),
+    Key("f", "toggle_final", "final", "Toggle final readout", "window / full (f)", row="s / e / f"),
+    Key("a", "toggle_ablation", "ablation", where="horizon", row="a / x / < >",
+        row_text="horizon: ablation zero|mean; layer × k matrix; its layer N down / up"),
+    Key("x", "toggle_matrix", "layer x k", where="horizon", row="a / x / < >"),
+    Key("less_than_sign", "cell_layer(-1)", "layer-", display="<", where="horizon", row="a / x / < >"),
+    Key("greater_than_sign", "cell_layer(1)", "layer+", display=">", where="horizon", row="a / x / < >"),
+    Key("", "", row="←→↑↓ click", row_text="select a token (opens the detail pane); esc closes it"),
+    Key("escape", "close_detail", "close", "Close detail pane", "(esc)", row="←→↑↓ click"),
+    Key("", "", row="tab", row_text="focus next widget (sliders: ←/→, home/end)"),
+    Key("c", "app.cycle_category", "category", "Cycle outlier category", "all, newline, full_stop, ... (c)",
+        show=True, where="outliers", row="c / o",
+        row_text="outliers: cycle category filter / sort column; enter jumps to the token"),
+    Key("o", "cycle_sort", "sort", show=True, where="outliers", row="c / o"),
+    Key("b", "toggle_bos", "BOS", "Toggle attention BOS", "with / without the BOS column (b)", row="b",
+        row_text="attention: with / without the BOS column"),
+    Key("p", "pick_prompt", "prompt", "Pick prompt", "search the prompts by text (p)", row="p",
+        row_text="pick a prompt (search by text)"),
+    Key("q", "quit", "quit", show=True, row="q", row_text="quit"),
+)
+
+def bindings(where: str = "app") -> list[Binding]:
+    """The BINDINGS of the app (``where="app"``) or of one pane or widget."""
+    return [Binding(key.keys, key.action, key.description, show=key.show, key_display=key.display)
+            for key in KEYS if key.keys and key.action and key.where == where]
+
+
+def help_rows() -> list[tuple[str, str]]:
+    """(keys, text) of the help screen's key list, in table order, one row per row label."""
+    rows: dict[str, str] = {}
+    for key in KEYS:
+        if key.row and key.row not in rows:
+            rows[key.row] = key.row_text
+    return list(rows.items())
+
+
+def palette(app: Any) -> Iterator[tuple[str, str, Callable[[], Any]]]:
+    """(title, help, callback) of every palette command; a callback calls the action's method at once."""
+    for key in KEYS:
+        if key.title:
+            yield key.title, key.help, _caller(app, key.action)
+
+
+def _caller(app: Any, action: str) -> Callable[[], Any]:
+    namespace, name, params = parse(action)
+    if namespace and namespace != "app":
+        raise ValueError(f"palette actions run on the app: {action}")
+    method = getattr(app, f"action_{name}")
+    return lambda: method(*params)
