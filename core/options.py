@@ -24,6 +24,13 @@ def check_at_least(value: int | None, option: str, minimum: int) -> int | None:
     return value
 
 
+def check_count(value: int, option: str) -> int:
+    """How many items to list (--outliers, --top): 0 lists none."""
+    if value < 0:
+        raise HorizonError(f"{option} must be >= 0, got {value}")
+    return value
+
+
 def check_batch_size(value: int, option: str = "--batch-size") -> int:
     check_at_least(value, option, 1)
     return value

@@ -90,7 +90,7 @@ def attention(
 ) -> None:
     """Per head: how far back does attention look? Mean distance and mass at 0, 1-5, 6-10, >10 tokens."""
     options.check_batch_size(batch_size)
-    options.check_at_least(top, "--top", 0)
+    options.check_count(top, "--top")
     inputs = prepare_inputs(model, device, dtype, prompt, file, bos, bos_token, truncate_to, quiet=as_json)
     with progress_bar("attention", len(inputs.token_ids), quiet=as_json) as advance:
         report = attention_distance(inputs.model, inputs.token_ids, inputs.has_bos, batch_size=batch_size,

@@ -140,7 +140,7 @@ def truncate(
     """Truncate the context to the last c tokens: how similar is each layer's residual to the full-context one?"""
     length_list = list(dict.fromkeys(parse_int_list(lengths, "--lengths", minimum=1)))
     options.check_batch_size(batch_size)
-    options.check_at_least(outliers, "--outliers", 0)
+    options.check_count(outliers, "--outliers")
     options.check_layer_row(outlier_layer, None, "--outlier-layer")
     if category_length is not None and category_length not in length_list:
         raise HorizonError(f"--category-length {category_length} is not one of --lengths {lengths}")
