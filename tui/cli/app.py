@@ -73,6 +73,8 @@ COMMAND_MODULES = {
     "merge": "sweep_cmd",
     "inspect": "inspect_cmd",
     "verify": "verify_cmd",
+    "figures": "figures_cmd",
+    "compare": "compare_cmd",
 }
 
 

@@ -1,0 +1,334 @@
+"""Several results directories side by side: the `horizon compare` table and the figures' inputs.
+
+Reads each directory through the store (``store.open_results``) and its corpus views
+(``views.load_views``: the cache a sweep writes, so no torch is imported when it is intact), and
+takes every number from those views: nothing here recomputes an analysis. The few extra arrays
+the figures need beyond the views (the resid_pre norms of every position, one prompt's norms per
+position) are read from the stored norms table as they are.
+
+The table's columns (README, `horizon compare`):
+
+- ``growth_rate``, ``fit_window``, ``r2``: the norms view's fitted rate (docs/SCIENCE.md 2.3).
+- ``bos_norm_ratio``: the largest, over resid_pre rows, of the BOS position's mean norm divided by
+  the mean norm of the other positions at that row, with the row (``bos_norm_ratio_layer``).
+- ``effective_horizon``: ablation -> start layer -> k, from the scan view (section 3).
+- ``median_cosine``: truncation length c -> {early, middle, final} -> the median mean-centred
+  cosine at rows 1, L // 2 and L (``cosine_layers``; section 4).
+- ``most_local_heads`` / ``most_long_range_heads``: the three heads with the smallest / largest
+  mean attention distance without the BOS column (section 5).
+- ``corpus`` and ``settings_differ``: what each directory's corpus is, and which of its corpus and
+  settings differ from the first directory's (numbers from different set-ups are not comparable).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from horizon.core import store
+from horizon.core.errors import HorizonError
+
+TOP_HEADS = 3
+
+
+@dataclass
+class Loaded:
+    """One results directory: its manifest, corpus views, and what the store found wrong with it."""
+
+    path: Path
+    label: str
+    manifest: dict[str, Any]
+    views: dict[str, Any]
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    results: store.Results | None = None
+
+    @property
+    def n_layers(self) -> int | None:
+        value = self.manifest.get("model", {}).get("n_layers")
+        return int(value) if isinstance(value, int) else None
+
+
+def load(path: str | Path) -> Loaded:
+    """Open one results directory (HorizonError when nothing in it can be read)."""
+    from horizon.core.views import load_views
+
+    results = store.open_results(path)
+    views = load_views(results)
+    manifest = results.manifest or {}
+    spec = manifest.get("model", {}).get("spec") or results.path.name
+    return Loaded(path=results.path, label=str(spec), manifest=manifest, views=views,
+                  problems=list(results.problems), notes=list(results.notes), results=results)
+
+
+def load_all(paths: list[str | Path]) -> list[Loaded]:
+    """Every directory, with labels made unique (the model's name, then the directory's where two share it)."""
+    if not paths:
+        raise HorizonError("give at least one results directory")
+    loaded = [load(path) for path in paths]
+    labels = [item.label for item in loaded]
+    for item in loaded:
+        if labels.count(item.label) > 1:
+            item.label = f"{item.label} ({item.path.name})"
+    seen: dict[str, int] = {}
+    for item in loaded:  # still equal (same model, same folder name elsewhere): number them
+        seen[item.label] = seen.get(item.label, 0) + 1
+        if seen[item.label] > 1:
+            item.label = f"{item.label} #{seen[item.label]}"
+    return loaded
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _bos_ratio(norms: dict[str, Any]) -> tuple[float | None, int | None]:
+    bos = (norms.get("bos") or {}).get("mean_norm")
+    mean = norms.get("sites", {}).get("resid_pre", {}).get("mean_norm")
+    if not bos or not mean:
+        return None, None
+    best: tuple[float | None, int | None] = (None, None)
+    for row, (high, typical) in enumerate(zip(bos, mean, strict=False)):
+        high, typical = _finite(high), _finite(typical)
+        if high is None or not typical:
+            continue
+        ratio = high / typical
+        if best[0] is None or ratio > best[0]:
+            best = (ratio, row)
+    return best
+
+
+def cosine_layers(n_layers: int) -> dict[str, int]:
+    """The rows the table reports the median cosine at: early (1), middle (L // 2), final (L)."""
+    return {"early": min(1, n_layers), "middle": n_layers // 2, "final": n_layers}
+
+
+def _heads(attention: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    values = attention.get("mean_distance_no_bos") or attention.get("mean_distance") or []
+    ranked = [(float(value), layer, head) for layer, row in enumerate(values) for head, value in enumerate(row)
+              if _finite(value) is not None]
+    ranked.sort()
+
+    def entry(item: tuple[float, int, int]) -> dict[str, Any]:
+        return {"layer": item[1], "head": item[2], "mean_distance": item[0]}
+
+    return [entry(item) for item in ranked[:TOP_HEADS]], [entry(item) for item in ranked[::-1][:TOP_HEADS]]
+
+
+def _corpus(manifest: dict[str, Any]) -> dict[str, Any]:
+    corpus = manifest.get("corpus") or {}
+    return {key: corpus.get(key) for key in ("name", "sha256", "n_prompts", "max_tokens")}
+
+
+def _settings(manifest: dict[str, Any], both: set[str]) -> dict[str, Any]:
+    """What makes two directories' numbers comparable: corpus, BOS, dtype, the settings of the analyses in ``both``."""
+    analyses = manifest.get("analyses") or {}
+    flat: dict[str, Any] = {f"corpus.{key}": value for key, value in _corpus(manifest).items()}
+    flat["bos"] = (manifest.get("bos") or {}).get("enabled")
+    flat["dtype"] = manifest.get("dtype")
+    for name, settings in analyses.items():
+        if isinstance(settings, dict) and name in both:
+            for key, value in settings.items():
+                if not key.startswith("_") and key not in ("ks", "start_layers"):  # ks: per model depth
+                    flat[f"{name}.{key}"] = value
+    return flat
+
+
+def settings_differences(first: dict[str, Any], other: dict[str, Any]) -> list[str]:
+    """The settings keys whose values differ between two manifests (``corpus`` for any corpus key)."""
+    both = set(first.get("analyses") or {}) & set(other.get("analyses") or {})
+    a, b = _settings(first, both), _settings(other, both)
+    differ = [key for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
+    out: list[str] = []
+    for key in differ:
+        name = "corpus" if key.startswith("corpus.") else key
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def model_row(item: Loaded, reference: Loaded | None = None) -> dict[str, Any]:
+    """One directory's row of the comparison table (plain JSON)."""
+    model = item.manifest.get("model") or {}
+    views = item.views
+    norms = views.get("norms") or {}
+    growth = norms.get("growth") or {}
+    n_layers = item.n_layers
+    ratio, ratio_row = _bos_ratio(norms)
+    row: dict[str, Any] = {
+        "dir": str(item.path),
+        "label": item.label,
+        "model": model.get("spec"),
+        "n_layers": n_layers,
+        "d_model": model.get("d_model"),
+        "growth_rate": _finite(growth.get("rate")),
+        "fit_window": list(growth["fit_layers"]) if growth.get("fit_layers") else None,
+        "r2": _finite(growth.get("r2")),
+        "bos_norm_ratio": ratio,
+        "bos_norm_ratio_layer": ratio_row,
+        "effective_horizon": None,
+        "median_cosine": None,
+        "cosine_layers": None,
+        "most_local_heads": None,
+        "most_long_range_heads": None,
+        "corpus": _corpus(item.manifest),
+        "settings_differ": [] if reference is None else settings_differences(reference.manifest, item.manifest),
+        "problems": item.problems,
+    }
+    scan = views.get("scan")
+    if scan:
+        row["effective_horizon"] = {str(scan.get("ablation", "zero")): dict(scan.get("effective_horizon") or {})}
+    truncate = views.get("truncate")
+    if truncate and n_layers is not None:
+        layers = cosine_layers(n_layers)
+        medians = truncate.get("median_cos") or {}
+        row["cosine_layers"] = layers
+        row["median_cosine"] = {
+            str(c): {where: _finite(values[at]) if at < len(values) else None for where, at in layers.items()}
+            for c, values in medians.items()
+        }
+    attention = views.get("attention")
+    if attention:
+        row["most_local_heads"], row["most_long_range_heads"] = _heads(attention)
+    return row
+
+
+def compare(loaded: list[Loaded]) -> dict[str, Any]:
+    """The comparison table: one row per directory, and the warnings (problems, differing set-ups)."""
+    reference = loaded[0]
+    models = [model_row(item, None if index == 0 else reference) for index, item in enumerate(loaded)]
+    warnings: list[str] = []
+    for item in loaded:
+        warnings.extend(f"{item.path}: {problem}" for problem in item.problems)
+    for item, row in zip(loaded, models, strict=True):
+        if row["settings_differ"]:
+            warnings.append(f"{item.path} differs from {reference.path} in {', '.join(row['settings_differ'])}: "
+                            "numbers from different set-ups are not comparable")
+        missing = [name for name in ("norms", "scan", "truncate", "attention") if name not in item.views]
+        if missing:
+            warnings.append(f"{item.path} has no {', '.join(missing)} results")
+    return {"models": models, "warnings": warnings}
+
+
+# ----------------------------------------------------------------------------- arrays for the figures
+
+
+def _has_bos(manifest: dict[str, Any]) -> bool:
+    return bool((manifest.get("bos") or {}).get("enabled", True))
+
+
+def norm_samples(item: Loaded, site: str = "resid_pre") -> list[np.ndarray] | None:
+    """The stored norms of every statistics position (BOS left out), one array per row of ``site``."""
+    if item.results is None:
+        return None
+    table = item.results.table("norms", columns=["position", "layer", "site", "norm"])
+    if table is None or table.num_rows == 0:
+        return None
+    keep = np.asarray(table.column("site").to_numpy(zero_copy_only=False) == site)
+    layer = table.column("layer").to_numpy()[keep]
+    position = table.column("position").to_numpy()[keep]
+    norm = table.column("norm").to_numpy()[keep].astype(np.float64)
+    if _has_bos(item.manifest):
+        layer, norm = layer[position > 0], norm[position > 0]
+    if len(layer) == 0:
+        return None
+    return [norm[layer == row] for row in range(int(layer.max()) + 1)]
+
+
+def prompt_norms(item: Loaded, prompt: int = 0, site: str = "resid_pre") -> tuple[np.ndarray, list[str]] | None:
+    """One stored prompt's norms per position, rows x positions (BOS included), and its tokens."""
+    if item.results is None:
+        return None
+    table = item.results.table("norms", columns=["prompt", "position", "token", "layer", "site", "norm"])
+    if table is None or table.num_rows == 0:
+        return None
+    keep = np.asarray(table.column("site").to_numpy(zero_copy_only=False) == site) & \
+        np.asarray(table.column("prompt").to_numpy() == prompt)
+    if not keep.any():
+        return None
+    layer = table.column("layer").to_numpy()[keep]
+    position = table.column("position").to_numpy()[keep]
+    norm = table.column("norm").to_numpy()[keep].astype(np.float64)
+    tokens_column = np.asarray(table.column("token").to_pylist(), dtype=object)[keep]
+    matrix = np.full((int(layer.max()) + 1, int(position.max()) + 1), np.nan)
+    matrix[layer, position] = norm
+    tokens = [""] * matrix.shape[1]
+    for at, token in zip(position.tolist(), tokens_column.tolist(), strict=True):
+        tokens[at] = str(token)
+    return matrix, tokens
+
+
+# ----------------------------------------------------------------------------- what one figure input holds
+
+
+@dataclass
+class FigureInput:
+    """What the figures of one model draw: corpus views (or a live run's result types as JSON) and arrays.
+
+    ``norms``, ``scan``, ``truncate``, ``attention``: the views' shapes (``horizon report --json``;
+    a live ``NormsReport.to_json()`` has the norms one). ``weights``: ``core.weights.weight_report``.
+    ``samples``: resid_pre norms per row over the statistics positions; ``prompt``: one prompt's
+    norms (rows x positions, BOS included) and its tokens.
+    """
+
+    label: str
+    n_layers: int | None
+    has_bos: bool = True
+    norms: dict[str, Any] | None = None
+    scan: dict[str, Any] | None = None
+    truncate: dict[str, Any] | None = None
+    attention: dict[str, Any] | None = None
+    weights: dict[str, Any] | None = None
+    samples: list[np.ndarray] | None = None
+    prompt: tuple[np.ndarray, list[str]] | None = None
+
+
+def figure_input(item: Loaded) -> FigureInput:
+    """A results directory's figure input (no torch: the views and the stored norms)."""
+    return FigureInput(label=item.label, n_layers=item.n_layers, has_bos=_has_bos(item.manifest),
+                       norms=item.views.get("norms"), scan=item.views.get("scan"),
+                       truncate=item.views.get("truncate"), attention=item.views.get("attention"),
+                       samples=norm_samples(item), prompt=prompt_norms(item))
+
+
+def live_figure_input(label: str, report: Any, tokens: list[list[str]] | None = None,
+                      weights: dict[str, Any] | None = None) -> FigureInput:
+    """A live run's figure input from its ``NormsReport`` (and ``weight_report``), as `horizon norms` computes them."""
+    view = report.to_json()
+    per_prompt = report.norms["resid_pre"]
+    start = 1 if report.has_bos else 0
+    samples = [np.concatenate([np.asarray(matrix[row, start:], dtype=np.float64) for matrix in per_prompt])
+               for row in range(report.n_layers + 1)] if per_prompt else None
+    prompt = (np.asarray(per_prompt[0], dtype=np.float64), list(tokens[0]) if tokens else []) if per_prompt else None
+    return FigureInput(label=label, n_layers=report.n_layers, has_bos=report.has_bos, norms=view,
+                       weights=weights, samples=samples, prompt=prompt)
+
+
+def fit_line(norms: dict[str, Any]) -> tuple[list[int], list[float]] | None:
+    """The fitted exponential over its window: rows A..B and exp(a + b i).
+
+    b = ln(rate); a is the least-squares intercept for that slope (docs/SCIENCE.md 2.3).
+    """
+    growth = norms.get("growth") or {}
+    mean = norms.get("sites", {}).get("resid_pre", {}).get("mean_norm")
+    rate, window = _finite(growth.get("rate")), growth.get("fit_layers")
+    if not mean or rate is None or rate <= 0 or not window:
+        return None
+    first, last = int(window[0]), int(window[1])
+    rows = list(range(first, last + 1))
+    values = np.array([_finite(mean[row]) or np.nan for row in rows if row < len(mean)], dtype=np.float64)
+    if len(values) != len(rows) or not np.all(values > 0):
+        return None
+    slope = math.log(rate)
+    intercept = float(np.mean(np.log(values) - slope * np.asarray(rows, dtype=np.float64)))
+    return rows, [math.exp(intercept + slope * row) for row in rows]

@@ -1,0 +1,445 @@
+"""One function per figure: each takes figure inputs (``core.compare.FigureInput``) and returns a Figure.
+
+Every drawn series carries a ``gid`` (``norm-line-<label>``, ``fit-line-<label>`` ...) and every
+axes one (``axes-<figure>``, ``-logy`` appended when its y-axis is logarithmic), so an exported SVG
+can be read back: ``<g id="norm-line-smollm2-135m">``. Overlays (several models) take a list;
+``x="depth"`` puts layer i of an L-layer model at i / L so that models of different depth line up.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # never a window: figures are written to files
+
+import matplotlib.pyplot as plt
+import numpy as np
+from horizon.core.compare import FigureInput, fit_line
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+
+STYLE: dict[str, Any] = {
+    "svg.hashsalt": "horizon",  # deterministic ids in SVGs
+    "svg.fonttype": "none",  # text stays text: smaller files, labels readable in the SVG
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "legend.fontsize": 7,
+    "legend.frameon": False,
+    "figure.dpi": 100,
+    "savefig.dpi": 150,
+    "savefig.bbox": "tight",
+}
+FIT_COLOUR = "#ff7f0e"  # the seeds' orange fit line
+
+
+def gid_part(text: str) -> str:
+    """``text`` made safe for an SVG id (letters, digits, ., _ and -)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "x"
+
+
+def plain(text: str) -> str:
+    """Outside text (a model name, a token) drawn literally: no mathtext, no control characters."""
+    from horizon.core.untrusted import visible
+
+    return visible(text).replace("$", r"\$")
+
+
+def _figure(width: float = 6.0, height: float = 3.6, ncols: int = 1) -> tuple[Figure, Any]:
+    matplotlib.rcParams.update(STYLE)  # read when text is drawn and when the figure is saved
+    figure = Figure(figsize=(width, height), layout="constrained")
+    return figure, figure.subplots(1, ncols, squeeze=False)[0]
+
+
+def _axes_gid(ax: Any, name: str) -> None:
+    from matplotlib.ticker import AutoLocator, MaxNLocator
+
+    integer_x = not ax.get_xlabel().startswith("relative") and "||" not in ax.get_xlabel()
+    if integer_x and isinstance(ax.xaxis.get_major_locator(), AutoLocator):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers, heads, positions, k
+    ax.set_gid(f"axes-{name}" + ("-logy" if ax.get_yscale() == "log" else ""))
+
+
+# Model colours: the tab10 palette without its orange, which is the fit line's.
+PALETTE = ["#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+
+
+def _colours(n: int) -> list[str]:
+    return [PALETTE[index % len(PALETTE)] for index in range(n)]
+
+
+def _x(rows: Any, n_layers: int | None, x: str) -> np.ndarray:
+    rows = np.asarray(rows, dtype=np.float64)
+    return rows / n_layers if x == "depth" and n_layers else rows
+
+
+def _xlabel(x: str, what: str = "layer (resid_pre row; L = final)") -> str:
+    return "relative depth (layer / L)" if x == "depth" else what
+
+
+def _array(values: Any) -> np.ndarray:
+    return np.array([np.nan if value is None else value for value in values], dtype=np.float64)
+
+
+def _positive(values: np.ndarray) -> np.ndarray:
+    return np.where(values > 0, values, np.nan)
+
+
+def _single(inputs: list[FigureInput] | FigureInput) -> FigureInput:
+    return inputs[0] if isinstance(inputs, list) else inputs
+
+
+def _many(inputs: list[FigureInput] | FigureInput) -> list[FigureInput]:
+    return list(inputs) if isinstance(inputs, list) else [inputs]
+
+
+# ----------------------------------------------------------------------------- (1) norm growth
+
+
+def norm_growth(inputs: list[FigureInput] | FigureInput, x: str = "layer") -> Figure:
+    """(1) Mean resid_pre norm per layer on a log axis, the fitted rate over its window, BOS apart."""
+    items = [item for item in _many(inputs) if item.norms]
+    figure, (ax,) = _figure()
+    for item, colour in zip(items, _colours(len(items)), strict=True):
+        norms, name = item.norms or {}, gid_part(item.label)
+        mean = _positive(_array(norms["sites"]["resid_pre"]["mean_norm"]))
+        rows = np.arange(len(mean))
+        growth = norms.get("growth") or {}
+        (line,) = ax.plot(_x(rows, item.n_layers, x), mean, marker="o", markersize=3, color=colour,
+                          label=plain(item.label))
+        line.set_gid(f"norm-line-{name}")
+        fitted = fit_line(norms)
+        if fitted is not None:
+            fit_rows, values = fitted
+            window = growth.get("fit_layers") or [fit_rows[0], fit_rows[-1]]
+            (fit,) = ax.plot(_x(fit_rows, item.n_layers, x), values, color=FIT_COLOUR, linewidth=2.2, alpha=0.8,
+                             zorder=1, label=f"{growth['rate']:.3f}/layer, rows {window[0]}-{window[1]}"
+                             f" (r\u00b2 {growth.get('r2', float('nan')):.2f})")
+            fit.set_gid(f"fit-line-{name}")
+        bos = (norms.get("bos") or {}).get("mean_norm")
+        if bos:
+            (bos_line,) = ax.plot(_x(np.arange(len(bos)), item.n_layers, x), _positive(_array(bos)), color=colour,
+                                  linestyle=":", marker="x", markersize=3, linewidth=1, label="BOS (apart)"
+                                  if len(items) == 1 else f"{plain(item.label)} BOS")
+            bos_line.set_gid(f"bos-line-{name}")
+    ax.set_yscale("log")
+    ax.set_xlabel(_xlabel(x))
+    ax.set_ylabel("mean ||resid_pre|| (BOS excluded)")
+    ax.set_title("Residual stream norm per layer")
+    ax.legend()
+    _axes_gid(ax, "norm-growth")
+    return figure
+
+
+# ----------------------------------------------------------------------------- (2) distribution
+
+
+def norm_distribution(inputs: list[FigureInput] | FigureInput) -> Figure:
+    """(2) Histograms of the resid_pre norms of every statistics position, one per layer (log-spaced bins)."""
+    item = _single(inputs)
+    samples = item.samples or []
+    figure, (ax,) = _figure()
+    finite = [values[np.isfinite(values) & (values > 0)] for values in samples]
+    pooled = np.concatenate([values for values in finite if len(values)]) if any(len(v) for v in finite) else None
+    if pooled is not None:
+        low, high = float(pooled.min()), float(pooled.max())
+        bins = np.geomspace(low, high if high > low else low * 1.01, 60)
+        cmap = plt.get_cmap("viridis")
+        for row, values in enumerate(finite):
+            if not len(values):
+                continue
+            counts, edges = np.histogram(values, bins=bins)
+            (line,) = ax.step(edges[:-1], counts / max(len(values), 1), where="post",
+                              color=cmap(row / max(len(finite) - 1, 1)), linewidth=1,
+                              label=f"row {row}" if len(finite) <= 13 or row % max(len(finite) // 12, 1) == 0
+                              else None)
+            line.set_gid(f"hist-row-{row}")
+    ax.set_xscale("log")
+    ax.set_xlabel("||resid_pre|| (log-spaced bins; BOS excluded)")
+    ax.set_ylabel("fraction of positions")
+    ax.set_title(f"Norm distribution per layer: {plain(item.label)}")
+    if samples:
+        ax.legend(ncols=2)
+    _axes_gid(ax, "norm-distribution")
+    return figure
+
+
+# ----------------------------------------------------------------------------- (3) per position
+
+
+def position_norms(inputs: list[FigureInput] | FigureInput) -> Figure:
+    """(3) One prompt's resid_pre norm per layer and position (log colour; the range ignores BOS)."""
+    item = _single(inputs)
+    matrix, tokens = item.prompt if item.prompt is not None else (np.full((1, 1), np.nan), [])
+    width = min(max(4.0, 0.12 * matrix.shape[1] + 2), 14.0)
+    figure, (ax,) = _figure(width=width, height=3.8)
+    rest = matrix[:, 1:] if item.has_bos and matrix.shape[1] > 1 else matrix
+    finite = rest[np.isfinite(rest) & (rest > 0)]
+    if finite.size:
+        low, high = float(finite.min()), float(finite.max())
+        image = ax.imshow(np.where(matrix > 0, matrix, np.nan), aspect="auto", origin="lower", cmap="magma",
+                          norm=LogNorm(vmin=low, vmax=high if high > low else low * 1.01), interpolation="nearest")
+        image.set_gid("position-norms")
+        figure.colorbar(image, ax=ax, label="||resid_pre||" + (" (BOS column clipped)" if item.has_bos else ""))
+    if tokens and len(tokens) <= 48:
+        ax.set_xticks(range(len(tokens)), [plain(token) for token in tokens], rotation=90, fontsize=6)
+    ax.set_xlabel("position")
+    ax.set_ylabel("row (L = final)")
+    ax.set_title(f"Norm per position, first prompt: {plain(item.label)}")
+    ax.grid(False)
+    _axes_gid(ax, "position-norms")
+    return figure
+
+
+# ----------------------------------------------------------------------------- (4) sublayers
+
+
+def sublayer_norms(inputs: list[FigureInput] | FigureInput, x: str = "layer") -> Figure:
+    """(4) Mean norms of attn_out and mlp_out per layer beside the resid_pre growth (log axis)."""
+    items = [item for item in _many(inputs) if item.norms]
+    figure, (ax,) = _figure()
+    styles = {"resid_pre": ("-", "o"), "attn_out": ("--", "s"), "mlp_out": ("-.", "^")}
+    for item, colour in zip(items, _colours(len(items)), strict=True):
+        sites, name = (item.norms or {}).get("sites", {}), gid_part(item.label)
+        for site, (linestyle, marker) in styles.items():
+            if site not in sites:
+                continue
+            values = _positive(_array(sites[site]["mean_norm"]))
+            label = site if len(items) == 1 else f"{plain(item.label)} {site}"
+            (line,) = ax.plot(_x(np.arange(len(values)), item.n_layers, x), values, linestyle=linestyle,
+                              marker=marker, markersize=3, color=colour, label=label)
+            line.set_gid(f"{site.split('_')[0]}-line-{name}")
+    ax.set_yscale("log")
+    ax.set_xlabel(_xlabel(x, "layer"))
+    ax.set_ylabel("mean norm (BOS excluded)")
+    ax.set_title("Sublayer output norms and the residual stream")
+    ax.legend(ncols=2 if len(items) > 1 else 1)
+    _axes_gid(ax, "sublayer-norms")
+    return figure
+
+
+# ----------------------------------------------------------------------------- (5), (6) weights
+
+
+def weights(inputs: list[FigureInput] | FigureInput) -> Figure:
+    """(5) Per-head ||W_OV||_F per layer, ||b_O|| per layer, and the attn_out mean norm per layer."""
+    item = _single(inputs)
+    report = item.weights or {}
+    figure, axes = _figure(width=9.0, height=3.2, ncols=3)
+    ov = np.asarray(report.get("W_OV_frobenius") or [[np.nan]], dtype=np.float64)
+    for layer, heads in enumerate(ov):
+        points = axes[0].scatter(np.full(len(heads), layer), heads, s=10, color="C0", alpha=0.7)
+        points.set_gid(f"ov-heads-{layer}")
+    axes[0].set_title("per-head ||W_OV||_F")
+    b_o = report.get("b_O")
+    if b_o:
+        (line,) = axes[1].plot(range(len(b_o)), _array(b_o), marker="o", markersize=3, color="C1")
+        line.set_gid("bo-line")
+    else:
+        axes[1].text(0.5, 0.5, "no attention output bias", ha="center", va="center", transform=axes[1].transAxes)
+    axes[1].set_title("||b_O||")
+    attn = ((item.norms or {}).get("sites") or {}).get("attn_out")
+    if attn:
+        (line,) = axes[2].plot(range(len(attn["mean_norm"])), _positive(_array(attn["mean_norm"])), marker="o",
+                               markersize=3, color="C2")
+        line.set_gid("attn-line")
+        axes[2].set_yscale("log")
+    axes[2].set_title("mean ||attn_out||")
+    for ax, name in zip(axes, ("ov", "bo", "attn"), strict=True):
+        ax.set_xlabel("layer")
+        _axes_gid(ax, f"weights-{name}")
+    figure.suptitle(f"Attention weights: {plain(item.label)} ({report.get('processing', 'raw')} weights)")
+    return figure
+
+
+def mlp_random(inputs: list[FigureInput] | FigureInput) -> Figure:
+    """(6) MLP output norm on random inputs per layer, and neuron activation rates (real, random, resampled)."""
+    item = _single(inputs)
+    report = item.weights or {}
+    figure, axes = _figure(width=8.0, height=3.2, ncols=2)
+    random_out = report.get("mlp_out_random")
+    if random_out:
+        (line,) = axes[0].plot(range(len(random_out)), _positive(_array(random_out)), marker="o", markersize=3)
+        line.set_gid("mlp-random-line")
+        axes[0].set_yscale("log")
+    axes[0].set_title(f"mean ||MLP(random)|| ({report.get('n_random', '?')} inputs)")
+    for key, colour in (("real", "C0"), ("random", "C1"), ("resampled", "C2")):
+        rates = report.get(f"neuron_rate_{key}")
+        if rates:
+            (line,) = axes[1].plot(range(len(rates)), _array(rates), marker="o", markersize=3, color=colour, label=key)
+            line.set_gid(f"rate-line-{key}")
+    axes[1].set_ylim(0, 1)
+    axes[1].set_title(f"neuron activation rate ({report.get('kind', 'in')} > 0)")
+    axes[1].legend()
+    for ax, name in zip(axes, ("random", "rates"), strict=True):
+        ax.set_xlabel("layer")
+        _axes_gid(ax, f"mlp-{name}")
+    figure.suptitle(f"MLPs: {plain(item.label)}")
+    return figure
+
+
+# ----------------------------------------------------------------------------- (7), (8) horizon
+
+
+def loss_vs_k(inputs: list[FigureInput] | FigureInput, x: str = "layer") -> Figure:
+    """(7) Loss against k, one line per start layer (and ablation), the clean loss and its tolerance band."""
+    items = [item for item in _many(inputs) if item.scan]
+    figure, (ax,) = _figure()
+    markers = ["o", "s", "^", "D", "v", "P"]
+    for item, colour in zip(items, _colours(len(items)), strict=True):
+        scan, name = item.scan or {}, gid_part(item.label)
+        ablation = str(scan.get("ablation", "zero"))
+        rows = scan.get("rows") or []
+        starts = sorted({row["start_layer"] for row in rows})
+        for index, start in enumerate(starts):
+            chosen = sorted((row for row in rows if row["start_layer"] == start), key=lambda row: row["k"])
+            ks = np.array([row["k"] for row in chosen], dtype=np.float64)
+            label = f"S={start}, {ablation}" if len(items) == 1 else f"{plain(item.label)} S={start}, {ablation}"
+            (line,) = ax.plot(_x(ks, item.n_layers, x), _array([row["loss"] for row in chosen]), color=colour,
+                              marker=markers[index % len(markers)], markersize=3, label=label,
+                              linestyle="-" if ablation == "zero" else "--")
+            line.set_gid(f"loss-line-{name}-s{start}-{gid_part(ablation)}")
+        clean, tol = scan.get("loss_clean"), scan.get("tol")
+        if clean is not None:
+            clean_line = ax.axhline(clean, color=colour, linestyle=":", linewidth=1,
+                                    label="clean loss" if len(items) == 1 else f"{plain(item.label)} clean")
+            clean_line.set_gid(f"clean-line-{name}")
+            if tol is not None:
+                band = ax.axhspan(clean, clean + tol, color=colour, alpha=0.12, linewidth=0,
+                                  label=f"tolerance +{tol:g}" if len(items) == 1 else None)
+                band.set_gid(f"tol-band-{name}")
+    ax.set_xlabel("relative horizon (k / L)" if x == "depth" else "horizon k (layers)")
+    ax.set_ylabel("loss (nats)")
+    ax.set_title("Loss under an enforced layer horizon")
+    ax.legend()
+    _axes_gid(ax, "loss-vs-k")
+    return figure
+
+
+def layer_k_matrix(inputs: list[FigureInput] | FigureInput) -> Figure:
+    """(8) The layer x k matrix of the loss increase (the horizon enforced at one layer only)."""
+    item = _single(inputs)
+    matrix = (item.scan or {}).get("by_layer") or {}
+    figure, (ax,) = _figure(width=5.5, height=4.0)
+    values = np.array([[np.nan if v is None else v for v in row] for row in matrix.get("delta_loss", [])],
+                      dtype=np.float64)
+    if values.size:
+        image = ax.imshow(values, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest")
+        image.set_gid("layer-k-matrix")
+        figure.colorbar(image, ax=ax, label="loss increase (nats)")
+        ax.set_xticks(range(len(matrix["ks"])), [str(k) for k in matrix["ks"]])
+        ax.set_yticks(range(len(matrix["layers"])), [str(layer) for layer in matrix["layers"]])
+    ax.set_xlabel("horizon k (layers)")
+    ax.set_ylabel("layer N (horizon enforced there only)")
+    ax.set_title(f"Layer x k: {plain(item.label)}")
+    ax.grid(False)
+    _axes_gid(ax, "layer-k-matrix")
+    return figure
+
+
+# ----------------------------------------------------------------------------- (9), (10), (11) local processing
+
+
+def cosine(inputs: list[FigureInput] | FigureInput, x: str = "layer") -> Figure:
+    """(9) Median mean-centred cosine per layer, one line per truncation length, with the quartile band."""
+    items = [item for item in _many(inputs) if item.truncate]
+    figure, (ax,) = _figure()
+    styles = ["-", "--", "-.", ":"]
+    for item_index, item in enumerate(items):
+        view, name = item.truncate or {}, gid_part(item.label)
+        lengths = sorted((view.get("median_cos") or {}), key=int)
+        colours = _colours(len(lengths)) if len(items) == 1 else [_colours(len(items))[item_index]] * len(lengths)
+        for index, c in enumerate(lengths):
+            median = _array(view["median_cos"][c])
+            rows = _x(np.arange(len(median)), item.n_layers, x)
+            label = f"c = {c}" if len(items) == 1 else f"{plain(item.label)} c = {c}"
+            (line,) = ax.plot(rows, median, color=colours[index], linestyle=styles[index % len(styles)]
+                              if len(items) > 1 else "-", marker="o", markersize=3, label=label)
+            line.set_gid(f"cos-line-{name}-c{gid_part(c)}")
+            quartiles = (view.get("quartiles_cos") or {}).get(c)
+            if quartiles:
+                band = ax.fill_between(rows, _array(quartiles[0]), _array(quartiles[1]), color=colours[index],
+                                       alpha=0.15, linewidth=0)
+                band.set_gid(f"cos-band-{name}-c{gid_part(c)}")
+    ax.set_xlabel(_xlabel(x))
+    ax.set_ylabel("median cosine (truncated vs full)")
+    ax.set_title("Local processing: mean-centred cosine per layer")
+    ax.legend(ncols=2 if len(items) > 1 else 1)
+    _axes_gid(ax, "cosine")
+    return figure
+
+
+def categories(inputs: list[FigureInput] | FigureInput) -> Figure:
+    """(10) Median cosine per token category, one panel per truncation length."""
+    item = _single(inputs)
+    view = item.truncate or {}
+    per_length = view.get("categories") or {}
+    lengths = sorted(per_length, key=int) or ["?"]
+    figure, axes = _figure(width=min(3.2 * len(lengths) + 1, 12), height=3.2, ncols=len(lengths))
+    for ax, c in zip(axes, lengths, strict=True):
+        entry = per_length.get(c) or {}
+        counts = entry.get("count") or {}
+        for category, values in entry.items():
+            if category == "count" or not counts.get(category):
+                continue
+            (line,) = ax.plot(range(len(values)), _array(values), marker="o", markersize=2,
+                              label=f"{category} ({counts[category]})")
+            line.set_gid(f"cat-line-c{gid_part(c)}-{gid_part(category)}")
+        ax.set_title(f"c = {c}")
+        ax.set_xlabel("layer")
+        ax.legend()
+        _axes_gid(ax, f"categories-c{gid_part(c)}")
+    axes[0].set_ylabel("median cosine")
+    figure.suptitle(f"Median cosine per token category: {plain(item.label)}")
+    return figure
+
+
+def attention_distance(inputs: list[FigureInput] | FigureInput) -> Figure:
+    """(11) Mean attention distance without the BOS column, layers x heads (log colour)."""
+    item = _single(inputs)
+    view = item.attention or {}
+    key = "mean_distance_no_bos" if item.has_bos else "mean_distance"
+    values = np.array([[np.nan if v is None else v for v in row] for row in view.get(key, [])], dtype=np.float64)
+    figure, (ax,) = _figure(width=min(max(4.0, 0.35 * (values.shape[1] if values.ndim == 2 else 1) + 2), 10),
+                            height=4.0)
+    finite = values[np.isfinite(values) & (values > 0)] if values.size else values
+    if finite.size:
+        low, high = float(finite.min()), float(finite.max())
+        image = ax.imshow(np.where(values > 0, values, np.nan), aspect="auto", origin="lower", cmap="coolwarm",
+                          norm=LogNorm(vmin=low, vmax=high if high > low else low * 1.01), interpolation="nearest")
+        image.set_gid("attention-distance")
+        figure.colorbar(image, ax=ax, label="mean distance (tokens)")
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(f"Mean attention distance{', BOS removed' if item.has_bos else ''}: {plain(item.label)}")
+    ax.grid(False)
+    _axes_gid(ax, "attention-distance")
+    return figure
+
+
+# id -> (function, whether it overlays several models, which input field it needs)
+PLOTS: dict[str, tuple[Any, bool, str]] = {
+    "fig01-norm-growth": (norm_growth, True, "norms"),
+    "fig02-norm-distribution": (norm_distribution, False, "samples"),
+    "fig03-position-norms": (position_norms, False, "prompt"),
+    "fig04-sublayer-norms": (sublayer_norms, True, "norms"),
+    "fig05-weights": (weights, False, "weights"),
+    "fig06-mlp-random": (mlp_random, False, "weights"),
+    "fig07-loss-vs-k": (loss_vs_k, True, "scan"),
+    "fig08-layer-k-matrix": (layer_k_matrix, False, "by_layer"),
+    "fig09-cosine": (cosine, True, "truncate"),
+    "fig10-categories": (categories, False, "truncate"),
+    "fig11-attention-distance": (attention_distance, False, "attention"),
+}
+COMPARE_FIGURES = ("fig01-norm-growth", "fig04-sublayer-norms", "fig07-loss-vs-k", "fig09-cosine")
+
+
+def has_data(item: FigureInput, need: str) -> bool:
+    if need == "by_layer":
+        return bool((item.scan or {}).get("by_layer"))
+    value = getattr(item, need)
+    return value is not None and (not isinstance(value, list | dict) or len(value) > 0)
