@@ -98,6 +98,17 @@ def test_live_model_figures(tmp_path: Path, run_cli) -> None:
     assert "fig07-loss-vs-k not drawn" in err  # a live run measures norms and weights only
 
 
+def test_a_live_run_beside_a_directory_of_the_same_model(llama_dir: Path, tmp_path: Path, run_cli) -> None:
+    out = tmp_path / "both"
+    code, _, err = run_cli("figures", str(llama_dir), "--model", "tiny-llama", "--device", "cpu", "--prompt",
+                           "A short prompt about the weather in the hills.", "--out", str(out))
+    assert code == 0, err
+    ids = groups(out / "fig01-norm-growth.svg")
+    assert {"norm-line-tiny-llama", "norm-line-tiny-llama_live"} <= set(ids) and count(ids, "norm-line-") == 2
+    assert (out / "fig05-weights-tiny-llama_live.svg").exists() and not (out / "fig05-weights-tiny-llama.svg").exists()
+    assert (out / "fig07-loss-vs-k.svg").exists()
+
+
 def test_bad_input_is_one_line_and_writes_nothing(llama_dir: Path, tmp_path: Path, run_cli) -> None:
     out = tmp_path / "figs"
     for args, words in ((["--format", "gif"], "--format"), (["--x", "width"], "--x"), ([], "give results")):

@@ -75,7 +75,10 @@ def figures_command(
     loaded = compare.load_all(directories) if directories else []
     inputs = [compare.figure_input(item) for item in loaded]
     if model is not None:
-        inputs.append(_live_input(model, device, dtype, prompt, file, bos, bos_token, truncate_to))
+        live = _live_input(model, device, dtype, prompt, file, bos, bos_token, truncate_to)
+        if any(item.label == live.label for item in inputs):  # the same model from a directory: keep both apart
+            live.label = f"{live.label} (live)"
+        inputs.append(live)
     figures, skipped = export.build(inputs, x=x)
     written = export.export(figures, skipped, out, fmt)
     for item in loaded:
