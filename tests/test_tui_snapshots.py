@@ -220,10 +220,11 @@ async def choices(app: HorizonApp, keys: tuple[str, ...]) -> tuple[list[Margin],
         await settle_then(*keys)(pilot)
         tabs = app.query_one(TabbedContent)
         shown = tabs.get_pane(tabs.active)
+        state = (app.view_state(),) if hasattr(app, "view_state") else ()  # what the panes draw from
         with recording_margins() as margins:
             for pane in shown.query("*"):
                 if hasattr(pane, "refresh_view"):
-                    pane.refresh_view()  # the screen rebuilds its numbers, lists and tables
+                    pane.refresh_view(*state)  # the screen rebuilds its numbers, lists and tables
             for widget in shown.query("*"):  # cells' colours are chosen when our widgets draw
                 if type(widget).__module__.startswith("horizon.tui.widgets") and "render" in vars(type(widget)):
                     widget.render()
