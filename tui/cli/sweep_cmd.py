@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from horizon.core import analyses as registry
 from horizon.core import options, store
 from horizon.core.errors import HorizonError
 from horizon.core.untrusted import markup_safe
@@ -41,7 +42,10 @@ CorpusArg = Annotated[
 OutOpt = Annotated[
     str, typer.Option("--out", "-o", help="Results directory (created; resumed if it holds this sweep).")
 ]
-AnalysesOpt = Annotated[str, typer.Option("--analyses", "-a", help="Comma-separated: norms,truncate,scan,attention.")]
+AnalysesOpt = Annotated[
+    str | None,
+    typer.Option("--analyses", "-a", help=f"Comma-separated, from: {','.join(registry.names())} (default: all)."),
+]
 MaxPromptsOpt = Annotated[int | None, typer.Option("--max-prompts", help="Use only the first N prompts.")]
 MaxTokensOpt = Annotated[
     int | None,
@@ -95,7 +99,7 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar."
 def sweep(
     corpus: CorpusArg = None,
     out: OutOpt = "horizon-results",
-    analyses: AnalysesOpt = "norms,truncate,scan,attention",
+    analyses: AnalysesOpt = None,
     model: ModelOpt = "smollm2-135m",
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
@@ -128,7 +132,7 @@ def sweep(
 
     # Every flag is checked before the (slow) model load.
     settings = SweepSettings(
-        analyses=[name.strip() for name in analyses.split(",") if name.strip()],
+        analyses=list(registry.names()) if analyses is None else [n.strip() for n in analyses.split(",") if n.strip()],
         max_tokens=max_tokens,
         bos=bos,
         bos_token=bos_token,
@@ -274,7 +278,6 @@ def report(
     as_json: JsonOpt = False,
 ) -> None:
     """The corpus-wide view of every analysis in a results directory (no model is loaded)."""
-    from horizon.core import analyses as registry
     from horizon.core.views import corpus_views, load_views
     from horizon.tui.cli.report_render import render_report
 
