@@ -1,10 +1,13 @@
 """`horizon inspect`: the Textual app.
 
 The app owns the user's selections (metric, layer, length, horizon settings, prompt, token) as
-reactive attributes and a ``Session`` that computes engine results. All model work runs in
-thread workers: one queue for the background analyses and an exclusive group for the patched
-pass, whose stale runs are cancelled and never shown (a generation counter guards the redraw).
-Each screen module draws itself from the session's cached results in ``refresh_view``.
+reactive attributes and a ``Source`` (core/session.py: a live ``Session`` or a ``ResultsSession``)
+whose results the panes read once they are ready. All model work runs in thread workers started
+here: one queue for the background analyses, an exclusive group for the patched pass, whose stale
+runs are cancelled and never shown (a generation counter guards the redraw), and one for what the
+Horizon screen's view needs (the layer x k matrix, the mean-ablation scan). Workers post
+``AnalysisReady`` / ``AnalysisFailed`` (tui/state.py), which the app routes: it redraws each pane
+from a ``ViewState``. Keys, palette and help come from one table (tui/keys.py).
 """
 
 from __future__ import annotations
@@ -17,18 +20,20 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from horizon.core.errors import HorizonError
-from horizon.core.session import PatchSettings, Session
+from horizon.core.session import PatchSettings, Source
 from horizon.core.untrusted import visible
 from horizon.tui.hangup import HangupGuard
 from horizon.tui.keys import TABS, bindings, palette  # noqa: F401  (TABS: the screens)
 from horizon.tui.screens.attention import AttentionPane
 from horizon.tui.screens.help import HelpScreen
-from horizon.tui.screens.horizon import HorizonPane
+from horizon.tui.screens.horizon import HorizonPane, job_name
 from horizon.tui.screens.norms import NormsPane
 from horizon.tui.screens.outliers import OutliersPane
 from horizon.tui.screens.prompts import PromptPicker
 from horizon.tui.screens.tokens import TokensPane
+from horizon.tui.state import AnalysisFailed, AnalysisReady, ChangeSettings, JumpToToken, ViewState
 from horizon.tui.widgets.status import StatusLine
+from horizon.tui.widgets.token_grid import TokenGrid
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import BindingType
@@ -59,8 +64,8 @@ class HorizonApp(App[None]):
 
     def __init__(
         self,
-        session: Session | None = None,
-        load: Callable[[], Session] | None = None,
+        session: Source | None = None,
+        load: Callable[[], Source] | None = None,
         loading_label: str = "model",
         background: bool = True,
         show_timings: bool = True,
@@ -68,7 +73,7 @@ class HorizonApp(App[None]):
         super().__init__()
         if session is None and load is None:
             raise ValueError("give a session or a load callable")
-        self.session = session
+        self.session: Source | None = session
         self._load = load
         self.loading_label = loading_label
         self.background = background
@@ -78,6 +83,7 @@ class HorizonApp(App[None]):
         self.last_run: tuple[str, float] | None = None
         self._patch_generation = 0
         self._debounce: Any = None
+        self._extra_started: set[tuple[str, int, str]] = set()  # (matrix | scan, prompt, ablation)
 
     # ------------------------------------------------------------------ layout
 
@@ -126,13 +132,13 @@ class HorizonApp(App[None]):
         self.notify(visible(message), title="cannot start", severity="error", timeout=30, markup=False)
         self.refresh_status()
 
-    def _session_ready(self, session: Session) -> None:
+    def _session_ready(self, session: Source) -> None:
         self.session = session
         self.pending = {name for name in self.pending if not name.startswith("loading")}
         n = session.n_layers
         self.set_reactive(HorizonApp.layer, n)  # the final residual: where truncation differs most
         self.set_reactive(HorizonApp.settings, PatchSettings(k=max(1, n // 2)))
-        self.query_one(HorizonPane).configure(n)
+        self.query_one(HorizonPane).configure(n, self.settings)
         self.start_patch()
         if self.background:
             self.pending.update(BACKGROUND)
@@ -158,10 +164,10 @@ class HorizonApp(App[None]):
             try:
                 job()
             except Exception as exc:
-                self.call_from_thread(self._job_failed, name, exc)
+                self.post_message(AnalysisFailed(name, _describe(exc)))
                 continue
             if not worker.is_cancelled:
-                self.call_from_thread(self._job_done, name, time.perf_counter() - start)
+                self.post_message(AnalysisReady(name, time.perf_counter() - start))
 
     def start_patch(self) -> None:
         """Run the patched pass for the current settings now (no debounce)."""
@@ -186,38 +192,93 @@ class HorizonApp(App[None]):
             self.session.patch(settings, prompt)
         except Exception as exc:
             if generation == self._patch_generation:
-                self.call_from_thread(self._job_failed, "patch", exc)
+                self.post_message(AnalysisFailed("patch", _describe(exc)))
             return
         # A newer setting was asked for while this ran: its result is cached but never shown.
         if worker.is_cancelled or generation != self._patch_generation:
             return
-        self.call_from_thread(self._job_done, "patch", time.perf_counter() - start)
+        self.post_message(AnalysisReady("patch", time.perf_counter() - start))
 
-    def _job_done(self, name: str, seconds: float) -> None:
-        self.pending.discard(name)
-        self.failed.pop(name, None)
-        self.last_run = (name, seconds)
+    def _start_extra(self) -> None:
+        """Start (once) the worker for what the Horizon view shows and no result holds yet."""
+        source = self.session
+        if source is None or not source.can_patch:
+            return
+        settings, prompt = self.settings, self.prompt_index
+        wanted = []
+        if settings.only_layer is not None and source.cached_by_layer(prompt, settings.ablation) is None:
+            wanted.append(("matrix", prompt, settings.ablation))
+        if settings.ablation != "zero" and source.cached_scan(prompt, settings.ablation) is None:
+            wanted.append(("scan", prompt, settings.ablation))
+        for job in wanted:
+            if job not in self._extra_started:
+                self._extra_started.add(job)
+                self.pending.add(job_name(job))
+                self.refresh_status()
+                self._run_extra(job)
+
+    @work(thread=True, group="horizon-extra", exit_on_error=False)
+    def _run_extra(self, job: tuple[str, int, str]) -> None:
+        kind, prompt, ablation = job
+        assert self.session is not None
+        try:
+            if kind == "matrix":
+                self.session.by_layer(prompt, ablation)
+            else:
+                self.session.scan(prompt, ablation=ablation)
+        except Exception as exc:
+            self._extra_started.discard(job)
+            self.post_message(AnalysisFailed(job_name(job), _describe(exc)))
+            return
+        # Not the app's "last run": the status line keeps naming the patched pass, whichever ends last.
+        self.post_message(AnalysisReady(job_name(job)))
+
+    @on(AnalysisReady)
+    def _job_done(self, message: AnalysisReady) -> None:
+        self.pending.discard(message.name)
+        self.failed.pop(message.name, None)
+        if message.seconds is not None:
+            self.last_run = (message.name, message.seconds)
         self.refresh_all()
 
-    def _job_failed(self, name: str, exc: BaseException) -> None:
-        self.pending.discard(name)
-        message = str(exc) if isinstance(exc, HorizonError) else f"{type(exc).__name__}: {exc}"
-        self.failed[name] = message
-        self.notify(visible(message), title=f"{name} failed", severity="error", timeout=10, markup=False)
+    @on(AnalysisFailed)
+    def _job_failed(self, message: AnalysisFailed) -> None:
+        self.pending.discard(message.name)
+        self.failed[message.name] = message.error
+        self.notify(visible(message.error), title=f"{message.name} failed", severity="error", timeout=10,
+                    markup=False)
         self.refresh_all()
 
     # ------------------------------------------------------------------ drawing
 
-    def refresh_all(self) -> None:
+    def view_state(self) -> ViewState | None:
+        """The source and the selections, as the panes draw them (None until the source is ready)."""
         if self.session is None:
-            self.refresh_status()
-            return
-        for pane in (TokensPane, NormsPane, HorizonPane, OutliersPane, AttentionPane):
-            self.query_one(pane).refresh_view()
+            return None
+        return ViewState(
+            source=self.session, metric=self.metric, layer=self.layer, length=self.length,
+            settings=self.settings, prompt=self.prompt_index, selected=self.selected,
+            no_bos=self.attention_no_bos, failed=dict(self.failed),
+        )
+
+    def refresh_all(self) -> None:
+        self._start_extra()
+        state = self.view_state()
+        if state is not None:
+            for pane in (TokensPane, NormsPane, HorizonPane, OutliersPane, AttentionPane):
+                self.query_one(pane).refresh_view(state)
         self.refresh_status()
 
+    def _refresh(self, pane: type[TokensPane | AttentionPane | OutliersPane]) -> None:
+        state = self.view_state()
+        if state is not None:
+            self.query_one(pane).refresh_view(state)
+
     def refresh_status(self) -> None:
-        self.query_one(StatusLine).show(self)
+        self.query_one(StatusLine).show(
+            self.session, self.prompt_index, self.settings, loading_label=self.loading_label,
+            pending=self.pending, failed=self.failed, last_run=self.last_run, show_timings=self.show_timings,
+        )
 
     def watch_metric(self) -> None:
         self.refresh_all()
@@ -229,15 +290,16 @@ class HorizonApp(App[None]):
         self.refresh_all()
 
     def watch_selected(self) -> None:
-        self.query_one(TokensPane).refresh_view()
+        self._refresh(TokensPane)
 
     def watch_attention_no_bos(self) -> None:
-        self.query_one(AttentionPane).refresh_view()
+        self._refresh(AttentionPane)
 
     def watch_settings(self, old: PatchSettings, new: PatchSettings) -> None:
         if old == new or self.session is None:
             return
-        self.query_one(HorizonPane).sync_controls()
+        self.query_one(HorizonPane).sync_controls(new)
+        self._start_extra()
         self.refresh_status()
         # Debounced: a burst of slider steps runs one patched pass, for the last value.
         if self._debounce is not None:
@@ -300,6 +362,7 @@ class HorizonApp(App[None]):
 
     def action_cycle_category(self) -> None:
         self.query_one(OutliersPane).cycle_category()
+        self._refresh(OutliersPane)
 
     def action_close_detail(self) -> None:
         self.selected = None
@@ -314,12 +377,21 @@ class HorizonApp(App[None]):
 
         self.push_screen(PromptPicker(self.session.prompts, self.prompt_index), chosen)
 
-    def jump_to_token(self, prompt: int, position: int) -> None:
+    @on(JumpToToken)
+    def jump_to_token(self, message: JumpToToken) -> None:
         """Show a token in the Tokens screen (from the outliers table)."""
-        self.prompt_index = prompt
+        self.prompt_index = message.prompt
         self.action_show_tab("tokens")
-        self.selected = position
+        self.selected = message.position
         self.query_one(TokensPane).focus_grid()
+
+    @on(ChangeSettings)
+    def _change_settings(self, message: ChangeSettings) -> None:
+        self.settings = replace(self.settings, **message.changes)
+
+    @on(TokenGrid.Selected, "#tokens-grid")
+    def _token_selected(self, message: TokenGrid.Selected) -> None:
+        self.selected = message.index
 
     @on(TabbedContent.TabActivated)
     def _tab_changed(self, event: TabbedContent.TabActivated) -> None:
@@ -334,3 +406,7 @@ class HorizonApp(App[None]):
         yield from super().get_system_commands(screen)
         for title, help_line, callback in palette(self):  # the one key table: tui/keys.py
             yield SystemCommand(title, help_line, callback)
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, HorizonError) else f"{type(exc).__name__}: {exc}"

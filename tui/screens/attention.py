@@ -8,6 +8,7 @@ from itertools import pairwise
 from typing import Any
 
 from horizon.tui.format import fixed
+from horizon.tui.state import ViewState
 from horizon.tui.widgets.charts import HeatMap, Legend
 from horizon.tui.widgets.scales import Scale, note_margin
 from rich.table import Table
@@ -40,17 +41,14 @@ class AttentionPane(VerticalScroll):
         yield HeatMap(id="attention-heat")
         yield Static(id="attention-lists")
 
-    def refresh_view(self) -> None:
-        app: Any = self.app
-        if app.session is None:
-            return
-        report = app.session.cached(("attention", app.prompt_index))
+    def refresh_view(self, state: ViewState) -> None:
+        report = state.source.ready(("attention", state.prompt))
         header = self.query_one("#attention-header", Static)
         if report is None:
-            failed = app.failed.get("attention")
+            failed = state.failed.get("attention")
             header.update(Text(f"attention failed: {failed}" if failed else "attention: computing…", style="yellow"))
             return
-        no_bos = app.attention_no_bos
+        no_bos = state.no_bos
         matrix = distance_matrix(report, no_bos)
         title = Text("mean attention distance, layers × heads  ", style="bold")
         title.append("BOS column removed" if no_bos else "BOS included", style="italic")

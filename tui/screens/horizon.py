@@ -4,24 +4,26 @@ pass's numbers, its per-token loss increase on the token grid, and the scanned l
 With the layer x k view on (key x), the curve gives way to the per-layer horizon matrix (the
 horizon enforced at one layer N only, every k), and the selected cell (layer slider or < >, k
 slider or , ., or a click) is the patched pass whose per-token loss increase the grid shows.
-Key a switches zero and mean ablation. The matrix and the mean-ablation scan run in workers.
+Key a switches zero and mean ablation. The matrix and the mean-ablation scan run in the app's
+workers; the pane reads what is ready and asks the app for new settings (``ChangeSettings``).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, ClassVar
 
+from horizon.core.session import PatchSettings
 from horizon.tui.format import fixed, fmt
 from horizon.tui.keys import bindings
 from horizon.tui.screens import views
+from horizon.tui.state import ChangeSettings, ViewState
 from horizon.tui.widgets.charts import Legend, curve_text
 from horizon.tui.widgets.layer_matrix import LayerMatrix, unchanged
 from horizon.tui.widgets.scales import Scale
 from horizon.tui.widgets.slider import Slider
 from horizon.tui.widgets.token_grid import TokenGrid
 from rich.text import Text
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -55,8 +57,9 @@ class HorizonPane(Vertical):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._started: set[tuple[str, int, str]] = set()  # (matrix | scan, prompt, ablation) asked for
         self._matrix_layer: int | None = None  # the layer the matrix view returns to
+        self._n_layers = 0
+        self._settings = PatchSettings(k=1)  # the app's, as last shown on the controls
 
     def compose(self) -> ComposeResult:
         yield Slider("k    ", 1, 2, 1, id="k-slider")
@@ -77,19 +80,20 @@ class HorizonPane(Vertical):
         with VerticalScroll(id="horizon-scroll"):
             yield TokenGrid(id="horizon-grid")
 
-    def configure(self, n_layers: int) -> None:
+    def configure(self, n_layers: int, settings: PatchSettings) -> None:
         """Set the sliders' ranges for the model: k in 1..L+1, start layer in 0..L-1, layer N in 0..L."""
+        self._n_layers = n_layers
         k_slider = self.query_one("#k-slider", Slider)
         start_slider = self.query_one("#start-slider", Slider)
         with self.prevent(Slider.Changed):
             k_slider.maximum = n_layers + 1
             start_slider.maximum = max(0, n_layers - 1)
             self.query_one("#layer-slider", Slider).maximum = n_layers
-        self.sync_controls()
+        self.sync_controls(settings)
 
-    def sync_controls(self) -> None:
+    def sync_controls(self, settings: PatchSettings) -> None:
         """Show the app's settings on the controls without echoing change messages."""
-        settings = self.app.settings  # type: ignore[attr-defined]
+        self._settings = settings
         matrix = settings.only_layer is not None
         with self.prevent(Slider.Changed, Checkbox.Changed):
             self.query_one("#k-slider", Slider).value = settings.k
@@ -105,122 +109,68 @@ class HorizonPane(Vertical):
         self.query_one("#horizon-curve").display = not matrix
         for name in ("#layer-slider", "#matrix-scroll", "#matrix-legend"):
             self.query_one(name).display = matrix
-        self._start_work()
-
-    # -------------------------------------------------------------------- the matrix and the mean scan
-
-    def _start_work(self) -> None:
-        """Start (once) the worker for what the view shows and no result holds yet."""
-        app: Any = self.app
-        session = app.session
-        if session is None or not session.can_patch:
-            return
-        settings, prompt = app.settings, app.prompt_index
-        wanted = []
-        if settings.only_layer is not None and session.cached_by_layer(prompt, settings.ablation) is None:
-            wanted.append(("matrix", prompt, settings.ablation))
-        if settings.ablation != "zero" and session.cached_scan(prompt, settings.ablation) is None:
-            wanted.append(("scan", prompt, settings.ablation))
-        for job in wanted:
-            if job not in self._started:
-                self._started.add(job)
-                app.pending.add(_job_name(job))
-                app.refresh_status()
-                self._compute(job)
-
-    @work(thread=True, group="horizon-extra", exit_on_error=False)
-    def _compute(self, job: tuple[str, int, str]) -> None:
-        kind, prompt, ablation = job
-        app: Any = self.app
-        try:
-            if kind == "matrix":
-                app.session.by_layer(prompt, ablation)
-            else:
-                app.session.scan(prompt, ablation=ablation)
-        except Exception as exc:
-            self._started.discard(job)
-            app.call_from_thread(app._job_failed, _job_name(job), exc)
-            return
-        app.call_from_thread(self._done, _job_name(job))
-
-    def _done(self, name: str) -> None:
-        # Not the app's "last run": the status line keeps naming the patched pass, whichever ends last.
-        app: Any = self.app
-        app.pending.discard(name)
-        app.failed.pop(name, None)
-        app.refresh_all()
 
     # -------------------------------------------------------------------- controls
 
+    def _change(self, **changes: Any) -> None:
+        self.post_message(ChangeSettings(**changes))
+
     def action_toggle_ablation(self) -> None:
-        app: Any = self.app
-        app.settings = replace(app.settings, ablation="mean" if app.settings.ablation == "zero" else "zero")
+        self._change(ablation="mean" if self._settings.ablation == "zero" else "zero")
 
     def action_toggle_matrix(self) -> None:
-        app: Any = self.app
-        if app.session is None:
+        if not self._n_layers:
             return
-        settings = app.settings
-        if settings.only_layer is None:
-            layer = self._matrix_layer if self._matrix_layer is not None else app.session.n_layers // 2
-            app.settings = replace(settings, only_layer=layer)
+        if self._settings.only_layer is None:
+            layer = self._matrix_layer if self._matrix_layer is not None else self._n_layers // 2
+            self._change(only_layer=layer)
         else:
-            self._matrix_layer = settings.only_layer
-            app.settings = replace(settings, only_layer=None)
+            self._matrix_layer = self._settings.only_layer
+            self._change(only_layer=None)
 
     def action_cell_layer(self, step: int) -> None:
-        app: Any = self.app
-        if app.session is not None and app.settings.only_layer is not None:
-            layer = max(0, min(app.session.n_layers, app.settings.only_layer + step))
-            app.settings = replace(app.settings, only_layer=layer)
+        if self._n_layers and self._settings.only_layer is not None:
+            self._change(only_layer=max(0, min(self._n_layers, self._settings.only_layer + step)))
 
     @on(LayerMatrix.Selected)
     def _cell(self, event: LayerMatrix.Selected) -> None:
-        app: Any = self.app
-        app.settings = replace(app.settings, k=event.k, only_layer=event.layer)
+        self._change(k=event.k, only_layer=event.layer)
 
     @on(Slider.Changed)
     def _slider(self, event: Slider.Changed) -> None:
-        app: Any = self.app
         if event.slider.id == "k-slider":
-            app.settings = replace(app.settings, k=event.value)
+            self._change(k=event.value)
         elif event.slider.id == "layer-slider":
-            if app.settings.only_layer is not None:
-                app.settings = replace(app.settings, only_layer=event.value)
+            if self._settings.only_layer is not None:
+                self._change(only_layer=event.value)
         else:
-            app.settings = replace(app.settings, start_layer=event.value)
+            self._change(start_layer=event.value)
 
     @on(Checkbox.Changed)
     def _toggle(self, event: Checkbox.Changed) -> None:
-        app: Any = self.app
         if event.checkbox.id == "source-toggle":
-            app.settings = replace(app.settings, source="clean" if event.value else "recursive")
+            self._change(source="clean" if event.value else "recursive")
         elif event.checkbox.id == "embed-toggle":
-            app.settings = replace(app.settings, keep_embed=event.value)
+            self._change(keep_embed=event.value)
         elif event.checkbox.id == "final-toggle":
-            app.settings = replace(app.settings, final="full" if event.value else "window")
+            self._change(final="full" if event.value else "window")
         elif event.checkbox.id == "ablation-toggle":
-            app.settings = replace(app.settings, ablation="mean" if event.value else "zero")
-        elif event.checkbox.id == "matrix-toggle" and event.value != (app.settings.only_layer is not None):
+            self._change(ablation="mean" if event.value else "zero")
+        elif event.checkbox.id == "matrix-toggle" and event.value != (self._settings.only_layer is not None):
             self.action_toggle_matrix()
 
-    def refresh_view(self) -> None:
-        app: Any = self.app
-        if app.session is None:
-            return
-        self._start_work()
-        session = app.session
-        settings = app.settings
-        result = session.cached_patch(settings, app.prompt_index)
+    def refresh_view(self, state: ViewState) -> None:
+        source, settings = state.source, state.settings
+        result = source.cached_patch(settings, state.prompt)
         summary = self.query_one("#horizon-summary", Static)
-        if not session.can_patch:
+        if not source.can_patch:
             summary.update(Text("stored results: no model to rerun (give --model)", style="dim"))
         elif result is None:
             summary.update(Text(f"k={settings.k}  patched pass running…", style="yellow"))
         else:
             summary.update(patch_summary(result, settings))
-        values = views.patch_per_token(session, settings, app.prompt_index, "loss")
-        tokens = session.tokens(app.prompt_index)
+        values = views.patch_per_token(source, settings, state.prompt, "loss")
+        tokens = source.tokens(state.prompt)
         if values is None:
             values = [None] * len(tokens)
         scale = Scale.fit(values, diverging=True)
@@ -228,19 +178,19 @@ class HorizonPane(Vertical):
         legend = self.query_one("#horizon-legend", Legend)
         legend.scale, legend.label = scale, "Δloss"
         if settings.only_layer is None:
-            self.query_one("#horizon-curve", Static).update(self._curve(app))
+            self.query_one("#horizon-curve", Static).update(self._curve(state))
         else:
-            self._show_matrix(app)
+            self._show_matrix(state)
 
-    def _show_matrix(self, app: Any) -> None:
-        settings = app.settings
+    def _show_matrix(self, state: ViewState) -> None:
+        settings = state.settings
         matrix = self.query_one(LayerMatrix)
-        result = app.session.cached_by_layer(app.prompt_index, settings.ablation)
+        result = state.source.cached_by_layer(state.prompt, settings.ablation)
         legend = self.query_one("#matrix-legend", Legend)
         if result is None:
-            failed = app.failed.get(_job_name(("matrix", app.prompt_index, settings.ablation)))
+            failed = state.failed.get(job_name(("matrix", state.prompt, settings.ablation)))
             matrix.result = None
-            if not app.session.can_patch:
+            if not state.source.can_patch:
                 legend.label = "layer × k matrix: stored results hold none (give --model to compute it)"
             else:
                 legend.label = f"layer × k matrix failed: {failed}" if failed else "layer × k matrix: computing…"
@@ -256,11 +206,11 @@ class HorizonPane(Vertical):
             self.query_one("#matrix-scroll", VerticalScroll).scroll_to(y=max(0, row - 2), animate=False)
 
     @staticmethod
-    def _curve(app: Any) -> Text:
-        ablation = app.settings.ablation
-        scan = app.session.cached_scan(app.prompt_index, ablation)
+    def _curve(state: ViewState) -> Text:
+        ablation = state.settings.ablation
+        scan = state.source.cached_scan(state.prompt, ablation)
         if scan is None:
-            failed = app.failed.get("scan" if ablation == "zero" else _job_name(("scan", app.prompt_index, ablation)))
+            failed = state.failed.get(job_name(("scan", state.prompt, ablation)))
             return Text(f"scan failed: {failed}" if failed else "loss-vs-k scan: computing…", style="dim")
         rows = [row for row in scan.rows if row["start_layer"] == 0]
         horizon = scan.effective_horizon.get(0)
@@ -271,13 +221,14 @@ class HorizonPane(Vertical):
         title.append(f"  eff. horizon (tol {scan.tol:g}) ", style="dim")
         title.append(f"k={horizon}" if horizon is not None else "none", style="bold green")
         chart = curve_text(
-            [row["k"] for row in rows], [row["loss"] for row in rows], scan.loss_clean, horizon, app.settings.k,
+            [row["k"] for row in rows], [row["loss"] for row in rows], scan.loss_clean, horizon, state.settings.k,
             height=4,
         )
         return Text("\n").join([title, chart])
 
 
-def _job_name(job: tuple[str, int, str]) -> str:
+def job_name(job: tuple[str, int, str]) -> str:
+    """The name under which the app reports a job this view needs (``failed``, the status line)."""
     kind, _, ablation = job
     name = "layer × k" if kind == "matrix" else "scan"
     return name if ablation == "zero" else f"{name} {ablation}"

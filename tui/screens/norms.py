@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 from horizon.tui.format import fixed, fmt, layer_label
+from horizon.tui.state import ViewState
 from horizon.tui.widgets.charts import HeatMap, Legend, sparkline
 from horizon.tui.widgets.scales import Scale
 from rich.table import Table
@@ -43,14 +44,11 @@ class NormsPane(VerticalScroll):
         yield Legend(id="norms-legend")
         yield HeatMap(id="norms-heat")
 
-    def refresh_view(self) -> None:
-        app: Any = self.app
-        if app.session is None:
-            return
-        report = app.session.cached("norms") if app.session is not None else None
+    def refresh_view(self, state: ViewState) -> None:
+        report = state.source.ready("norms")
         summary = self.query_one("#norms-summary", Static)
         if report is None:
-            failed = app.failed.get("norms")
+            failed = state.failed.get("norms")
             summary.update(Text(f"norms failed: {failed}" if failed else "norms: computing…", style="yellow"))
             return
         growth = report.growth
@@ -60,7 +58,7 @@ class NormsPane(VerticalScroll):
         text.append(f"{fixed(growth.rate, 3)}/layer over layers {first}-{last} (r^2 {fixed(growth.r2, 2)})")
         summary.update(text)
         self.query_one("#norms-table", Static).update(site_table(report))
-        stored = report.norms["resid_pre"][app.prompt_index]
+        stored = report.norms["resid_pre"][state.prompt]
         if stored is None:  # results mode: this prompt's norms are not in the store
             return
         matrix = np.asarray(stored)  # [L+1, T]
@@ -76,4 +74,4 @@ class NormsPane(VerticalScroll):
         legend = self.query_one(Legend)
         legend.scale, legend.label = heat.scale, "‖resid_pre‖"
         self.query_one("#norms-heat-title", Static).update(
-            Text(f"layers × positions, prompt {app.prompt_index + 1} (positions from {start})", style="bold"))
+            Text(f"layers × positions, prompt {state.prompt + 1} (positions from {start})", style="bold"))

@@ -12,6 +12,7 @@ from horizon.core.outliers import rank_outliers, token_context
 from horizon.core.untrusted import markup_safe
 from horizon.tui.format import fixed, layer_label
 from horizon.tui.keys import bindings
+from horizon.tui.state import JumpToToken, ViewState
 from horizon.tui.widgets.scales import note_margin
 from horizon.tui.widgets.token_grid import visible_token
 from rich.text import Text
@@ -78,18 +79,16 @@ class OutliersPane(Vertical):
             table.add_column(name, key=name)
 
     def cycle_category(self) -> None:
+        """The next category filter (the app redraws the pane)."""
         options: list[str | None] = [None, *CATEGORIES]
         self.category = options[(options.index(self.category) + 1) % len(options)]
-        self.refresh_view()
 
-    def refresh_view(self) -> None:
-        app: Any = self.app
-        if app.session is None:
-            return
-        session = app.session
-        report = session.cached("truncation")
+    def refresh_view(self, state: ViewState) -> None:
+        source = state.source
+        report = source.ready("truncation")
         header = Text()
-        header.append(f"lowest cosine  c={app.length}  {layer_label(app.layer, session.n_layers, 'L')}  ", style="bold")
+        header.append(f"lowest cosine  c={state.length}  {layer_label(state.layer, state.n_layers, 'L')}  ",
+                      style="bold")
         header.append(f"category={self.category or 'all'}", style="bold")
         header.append("   [l] [ ] [c] filter  [o] sort  enter: show", style="dim")
         self.query_one("#outliers-header", Static).update(header)
@@ -97,7 +96,7 @@ class OutliersPane(Vertical):
         table.clear()
         if report is None:
             return
-        rows = outlier_rows(report, session.tokens, app.length, app.layer, self.category, session.has_bos)
+        rows = outlier_rows(report, source.tokens, state.length, state.layer, self.category, source.has_bos)
         for index, (cos, token, category, prompt, pos, context) in enumerate(rows):
             table.add_row(
                 Text(fixed(cos, 3, sign=True), style="bold"), visible_token(token), category, prompt, pos, context,
@@ -107,8 +106,7 @@ class OutliersPane(Vertical):
     @on(DataTable.RowSelected)
     def _chosen(self, event: DataTable.RowSelected) -> None:
         prompt, pos, _ = str(event.row_key.value).split(":")
-        app: Any = self.app
-        app.jump_to_token(int(prompt), int(pos))
+        self.post_message(JumpToToken(int(prompt), int(pos)))
 
     @on(DataTable.HeaderSelected)
     def _sort(self, event: DataTable.HeaderSelected) -> None:

@@ -1,7 +1,8 @@
 """What each screen shows, read out of the engine reports (indexing only, no science).
 
-Every function takes the session and the user's selections and returns plain lists for the
-widgets, or None while the analysis it needs is still pending.
+Every function takes the source (or the ``ViewState``) and the user's selections and returns
+plain lists for the widgets, or None while the analysis it needs is still pending. Only what is
+ready is read (``Source.ready``): nothing here computes.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from typing import Any
 
 import numpy as np
 from horizon.core.categories import token_category
-from horizon.core.session import PatchSettings, Session
+from horizon.core.session import PatchSettings, Source
 from horizon.tui.format import layer_label
+from horizon.tui.state import ViewState
 from horizon.tui.widgets.detail import TokenDetail
 
 METRIC_LABELS = {"cosine": "cosine", "norm": "norm", "loss": "Δloss", "kl": "KL"}
@@ -25,24 +27,24 @@ def _float(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def cosines(session: Session, prompt: int, length: int, layer: int) -> list[float | None] | None:
+def cosines(source: Source, prompt: int, length: int, layer: int) -> list[float | None] | None:
     """Mean-centred cosine per position (None where t - c < 1 or at BOS)."""
-    report = session.cached("truncation")
+    report = source.ready("truncation")
     if report is None:
         return None
-    values: list[float | None] = [None] * len(session.token_ids[prompt])
+    values: list[float | None] = [None] * len(source.token_ids[prompt])
     rows = np.nonzero((report.record_prompt == prompt) & (report.record_length == length))[0]
     for row in rows:
         values[int(report.record_pos[row])] = _float(report.cos[row, layer])
     return values
 
 
-def cosine_curves(session: Session, prompt: int, position: int) -> dict[int, list[float | None]]:
+def cosine_curves(source: Source, prompt: int, position: int) -> dict[int, list[float | None]]:
     """Per length, the token's cosine at every layer 0..L (all None when it has no record)."""
-    report = session.cached("truncation")
+    report = source.ready("truncation")
     curves: dict[int, list[float | None]] = {}
-    for length in session.lengths:
-        curves[length] = [None] * (session.n_layers + 1)
+    for length in source.lengths:
+        curves[length] = [None] * (source.n_layers + 1)
         if report is None:
             continue
         match = np.nonzero(
@@ -53,66 +55,64 @@ def cosine_curves(session: Session, prompt: int, position: int) -> dict[int, lis
     return curves
 
 
-def norms(session: Session, prompt: int, layer: int) -> list[float | None] | None:
+def norms(source: Source, prompt: int, layer: int) -> list[float | None] | None:
     """Residual norm per position at resid_pre row ``layer`` (row L = final residual)."""
-    report = session.cached("norms")
+    report = source.ready("norms")
     if report is None or report.norms["resid_pre"][prompt] is None:
         return None
     return [_float(value) for value in report.norms["resid_pre"][prompt][layer]]
 
 
-def norm_curve(session: Session, prompt: int, position: int) -> list[float | None]:
-    report = session.cached("norms")
+def norm_curve(source: Source, prompt: int, position: int) -> list[float | None]:
+    report = source.ready("norms")
     if report is None or report.norms["resid_pre"][prompt] is None:
         return []
     return [_float(value) for value in report.norms["resid_pre"][prompt][:, position]]
 
 
-def patch_per_token(session: Session, settings: PatchSettings, prompt: int, which: str) -> list[float | None] | None:
+def patch_per_token(source: Source, settings: PatchSettings, prompt: int, which: str) -> list[float | None] | None:
     """Per-token loss increase or KL, placed on the predicted token (position t+1); BOS gets None."""
-    result = session.cached_patch(settings, prompt)
+    result = source.cached_patch(settings, prompt)
     if result is None:
         return None
     if which == "loss":
         series = [p - c for p, c in zip(result.per_token_loss_patched[0], result.per_token_loss_clean[0], strict=True)]
     else:
         series = result.per_token_kl[0]
-    values: list[float | None] = [None] * len(session.token_ids[prompt])
+    values: list[float | None] = [None] * len(source.token_ids[prompt])
     for t, value in enumerate(series):
         if t + 1 < len(values):
             values[t + 1] = _float(value)
     return values
 
 
-def token_values(app: Any) -> tuple[list[float | None] | None, bool, str]:
+def token_values(state: ViewState) -> tuple[list[float | None] | None, bool, str]:
     """(values, diverging scale?, label) of the Tokens screen's current metric."""
-    session: Session = app.session
-    n = session.n_layers
-    if app.metric == "cosine":
-        return cosines(session, app.prompt_index, app.length, app.layer), True, (
-            f"cosine c={app.length} {layer_label(app.layer, n, 'L')}")
-    if app.metric == "norm":
-        return norms(session, app.prompt_index, app.layer), False, f"norm {layer_label(app.layer, n, 'L')}"
-    values = patch_per_token(session, app.settings, app.prompt_index, app.metric)
-    return values, app.metric == "loss", f"{METRIC_LABELS[app.metric]} k={app.settings.k}"
+    source, n = state.source, state.n_layers
+    if state.metric == "cosine":
+        return cosines(source, state.prompt, state.length, state.layer), True, (
+            f"cosine c={state.length} {layer_label(state.layer, n, 'L')}")
+    if state.metric == "norm":
+        return norms(source, state.prompt, state.layer), False, f"norm {layer_label(state.layer, n, 'L')}"
+    values = patch_per_token(source, state.settings, state.prompt, state.metric)
+    return values, state.metric == "loss", f"{METRIC_LABELS[state.metric]} k={state.settings.k}"
 
 
-def token_detail(app: Any, position: int) -> TokenDetail:
-    session: Session = app.session
-    prompt = app.prompt_index
-    tokens = session.tokens(prompt)
-    loss = patch_per_token(session, app.settings, prompt, "loss")
-    kl = patch_per_token(session, app.settings, prompt, "kl")
+def token_detail(state: ViewState, position: int) -> TokenDetail:
+    source, prompt = state.source, state.prompt
+    tokens = source.tokens(prompt)
+    loss = patch_per_token(source, state.settings, prompt, "loss")
+    kl = patch_per_token(source, state.settings, prompt, "kl")
     return TokenDetail(
         index=position,
         token=tokens[position],
-        category="BOS" if position == 0 and session.has_bos else token_category(tokens[position]),
-        before="".join(tokens[1 if session.has_bos else 0 : position]),
+        category="BOS" if position == 0 and source.has_bos else token_category(tokens[position]),
+        before="".join(tokens[1 if source.has_bos else 0 : position]),
         after="".join(tokens[position + 1 :]),
-        cos_by_length=cosine_curves(session, prompt, position),
-        norms=norm_curve(session, prompt, position),
+        cos_by_length=cosine_curves(source, prompt, position),
+        norms=norm_curve(source, prompt, position),
         loss_increase=None if loss is None else loss[position],
         kl=None if kl is None else kl[position],
-        k=app.settings.k,
-        layer=app.layer,
+        k=state.settings.k,
+        layer=state.layer,
     )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Collection
 
+from horizon.core.session import PatchSettings, Source
 from horizon.core.untrusted import visible
 from rich.text import Text
 from textual.widgets import Static
@@ -12,28 +13,31 @@ from textual.widgets import Static
 class StatusLine(Static):
     """One line at the bottom, above the footer."""
 
-    def show(self, app: Any) -> None:
+    def show(
+        self, source: Source | None, prompt: int, settings: PatchSettings, *, loading_label: str,
+        pending: Collection[str], failed: Collection[str], last_run: tuple[str, float] | None,
+        show_timings: bool,
+    ) -> None:
         text = Text()
-        session = app.session
-        if session is None:
-            text.append(f"loading {visible(app.loading_label)}…", style="bold yellow")
+        if source is None:
+            text.append(f"loading {visible(loading_label)}…", style="bold yellow")
             self.update(text)
             return
-        text.append(visible(session.label), style="bold")
-        text.append(f" L={session.n_layers}", style="dim")
-        text.append(f"  T={len(session.token_ids[app.prompt_index])}")
-        if len(session.prompts) > 1:
-            text.append(f" prompt {app.prompt_index + 1}/{len(session.prompts)}")
-        s = app.settings
+        text.append(visible(source.label), style="bold")
+        text.append(f" L={source.n_layers}", style="dim")
+        text.append(f"  T={len(source.token_ids[prompt])}")
+        if len(source.prompts) > 1:
+            text.append(f" prompt {prompt + 1}/{len(source.prompts)}")
+        s = settings
         text.append(f"  k={s.k}", style="bold")
         if s.start_layer or s.source != "recursive" or s.keep_embed or s.final != "window":
             text.append(f" S={s.start_layer} {s.source}{' +emb' if s.keep_embed else ''} {s.final}", style="dim")
-        if app.pending:
-            text.append("  ⏳ " + ",".join(sorted(app.pending)), style="yellow")
-        elif app.last_run is not None:
-            name, seconds = app.last_run
-            shown = f"{seconds:.2f}s" if app.show_timings else "done"
+        if pending:
+            text.append("  ⏳ " + ",".join(sorted(pending)), style="yellow")
+        elif last_run is not None:
+            name, seconds = last_run
+            shown = f"{seconds:.2f}s" if show_timings else "done"
             text.append(f"  {name} {shown}", style="green")
-        if app.failed:
-            text.append("  ✗ " + ",".join(sorted(app.failed)), style="red")
+        if failed:
+            text.append("  ✗ " + ",".join(sorted(failed)), style="red")
         self.update(text)

@@ -81,6 +81,10 @@ class TokenGrid(Widget, can_focus=True):
             self.grid = grid
             self.index = index
 
+        @property
+        def control(self) -> TokenGrid:
+            return self.grid
+
     def _places(self, width: int) -> list[CellPlace]:
         breaks = [token.endswith("\n") for token in self.tokens]
         return layout([visible_token(token) for token in self.tokens], max(1, width), breaks)
