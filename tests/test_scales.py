@@ -4,8 +4,8 @@ digits, and the margins each choice reports (test_tui_snapshots.py relies on the
 from __future__ import annotations
 
 import pytest
-from horizon.tui.format import fixed, fmt
-from horizon.tui.widgets.charts import legend_text, sparkline
+from horizon.tui.format import fixed, fmt, sparkline
+from horizon.tui.widgets.charts import legend_text
 from horizon.tui.widgets.scales import Scale, nice_step, recording_margins, unrecorded
 
 

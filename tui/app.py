@@ -23,7 +23,7 @@ from horizon.core.errors import HorizonError
 from horizon.core.session import PatchSettings, Source
 from horizon.core.untrusted import visible
 from horizon.tui.hangup import HangupGuard
-from horizon.tui.keys import TABS, bindings, palette  # noqa: F401  (TABS: the screens)
+from horizon.tui.keys import bindings, palette
 from horizon.tui.screens.attention import AttentionPane
 from horizon.tui.screens.help import HelpScreen
 from horizon.tui.screens.horizon import HorizonPane, job_name
@@ -118,11 +118,8 @@ class HorizonApp(App[None]):
         start = time.perf_counter()
         try:
             session = self._load()
-        except HorizonError as exc:
-            self.call_from_thread(self._fatal, str(exc))
-            return
         except Exception as exc:
-            self.call_from_thread(self._fatal, f"{type(exc).__name__}: {exc}")
+            self.call_from_thread(self._fatal, _describe(exc))
             return
         self.last_run = ("load", time.perf_counter() - start)
         self.call_from_thread(self._session_ready, session)
@@ -280,14 +277,7 @@ class HorizonApp(App[None]):
             pending=self.pending, failed=self.failed, last_run=self.last_run, show_timings=self.show_timings,
         )
 
-    def watch_metric(self) -> None:
-        self.refresh_all()
-
-    def watch_layer(self) -> None:
-        self.refresh_all()
-
-    def watch_length(self) -> None:
-        self.refresh_all()
+    watch_metric = watch_layer = watch_length = refresh_all  # a new selection redraws every pane
 
     def watch_selected(self) -> None:
         self._refresh(TokensPane)

@@ -3,14 +3,18 @@
 ``fixed`` and ``fmt`` note the margin of each rounding (tui/widgets/scales.py: the snapshot tests
 check that no printed digit rests on float noise); ``number`` is the CLI's fixed-decimals form of
 ``fixed`` with ``-`` for a missing value. ``layer_label`` names a residual row: ``final`` for row
-L (the final residual), the layer's number otherwise.
+L (the final residual), the layer's number otherwise. ``sparkline`` is the one inline sparkline
+(the app's norms and detail pane, the CLI's ``horizon norms``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from horizon.tui.widgets.scales import note_margin, round_half
+
+BLOCKS = "▁▂▃▄▅▆▇█"
 
 
 def fixed(value: float, decimals: int, sign: bool = False) -> str:
@@ -52,3 +56,26 @@ def number(value: float | None, digits: int = 3) -> str:
 def layer_label(layer: int, n_layers: int, prefix: str = "") -> str:
     """``final`` for row ``n_layers`` (the final residual), else ``prefix`` + the layer's number."""
     return "final" if layer == n_layers else f"{prefix}{layer}"
+
+
+def sparkline(values: Sequence[float | None], low: float | None = None, high: float | None = None) -> str:
+    """One block character per value, scaled between ``low`` and ``high`` (default: the data's range)."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return " " * len(values)
+    low = min(finite) if low is None else low
+    high = max(finite) if high is None else high
+    span = high - low
+    out = []
+    for value in values:
+        if value is None or not math.isfinite(value):
+            out.append(" ")
+            continue
+        if span <= 0:
+            level = len(BLOCKS) // 2
+        else:
+            position = (value - low) / span * (len(BLOCKS) - 1)
+            level = math.floor(position + 0.5)
+            note_margin("bar height", value, (abs(position - math.floor(position) - 0.5)) * span / (len(BLOCKS) - 1))
+        out.append(BLOCKS[min(len(BLOCKS) - 1, max(0, level))])
+    return "".join(out)

@@ -36,6 +36,11 @@ class ViewState:
     def n_layers(self) -> int:
         return self.source.n_layers
 
+    def not_ready(self, name: str) -> str:
+        """What a pane shows while the analysis ``name`` is not ready: its error, or that it runs."""
+        error = self.failed.get(name)
+        return f"{name} failed: {error}" if error else f"{name}: computing…"
+
 
 class AnalysisReady(Message):
     """A worker finished ``name`` (its result is now ``ready`` in the source)."""

@@ -31,6 +31,7 @@ from horizon.tui.cli.common import (
     prepare_inputs,
     progress_bar,
 )
+from horizon.tui.format import sparkline as block_sparkline
 from rich.table import Table
 from rich.text import Text
 
@@ -45,7 +46,6 @@ ProcessingOpt = Annotated[str, typer.Option(
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Prompts per forward pass.")]
 ShowPromptOpt = Annotated[int, typer.Option("--show-prompt", help="Prompt (from 1) of the per-position heat table.")]
 
-BLOCKS = "▁▂▃▄▅▆▇█"
 BAR_WIDTH = 16
 HEAT_COLUMN_WIDTH = 6
 
@@ -131,11 +131,8 @@ def norms(
 
 
 def sparkline(values: Sequence[float], log: bool = True) -> str:
-    """One block per value, on a log scale by default (exponential growth reads as a ramp)."""
-    points = [math.log(v) if log and v > 0 else v for v in values]
-    low, high = min(points), max(points)
-    span = high - low or 1.0
-    return "".join(BLOCKS[round((point - low) / span * (len(BLOCKS) - 1))] for point in points)
+    """The app's sparkline (tui/format.py), on a log scale by default (exponential growth reads as a ramp)."""
+    return block_sparkline([math.log(v) if log and v > 0 else v for v in values])
 
 
 def bar(value: float, largest: float, width: int = BAR_WIDTH) -> Text:

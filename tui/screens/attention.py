@@ -45,8 +45,7 @@ class AttentionPane(VerticalScroll):
         report = state.source.ready(("attention", state.prompt))
         header = self.query_one("#attention-header", Static)
         if report is None:
-            failed = state.failed.get("attention")
-            header.update(Text(f"attention failed: {failed}" if failed else "attention: computing…", style="yellow"))
+            header.update(Text(state.not_ready("attention"), style="yellow"))
             return
         no_bos = state.no_bos
         matrix = distance_matrix(report, no_bos)

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from horizon.tui.format import fixed, fmt, layer_label
+from horizon.tui.format import fixed, fmt, layer_label, sparkline
 from horizon.tui.state import ViewState
-from horizon.tui.widgets.charts import HeatMap, Legend, sparkline
+from horizon.tui.widgets.charts import HeatMap, Legend
 from horizon.tui.widgets.scales import Scale
 from rich.table import Table
 from rich.text import Text
@@ -48,8 +48,7 @@ class NormsPane(VerticalScroll):
         report = state.source.ready("norms")
         summary = self.query_one("#norms-summary", Static)
         if report is None:
-            failed = state.failed.get("norms")
-            summary.update(Text(f"norms failed: {failed}" if failed else "norms: computing…", style="yellow"))
+            summary.update(Text(state.not_ready("norms"), style="yellow"))
             return
         growth = report.growth
         text = Text("mean ‖resid‖ per layer (BOS excluded)  ", style="bold")

@@ -1,42 +1,22 @@
-"""Small text charts: inline sparklines, a colour legend, a cell heat map and a loss curve."""
+"""Small text charts: a colour legend, a cell heat map and a loss curve (the inline sparkline is
+tui/format.py's: text, so the CLI shares it without importing Textual).
+
+Textual's own ``Sparkline`` widget is not used: the per-layer sparklines sit inline in a table
+row and in the detail pane's text, and their bar heights must go through the noted rounding
+(tui/widgets/scales.py) that keeps the snapshot pictures the same on every CPU."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 
-from horizon.tui.format import fmt
+from horizon.tui.format import BLOCKS, fmt
 from horizon.tui.widgets.scales import Scale, note_margin, round_half, round_range, unrecorded
 from rich.color import Color
 from rich.style import Style
 from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
-
-BLOCKS = "▁▂▃▄▅▆▇█"
-
-
-def sparkline(values: Sequence[float | None], low: float | None = None, high: float | None = None) -> str:
-    """One block character per value, scaled between ``low`` and ``high`` (default: the data's range)."""
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    if not finite:
-        return " " * len(values)
-    low = min(finite) if low is None else low
-    high = max(finite) if high is None else high
-    span = high - low
-    out = []
-    for value in values:
-        if value is None or not math.isfinite(value):
-            out.append(" ")
-            continue
-        if span <= 0:
-            level = len(BLOCKS) // 2
-        else:
-            position = (value - low) / span * (len(BLOCKS) - 1)
-            level = math.floor(position + 0.5)
-            note_margin("bar height", value, (abs(position - math.floor(position) - 0.5)) * span / (len(BLOCKS) - 1))
-        out.append(BLOCKS[min(len(BLOCKS) - 1, max(0, level))])
-    return "".join(out)
 
 
 def legend_text(scale: Scale, label: str, width: int = 24) -> Text:

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from horizon.core.untrusted import visible
-from horizon.tui.format import fmt
-from horizon.tui.widgets.charts import sparkline
+from horizon.tui.format import fmt, sparkline
 from horizon.tui.widgets.token_grid import visible_token
 from rich.text import Text
 from textual.widgets import Static
