@@ -45,8 +45,8 @@ def outlier_rows(report: Any, tokens_of: Any, length: int, layer: int, category:
         prompt, pos = int(report.record_prompt[record]), int(report.record_pos[record])
         before, token, after = token_context(tokens_of(prompt), pos, has_bos)
         # DataTable reads str cells as markup: text of the prompt is escaped (markup, control characters).
-        context = (_shown(before[-CONTEXT_CHARS:]) + "[bold reverse]" + _shown(token) + "[/]"
-                   + _shown(after[:CONTEXT_CHARS // 2]))
+        context = ("[dim]…" + _shown(before[-CONTEXT_CHARS:]) + "[/][bold reverse]" + _shown(token) + "[/][dim]"
+                   + _shown(after[:CONTEXT_CHARS // 2]) + "…[/]")
         out.append((float(score), markup_safe(report.record_token[record]), report.record_category[record],
                     prompt + 1, pos, context))
     return out
@@ -87,7 +87,7 @@ class OutliersPane(Vertical):
         source = state.source
         report = source.ready("truncation")
         header = Text()
-        header.append(f"lowest cosine  c={state.length}  {layer_label(state.layer, state.n_layers, 'L')}  ",
+        header.append(f"lowest-cosine tokens  c={state.length}  {layer_label(state.layer, state.n_layers, 'L')}  ",
                       style="bold")
         header.append(f"category={self.category or 'all'}", style="bold")
         header.append("   [l] [ ] [c] filter  [o] sort  enter: show", style="dim")
