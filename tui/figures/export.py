@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import html
+import io
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,9 +24,10 @@ from horizon.core.store import WriteError
 from horizon.tui.figures import FIGURES, FORMATS, X_AXES, plots
 
 METADATA: dict[str, dict[str, Any]] = {
-    "svg": {"Date": None},  # no timestamp: the same numbers give the same file
-    "pdf": {"CreationDate": None, "ModDate": None},
-    "png": {},
+    # No timestamp (the same numbers give the same file) and no creator line naming the library.
+    "svg": {"Date": None, "Creator": None, "Format": None, "Type": None},
+    "pdf": {"CreationDate": None, "ModDate": None, "Creator": None, "Producer": None},
+    "png": {"Software": None},
 }
 
 
@@ -41,7 +44,13 @@ def check_x(x: str) -> str:
 
 
 def _write(figure: Any, path: Path, fmt: str) -> None:
-    figure.savefig(path, format=fmt, metadata=METADATA[fmt])
+    if fmt != "svg":
+        figure.savefig(path, format=fmt, metadata=METADATA[fmt])
+        return
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=fmt, metadata=METADATA[fmt])
+    # The DOCTYPE names an external DTD that no viewer needs; the namespaces stay (SVG requires them).
+    path.write_bytes(re.sub(rb"<!DOCTYPE[^>]*>\s*", b"", buffer.getvalue(), count=1))
 
 
 def save_figure(figure: Any, path: str | Path, fmt: str = "svg") -> Path:

@@ -116,8 +116,8 @@ def norm_growth(inputs: list[FigureInput] | FigureInput, x: str = "layer") -> Fi
         if fitted is not None:
             fit_rows, values = fitted
             window = growth.get("fit_layers") or [fit_rows[0], fit_rows[-1]]
-            (fit,) = ax.plot(_x(fit_rows, item.n_layers, x), values, color=FIT_COLOUR, linewidth=2.2, alpha=0.8,
-                             zorder=1, label=f"{growth['rate']:.3f}/layer, rows {window[0]}-{window[1]}"
+            (fit,) = ax.plot(_x(fit_rows, item.n_layers, x), values, color=FIT_COLOUR, linewidth=2.5, alpha=0.75,
+                             zorder=3, label=f"{growth['rate']:.3f}/layer, rows {window[0]}-{window[1]}"
                              f" (r\u00b2 {growth.get('r2', float('nan')):.2f})")
             fit.set_gid(f"fit-line-{name}")
         bos = (norms.get("bos") or {}).get("mean_norm")
