@@ -69,6 +69,31 @@ def test_visible_token_shows_whitespace() -> None:
     assert visible_token("x" * 40).endswith("…")
 
 
+def test_outlier_rows_keep_word_pieces_whole_in_their_context() -> None:
+    """The Outliers screen ranks and shows context as core/outliers.py does: a word piece such as
+    ``ave`` of ``Gustave`` is shown whole and highlighted, BOS never."""
+    from types import SimpleNamespace
+
+    from horizon.core.outliers import rank_outliers
+    from horizon.tui.screens.outliers import outlier_rows
+
+    tokens = ["<s>", *[f" w{i}" for i in range(20)], " the", " engineer", " Gust", "ave", " Eiffel", ","]
+    n = len(tokens)
+    cos = np.linspace(0.9, -0.5, n - 1)[:, None].repeat(3, axis=1)  # the later, the lower
+    report = SimpleNamespace(
+        cos=cos, record_length=np.ones(n - 1, dtype=int), record_prompt=np.zeros(n - 1, dtype=int),
+        record_pos=np.arange(1, n), record_token=tokens[1:], record_category=["alpha"] * (n - 1),
+    )
+    rows = outlier_rows(report, lambda prompt: tokens, 1, 2, None)
+    records, _, scores = rank_outliers(cos, None, layer=2)
+    assert [row[0] for row in rows] == [float(score) for score in scores]
+    assert [row[4] for row in rows] == [int(report.record_pos[r]) for r in records]
+    by_token = {row[1]: row[5] for row in rows}
+    assert "[bold reverse]ave[/]" in by_token["ave"] and "Gust" in by_token["ave"]
+    assert "[bold reverse] Gust[/]" in by_token[" Gust"]
+    assert "&lt;s" not in by_token[" w0"] and "<s>" not in by_token[" w0"]  # BOS is never context
+
+
 # ----------------------------------------------------------------------------- the session
 
 
