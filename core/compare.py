@@ -58,10 +58,20 @@ def load(path: str | Path) -> Loaded:
 
     results = store.open_results(path)
     views = load_views(results)
-    manifest = results.manifest or {}
-    spec = manifest.get("model", {}).get("spec") or results.path.name
-    return Loaded(path=results.path, label=str(spec), manifest=manifest, views=views,
-                  problems=list(results.problems), notes=list(results.notes), results=results)
+    manifest = results.manifest if isinstance(results.manifest, dict) else {}
+    model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
+    spec = model.get("spec") or results.path.name
+    loaded = Loaded(path=results.path, label=str(spec), manifest=manifest, views=views,
+                    problems=results.problems, notes=list(results.notes), results=results)
+    try:
+        model_row(loaded)
+    except Exception as exc:  # a stored view of the wrong shape (crafted or stale): compute the views again
+        from horizon.core.views import corpus_views
+
+        results.problems.append(f"the stored views cannot be compared ({type(exc).__name__}); computed from the "
+                                "tables instead")
+        loaded.views = corpus_views(results)
+    return loaded
 
 
 def load_all(paths: list[str | Path]) -> list[Loaded]:

@@ -151,3 +151,22 @@ def test_unknown_directory_and_unwritable_out(llama_dir: Path, tmp_path: Path, r
     blocker.write_text("x")
     code, out, err = run_cli("compare", str(llama_dir), "--out", str(blocker / "figs"))
     assert code == 2 and len(err.strip().splitlines()) == 1 and "cannot write" in err and str(blocker) in err
+
+
+def test_stored_views_of_the_wrong_shape_are_computed_again(llama_dir: Path, tmp_path: Path, run_cli) -> None:
+    from horizon.core import store
+    from horizon.core.views import VIEWS_FILE, views_fingerprint, views_sha256
+
+    copy = tmp_path / "crafted"
+    shutil.copytree(llama_dir, copy)
+    views = {"norms": {"growth": 5, "sites": []}}
+    payload = {"fingerprint": views_fingerprint(store.open_results(copy)), "sha256": views_sha256(views),
+               "views": views}
+    (copy / VIEWS_FILE).write_text(json.dumps(payload))
+    code, out, err = run_cli("compare", str(copy), str(llama_dir), "--json")
+    assert code == 0, err
+    payload = json.loads(out)
+    assert any("cannot be compared" in line for line in payload["warnings"])
+    first, second = payload["models"]
+    assert first["growth_rate"] == pytest.approx(second["growth_rate"], rel=1e-9)
+    assert first["most_local_heads"] == second["most_local_heads"]
