@@ -311,17 +311,37 @@ def figure_input(item: Loaded) -> FigureInput:
                        samples=norm_samples(item), prompt=prompt_norms(item))
 
 
-def live_figure_input(label: str, report: Any, tokens: list[list[str]] | None = None,
-                      weights: dict[str, Any] | None = None) -> FigureInput:
-    """A live run's figure input from its ``NormsReport`` (and ``weight_report``), as `horizon norms` computes them."""
-    view = report.to_json()
-    per_prompt = report.norms["resid_pre"]
-    start = 1 if report.has_bos else 0
-    samples = [np.concatenate([np.asarray(matrix[row, start:], dtype=np.float64) for matrix in per_prompt])
-               for row in range(report.n_layers + 1)] if per_prompt else None
-    prompt = (np.asarray(per_prompt[0], dtype=np.float64), list(tokens[0]) if tokens else []) if per_prompt else None
-    return FigureInput(label=label, n_layers=report.n_layers, has_bos=report.has_bos, norms=view,
-                       weights=weights, samples=samples, prompt=prompt)
+def live_figure_input(label: str, report: Any = None, tokens: list[list[str]] | None = None,
+                      weights: dict[str, Any] | None = None, scan: Any = None, truncation: Any = None,
+                      attention: Any = None, ablation: str = "zero") -> FigureInput:
+    """A live run's figure input from the engines' result types (what the app's Session holds).
+
+    ``report``: a ``NormsReport``; ``weights``: ``weight_report``'s dict; ``scan``: a ``ScanResult``
+    (with ``ablation``, which it does not record); ``truncation``: a summarised ``TruncationReport``;
+    ``attention``: an ``AttentionReport``. Any of them may be None: its figures are then skipped.
+    """
+    from dataclasses import asdict
+
+    figure = FigureInput(label=label, n_layers=None, weights=weights)
+    if report is not None:
+        per_prompt = [matrix for matrix in report.norms["resid_pre"] if matrix is not None]
+        start = 1 if report.has_bos else 0
+        figure.n_layers, figure.has_bos, figure.norms = report.n_layers, report.has_bos, report.to_json()
+        if per_prompt:
+            figure.samples = [np.concatenate([np.asarray(matrix[row, start:], dtype=np.float64)
+                                              for matrix in per_prompt]) for row in range(report.n_layers + 1)]
+            figure.prompt = (np.asarray(per_prompt[0], dtype=np.float64), list(tokens[0]) if tokens else [])
+    if scan is not None:
+        figure.scan = {**asdict(scan), "ablation": ablation}
+    if truncation is not None:
+        figure.truncate = truncation.to_json()
+        figure.n_layers = figure.n_layers or truncation.n_layers
+    if attention is not None:
+        figure.attention = attention.to_json()
+        figure.n_layers = figure.n_layers or attention.n_layers
+    if figure.n_layers is None and weights and weights.get("W_OV_frobenius"):
+        figure.n_layers = len(weights["W_OV_frobenius"])
+    return figure
 
 
 def fit_line(norms: dict[str, Any]) -> tuple[list[int], list[float]] | None:

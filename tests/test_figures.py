@@ -153,3 +153,29 @@ def test_report_does_not_import_matplotlib(llama_dir: Path) -> None:
     finished = subprocess.run([sys.executable, "-c", code, str(llama_dir)], capture_output=True, text=True,
                               timeout=120)
     assert finished.returncode == 0, finished.stderr
+
+
+def test_the_engines_result_types_draw_every_figure(tiny_llama, tmp_path: Path) -> None:
+    """What the app holds (NormsReport, ScanResult, TruncationReport, AttentionReport, weights) draws 1-7, 9-11."""
+    from horizon.core.attention import attention_distance
+    from horizon.core.compare import live_figure_input
+    from horizon.core.horizon import scan
+    from horizon.core.norms import analyse_norms
+    from horizon.core.prompts import decode_tokens, tokenize
+    from horizon.core.truncation import analyse_truncation
+    from horizon.core.weights import weight_report
+    from horizon.tui.figures import export
+
+    token_ids = tokenize(tiny_llama, ["The bridge was closed after the storm, and the ferry ran twice a day."])
+    tokens = [decode_tokens(tiny_llama, ids) for ids in token_ids]
+    figure = live_figure_input(
+        "tiny-llama", analyse_norms(tiny_llama, token_ids, True), tokens,
+        weight_report(tiny_llama, "raw", token_ids), scan=scan(tiny_llama, token_ids, start_layers=(0, 1)),
+        truncation=analyse_truncation(tiny_llama, token_ids), attention=attention_distance(tiny_llama, token_ids, True))
+    figures, skipped = export.build([figure], x="depth")
+    assert [name for name, _ in skipped] == ["fig08-layer-k-matrix"]
+    export.export(figures, skipped, tmp_path)
+    ids = groups(tmp_path / "fig07-loss-vs-k.svg")
+    assert sorted(value for value in ids if value.startswith("loss-line-")) == [
+        "loss-line-tiny-llama-s0-zero", "loss-line-tiny-llama-s1-zero"]
+    assert count(groups(tmp_path / "fig09-cosine.svg"), "cos-line-tiny-llama-c") == 3
