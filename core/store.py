@@ -48,7 +48,7 @@ import re
 import socket
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,9 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 MU_FILE = "truncation_mu.npy"
+ABLATION_MEANS_FILE = "ablation_means.npy"  # the scan's corpus-wide means with --ablation mean [2L+1, d_model]
+# The corpus-wide arrays a sweep computes once before any shard (merge carries them over).
+CORPUS_FILES = (MU_FILE, ABLATION_MEANS_FILE)
 # Tables written for every shard whatever the analyses: they let a reader show tokens and texts.
 BASE_TABLES = ("prompts", "tokens")
 SHARD_FILE = re.compile(r"^shard-(\d{5})\.parquet$")
@@ -738,12 +741,25 @@ def merge(sources: list[str | Path], target: Path) -> Merged:
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise HorizonError(f"--out {target} exists and is not empty (or not a directory); merge writes a new "
                            "directory")
+    # Everything is written into a hidden sibling and renamed into place at the end, so a merge that
+    # fails part-way (disk full, Ctrl-C) leaves no half-merged --out behind.
+    staging = target.parent / f".{target.name}.merge.{temp_tag()}.tmp"
     try:
-        return _merge(sources, target)
+        merged = _merge(sources, staging)
+        if target.exists():
+            target.rmdir()  # the empty directory the check above allowed
+        staging.rename(target)
+        return replace(merged, target=target)
     except WriteError:
         raise
     except OSError as exc:  # a read-only place, a file in the way, a full disk
-        raise WriteError(Path(exc.filename) if exc.filename else target, exc) from None
+        filename = Path(exc.filename) if exc.filename else target
+        raise WriteError(target if staging in (filename, *filename.parents) else filename, exc) from None
+    finally:
+        if staging.exists():
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _merge(sources: list[str | Path], target: Path) -> Merged:
@@ -779,10 +795,10 @@ def _merge(sources: list[str | Path], target: Path) -> Merged:
                 if table in source_shard.get("sha256", {}):
                     shard["sha256"][table] = source_shard["sha256"][table]
                 copied += 1
-        mu = results.path / MU_FILE
-        if mu.exists() and not (target / MU_FILE).exists():
-            target.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(mu, target / MU_FILE)
+        for name in CORPUS_FILES:
+            if (results.path / name).exists() and not (target / name).exists():
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(results.path / name, target / name)
     wanted = {*BASE_TABLES, *(analysis_tables()[name] for name in base["analyses"])}
     for shard in base["shards"]:
         shard["status"] = "done" if wanted <= set(shard["rows"]) else "pending"

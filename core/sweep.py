@@ -166,7 +166,7 @@ def _missing_work(manifest: dict[str, Any]) -> bool:
     return any(missing_tables(manifest, shard) for shard in manifest["shards"])
 
 
-ABLATION_MEANS_FILE = "ablation_means.npy"  # the scan's corpus-wide means with --ablation mean [2L+1, d_model]
+ABLATION_MEANS_FILE = store.ABLATION_MEANS_FILE
 # The corpus-wide arrays computed once before any shard: analysis -> (file, manifest key, dtype).
 CORPUS_ARRAYS = {
     "truncate": (store.MU_FILE, "_mu_sha256", np.float32),  # the mean residual [L+1, d_model] truncation centres with

@@ -497,3 +497,39 @@ def test_force_discards_tables_but_keeps_the_quarantine(baseline, run_cli, tmp_p
     assert json.loads(out)["shards_done_before"] == 0, "--force redid everything"
     assert sorted(path.name for path in (copy / store.QUARANTINE).rglob("*") if path.is_file()) == kept
     assert not (copy / "scan").exists() and not (copy / store.MU_FILE).exists()
+
+
+def test_merge_that_fails_part_way_leaves_no_out(baseline, run_cli, tmp_path: Path, monkeypatch) -> None:
+    """A disk that fills during the copy: one line naming --out, and no half-merged directory anywhere."""
+    _, clean, rows = baseline
+    copies = 0
+    real_copy = shutil.copyfile
+
+    def copy_then_fill(source, destination, *args, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal copies
+        copies += 1
+        if copies == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(destination))
+        return real_copy(source, destination, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "copyfile", copy_then_fill)
+    target = tmp_path / "merged"
+    assert_clean(*run_cli("merge", str(clean), "--out", str(target)), 2, f"cannot write {target}")
+    assert copies == 3 and not target.exists() and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(shutil, "copyfile", real_copy)
+    assert_clean(*run_cli("merge", str(clean), "--out", str(target)), 0)
+    merged = store.open_results(target)
+    assert merged.problems == [] and {table: merged.table(table).num_rows for table in store.TABLES} == rows
+
+
+def test_merge_carries_every_corpus_wide_array(baseline, run_cli, tmp_path: Path) -> None:
+    _, clean, _ = baseline
+    source = tmp_path / "source"
+    shutil.copytree(clean, source)
+    arrays = {name: (source / name).read_bytes() for name in store.CORPUS_FILES if (source / name).exists()}
+    if store.ABLATION_MEANS_FILE not in arrays:  # the baseline sweep ran zero ablation: give it a means file
+        arrays[store.ABLATION_MEANS_FILE] = b"means"
+        (source / store.ABLATION_MEANS_FILE).write_bytes(b"means")
+    assert store.MU_FILE in arrays
+    assert_clean(*run_cli("merge", str(source), "--out", str(tmp_path / "merged")), 0)
+    assert {name: (tmp_path / "merged" / name).read_bytes() for name in arrays} == arrays
