@@ -196,6 +196,12 @@ def _record(model: LoadedModel, ids: torch.Tensor, names: list[str], logits: boo
 # ----------------------------------------------------------------------------- checks
 
 
+def _presence_check(name: str, missing: list[str], shown: int, found: str) -> Check:
+    """Passes when nothing is missing: the value is how many are, the detail names the first ``shown``."""
+    detail = f"missing {', '.join(missing[:shown])}" if missing else found
+    return Check(name, not missing, float(len(missing)), 0.0, detail)
+
+
 def structural_checks(model: LoadedModel) -> list[Check]:
     """Hook sites, the final norm, attention-pattern hooks: no forward pass."""
     names = model.bridge.hook_dict
@@ -206,15 +212,7 @@ def structural_checks(model: LoadedModel) -> list[Check]:
     n_blocks = len(blocks) if blocks is not None else 0
     if n_blocks != model.n_layers:
         missing.insert(0, f"blocks ({n_blocks} of {model.n_layers})")
-    checks.append(
-        Check(
-            "sites",
-            not missing,
-            float(len(missing)),
-            0.0,
-            f"missing {', '.join(missing[:3])}" if missing else f"{len(needed)} reader and writer hooks found",
-        )
-    )
+    checks.append(_presence_check("sites", missing, 3, f"{len(needed)} reader and writer hooks found"))
     final = getattr(model.bridge, "ln_final", None)
     module = getattr(final, "original_component", None)
     kind = type(module).__name__ if module is not None else "none"
@@ -222,13 +220,7 @@ def structural_checks(model: LoadedModel) -> list[Check]:
     patterns = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.n_layers)]
     absent = [name for name in patterns if name not in names]
     checks.append(
-        Check(
-            "attention_hooks",
-            not absent,
-            float(len(absent)),
-            0.0,
-            f"missing {absent[0]}" if absent else f"hook_pattern on every layer ({attn_implementation(model)})",
-        )
+        _presence_check("attention_hooks", absent, 1, f"hook_pattern on every layer ({attn_implementation(model)})")
     )
     return checks
 
