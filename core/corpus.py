@@ -1,16 +1,17 @@
 """Corpora for sweeps: many prompts read from a file or directory, or the bundled default corpus.
 
-Formats (chosen by what the path is, then by its extension):
-- a directory: every ``*.txt`` file directly inside it is one prompt, in file-name order;
-- ``*.jsonl`` (or a file whose first non-blank line starts with ``{``): one JSON object per line
-  with a ``"text"`` string field;
-- any other file: plain text, prompts separated by one or more blank lines (a prompt may span
-  several lines; its inner line breaks are kept).
+Formats: a directory holds one prompt per ``*.txt`` file directly inside it, in file-name order;
+a file (or ``-``, stdin) is read by the one prompt-file reader of every ``--file``
+(``horizon.core.prompts.read_prompt_file``): ``*.jsonl`` (or a first non-blank line starting
+with ``{``) is one JSON object per line with a ``"text"`` string (and an optional ``"kind"``);
+anything else is plain text, prompts separated by one or more blank lines (a prompt may span
+several lines; its inner line breaks are kept).
 
-Token policy (``max_tokens``): a prompt is cut to its first ``max_tokens`` tokens, BOS included
-(the same rule as the single-prompt ``--truncate-to``); without ``max_tokens`` it is cut to the
-model's context length. Prompts are never dropped for being long, so prompt indices stay the
-corpus order; ``max_prompts`` keeps the first N prompts.
+Token policy (``max_tokens``, the ``--max-tokens`` of every command): a prompt is cut to its
+first ``max_tokens`` tokens, BOS included; without ``max_tokens`` it is cut to the model's
+context length (the single-prompt commands refuse an over-long prompt instead). Prompts are
+never dropped for being long, so prompt indices stay the corpus order; ``max_prompts`` keeps
+the first N prompts.
 
 Nothing here imports torch: reading and hashing a corpus is cheap and happens before model load.
 """
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from horizon.core.errors import HorizonError
+from horizon.core.prompts import decode_utf8, read_limited, read_prompt_file
+from horizon.core.prompts import split_blank_lines as split_blank_lines  # re-exported: the plain-text splitter
 
 if TYPE_CHECKING:
     from horizon.core.loader import LoadedModel
@@ -70,73 +73,21 @@ def load_corpus(path: str | None = None, max_prompts: int | None = None) -> Corp
     check_at_least(max_prompts, "--max-prompts", 1)
     if path is None or path == BUNDLED_CORPUS:
         name = BUNDLED_CORPUS
-        texts, kinds = _read_jsonl(bundled_corpus_path(), "the bundled corpus")
+        texts, kinds = read_prompt_file(str(bundled_corpus_path()))
     else:
         name = path
         target = Path(path).expanduser()
-        if not target.exists():
+        if path != "-" and not target.exists():
             raise HorizonError(f"corpus not found: {path}")
-        if target.is_dir():
+        if path != "-" and target.is_dir():
             texts, kinds = _read_directory(target, path)
-        elif _looks_jsonl(target):
-            texts, kinds = _read_jsonl(target, path)
         else:
-            texts = split_blank_lines(_read_text(target, path))
-            kinds = [""] * len(texts)
+            texts, kinds = read_prompt_file(path)
     if not texts:
         raise HorizonError(f"corpus {name} holds no prompt")
     if max_prompts is not None:
         texts, kinds = texts[:max_prompts], kinds[:max_prompts]
     return Corpus(name=name, texts=texts, kinds=kinds)
-
-
-def split_blank_lines(text: str) -> list[str]:
-    """Prompts separated by blank (or whitespace-only) lines; each prompt is stripped."""
-    prompts: list[str] = []
-    current: list[str] = []
-    for line in text.splitlines():
-        if line.strip():
-            current.append(line.rstrip())
-        elif current:
-            prompts.append("\n".join(current).strip())
-            current = []
-    if current:
-        prompts.append("\n".join(current).strip())
-    return prompts
-
-
-def _read_text(file: Path, name: str) -> str:
-    from horizon.core.prompts import read_limited
-
-    raw = read_limited(file, name)
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise HorizonError(f"{name} is not UTF-8 text (bad byte at offset {exc.start})") from None
-
-
-def _looks_jsonl(file: Path) -> bool:
-    if file.suffix == ".jsonl":
-        return True
-    if not file.is_file():
-        return False  # a device or pipe: read once, by _read_text, which names what it is
-    try:
-        with open(file, "rb") as handle:
-            head = handle.read(1 << 16)  # never a whole line of an endless or huge file
-    except OSError:
-        return False
-    for line in head.decode("utf-8", errors="replace").splitlines():
-        if line.strip():
-            return line.lstrip().startswith("{")
-    return False
-
-
-def _read_jsonl(file: Path, name: str) -> tuple[list[str], list[str]]:
-    from horizon.core.prompts import jsonl_records
-
-    records = jsonl_records(_read_text(file, name).splitlines(), name)
-    kinds = [record.get("kind", "") for record in records]
-    return [record["text"] for record in records], [kind if isinstance(kind, str) else "" for kind in kinds]
 
 
 def _read_directory(directory: Path, name: str) -> tuple[list[str], list[str]]:
@@ -146,7 +97,7 @@ def _read_directory(directory: Path, name: str) -> tuple[list[str], list[str]]:
     texts: list[str] = []
     kinds: list[str] = []
     for file in files:
-        text = _read_text(file, str(file)).strip()
+        text = decode_utf8(read_limited(file, str(file)), str(file)).strip()
         if text:  # an empty file is not a prompt; skipping it keeps the others usable
             texts.append(text)
             kinds.append(file.name)

@@ -44,15 +44,15 @@ def check_tol(tol: float) -> float:
 
 
 def check_max_tokens(value: int | None, option: str = "--max-tokens") -> int | None:
+    """The token cap of every command (--max-tokens; --truncate-to is its old, hidden name)."""
     if value is not None and value < 2:
         raise HorizonError(f"{option} must be at least 2 (BOS and one token)")
     return value
 
 
 def check_truncate_to(value: int | None) -> int | None:
-    if value is not None and value < 2:
-        raise HorizonError("--truncate-to must be at least 2 (BOS and one token)")
-    return value
+    """The single-prompt commands' token cap: the same --max-tokens check (the old name)."""
+    return check_max_tokens(value)
 
 
 def parse_int_list(text: str, option: str, minimum: int = 0) -> list[int]:

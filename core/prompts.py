@@ -1,4 +1,4 @@
-"""Prompts in, token batches out: reading text/JSONL/stdin, BOS, context limits, padding.
+"""Prompts in, token batches out: the one prompt-file reader (text/JSONL/stdin), BOS, context limits, padding.
 
 Batches are right-padded: with causal attention, pad tokens after a prompt cannot affect its
 real positions, and every prompt keeps positions 0..T-1, so no position-id bookkeeping is needed.
@@ -21,10 +21,20 @@ if TYPE_CHECKING:  # torch loads where batches are built: reading prompts and co
 
 
 def read_prompts(path: str) -> list[str]:
-    """Prompts from a file: JSONL with a "text" field per line (.jsonl), else plain text.
+    """The prompts of a prompt file (``-``: stdin), in the one format of every --file and corpus file."""
+    return read_prompt_file(path)[0]
 
-    Plain text is one prompt per line; ``-`` reads stdin. (The sweep corpus reader splits on
-    blank lines instead; this is the single-prompt commands' format.)
+
+def read_prompt_file(path: str) -> tuple[list[str], list[str]]:
+    """Prompts and their kinds from a file, or stdin for ``-``: the one reader of prompt files.
+
+    - ``*.jsonl`` (or a text whose first non-blank line starts with ``{``): one JSON object per
+      line with a ``"text"`` string (and optionally a ``"kind"`` label); blank lines are ignored.
+    - anything else: plain text, prompts separated by one or more blank lines; a prompt may span
+      several lines and keeps its inner line breaks; each prompt is stripped.
+
+    ``kinds`` holds each prompt's ``"kind"`` (JSONL), else "". Special inputs (a device, a closed
+    stdin, more than MAX_INPUT_BYTES) and a file without a prompt are one-line HorizonErrors.
     """
     if path == "-":
         raw = read_stdin()
@@ -37,19 +47,41 @@ def read_prompts(path: str) -> list[str]:
             raise HorizonError(f"{path} is a directory, not a prompt file")
         raw = read_limited(file, path)
         name = path
+    text = decode_utf8(raw, name)
+    lines = text.splitlines()
+    first = next((line for line in lines if line.strip()), "")
+    if name.endswith(".jsonl") or first.lstrip().startswith("{"):
+        records = jsonl_records(lines, name)
+        texts = [record["text"] for record in records]
+        kinds = [kind if isinstance(kind := record.get("kind", ""), str) else "" for record in records]
+    else:
+        texts = split_blank_lines(text)
+        kinds = [""] * len(texts)
+    if not texts:
+        raise HorizonError(f"{name} holds no prompt")
+    return texts, kinds
+
+
+def split_blank_lines(text: str) -> list[str]:
+    """Prompts separated by blank (or whitespace-only) lines; each prompt is stripped."""
+    prompts: list[str] = []
+    current: list[str] = []
+    for line in text.splitlines():
+        if line.strip():
+            current.append(line.rstrip())
+        elif current:
+            prompts.append("\n".join(current).strip())
+            current = []
+    if current:
+        prompts.append("\n".join(current).strip())
+    return prompts
+
+
+def decode_utf8(raw: bytes, name: str) -> str:
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise HorizonError(f"{name} is not UTF-8 text (bad byte at offset {exc.start})") from None
-    lines = text.splitlines()
-    looks_jsonl = name.endswith(".jsonl") or (bool(lines) and lines[0].lstrip().startswith("{"))
-    if looks_jsonl:
-        prompts = [record["text"] for record in jsonl_records(lines, name)]
-    else:
-        prompts = [line for line in lines if line.strip()]
-    if not prompts:
-        raise HorizonError(f"{name} holds no prompt")
-    return prompts
 
 
 MAX_INPUT_BYTES = 256 * 1024 * 1024  # a prompt file or corpus larger than this is a mistake (or /dev/zero)
@@ -70,14 +102,14 @@ def read_limited(file: Path, name: str) -> bytes:
 
 
 def read_stdin() -> bytes:
-    """All of stdin (``--file -``), with a clear error when it is closed."""
+    """All of stdin (``--file -``, ``sweep -``), with a clear error when it is closed."""
     stream = getattr(sys.stdin, "buffer", None)
     if sys.stdin is None or stream is None:
-        raise HorizonError("--file -: stdin is closed, so there is nothing to read")
+        raise HorizonError("stdin is closed, so - has nothing to read")
     try:
         return _limited(stream, "stdin")
     except (OSError, ValueError) as exc:
-        raise HorizonError(f"--file -: stdin cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+        raise HorizonError(f"stdin cannot be read for - ({getattr(exc, 'strerror', None) or exc})") from None
 
 
 def _limited(handle: Any, name: str) -> bytes:
@@ -158,7 +190,7 @@ def tokenize(
 ) -> list[list[int]]:
     """Token ids per prompt, with the model's BOS prepended (the seeds' convention)."""
     if truncate_to is not None and truncate_to < 2:
-        raise HorizonError("--truncate-to must be at least 2 tokens")
+        raise HorizonError("--max-tokens must be at least 2 tokens")
     bos_id = model.bos_token_id(bos_token) if bos else None
     out = []
     for index, text in enumerate(prompts):
@@ -172,7 +204,7 @@ def tokenize(
         if len(ids) > model.n_ctx:
             raise HorizonError(
                 f"prompt {index + 1} has {len(ids)} tokens, over the model's context of {model.n_ctx}; "
-                "pass --truncate-to N to keep the first N"
+                "pass --max-tokens N to keep the first N"
             )
         if len(ids) < 2:
             raise HorizonError(f"prompt {index + 1} is too short: it needs at least one token after BOS")

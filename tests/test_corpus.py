@@ -33,6 +33,15 @@ def test_jsonl_reads_text_and_kind(tmp_path: Path) -> None:
     assert corpus.kinds == ["news", ""]
 
 
+def test_stdin_is_a_corpus_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import sys
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"one\nprompt\n\ntwo\n")))
+    corpus = load_corpus("-")
+    assert corpus.texts == ["one\nprompt", "two"] and corpus.name == "-"
+
+
 def test_jsonl_detected_by_content_without_extension(tmp_path: Path) -> None:
     file = tmp_path / "data"
     file.write_text('{"text": "alpha"}\n{"text": "beta"}\n', encoding="utf-8")

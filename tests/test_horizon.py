@@ -495,7 +495,7 @@ def test_cli_patch_json(run_cli) -> None:
 
 def test_cli_scan_json_and_rich(run_cli, tmp_path) -> None:
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text(f"{PROMPTS[0]}\n{PROMPTS[1]}\n")
+    prompts.write_text(f"{PROMPTS[0]}\n\n{PROMPTS[1]}\n")  # prompts are separated by blank lines
     code, out, err = run_cli("scan", "-m", "tiny-llama", "-f", str(prompts), "--start-layers", "0,2", "--ks", "1,2,5",
                              "--tol", "0.05", "--json")
     assert code == 0, err

@@ -25,6 +25,16 @@ if TYPE_CHECKING:
 HELP = "Inspect a transformer's residual stream: norm growth, layer horizons, local processing."
 
 
+# Old option names that still work but are no longer shown: each is read as its new name by
+# every command (Click's token normalisation, inherited by every subcommand's context).
+OPTION_ALIASES = {"--truncate-to": "--max-tokens"}
+
+
+def _normalize_option(name: str) -> str:
+    # Click hands over an option's name without its prefix ("truncate-to" of "--truncate-to").
+    return OPTION_ALIASES.get(f"--{name}", f"--{name}")[2:]
+
+
 def _build_app() -> Any:
     import typer
 
@@ -35,6 +45,7 @@ def _build_app() -> Any:
         add_completion=False,
         pretty_exceptions_enable=False,
         rich_markup_mode="rich",
+        context_settings={"token_normalize_func": _normalize_option},
     )
 
     @built.callback()

@@ -49,7 +49,10 @@ PromptOpt = Annotated[str | None, typer.Option("--prompt", "-p", help="Prompt te
 FileOpt = Annotated[
     str | None,
     typer.Option(
-        "--file", "-f", help='Prompts: plain text (one per line) or JSONL with a "text" field; - reads stdin.'
+        "--file",
+        "-f",
+        help='Prompts: plain text, prompts separated by blank lines, or .jsonl with a "text" field per line; '
+        "- reads stdin.",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON to stdout instead of the rich view.")]
@@ -79,9 +82,13 @@ UnverifiedOpt = Annotated[
         callback=_allow_unverified,
     ),
 ]
-TruncateToOpt = Annotated[
-    int | None, typer.Option("--truncate-to", help="Keep only the first N tokens (BOS included) of over-long prompts.")
+# The token cap, --max-tokens on every command (the sweep's too); the old name --truncate-to
+# still works, as a hidden alias (tui/cli/app.py:OPTION_ALIASES).
+MaxTokensOpt = Annotated[
+    int | None,
+    typer.Option("--max-tokens", help="Keep only the first N tokens (BOS included) of over-long prompts."),
 ]
+TruncateToOpt = MaxTokensOpt  # the name the commands declare it under
 
 
 @dataclass

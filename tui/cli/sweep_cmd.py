@@ -35,8 +35,9 @@ from horizon.tui.cli.common import (
 CorpusArg = Annotated[
     str | None,
     typer.Argument(
-        help='Prompts: a text file (prompts separated by blank lines), JSONL with a "text" field, or a directory '
-        "of .txt files. Default: the bundled corpus."
+        help='Prompts, as --file reads them: a text file (prompts separated by blank lines), .jsonl with a "text" '
+        "field per line, or - for stdin; or a directory of .txt files (one prompt each). Default: the bundled "
+        "corpus."
     ),
 ]
 OutOpt = Annotated[
