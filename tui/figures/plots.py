@@ -97,6 +97,37 @@ def _many(inputs: list[FigureInput] | FigureInput) -> list[FigureInput]:
     return list(inputs) if isinstance(inputs, list) else [inputs]
 
 
+def _matrix(rows: Any) -> np.ndarray:
+    """A stored table of rows (None where a cell is missing) as a float matrix with NaN."""
+    return np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=np.float64)
+
+
+def _log_norm(values: np.ndarray) -> LogNorm | None:
+    """A log colour scale over the positive finite entries of ``values``; None where there are none."""
+    finite = values[np.isfinite(values) & (values > 0)]
+    if not finite.size:
+        return None
+    low, high = float(finite.min()), float(finite.max())
+    return LogNorm(vmin=low, vmax=high if high > low else low * 1.01)
+
+
+def _heatmap(figure: Figure, ax: Any, values: np.ndarray, gid: str, cmap: str, label: str,
+             norm: LogNorm | None = None) -> None:
+    """One matrix drawn cell by cell (row 0 at the bottom) with its colour bar."""
+    image = ax.imshow(values, aspect="auto", origin="lower", cmap=cmap, norm=norm, interpolation="nearest")
+    image.set_gid(gid)
+    figure.colorbar(image, ax=ax, label=label)
+
+
+def _heatmap_axes(ax: Any, xlabel: str, ylabel: str, title: str, gid: str) -> None:
+    """A heatmap's labels and title, no grid over the cells, and its axes gid."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(False)
+    _axes_gid(ax, gid)
+
+
 # ----------------------------------------------------------------------------- (1) norm growth
 
 
@@ -177,21 +208,14 @@ def position_norms(inputs: list[FigureInput] | FigureInput) -> Figure:
     matrix, tokens = item.prompt if item.prompt is not None else (np.full((1, 1), np.nan), [])
     width = min(max(4.0, 0.12 * matrix.shape[1] + 2), 14.0)
     figure, (ax,) = _figure(width=width, height=3.8)
-    rest = matrix[:, 1:] if item.has_bos and matrix.shape[1] > 1 else matrix
-    finite = rest[np.isfinite(rest) & (rest > 0)]
-    if finite.size:
-        low, high = float(finite.min()), float(finite.max())
-        image = ax.imshow(np.where(matrix > 0, matrix, np.nan), aspect="auto", origin="lower", cmap="magma",
-                          norm=LogNorm(vmin=low, vmax=high if high > low else low * 1.01), interpolation="nearest")
-        image.set_gid("position-norms")
-        figure.colorbar(image, ax=ax, label="||resid_pre||" + (" (BOS column clipped)" if item.has_bos else ""))
+    norm = _log_norm(matrix[:, 1:] if item.has_bos and matrix.shape[1] > 1 else matrix)
+    if norm is not None:
+        _heatmap(figure, ax, _positive(matrix), "position-norms", "magma",
+                 "||resid_pre||" + (" (BOS column clipped)" if item.has_bos else ""), norm)
     if tokens and len(tokens) <= 48:
         ax.set_xticks(range(len(tokens)), [plain(token) for token in tokens], rotation=90, fontsize=6)
-    ax.set_xlabel("position")
-    ax.set_ylabel("row (L = final)")
-    ax.set_title(f"Norm per position, first prompt: {plain(item.label)}")
-    ax.grid(False)
-    _axes_gid(ax, "position-norms")
+    _heatmap_axes(ax, "position", "row (L = final)", f"Norm per position, first prompt: {plain(item.label)}",
+                  "position-norms")
     return figure
 
 
@@ -325,19 +349,13 @@ def layer_k_matrix(inputs: list[FigureInput] | FigureInput) -> Figure:
     item = _single(inputs)
     matrix = (item.scan or {}).get("by_layer") or {}
     figure, (ax,) = _figure(width=5.5, height=4.0)
-    values = np.array([[np.nan if v is None else v for v in row] for row in matrix.get("delta_loss", [])],
-                      dtype=np.float64)
+    values = _matrix(matrix.get("delta_loss", []))
     if values.size:
-        image = ax.imshow(values, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest")
-        image.set_gid("layer-k-matrix")
-        figure.colorbar(image, ax=ax, label="loss increase (nats)")
+        _heatmap(figure, ax, values, "layer-k-matrix", "viridis", "loss increase (nats)")
         ax.set_xticks(range(len(matrix["ks"])), [str(k) for k in matrix["ks"]])
         ax.set_yticks(range(len(matrix["layers"])), [str(layer) for layer in matrix["layers"]])
-    ax.set_xlabel("horizon k (layers)")
-    ax.set_ylabel("layer N (horizon enforced there only)")
-    ax.set_title(f"Layer x k: {plain(item.label)}")
-    ax.grid(False)
-    _axes_gid(ax, "layer-k-matrix")
+    _heatmap_axes(ax, "horizon k (layers)", "layer N (horizon enforced there only)",
+                  f"Layer x k: {plain(item.label)}", "layer-k-matrix")
     return figure
 
 
@@ -403,21 +421,14 @@ def attention_distance(inputs: list[FigureInput] | FigureInput) -> Figure:
     item = _single(inputs)
     view = item.attention or {}
     key = "mean_distance_no_bos" if item.has_bos else "mean_distance"
-    values = np.array([[np.nan if v is None else v for v in row] for row in view.get(key, [])], dtype=np.float64)
+    values = _matrix(view.get(key, []))
     figure, (ax,) = _figure(width=min(max(4.0, 0.35 * (values.shape[1] if values.ndim == 2 else 1) + 2), 10),
                             height=4.0)
-    finite = values[np.isfinite(values) & (values > 0)] if values.size else values
-    if finite.size:
-        low, high = float(finite.min()), float(finite.max())
-        image = ax.imshow(np.where(values > 0, values, np.nan), aspect="auto", origin="lower", cmap="coolwarm",
-                          norm=LogNorm(vmin=low, vmax=high if high > low else low * 1.01), interpolation="nearest")
-        image.set_gid("attention-distance")
-        figure.colorbar(image, ax=ax, label="mean distance (tokens)")
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    ax.set_title(f"Mean attention distance{', BOS removed' if item.has_bos else ''}: {plain(item.label)}")
-    ax.grid(False)
-    _axes_gid(ax, "attention-distance")
+    norm = _log_norm(values)
+    if norm is not None:
+        _heatmap(figure, ax, _positive(values), "attention-distance", "coolwarm", "mean distance (tokens)", norm)
+    _heatmap_axes(ax, "head", "layer", f"Mean attention distance{', BOS removed' if item.has_bos else ''}: "
+                  f"{plain(item.label)}", "attention-distance")
     return figure
 
 
