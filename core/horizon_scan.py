@@ -9,9 +9,16 @@ increase is <= tol (docs/SCIENCE.md section 3).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from horizon.core.analyses.scan import (  # the result types and their pure helpers (torch-free)
+    BY_LAYER_METRICS,
+    ByLayerResult,
+    ScanResult,
+    effective_horizon,
+    join_by_layer,
+    row_horizons,
+)
 from horizon.core.errors import HorizonError
 from horizon.core.horizon import (
     DEFAULT_PASS_BYTES,
@@ -31,27 +38,9 @@ from horizon.core.horizon_metrics import Totals
 from horizon.core.loader import LoadedModel
 
 
-@dataclass
-class ScanResult:
-    """The loss-vs-enforced-horizon curve, one row per (k, start layer)."""
-
-    rows: list[dict[str, Any]]
-    effective_horizon: dict[int, int | None]
-    loss_clean: float
-    tol: float
-    n_tokens: int
-    unit: str = "layer"
-
-
 def default_ks(n_layers: int, unit: str) -> list[int]:
     """k = 1..L+1 in layers (K = 2..2L+2), k = 1..2L+1 in sublayers: the last one is the clean model."""
     return list(range(1, n_layers + 2)) if unit == "layer" else list(range(1, 2 * n_layers + 2))
-
-
-def effective_horizon(rows: Sequence[dict[str, Any]], start_layer: int, tol: float) -> int | None:
-    """The smallest k whose loss increase is <= tol, at one start layer (None: no k qualifies)."""
-    qualifying = [row["k"] for row in rows if row["start_layer"] == start_layer and row["delta_loss"] <= tol]
-    return min(qualifying) if qualifying else None
 
 
 def scan(
@@ -137,34 +126,6 @@ def _evaluate(
     return totals, clean_totals.loss_clean / n, n
 
 
-@dataclass
-class ByLayerResult:
-    """The per-layer horizon matrix: row N = the horizon enforced at layer N only (N = L: the final readout).
-
-    Every matrix is [L+1][len(ks)]; ``effective_horizon[N]`` is the smallest k of row N whose loss
-    increase is <= tol (None: none of the ks).
-    """
-
-    layers: list[int]
-    ks: list[int]
-    loss: list[list[float]]
-    delta_loss: list[list[float]]
-    kl: list[list[float]]
-    top1_agreement: list[list[float]]
-    effective_horizon: list[int | None]
-    loss_clean: float
-    tol: float
-    n_tokens: int
-    unit: str = "layer"
-    ablation: str = "zero"
-
-    def payload(self) -> dict[str, Any]:
-        """The ``by_layer`` JSON object of ``horizon scan --by-layer``."""
-        return {"layers": self.layers, "ks": self.ks, "delta_loss": self.delta_loss, "kl": self.kl,
-                "loss": self.loss, "top1_agreement": self.top1_agreement,
-                "effective_horizon": self.effective_horizon, "tol": self.tol}
-
-
 def by_layer_configs(
     n_layers: int, ks: Sequence[int], unit: str = "layer", **options: Any
 ) -> list[tuple[int, int, HorizonConfig]]:
@@ -217,30 +178,5 @@ def scan_by_layer(
                          loss_clean=loss_clean, tol=tol, n_tokens=n, unit=unit, ablation=ablation, **matrices)
 
 
-BY_LAYER_METRICS = ("loss", "delta_loss", "kl", "top1_agreement")
-
-
-def row_horizons(ks: Sequence[int], delta_loss: Sequence[Sequence[float]], tol: float) -> list[int | None]:
-    """Per row of the matrix, the smallest k whose loss increase is <= tol (None: none)."""
-    horizons: list[int | None] = []
-    for row in delta_loss:
-        qualifying = [k for k, value in zip(ks, row, strict=True) if value <= tol]
-        horizons.append(min(qualifying) if qualifying else None)
-    return horizons
-
-
-def join_by_layer(parts: Sequence[ByLayerResult]) -> ByLayerResult:
-    """One matrix from parts over disjoint ks of the same prompts (columns side by side, ks in order)."""
-    first = parts[0]
-    columns = sorted((k, index, column) for index, part in enumerate(parts) for column, k in enumerate(part.ks))
-    ks = [k for k, _, _ in columns]
-    if len(set(ks)) != len(ks):
-        raise HorizonError("the parts of a by-layer matrix overlap in k")
-    rows = range(len(first.layers))
-    matrices = {
-        name: [[getattr(parts[index], name)[row][column] for _, index, column in columns] for row in rows]
-        for name in BY_LAYER_METRICS
-    }
-    horizons = row_horizons(ks, matrices["delta_loss"], first.tol)
-    return ByLayerResult(layers=first.layers, ks=ks, effective_horizon=horizons, loss_clean=first.loss_clean,
-                         tol=first.tol, n_tokens=first.n_tokens, unit=first.unit, ablation=first.ablation, **matrices)
+__all__ = ["BY_LAYER_METRICS", "ByLayerResult", "ScanResult", "by_layer_configs", "default_ks", "effective_horizon",
+           "join_by_layer", "row_horizons", "scan", "scan_by_layer"]

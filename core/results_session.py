@@ -159,20 +159,14 @@ class ResultsSession:
                                 int(self.model_info.get("d_model") or 0))
 
     def _scan(self) -> Any:
-        from horizon.core.horizon import ScanResult
+        from horizon.core.analyses.scan import report_from_view
 
         view = self.views.get("scan")
-        if view is None:
-            return None
-        horizons = {int(layer): k for layer, k in view["effective_horizon"].items()}
-        return ScanResult(rows=view["rows"], effective_horizon=horizons, loss_clean=view["loss_clean"],
-                          tol=view["tol"], n_tokens=view["n_tokens"], unit=view.get("unit", "layer"))
+        return None if view is None else report_from_view(view)
 
     def _attention(self, prompt: int) -> Any:
-        import numpy as np
         import pyarrow.compute as pc
-        from horizon.core.analyses import attention
-        from horizon.core.attention import AttentionReport
+        from horizon.core.analyses.attention import report_from_rows
 
         table = self.results.table("attention")
         if table is None or "attention" not in self.views:
@@ -180,15 +174,4 @@ class ResultsSession:
         rows = table.filter(pc.equal(table.column("prompt"), self.prompt_numbers[prompt]))
         if rows.num_rows == 0:
             return None
-        view = attention.view(None, rows, {}, self.has_bos)
-
-        def array(matrix: list[list[float | None]]) -> Any:
-            return np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=np.float64)
-
-        return AttentionReport(
-            model=self.spec, token_ids=[self.token_ids[prompt]], n_layers=view["n_layers"], n_heads=view["n_heads"],
-            has_bos=self.has_bos, n_queries=view["n_queries"],
-            mean_distance=array(view["mean_distance"]), mean_distance_no_bos=array(view["mean_distance_no_bos"]),
-            mass={k: array(v) for k, v in view["mass"].items()},
-            mass_no_bos={k: array(v) for k, v in view["mass_no_bos"].items()},
-        )
+        return report_from_rows(rows, self.spec, [self.token_ids[prompt]], self.has_bos)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -12,12 +13,57 @@ from horizon.core.errors import HorizonError
 if TYPE_CHECKING:
     from horizon.core.store import Results
 
+BUCKETS: tuple[str, ...] = ("0", "1-5", "6-10", ">10")
 # AttentionReport bucket name -> table column.
 MASSES = {"0": "mass_0", "1-5": "mass_1_5", "6-10": "mass_6_10", ">10": "mass_gt10"}
 SCHEMA = {"prompt": pa.int32(), "n_queries": pa.int32(), "layer": pa.int16(), "head": pa.int16(),
           **{name + suffix: pa.float64() for suffix in ("", "_no_bos")
              for name in ("mean_distance", *MASSES.values())}}
 
+
+@dataclass
+class AttentionReport:
+    """Per layer and head: mean attention distance and bucket masses, with and without BOS."""
+
+    model: str
+    token_ids: list[list[int]]
+    n_layers: int
+    n_heads: int
+    has_bos: bool
+    n_queries: int
+    mean_distance: np.ndarray  # [layer, head]
+    mean_distance_no_bos: np.ndarray
+    mass: dict[str, np.ndarray]  # bucket -> [layer, head]
+    mass_no_bos: dict[str, np.ndarray]
+    # Per layer: the sliding-window size of a local-attention layer, None for a global one
+    # (Gemma 3: 15 windowed layers, 3 global); empty when unknown (a stored sweep).
+    windows: list[int | None] = field(default_factory=list)
+
+    def layer_label(self, layer: int) -> str:
+        """``layer``, marked ``global`` or ``w<size>`` when the model mixes windowed and global layers."""
+        if len(set(self.windows)) < 2:
+            return str(layer)
+        window = self.windows[layer]
+        return f"{layer} {'global' if window is None else f'w{window}'}"
+
+    def ranked(self, no_bos: bool = True) -> list[tuple[int, int, float]]:
+        """(layer, head, mean distance) from the most local head to the most long-range one."""
+        values = self.mean_distance_no_bos if no_bos else self.mean_distance
+        flat = [(layer, head, float(values[layer, head]))
+                for layer in range(self.n_layers) for head in range(self.n_heads)]
+        return sorted(flat, key=lambda item: (np.nan_to_num(item[2], nan=np.inf), item[0], item[1]))
+
+    def to_json(self) -> dict[str, Any]:
+        """The issue's JSON keys except ``model`` and ``token_ids`` (the command adds those)."""
+        return {
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "mean_distance": self.mean_distance.tolist(),
+            "mean_distance_no_bos": self.mean_distance_no_bos.tolist(),
+            "mass": {bucket: values.tolist() for bucket, values in self.mass.items()},
+            "mass_no_bos": {bucket: values.tolist() for bucket, values in self.mass_no_bos.items()},
+            "sliding_window": list(self.windows),
+        }
 
 def rows(worker: Any, indices: list[int], token_ids: list[list[int]], tokens: list[list[str]]) -> pa.Table:
     try:
@@ -35,7 +81,7 @@ def rows(worker: Any, indices: list[int], token_ids: list[list[int]], tokens: li
     return pa.concat_tables(parts)
 
 
-def report_rows(report: Any, prompt: int) -> pa.Table:
+def report_rows(report: AttentionReport, prompt: int) -> pa.Table:
     """One prompt's AttentionReport as rows (one per layer and head)."""
     n_layers, n_heads = report.mean_distance.shape
     size = n_layers * n_heads
@@ -90,3 +136,19 @@ ANALYSIS = Analysis(
     settings=lambda settings, n_layers: {"buckets": list(MASSES)},
     expected_rows=expected_rows, render="horizon.tui.cli.report_render:render_attention", pane="attention",
 )
+
+
+def report_from_rows(table: pa.Table, model: str, token_ids: list[list[int]], has_bos: bool) -> AttentionReport:
+    """The AttentionReport of the prompt(s) whose rows ``table`` holds (one prompt: that prompt's report)."""
+    summary = view(None, table, {}, has_bos)
+
+    def array(matrix: list[list[float | None]]) -> np.ndarray:
+        return np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=np.float64)
+
+    return AttentionReport(
+        model=model, token_ids=token_ids, n_layers=summary["n_layers"], n_heads=summary["n_heads"],
+        has_bos=has_bos, n_queries=summary["n_queries"],
+        mean_distance=array(summary["mean_distance"]), mean_distance_no_bos=array(summary["mean_distance_no_bos"]),
+        mass={k: array(v) for k, v in summary["mass"].items()},
+        mass_no_bos={k: array(v) for k, v in summary["mass_no_bos"].items()},
+    )

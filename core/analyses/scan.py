@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 from horizon.core.analyses import Analysis, column, weighted_mean
+from horizon.core.errors import HorizonError
 
 if TYPE_CHECKING:
     from horizon.core.store import Results
@@ -22,6 +25,83 @@ WRITTEN = {**SCHEMA, "only_layer": pa.int16()}
 # The table's column for each row key of a scan (the table predates the row key's name).
 COLUMN_OF = {"top1_agreement": "top1"}
 
+
+# The result types (core/horizon_scan.py computes them; report_from_view rebuilds the corpus scan).
+
+
+@dataclass
+class ScanResult:
+    """The loss-vs-enforced-horizon curve, one row per (k, start layer)."""
+
+    rows: list[dict[str, Any]]
+    effective_horizon: dict[int, int | None]
+    loss_clean: float
+    tol: float
+    n_tokens: int
+    unit: str = "layer"
+
+
+def effective_horizon(rows: Sequence[dict[str, Any]], start_layer: int, tol: float) -> int | None:
+    """The smallest k whose loss increase is <= tol, at one start layer (None: no k qualifies)."""
+    qualifying = [row["k"] for row in rows if row["start_layer"] == start_layer and row["delta_loss"] <= tol]
+    return min(qualifying) if qualifying else None
+
+
+@dataclass
+class ByLayerResult:
+    """The per-layer horizon matrix: row N = the horizon enforced at layer N only (N = L: the final readout).
+
+    Every matrix is [L+1][len(ks)]; ``effective_horizon[N]`` is the smallest k of row N whose loss
+    increase is <= tol (None: none of the ks).
+    """
+
+    layers: list[int]
+    ks: list[int]
+    loss: list[list[float]]
+    delta_loss: list[list[float]]
+    kl: list[list[float]]
+    top1_agreement: list[list[float]]
+    effective_horizon: list[int | None]
+    loss_clean: float
+    tol: float
+    n_tokens: int
+    unit: str = "layer"
+    ablation: str = "zero"
+
+    def payload(self) -> dict[str, Any]:
+        """The ``by_layer`` JSON object of ``horizon scan --by-layer``."""
+        return {"layers": self.layers, "ks": self.ks, "delta_loss": self.delta_loss, "kl": self.kl,
+                "loss": self.loss, "top1_agreement": self.top1_agreement,
+                "effective_horizon": self.effective_horizon, "tol": self.tol}
+
+
+BY_LAYER_METRICS = ("loss", "delta_loss", "kl", "top1_agreement")
+
+
+def row_horizons(ks: Sequence[int], delta_loss: Sequence[Sequence[float]], tol: float) -> list[int | None]:
+    """Per row of the matrix, the smallest k whose loss increase is <= tol (None: none)."""
+    horizons: list[int | None] = []
+    for row in delta_loss:
+        qualifying = [k for k, value in zip(ks, row, strict=True) if value <= tol]
+        horizons.append(min(qualifying) if qualifying else None)
+    return horizons
+
+
+def join_by_layer(parts: Sequence[ByLayerResult]) -> ByLayerResult:
+    """One matrix from parts over disjoint ks of the same prompts (columns side by side, ks in order)."""
+    first = parts[0]
+    columns = sorted((k, index, column) for index, part in enumerate(parts) for column, k in enumerate(part.ks))
+    ks = [k for k, _, _ in columns]
+    if len(set(ks)) != len(ks):
+        raise HorizonError("the parts of a by-layer matrix overlap in k")
+    rows = range(len(first.layers))
+    matrices = {
+        name: [[getattr(parts[index], name)[row][column] for _, index, column in columns] for row in rows]
+        for name in BY_LAYER_METRICS
+    }
+    horizons = row_horizons(ks, matrices["delta_loss"], first.tol)
+    return ByLayerResult(layers=first.layers, ks=ks, effective_horizon=horizons, loss_clean=first.loss_clean,
+                         tol=first.tol, n_tokens=first.n_tokens, unit=first.unit, ablation=first.ablation, **matrices)
 
 def rows(worker: Any, indices: list[int], token_ids: list[list[int]], tokens: list[list[str]]) -> pa.Table:
     from horizon.core.horizon import clean_runs, scan, scan_by_layer
@@ -52,8 +132,6 @@ def rows(worker: Any, indices: list[int], token_ids: list[list[int]], tokens: li
 
 
 def view(results: Results, table: pa.Table, manifest: dict[str, Any], has_bos: bool) -> dict[str, Any]:
-    from horizon.core.horizon import effective_horizon
-
     settings = manifest.get("analyses", {}).get("scan", {})
     tol = float(settings.get("tol", 0.1))
     k = column(table, "k")
@@ -89,8 +167,6 @@ def view(results: Results, table: pa.Table, manifest: dict[str, Any], has_bos: b
 
 def _by_layer_view(table: pa.Table, only: np.ndarray, tol: float) -> dict[str, Any]:
     """The corpus layer x k matrix: per cell the prediction-weighted mean over prompts, as ``scan --by-layer``."""
-    from horizon.core.horizon import row_horizons
-
     k, weight = column(table, "k"), column(table, "n_tokens").astype(np.float64)
     layers = sorted(np.unique(only[only >= 0]).tolist())
     ks = sorted(np.unique(k[only >= 0]).tolist())
@@ -134,3 +210,10 @@ ANALYSIS = Analysis(
     name="scan", table="scan", schema=SCHEMA, rows=rows, view=view, settings=scan_settings,
     expected_rows=expected_rows, fits=fits, render="horizon.tui.cli.report_render:render_scan", pane="horizon",
 )
+
+
+def report_from_view(view: dict[str, Any]) -> ScanResult:
+    """The corpus ScanResult of a scan view (what ``report`` shows; the app's results mode draws it)."""
+    horizons = {int(layer): k for layer, k in view["effective_horizon"].items()}
+    return ScanResult(rows=view["rows"], effective_horizon=horizons, loss_clean=view["loss_clean"],
+                      tol=view["tol"], n_tokens=view["n_tokens"], unit=view.get("unit", "layer"))
