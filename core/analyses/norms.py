@@ -15,7 +15,6 @@ from horizon.core.errors import HorizonError
 if TYPE_CHECKING:
     from horizon.core.store import Results
 
-SITES = ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"]
 SCHEMA = {"prompt": pa.int32(), "position": pa.int32(), "token": pa.string(), "layer": pa.int16(),
           "site": pa.string(), "norm": pa.float32(), "std": pa.float32()}
 
@@ -309,7 +308,7 @@ def expected_rows(lengths: list[int], settings: dict[str, Any], model: dict[str,
 
 ANALYSIS = Analysis(
     name="norms", table="norms", schema=SCHEMA, rows=rows, view=view,
-    settings=lambda settings, n_layers: {"sites": list(SITES)},
+    settings=lambda settings, n_layers: {"sites": list(NORM_SITES)},
     # Only the columns the view needs are read (the per-row token texts are the bulk of the table).
     view_columns=["prompt", "position", "layer", "site", "norm", "std"],
     expected_rows=expected_rows, render="horizon.tui.cli.report_render:render_norms", pane="norms",
