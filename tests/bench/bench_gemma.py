@@ -14,11 +14,9 @@ import tempfile
 import time
 
 import torch
-from horizon.core.horizon import HorizonConfig, clean_run, patched_logits, scan
 from horizon.core.loader import GEMMA_MODEL, load_model
-from horizon.core.prompts import make_batch
 
-from tests.bench.timing import interleaved
+from tests.bench.timing import patch_pass, scan_vs_forwards
 
 _cache: dict[str, object] = {}
 
@@ -46,41 +44,12 @@ def _prompt_ids(model, n_tokens: int) -> torch.Tensor:
 
 def bench_patch_pass_gemma3() -> dict:
     """One patched pass (k = 1, S = 0) vs one plain HF forward of Gemma 3 270M, 128 tokens."""
-    model, hf, ids = _setup()
-    clean = clean_run(model, make_batch(ids.tolist(), 0, True, model.device))
-    config = HorizonConfig.from_layers(1)
-    times = interleaved(
-        {"hf": lambda: hf(ids), "patched": lambda: list(patched_logits(model, clean, [config]))}, repeats=5
-    )
-    return {
-        "ratio": round(times["patched"] / times["hf"], 3),
-        "target": 1.3,
-        "hf_s": round(times["hf"], 4),
-        "patched_s": round(times["patched"], 4),
-    }
+    return patch_pass(*_setup())
 
 
 def bench_scan_full_gemma3() -> dict:
     """Full scan (k = 1..L+1 = 19, S = 0) vs 19 plain HF forwards run back to back, Gemma 3 270M."""
-    model, hf, ids = _setup()
-    token_ids = ids.tolist()
-    n_forwards = model.n_layers + 1
-
-    def forwards() -> None:
-        for _ in range(n_forwards):
-            hf(ids)
-
-    with torch.inference_mode():  # warm-up
-        hf(ids)
-        scan(model, token_ids, ks=[1, model.n_layers])
-    times = interleaved({"forwards": forwards, "scan": lambda: scan(model, token_ids)}, repeats=3, warmup=False)
-    return {
-        "ratio": round(times["scan"] / times["forwards"], 3),
-        "target": 0.75,
-        "forwards": n_forwards,
-        "forwards_s": round(times["forwards"], 3),
-        "scan_s": round(times["scan"], 3),
-    }
+    return scan_vs_forwards(*_setup(), 0.75)[0]
 
 
 def bench_load_warm_gemma3() -> dict:

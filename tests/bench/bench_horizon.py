@@ -9,19 +9,19 @@ from __future__ import annotations
 import statistics
 
 import torch
-from horizon.core.horizon import (
-    HorizonConfig,
-    clean_run,
-    patch,
-    patched_logits,
-    reference_patched_logits,
-    scan,
-    scan_by_layer,
-)
+from horizon.core.horizon import HorizonConfig, patch, reference_patched_logits, scan_by_layer
 from horizon.core.loader import load_model
-from horizon.core.prompts import make_batch
 
-from tests.bench.timing import interleaved, paired_times, plain_hf_model, prompt_ids
+from tests.bench.timing import (
+    hf_forwards,
+    interleaved,
+    paired_times,
+    patch_pass,
+    plain_hf_model,
+    prompt_ids,
+    scan_vs_forwards,
+    warm_up,
+)
 
 _cache: dict[str, object] = {}
 
@@ -36,14 +36,7 @@ def _setup() -> tuple:
 
 def bench_patch_pass() -> dict:
     """One patched pass (k = 1, S = 0: the window bites from attn_1 on) vs one plain HF forward."""
-    model, hf, ids = _setup()
-    clean = clean_run(model, make_batch(ids.tolist(), 0, True, model.device))
-    config = HorizonConfig.from_layers(1)
-    times = interleaved(
-        {"hf": lambda: hf(ids), "patched": lambda: list(patched_logits(model, clean, [config]))}, repeats=5
-    )
-    return {"ratio": round(times["patched"] / times["hf"], 3), "target": 1.3,
-            "hf_s": round(times["hf"], 4), "patched_s": round(times["patched"], 4)}
+    return patch_pass(*_setup())
 
 
 def bench_patch_with_clean() -> dict:
@@ -78,24 +71,12 @@ def bench_scan_full() -> dict:
     """
     model, hf, ids = _setup()
     token_ids = ids.tolist()
-    n_forwards = model.n_layers + 1
-
-    def forwards() -> None:
-        for _ in range(n_forwards):
-            hf(ids)
-
-    with torch.inference_mode():  # warm-up: one of each
-        hf(ids)
-        scan(model, token_ids, ks=[1, model.n_layers])
-        reference_patched_logits(model, ids, HorizonConfig.from_layers(1))
-    times = interleaved({"forwards": forwards, "scan": lambda: scan(model, token_ids),
-                        "naive": lambda: _naive_scan(model, token_ids)}, repeats=3, warmup=False)
+    result, times = scan_vs_forwards(  # warm-up: one forward, a two-k scan, one reference pass
+        model, hf, ids, 0.6, others={"naive": lambda: _naive_scan(model, token_ids)},
+        warm=(lambda: reference_patched_logits(model, ids, HorizonConfig.from_layers(1)),),
+    )
     return {
-        "ratio": round(times["scan"] / times["forwards"], 3),
-        "target": 0.6,
-        "forwards": n_forwards,
-        "forwards_s": round(times["forwards"], 3),
-        "scan_s": round(times["scan"], 3),
+        **result,
         "naive_s": round(times["naive"], 3),
         "naive_over_scan": round(times["naive"] / times["scan"], 2),
         "naive_over_forwards": round(times["naive"] / times["forwards"], 3),
@@ -111,14 +92,8 @@ def bench_scan_by_layer() -> dict:
     model, hf, ids = _setup()
     token_ids = ids.tolist()
     n_forwards = model.n_layers + 1
-
-    def forwards() -> None:
-        for _ in range(n_forwards):
-            hf(ids)
-
-    with torch.inference_mode():  # warm-up: a small matrix
-        hf(ids)
-        scan_by_layer(model, token_ids, ks=[1, 2])
+    forwards = hf_forwards(hf, ids, n_forwards)
+    warm_up(lambda: hf(ids), lambda: scan_by_layer(model, token_ids, ks=[1, 2]))  # a small matrix
     # One matrix between two blocks of forwards (forwards, matrix, forwards): drift on a shared
     # machine hits both sides alike, and the benchmark stays short (one matrix is ~7 blocks).
     times = paired_times({"forwards": forwards, "by_layer": lambda: scan_by_layer(model, token_ids)},

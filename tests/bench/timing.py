@@ -71,3 +71,68 @@ def prompt_ids(n_tokens: int = 128, batch: int = 1, seed: int = 0) -> torch.Tens
     bos = tokenizer.convert_tokens_to_ids(BUNDLED_BOS)
     rows = [[bos, *ids[seed + row : seed + row + n_tokens - 1]] for row in range(batch)]
     return torch.tensor(rows, dtype=torch.long)
+
+
+def hf_forwards(hf, ids: torch.Tensor, n: int) -> Callable[[], None]:
+    """``n`` plain HF forwards back to back: the baseline block a scan is measured against."""
+
+    def forwards() -> None:
+        for _ in range(n):
+            hf(ids)
+
+    return forwards
+
+
+def warm_up(*functions: Callable[[], object]) -> None:
+    """One call of each function, in order, before a measurement that runs with ``warmup=False``."""
+    with torch.inference_mode():
+        for function in functions:
+            function()
+
+
+def patch_pass(model, hf, ids: torch.Tensor) -> dict:
+    """One patched pass (k = 1, S = 0) vs one plain HF forward, side by side; target 1.3x."""
+    from horizon.core.horizon import HorizonConfig, clean_run, patched_logits
+    from horizon.core.prompts import make_batch
+
+    clean = clean_run(model, make_batch(ids.tolist(), 0, True, model.device))
+    config = HorizonConfig.from_layers(1)
+    times = interleaved(
+        {"hf": lambda: hf(ids), "patched": lambda: list(patched_logits(model, clean, [config]))}, repeats=5
+    )
+    return {
+        "ratio": round(times["patched"] / times["hf"], 3),
+        "target": 1.3,
+        "hf_s": round(times["hf"], 4),
+        "patched_s": round(times["patched"], 4),
+    }
+
+
+def scan_vs_forwards(
+    model,
+    hf,
+    ids: torch.Tensor,
+    target: float,
+    others: dict[str, Callable[[], object]] | None = None,
+    warm: tuple[Callable[[], object], ...] = (),
+) -> tuple[dict, dict[str, float]]:
+    """Full scan (k = 1..L+1, S = 0) vs (L+1) plain HF forwards as one timed block, in alternation.
+
+    ``others`` are timed in the same rounds after the scan, ``warm`` runs after the standard warm-up
+    (one forward, a two-k scan). Returns the result dict and the median seconds by name.
+    """
+    from horizon.core.horizon import scan
+
+    token_ids = ids.tolist()
+    n_forwards = model.n_layers + 1
+    warm_up(lambda: hf(ids), lambda: scan(model, token_ids, ks=[1, model.n_layers]), *warm)
+    functions = {"forwards": hf_forwards(hf, ids, n_forwards), "scan": lambda: scan(model, token_ids), **(others or {})}
+    times = interleaved(functions, repeats=3, warmup=False)
+    result = {
+        "ratio": round(times["scan"] / times["forwards"], 3),
+        "target": target,
+        "forwards": n_forwards,
+        "forwards_s": round(times["forwards"], 3),
+        "scan_s": round(times["scan"], 3),
+    }
+    return result, times
