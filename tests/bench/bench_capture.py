@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 from horizon.core.capture import run_capture
 from horizon.core.decomposition import SITES
 from horizon.core.loader import cache_root, load_model
 
-from tests.bench.timing import interleaved, plain_hf_model, prompt_ids
+from tests.bench.timing import cold_load_seconds, interleaved, plain_hf_model, prompt_ids, warm_load_seconds
 
 
 def bench_capture_all_sites() -> dict:
@@ -32,29 +30,11 @@ def bench_capture_all_sites() -> dict:
 
 def bench_load_warm() -> dict:
     """Warm load (weights cached) of the bundled model; ratio = seconds / 8 s budget."""
-    load_model("smollm2-135m", device="cpu")  # makes sure the cache exists
-    started = time.perf_counter()
-    load_model("smollm2-135m", device="cpu")
-    seconds = time.perf_counter() - started
+    seconds = warm_load_seconds("smollm2-135m")
     return {"ratio": round(seconds / 8.0, 3), "target": 1.0, "seconds": round(seconds, 2), "cache": str(cache_root())}
 
 
 def bench_load_cold() -> dict:
     """Cold load (GGUF de-quantised into an empty cache) in a fresh process; budget 30 s."""
-    import subprocess
-    import sys
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as empty_cache:
-        started = time.perf_counter()
-        subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "from horizon.core.loader import load_model; load_model('smollm2-135m', device='cpu')",
-            ],
-            check=True,
-            env={**__import__("os").environ, "XDG_CACHE_HOME": empty_cache},
-        )
-        seconds = time.perf_counter() - started
+    seconds = cold_load_seconds("smollm2-135m")
     return {"ratio": round(seconds / 30.0, 3), "target": 1.0, "seconds": round(seconds, 2)}

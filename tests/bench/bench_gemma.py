@@ -7,16 +7,10 @@ ratio is measured side by side in one run (the two sides alternate).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import tempfile
-import time
-
 import torch
 from horizon.core.loader import GEMMA_MODEL, load_model
 
-from tests.bench.timing import patch_pass, scan_vs_forwards
+from tests.bench.timing import cold_load_seconds, patch_pass, scan_vs_forwards, warm_load_seconds
 
 _cache: dict[str, object] = {}
 
@@ -54,25 +48,11 @@ def bench_scan_full_gemma3() -> dict:
 
 def bench_load_warm_gemma3() -> dict:
     """Warm load (assembled file, float weights and quick verdict cached); ratio = seconds / 8 s."""
-    load_model(GEMMA_MODEL, device="cpu")  # makes sure the cache exists
-    started = time.perf_counter()
-    load_model(GEMMA_MODEL, device="cpu")
-    seconds = time.perf_counter() - started
+    seconds = warm_load_seconds(GEMMA_MODEL)
     return {"ratio": round(seconds / 8.0, 3), "target": 1.0, "load_s": round(seconds, 2)}
 
 
 def bench_load_cold_gemma3() -> dict:
     """Cold load in a fresh process and an empty cache: join the chunks, de-quantise, boot; budget 45 s."""
-    with tempfile.TemporaryDirectory() as empty_cache:
-        started = time.perf_counter()
-        subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                f"from horizon.core.loader import load_model; load_model({GEMMA_MODEL!r}, device='cpu')",
-            ],
-            check=True,
-            env={**os.environ, "XDG_CACHE_HOME": empty_cache},
-        )
-        seconds = time.perf_counter() - started
+    seconds = cold_load_seconds(GEMMA_MODEL)
     return {"ratio": round(seconds / 45.0, 3), "target": 1.0, "load_s": round(seconds, 2)}

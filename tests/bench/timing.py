@@ -136,3 +136,30 @@ def scan_vs_forwards(
         "scan_s": round(times["scan"], 3),
     }
     return result, times
+
+
+def warm_load_seconds(spec: str) -> float:
+    """Seconds of a warm ``load_model(spec)`` (one load first makes sure the cache exists)."""
+    from horizon.core.loader import load_model
+
+    load_model(spec, device="cpu")
+    started = time.perf_counter()
+    load_model(spec, device="cpu")
+    return time.perf_counter() - started
+
+
+def cold_load_seconds(spec: str) -> float:
+    """Seconds of ``load_model(spec)`` in a fresh process with an empty cache."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as empty_cache:
+        started = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-c", f"from horizon.core.loader import load_model; load_model({spec!r}, device='cpu')"],
+            check=True,
+            env={**os.environ, "XDG_CACHE_HOME": empty_cache},
+        )
+        return time.perf_counter() - started
