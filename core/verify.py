@@ -106,6 +106,17 @@ class Verification:
     attn_implementation: str
     checks: list[Check] = field(default_factory=list)
 
+    @classmethod
+    def of(cls, model: LoadedModel) -> Verification:
+        """No checks yet: the model's spec, architecture, hash, dtype and attention implementation."""
+        return cls(
+            model.spec,
+            model.architecture,
+            model.model_hash,
+            str(model.dtype).removeprefix("torch."),
+            attn_implementation(model),
+        )
+
     @property
     def failed(self) -> list[Check]:
         return [check for check in self.checks if check.passed is False]
@@ -332,13 +343,7 @@ def attention_check(model: LoadedModel, ids: torch.Tensor) -> Check:
 
 def verify(model: LoadedModel, reference: Any = None, prompt: str = VERIFY_PROMPT) -> Verification:
     """Every check on ``model`` and a fixed prompt; ``reference`` is the plain HF model to compare with."""
-    result = Verification(
-        model.spec,
-        model.architecture,
-        model.model_hash,
-        str(model.dtype).removeprefix("torch."),
-        attn_implementation(model),
-    )
+    result = Verification.of(model)
     result.checks = structural_checks(model)
     ids = _prompt_ids(model, prompt)
     if not result.checks[0].passed:
@@ -429,14 +434,8 @@ def require_verified(model: LoadedModel, unverified: bool | None = None) -> None
     cacheable = _content_keyed(model)
     quick = stored_verdict(model, "quick") if cacheable else None
     if quick is None:
-        result = Verification(
-            model.spec,
-            model.architecture,
-            model.model_hash,
-            str(model.dtype).removeprefix("torch."),
-            attn_implementation(model),
-            quick_checks(model),
-        )
+        result = Verification.of(model)
+        result.checks = quick_checks(model)
         quick = result.to_dict()
         if cacheable:
             with contextlib.suppress(OSError):  # a read-only cache only costs the next load a pass
