@@ -13,6 +13,9 @@ before an analysis runs on it. Two levels:
   attention patterns themselves (rows sum to 1, causal, sliding windows respected), with the
   attention implementation that produced them.
 
+Over 400 lines for a reason: each check is short, but there are nine of them plus the stored
+verdicts, and a reader auditing what "verified" means should find every check in one file.
+
 A model failing a quick check is refused at load with one line naming the check. Verdicts are
 stored under the weight cache, keyed by the model's hash, dtype, library versions and the source
 of this module and core/decomposition.py: the quick one only for models whose hash names their
@@ -36,7 +39,8 @@ import torch
 from horizon.core.attention import sliding_windows
 from horizon.core.decomposition import n_readers, output_hook, reader_hook, site_hook
 from horizon.core.errors import HorizonError
-from horizon.core.loader import LoadedModel, cache_root
+from horizon.core.gguf_files import cache_root
+from horizon.core.loader import LoadedModel
 
 # A fixed prompt (23 tokens with the SmolLM2 tokenizer) for every check.
 VERIFY_PROMPT = "The capital of France is Paris. It is known for the Eiffel Tower, and its food is famous."

@@ -6,7 +6,8 @@ import pytest
 import torch
 from horizon.core.capture import run_capture
 from horizon.core.decomposition import SITES, residual_reads, stack_outputs, window_read
-from horizon.core.loader import LoadedModel, _tiny_hf_model, bundled_gguf_path, gguf_cache_dir
+from horizon.core.gguf_files import bundled_gguf_path, gguf_cache_dir
+from horizon.core.loader import LoadedModel, _tiny_hf_model
 from horizon.core.prompts import batches, tokenize
 
 from tests.conftest import SHORT_PROMPT

@@ -17,18 +17,9 @@ import torch
 from horizon.core.capture import run_capture
 from horizon.core.decomposition import SITES
 from horizon.core.errors import HorizonError
+from horizon.core.gguf_files import GEMMA_MODEL, GEMMA_SHA256, file_sha256, gemma_chunk_paths, gemma_gguf_path
 from horizon.core.horizon import HorizonConfig, patch
-from horizon.core.loader import (
-    GEMMA_BOS,
-    GEMMA_MODEL,
-    GEMMA_SHA256,
-    LoadedModel,
-    file_sha256,
-    gemma_chunk_paths,
-    gemma_gguf_path,
-    list_models,
-    load_model,
-)
+from horizon.core.loader import GEMMA_BOS, LoadedModel, list_models, load_model
 from horizon.core.prompts import tokenize
 
 from tests.conftest import SHORT_PROMPT
@@ -66,10 +57,10 @@ def test_assembled_file_is_in_the_cache_and_checked(gemma: LoadedModel) -> None:
 
 def test_assembly_is_atomic_and_checks_the_sha(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A wrong checksum leaves nothing under the final name and no staging file behind."""
-    import horizon.core.loader as loader
+    import horizon.core.gguf_files as gguf_files
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(loader, "GEMMA_SHA256", "0" * 64)
+    monkeypatch.setattr(gguf_files, "GEMMA_SHA256", "0" * 64)
     with pytest.raises(HorizonError, match="reinstall the five wheels"):
         gemma_gguf_path()
     leftovers = [p for p in (tmp_path / "horizon").rglob("*") if p.is_file()]

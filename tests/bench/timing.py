@@ -50,7 +50,7 @@ def interleaved(functions: dict[str, Callable[[], object]], repeats: int = 5, wa
 
 def plain_hf_model(spec: str = "smollm2-135m"):
     """An HF model for the baseline, not booted into a bridge (the bridge wraps modules in place)."""
-    from horizon.core.loader import bundled_gguf_path, gguf_cache_dir
+    from horizon.core.gguf_files import bundled_gguf_path, gguf_cache_dir
     from transformers import AutoModelForCausalLM
 
     if spec != "smollm2-135m":

@@ -4,6 +4,9 @@ Every drawn series carries a ``gid`` (``norm-line-<label>``, ``fit-line-<label>`
 axes one (``axes-<figure>``, ``-logy`` appended when its y-axis is logarithmic), so an exported SVG
 can be read back: ``<g id="norm-line-smollm2-135m">``. Overlays (several models) take a list;
 ``x="depth"`` puts layer i of an L-layer model at i / L so that models of different depth line up.
+
+Over 400 lines for a reason: eleven figures, one short function each, read best side by side in one
+file (their shared steps are the helpers at the top).
 """
 
 from __future__ import annotations
