@@ -9,6 +9,10 @@ Specs:
 
 Finding, joining and de-quantising the GGUF files (cached under ``$XDG_CACHE_HOME/horizon`` by
 sha256) is ``core/gguf_files.py``; this module boots a model from them.
+
+Over 400 lines for a reason: every kind of spec (bundled, GGUF path, HF directory, hub id, tiny
+test models), device placement and ``horizon models``' listing resolve in one place, so that a
+model is named, placed and described the same way by every command.
 """
 
 from __future__ import annotations
