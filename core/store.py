@@ -57,6 +57,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from horizon.core import analyses as registry
+from horizon.core.checksums import file_sha256
 from horizon.core.errors import HorizonError
 
 FORMAT = "horizon-results"
@@ -209,14 +210,6 @@ def commit(temp: Path, path: Path) -> None:
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write through ``write(temp_path)`` and rename into place: readers see all or nothing."""
     commit(stage(path, write), path)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
