@@ -32,7 +32,7 @@ install: $(STAMP)
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
-	HORIZON_TEST_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest tests/test_tui_snapshots.py -q
+	HORIZON_TEST_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest tests/test_tui_snapshots.py $(wildcard tests/test_tui_*_snapshots.py) -q
 
 inspect: install
 	$(BIN)/horizon inspect
