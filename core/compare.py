@@ -23,6 +23,7 @@ The table's columns (README, `horizon compare`):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,11 +75,17 @@ def load(path: str | Path) -> Loaded:
     return loaded
 
 
-def load_all(paths: list[str | Path]) -> list[Loaded]:
-    """Every directory, with labels made unique (the model's name, then the directory's where two share it)."""
+def load_all(paths: list[str | Path], progress: Callable[[int, int], None] | None = None) -> list[Loaded]:
+    """Every directory, with labels made unique (the model's name, then the directory's where two share it).
+
+    ``progress(done, total)`` is called after each directory is read (the app's loading bar)."""
     if not paths:
         raise HorizonError("give at least one results directory")
-    loaded = [load(path) for path in paths]
+    loaded = []
+    for path in paths:
+        loaded.append(load(path))
+        if progress is not None:
+            progress(len(loaded), len(paths))
     labels = [item.label for item in loaded]
     for item in loaded:
         if labels.count(item.label) > 1:

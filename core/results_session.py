@@ -1,10 +1,12 @@
-"""``ResultsSession``: the app's ``Source`` (core/session.py) over a results directory, no model needed."""
+"""``ResultsSession``: the app's ``Source`` (core/session.py) over a results directory, no model needed;
+``ComparedResults``: several results directories for the app's Compare screen (core/compare.py's table)."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from horizon.core.errors import HorizonError
@@ -175,3 +177,73 @@ class ResultsSession:
         if rows.num_rows == 0:
             return None
         return report_from_rows(rows, self.spec, [self.token_ids[prompt]], self.has_bos)
+
+
+# ----------------------------------------------------------------------------- several directories
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What the app's Compare screen draws: ``horizon compare``'s table and one figure input per directory.
+
+    ``table`` is ``core.compare.compare``'s JSON (``models``: one row per directory, ``warnings``);
+    ``inputs`` the directories' ``FigureInput`` in the same order; ``labels`` each directory's
+    path -> its unique label (the screen names directories by label: paths are long)."""
+
+    table: dict[str, Any]
+    inputs: list[Any]
+    labels: dict[str, str]
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return list(self.table["models"])
+
+    def warnings(self) -> list[str]:
+        """The table's warnings with each directory's path replaced by its label (raw text: escape to show)."""
+        lines = []
+        for line in self.table["warnings"]:
+            for path in sorted(self.labels, key=len, reverse=True):  # longest first: no path inside another
+                line = line.replace(path, self.labels[path])
+            lines.append(line)
+        return lines
+
+
+class ComparedResults:
+    """Several results directories for the Compare screen; ``load`` reads them (a worker thread), once.
+
+    Every number comes from ``core/compare.py`` (the corpus views and the stored norms, no torch)."""
+
+    def __init__(self, paths: list[str]) -> None:
+        if len(paths) < 2:
+            raise HorizonError("comparing needs two or more results directories")
+        self.paths = [str(path) for path in paths]
+        self._comparison: Comparison | None = None
+        self._lock = threading.Lock()
+
+    def ready(self) -> Comparison | None:
+        """The comparison once loaded (never loads: safe on the UI thread)."""
+        return self._comparison
+
+    def load(self, progress: Callable[[int, int], None] | None = None) -> Comparison:
+        """Read every directory and build the table and figure inputs; ``progress(done, total)`` per step.
+
+        Steps: one per directory read, one per directory's figure input (its stored norms)."""
+        from horizon.core import compare
+
+        with self._lock:
+            if self._comparison is not None:
+                return self._comparison
+            total = 2 * len(self.paths)
+
+            def read(done: int, _: int) -> None:
+                if progress is not None:
+                    progress(done, total)
+
+            loaded = compare.load_all(self.paths, progress=read)
+            inputs = []
+            for item in loaded:
+                inputs.append(compare.figure_input(item))
+                read(len(loaded) + len(inputs), total)
+            self._comparison = Comparison(table=compare.compare(loaded), inputs=inputs,
+                                          labels={str(item.path): item.label for item in loaded})
+            return self._comparison
