@@ -36,6 +36,26 @@ def check_batch_size(value: int, option: str = "--batch-size") -> int:
     return value
 
 
+def check_batch_size_text(text: str | int, option: str = "--batch-size") -> int | None:
+    """--batch-size auto|N: None (chosen from the memory budget) or an integer >= 1."""
+    if isinstance(text, int):
+        return check_batch_size(text, option)
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise HorizonError(f"{option} takes auto or an integer >= 1, got {text!r}") from None
+    return check_batch_size(value, option)
+
+
+def check_max_memory(text: str) -> int | None:
+    """--max-memory SIZE|auto: bytes (2GB, 512MiB, 1.5G), None for auto (a safe share of what is free)."""
+    from horizon.core.budget import parse_size
+
+    return parse_size(text)
+
+
 def check_tol(tol: float) -> float:
     """The effective horizon's tolerance in nats: a finite number >= 0 (NaN would never compare equal)."""
     if not isinstance(tol, int | float) or not math.isfinite(tol) or tol < 0:

@@ -89,6 +89,20 @@ MaxTokensOpt = Annotated[
     typer.Option("--max-tokens", help="Keep only the first N tokens (BOS included) of over-long prompts."),
 ]
 TruncateToOpt = MaxTokensOpt  # the name the commands declare it under
+# The memory budget and the batch size it chooses (core/budget.py); every analysis command and the
+# sweep declare these two, then call ``memory_plan`` once the prompts are tokenised.
+MaxMemoryOpt = Annotated[
+    str,
+    typer.Option(
+        "--max-memory",
+        help="Peak memory of the run, e.g. 2GB, 512MiB, 1.5G; auto: a safe share of the free GPU memory "
+        "(CUDA) or available RAM (CPU).",
+    ),
+]
+BatchSizeOpt = Annotated[
+    str,
+    typer.Option("--batch-size", help="Prompts per forward pass: auto (the largest that fits --max-memory) or N."),
+]
 
 
 @dataclass
@@ -134,6 +148,22 @@ def prepare_inputs(
     loaded = load_with_status(model, device, dtype, quiet=quiet)
     token_ids = tokenize(loaded, prompts, bos=bos, bos_token=bos_token, truncate_to=truncate_to)
     return Inputs(loaded, prompts, token_ids, bos)
+
+
+def check_memory_options(max_memory: str, batch_size: str) -> tuple[int | None, int | None]:
+    """--max-memory and --batch-size checked before the model load: (bytes or None, batch or None)."""
+    from horizon.core.options import check_batch_size_text, check_max_memory
+
+    return check_max_memory(max_memory), check_batch_size_text(batch_size)
+
+
+def memory_plan(analysis: str, inputs: Inputs, max_memory: int | None, batch_size: int | None) -> Any:
+    """The run's core/budget.py Plan (batch size, tiles, budget); refuses, before any forward, what cannot fit."""
+    from horizon.core.budget import ModelDims, make_budget, plan
+
+    dims = ModelDims.of(inputs.model)
+    budget = make_budget(max_memory, dims, inputs.model.device)
+    return plan(analysis, dims, [len(ids) for ids in inputs.token_ids], budget, requested=batch_size)
 
 
 def jsonable(value: Any) -> Any:
