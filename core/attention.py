@@ -11,6 +11,7 @@ the bridge's pattern already has one row block per query head).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -25,8 +26,9 @@ from horizon.core.prompts import batches
 PATTERN_HOOK = "blocks.{layer}.attn.hook_pattern"
 
 
+@functools.lru_cache(maxsize=1)  # every layer's reducer of a batch uses the same weights: made once, not per layer
 def distance_weights(n_pos: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """[5, query, key]: the distance t - s (0 above the diagonal), then one 0/1 mask per bucket."""
+    """[5, query, key]: the distance t - s (0 above the diagonal), then one 0/1 mask per bucket (shared: read only)."""
     query = torch.arange(n_pos, device=device)[:, None]
     key = torch.arange(n_pos, device=device)[None, :]
     distance = query - key
@@ -84,28 +86,53 @@ def attention_distance(
     Without a BOS token there is no BOS column to remove, so the ``_no_bos`` arrays equal the
     plain ones. ``progress(n)`` is called with the number of prompts just done.
     """
+    sums = _prompt_sums(model, token_ids, has_bos, batch_size, progress)
+    return _report(model, token_ids, has_bos, *(part.sum(dim=0) for part in sums))
+
+
+def attention_distance_per_prompt(
+    model: LoadedModel, token_ids: list[list[int]], has_bos: bool, batch_size: int = 8
+) -> list[AttentionReport]:
+    """``attention_distance`` of each prompt on its own (in order), from padded batches of ``batch_size``.
+
+    Each prompt's statistics are its own rows of the batch's reducer sums; padded queries have
+    weight 0 and padded keys come after every real query (causal), so padding changes no number.
+    """
+    sums = _prompt_sums(model, token_ids, has_bos, batch_size, None)
+    return [_report(model, [ids], has_bos, *(part[row] for part in sums)) for row, ids in enumerate(token_ids)]
+
+
+def _prompt_sums(
+    model: LoadedModel, token_ids: list[list[int]], has_bos: bool, batch_size: int,
+    progress: Callable[[int], None] | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per prompt: the query-weighted statistic sums [P, L, 5, H] (plain and without BOS), the
+    without-BOS query counts [P, L, H] and the number of queries [P], all on the device."""
     n_layers, n_heads = model.n_layers, model.n_heads
     device = model.device
-    sums = torch.zeros(n_layers, 5, n_heads, dtype=torch.float64, device=device)
+    sums = torch.zeros(len(token_ids), n_layers, 5, n_heads, dtype=torch.float64, device=device)
     sums_no_bos = torch.zeros_like(sums)
-    counts_no_bos = torch.zeros(n_layers, n_heads, dtype=torch.float64, device=device)
-    n_queries = 0
+    counts_no_bos = torch.zeros(len(token_ids), n_layers, n_heads, dtype=torch.float64, device=device)
+    n_queries = torch.zeros(len(token_ids), dtype=torch.float64, device=device)
     fired: list[bool] = []  # per batch: which layers' pattern hooks ran
+    first = 0
     for batch in batches(model, token_ids, has_bos, batch_size):
         queries = batch.mask.clone()
         queries[:, 0] = False  # t >= 1, real tokens only
         query_weight = queries.to(torch.float64)
+        rows = slice(first, first + len(batch.token_ids))
+        first = rows.stop
 
-        def reducer(layer: int, query_weight: torch.Tensor = query_weight) -> Callable:
+        def reducer(layer: int, query_weight: torch.Tensor = query_weight, rows: slice = rows) -> Callable:
             def hook(pattern: torch.Tensor, hook: Any) -> torch.Tensor:
                 if pattern.shape[1] != n_heads:
                     raise RuntimeError(f"layer {layer} pattern has {pattern.shape[1]} heads, expected {n_heads}")
                 stats, _ = pattern_statistics(pattern.detach())
-                sums[layer] += torch.einsum("kbht,bt->kh", stats.double(), query_weight)
+                sums[rows, layer] += torch.einsum("kbht,bt->bkh", stats.double(), query_weight)
                 if has_bos:
                     stats, valid = pattern_statistics(pattern.detach(), drop_bos=True)
-                    sums_no_bos[layer] += torch.einsum("kbht,bt->kh", stats.double(), query_weight)
-                    counts_no_bos[layer] += torch.einsum("bht,bt->h", valid.double(), query_weight)
+                    sums_no_bos[rows, layer] += torch.einsum("kbht,bt->bkh", stats.double(), query_weight)
+                    counts_no_bos[rows, layer] += torch.einsum("bht,bt->bh", valid.double(), query_weight)
                 fired[layer] = True
                 return pattern
 
@@ -119,9 +146,17 @@ def attention_distance(
             model.bridge.run_with_hooks(batch.input_ids, fwd_hooks=hooks, return_type=None)
         if not all(fired):
             raise RuntimeError(f"attention pattern hooks did not fire on {model.architecture}")
-        n_queries += int(queries.sum())
+        n_queries[rows] = query_weight.sum(dim=1)
         if progress is not None:
             progress(len(batch.token_ids))
+    return sums, sums_no_bos, counts_no_bos, n_queries
+
+
+def _report(model: LoadedModel, token_ids: list[list[int]], has_bos: bool, sums: torch.Tensor,
+            sums_no_bos: torch.Tensor, counts_no_bos: torch.Tensor, queries: torch.Tensor) -> AttentionReport:
+    """The report of summed statistics: sums [L, 5, H], counts [L, H], the number of queries."""
+    n_layers, n_heads = model.n_layers, model.n_heads
+    n_queries = round(float(queries))
     if n_queries == 0:
         raise HorizonError("the prompts hold no query position after the first token")
     plain = (sums / n_queries).cpu().numpy()
@@ -146,4 +181,4 @@ def attention_distance(
     )
 
 
-__all__ = ["BUCKETS", "AttentionReport", "attention_distance"]
+__all__ = ["BUCKETS", "AttentionReport", "attention_distance", "attention_distance_per_prompt"]

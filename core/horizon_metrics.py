@@ -7,8 +7,8 @@ in cache (``vocab_metrics``), so no config's full logits are ever held.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 from horizon.core.loader import LoadedModel
@@ -71,17 +71,17 @@ class CleanReference:
     """The clean run's next-token statistics at positions 0..T-2: what each patched run is compared with.
 
     A scan compares up to 2L+1 configs with one clean run, so everything that depends on the clean
-    logits alone (probabilities, log-normaliser, loss, top-1) is computed here once.
+    logits alone (log-normaliser, loss, top-1) is computed here once. The probabilities are not
+    held (a second [batch, T, vocab] tensor, 400 MB per 2048-token prompt of a 49k vocabulary):
+    each vocabulary tile's are made from its logits when the tile is reduced.
     """
 
-    logits: torch.Tensor  # [batch, pos-1, vocab], float32
-    probs: torch.Tensor  # softmax of logits
+    logits: torch.Tensor  # [batch, pos-1, vocab], float32 (a view of the clean run's logits)
     logsumexp: torch.Tensor  # [batch, pos-1]
     loss: torch.Tensor  # next-token cross-entropy [batch, pos-1]
     top1: torch.Tensor  # argmax token [batch, pos-1]
     targets: torch.Tensor  # the next tokens [batch, pos-1]
     valid: torch.Tensor  # the prediction at t counts when token t+1 is real (not padding)
-    _tiles: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, clean_logits: torch.Tensor, batch: TokenBatch) -> CleanReference:
@@ -90,7 +90,6 @@ class CleanReference:
         targets = batch.input_ids[:, 1:]
         return cls(
             logits=logits,
-            probs=torch.softmax(logits, dim=-1),
             logsumexp=logsumexp,
             loss=logsumexp - logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1),
             top1=logits.max(dim=-1).indices,
@@ -99,13 +98,9 @@ class CleanReference:
         )
 
     def tile(self, columns: slice) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clean logits and probabilities over a vocabulary tile, contiguous, made once."""
-        if columns.start == 0 and columns.stop == self.logits.shape[-1]:
-            return self.logits, self.probs
-        key = (columns.start, columns.stop)
-        if key not in self._tiles:
-            self._tiles[key] = (self.logits[..., columns].contiguous(), self.probs[..., columns].contiguous())
-        return self._tiles[key]
+        """Clean logits (a view) and probabilities (made now, from them) over a vocabulary tile."""
+        logits = self.logits[..., columns]
+        return logits, torch.exp(logits - self.logsumexp.unsqueeze(-1))
 
     def unpatched(self) -> TokenMetrics:
         """The metrics of a config that patches nothing: the clean run against itself."""
@@ -188,6 +183,17 @@ def _masked(clean: CleanReference, loss: torch.Tensor, kl: torch.Tensor, agree: 
     )
 
 
+def row_sums(metrics: TokenMetrics) -> torch.Tensor:
+    """Per prompt of the batch: the sums of clean loss, patched loss, KL, top-1 agreements and
+    predictions, as [batch, 5] float64 on the metrics' device (no host sync: a batch's sums are
+    copied to the host once, whatever the number of configs). Padded positions are 0 in every
+    metric (``valid``), so they add nothing to any prompt's sums.
+    """
+    return torch.stack((metrics.loss_clean.double().sum(-1), metrics.loss_patched.double().sum(-1),
+                        metrics.kl.double().sum(-1), metrics.top1_agree.sum(-1).double(),
+                        metrics.valid.sum(-1).double()), dim=-1)
+
+
 @dataclass
 class Totals:
     """Running sums over token batches (means are pooled over every prediction)."""
@@ -204,6 +210,17 @@ class Totals:
         self.kl += float(metrics.kl.double().sum())
         self.agree += int(metrics.top1_agree.sum())
         self.n_tokens += int(metrics.valid.sum())
+
+    @classmethod
+    def of(cls, sums: Sequence[float]) -> Totals:
+        """The totals of one prompt from its ``row_sums`` (copied to the host)."""
+        loss_clean, loss_patched, kl, agree, n_tokens = sums
+        return cls(loss_clean, loss_patched, kl, round(agree), round(n_tokens))
+
+    def plus(self, other: Totals) -> Totals:
+        """The pooled totals of two disjoint sets of predictions."""
+        return Totals(self.loss_clean + other.loss_clean, self.loss_patched + other.loss_patched,
+                      self.kl + other.kl, self.agree + other.agree, self.n_tokens + other.n_tokens)
 
     def row(self, n: int) -> dict[str, float]:
         """The means over ``n`` predictions, as a scan row's metrics."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 from horizon.core.analyses.scan import (  # the result types and their pure helpers (torch-free)
     BY_LAYER_METRICS,
     ByLayerResult,
@@ -34,7 +35,7 @@ from horizon.core.horizon import (
     needs_means,
     patched_metrics,
 )
-from horizon.core.horizon_metrics import Totals
+from horizon.core.horizon_metrics import Totals, row_sums
 from horizon.core.loader import LoadedModel
 
 
@@ -67,6 +68,47 @@ def scan(
     are the prompts' clean runs when the caller keeps them for reuse; ``means`` the ablation means
     with ``ablation="mean"`` (default: the prompts' own, position 0 a BOS when ``has_bos``).
     """
+    pairs, configs = _scan_configs(model, ks, start_layers, tol, source, keep_embed, final, unit, ablation)
+    totals, clean = _evaluate(model, token_ids, configs, progress, batch_size, max_pass_bytes, cleans, means, has_bos)
+    return _scan_result(pairs, configs, totals, clean, tol, unit)
+
+
+def scan_per_prompt(
+    model: LoadedModel,
+    token_ids: list[list[int]],
+    ks: Sequence[int] | None = None,
+    start_layers: Sequence[int] = (0,),
+    tol: float = DEFAULT_TOL,
+    source: str = "recursive",
+    keep_embed: bool = False,
+    final: str = "window",
+    unit: str = "layer",
+    batch_size: int = 8,
+    max_pass_bytes: int = DEFAULT_PASS_BYTES,
+    cleans: Sequence[CleanRun] | None = None,
+    ablation: str = "zero",
+    means: AblationMeans | None = None,
+    has_bos: bool = True,
+) -> list[ScanResult]:
+    """``scan`` of each prompt on its own (in order), computed from padded batches of ``batch_size``.
+
+    Each prompt's result equals ``scan(model, [ids], ...)`` (to float rounding: the batched
+    matmuls differ): its metrics are the per-prompt sums of the batch's per-prediction metrics,
+    padded positions masked out. With mean ablation pass ``means`` (the corpus's): the default
+    is the means of all the prompts given, not of each prompt alone.
+    """
+    pairs, configs = _scan_configs(model, ks, start_layers, tol, source, keep_embed, final, unit, ablation)
+    per_prompt, cleans_of = _evaluate_prompts(model, token_ids, configs, None, batch_size, max_pass_bytes, cleans,
+                                              means, has_bos)
+    return [_scan_result(pairs, configs, totals, clean, tol, unit)
+            for totals, clean in zip(per_prompt, cleans_of, strict=True)]
+
+
+def _scan_configs(
+    model: LoadedModel, ks: Sequence[int] | None, start_layers: Sequence[int], tol: float, source: str,
+    keep_embed: bool, final: str, unit: str, ablation: str,
+) -> tuple[list[tuple[int, int]], list[HorizonConfig]]:
+    """The scan's (k, start layer) pairs and their configs, after the checks."""
     ks = _check_scan(model, ks, unit, tol)
     if not start_layers or min(start_layers) < 0:
         raise HorizonError("the start layers must be integers >= 0")
@@ -76,13 +118,18 @@ def scan(
                       ablation=ablation)
         for k, layer in pairs
     ]
-    totals, loss_clean, n = _evaluate(model, token_ids, configs, progress, batch_size, max_pass_bytes, cleans, means,
-                                      has_bos)
+    return pairs, configs
+
+
+def _scan_result(pairs: Sequence[tuple[int, int]], configs: Sequence[HorizonConfig], totals: Sequence[Totals],
+                 clean: Totals, tol: float, unit: str) -> ScanResult:
+    n = clean.n_tokens
     rows = []
     for (k, layer), config, total in zip(pairs, configs, totals, strict=True):
         rows.append({"k": k, "K": config.horizon_sublayers, "start_layer": layer, **total.row(n)})
-    horizons = {layer: effective_horizon(rows, layer, tol) for layer in dict.fromkeys(start_layers)}
-    return ScanResult(rows=rows, effective_horizon=horizons, loss_clean=loss_clean, tol=tol, n_tokens=n, unit=unit)
+    horizons = {layer: effective_horizon(rows, layer, tol) for layer in dict.fromkeys(layer for _, layer in pairs)}
+    return ScanResult(rows=rows, effective_horizon=horizons, loss_clean=clean.loss_clean / n, tol=tol, n_tokens=n,
+                      unit=unit)
 
 
 def _check_scan(model: LoadedModel, ks: Sequence[int] | None, unit: str, tol: float) -> list[int]:
@@ -107,23 +154,50 @@ def _evaluate(
     cleans: Sequence[CleanRun] | None,
     means: AblationMeans | None,
     has_bos: bool,
-) -> tuple[list[Totals], float, int]:
-    """Every config's metric totals over the prompts, the clean loss, and the number of predictions.
+) -> tuple[list[Totals], Totals]:
+    """Every config's metric totals pooled over the prompts, and the clean run's totals."""
+    per_prompt, cleans_of = _evaluate_prompts(model, token_ids, configs, progress, batch_size, max_pass_bytes, cleans,
+                                              means, has_bos)
+    totals = [Totals() for _ in configs]
+    clean_totals = Totals()
+    for prompt_totals, clean in zip(per_prompt, cleans_of, strict=True):
+        totals = [total.plus(part) for total, part in zip(totals, prompt_totals, strict=True)]
+        clean_totals = clean_totals.plus(clean)
+    return totals, clean_totals
+
+
+def _evaluate_prompts(
+    model: LoadedModel,
+    token_ids: list[list[int]],
+    configs: Sequence[HorizonConfig],
+    progress: Callable[[float], None] | None,
+    batch_size: int,
+    max_pass_bytes: int,
+    cleans: Sequence[CleanRun] | None,
+    means: AblationMeans | None,
+    has_bos: bool,
+) -> tuple[list[list[Totals]], list[Totals]]:
+    """Per prompt, in the order of the clean runs' batches: every config's totals, and the clean totals.
 
     All configs go into one staircase per token batch: the largest batched matmuls, one readout.
+    Each config's per-prompt sums stay on the device; a batch's sums reach the host in one copy.
     """
     cleans = list(cleans) if cleans is not None else clean_runs(model, token_ids, batch_size, has_bos)
     if needs_means(configs) and means is None:
         means = ablation_means(cleans)
-    totals = [Totals() for _ in configs]
-    clean_totals = Totals()
+    per_prompt: list[list[Totals]] = []
+    clean_totals: list[Totals] = []
     scaled = None if progress is None else (lambda n: progress(n / len(cleans)))
     for clean in cleans:
-        clean_totals.add(clean.reference.unpatched())
+        sums = torch.zeros((len(configs) + 1, clean.batch_size, 5), dtype=torch.float64, device=clean.logits.device)
+        sums[-1] = row_sums(clean.reference.unpatched())
         for index, metrics in patched_metrics(model, clean, configs, max_pass_bytes, scaled, means):
-            totals[index].add(metrics)
-    n = clean_totals.n_tokens
-    return totals, clean_totals.loss_clean / n, n
+            sums[index] = row_sums(metrics)
+        values = sums.cpu().tolist()  # one host copy per token batch
+        for row in range(clean.batch_size):
+            per_prompt.append([Totals.of(values[index][row]) for index in range(len(configs))])
+            clean_totals.append(Totals.of(values[-1][row]))
+    return per_prompt, clean_totals
 
 
 def by_layer_configs(
@@ -163,11 +237,42 @@ def scan_by_layer(
     vocabulary-tiled readout of ``patched_metrics``. ``progress(n)`` advances by n cells' worth.
     """
     ks = _check_scan(model, ks, unit, tol)
-    n_layers = model.n_layers
-    cells = by_layer_configs(n_layers, ks, unit, source=source, keep_embed=keep_embed, final=final,
+    cells = by_layer_configs(model.n_layers, ks, unit, source=source, keep_embed=keep_embed, final=final,
                              ablation=ablation)
-    totals, loss_clean, n = _evaluate(model, token_ids, [config for _, _, config in cells], progress, batch_size,
-                                      max_pass_bytes, cleans, means, has_bos)
+    totals, clean = _evaluate(model, token_ids, [config for _, _, config in cells], progress, batch_size,
+                              max_pass_bytes, cleans, means, has_bos)
+    return _by_layer_result(model.n_layers, ks, totals, clean, tol, unit, ablation)
+
+
+def scan_by_layer_per_prompt(
+    model: LoadedModel,
+    token_ids: list[list[int]],
+    ks: Sequence[int] | None = None,
+    tol: float = DEFAULT_TOL,
+    source: str = "recursive",
+    keep_embed: bool = False,
+    final: str = "window",
+    unit: str = "layer",
+    ablation: str = "zero",
+    batch_size: int = 8,
+    max_pass_bytes: int = DEFAULT_PASS_BYTES,
+    cleans: Sequence[CleanRun] | None = None,
+    means: AblationMeans | None = None,
+    has_bos: bool = True,
+) -> list[ByLayerResult]:
+    """``scan_by_layer`` of each prompt on its own (in order), from padded batches (see ``scan_per_prompt``)."""
+    ks = _check_scan(model, ks, unit, tol)
+    cells = by_layer_configs(model.n_layers, ks, unit, source=source, keep_embed=keep_embed, final=final,
+                             ablation=ablation)
+    per_prompt, cleans_of = _evaluate_prompts(model, token_ids, [config for _, _, config in cells], None, batch_size,
+                                              max_pass_bytes, cleans, means, has_bos)
+    return [_by_layer_result(model.n_layers, ks, totals, clean, tol, unit, ablation)
+            for totals, clean in zip(per_prompt, cleans_of, strict=True)]
+
+
+def _by_layer_result(n_layers: int, ks: list[int], totals: Sequence[Totals], clean: Totals, tol: float, unit: str,
+                     ablation: str) -> ByLayerResult:
+    n = clean.n_tokens
     layers = list(range(n_layers + 1))
     matrices: dict[str, list[list[float]]] = {name: [] for name in BY_LAYER_METRICS}
     for layer in layers:
@@ -175,8 +280,9 @@ def scan_by_layer(
         for name, matrix in matrices.items():
             matrix.append([cell[name] for cell in row])
     return ByLayerResult(layers=layers, ks=ks, effective_horizon=row_horizons(ks, matrices["delta_loss"], tol),
-                         loss_clean=loss_clean, tol=tol, n_tokens=n, unit=unit, ablation=ablation, **matrices)
+                         loss_clean=clean.loss_clean / n, tol=tol, n_tokens=n, unit=unit, ablation=ablation,
+                         **matrices)
 
 
 __all__ = ["BY_LAYER_METRICS", "ByLayerResult", "ScanResult", "by_layer_configs", "default_ks", "effective_horizon",
-           "join_by_layer", "row_horizons", "scan", "scan_by_layer"]
+           "join_by_layer", "row_horizons", "scan", "scan_by_layer", "scan_by_layer_per_prompt", "scan_per_prompt"]
