@@ -4,7 +4,8 @@
 check that no printed digit rests on float noise); ``number`` is the CLI's fixed-decimals form of
 ``fixed`` with ``-`` for a missing value. ``layer_label`` names a residual row: ``final`` for row
 L (the final residual), the layer's number otherwise. ``sparkline`` is the one inline sparkline
-(the app's norms and detail pane, the CLI's ``horizon norms``).
+(the app's norms and detail pane, the CLI's ``horizon norms``). ``quantise`` rounds a plotted
+value to a few significant figures, so a terminal plot's pixels are chosen from decimal numbers.
 """
 
 from __future__ import annotations
@@ -44,6 +45,23 @@ def fmt(value: float | None, digits: int = 3) -> str:
         return fixed(value, digits)
     decimals = max(0, digits - 1 - math.floor(math.log10(magnitude)))
     return fixed(value, decimals)
+
+
+def quantise(value: float | None, digits: int = 3) -> float | None:
+    """``value`` to ``digits`` significant figures, noting the rounding margin; None when missing.
+
+    The result is the float of its decimal text, so one rounding gives the same bits everywhere:
+    a plot drawn from quantised values cannot change with the last bits of a float. (Near a power
+    of ten both candidate exponents round to that power, so only the rounding itself is noted.)
+    """
+    if value is None or not math.isfinite(value):
+        return None
+    if value == 0:
+        return 0.0
+    exponent = math.floor(math.log10(abs(value))) - digits + 1
+    unit = 10.0**exponent
+    count = round_half("plot value", value, value / unit, unit)
+    return float(f"{count}e{exponent}")
 
 
 def number(value: float | None, digits: int = 3) -> str:

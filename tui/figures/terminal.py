@@ -1,0 +1,582 @@
+"""The seeds' figures in the terminal: one function per figure, drawing onto a plotext ``Plot``.
+
+The same eleven figures as tui/figures/plots.py (matplotlib, for files), from the same
+``core.compare.FigureInput``; no science here, every number comes from the inputs. Overlaid
+figures (1, 4, 7, 9) take a list of inputs, one colour per model, and ``x="depth"`` puts layer i
+of an L-layer model at i / L.
+
+Why the pixels cannot flip with the last bits of a float: every plotted value goes through
+``tui.format.quantise`` (3 significant figures, its margin noted like every other display
+choice, tui/widgets/scales.py), and everything after that (axis ends, ticks, log decades, pixel
+positions) is computed from those decimal numbers only, the same bits on every machine. Axes
+have round ends and round ticks, spaced so that their labels never meet; log axes (the norms)
+are drawn as log10 of the values on a linear plotext axis with decade ticks labelled in the
+values' own units.
+
+Over 400 lines for a reason: eleven figures, one short function each, read best side by side
+(as in plots.py); the axis and series helpers come first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+from horizon.core.compare import FigureInput, fit_line
+from horizon.core.untrusted import visible
+from horizon.tui.figures import FIGURES
+from horizon.tui.format import fmt, quantise
+from horizon.tui.widgets.scales import Scale, nice_step, unrecorded
+
+# Model colours: plots.py's palette (tab10 without its orange, which is the fit line's).
+PALETTE = [(31, 119, 180), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75), (227, 119, 194),
+           (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+FIT_COLOUR = (255, 127, 14)
+MARK_COLOUR = (255, 0, 255)  # the Horizon screen's current k
+HORIZON_COLOUR = (0, 200, 0)  # the effective horizon
+LINE = "braille"  # the finest plotext marker: 2x4 dots per character
+
+
+def colours(n: int) -> list[tuple[int, int, int]]:
+    return [PALETTE[index % len(PALETTE)] for index in range(n)]
+
+
+# ----------------------------------------------------------------------------- names
+
+
+def name_of(stem: str) -> str:
+    """``fig01-norm-growth`` -> ``norm_growth`` (plots.py's function names)."""
+    return stem.split("-", 1)[1].replace("-", "_")
+
+
+# name -> (file stem, overlays several models, the input field it needs), in plots.PLOTS's order
+OVERLAID = ("norm_growth", "sublayer_norms", "loss_vs_k", "cosine")
+NEEDS = {"norm_growth": "norms", "norm_distribution": "samples", "position_norms": "prompt",
+         "sublayer_norms": "norms", "weights": "weights", "mlp_random": "weights", "loss_vs_k": "scan",
+         "layer_k_matrix": "by_layer", "cosine": "truncate", "categories": "truncate",
+         "attention_distance": "attention"}
+STEMS = {name_of(stem): stem for stem in FIGURES}
+
+
+def figure_name(figure: str) -> str:
+    """A figure's name from its name or its file stem; HorizonError-free: unknown names raise ValueError."""
+    name = name_of(figure) if figure in FIGURES else figure
+    if name not in NEEDS:
+        raise ValueError(f"no terminal figure {figure!r}")
+    return name
+
+
+def has_data(item: FigureInput, name: str) -> bool:
+    need = NEEDS[figure_name(name)]
+    if need == "by_layer":
+        return bool((item.scan or {}).get("by_layer"))
+    value = getattr(item, need)
+    return value is not None and (not isinstance(value, list | dict) or len(value) > 0)
+
+
+def title_of(name: str) -> str:
+    return FIGURES[STEMS[figure_name(name)]][0]
+
+
+# ----------------------------------------------------------------------------- axes
+
+
+@dataclass(frozen=True)
+class Axis:
+    """Round ends and ticks (labels given); ``log``: positions are log10 of the values."""
+
+    low: float
+    high: float
+    ticks: tuple[float, ...]
+    labels: tuple[str, ...]
+    log: bool = False
+
+    def at(self, value: float) -> float:
+        return math.log10(value) if self.log else value
+
+    @property
+    def limits(self) -> tuple[float, float]:
+        return self.at(self.low), self.at(self.high)
+
+
+def _finite(values: Sequence[float | None]) -> list[float]:
+    return [v for v in values if v is not None and math.isfinite(v)]
+
+
+def _decimals(step: float) -> int:
+    return max(0, -math.floor(math.log10(step) + 1e-9))
+
+
+def linear_axis(values: Sequence[float | None], room: int, per_tick: Callable[[int], int],
+                integer: bool = False) -> Axis:
+    """A linear axis over ``values`` (quantised): round ends, at most as many round ticks as fit.
+
+    ``room``: characters (x) or rows (y) along the axis; ``per_tick(label width)``: the room one
+    tick needs so that neighbouring labels never meet.
+    """
+    finite = _finite(values)
+    low, high = (min(finite), max(finite)) if finite else (0.0, 1.0)
+    if high == low:
+        low, high = (low - 1, high + 1) if integer or low == 0 else (low - abs(low) / 2, high + abs(high) / 2)
+    target = max(1, room // per_tick(3))
+    with unrecorded():  # exact decimals: nothing here can flip
+        while True:
+            step = nice_step(high - low, target)
+            if integer:
+                step = max(1.0, step)
+            first, last = math.floor(round(low / step, 9)), math.ceil(round(high / step, 9))
+            decimals = _decimals(step) if not integer else 0
+            labels = tuple(f"{index * step:.{decimals}f}" for index in range(first, last + 1))
+            width = max(len(label) for label in labels)
+            if target == 1 or (last - first) * per_tick(width) <= room:
+                break
+            target -= 1
+    ticks = tuple(index * step for index in range(first, last + 1))
+    return Axis(first * step, last * step, ticks, labels)
+
+
+def _log_label(mantissa: int, exponent: int) -> str:
+    value = float(f"{mantissa}e{exponent}")
+    return f"{value:g}" if -4 <= exponent <= 5 else f"{mantissa}e{exponent}"
+
+
+def log_axis(values: Sequence[float | None], rows: int) -> Axis:
+    """A log axis over the positive ``values`` (quantised): whole decades, ticks at the decades
+    (with 2 and 5 between them when the decades are few), thinned to one per two rows."""
+    positive = [v for v in _finite(values) if v > 0] or [1.0]
+    first = math.floor(math.log10(min(positive)))
+    last = max(first + 1, math.ceil(math.log10(max(positive))))
+    if float(f"1e{last - 1}") >= max(positive):  # log10 rounded up a value at a decade
+        last = max(first + 1, last - 1)
+    if float(f"1e{first + 1}") <= min(positive) and first + 1 < last:
+        first += 1
+    mantissas = (1, 2, 5) if (last - first) * 3 <= rows // 2 else (1,)
+    marks = [(m, e) for e in range(first, last) for m in mantissas] + [(1, last)]
+    every = max(1, math.ceil(len(marks) / max(1, rows // 2 + 1)))
+    marks = marks[::every] if marks[::every][-1] == marks[-1] else [*marks[::every], marks[-1]]
+    ticks = tuple(math.log10(float(f"{m}e{e}")) for m, e in marks)
+    return Axis(float(f"1e{first}"), float(f"1e{last}"), ticks, tuple(_log_label(m, e) for m, e in marks), log=True)
+
+
+def _x_per_tick(width: int) -> int:
+    return width + 2  # one blank either side of a centred label
+
+
+def _y_per_tick(_: int) -> int:
+    return 2  # a blank row between two tick labels
+
+
+def x_axis(values: Sequence[float | None], width: int, integer: bool = True) -> Axis:
+    return linear_axis(values, max(10, width - 10), _x_per_tick, integer=integer)
+
+
+def y_axis(values: Sequence[float | None], height: int, log: bool = False) -> Axis:
+    rows = max(3, height - 5)  # title, tick labels, axis labels and the frame take five rows
+    return log_axis(values, rows) if log else linear_axis(values, rows, _y_per_tick)
+
+
+def quantised(values: Any) -> list[float | None]:
+    """Every value of a sequence rounded for plotting (None where missing or not finite)."""
+    return [quantise(None if value is None else float(value)) for value in values]
+
+
+def _positions(rows: Sequence[float], n_layers: int | None, x: str) -> list[float]:
+    return [row / n_layers if x == "depth" and n_layers else float(row) for row in rows]
+
+
+def xlabel(x: str, what: str = "layer") -> str:
+    return "relative depth (layer / L)" if x == "depth" else what
+
+
+# ----------------------------------------------------------------------------- drawing
+
+
+@dataclass
+class Panel:
+    """One plot area of a figure: its plotext subplot (or the figure itself) and its size."""
+
+    plt: Any
+    width: int
+    height: int
+
+
+def line(panel: Panel, xs: Sequence[float], ys: Sequence[float | None], yaxis: Axis, colour: Any,
+         label: str | None = None, marker: str = LINE, lines: bool = True) -> None:
+    """A series, missing points left out (the line joins the points on either side)."""
+    points = [(x, yaxis.at(y)) for x, y in zip(xs, ys, strict=True)
+              if y is not None and (not yaxis.log or y > 0)]
+    if not points:
+        return
+    draw = panel.plt.plot if lines and len(points) > 1 else panel.plt.scatter
+    draw([p[0] for p in points], [p[1] for p in points], marker=marker, color=colour,
+         label=None if label is None else visible(label))
+
+
+def frame(panel: Panel, title: str, xaxis: Axis, yaxis: Axis, xname: str, yname: str) -> None:
+    plt = panel.plt
+    plt.title(visible(title))
+    plt.xlabel(xname)
+    plt.ylabel(yname)
+    plt.xlim(*xaxis.limits)
+    plt.ylim(*yaxis.limits)
+    plt.xticks(list(xaxis.ticks), list(xaxis.labels))
+    plt.yticks(list(yaxis.ticks), list(yaxis.labels))
+
+
+def empty(panel: Panel, message: str) -> None:
+    panel.plt.title(message)
+
+
+def _panels(plt: Any, width: int, height: int, n: int) -> list[Panel]:
+    if n == 1:
+        return [Panel(plt, width, height)]
+    plt.subplots(1, n)
+    return [Panel(plt.subplot(1, column + 1), width // n, height) for column in range(n)]
+
+
+# ----------------------------------------------------------------------------- (1) norm growth
+
+
+def norm_growth(panel: Panel, inputs: list[FigureInput], x: str = "layer", **_: Any) -> None:
+    """(1) Mean resid_pre norm per layer on a log axis, the fitted rate over its window, BOS apart."""
+    items = [item for item in inputs if item.norms]
+    series = []
+    for item, colour in zip(items, colours(len(items)), strict=True):
+        norms = item.norms or {}
+        mean = quantised(norms["sites"]["resid_pre"]["mean_norm"])
+        rows = list(range(len(mean)))
+        series.append((_positions(rows, item.n_layers, x), mean, colour, visible(item.label), LINE))
+        fitted = fit_line(norms)
+        if fitted is not None:
+            growth = norms.get("growth") or {}
+            fit_colour = FIT_COLOUR if len(items) == 1 else colour
+            label = f"fit {fmt(growth.get('rate'))}/layer, rows {fitted[0][0]}-{fitted[0][-1]}"
+            series.append((_positions(fitted[0], item.n_layers, x), quantised(fitted[1]), fit_colour, label, LINE))
+        bos = (norms.get("bos") or {}).get("mean_norm")
+        if bos:
+            series.append((_positions(list(range(len(bos))), item.n_layers, x), quantised(bos), colour,
+                           "BOS (apart)" if len(items) == 1 else f"{visible(item.label)} BOS", "x"))
+    _draw_series(panel, series, x, "mean ‖resid_pre‖ per layer (log; BOS excluded)", "‖resid_pre‖", log=True)
+
+
+def _draw_series(panel: Panel, series: list[tuple[list[float], list[float | None], Any, str, str]], x: str,
+                 title: str, yname: str, log: bool = False, xname: str | None = None,
+                 integer_x: bool = True) -> tuple[Axis, Axis] | None:
+    """Axes over every series, then the series (marker ``x``: points only)."""
+    if not series:
+        empty(panel, f"{title}: no data")
+        return None
+    xaxis = x_axis([v for s in series for v in s[0]], panel.width, integer=integer_x and x != "depth")
+    yaxis = y_axis([v for s in series for v in s[1]], panel.height, log=log)
+    for xs, ys, colour, label, marker in series:
+        line(panel, xs, ys, yaxis, colour, label, marker=marker, lines=marker != "x")
+    frame(panel, title, xaxis, yaxis, xname or xlabel(x), yname)
+    return xaxis, yaxis
+
+
+# ----------------------------------------------------------------------------- (4) sublayers
+
+
+SITE_MARKERS = {"resid_pre": LINE, "attn_out": "dot", "mlp_out": "+"}  # overlays: colour is the model
+SITE_COLOURS = {"resid_pre": PALETTE[0], "attn_out": PALETTE[1], "mlp_out": PALETTE[2]}
+
+
+def sublayer_norms(panel: Panel, inputs: list[FigureInput], x: str = "layer", **_: Any) -> None:
+    """(4) Mean norms of attn_out and mlp_out per layer beside the resid_pre growth (log axis)."""
+    items = [item for item in inputs if item.norms]
+    series = []
+    for item, colour in zip(items, colours(len(items)), strict=True):
+        sites = (item.norms or {}).get("sites", {})
+        for site in SITE_MARKERS:
+            if site in sites:
+                values = quantised(sites[site]["mean_norm"])
+                label = site if len(items) == 1 else f"{visible(item.label)} {site}"
+                series.append((_positions(list(range(len(values))), item.n_layers, x), values,
+                               SITE_COLOURS[site] if len(items) == 1 else colour, label,
+                               LINE if len(items) == 1 else SITE_MARKERS[site]))
+    _draw_series(panel, series, x, "sublayer output norms and the residual stream (log)", "mean norm", log=True)
+
+
+# ----------------------------------------------------------------------------- (7) loss vs k
+
+
+def loss_vs_k(panel: Panel, inputs: list[FigureInput], x: str = "layer", current_k: int | None = None,
+              **_: Any) -> None:
+    """(7) Loss against k, one line per start layer (and ablation), the clean loss and its tolerance
+    band's top; ``current_k``: the Horizon screen's k, a vertical line."""
+    items = [item for item in inputs if item.scan]
+    title = "loss under an enforced layer horizon"
+    series: list[tuple[list[float], list[float | None], Any, str, str]] = []
+    marks: list[tuple[float, Any]] = []
+    for item, colour in zip(items, colours(len(items)), strict=True):
+        scan = item.scan or {}
+        ablation = str(scan.get("ablation", "zero"))
+        rows = scan.get("rows") or []
+        ks_all = sorted({float(row["k"]) for row in rows})
+        clean, tol = quantise(scan.get("loss_clean")), scan.get("tol")
+        if clean is not None and ks_all:  # drawn first: the loss lines go over them
+            ends = _positions([ks_all[0], ks_all[-1]], item.n_layers, x)
+            series.append((ends, [clean, clean], FIT_COLOUR if len(items) == 1 else colour,
+                           "clean loss" if len(items) == 1 else f"{visible(item.label)} clean", LINE))
+            if tol is not None:
+                series.append((ends, [quantise(clean + float(tol))] * 2, (150, 150, 150), f"tolerance +{tol:g}", "."))
+        for start in sorted({row["start_layer"] for row in rows}):
+            chosen = sorted((row for row in rows if row["start_layer"] == start), key=lambda row: row["k"])
+            ks = [float(row["k"]) for row in chosen]
+            prefix = "" if len(items) == 1 else f"{visible(item.label)} "
+            series.append((_positions(ks, item.n_layers, x), quantised([row["loss"] for row in chosen]), colour,
+                           f"{prefix}S={start}, {ablation}", LINE))
+        horizon = scan.get("effective_horizon") or {}
+        first = horizon.get(0, horizon.get("0"))
+        if first is not None and len(items) == 1:
+            marks.append((_positions([float(first)], item.n_layers, x)[0], HORIZON_COLOUR))
+            title += f"; effective horizon k={first} (green)"
+    if current_k is not None and items:
+        marks.append((_positions([float(current_k)], items[0].n_layers, x)[0], MARK_COLOUR))
+    xname = "relative horizon (k / L)" if x == "depth" else "horizon k (layers)"
+    axes = _draw_series(panel, series, x, title, "loss (nats)", xname=xname)
+    if axes is not None:
+        for position, colour in marks:
+            panel.plt.vertical_line(position, color=colour)
+
+
+# ----------------------------------------------------------------------------- (9) cosine
+
+
+def cosine(panel: Panel, inputs: list[FigureInput], x: str = "layer", **_: Any) -> None:
+    """(9) Median mean-centred cosine per layer, one line per truncation length; the quartiles dotted."""
+    items = [item for item in inputs if item.truncate]
+    series = []
+    for item_index, item in enumerate(items):
+        view = item.truncate or {}
+        lengths = sorted((view.get("median_cos") or {}), key=int)
+        palette = colours(len(lengths)) if len(items) == 1 else [colours(len(items))[item_index]] * len(lengths)
+        for index, c in enumerate(lengths):
+            median = quantised(view["median_cos"][c])
+            rows = _positions(list(range(len(median))), item.n_layers, x)
+            label = f"c = {c}" if len(items) == 1 else f"{visible(item.label)} c = {c}"
+            series.append((rows, median, palette[index], label, LINE))
+            quartiles = (view.get("quartiles_cos") or {}).get(c)
+            if quartiles and len(items) == 1:
+                series.append((rows, quantised(quartiles[0]), palette[index], None, "⋅"))
+                series.append((rows, quantised(quartiles[1]), palette[index], None, "⋅"))
+    _draw_series(panel, series, x, "median mean-centred cosine per layer (dots: quartiles)", "cosine")
+
+
+# ----------------------------------------------------------------------------- (2) distribution
+
+
+def norm_distribution(panel: Panel, inputs: list[FigureInput], **_: Any) -> None:
+    """(2) The share of positions per log-spaced norm bin, for a few layers (viridis, first to last)."""
+    item = inputs[0]
+    samples = [np.asarray(quantised(values), dtype=np.float64) for values in (item.samples or [])]
+    finite = [values[np.isfinite(values) & (values > 0)] for values in samples]
+    pooled = [float(v) for values in finite for v in values]
+    if not pooled:
+        empty(panel, "norm distribution: no data")
+        return
+    low, high = min(pooled), max(pooled)
+    bins = np.geomspace(low, high if high > low else low * 1.01, 25)
+    chosen = sorted({round(i * (len(finite) - 1) / 5) for i in range(6)}) if len(finite) > 6 else range(len(finite))
+    scale = Scale(0.0, 1.0)
+    series = []
+    for row in chosen:
+        if not len(finite[row]):
+            continue
+        counts, edges = np.histogram(finite[row], bins=bins)
+        centres = [math.sqrt(a * b) for a, b in pairwise(edges)]
+        share = [float(count) / len(finite[row]) for count in counts]
+        series.append(([math.log10(c) for c in centres], quantised(share),
+                       scale.step_rgb(min(scale.steps - 1, int(row / max(len(finite) - 1, 1) * scale.steps))),
+                       f"row {row}", LINE))
+    axes = _draw_series(panel, series, "layer", f"norm distribution per layer: {visible(item.label)}",
+                        "share", xname="‖resid_pre‖ (log bins)", integer_x=False)
+    if axes is not None:  # the x positions are log10 norms: label the ticks with the norms
+        decades = log_axis([low, high], max(2, panel.width // 8))
+        panel.plt.xlim(*decades.limits)
+        panel.plt.xticks(list(decades.ticks), list(decades.labels))
+
+
+# ----------------------------------------------------------------------------- heat maps (3), (8), (11)
+
+
+MISSING = (60, 60, 60)
+
+
+def heatmap(panel: Panel, matrix: Sequence[Sequence[float | None]], title: str, xname: str, yname: str,
+            column_labels: Sequence[str], row_labels: Sequence[str], log: bool = False,
+            diverging: bool = False) -> None:
+    """A matrix (row 0 at the bottom) filling the plot area character by character, in the colour
+    steps of a round scale (tui/widgets/scales.py); its range is printed after the title."""
+    values = [quantised(row) for row in matrix]
+    shown = [[None if v is None or (log and v <= 0) else (math.log10(v) if log else v) for v in row] for row in values]
+    finite = [v for row in values for v in row if v is not None and (not log or v > 0)]
+    if not finite or not shown or not shown[0]:
+        empty(panel, f"{title}: no data")
+        return
+    n_rows, n_cols = len(shown), len(shown[0])
+    yaxis_ticks = linear_axis([0, n_rows - 1], max(3, panel.height - 5), _y_per_tick, integer=True)
+    label_width = max(len(row_labels[int(t)]) for t in yaxis_ticks.ticks if int(t) < n_rows)
+    width, height = max(4, panel.width - 2 - label_width), max(2, panel.height - 5)
+    with unrecorded():  # quantised values: the steps are chosen from exact decimals
+        scale = Scale.fit([v for row in shown for v in row], diverging=diverging)
+        xs, ys, rgbs = [], [], []
+        for cx in range(width):
+            for cy in range(height):
+                value = shown[cy * n_rows // height][cx * n_cols // width]
+                xs.append(cx)
+                ys.append(cy)
+                rgbs.append(scale.rgb(value))
+    panel.plt.scatter(xs, ys, marker="sd", color=rgbs)
+    xaxis_ticks = linear_axis([0, n_cols - 1], max(10, width), lambda w: max(_x_per_tick(w),
+                              _x_per_tick(max(len(label) for label in column_labels))), integer=True)
+
+    def centre(index: float, cells: int, room: int) -> float:
+        return (index + 0.5) * room / cells - 0.5
+
+    columns = [int(t) for t in xaxis_ticks.ticks if int(t) < n_cols]
+    rows = [int(t) for t in yaxis_ticks.ticks if int(t) < n_rows]
+    low, high = (f"{10**scale.low:.3g}", f"{10**scale.high:.3g}") if log else (fmt(scale.low), fmt(scale.high))
+    plt = panel.plt
+    plt.title(visible(f"{title}  [colour {low} to {high}{', log' if log else ''}]"))
+    plt.xlabel(xname)
+    plt.ylabel(yname)
+    plt.xlim(-0.5, width - 0.5)
+    plt.ylim(-0.5, height - 0.5)
+    plt.xticks([centre(c, n_cols, width) for c in columns], [visible(column_labels[c]) for c in columns])
+    plt.yticks([centre(r, n_rows, height) for r in rows], [visible(row_labels[r]) for r in rows])
+
+
+def _row_labels(n: int, n_layers: int | None) -> list[str]:
+    return ["final" if n_layers is not None and row == n_layers else str(row) for row in range(n)]
+
+
+def position_norms(panel: Panel, inputs: list[FigureInput], **_: Any) -> None:
+    """(3) One prompt's resid_pre norm per layer and position (log colour; BOS's column left out)."""
+    item = inputs[0]
+    if item.prompt is None:
+        empty(panel, "norm per position: no data")
+        return
+    matrix = np.asarray(item.prompt[0], dtype=np.float64)
+    start = 1 if item.has_bos and matrix.shape[1] > 1 else 0
+    shown = [[float(v) if math.isfinite(v) else None for v in row[start:]] for row in matrix]
+    heatmap(panel, shown, f"‖resid_pre‖ per position, first prompt: {item.label}",
+            f"position (from {start})", "row", [str(p) for p in range(start, matrix.shape[1])],
+            _row_labels(matrix.shape[0], item.n_layers), log=True)
+
+
+def layer_k_matrix(panel: Panel, inputs: list[FigureInput], **_: Any) -> None:
+    """(8) The loss increase with the horizon enforced at one layer only, layers x k."""
+    item = inputs[0]
+    matrix = (item.scan or {}).get("by_layer") or {}
+    values = matrix.get("delta_loss") or []
+    if not values:
+        empty(panel, "layer x k: no data")
+        return
+    heatmap(panel, values, f"Δloss, horizon at layer N only: {item.label}", "horizon k (layers)", "layer N",
+            [str(k) for k in matrix["ks"]], [str(layer) for layer in matrix["layers"]], diverging=True)
+
+
+def attention_distance(panel: Panel, inputs: list[FigureInput], **_: Any) -> None:
+    """(11) Mean attention distance (without the BOS column where there is one), layers x heads."""
+    item = inputs[0]
+    key = "mean_distance_no_bos" if item.has_bos else "mean_distance"
+    values = (item.attention or {}).get(key) or []
+    if not values:
+        empty(panel, "attention distance: no data")
+        return
+    heatmap(panel, values, f"mean attention distance{', BOS removed' if item.has_bos else ''}: {item.label}",
+            "head", "layer", [str(head) for head in range(len(values[0]))], _row_labels(len(values), None), log=True)
+
+
+# ----------------------------------------------------------------------------- (5), (6) weights
+
+
+def weights(panel: Panel, inputs: list[FigureInput], **_: Any) -> None:
+    """(5) Per-head ||W_OV||_F per layer, ||b_O|| per layer, and the attn_out mean norm per layer (log)."""
+    item = inputs[0]
+    report = item.weights or {}
+    ov, ov_panel, bo_panel, attn_panel = report.get("W_OV_frobenius") or [], *_panels(panel.plt, panel.width,
+                                                                                        panel.height, 3)
+    points = [(float(layer), value) for layer, heads in enumerate(ov) for value in quantised(heads)]
+    _draw_series(ov_panel, [([p[0] for p in points], [p[1] for p in points], PALETTE[0], None, "x")]
+                 if points else [], "layer", "per-head ‖W_OV‖_F", "‖W_OV‖_F")
+    b_o = report.get("b_O")
+    if b_o:
+        _draw_series(bo_panel, [(list(map(float, range(len(b_o)))), quantised(b_o), FIT_COLOUR, None, LINE)],
+                     "layer", "‖b_O‖", "‖b_O‖")
+    else:
+        empty(bo_panel, "no attention output bias")
+    attn = ((item.norms or {}).get("sites") or {}).get("attn_out")
+    series = [(list(map(float, range(len(attn["mean_norm"])))), quantised(attn["mean_norm"]), PALETTE[1], None,
+               LINE)] if attn else []
+    _draw_series(attn_panel, series, "layer", "mean ‖attn_out‖ (log)", "norm", log=True)
+
+
+def mlp_random(panel: Panel, inputs: list[FigureInput], **_: Any) -> None:
+    """(6) MLP output norm on random inputs per layer (log), and neuron activation rates."""
+    item = inputs[0]
+    report = item.weights or {}
+    left, right = _panels(panel.plt, panel.width, panel.height, 2)
+    random_out = report.get("mlp_out_random")
+    _draw_series(left, [(list(map(float, range(len(random_out)))), quantised(random_out), PALETTE[0], None, LINE)]
+                 if random_out else [], "layer", f"mean ‖MLP(random)‖ ({report.get('n_random', '?')} inputs, log)",
+                 "norm", log=True)
+    series = []
+    for key, colour in (("real", PALETTE[0]), ("random", FIT_COLOUR), ("resampled", PALETTE[1])):
+        rates = report.get(f"neuron_rate_{key}")
+        if rates:
+            series.append((list(map(float, range(len(rates)))), quantised(rates), colour, key, LINE))
+    axes = _draw_series(right, series, "layer", f"neuron activation rate ({report.get('kind', 'in')} > 0)", "rate")
+    if axes is not None:
+        right.plt.ylim(0, 1)
+        right.plt.yticks([0, 0.5, 1], ["0", "0.5", "1"])
+
+
+# ----------------------------------------------------------------------------- (10) categories
+
+
+def categories(panel: Panel, inputs: list[FigureInput], **_: Any) -> None:
+    """(10) Median cosine per token category, one panel per truncation length."""
+    item = inputs[0]
+    per_length = (item.truncate or {}).get("categories") or {}
+    lengths = sorted(per_length, key=int)
+    if not lengths:
+        empty(panel, "categories: no data")
+        return
+    for sub, c in zip(_panels(panel.plt, panel.width, panel.height, len(lengths)), lengths, strict=True):
+        entry = per_length.get(c) or {}
+        counts = entry.get("count") or {}
+        kinds = [category for category in entry if category != "count" and counts.get(category)]
+        series = [(list(map(float, range(len(entry[kind])))), quantised(entry[kind]), colour,
+                   f"{kind} ({counts[kind]})", LINE) for kind, colour in zip(kinds, colours(len(kinds)), strict=True)]
+        _draw_series(sub, series, "layer", f"c = {c}", "median cosine")
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+DRAW: dict[str, Callable[..., None]] = {
+    "norm_growth": norm_growth, "norm_distribution": norm_distribution, "position_norms": position_norms,
+    "sublayer_norms": sublayer_norms, "weights": weights, "mlp_random": mlp_random, "loss_vs_k": loss_vs_k,
+    "layer_k_matrix": layer_k_matrix, "cosine": cosine, "categories": categories,
+    "attention_distance": attention_distance,
+}
+
+
+def draw(plt: Any, figure: str, inputs: list[FigureInput], width: int, height: int, x: str = "layer",
+         **options: Any) -> None:
+    """Draw ``figure`` (a name or a file stem) from the inputs that hold its data onto ``plt``
+    (a cleared plotext ``Plot`` of ``width`` x ``height`` characters). One-model figures draw the
+    first such input; overlaid ones draw them all."""
+    name = figure_name(figure)
+    usable = [item for item in inputs if has_data(item, name)]
+    panel = Panel(plt, width, height)
+    if not usable:
+        empty(panel, f"{title_of(name)}: no data yet")
+        return
+    DRAW[name](panel, usable if name in OVERLAID else usable[:1], x=x, **options)
