@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from horizon.core.errors import HorizonError
+from horizon.core.results_session import ComparedResults
 from horizon.core.session import PatchSettings, Source
 from horizon.core.untrusted import visible
 from horizon.tui.hangup import HangupGuard
 from horizon.tui.keys import bindings, palette
 from horizon.tui.screens.attention import AttentionPane
+from horizon.tui.screens.compare import ComparePane
 from horizon.tui.screens.help import HelpScreen
 from horizon.tui.screens.horizon import HorizonPane, job_name
 from horizon.tui.screens.norms import NormsPane
@@ -50,7 +52,9 @@ DEBOUNCE_S = 0.12
 class HorizonApp(App[None]):
     """The inspector. Give it a ready ``session``, or a ``load`` callable run in a worker."""
 
-    CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses elsewhere still find it
+    # Absolute: subclasses elsewhere still find them.
+    CSS_PATH: ClassVar[list[str | Path]] = [Path(__file__).with_name("app.tcss"),
+                                            Path(__file__).parent / "screens" / "compare.tcss"]
     TITLE = "horizon"
     BINDINGS: ClassVar[list[BindingType]] = bindings("app")  # the one key table: tui/keys.py
 
@@ -67,6 +71,7 @@ class HorizonApp(App[None]):
         session: Source | None = None,
         load: Callable[[], Source] | None = None,
         loading_label: str = "model",
+        compare: list[str] | None = None,
         background: bool = True,
         show_timings: bool = True,
     ) -> None:
@@ -76,6 +81,8 @@ class HorizonApp(App[None]):
         self.session: Source | None = session
         self._load = load
         self.loading_label = loading_label
+        # Two or more results directories: the Compare screen (6) reads them all in its own worker.
+        self.compared = ComparedResults(compare) if compare else None
         self.background = background
         self.show_timings = show_timings  # off in snapshot tests, whose pictures must not vary
         self.pending: set[str] = set()
@@ -99,6 +106,9 @@ class HorizonApp(App[None]):
                 yield OutliersPane()
             with TabPane("5 Attention", id="attention"):
                 yield AttentionPane()
+            if self.compared is not None:
+                with TabPane("6 Compare", id="compare"):
+                    yield ComparePane(self.compared)
         yield StatusLine(id="status")
         yield Footer()
 
@@ -317,6 +327,28 @@ class HorizonApp(App[None]):
         self.set_focus(None)
         self.query_one(TabbedContent).active = tab
 
+    def action_show_compare(self) -> None:
+        if self._compare_pane() is not None:
+            self.action_show_tab("compare")
+
+    def action_compare_figure(self) -> None:
+        pane = self._compare_pane()
+        if pane is not None:
+            pane.next_figure()
+
+    def action_compare_x(self) -> None:
+        pane = self._compare_pane()
+        if pane is not None:
+            pane.toggle_x()
+
+    def _compare_pane(self) -> ComparePane | None:
+        """The Compare screen, or None (and a note) when the app was opened on one source."""
+        if self.compared is None:
+            self.notify("Compare needs two or more results directories: inspect --results A --results B",
+                        severity="warning", timeout=5, markup=False)
+            return None
+        return self.query_one(ComparePane)
+
     def action_cycle_metric(self) -> None:
         self.metric = METRICS[(METRICS.index(self.metric) + 1) % len(METRICS)]
 
@@ -386,7 +418,8 @@ class HorizonApp(App[None]):
     @on(TabbedContent.TabActivated)
     def _tab_changed(self, event: TabbedContent.TabActivated) -> None:
         # Put the keyboard where the screen's work is: arrows then act at once.
-        targets = {"tokens": "#tokens-grid", "horizon": "#k-slider", "outliers": "#outliers-table"}
+        targets = {"tokens": "#tokens-grid", "horizon": "#k-slider", "outliers": "#outliers-table",
+                   "compare": "#compare-table"}
         target = targets.get(str(event.pane.id))
         if target is not None:
             self.query_one(target).focus()

@@ -39,6 +39,11 @@ KEYS: tuple[Key, ...] = (
     *(Key(str(n), f"show_tab('{tab}')", tab, f"Show {tab}", f"switch to the {tab} screen (key {n})",
           row="1..5", row_text="Tokens, Norms, Horizon, Outliers, Attention" if n == 1 else "")
       for n, tab in enumerate(TABS, start=1)),
+    Key("6", "show_compare", "compare", "Show compare", "results directories side by side (6)", row="6",
+        row_text="Compare: two or more --results side by side (table, overlaid figures)"),
+    Key("g", "compare_figure", "figure", "Next compare figure", "norm growth, sublayers, loss vs k, cosine (g)",
+        row="g / d", row_text="compare: next overlaid figure / x axis layer | relative depth"),
+    Key("d", "compare_x", "x axis", "Toggle compare x axis", "layer / relative depth (d)", row="g / d"),
     Key("question_mark", "help", "help", "Help", "every metric and key (?)", show=True, row="?", row_text="this help"),
     Key("", "", row="ctrl+p", row_text="command palette (every action)"),
     Key("m", "cycle_metric", "metric", "Cycle token metric", "cosine, norm, Δloss, KL (m)", show=True,

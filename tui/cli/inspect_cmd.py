@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from horizon.core.errors import HorizonError
+from horizon.core.untrusted import visible
 from horizon.tui.cli.app import app
 from horizon.tui.cli.common import (
     DEFAULT_PROMPT,
@@ -49,7 +50,10 @@ InspectModelOpt = Annotated[
     typer.Option("--model", "-m", help="Model spec (default: the bundled smollm2-135m); with --results: reruns."),
 ]
 ResultsOpt = Annotated[
-    str | None, typer.Option("--results", help="Browse a results directory written by horizon sweep (no model needed).")
+    list[str] | None,
+    typer.Option("--results", metavar="DIR",
+                 help="Browse a results directory written by horizon sweep (no model needed); "
+                 "repeat it to add the Compare screen (6) across directories."),
 ]
 
 
@@ -64,6 +68,14 @@ def results_loader(directory: str, model: str | None, device: str, dtype: str):
         return ResultsSession(directory, live_model=live)
 
     return load
+
+
+def check_results_directory(directory: str) -> None:
+    """One line (exit 2) before the app starts when ``directory`` is not a results directory at all."""
+    if not (Path(directory).expanduser() / "manifest.json").is_file():
+        raise HorizonError(f"{visible(directory)} is not a results directory (no manifest.json); if a sweep's "
+                           "manifest was lost, `horizon report` shows its shard files and the same sweep with "
+                           "--resume rebuilds it")
 
 
 @app.command("inspect")
@@ -91,14 +103,14 @@ def inspect(
 
     if dtype not in ("float32", "bfloat16", "float16"):
         raise HorizonError(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}")
-    if results is not None:
+    if results:
         if prompt is not None or file is not None:
             raise HorizonError("--results shows the sweep's own prompts; drop --prompt/--file")
-        if not (Path(results).expanduser() / "manifest.json").is_file():
-            raise HorizonError(f"{results} is not a results directory (no manifest.json); if a sweep's manifest was "
-                               "lost, `horizon report` shows its shard files and the same sweep with --resume "
-                               "rebuilds it")
-        _run(HorizonApp(load=results_loader(results, model, device, dtype), loading_label=results))
+        for directory in results:
+            check_results_directory(directory)
+        first = results[0]  # its panes as with one directory; all of them on the Compare screen
+        _run(HorizonApp(load=results_loader(first, model, device, dtype), loading_label=first,
+                        compare=list(results) if len(results) > 1 else None))
         return
     model = model or DEFAULT_MODEL
     prompts = gather_prompts(prompt, file, DEFAULT_PROMPT)
