@@ -267,11 +267,16 @@ def run_sweep(
     max_prompts: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     on_plan: Callable[[int, int, int], None] | None = None,
+    batch_size: int | None = None,
+    max_memory: int | None = None,
 ) -> SweepSummary:
     """Run (or finish) a sweep into ``out``.
 
     ``on_plan(prompts_to_run, tokens_to_run, shards_done_before)`` is called once the work is
-    known; ``progress(prompts, tokens)`` after each shard.
+    known; ``progress(prompts, tokens)`` after each shard. ``batch_size`` (prompts per pass;
+    None: the largest that fits) and ``max_memory`` (bytes; None: a safe share of what is free)
+    change how the work is batched, not its numbers: they are recorded in the run's entry of the
+    manifest, not in the settings, so a sweep resumes under other values.
     """
     settings.validate()
     shard = shard or ShardSpec()
@@ -285,7 +290,8 @@ def run_sweep(
     if loaded is not None and backend != "local":
         raise ValueError("a loaded model can only be used with the local backend")
     config = WorkerConfig(model=model if isinstance(model, str) else model.spec, device=device, dtype=dtype,
-                          texts=corpus.texts, settings=settings, load_kwargs=dict(load_kwargs or {}))
+                          texts=corpus.texts, settings=settings, load_kwargs=dict(load_kwargs or {}),
+                          batch_size=batch_size, max_memory=max_memory)
     started_clock = time.perf_counter()
     started = store.now_iso()
 
@@ -326,7 +332,8 @@ def _run(corpus: Corpus, root: Path, config: WorkerConfig, loaded: LoadedModel |
         manifest, _, notes = _prepare_directory(root, new, resume, force, corpus.texts)
         run_record = {"started": started, "ended": None, "shard": str(shard), "backend": backend,
                       "workers": pool.size, "host": described["host"], "device": described["device"],
-                      "pid": os.getpid()}
+                      "pid": os.getpid(), "batch_size": config.batch_size or "auto",
+                      "max_memory": config.max_memory or "auto"}
         store.update_manifest(root, lambda m: m["runs"].append(run_record))
 
         todo = _todo(manifest, shard, settings.analyses)

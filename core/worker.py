@@ -7,9 +7,9 @@ owns the directory. Each analysis's rows come from its registry entry (core/anal
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +17,10 @@ from horizon.core import analyses as registry
 from horizon.core.sweep_settings import SweepSettings
 
 if TYPE_CHECKING:
+    from horizon.core.budget import Budget, ModelDims, Plan
     from horizon.core.loader import LoadedModel
+
+Result = TypeVar("Result")
 
 
 @dataclass
@@ -30,6 +33,10 @@ class WorkerConfig:
     texts: list[str]
     settings: SweepSettings
     load_kwargs: dict[str, Any] = field(default_factory=dict)  # placement: device_map, n_devices
+    # How the work is batched, not what it computes (so not in the settings): --batch-size N
+    # (None: auto, the largest that fits the budget) and --max-memory in bytes (None: auto).
+    batch_size: int | None = None
+    max_memory: int | None = None
 
 
 class SweepWorker:
@@ -48,6 +55,36 @@ class SweepWorker:
         self.token_ids = tokenize_corpus(self.model, corpus, self.settings.max_tokens, self.settings.bos,
                                          self.settings.bos_token)
         self.mu: Any = None
+        self._budget: tuple[ModelDims, Budget] | None = None
+
+    # -- how a shard's prompts are batched
+    def plan(self, analysis: str, token_ids: Sequence[Sequence[int]]) -> Plan:
+        """The batch size and tiles of ``analysis`` on these prompts under the run's memory budget
+        (core/budget.py); raises HorizonError, with the numbers, when even one prompt cannot fit."""
+        from horizon.core.budget import ModelDims, make_budget, plan
+
+        if self._budget is None:
+            dims = ModelDims.of(self.model)
+            self._budget = dims, make_budget(self.config.max_memory, dims, self.model.device)
+        dims, budget = self._budget
+        return plan(analysis, dims, [len(ids) for ids in token_ids], budget, requested=self.config.batch_size)
+
+    def per_prompt(self, analysis: str, token_ids: Sequence[list[int]],
+                   compute: Callable[[list[list[int]], Plan], Sequence[Result]]) -> list[Result]:
+        """``compute``'s per-prompt results, in the shard's order, from prompts batched by length.
+
+        ``compute(ids, plan)`` gets the prompts sorted by length (so a padded batch wastes little)
+        and returns one result per prompt in that order.
+        """
+        order = length_order(token_ids)
+        ordered = [list(token_ids[index]) for index in order]
+        results = list(compute(ordered, self.plan(analysis, ordered)))
+        if len(results) != len(order):
+            raise RuntimeError(f"{analysis}: {len(results)} results for {len(order)} prompts")
+        placed: list[Any] = [None] * len(order)
+        for position, index in enumerate(order):
+            placed[index] = results[position]
+        return placed
 
     # -- what the driver records about the model
     def describe(self) -> dict[str, Any]:
@@ -108,6 +145,16 @@ class SweepWorker:
                 analysis = registry.REGISTRY[name]
                 tables[analysis.table] = analysis.rows(self, indices, token_ids, tokens)
         return tables
+
+
+def length_order(token_ids: Sequence[Sequence[int]]) -> list[int]:
+    """Prompt indices by length, shortest first (ties in prompt order)."""
+    return sorted(range(len(token_ids)), key=lambda index: (len(token_ids[index]), index))
+
+
+def chunks(items: Sequence[Result], size: int) -> list[Sequence[Result]]:
+    """Consecutive slices of at most ``size`` items."""
+    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 def _prompts_table(indices: list[int], texts: list[str], token_ids: list[list[int]]) -> pa.Table:

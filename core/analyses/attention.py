@@ -67,18 +67,17 @@ class AttentionReport:
 
 def rows(worker: Any, indices: list[int], token_ids: list[list[int]], tokens: list[list[str]]) -> pa.Table:
     try:
-        from horizon.core.attention import attention_distance
+        from horizon.core.attention import attention_distance_per_prompt
     except ModuleNotFoundError as exc:
         if exc.name != "horizon.core.attention":
             raise
         raise HorizonError("the attention analysis is not available in this build (core/attention.py is "
                            "missing): leave it out of --analyses") from None
-    parts: list[pa.Table] = []
     # One report per prompt, so the table keeps prompts apart; corpus views weight by n_queries.
-    for prompt, ids in zip(indices, token_ids, strict=True):
-        report = attention_distance(worker.model, [ids], worker.settings.bos)
-        parts.append(report_rows(report, prompt))
-    return pa.concat_tables(parts)
+    # The prompts run in padded batches; each report is its own rows of the batch's sums.
+    reports = worker.per_prompt("attention", token_ids, lambda ids, plan: attention_distance_per_prompt(
+        worker.model, ids, worker.settings.bos, batch_size=plan.batch_size))
+    return pa.concat_tables([report_rows(report, prompt) for prompt, report in zip(indices, reports, strict=True)])
 
 
 def report_rows(report: AttentionReport, prompt: int) -> pa.Table:

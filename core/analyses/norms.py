@@ -234,7 +234,8 @@ def appendix1_check(
 def rows(worker: Any, indices: list[int], token_ids: list[list[int]], tokens: list[list[str]]) -> pa.Table:
     from horizon.core.norms import analyse_norms
 
-    report = analyse_norms(worker.model, token_ids, worker.settings.bos)
+    batch_size = worker.plan("norms", token_ids).batch_size
+    report = analyse_norms(worker.model, token_ids, worker.settings.bos, batch_size=batch_size)
     columns: dict[str, list[np.ndarray]] = {key: [] for key in ("prompt", "position", "layer", "norm", "std")}
     sites: list[np.ndarray] = []
     token_text: list[np.ndarray] = []

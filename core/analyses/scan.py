@@ -104,31 +104,47 @@ def join_by_layer(parts: Sequence[ByLayerResult]) -> ByLayerResult:
                          tol=first.tol, n_tokens=first.n_tokens, unit=first.unit, ablation=first.ablation, **matrices)
 
 def rows(worker: Any, indices: list[int], token_ids: list[list[int]], tokens: list[list[str]]) -> pa.Table:
-    from horizon.core.horizon import clean_runs, scan, scan_by_layer
-
-    settings = worker.settings
-    records: list[dict[str, Any]] = []
-    # One scan per prompt: each prompt's curve is its own row set, and corpus aggregates are
-    # the token-weighted means of them (every metric is a mean over next-token predictions).
+    # Each prompt's curve is its own row set (corpus aggregates are the token-weighted means of
+    # them: every metric is a mean over next-token predictions). The prompts run in padded
+    # batches; each prompt's metrics are its own rows' sums, so the rows equal one scan per prompt.
     # With by_layer, the layer x k matrix adds rows with only_layer = N (-1 marks the scan's rows).
-    for prompt, ids in zip(indices, token_ids, strict=True):
-        common = {"ks": settings.ks, "tol": settings.tol, "source": settings.source, "keep_embed": settings.keep_embed,
-                  "final": settings.final, "ablation": settings.ablation,
-                  "means": getattr(worker, "ablation_means", None),
-                  "cleans": clean_runs(worker.model, [ids], has_bos=settings.bos)}
-        result = scan(worker.model, [ids], start_layers=settings.start_layers, **common)
+    results = worker.per_prompt("scan", token_ids, lambda ids, plan: scan_batches(worker, ids, plan))
+    records: list[dict[str, Any]] = []
+    for prompt, (result, matrix) in zip(indices, results, strict=True):
         for row in result.rows:
             records.append({"prompt": prompt, "n_tokens": result.n_tokens, "k": row["k"], "K": row["K"],
                             "start_layer": row["start_layer"], "loss_clean": result.loss_clean,
                             **{COLUMN_OF.get(name, name): row[name] for name in METRICS}, "only_layer": -1})
-        if settings.by_layer:
-            matrix = scan_by_layer(worker.model, [ids], **common)
+        if matrix is not None:
             for i, layer in enumerate(matrix.layers):
                 for j, k in enumerate(matrix.ks):
                     records.append({"prompt": prompt, "n_tokens": matrix.n_tokens, "k": k, "K": 2 * k,
                                     "start_layer": 0, "loss_clean": matrix.loss_clean, "only_layer": layer,
                                     **{COLUMN_OF.get(name, name): getattr(matrix, name)[i][j] for name in METRICS}})
     return pa.Table.from_pylist(records, schema=pa.schema(list(WRITTEN.items())))
+
+
+def scan_batches(worker: Any, token_ids: list[list[int]], plan: Any) -> list[tuple[ScanResult, ByLayerResult | None]]:
+    """Per prompt (in order): its scan and, with by_layer, its layer x k matrix, one padded batch at a time
+    (the batch's clean run serves both, then is dropped)."""
+    from horizon.core.horizon import DEFAULT_PASS_BYTES, clean_runs
+    from horizon.core.horizon_scan import scan_by_layer_per_prompt, scan_per_prompt
+    from horizon.core.worker import chunks
+
+    settings = worker.settings
+    out: list[tuple[ScanResult, ByLayerResult | None]] = []
+    for batch in chunks(token_ids, plan.batch_size):
+        batch = list(batch)
+        common = {"ks": settings.ks, "tol": settings.tol, "source": settings.source, "keep_embed": settings.keep_embed,
+                  "final": settings.final, "ablation": settings.ablation,
+                  "means": getattr(worker, "ablation_means", None), "batch_size": len(batch),
+                  "max_pass_bytes": min(plan.pass_bytes, DEFAULT_PASS_BYTES),
+                  "cleans": clean_runs(worker.model, batch, len(batch), has_bos=settings.bos)}
+        scans = scan_per_prompt(worker.model, batch, start_layers=settings.start_layers, **common)
+        matrices = (scan_by_layer_per_prompt(worker.model, batch, **common) if settings.by_layer
+                    else [None] * len(batch))
+        out.extend(zip(scans, matrices, strict=True))
+    return out
 
 
 def view(results: Results, table: pa.Table, manifest: dict[str, Any], has_bos: bool) -> dict[str, Any]:
