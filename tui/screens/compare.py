@@ -13,6 +13,7 @@ through tui/format.py (whose roundings the snapshot tests check against float no
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import pairwise
 from typing import Any
 
 from horizon.core.errors import HorizonError
@@ -20,6 +21,8 @@ from horizon.core.results_session import ComparedResults, Comparison
 from horizon.core.untrusted import visible
 from horizon.tui.format import fixed, fmt
 from horizon.tui.state import AnalysisFailed, AnalysisReady
+from horizon.tui.widgets.plot import FigurePlot
+from horizon.tui.widgets.scales import note_margin
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -36,29 +39,6 @@ FIGURES: dict[str, str] = {
 }
 X_AXES = ("layer", "depth")
 WHERE = ("early", "middle", "final")
-
-
-def _plot_class() -> type:
-    """Helper A's overlay widget once it exists (tui/widgets/plot.py), else a text placeholder."""
-    try:
-        from horizon.tui.widgets.plot import FigurePlot
-    except ImportError:
-        return OverlayList
-    return FigurePlot
-
-
-class OverlayList(Static):
-    """Stand-in for the overlay plot: the figure's series, one line per model (same reactives)."""
-
-    figure: reactive[str] = reactive("norm_growth")
-    inputs: reactive[list[Any]] = reactive(list, always_update=True)
-    x: reactive[str] = reactive("layer")
-
-    def render(self) -> Text:
-        text = Text()
-        for item in self.inputs:
-            text.append(f"{visible(item.label)}\n")
-        return text
 
 
 # ----------------------------------------------------------------------------- the table's cells
@@ -84,9 +64,14 @@ def cosine_cell(values: dict[str, float | None] | None) -> str:
 
 
 def heads_cell(entries: list[dict[str, Any]] | None) -> str:
-    """``L1.H0 0.52, ...``: layer, head and mean attention distance (BOS removed)."""
+    """``L1.H0 0.52, ...``: layer, head and mean attention distance (BOS removed), in core's order.
+
+    The order is a display choice too: each neighbour's gap is noted as its margin (half of it:
+    both values may move), so a snapshot test fails where two heads are too close to call."""
     if not entries:
         return "-"
+    for this, following in pairwise(entries):
+        note_margin("order", this["mean_distance"], (following["mean_distance"] - this["mean_distance"]) / 2)
     return ", ".join(f"L{entry['layer']}.H{entry['head']} {fmt(entry['mean_distance'], 2)}" for entry in entries)
 
 
@@ -142,7 +127,7 @@ class ComparePane(VerticalScroll):
         yield Static(id="compare-warnings")
         yield DataTable(id="compare-table", cursor_type="row", zebra_stripes=True)
         yield Static(id="compare-figure-title")
-        yield _plot_class()(id="compare-plot")
+        yield FigurePlot(id="compare-plot")
 
     def on_mount(self) -> None:
         self.load_directories()
@@ -211,7 +196,7 @@ class ComparePane(VerticalScroll):
         title.append(f"  x: {'relative depth (layer / L)' if self.x == 'depth' else 'layer'}", style="bold")
         title.append("  g next figure · d x axis", style="dim")
         self.query_one("#compare-figure-title", Static).update(title)
-        plot = self.query_one("#compare-plot")
+        plot = self.query_one("#compare-plot", FigurePlot)
         plot.inputs = list(comparison.inputs)
         plot.x = self.x
         plot.figure = self.figure
