@@ -211,3 +211,44 @@ def test_a_path_that_is_no_results_directory_exits_2_before_the_app(llama_dir: P
         assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
         assert "is not a results directory" in err
     assert not started
+
+
+# ----------------------------------------------------------------------------- the source
+
+
+def test_compared_results_load_once_with_progress(llama_dir: Path, gpt2_dir: Path) -> None:
+    from horizon.core import compare
+    from horizon.core.errors import HorizonError
+    from horizon.core.results_session import ComparedResults
+
+    with pytest.raises(HorizonError):
+        ComparedResults([str(llama_dir)])  # one directory has nothing to compare with
+    source = ComparedResults([str(llama_dir), str(gpt2_dir)])
+    assert source.ready() is None
+    steps: list[tuple[int, int]] = []
+    comparison = source.load(progress=lambda done, total: steps.append((done, total)))
+    assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]  # each directory read, then each one's figure input
+    assert source.ready() is comparison and source.load() is comparison  # read once
+    direct = compare.compare(compare.load_all([llama_dir, gpt2_dir]))
+    assert [row["label"] for row in comparison.rows] == [row["label"] for row in direct["models"]]
+    assert [row["growth_rate"] for row in comparison.rows] == [row["growth_rate"] for row in direct["models"]]
+    assert len(comparison.warnings()) == len(direct["warnings"])
+    for named, raw in zip(comparison.warnings(), direct["warnings"], strict=True):
+        assert str(gpt2_dir) in raw and str(gpt2_dir) not in named and "tiny-gpt2" in named
+
+
+@pytest.mark.anyio
+async def test_a_damaged_directory_is_compared_with_its_damage_named(llama_dir: Path, gpt2_dir: Path,
+                                                                    tmp_path: Path) -> None:
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(gpt2_dir, damaged)
+    (damaged / "attention" / "shard-00000.parquet").write_bytes(b"not parquet")
+    app = compare_app(llama_dir, damaged)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        warnings = plain(app.query_one("#compare-warnings", Static))
+        _, rows = cells(app)
+    assert "shard-00000.parquet" in warnings and str(damaged) not in warnings
+    assert len(rows) == 2 and rows[1][0] == "tiny-gpt2"
