@@ -252,3 +252,35 @@ async def test_a_damaged_directory_is_compared_with_its_damage_named(llama_dir: 
         _, rows = cells(app)
     assert "shard-00000.parquet" in warnings and str(damaged) not in warnings
     assert len(rows) == 2 and rows[1][0] == "tiny-gpt2"
+
+
+@pytest.mark.anyio
+async def test_directories_load_in_a_worker_behind_a_progress_bar(llama_dir: Path, gpt2_dir: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the directories are read the screen shows a progress bar and the app answers keys."""
+    import threading
+
+    from horizon.core import compare
+
+    release = threading.Event()
+    read = compare.load
+
+    def slow_load(path: Any) -> Any:
+        assert release.wait(timeout=60), "the test never let the worker go on"
+        return read(path)
+
+    monkeypatch.setattr(compare, "load", slow_load)
+    app = compare_app(llama_dir, gpt2_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause(0.2)
+        await pilot.press("6")
+        await pilot.pause()
+        assert app.query_one(TabbedContent).active == "compare"  # the UI thread is free meanwhile
+        bar = app.query_one(ProgressBar)
+        assert bar.display and bar.total == 4 and not bar.progress
+        assert "reading 2 results directories" in plain(app.query_one("#compare-status", Static))
+        assert app.query_one("#compare-table", DataTable).row_count == 0
+        release.set()
+        await settle(app, pilot)
+        assert bar.progress == 4 and not bar.display
+        assert app.query_one("#compare-table", DataTable).row_count == 2
