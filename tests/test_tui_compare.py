@@ -284,3 +284,21 @@ async def test_directories_load_in_a_worker_behind_a_progress_bar(llama_dir: Pat
         await settle(app, pilot)
         assert bar.progress == 4 and not bar.display
         assert app.query_one("#compare-table", DataTable).row_count == 2
+
+
+@pytest.mark.anyio
+async def test_names_from_the_manifest_are_shown_escaped(llama_dir: Path, gpt2_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    hostile = tmp_path / "hostile"
+    shutil.copytree(gpt2_dir, hostile)
+    manifest = json.loads((hostile / "manifest.json").read_text())
+    manifest["model"]["spec"] = "evil\x1b[31m[bold]model[/bold]"
+    (hostile / "manifest.json").write_text(json.dumps(manifest))
+    app = compare_app(llama_dir, hostile)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        _, rows = cells(app)
+        warnings = plain(app.query_one("#compare-warnings", Static))
+    assert rows[1][0] == "evil\\x1b[31m[bold]model[/bold]"  # the escape made visible, the markup kept as text
+    assert "\x1b" not in warnings and "evil\\x1b[31m[bold]model[/bold] differs from tiny-llama" in warnings
