@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from horizon.core.errors import HorizonError
-from horizon.core.session import DEFAULT_LENGTHS, PatchSettings, Session
 
+# core/session.py imports this module at its end (ResultsSession is part of its interface), so the
+# names taken from it are imported where they are used: either module can then be imported first.
 if TYPE_CHECKING:
     from horizon.core.loader import LoadedModel
+    from horizon.core.session import PatchSettings
 
 T = TypeVar("T")
 
@@ -32,6 +34,7 @@ class ResultsSession:
 
     def __init__(self, path: str, live_model: LoadedModel | None = None) -> None:
         from horizon.core import store
+        from horizon.core.session import DEFAULT_LENGTHS, Session
         from horizon.core.views import corpus_views
 
         self.results = store.open_results(path)
@@ -84,6 +87,8 @@ class ResultsSession:
 
     def ready(self, key: Any) -> Any | None:
         """The result under ``key`` when it is built (never builds: safe on the UI thread)."""
+        from horizon.core.session import PatchSettings
+
         if isinstance(key, tuple) and key and key[0] == "scan":
             key = "scan"  # one stored scan (swept with the ablation its manifest records)
         if isinstance(key, tuple) and key and key[0] == "by_layer":

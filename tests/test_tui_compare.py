@@ -302,3 +302,13 @@ async def test_names_from_the_manifest_are_shown_escaped(llama_dir: Path, gpt2_d
         warnings = plain(app.query_one("#compare-warnings", Static))
     assert rows[1][0] == "evil\\x1b[31m[bold]model[/bold]"  # the escape made visible, the markup kept as text
     assert "\x1b" not in warnings and "evil\\x1b[31m[bold]model[/bold] differs from tiny-llama" in warnings
+
+
+@pytest.mark.parametrize("module", ["horizon.core.results_session", "horizon.tui.screens.compare", "horizon.tui.app"])
+def test_each_module_imports_first_in_a_fresh_interpreter(module: str) -> None:
+    """Regression: core/session.py and core/results_session.py import each other; either may come first."""
+    import subprocess
+    import sys
+
+    finished = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr
