@@ -159,9 +159,8 @@ def rows(worker: Any, indices: list[int], token_ids: list[list[int]], tokens: li
 
     if worker.mu is None:
         raise RuntimeError("the corpus mean residual must be set before truncation shards run")
-    full_batch_size = worker.plan("truncate", token_ids).batch_size  # full prompts per pass
     report = analyse_truncation(worker.model, token_ids, lengths=worker.settings.lengths, mu=worker.mu,
-                                n_outliers=0, full_batch_size=full_batch_size)
+                                n_outliers=0)
     n_records, n_rows = report.cos.shape
     prompt_map = np.asarray(indices)
     return pa.table({
