@@ -29,6 +29,7 @@ from horizon.core import analyses as registry
 from horizon.core import store
 from horizon.core.corpus import Corpus
 from horizon.core.errors import HorizonError
+from horizon.core.plan import Eta, predicted_shard_work
 from horizon.core.pools import LocalPool, RayPool
 from horizon.core.rebuild import missing_tables, rebuild_manifest
 from horizon.core.sweep_settings import ShardSpec, SweepSettings, package_versions, plan_shards
@@ -269,6 +270,7 @@ def run_sweep(
     on_plan: Callable[[int, int, int], None] | None = None,
     batch_size: int | None = None,
     max_memory: int | None = None,
+    on_eta: Callable[[float | None], None] | None = None,
 ) -> SweepSummary:
     """Run (or finish) a sweep into ``out``.
 
@@ -276,7 +278,9 @@ def run_sweep(
     known; ``progress(prompts, tokens)`` after each shard. ``batch_size`` (prompts per pass;
     None: the largest that fits) and ``max_memory`` (bytes; None: a safe share of what is free)
     change how the work is batched, not its numbers: they are recorded in the run's entry of the
-    manifest, not in the settings, so a sweep resumes under other values.
+    manifest, not in the settings, so a sweep resumes under other values. ``on_eta(seconds)``
+    gets the estimated seconds left after each shard (core/plan.py's cost model, rescaled by the
+    shards done; None before the first).
     """
     settings.validate()
     shard = shard or ShardSpec()
@@ -297,7 +301,7 @@ def run_sweep(
 
     try:
         return _run(corpus, root, config, loaded, settings, shard, resume, force, backend, workers, ray_address,
-                    max_prompts, progress, on_plan, started, started_clock)
+                    max_prompts, progress, on_plan, on_eta, started, started_clock)
     except store.WriteError as exc:
         if (root / store.MANIFEST).is_file():
             raise HorizonError(f"{exc}; the finished shards are kept: run the same command with --resume once "
@@ -323,7 +327,8 @@ def _check_out(root: Path, out: str | Path) -> None:
 def _run(corpus: Corpus, root: Path, config: WorkerConfig, loaded: LoadedModel | None, settings: SweepSettings,
          shard: ShardSpec, resume: bool, force: bool, backend: str, workers: int, ray_address: str | None,
          max_prompts: int | None, progress: Callable[[int, int], None] | None,
-         on_plan: Callable[[int, int, int], None] | None, started: str, started_clock: float) -> SweepSummary:
+         on_plan: Callable[[int, int, int], None] | None, on_eta: Callable[[float | None], None] | None,
+         started: str, started_clock: float) -> SweepSummary:
     pool = LocalPool(config, loaded) if backend == "local" else RayPool(config, workers, ray_address)
     try:
         described = pool.describe()
@@ -353,13 +358,25 @@ def _run(corpus: Corpus, root: Path, config: WorkerConfig, loaded: LoadedModel |
             pool.set_ablation_means(_ensure_corpus_array(root, manifest, "scan", pool.compute_ablation_means))
 
         plans = plan_shards(len(corpus), settings.shard_size)
+        eta = Eta({shard_id: predicted_shard_work([described["n_tokens"][i] for i in plans[shard_id]], analyses,
+                                                  settings, described["dims"], config.batch_size)
+                   for shard_id, analyses in todo})
+        if on_eta is not None:
+            on_eta(eta.seconds_left())
         prompts_run = tokens_run = 0
+        last_finished = time.perf_counter()
         for shard_id, tables, seconds in pool.run(todo, plans):
             _record_shard(root, shard_id, tables, seconds, str(shard))
             prompts_run += shard_prompts[shard_id]
             tokens_run += shard_tokens[shard_id]
+            # Wall time between finished shards (writes included; with several workers, their throughput).
+            now = time.perf_counter()
+            eta.finish(shard_id, now - last_finished)
+            last_finished = now
             if progress is not None:
                 progress(shard_prompts[shard_id], shard_tokens[shard_id])
+            if on_eta is not None:
+                on_eta(eta.seconds_left())
         work_seconds = time.perf_counter() - work_started
     finally:
         pool.close()

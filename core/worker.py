@@ -61,13 +61,26 @@ class SweepWorker:
     def plan(self, analysis: str, token_ids: Sequence[Sequence[int]]) -> Plan:
         """The batch size and tiles of ``analysis`` on these prompts under the run's memory budget
         (core/budget.py); raises HorizonError, with the numbers, when even one prompt cannot fit."""
-        from horizon.core.budget import ModelDims, make_budget, plan
+        import dataclasses
+
+        from horizon.core.budget import ModelDims, make_budget, plan, row_bytes
+        from horizon.core.horizon import DEFAULT_PASS_BYTES
 
         if self._budget is None:
             dims = ModelDims.of(self.model)
             self._budget = dims, make_budget(self.config.max_memory, dims, self.model.device)
         dims, budget = self._budget
-        return plan(analysis, dims, [len(ids) for ids in token_ids], budget, requested=self.config.batch_size)
+        chosen = plan(analysis, dims, [len(ids) for ids in token_ids], budget, requested=self.config.batch_size)
+        if "rows" in chosen.tiling:  # the scan's passes stay within the engine's default however large the budget
+            most = max(1, DEFAULT_PASS_BYTES // max(1, row_bytes(dims, chosen.batch_size, chosen.n_tokens)))
+            chosen = dataclasses.replace(chosen, tiling={**chosen.tiling, "rows": min(chosen.tiling["rows"], most)})
+        return chosen
+
+    def pass_bytes(self, chosen: Plan) -> int:
+        """The memory one staircase pass of a scan may take: its planned rows, within the engine's default."""
+        from horizon.core.horizon import DEFAULT_PASS_BYTES
+
+        return min(chosen.pass_bytes, DEFAULT_PASS_BYTES)
 
     def per_prompt(self, analysis: str, token_ids: Sequence[list[int]],
                    compute: Callable[[list[list[int]], Plan], Sequence[Result]]) -> list[Result]:
@@ -102,6 +115,9 @@ class SweepWorker:
                     if self.settings.bos else None, "token_id": bos_id},
             "n_tokens": [len(ids) for ids in self.token_ids],
             "host": socket.gethostname(),
+            # What the cost model of core/plan.py needs (not recorded in the manifest).
+            "dims": {"n_layers": model.n_layers, "d_model": model.d_model, "n_heads": model.n_heads,
+                     "d_mlp": int(getattr(model.bridge.cfg, "d_mlp", None) or 4 * model.d_model)},
         }
 
     def compute_mu(self) -> np.ndarray:
@@ -137,8 +153,8 @@ class SweepWorker:
         token_ids = [self.token_ids[index] for index in indices]
         tokens = [decode_tokens(self.model, ids) for ids in token_ids]
         tables = {
-            "prompts": _prompts_table(indices, [self.config.texts[index] for index in indices], token_ids),
-            "tokens": _tokens_table(indices, token_ids, tokens),
+            "prompts": prompts_table(indices, [self.config.texts[index] for index in indices], token_ids),
+            "tokens": tokens_table(indices, token_ids, tokens),
         }
         with torch.inference_mode():
             for name in analyses:
@@ -157,7 +173,7 @@ def chunks(items: Sequence[Result], size: int) -> list[Sequence[Result]]:
     return [items[start : start + size] for start in range(0, len(items), size)]
 
 
-def _prompts_table(indices: list[int], texts: list[str], token_ids: list[list[int]]) -> pa.Table:
+def prompts_table(indices: list[int], texts: list[str], token_ids: list[list[int]]) -> pa.Table:
     return pa.table({
         "prompt": pa.array(indices, pa.int32()),
         "n_tokens": pa.array([len(ids) for ids in token_ids], pa.int32()),
@@ -165,7 +181,7 @@ def _prompts_table(indices: list[int], texts: list[str], token_ids: list[list[in
     })
 
 
-def _tokens_table(indices: list[int], token_ids: list[list[int]], tokens: list[list[str]]) -> pa.Table:
+def tokens_table(indices: list[int], token_ids: list[list[int]], tokens: list[list[str]]) -> pa.Table:
     return pa.table({
         "prompt": pa.array(np.repeat(indices, [len(ids) for ids in token_ids]), pa.int32()),
         "position": pa.array(np.concatenate([np.arange(len(ids)) for ids in token_ids]), pa.int32()),

@@ -127,7 +127,7 @@ def rows(worker: Any, indices: list[int], token_ids: list[list[int]], tokens: li
 def scan_batches(worker: Any, token_ids: list[list[int]], plan: Any) -> list[tuple[ScanResult, ByLayerResult | None]]:
     """Per prompt (in order): its scan and, with by_layer, its layer x k matrix, one padded batch at a time
     (the batch's clean run serves both, then is dropped)."""
-    from horizon.core.horizon import DEFAULT_PASS_BYTES, clean_runs
+    from horizon.core.horizon import clean_runs
     from horizon.core.horizon_scan import scan_by_layer_per_prompt, scan_per_prompt
     from horizon.core.worker import chunks
 
@@ -138,7 +138,7 @@ def scan_batches(worker: Any, token_ids: list[list[int]], plan: Any) -> list[tup
         common = {"ks": settings.ks, "tol": settings.tol, "source": settings.source, "keep_embed": settings.keep_embed,
                   "final": settings.final, "ablation": settings.ablation,
                   "means": getattr(worker, "ablation_means", None), "batch_size": len(batch),
-                  "max_pass_bytes": min(plan.pass_bytes, DEFAULT_PASS_BYTES),
+                  "max_pass_bytes": worker.pass_bytes(plan),
                   "cleans": clean_runs(worker.model, batch, len(batch), has_bos=settings.bos)}
         scans = scan_per_prompt(worker.model, batch, start_layers=settings.start_layers, **common)
         matrices = (scan_by_layer_per_prompt(worker.model, batch, **common) if settings.by_layer

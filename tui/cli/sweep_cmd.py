@@ -18,16 +18,20 @@ from horizon.core.errors import HorizonError
 from horizon.core.untrusted import markup_safe
 from horizon.tui.cli.app import app
 from horizon.tui.cli.common import (
+    BatchSizeOpt,
     BosOpt,
     BosTokenOpt,
     DeviceOpt,
     DtypeOpt,
     JsonOpt,
+    MaxMemoryOpt,
     ModelOpt,
     UnverifiedOpt,
+    check_memory_options,
     console,
     emit,
     err_console,
+    load_with_status,
     parse_int_list,
     warn,
 )
@@ -91,6 +95,11 @@ NDevicesOpt = Annotated[
     int | None, typer.Option("--n-devices", help="Passed to the bridge: split the model over N devices.")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+PlanOpt = Annotated[
+    bool,
+    typer.Option("--plan", help="Run each analysis on a small sample of the corpus and print the projected time, "
+                 "peak memory, batch sizes and disk of the sweep; writes nothing (no results directory)."),
+]
 
 
 # ----------------------------------------------------------------------------- sweep
@@ -125,6 +134,9 @@ def sweep(
     n_devices: NDevicesOpt = None,
     quiet: QuietOpt = False,
     unverified: UnverifiedOpt = False,
+    max_memory: MaxMemoryOpt = "auto",
+    batch_size: BatchSizeOpt = "auto",
+    plan: PlanOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Run analyses over a corpus into a results directory (manifest.json + Parquet tables)."""
@@ -155,10 +167,15 @@ def sweep(
         load_kwargs["device_map"] = device_map
     if options.check_n_devices(n_devices) is not None:
         load_kwargs["n_devices"] = n_devices
+    memory, batch = check_memory_options(max_memory, batch_size)
     texts = load_corpus(corpus, max_prompts=max_prompts)
+    if plan:
+        _plan(texts, model, settings, device, dtype, load_kwargs, shard_spec, batch, memory,
+              workers if backend == "ray" else 1, quiet, as_json)
+        return
     _resumable_on_interrupt(out)
 
-    with _sweep_progress(quiet or as_json) as (on_plan, advance):
+    with _sweep_progress(quiet or as_json) as (on_plan, advance, on_eta):
         summary = run_sweep(
             texts,
             out,
@@ -176,6 +193,9 @@ def sweep(
             max_prompts=max_prompts,
             progress=advance,
             on_plan=on_plan,
+            batch_size=batch,
+            max_memory=memory,
+            on_eta=on_eta,
         )
     payload = {
         "out": summary.out,
@@ -227,21 +247,82 @@ def _resumable_on_interrupt(out: str) -> None:
     cli.interrupt_hint = hint
 
 
+def _plan(corpus: Any, model: str, settings: Any, device: str, dtype: str, load_kwargs: dict[str, Any],
+          shard: Any, batch_size: int | None, max_memory: int | None, workers: int, quiet: bool,
+          as_json: bool) -> None:
+    """``--plan``: the projection of core/plan.py, as a table or JSON; no results directory is written."""
+    from horizon.core.budget import format_size
+    from horizon.core.plan import plan_sweep
+    from rich.table import Table
+
+    loaded = load_with_status(model, device, dtype, quiet=quiet or as_json, **load_kwargs)
+    if quiet or as_json or not err_console.is_terminal:
+        projected = plan_sweep(corpus, loaded, settings, shard, batch_size, max_memory, workers=workers)
+    else:
+        with err_console.status("running each analysis on a sample of the corpus ..."):
+            projected = plan_sweep(corpus, loaded, settings, shard, batch_size, max_memory, workers=workers)
+
+    def render() -> None:
+        table = Table(title=f"sweep plan: {projected.n_prompts} prompts, {projected.n_tokens} tokens, "
+                      f"{projected.n_shards} shards on {markup_safe(projected.device)}")
+        for column in ("analysis", "time", "peak memory", "batch size", "rows", "disk"):
+            table.add_column(column, justify="left" if column == "analysis" else "right")
+        for name, part in projected.analyses.items():
+            sizes = ", ".join(str(size) for size in part.batch_sizes)
+            table.add_row(name, _duration(part.seconds), format_size(part.peak_bytes), sizes, f"{part.rows:,}",
+                          format_size(part.disk_bytes))
+        peak = max((part.peak_bytes for part in projected.analyses.values()), default=0)
+        table.add_row("[bold]total[/]", f"[bold]{_duration(projected.total_seconds)}[/]", format_size(peak), "", "",
+                      f"[bold]{format_size(projected.total_disk_bytes)}[/]")
+        console.print(table)
+        sample = projected.sample
+        console.print(f"[dim]fitted on prompts {', '.join(str(i) for i in sample['prompts'])} "
+                      f"({', '.join(str(n) for n in sample['n_tokens'])} tokens); total includes tokenising and "
+                      f"the base tables ({_duration(projected.overhead_seconds)}); budget: "
+                      f"{markup_safe(projected.budget.get('source', ''))}; nothing was written[/]")
+
+    emit(as_json, projected.to_json(), render)
+
+
+def _duration(seconds: float) -> str:
+    """Seconds for people: 42 s, 3 min 5 s, 2 h 10 min."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
 @contextmanager
 def _sweep_progress(quiet: bool):
-    """A progress bar over prompts with tokens/s and ETA, on stderr; yields (on_plan, advance)."""
+    """A progress bar over prompts with tokens/s and an ETA, on stderr; yields (on_plan, advance, on_eta).
+
+    The ETA is the sweep's (core/plan.py's cost model, rescaled as shards finish), counted down
+    between shards.
+    """
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
         Progress,
+        ProgressColumn,
         TextColumn,
         TimeElapsedColumn,
-        TimeRemainingColumn,
     )
+    from rich.text import Text
 
     if quiet or not err_console.is_terminal:
-        yield (lambda *args: None), (lambda *args: None)
+        yield (lambda *args: None), (lambda *args: None), (lambda *args: None)
         return
+
+    class EtaColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            deadline = task.fields.get("deadline")
+            if deadline is None:
+                return Text("ETA -:--:--", style="progress.remaining")
+            left = max(0, round(deadline - time.perf_counter()))
+            return Text(f"ETA {left // 3600}:{left % 3600 // 60:02d}:{left % 60:02d}", style="progress.remaining")
+
     state_started = {"at": time.perf_counter()}
     state = {"tokens": 0}
     with Progress(
@@ -251,12 +332,11 @@ def _sweep_progress(quiet: bool):
         TextColumn("prompts"),
         TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
+        EtaColumn(),
         console=err_console,
         transient=True,
     ) as progress:
-        task = progress.add_task("sweep", total=None, rate="loading model ...")
+        task = progress.add_task("sweep", total=None, rate="loading model ...", deadline=None)
 
         def on_plan(prompts: int, tokens: int, done_before: int) -> None:
             state_started["at"] = time.perf_counter()  # tokens/s counts the analyses, not the model load
@@ -267,7 +347,10 @@ def _sweep_progress(quiet: bool):
             rate = state["tokens"] / max(time.perf_counter() - state_started["at"], 1e-9)
             progress.update(task, advance=prompts, rate=f"{rate:,.0f} tokens/s")
 
-        yield on_plan, advance
+        def on_eta(seconds: float | None) -> None:
+            progress.update(task, deadline=None if seconds is None else time.perf_counter() + seconds)
+
+        yield on_plan, advance, on_eta
 
 
 # ----------------------------------------------------------------------------- report
