@@ -63,7 +63,7 @@ class SweepWorker:
         (core/budget.py); raises HorizonError, with the numbers, when even one prompt cannot fit."""
         import dataclasses
 
-        from horizon.core.budget import ModelDims, make_budget, plan, row_bytes
+        from horizon.core.budget import ModelDims, costs, make_budget, plan
         from horizon.core.horizon import DEFAULT_PASS_BYTES
 
         if self._budget is None:
@@ -72,7 +72,8 @@ class SweepWorker:
         dims, budget = self._budget
         chosen = plan(analysis, dims, [len(ids) for ids in token_ids], budget, requested=self.config.batch_size)
         if "rows" in chosen.tiling:  # the scan's passes stay within the engine's default however large the budget
-            most = max(1, DEFAULT_PASS_BYTES // max(1, row_bytes(dims, chosen.batch_size, chosen.n_tokens)))
+            row = costs(analysis, dims, chosen.batch_size, chosen.n_tokens, rows=1)["staircase rows"]
+            most = max(1, DEFAULT_PASS_BYTES // max(1, row))
             chosen = dataclasses.replace(chosen, tiling={**chosen.tiling, "rows": min(chosen.tiling["rows"], most)})
         return chosen
 
