@@ -318,6 +318,14 @@ def figure_input(item: Loaded) -> FigureInput:
                        samples=norm_samples(item), prompt=prompt_norms(item))
 
 
+def norms_view(report: Any) -> dict[str, Any]:
+    """What the figures read of a ``NormsReport`` (per-site statistics, growth, BOS), without the
+    per-position arrays of ``to_json`` (large, and absent from a results directory's report)."""
+    bos = report.bos_mean_norm
+    return {"n_layers": report.n_layers, "sites": {site: stats.to_json() for site, stats in report.stats.items()},
+            "growth": report.growth.to_json(), "bos": {"mean_norm": None if bos is None else bos.tolist()}}
+
+
 def live_figure_input(label: str, report: Any = None, tokens: list[list[str]] | None = None,
                       weights: dict[str, Any] | None = None, scan: Any = None, truncation: Any = None,
                       attention: Any = None, ablation: str = "zero") -> FigureInput:
@@ -333,7 +341,7 @@ def live_figure_input(label: str, report: Any = None, tokens: list[list[str]] | 
     if report is not None:
         per_prompt = [matrix for matrix in report.norms["resid_pre"] if matrix is not None]
         start = 1 if report.has_bos else 0
-        figure.n_layers, figure.has_bos, figure.norms = report.n_layers, report.has_bos, report.to_json()
+        figure.n_layers, figure.has_bos, figure.norms = report.n_layers, report.has_bos, norms_view(report)
         if per_prompt:
             figure.samples = [np.concatenate([np.asarray(matrix[row, start:], dtype=np.float64)
                                               for matrix in per_prompt]) for row in range(report.n_layers + 1)]

@@ -99,7 +99,11 @@ def snapshot_model(dtype: torch.dtype = torch.float32) -> LoadedModel:
 
 def snapshot_session(dtype: torch.dtype = torch.float32) -> Session:
     model = snapshot_model(dtype)
-    return Session(model, [PROMPT], tokenize(model, [PROMPT]))
+    session = Session(model, [PROMPT], tokenize(model, [PROMPT]))
+    # Computed up front: the Figures screen lists figure 8 as drawable once it exists, and a picture
+    # must not depend on whether the layer x k picture happened to run first.
+    session.by_layer(0, "zero")
+    return session
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +148,27 @@ PICTURES = {
     "outliers_screen": ("4",),
     "attention_screen": ("5",),
     "help_screen": ("question_mark",),
+    # The plots (tui/widgets/plot.py): the Figures screen's figures 1, 7, 9 and 11 (a heat map), and
+    # the Norms and Horizon screens that hold one, at 80x24 and on a large terminal (SIZES).
+    "figures_screen": ("7",),
+    "figures_loss_vs_k": ("7", *("n",) * 6),
+    "figures_cosine": ("7", *("n",) * 8),
+    "figures_attention_distance": ("7", "N"),
+    "norms_screen_160x48": ("2",),
+    "horizon_screen_160x48": ("3",),
+    "figures_screen_160x48": ("7",),
+    "figures_loss_vs_k_160x48": ("7", *("n",) * 6),
+    "figures_cosine_160x48": ("7", *("n",) * 8),
+    "figures_attention_distance_160x48": ("7", "N"),
 }
+SMALL = (80, 24)
+SIZES = {name: (160, 48) for name in PICTURES if name.endswith("_160x48")}  # the others: SMALL
+
+
+def picture(snap_compare, session: Session, name: str) -> bool:  # type: ignore[no-untyped-def]
+    """Compare the picture ``name`` (its keys, its size) with its stored snapshot."""
+    return snap_compare(tiny_app(session), run_before=settle_then(*PICTURES[name]),
+                        terminal_size=SIZES.get(name, SMALL))
 
 
 def test_tokens_screen(snap_compare, tiny_session: Session) -> None:  # type: ignore[no-untyped-def]
@@ -187,6 +211,46 @@ def test_help_screen(snap_compare, tiny_session: Session) -> None:  # type: igno
     assert snap_compare(tiny_app(tiny_session), run_before=settle_then(*PICTURES["help_screen"]))
 
 
+def test_figures_screen(snap_compare, tiny_session: Session) -> None:  # type: ignore[no-untyped-def]
+    assert picture(snap_compare, tiny_session, "figures_screen")
+
+
+def test_figures_loss_vs_k(snap_compare, tiny_session: Session) -> None:  # type: ignore[no-untyped-def]
+    assert picture(snap_compare, tiny_session, "figures_loss_vs_k")
+
+
+def test_figures_cosine(snap_compare, tiny_session: Session) -> None:  # type: ignore[no-untyped-def]
+    assert picture(snap_compare, tiny_session, "figures_cosine")
+
+
+def test_figures_attention_distance(snap_compare, tiny_session: Session) -> None:  # type: ignore[no-untyped-def]
+    assert picture(snap_compare, tiny_session, "figures_attention_distance")
+
+
+def test_norms_screen_160x48(snap_compare, tiny_session: Session) -> None:  # type: ignore[no-untyped-def]
+    assert picture(snap_compare, tiny_session, "norms_screen_160x48")
+
+
+def test_horizon_screen_160x48(snap_compare, tiny_session: Session) -> None:  # type: ignore[no-untyped-def]
+    assert picture(snap_compare, tiny_session, "horizon_screen_160x48")
+
+
+def test_figures_screen_160x48(snap_compare, tiny_session: Session) -> None:  # type: ignore[no-untyped-def]
+    assert picture(snap_compare, tiny_session, "figures_screen_160x48")
+
+
+def test_figures_loss_vs_k_160x48(snap_compare, tiny_session: Session) -> None:  # type: ignore[no-untyped-def]
+    assert picture(snap_compare, tiny_session, "figures_loss_vs_k_160x48")
+
+
+def test_figures_cosine_160x48(snap_compare, tiny_session: Session) -> None:  # type: ignore[no-untyped-def]
+    assert picture(snap_compare, tiny_session, "figures_cosine_160x48")
+
+
+def test_figures_attention_distance_160x48(snap_compare, tiny_session: Session) -> None:  # type: ignore[no-untyped-def]
+    assert picture(snap_compare, tiny_session, "figures_attention_distance_160x48")
+
+
 # ----------------------------------------------------------------------------- float noise
 
 # A float32 value's distance from the float64 value of the same computation is its rounding
@@ -214,9 +278,9 @@ def smol_session(smol: LoadedModel) -> Session:
     return session
 
 
-async def choices(app: HorizonApp, keys: tuple[str, ...]) -> tuple[list[Margin], str]:
+async def choices(app: HorizonApp, keys: tuple[str, ...], size: tuple[int, int] = SMALL) -> tuple[list[Margin], str]:
     """Every display choice of the picture after ``keys`` (with its margin), and the picture."""
-    async with app.run_test(size=(80, 24)) as pilot:
+    async with app.run_test(size=size) as pilot:
         await settle_then(*keys)(pilot)
         tabs = app.query_one(TabbedContent)
         shown = tabs.get_pane(tabs.active)
@@ -256,8 +320,9 @@ async def test_no_picture_rests_on_float_noise(
 ) -> None:
     """Every colour step, digit, bar height and order in the picture is the same in float64, and
     lies farther from its boundary than SAFETY times its float32 rounding error."""
-    single, single_picture = await choices(tiny_app(tiny_session), PICTURES[picture])
-    double, double_picture = await choices(tiny_app(float64_session), PICTURES[picture])
+    size = SIZES.get(picture, SMALL)
+    single, single_picture = await choices(tiny_app(tiny_session), PICTURES[picture], size)
+    double, double_picture = await choices(tiny_app(float64_session), PICTURES[picture], size)
     assert single_picture == double_picture, "float32 and float64 draw different pictures"
     assert [m.kind for m in single] == [m.kind for m in double]
     errors = [abs(a.value - b.value) for a, b in zip(single, double, strict=True)]

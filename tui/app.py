@@ -27,6 +27,7 @@ from horizon.tui.hangup import HangupGuard
 from horizon.tui.keys import bindings, palette
 from horizon.tui.screens.attention import AttentionPane
 from horizon.tui.screens.compare import ComparePane
+from horizon.tui.screens.figures import FiguresPane, save_figure
 from horizon.tui.screens.help import HelpScreen
 from horizon.tui.screens.horizon import HorizonPane, job_name
 from horizon.tui.screens.norms import NormsPane
@@ -106,9 +107,11 @@ class HorizonApp(App[None]):
                 yield OutliersPane()
             with TabPane("5 Attention", id="attention"):
                 yield AttentionPane()
-            if self.compared is not None:
+            if self.compared is not None:  # before 7: the tabs in key order
                 with TabPane("6 Compare", id="compare"):
                     yield ComparePane(self.compared)
+            with TabPane("7 Figures", id="figures"):
+                yield FiguresPane()
         yield StatusLine(id="status")
         yield Footer()
 
@@ -272,7 +275,7 @@ class HorizonApp(App[None]):
         self._start_extra()
         state = self.view_state()
         if state is not None:
-            for pane in (TokensPane, NormsPane, HorizonPane, OutliersPane, AttentionPane):
+            for pane in (TokensPane, NormsPane, HorizonPane, OutliersPane, AttentionPane, FiguresPane):
                 self.query_one(pane).refresh_view(state)
         self.refresh_status()
 
@@ -349,6 +352,9 @@ class HorizonApp(App[None]):
             return None
         return self.query_one(ComparePane)
 
+    def action_save_figure(self) -> None:
+        save_figure(self)  # the figure shown, written in a thread worker (tui/screens/figures.py)
+
     def action_cycle_metric(self) -> None:
         self.metric = METRICS[(METRICS.index(self.metric) + 1) % len(METRICS)]
 
@@ -419,7 +425,7 @@ class HorizonApp(App[None]):
     def _tab_changed(self, event: TabbedContent.TabActivated) -> None:
         # Put the keyboard where the screen's work is: arrows then act at once.
         targets = {"tokens": "#tokens-grid", "horizon": "#k-slider", "outliers": "#outliers-table",
-                   "compare": "#compare-table"}
+                   "compare": "#compare-table", "figures": "#figures-plot"}
         target = targets.get(str(event.pane.id))
         if target is not None:
             self.query_one(target).focus()

@@ -47,8 +47,9 @@ def fmt(value: float | None, digits: int = 3) -> str:
     return fixed(value, decimals)
 
 
-def quantise(value: float | None, digits: int = 3) -> float | None:
-    """``value`` to ``digits`` significant figures, noting the rounding margin; None when missing.
+def quantise(value: float | None, digits: int = 3, decimals: int | None = None) -> float | None:
+    """``value`` to ``digits`` significant figures (or to ``decimals`` decimals: values of a fixed
+    range, such as cosines), noting the rounding margin; None when missing.
 
     The result is the float of its decimal text, so one rounding gives the same bits everywhere:
     a plot drawn from quantised values cannot change with the last bits of a float. (Near a power
@@ -58,7 +59,7 @@ def quantise(value: float | None, digits: int = 3) -> float | None:
         return None
     if value == 0:
         return 0.0
-    exponent = math.floor(math.log10(abs(value))) - digits + 1
+    exponent = -decimals if decimals is not None else math.floor(math.log10(abs(value))) - digits + 1
     unit = 10.0**exponent
     count = round_half("plot value", value, value / unit, unit)
     return float(f"{count}e{exponent}")

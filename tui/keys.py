@@ -30,7 +30,7 @@ class Key:
     help: str = ""  # the palette's help line
     display: str | None = None  # the key as the footer and palette show it
     show: bool = False  # in the footer
-    where: str = "app"  # app | horizon | outliers (whose BINDINGS hold it)
+    where: str = "app"  # app | horizon | outliers | figures (whose BINDINGS hold it)
     row: str = ""  # the help screen's row label ("" = not listed)
     row_text: str = ""  # the row's text (on the row's first entry)
 
@@ -44,6 +44,13 @@ KEYS: tuple[Key, ...] = (
     Key("g", "compare_figure", "figure", "Next compare figure", "norm growth, sublayers, loss vs k, cosine (g)",
         row="g / d", row_text="compare: next overlaid figure / x axis layer | relative depth"),
     Key("d", "compare_x", "x axis", "Toggle compare x axis", "layer / relative depth (d)", row="g / d"),
+    Key("7", "show_tab('figures')", "figures", "Show figures", "the seeds' figures as plots (7)", row="7",
+        row_text="Figures: the seeds' eleven figures, one at a time"),
+    Key("n", "next_figure(1)", "next", "", where="figures", row="n / N / w",
+        row_text="figures: next / previous figure; w saves the figure shown (svg) to horizon-figures/"),
+    Key("N", "next_figure(-1)", "previous", "", where="figures", row="n / N / w"),
+    Key("w", "save_figure", "save", "Save figure", "the figure shown, as horizon figures draws it (w)",
+        row="n / N / w"),
     Key("question_mark", "help", "help", "Help", "every metric and key (?)", show=True, row="?", row_text="this help"),
     Key("", "", row="ctrl+p", row_text="command palette (every action)"),
     Key("m", "cycle_metric", "metric", "Cycle token metric", "cosine, norm, Δloss, KL (m)", show=True,

@@ -6,7 +6,7 @@ figures (1, 4, 7, 9) take a list of inputs, one colour per model, and ``x="depth
 of an L-layer model at i / L.
 
 Why the pixels cannot flip with the last bits of a float: every plotted value goes through
-``tui.format.quantise`` (3 significant figures, its margin noted like every other display
+``tui.format.quantise`` (3 significant figures, cosines 2 decimals; its margin noted like every display
 choice, tui/widgets/scales.py), and everything after that (axis ends, ticks, log decades, pixel
 positions) is computed from those decimal numbers only, the same bits on every machine. Axes
 have round ends and round ticks, spaced so that their labels never meet; log axes (the norms)
@@ -132,7 +132,7 @@ def linear_axis(values: Sequence[float | None], room: int, per_tick: Callable[[i
             decimals = _decimals(step) if not integer else 0
             labels = tuple(f"{index * step:.{decimals}f}" for index in range(first, last + 1))
             width = max(len(label) for label in labels)
-            if target == 1 or (last - first) * per_tick(width) <= room:
+            if target == 1 or (last - first) * per_tick(width) <= room - 1:
                 break
             target -= 1
     ticks = tuple(index * step for index in range(first, last + 1))
@@ -144,22 +144,40 @@ def _log_label(mantissa: int, exponent: int) -> str:
     return f"{value:g}" if -4 <= exponent <= 5 else f"{mantissa}e{exponent}"
 
 
+def _log_marks(first: int, last: int) -> list[tuple[int, int]]:
+    """(mantissa, exponent) of every 1-2-5 value from 10^first up to 10^last."""
+    return [(m, e) for e in range(first, last) for m in (1, 2, 5)] + [(1, last)]
+
+
 def log_axis(values: Sequence[float | None], rows: int) -> Axis:
-    """A log axis over the positive ``values`` (quantised): whole decades, ticks at the decades
-    (with 2 and 5 between them when the decades are few), thinned to one per two rows."""
+    """A log axis over the positive ``values`` (quantised): its ends the nearest 1-2-5 values
+    outside the data, ticks at the decades (and at 2 and 5 between them while they fit, one label
+    per two rows), always including both ends."""
     positive = [v for v in _finite(values) if v > 0] or [1.0]
-    first = math.floor(math.log10(min(positive)))
-    last = max(first + 1, math.ceil(math.log10(max(positive))))
-    if float(f"1e{last - 1}") >= max(positive):  # log10 rounded up a value at a decade
-        last = max(first + 1, last - 1)
-    if float(f"1e{first + 1}") <= min(positive) and first + 1 < last:
-        first += 1
-    mantissas = (1, 2, 5) if (last - first) * 3 <= rows // 2 else (1,)
-    marks = [(m, e) for e in range(first, last) for m in mantissas] + [(1, last)]
-    every = max(1, math.ceil(len(marks) / max(1, rows // 2 + 1)))
-    marks = marks[::every] if marks[::every][-1] == marks[-1] else [*marks[::every], marks[-1]]
-    ticks = tuple(math.log10(float(f"{m}e{e}")) for m, e in marks)
-    return Axis(float(f"1e{first}"), float(f"1e{last}"), ticks, tuple(_log_label(m, e) for m, e in marks), log=True)
+    low, high = min(positive), max(positive)
+    marks = _log_marks(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1)
+    below = [mark for mark in marks if float(f"{mark[0]}e{mark[1]}") <= low]
+    above = [mark for mark in marks if float(f"{mark[0]}e{mark[1]}") >= high]
+    first, last = marks.index(below[-1]), marks.index(above[0])
+    if first == last:
+        last += 1
+    span = marks[first : last + 1]
+    room = max(2, rows // 2 + 1)
+    if len(span) > room:  # too many for the rows: the decades, then every few of them
+        decades = [mark for mark in span if mark[0] == 1]
+        every = max(1, math.ceil((len(decades) + 2) / room))
+        span = [span[0], *[mark for mark in decades[::every] if mark not in (span[0], span[-1])], span[-1]]
+    positions = [math.log10(float(f"{m}e{e}")) for m, e in span]
+    row = (positions[-1] - positions[0]) / max(1, rows - 1)  # log10 units per row
+    kept = [0]
+    for index in range(1, len(span)):  # two rows at least between labels; the top end always kept
+        if positions[index] - positions[kept[-1]] >= 2 * row:
+            kept.append(index)
+        elif index == len(span) - 1:
+            kept[-1:] = [index] if len(kept) > 1 else [0, index]
+    marks_kept = [span[index] for index in kept]
+    return Axis(float(f"{span[0][0]}e{span[0][1]}"), float(f"{span[-1][0]}e{span[-1][1]}"),
+                tuple(positions[index] for index in kept), tuple(_log_label(m, e) for m, e in marks_kept), log=True)
 
 
 def _x_per_tick(width: int) -> int:
@@ -179,9 +197,13 @@ def y_axis(values: Sequence[float | None], height: int, log: bool = False) -> Ax
     return log_axis(values, rows) if log else linear_axis(values, rows, _y_per_tick)
 
 
-def quantised(values: Any) -> list[float | None]:
-    """Every value of a sequence rounded for plotting (None where missing or not finite)."""
-    return [quantise(None if value is None else float(value)) for value in values]
+COSINE_DECIMALS = 2  # cosines lie in [-1, 1]: 0.01 is about one braille dot of a 160x48 plot
+
+
+def quantised(values: Any, decimals: int | None = None) -> list[float | None]:
+    """Every value of a sequence rounded for plotting (None where missing or not finite): to 3
+    significant figures, or to ``decimals`` decimals."""
+    return [quantise(None if value is None else float(value), decimals=decimals) for value in values]
 
 
 def _positions(rows: Sequence[float], n_layers: int | None, x: str) -> list[float]:
@@ -216,9 +238,14 @@ def line(panel: Panel, xs: Sequence[float], ys: Sequence[float | None], yaxis: A
          label=None if label is None else visible(label))
 
 
+def fit_text(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters (plotext leaves out a title wider than the plot)."""
+    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+
+
 def frame(panel: Panel, title: str, xaxis: Axis, yaxis: Axis, xname: str, yname: str) -> None:
     plt = panel.plt
-    plt.title(visible(title))
+    plt.title(fit_text(visible(title), panel.width))
     plt.xlabel(xname)
     plt.ylabel(yname)
     plt.xlim(*xaxis.limits)
@@ -228,7 +255,7 @@ def frame(panel: Panel, title: str, xaxis: Axis, yaxis: Axis, xname: str, yname:
 
 
 def empty(panel: Panel, message: str) -> None:
-    panel.plt.title(message)
+    panel.plt.title(fit_text(visible(message), panel.width))
 
 
 def _panels(plt: Any, width: int, height: int, n: int) -> list[Panel]:
@@ -272,8 +299,10 @@ def _draw_series(panel: Panel, series: list[tuple[list[float], list[float | None
         return None
     xaxis = x_axis([v for s in series for v in s[0]], panel.width, integer=integer_x and x != "depth")
     yaxis = y_axis([v for s in series for v in s[1]], panel.height, log=log)
+    # A legend taller than half the plot would hide the lines: then the title and axes must do.
+    legend = sum(1 for s in series if s[3]) <= max(1, (panel.height - 5) // 2)
     for xs, ys, colour, label, marker in series:
-        line(panel, xs, ys, yaxis, colour, label, marker=marker, lines=marker != "x")
+        line(panel, xs, ys, yaxis, colour, label if legend else None, marker=marker, lines=marker != "x")
     frame(panel, title, xaxis, yaxis, xname or xlabel(x), yname)
     return xaxis, yaxis
 
@@ -347,24 +376,31 @@ def loss_vs_k(panel: Panel, inputs: list[FigureInput], x: str = "layer", current
 # ----------------------------------------------------------------------------- (9) cosine
 
 
-def cosine(panel: Panel, inputs: list[FigureInput], x: str = "layer", **_: Any) -> None:
-    """(9) Median mean-centred cosine per layer, one line per truncation length; the quartiles dotted."""
+def cosine(panel: Panel, inputs: list[FigureInput], x: str = "layer", length: int | None = None,
+           **_: Any) -> None:
+    """(9) Median mean-centred cosine per layer, one line per truncation length; with one model,
+    the quartiles of one length dotted (``length``, default the shortest: all of them would hide
+    the lines in a terminal)."""
     items = [item for item in inputs if item.truncate]
     series = []
+    banded = None
     for item_index, item in enumerate(items):
         view = item.truncate or {}
         lengths = sorted((view.get("median_cos") or {}), key=int)
         palette = colours(len(lengths)) if len(items) == 1 else [colours(len(items))[item_index]] * len(lengths)
         for index, c in enumerate(lengths):
-            median = quantised(view["median_cos"][c])
+            median = quantised(view["median_cos"][c], COSINE_DECIMALS)
             rows = _positions(list(range(len(median))), item.n_layers, x)
             label = f"c = {c}" if len(items) == 1 else f"{visible(item.label)} c = {c}"
             series.append((rows, median, palette[index], label, LINE))
             quartiles = (view.get("quartiles_cos") or {}).get(c)
-            if quartiles and len(items) == 1:
-                series.append((rows, quantised(quartiles[0]), palette[index], None, "⋅"))
-                series.append((rows, quantised(quartiles[1]), palette[index], None, "⋅"))
-    _draw_series(panel, series, x, "median mean-centred cosine per layer (dots: quartiles)", "cosine")
+            wanted = str(length) if str(length) in lengths else lengths[0]
+            if quartiles and len(items) == 1 and c == wanted:
+                banded = c
+                series[:0] = [(rows, quantised(quartiles[0], COSINE_DECIMALS), palette[index], None, "⋅"),
+                              (rows, quantised(quartiles[1], COSINE_DECIMALS), palette[index], None, "⋅")]
+    dots = f" (dots: quartiles of c = {banded})" if banded is not None else ""
+    _draw_series(panel, series, x, f"median mean-centred cosine per layer{dots}", "cosine")
 
 
 # ----------------------------------------------------------------------------- (2) distribution
@@ -419,19 +455,30 @@ def heatmap(panel: Panel, matrix: Sequence[Sequence[float | None]], title: str, 
         empty(panel, f"{title}: no data")
         return
     n_rows, n_cols = len(shown), len(shown[0])
-    yaxis_ticks = linear_axis([0, n_rows - 1], max(3, panel.height - 5), _y_per_tick, integer=True)
+    yaxis_ticks = linear_axis([0, n_rows - 1], max(3, panel.height - 6), _y_per_tick, integer=True)
     label_width = max(len(row_labels[int(t)]) for t in yaxis_ticks.ticks if int(t) < n_rows)
-    width, height = max(4, panel.width - 2 - label_width), max(2, panel.height - 5)
+    # The plot area in characters; its top row is the colour legend.
+    width, height = max(4, panel.width - 2 - label_width), max(2, panel.height - 6)
     with unrecorded():  # quantised values: the steps are chosen from exact decimals
         scale = Scale.fit([v for row in shown for v in row], diverging=diverging)
         xs, ys, rgbs = [], [], []
         for cx in range(width):
             for cy in range(height):
-                value = shown[cy * n_rows // height][cx * n_cols // width]
                 xs.append(cx)
                 ys.append(cy)
-                rgbs.append(scale.rgb(value))
-    panel.plt.scatter(xs, ys, marker="sd", color=rgbs)
+                rgbs.append(scale.rgb(shown[cy * n_rows // height][cx * n_cols // width]))
+    with unrecorded():  # the scale's ends are round numbers
+        low, high = (f"{10**scale.low:.3g}", f"{10**scale.high:.3g}") if log else (fmt(scale.low), fmt(scale.high))
+    low_text, high_text = f"{'log ' if log else ''}{low} ", f" {high}"
+    bar = max(2, min(scale.steps * 2, width - len(low_text) - len(high_text) - 2))
+    for column in range(bar):
+        xs.append(len(low_text) + column)
+        ys.append(height)
+        rgbs.append(scale.step_rgb(column * scale.steps // bar))
+    plt = panel.plt
+    plt.scatter(xs, ys, marker="sd", color=rgbs)
+    plt.text(low_text, 0, height, alignment="left")
+    plt.text(high_text, len(low_text) + bar, height, alignment="left")
     xaxis_ticks = linear_axis([0, n_cols - 1], max(10, width), lambda w: max(_x_per_tick(w),
                               _x_per_tick(max(len(label) for label in column_labels))), integer=True)
 
@@ -440,13 +487,11 @@ def heatmap(panel: Panel, matrix: Sequence[Sequence[float | None]], title: str, 
 
     columns = [int(t) for t in xaxis_ticks.ticks if int(t) < n_cols]
     rows = [int(t) for t in yaxis_ticks.ticks if int(t) < n_rows]
-    low, high = (f"{10**scale.low:.3g}", f"{10**scale.high:.3g}") if log else (fmt(scale.low), fmt(scale.high))
-    plt = panel.plt
-    plt.title(visible(f"{title}  [colour {low} to {high}{', log' if log else ''}]"))
+    plt.title(fit_text(visible(title), panel.width))
     plt.xlabel(xname)
     plt.ylabel(yname)
     plt.xlim(-0.5, width - 0.5)
-    plt.ylim(-0.5, height - 0.5)
+    plt.ylim(-0.5, height + 0.5)
     plt.xticks([centre(c, n_cols, width) for c in columns], [visible(column_labels[c]) for c in columns])
     plt.yticks([centre(r, n_rows, height) for r in rows], [visible(row_labels[r]) for r in rows])
 
@@ -552,7 +597,7 @@ def categories(panel: Panel, inputs: list[FigureInput], **_: Any) -> None:
         entry = per_length.get(c) or {}
         counts = entry.get("count") or {}
         kinds = [category for category in entry if category != "count" and counts.get(category)]
-        series = [(list(map(float, range(len(entry[kind])))), quantised(entry[kind]), colour,
+        series = [(list(map(float, range(len(entry[kind])))), quantised(entry[kind], COSINE_DECIMALS), colour,
                    f"{kind} ({counts[kind]})", LINE) for kind, colour in zip(kinds, colours(len(kinds)), strict=True)]
         _draw_series(sub, series, "layer", f"c = {c}", "median cosine")
 

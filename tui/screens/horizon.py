@@ -1,5 +1,7 @@
 """Screen 3, Horizon: sliders for k and the start layer, toggles for the options, the patched
-pass's numbers, its per-token loss increase on the token grid, and the scanned loss-vs-k curve.
+pass's numbers, its per-token loss increase on the token grid, and the scanned loss-vs-k curve
+(a plotext plot: figure 7 for start layer 0, the current k a magenta line, the effective horizon
+a green one; its axis ticks are round and never meet).
 
 With the layer x k view on (key x), the curve gives way to the per-layer horizon matrix (the
 horizon enforced at one layer N only, every k), and the selected cell (layer slider or < >, k
@@ -12,13 +14,15 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from horizon.core.compare import FigureInput, live_figure_input
 from horizon.core.session import PatchSettings
 from horizon.tui.format import fixed, fmt
 from horizon.tui.keys import bindings
 from horizon.tui.screens import views
 from horizon.tui.state import ChangeSettings, ViewState
-from horizon.tui.widgets.charts import Legend, curve_text
+from horizon.tui.widgets.charts import Legend
 from horizon.tui.widgets.layer_matrix import LayerMatrix, unchanged
+from horizon.tui.widgets.plot import FigurePlot
 from horizon.tui.widgets.scales import Scale
 from horizon.tui.widgets.slider import Slider
 from horizon.tui.widgets.token_grid import TokenGrid
@@ -52,6 +56,7 @@ class HorizonPane(Vertical):
     DEFAULT_CSS = """
     #matrix-scroll { height: 1fr; min-height: 4; display: none; }
     #layer-slider, #matrix-legend { display: none; }
+    #horizon-plot { height: 1fr; min-height: 9; max-height: 24; }
     """
     BINDINGS: ClassVar[list[BindingType]] = bindings("horizon")  # a, x, < > (tui/keys.py)
 
@@ -60,6 +65,7 @@ class HorizonPane(Vertical):
         self._matrix_layer: int | None = None  # the layer the matrix view returns to
         self._n_layers = 0
         self._settings = PatchSettings(k=1)  # the app's, as last shown on the controls
+        self._plotted: Any = None  # the ScanResult the curve was last given
 
     def compose(self) -> ComposeResult:
         yield Slider("k    ", 1, 2, 1, id="k-slider")
@@ -73,6 +79,7 @@ class HorizonPane(Vertical):
             yield Checkbox("layer×k", id="matrix-toggle")
         yield Static(id="horizon-summary")
         yield Static(id="horizon-curve")
+        yield FigurePlot(figure="loss_vs_k", id="horizon-plot")
         with VerticalScroll(id="matrix-scroll"):
             yield LayerMatrix(id="horizon-matrix")
         yield Legend(id="matrix-legend")
@@ -107,6 +114,7 @@ class HorizonPane(Vertical):
             self.query_one("#matrix-toggle", Checkbox).value = matrix
         self.query_one("#start-slider").display = not matrix
         self.query_one("#horizon-curve").display = not matrix
+        self.query_one("#horizon-plot").display = not matrix
         for name in ("#layer-slider", "#matrix-scroll", "#matrix-legend"):
             self.query_one(name).display = matrix
 
@@ -179,6 +187,7 @@ class HorizonPane(Vertical):
         legend.scale, legend.label = scale, "Δloss"
         if settings.only_layer is None:
             self.query_one("#horizon-curve", Static).update(self._curve(state))
+            self._plot_curve(state)
         else:
             self._show_matrix(state)
 
@@ -212,19 +221,35 @@ class HorizonPane(Vertical):
         if scan is None:
             failed = state.failed.get(job_name(("scan", state.prompt, ablation)))
             return Text(f"scan failed: {failed}" if failed else "loss-vs-k scan: computing…", style="dim")
-        rows = [row for row in scan.rows if row["start_layer"] == 0]
         horizon = scan.effective_horizon.get(0)
         title = Text("loss vs k ", style="bold")
         shown = getattr(scan, "ablation", ablation)  # stored results: the sweep's own ablation
-        title.append(f"(recursive, S=0, {shown})  clean {fixed(scan.loss_clean, 3)} ", style="dim")
-        title.append("╌╌", style="yellow")
+        title.append(f"(recursive, S=0, {shown})  clean {fixed(scan.loss_clean, 3)}", style="dim")
         title.append(f"  eff. horizon (tol {scan.tol:g}) ", style="dim")
         title.append(f"k={horizon}" if horizon is not None else "none", style="bold green")
-        chart = curve_text(
-            [row["k"] for row in rows], [row["loss"] for row in rows], scan.loss_clean, horizon, state.settings.k,
-            height=4,
-        )
-        return Text("\n").join([title, chart])
+        title.append("  k ", style="dim")
+        title.append(str(state.settings.k), style="bold magenta")
+        return title
+
+    def _plot_curve(self, state: ViewState) -> None:
+        ablation = state.settings.ablation
+        scan = state.source.cached_scan(state.prompt, ablation)
+        plot = self.query_one("#horizon-plot", FigurePlot)
+        plot.display = scan is not None
+        if scan is None:
+            return
+        if self._plotted is not scan:  # the figure's input copies the scan: once per scan
+            self._plotted = scan
+            plot.inputs = [start_zero_input(state.source.label, scan, getattr(scan, "ablation", ablation))]
+        plot.options = {"current_k": state.settings.k}
+
+
+def start_zero_input(label: str, scan: Any, ablation: str) -> FigureInput:
+    """Figure 7's input for start layer 0 only (the curve the sliders' recursive horizon follows)."""
+    figure = live_figure_input(label, scan=scan, ablation=ablation)
+    figure.scan = {**(figure.scan or {}), "rows": [row for row in scan.rows if row["start_layer"] == 0],
+                   "effective_horizon": {0: scan.effective_horizon.get(0)}}
+    return figure
 
 
 def job_name(job: tuple[str, int, str]) -> str:

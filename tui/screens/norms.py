@@ -1,15 +1,22 @@
-"""Screen 2, Norms: per-site sparklines over layers, the fitted growth rate, a layers x
-positions heat map of the selected prompt, and the BOS position's curve apart."""
+"""Screen 2, Norms: per-site sparklines over layers (log scale, as the seed's log axis), the fitted
+growth rate, the norm-growth figure (a plotext plot, log y, the fit over its window, BOS apart),
+a layers x positions heat map of the selected prompt, and the BOS position's curve apart.
+
+The growth-ratio sparkline leaves the first ratio (embedding -> layer 1, often 10-20x where the
+others are near 1) out of its scale, and says so: with it, every other bar would be flat."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
+from horizon.core.compare import live_figure_input
 from horizon.tui.format import fixed, fmt, layer_label, sparkline
 from horizon.tui.state import ViewState
 from horizon.tui.widgets.charts import HeatMap, Legend
-from horizon.tui.widgets.scales import Scale
+from horizon.tui.widgets.plot import FigurePlot
+from horizon.tui.widgets.scales import Scale, note_margin
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -19,27 +26,52 @@ from textual.widgets import Static
 SITE_ROWS = ("resid_pre", "resid_mid", "attn_out", "mlp_out")
 
 
+def log_sparkline(values: list[float]) -> str:
+    """The sparkline of log10 of positive values (norms): equal ratios give equal steps."""
+    return sparkline([math.log10(v) if v > 0 else None for v in values])
+
+
+def growth_row(ratios: list[float]) -> tuple[str, Text, str, str]:
+    """(min, sparkline, max, note) of the growth ratios, the first left out of the scale."""
+    rest = ratios[1:] or ratios
+    line = sparkline(ratios, low=min(rest), high=max(rest))  # the first ratio is clipped to the top
+    if len(ratios) < 2:
+        return fmt(min(rest)), Text(line, style="magenta"), fmt(max(rest)), ""
+    note_margin("scale end", ratios[0], min(abs(ratios[0] - min(rest)), abs(ratios[0] - max(rest))))
+    note = "" if min(rest) <= ratios[0] <= max(rest) else f"1st ratio {fmt(ratios[0])} off scale"
+    return fmt(min(rest)), Text(line, style="magenta"), fmt(max(rest)), note
+
+
 def site_table(report: Any) -> Table:
     table = Table.grid(padding=(0, 1))
     table.add_column("site", style="bold", no_wrap=True)
     table.add_column("min", justify="right", style="dim")
-    table.add_column("per layer")
+    table.add_column("per layer (log)")
     table.add_column("max", justify="right", style="dim")
+    table.add_column("note", style="dim", no_wrap=True)
     for site in SITE_ROWS:
         means = [float(v) for v in report.stats[site].mean_norm]
-        table.add_row(site, fmt(min(means)), Text(sparkline(means), style="cyan"), fmt(max(means)))
+        table.add_row(site, fmt(min(means)), Text(log_sparkline(means), style="cyan"), fmt(max(means)), "log")
     ratios = [float(v) for v in report.growth.ratios]
-    table.add_row("growth", fmt(min(ratios)), Text(sparkline(ratios), style="magenta"), fmt(max(ratios)))
+    low, line, high, note = growth_row(ratios)
+    table.add_row("growth", low, line, high, note or "linear")
     if report.bos_mean_norm is not None:
         bos = [float(v) for v in report.bos_mean_norm]
-        table.add_row("BOS", fmt(min(bos)), Text(sparkline(bos), style="yellow"), fmt(max(bos)))
+        table.add_row("BOS", fmt(min(bos)), Text(log_sparkline(bos), style="yellow"), fmt(max(bos)), "log")
     return table
 
 
 class NormsPane(VerticalScroll):
+    DEFAULT_CSS = "#norms-plot { height: 60vh; min-height: 12; max-height: 30; margin-bottom: 1; }"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._plotted: Any = None  # the NormsReport the figure was last given
+
     def compose(self) -> ComposeResult:
         yield Static("norms: computing…", id="norms-summary")
         yield Static(id="norms-table")
+        yield FigurePlot(figure="norm_growth", id="norms-plot")
         yield Static(id="norms-heat-title")
         yield Legend(id="norms-legend")
         yield HeatMap(id="norms-heat")
@@ -57,6 +89,9 @@ class NormsPane(VerticalScroll):
         text.append(f"{fixed(growth.rate, 3)}/layer over layers {first}-{last} (r^2 {fixed(growth.r2, 2)})")
         summary.update(text)
         self.query_one("#norms-table", Static).update(site_table(report))
+        if self._plotted is not report:  # the figure's input copies the report: once per report
+            self._plotted = report
+            self.query_one("#norms-plot", FigurePlot).inputs = [live_figure_input(state.source.label, report=report)]
         stored = report.norms["resid_pre"][state.prompt]
         if stored is None:  # results mode: this prompt's norms are not in the store
             return

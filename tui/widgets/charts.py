@@ -1,5 +1,6 @@
-"""Small text charts: a colour legend, a cell heat map and a loss curve (the inline sparkline is
-tui/format.py's: text, so the CLI shares it without importing Textual).
+"""Small text charts: a colour legend and a cell heat map (the inline sparkline is tui/format.py's:
+text, so the CLI shares it without importing Textual; real plots with axes are FigurePlot's,
+tui/widgets/plot.py).
 
 Textual's own ``Sparkline`` widget is not used: the per-layer sparklines sit inline in a table
 row and in the detail pane's text, and their bar heights must go through the noted rounding
@@ -8,10 +9,9 @@ row and in the detail pane's text, and their bar heights must go through the not
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
-from horizon.tui.format import BLOCKS, fmt
-from horizon.tui.widgets.scales import Scale, note_margin, round_half, round_range, unrecorded
+from horizon.tui.format import fmt
+from horizon.tui.widgets.scales import Scale, unrecorded
 from rich.color import Color
 from rich.style import Style
 from rich.text import Text
@@ -106,53 +106,3 @@ class HeatMap(Widget):
             ticks.append("  " + self.column_title)
         lines.append(ticks)
         return Text("\n").join(lines)
-
-
-def curve_text(
-    xs: Sequence[int], ys: Sequence[float], reference: float | None, marked_x: int | None,
-    current_x: int | None, height: int = 6, label_x: str = "k", bar_width: int = 1,
-) -> Text:
-    """A column chart of ``ys`` over ``xs``: one bar per x, a dashed reference line, two marks.
-
-    The current x is magenta, the marked x (effective horizon) green, the reference (clean
-    loss) a yellow dashed line.
-    """
-    if not ys:
-        return Text("no data yet", style="dim")
-    finite = [y for y in ys if math.isfinite(y)]
-    low = min([*finite, reference] if reference is not None else finite)
-    high = max([*finite, reference] if reference is not None else finite)
-    if low > 0:
-        note_margin("chart range", low, low - 0.2 * high)
-    low = min(low, 0.0) if low > 0 and low < 0.2 * high else low
-    low, high, _ = round_range(low, high, target=height)  # round axis ends, as the colour scales
-    span = high - low
-    levels = height * 8
-
-    def level(y: float) -> int:
-        return round_half("bar height", y, (y - low) / span * (levels - 1), span / (levels - 1))
-
-    ref_row = None if reference is None else height - 1 - level(reference) // 8
-    lines = []
-    for row in range(height):
-        row_floor = (height - 1 - row) * 8
-        with unrecorded():  # round numbers
-            label = fmt(high) if row == 0 else (fmt(low) if row == height - 1 else "")
-        line = Text(label.rjust(7), style="dim")
-        line.append(" ")
-        for x, y in zip(xs, ys, strict=True):
-            filled = level(y) + 1 - row_floor
-            char = " " if filled <= 0 else ("█" if filled >= 8 else BLOCKS[filled - 1])
-            style = "bold magenta" if x == current_x else ("green" if x == marked_x else "cyan")
-            if char == " " and row == ref_row:
-                char, style = "╌", "yellow"
-            line.append(char * bar_width, style)
-            line.append("╌" if row == ref_row else " ", "yellow")
-        lines.append(line)
-    axis = " " * 8
-    step = 1 if len(xs) <= 12 else 5
-    for index, x in enumerate(xs):
-        if index % step == 0 or x == current_x:
-            axis = axis[: 8 + index * (bar_width + 1)].ljust(8 + index * (bar_width + 1)) + str(x)
-    lines.append(Text(axis + f"  {label_x}", style="dim"))
-    return Text("\n").join(lines)

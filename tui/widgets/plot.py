@@ -29,6 +29,7 @@ class FigurePlot(PlotextPlot):
     }
     """
 
+    can_focus = True  # the save key (w) saves the focused figure
     figure: reactive[str] = reactive("norm_growth")
     # Never compared (FigureInput holds arrays): every assignment redraws.
     inputs: reactive[list[FigureInput]] = reactive(list, always_update=True)
@@ -36,7 +37,7 @@ class FigurePlot(PlotextPlot):
     options: reactive[dict[str, Any]] = reactive(dict, always_update=True)
 
     def __init__(self, figure: str = "norm_growth", inputs: list[FigureInput] | None = None, x: str = "layer", *,
-                 name: str | None = None, id: str | None = None,  # noqa: A002 (Textual's name)
+                 name: str | None = None, id: str | None = None,
                  classes: str | None = None, disabled: bool = False) -> None:
         super().__init__(name=name, id=id, classes=classes, disabled=disabled)
         terminal.figure_name(figure)  # an unknown figure fails here, not at the first draw
