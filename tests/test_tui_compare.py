@@ -119,6 +119,9 @@ async def test_the_overlay_draws_one_series_per_model_and_its_keys_switch(llama_
         assert [item.label for item in plot.inputs] == ["tiny-llama", "tiny-gpt2"]
         assert [item.n_layers for item in plot.inputs] == [4, 3]
         assert (plot.figure, plot.x) == ("norm_growth", "layer")
+        title = app.query_one("#compare-figure-title", Static)
+        assert "━ tiny-llama ━ tiny-gpt2" in plain(title)  # the colour legend, whatever the plot's size
+        assert len({span.style for span in title.content.spans if "rgb(" in str(span.style)}) == 2
         seen = [plot.figure]
         for _ in FIGURES:
             await pilot.press("g")
@@ -146,7 +149,7 @@ async def test_the_overlay_draws_one_series_per_model_and_its_keys_switch(llama_
         await pilot.press("d")
         await pilot.pause()
         assert plot.x == pane.x == "depth"
-        assert "relative depth" in plain(app.query_one("#compare-figure-title", Static))
+        assert "x: layer / L" in plain(app.query_one("#compare-figure-title", Static))
         await pilot.press("d")
         await pilot.pause()
         assert plot.x == "layer"

@@ -19,6 +19,7 @@ from typing import Any
 from horizon.core.errors import HorizonError
 from horizon.core.results_session import ComparedResults, Comparison
 from horizon.core.untrusted import visible
+from horizon.tui.figures import terminal
 from horizon.tui.format import fixed, fmt
 from horizon.tui.state import AnalysisFailed, AnalysisReady
 from horizon.tui.widgets.plot import FigurePlot
@@ -191,15 +192,20 @@ class ComparePane(VerticalScroll):
             table.add_row(*table_row(row, lengths), key=str(index))
 
     def _draw_overlay(self, comparison: Comparison) -> None:
-        names = list(FIGURES)
-        title = Text(f"figure {names.index(self.figure) + 1}/{len(names)}: {FIGURES[self.figure]}", style="bold")
-        title.append(f"  x: {'relative depth (layer / L)' if self.x == 'depth' else 'layer'}", style="bold")
-        title.append("  g next figure · d x axis", style="dim")
-        self.query_one("#compare-figure-title", Static).update(title)
         plot = self.query_one("#compare-plot", FigurePlot)
         plot.inputs = list(comparison.inputs)
         plot.x = self.x
         plot.figure = self.figure
+        names = list(FIGURES)
+        title = Text(f"{names.index(self.figure) + 1}/{len(names)} {FIGURES[self.figure]}", style="bold")
+        title.append(f", x: {'layer / L' if self.x == 'depth' else 'layer'} ", style="bold")
+        # The models' colours, as the plot gives them (its legend may not fit a small plot).
+        usable = plot.usable_inputs()
+        for item, rgb in zip(usable, terminal.colours(len(usable)), strict=True):
+            title.append(" ━ ", style=f"bold rgb({rgb[0]},{rgb[1]},{rgb[2]})")
+            title.append(visible(item.label))
+        title.append("   g figure · d x axis", style="dim")
+        self.query_one("#compare-figure-title", Static).update(title)
 
     def watch_figure(self) -> None:
         comparison = self.source.ready()
