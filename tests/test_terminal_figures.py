@@ -267,3 +267,14 @@ async def test_save_key_without_matplotlib_is_one_notice(tiny_llama, monkeypatch
         notes = [str(note.message) for note in app._notifications]
     assert not (tmp_path / "figs").exists()
     assert len([note for note in notes if "matplotlib" in note]) == 1
+
+
+def test_bos_is_apart_and_does_not_squeeze_the_growth_curve() -> None:
+    item = full_input(n_layers=12)
+    mean = item.norms["sites"]["resid_pre"]["mean_norm"]
+    item.norms["bos"]["mean_norm"] = [value * 1000 for value in mean]  # far above every other series
+    lines = drawn("norm_growth", [item], 80, 18)
+    top = max(float(line.split("┤")[0]) for line in lines if "┤" in line)
+    assert max(mean) <= top < max(item.norms["bos"]["mean_norm"])
+    assert top <= 10 * max(mean)  # the axis is the curve's, not BOS's
+    assert "BOS (apart), up to" in "\n".join(lines)

@@ -230,7 +230,7 @@ def line(panel: Panel, xs: Sequence[float], ys: Sequence[float | None], yaxis: A
          label: str | None = None, marker: str = LINE, lines: bool = True) -> None:
     """A series, missing points left out (the line joins the points on either side)."""
     points = [(x, yaxis.at(y)) for x, y in zip(xs, ys, strict=True)
-              if y is not None and (not yaxis.log or y > 0)]
+              if y is not None and (not yaxis.log or yaxis.low <= y <= yaxis.high)]  # log: BOS apart
     if not points:
         return
     draw = panel.plt.plot if lines and len(points) > 1 else panel.plt.scatter
@@ -271,7 +271,7 @@ def _panels(plt: Any, width: int, height: int, n: int) -> list[Panel]:
 def norm_growth(panel: Panel, inputs: list[FigureInput], x: str = "layer", **_: Any) -> None:
     """(1) Mean resid_pre norm per layer on a log axis, the fitted rate over its window, BOS apart."""
     items = [item for item in inputs if item.norms]
-    series = []
+    series, bos_series = [], []
     for item, colour in zip(items, colours(len(items)), strict=True):
         norms = item.norms or {}
         mean = quantised(norms["sites"]["resid_pre"]["mean_norm"])
@@ -285,20 +285,30 @@ def norm_growth(panel: Panel, inputs: list[FigureInput], x: str = "layer", **_: 
             series.append((_positions(fitted[0], item.n_layers, x), quantised(fitted[1]), fit_colour, label, LINE))
         bos = (norms.get("bos") or {}).get("mean_norm")
         if bos:
-            series.append((_positions(list(range(len(bos))), item.n_layers, x), quantised(bos), colour,
-                           "BOS (apart)" if len(items) == 1 else f"{visible(item.label)} BOS", "x"))
-    _draw_series(panel, series, x, "mean ‖resid_pre‖ per layer (log; BOS excluded)", "‖resid_pre‖", log=True)
+            bos_series.append((_positions(list(range(len(bos))), item.n_layers, x), quantised(bos), colour,
+                               "BOS (apart)" if len(items) == 1 else f"{visible(item.label)} BOS", "x"))
+    # BOS is apart: its norm (often 10-100x the others) does not set the axis, which would squeeze
+    # the growth curve; its points beyond the axis are left out, and the legend says up to where.
+    if series:
+        top = log_axis([v for s in series for v in s[1]], max(3, panel.height - 5)).high
+        with unrecorded():  # quantised values: exact decimals
+            bos_series = [(xs, ys, colour, label + (f", up to {fmt(max(_finite(ys)))}"
+                                                    if max(_finite(ys), default=0) > top else ""), marker)
+                          for xs, ys, colour, label, marker in bos_series]
+    _draw_series(panel, series + bos_series, x, "mean ‖resid_pre‖ per layer (log; BOS excluded)", "‖resid_pre‖",
+                 log=True, apart=len(bos_series))
 
 
 def _draw_series(panel: Panel, series: list[tuple[list[float], list[float | None], Any, str, str]], x: str,
                  title: str, yname: str, log: bool = False, xname: str | None = None,
-                 integer_x: bool = True) -> tuple[Axis, Axis] | None:
-    """Axes over every series, then the series (marker ``x``: points only)."""
+                 integer_x: bool = True, apart: int = 0) -> tuple[Axis, Axis] | None:
+    """Axes over every series but the last ``apart`` (drawn where they fall inside), then the
+    series (marker ``x``: points only)."""
     if not series:
         empty(panel, f"{title}: no data")
         return None
     xaxis = x_axis([v for s in series for v in s[0]], panel.width, integer=integer_x and x != "depth")
-    yaxis = y_axis([v for s in series for v in s[1]], panel.height, log=log)
+    yaxis = y_axis([v for s in series[: len(series) - apart] for v in s[1]], panel.height, log=log)
     # A legend taller than half the plot would hide the lines: then the title and axes must do.
     legend = sum(1 for s in series if s[3]) <= max(1, (panel.height - 5) // 2)
     for xs, ys, colour, label, marker in series:
