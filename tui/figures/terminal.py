@@ -288,15 +288,15 @@ def norm_growth(panel: Panel, inputs: list[FigureInput], x: str = "layer", **_: 
             bos_series.append((_positions(list(range(len(bos))), item.n_layers, x), quantised(bos), colour,
                                "BOS (apart)" if len(items) == 1 else f"{visible(item.label)} BOS", "x"))
     # BOS is apart: its norm (often 10-100x the others) does not set the axis, which would squeeze
-    # the growth curve; its points beyond the axis are left out, and the legend says up to where.
-    if series:
+    # the growth curve; its points beyond the axis are left out, and the title says up to where.
+    title = "mean ‖resid_pre‖ per layer (log; BOS excluded)"
+    if series and bos_series:
         top = log_axis([v for s in series for v in s[1]], max(3, panel.height - 5)).high
-        with unrecorded():  # quantised values: exact decimals
-            bos_series = [(xs, ys, colour, label + (f", up to {fmt(max(_finite(ys)))}"
-                                                    if max(_finite(ys), default=0) > top else ""), marker)
-                          for xs, ys, colour, label, marker in bos_series]
-    _draw_series(panel, series + bos_series, x, "mean ‖resid_pre‖ per layer (log; BOS excluded)", "‖resid_pre‖",
-                 log=True, apart=len(bos_series))
+        highest = max((v for s in bos_series for v in _finite(s[1])), default=0.0)
+        if highest > top:
+            with unrecorded():  # a quantised value: an exact decimal
+                title = f"mean ‖resid_pre‖ per layer (log; BOS apart, up to {fmt(highest)})"
+    _draw_series(panel, series + bos_series, x, title, "‖resid_pre‖", log=True, apart=len(bos_series))
 
 
 def _draw_series(panel: Panel, series: list[tuple[list[float], list[float | None], Any, str, str]], x: str,
