@@ -278,3 +278,25 @@ def test_bos_is_apart_and_does_not_squeeze_the_growth_curve() -> None:
     assert max(mean) <= top < max(item.norms["bos"]["mean_norm"])
     assert top <= 10 * max(mean)  # the axis is the curve's, not BOS's
     assert "BOS apart, up to" in lines[0]
+
+
+@pytest.mark.anyio
+async def test_weight_figures_are_computed_when_first_shown(tiny_llama, monkeypatch, tmp_path: Path) -> None:
+    from horizon.tui.screens.figures import FiguresPane
+    from horizon.tui.widgets.plot import FigurePlot
+
+    app = await _figures_app(tiny_llama, monkeypatch, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.2)
+        await app.workers.wait_for_complete()
+        await pilot.press("7")
+        pane = app.query_one(FiguresPane)
+        assert "weights" not in pane.available()  # not computed until figure 5 or 6 is shown
+        await pilot.press(*("n",) * 4)  # figure 5
+        await pilot.pause(0.2)
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        plot = app.query_one("#figures-plot", FigurePlot)
+        assert plot.name_of_figure == "weights" and {"weights", "mlp_random"} <= set(pane.available())
+        report = plot.usable_inputs()[0].weights
+        assert len(report["W_OV_frobenius"]) == tiny_llama.n_layers  # the weight report of the live model

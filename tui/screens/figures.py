@@ -19,9 +19,10 @@ from horizon.core.compare import FigureInput, live_figure_input
 from horizon.core.untrusted import visible
 from horizon.tui.figures import FIGURES, terminal
 from horizon.tui.keys import bindings
-from horizon.tui.state import ViewState
+from horizon.tui.state import AnalysisFailed, AnalysisReady, ViewState
 from horizon.tui.widgets.plot import FigurePlot
 from rich.text import Text
+from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import BindingType
 from textual.containers import Vertical
@@ -31,7 +32,7 @@ NAMES = list(terminal.NEEDS)  # plots.PLOTS's order: figure n is NAMES[n - 1]
 FIGURES_DIR = "horizon-figures"  # under the working directory; $HORIZON_FIGURES_DIR overrides it
 WHAT_IS_MISSING = {
     "norms": "norms", "samples": "norms", "prompt": "this prompt's stored norms", "weights":
-    "a live model's weights (horizon figures --model)", "scan": "the loss-vs-k scan",
+    "a model's weights (computed when shown with a model; results mode: --model)", "scan": "the loss-vs-k scan",
     "by_layer": "the layer x k matrix (Horizon screen, key x)", "truncate": "truncation",
     "attention": "attention",
 }
@@ -42,7 +43,12 @@ def by_layer_view(result: Any) -> dict[str, Any]:
     return {"layers": list(result.layers), "ks": list(result.ks), "delta_loss": result.delta_loss}
 
 
-def source_figure_input(state: ViewState) -> FigureInput:
+def live_model(source: Any) -> Any:
+    """The model behind a source (a live Session's, or the one given to a results directory), or None."""
+    return getattr(source, "model", None) or getattr(getattr(source, "live", None), "model", None)
+
+
+def source_figure_input(state: ViewState, weights: dict[str, Any] | None = None) -> FigureInput:
     """The figure input of what the session has ready for the selected prompt (zero ablation)."""
     source, prompt = state.source, state.prompt
     scan = source.cached_scan(prompt, "zero")
@@ -50,7 +56,7 @@ def source_figure_input(state: ViewState) -> FigureInput:
     figure = live_figure_input(
         source.label, report=source.ready("norms"), tokens=[source.tokens(prompt)], scan=scan,
         truncation=source.ready("truncation"), attention=source.ready(("attention", prompt)),
-        ablation=getattr(scan, "ablation", "zero"))
+        ablation=getattr(scan, "ablation", "zero"), weights=weights)
     if by_layer is not None:
         figure.scan = {**(figure.scan or {}), "by_layer": by_layer_view(by_layer)}
     figure.n_layers = figure.n_layers or state.n_layers
@@ -71,6 +77,9 @@ class FiguresPane(Vertical):
         super().__init__(*args, **kwargs)
         self._key: tuple[int, ...] | None = None  # the results the input was built from (by identity)
         self._input: FigureInput | None = None
+        self._weights: dict[str, Any] | None = None  # figures 5 and 6: weight_report, asked for once
+        self._weights_asked = False
+        self._state: ViewState | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(id="figures-header")
@@ -82,11 +91,12 @@ class FiguresPane(Vertical):
 
     def refresh_view(self, state: ViewState) -> None:
         source, prompt = state.source, state.prompt
+        self._state = state
         ready = (source.ready("norms"), source.ready("truncation"), source.ready(("attention", prompt)),
-                 source.cached_scan(prompt, "zero"), source.cached_by_layer(prompt, "zero"))
+                 source.cached_scan(prompt, "zero"), source.cached_by_layer(prompt, "zero"), self._weights)
         key = (prompt, *(id(result) for result in ready))
         if key != self._key:  # building the input copies every result: only when one changed
-            self._key, self._input = key, source_figure_input(state)
+            self._key, self._input = key, source_figure_input(state, self._weights)
             self.plot.inputs = [self._input]
         if self.plot.options != {"length": state.length}:
             self.plot.options = {"length": state.length}  # figure 9's quartiles: the selected length
@@ -99,7 +109,30 @@ class FiguresPane(Vertical):
     def action_next_figure(self, step: int) -> None:
         current = NAMES.index(self.plot.name_of_figure)
         self.plot.figure = NAMES[(current + step) % len(NAMES)]
+        if terminal.NEEDS[self.plot.name_of_figure] == "weights":
+            self._ask_for_weights()
         self._show_header()
+
+    def _ask_for_weights(self) -> None:
+        """Figures 5 and 6 read the weights: computed once, when first shown, if there is a model."""
+        state = self._state
+        if self._weights_asked or state is None or live_model(state.source) is None:
+            return
+        self._weights_asked = True
+        self._compute_weights(state.source)
+
+    @work(thread=True, group="figures-weights", exit_on_error=False)
+    def _compute_weights(self, source: Any) -> None:
+        # A worker of the pane's own: only this screen shows the weights, and only once asked.
+        from horizon.core.weights import weight_report
+
+        try:
+            weights = weight_report(live_model(source), "raw", source.token_ids, has_bos=source.has_bos)
+        except Exception as exc:  # the app shows it and names the job
+            self.post_message(AnalysisFailed("weights", f"{type(exc).__name__}: {exc}"))
+            return
+        self.app.call_from_thread(setattr, self, "_weights", weights)
+        self.post_message(AnalysisReady("weights"))  # not the status line's last run (as the app's extras)
 
     def _show_header(self) -> None:
         shown, available = self.plot.name_of_figure, self.available()
