@@ -467,6 +467,40 @@ async def test_results_mode_shows_the_report_numbers(sweep_dir, run_cli) -> None
             assert grid.values[pos] == pytest.approx(cos)
 
 
+@pytest.mark.anyio
+async def test_results_mode_figures_draw_the_report_views(sweep_dir, run_cli) -> None:  # type: ignore[no-untyped-def]
+    """The Figures screen of a results directory draws the stored views (those of report --json),
+    lists the weight figures as needing a model, and draws each figure it lists as drawable."""
+    import json
+
+    from horizon.core.session import ResultsSession
+    from horizon.tui.screens.figures import NAMES, FiguresPane
+    from horizon.tui.widgets.plot import FigurePlot
+
+    code, out, err = run_cli("report", str(sweep_dir), "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    app = HorizonApp(session=ResultsSession(str(sweep_dir)))
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press("7")
+        await pilot.pause()
+        pane = app.query_one(FiguresPane)
+        available = pane.available()
+        assert {"norm_growth", "sublayer_norms", "loss_vs_k", "cosine", "attention_distance"} <= set(available)
+        assert "weights" not in available and "mlp_random" not in available  # no model
+        figure = app.query_one("#figures-plot", FigurePlot).inputs[0]
+        stored = report["norms"]["sites"]["resid_pre"]["mean_norm"]
+        assert figure.norms["sites"]["resid_pre"]["mean_norm"] == pytest.approx(stored)
+        assert figure.scan["loss_clean"] == pytest.approx(report["scan"]["loss_clean"])
+        for _ in NAMES:  # every figure, drawable or not, draws without an error
+            await pilot.press("n")
+            await pilot.pause()
+        assert not app.failed and app.query_one("#figures-plot", FigurePlot).name_of_figure == NAMES[0]
+        header = plain(app.query_one("#figures-header", Static))
+        assert "Mean resid_pre norm per layer" in header
+
+
 def test_inspect_results_flag_is_checked_before_loading(run_cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
     code, _, err = run_cli("inspect", "--results", str(tmp_path))
     assert code == 2 and "not a results directory" in err
