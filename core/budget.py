@@ -52,7 +52,12 @@ CUDA_FRACTION = 0.85
 CPU_FRACTION = 0.7
 # What torch, transformers and the bridge hold besides the weights before any analysis (CPU RSS),
 # used when the plan is made without a loaded model to measure.
-RUNTIME_BYTES = 350 << 20
+RUNTIME_BYTES = 480 << 20
+# What the allocators keep beyond the live tensors (heap fragmentation, BLAS and oneDNN scratch):
+# measured on CPU as up to ~210 MB over the tensors' own bytes at 512-2048 tokens, varying run to run.
+ALLOCATOR_SLACK = 224 << 20
+# Query rows per step of the attention statistics (core/attention.py QUERY_CHUNK).
+QUERY_CHUNK = 256
 # Vocabulary columns per readout tile (cache-sized), and the narrowest tile a tight budget may use.
 VOCAB_TILE = 2048
 MIN_VOCAB_TILE = 256
@@ -207,6 +212,7 @@ def _forward(dims: ModelDims, batch: int, n_tokens: int, logits: bool) -> dict[s
     """One eager forward pass: a layer's activations, its attention scores, and (when asked) the logits."""
     e, bt = dims.element_bytes, batch * n_tokens
     parts = {
+        "allocator slack": ALLOCATOR_SLACK,
         "activations": bt * (8 * dims.d_model + 3 * dims.d_mlp) * e,
         # Eager attention holds the scores, their softmax and the bridge's pattern hook copy; the
         # causal mask is one more [batch, T, T].
@@ -223,9 +229,19 @@ def _clean_run(dims: ModelDims, batch: int, n_tokens: int) -> dict[str, int]:
     return {
         # sublayer outputs s_0..s_2L, resid_pre per layer, and their float64 prefix sums
         "clean outputs": bt * dims.d_model * ((readers + dims.n_layers) * e + readers * 8),
-        # the clean logits, and the reference's tiled logits and probabilities (float32)
-        "clean logits": bt * dims.vocab * (e + 2 * 4),
+        # the clean logits (the reference's are a view), and one float32 copy while it is made
+        "clean logits": bt * dims.vocab * (e + 4),
     }
+
+
+def clean_run_bytes(dims: ModelDims, n_tokens: int) -> int:
+    """What clean runs of ``n_tokens`` tokens in all hold once used (core/horizon.py ``clean_runs``)."""
+    return sum(_clean_run(dims, 1, n_tokens).values())
+
+
+def row_bytes(dims: ModelDims, batch: int, n_tokens: int) -> int:
+    """One staircase row: core/horizon.py's ``max_pass_bytes`` divided by this is the rows per pass."""
+    return _row_bytes(dims, batch, n_tokens)
 
 
 def _row_bytes(dims: ModelDims, batch: int, n_tokens: int) -> int:
@@ -237,8 +253,12 @@ def _row_bytes(dims: ModelDims, batch: int, n_tokens: int) -> int:
 
 
 def costs(analysis: str, dims: ModelDims, batch: int, n_tokens: int, rows: int = 1, windows: int = 1,
-          vocab_tile: int = VOCAB_TILE) -> dict[str, int]:
-    """Working bytes of one pass of ``analysis`` by part (the fixed part, weights and runtime, excluded)."""
+          vocab_tile: int = VOCAB_TILE, held_tokens: int = 0) -> dict[str, int]:
+    """Working bytes of one pass of ``analysis`` by part (the fixed part, weights and runtime, excluded).
+
+    ``held_tokens`` (scan, patch): tokens of every prompt whose clean run is kept for the whole
+    run (0: only the current batch's, as when they are made batch by batch).
+    """
     if analysis not in ANALYSES:
         raise HorizonError(f"unknown analysis {analysis!r}: use one of {', '.join(ANALYSES)}")
     bt = batch * n_tokens
@@ -248,19 +268,22 @@ def costs(analysis: str, dims: ModelDims, batch: int, n_tokens: int, rows: int =
         return parts
     if analysis == "attention":
         parts = _forward(dims, batch, n_tokens, logits=False)
-        # the reducer: the pattern in float32 (and without its BOS column), the distance weights
-        parts["pattern statistics"] = batch * n_tokens * n_tokens * (2 * dims.n_heads * 4) + 10 * n_tokens**2 * 4
+        # the reducer, QUERY_CHUNK query rows at a time: the einsum's copies of the rows, the distance weights
+        rows = min(n_tokens, QUERY_CHUNK)
+        parts["pattern statistics"] = batch * dims.n_heads * rows * n_tokens * 4 * 3 + 10 * rows * n_tokens * 4
         return parts
     if analysis == "truncate":
         rows_bytes = (dims.n_layers + 1) * dims.d_model * 4
         parts = _forward(dims, batch, n_tokens, logits=False)
-        parts["full residuals"] = bt * rows_bytes * 2  # the batch's residuals at every position (and mu's pass)
+        # the batch's residuals at every position; stacking them doubles them only after the pass's
+        # own activations are freed, so the forward's parts cover the copy
+        parts["full residuals"] = bt * rows_bytes
         # each pass of truncated prompts: its last positions, the full ones gathered, centred copies
         parts["truncated windows"] = windows * (rows_bytes * 6 + 16 * dims.d_model * 4)
         return parts
     # scan and patch: the clean run, then staircase passes of ``rows`` configs with a tiled readout
     parts = _forward(dims, batch, n_tokens, logits=True)
-    parts.update(_clean_run(dims, batch, n_tokens))
+    parts.update(_clean_run(dims, 1, max(held_tokens, batch * n_tokens)))
     parts["staircase rows"] = rows * _row_bytes(dims, batch, n_tokens)
     if analysis == "patch":  # the readout holds each config's whole logits
         parts["readout"] = rows * bt * dims.vocab * 4
@@ -279,37 +302,16 @@ def _too_big(analysis: str, dims: ModelDims, n_tokens: int, budget: Budget, batc
     need = budget.fixed + sum(parts.values())
     largest = sorted(parts.items(), key=lambda item: -item[1])[:3]
     detail = " + ".join(f"{name} {format_size(size)}" for name, size in largest)
-    what = f"batch {batch}" if batch > 1 else "one prompt"
+    what = f"batch {batch}" if batch > 1 else "one prompt at a time"
     return HorizonError(
         f"{analysis} of a {n_tokens}-token prompt ({what}) needs at least {format_size(need)} "
-        f"(resident {format_size(budget.fixed)} + {detail}), budget {format_size(budget.total)} "
+        f"(resident {format_size(budget.fixed)} + {detail} + ...), budget {format_size(budget.total)} "
         f"({budget.source}): raise --max-memory or use --max-tokens"
     )
 
 
-def _smallest_tiling(analysis: str) -> dict[str, int]:
-    return {"rows": 1, "windows": 1, "vocab_tile": MIN_VOCAB_TILE} if analysis in ("scan", "patch", "truncate") else {}
-
-
-def choose_batch_size(analysis: str, dims: ModelDims, n_tokens: int, budget: Budget, n_prompts: int = 1,
-                      requested: int | None = None) -> int:
-    """The largest batch (prompts per pass) whose peak fits the budget with the smallest tiles.
-
-    ``n_tokens`` is the longest prompt's length (batches are right-padded to it). ``requested``
-    (an explicit --batch-size) is returned as is when it fits. Raises HorizonError with the
-    numbers when even that (or batch 1) cannot fit.
-    """
-    tiling = _smallest_tiling(analysis)
-    if requested is not None:
-        if budget.fixed + peak_bytes(analysis, dims, requested, n_tokens, **tiling) > budget.total:
-            raise _too_big(analysis, dims, n_tokens, budget, requested, **tiling)
-        return requested
-    if budget.fixed + peak_bytes(analysis, dims, 1, n_tokens, **tiling) > budget.total:
-        raise _too_big(analysis, dims, n_tokens, budget, 1, **tiling)
-    batch, most = 1, max(1, min(n_prompts, MAX_BATCH))
-    while batch < most and budget.fixed + peak_bytes(analysis, dims, batch + 1, n_tokens, **tiling) <= budget.total:
-        batch += 1
-    return batch
+def _fits(analysis: str, dims: ModelDims, batch: int, n_tokens: int, budget: Budget, **tiling: int) -> bool:
+    return budget.fixed + peak_bytes(analysis, dims, batch, n_tokens, **tiling) <= budget.total
 
 
 def _largest(fits: Any, lo: int, hi: int) -> int:
@@ -323,29 +325,45 @@ def _largest(fits: Any, lo: int, hi: int) -> int:
     return lo
 
 
-def staircase_rows(analysis: str, dims: ModelDims, batch: int, n_tokens: int, budget: Budget,
-                   most: int | None = None, vocab_tile: int = VOCAB_TILE) -> int:
-    """Configs per staircase pass (scan, patch): as many as fit, at least 1."""
-    most = most or 2 * dims.n_layers + 2
-    return _largest(lambda rows: budget.fixed + peak_bytes(analysis, dims, batch, n_tokens, rows=rows,
-                                                           vocab_tile=vocab_tile) <= budget.total, 1, most)
+def choose_batch_size(analysis: str, dims: ModelDims, n_tokens: int, budget: Budget, n_prompts: int = 1,
+                      requested: int | None = None, held_tokens: int = 0) -> int:
+    """The largest batch (prompts per pass) whose peak fits the budget with the smallest tiles.
+
+    ``n_tokens`` is the longest prompt's length (batches are right-padded to it); ``held_tokens``
+    as in ``costs``. ``requested`` (an explicit --batch-size) is returned as is when it fits.
+    Raises HorizonError with the numbers when even that (or batch 1) cannot fit.
+    """
+    tiling = {"held_tokens": held_tokens}  # one staircase row, one truncated prompt: the smallest tiles
+    first = requested or 1
+    if not _fits(analysis, dims, first, n_tokens, budget, **tiling):
+        raise _too_big(analysis, dims, n_tokens, budget, first, **tiling)
+    if requested is not None:
+        return requested
+    most = max(1, min(n_prompts, MAX_BATCH))
+    return _largest(lambda batch: _fits(analysis, dims, batch, n_tokens, budget, **tiling), 1, most)
 
 
-def vocab_tile(dims: ModelDims, batch: int, n_tokens: int, budget: Budget) -> int:
-    """Readout tile width: VOCAB_TILE (cache-sized) unless a tight budget needs narrower ones."""
-    width = VOCAB_TILE
-    def fits(width: int) -> bool:
-        return budget.fixed + peak_bytes("scan", dims, batch, n_tokens, vocab_tile=width) <= budget.total
-
-    while width > MIN_VOCAB_TILE and not fits(width):
+def readout_tile(batch: int, n_tokens: int, widest: int = VOCAB_TILE) -> int:
+    """Vocabulary columns per readout tile of one row: ``widest``, halved for long batches until a tile
+    is at most 8 MB (core/horizon.py's ``patched_metrics`` uses the same width)."""
+    width = widest
+    while width > MIN_VOCAB_TILE and batch * n_tokens * width * 4 > 8 << 20:
         width //= 2
     return width
 
 
+def staircase_rows(dims: ModelDims, batch: int, n_tokens: int, budget: Budget, held_tokens: int = 0,
+                   most: int | None = None) -> int:
+    """Configs per staircase pass (scan): as many as fit, at least 1."""
+    most = most or 2 * dims.n_layers + 2
+    width = readout_tile(batch, n_tokens)
+    return _largest(lambda rows: _fits("scan", dims, batch, n_tokens, budget, rows=rows, vocab_tile=width,
+                                       held_tokens=held_tokens), 1, most)
+
+
 def truncation_windows(dims: ModelDims, batch: int, n_tokens: int, budget: Budget) -> int:
     """Truncated prompts per pass: as many as fit, at most MAX_WINDOWS."""
-    return _largest(lambda n: budget.fixed + peak_bytes("truncate", dims, batch, n_tokens, windows=n) <= budget.total,
-                    1, MAX_WINDOWS)
+    return _largest(lambda n: _fits("truncate", dims, batch, n_tokens, budget, windows=n), 1, MAX_WINDOWS)
 
 
 # ----------------------------------------------------------------------------- everything at once
@@ -353,7 +371,7 @@ def truncation_windows(dims: ModelDims, batch: int, n_tokens: int, budget: Budge
 
 @dataclass(frozen=True)
 class Plan:
-    """What one analysis run uses: its batch size and tiles under ``budget``, and the predicted peak."""
+    """What one analysis run uses under ``budget``: its batch size and tiles, and the predicted peak."""
 
     analysis: str
     budget: Budget
@@ -361,20 +379,25 @@ class Plan:
     n_tokens: int
     dims: ModelDims
     tiling: dict[str, int] = field(default_factory=dict)
+    keep_clean_bytes: int = 0  # scan, patch: core/horizon.py clean_runs' keep_bytes (0: made batch by batch)
 
     @property
-    def peak_bytes(self) -> int:
-        return self.budget.fixed + self.working_bytes
+    def held_tokens(self) -> int:
+        return self.tiling.get("held_tokens", 0)
 
     @property
     def working_bytes(self) -> int:
         return peak_bytes(self.analysis, self.dims, self.batch_size, self.n_tokens, **self.tiling)
 
     @property
+    def peak_bytes(self) -> int:
+        return self.budget.fixed + self.working_bytes
+
+    @property
     def pass_bytes(self) -> int:
         """Memory the staircase passes may take (scan, patch): core/horizon.py's ``max_pass_bytes``."""
-        return max(1, self.budget.total - self.budget.fixed
-                   - sum(costs(self.analysis, self.dims, self.batch_size, self.n_tokens, rows=0).values()))
+        rest = costs(self.analysis, self.dims, self.batch_size, self.n_tokens, **{**self.tiling, "rows": 0})
+        return max(1, self.budget.working - sum(rest.values()))
 
     def to_json(self) -> dict[str, Any]:
         return {"batch_size": self.batch_size, **self.tiling, "predicted_peak_bytes": self.peak_bytes,
@@ -383,17 +406,29 @@ class Plan:
 
 def plan(analysis: str, dims: ModelDims, token_lengths: list[int], budget: Budget,
          requested: int | None = None) -> Plan:
-    """Batch size and tiles for ``analysis`` on prompts of ``token_lengths`` (raises when nothing fits)."""
+    """Batch size and tiles for ``analysis`` on prompts of ``token_lengths`` (raises when nothing fits).
+
+    Scan and patch keep every prompt's clean run when they fit in half the working budget, and
+    make them batch by batch otherwise.
+    """
     if not token_lengths:
         raise HorizonError("no prompts to plan for")
     n_tokens = max(token_lengths)
-    batch = choose_batch_size(analysis, dims, n_tokens, budget, len(token_lengths), requested)
     tiling: dict[str, int] = {}
+    keep = 0
+    if analysis in ("scan", "patch"):
+        held = n_tokens * len(token_lengths)  # padded: an upper bound
+        if clean_run_bytes(dims, held) <= budget.working // 2:
+            keep, tiling["held_tokens"] = clean_run_bytes(dims, held), held
+    # truncate's --batch-size counts truncated prompts per pass; its full prompts' batch is always chosen
+    batch = choose_batch_size(analysis, dims, n_tokens, budget, len(token_lengths),
+                              None if analysis == "truncate" else requested, tiling.get("held_tokens", 0))
     if analysis == "scan":
-        tiling["vocab_tile"] = vocab_tile(dims, batch, n_tokens, budget)
-        tiling["rows"] = staircase_rows(analysis, dims, batch, n_tokens, budget, vocab_tile=tiling["vocab_tile"])
-    elif analysis == "patch":
-        tiling["rows"] = 1
+        tiling["vocab_tile"] = readout_tile(batch, n_tokens)
+        tiling["rows"] = staircase_rows(dims, batch, n_tokens, budget, tiling.get("held_tokens", 0))
     elif analysis == "truncate":
-        tiling["windows"] = truncation_windows(dims, batch, n_tokens, budget)
-    return Plan(analysis=analysis, budget=budget, batch_size=batch, n_tokens=n_tokens, tiling=tiling, dims=dims)
+        if requested is not None and not _fits(analysis, dims, batch, n_tokens, budget, windows=requested):
+            raise _too_big(analysis, dims, n_tokens, budget, batch, windows=requested)
+        tiling["windows"] = requested or truncation_windows(dims, batch, n_tokens, budget)
+    return Plan(analysis=analysis, budget=budget, batch_size=batch, n_tokens=n_tokens, dims=dims, tiling=tiling,
+                keep_clean_bytes=keep)

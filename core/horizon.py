@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from horizon.core import budget
 from horizon.core.ablation import AblationMeans, MeanAccumulator, ablation_means, needs_means
 from horizon.core.capture import run_capture
 from horizon.core.decomposition import (
@@ -38,7 +39,6 @@ from horizon.core.decomposition import (
     output_hook,
     reader_hook,
     reader_layer,
-    residual_reads,
     stack_outputs,
     window_read,
 )
@@ -71,6 +71,9 @@ DEFAULT_PASS_BYTES = 2 << 30
 # enough to stay in cache while it is reduced, and for the allocator to reuse instead of mapping anew.
 VOCAB_TILE = 2048
 TILE_BYTES = 10 << 20
+# The clean runs of a whole prompt set are kept (for reuse by every pass) up to this size; above
+# it they are made batch by batch as they are used (``clean_runs``).
+KEEP_CLEAN_BYTES = 1 << 30
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -205,7 +208,8 @@ class CleanRun:
     def exact_reads(self) -> torch.Tensor:
         """Clean r_1..r_{2L+1} (index j-1) as float64 sums of the outputs, computed once."""
         if self._exact_reads is None:
-            self._exact_reads = residual_reads(self.outputs.double())
+            # cumsum casting as it goes: no float64 copy of the outputs next to the prefix sums
+            self._exact_reads = self.outputs.cumsum(dim=0, dtype=torch.float64)
         return self._exact_reads
 
     @property
@@ -299,13 +303,8 @@ def corpus_ablation_means(
 
 
 def _row_bytes(model: LoadedModel, clean: CleanRun) -> int:
-    """Rough memory of one row (one config over the whole token batch) inside a batched pass."""
-    batch, pos = clean.batch_size, clean.outputs.shape[2]
-    element = clean.outputs.element_size()
-    d_mlp = int(getattr(model.bridge.cfg, "d_mlp", None) or 4 * model.d_model)
-    # The float64 prefixes count twice; then activations, attention scores and the MLP.
-    per_position = model.d_model * (2 * n_readers(model.n_layers) + 8) + 2 * model.n_heads * pos + 3 * d_mlp
-    return batch * pos * per_position * element
+    """Memory of one row (one config over the whole token batch) inside a batched pass (core/budget.py's model)."""
+    return budget.row_bytes(budget.ModelDims.of(model), clean.batch_size, clean.outputs.shape[2])
 
 
 def patched_logits(
@@ -335,15 +334,19 @@ def patched_metrics(
     max_pass_bytes: int = DEFAULT_PASS_BYTES,
     progress: Callable[[float], None] | None = None,
     means: AblationMeans | None = None,
+    vocab_tile: int | None = None,
 ) -> Iterator[tuple[int, TokenMetrics]]:
     """Like ``patched_logits``, but yield each config's metrics against the clean run.
 
     The readout never holds a config's full logits: the unembedding runs one vocabulary tile at
-    a time and every metric is reduced from the tile while it is still in cache (the scan's path).
+    a time (``vocab_tile`` columns; default: core/budget.py's ``readout_tile``, VOCAB_TILE unless the
+    batch is long) and every metric is reduced from the tile while it is still in
+    cache (the scan's path).
     """
     reference = clean.reference
     head = linear_head(model)
     batch = clean.batch_size
+    vocab_tile = vocab_tile or budget.readout_tile(batch, clean.outputs.shape[2], VOCAB_TILE)
 
     def readout(normed: torch.Tensor) -> list[TokenMetrics]:
         predicting = normed[:, :-1].contiguous()  # the last position predicts nothing that is scored
@@ -353,7 +356,7 @@ def patched_metrics(
 
         def tiles() -> Iterator[tuple[slice, torch.Tensor]]:
             buffers: dict[int, torch.Tensor] = {}
-            for columns in vocab_tiles(head[0].shape[0], VOCAB_TILE):
+            for columns in vocab_tiles(head[0].shape[0], vocab_tile):
                 width = columns.stop - columns.start
                 if width not in buffers:
                     buffers[width] = predicting.new_empty((*predicting.shape[:-1], width))
@@ -362,7 +365,7 @@ def patched_metrics(
 
         return vocab_metrics(reference, tiles(), n_rows)
 
-    rows_per_readout = TILE_BYTES // max(1, batch * clean.outputs.shape[2] * VOCAB_TILE * 4)
+    rows_per_readout = TILE_BYTES // max(1, batch * clean.outputs.shape[2] * vocab_tile * 4)
     yield from _run_configs(
         model, clean, configs, readout, reference.unpatched(), max_pass_bytes, progress, rows_per_readout, means
     )
@@ -425,11 +428,15 @@ class PatchResult:
 
 
 def clean_runs(
-    model: LoadedModel, token_ids: list[list[int]], batch_size: int = 8, has_bos: bool = True
-) -> list[CleanRun]:
+    model: LoadedModel, token_ids: list[list[int]], batch_size: int = 8, has_bos: bool = True,
+    keep_bytes: int = KEEP_CLEAN_BYTES,
+) -> Sequence[CleanRun]:
     """The clean runs of the prompts, in token batches: what patch and scan compare against.
 
     ``has_bos`` says whether position 0 is a BOS (mean ablation leaves it out of the means).
+    When all of them would hold more than ``keep_bytes`` (core/budget.py's clean-run cost), they
+    are not kept: the sequence makes each batch's run when it is read, so one batch's is alive at
+    a time (and a second reading runs it again).
     """
     if not token_ids:
         raise HorizonError("no prompt to run")
@@ -437,7 +444,24 @@ def clean_runs(
         if len(ids) < 2:
             raise HorizonError(f"prompt {index + 1} has {len(ids)} token(s); a prediction needs at least 2")
     # has_bos only affects stat_mask (the ablation means); the metrics use every prediction 0..T-2.
-    return [clean_run(model, batch) for batch in batches(model, token_ids, has_bos=has_bos, batch_size=batch_size)]
+    token_batches = batches(model, token_ids, has_bos=has_bos, batch_size=batch_size)
+    held = sum(batch.input_ids.numel() for batch in token_batches)
+    if budget.clean_run_bytes(budget.ModelDims.of(model), held) > keep_bytes:
+        return CleanRuns(model, token_batches)
+    return [clean_run(model, batch) for batch in token_batches]
+
+
+class CleanRuns(Sequence[CleanRun]):
+    """Clean runs made when read and never kept: a corpus's would not fit in memory at once."""
+
+    def __init__(self, model: LoadedModel, token_batches: list[TokenBatch]) -> None:
+        self.model, self.token_batches = model, token_batches
+
+    def __len__(self) -> int:
+        return len(self.token_batches)
+
+    def __getitem__(self, index: int) -> CleanRun:  # type: ignore[override]
+        return clean_run(self.model, self.token_batches[index])
 
 
 def patch(
@@ -458,7 +482,7 @@ def patch(
     """
     check_model(model)
     config.check_layers(model.n_layers)
-    cleans = list(cleans) if cleans is not None else clean_runs(model, token_ids, batch_size, has_bos)
+    cleans = cleans if cleans is not None else clean_runs(model, token_ids, batch_size, has_bos)
     if config.ablation == "mean" and means is None:
         means = ablation_means(cleans)
     totals = Totals()

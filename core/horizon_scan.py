@@ -182,7 +182,8 @@ def _evaluate_prompts(
     All configs go into one staircase per token batch: the largest batched matmuls, one readout.
     Each config's per-prompt sums stay on the device; a batch's sums reach the host in one copy.
     """
-    cleans = list(cleans) if cleans is not None else clean_runs(model, token_ids, batch_size, has_bos)
+    # Not list()-ed: clean_runs may make them batch by batch (core/budget.py), one alive at a time.
+    cleans = cleans if cleans is not None else clean_runs(model, token_ids, batch_size, has_bos)
     if needs_means(configs) and means is None:
         means = ablation_means(cleans)
     per_prompt: list[list[Totals]] = []

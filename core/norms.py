@@ -53,7 +53,8 @@ def _norm_and_std(key: str, activation: torch.Tensor) -> torch.Tensor:
     """
     values = activation.float()
     centred_norm = (values - values.mean(dim=-1, keepdim=True)).norm(dim=-1)
-    return torch.stack((values.norm(dim=-1), centred_norm / math.sqrt(values.shape[-1]))).cpu()
+    # Stays on the device: the batch's numbers reach the host in one copy per site, not one per layer.
+    return torch.stack((values.norm(dim=-1), centred_norm / math.sqrt(values.shape[-1])))
 
 
 def analyse_norms(
@@ -78,8 +79,8 @@ def analyse_norms(
     for batch in batches(model, token_ids, has_bos, batch_size):
         capture = run_capture(model, batch.input_ids, capture_sites, reduce=_norm_and_std, stop_after_final=True)
         # Per-layer sites come back [L, 2, batch, pos]; final [2, batch, pos].
-        layered = {site: capture[site].permute(2, 1, 0, 3) for site in NORM_SITES}  # [batch, 2, L, pos]
-        final = capture["final"].permute(1, 0, 2).unsqueeze(2)  # [batch, 2, 1, pos]
+        layered = {site: capture[site].cpu().permute(2, 1, 0, 3) for site in NORM_SITES}  # [batch, 2, L, pos]
+        final = capture["final"].cpu().permute(1, 0, 2).unsqueeze(2)  # [batch, 2, 1, pos]
         layered["resid_pre"] = torch.cat((layered["resid_pre"], final), dim=2)
         for row, length in enumerate(batch.lengths):
             for site in NORM_SITES:

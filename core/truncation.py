@@ -73,7 +73,9 @@ def last_position_residuals(model: LoadedModel, input_ids: torch.Tensor, batch_s
 
 def _sum_non_bos(residuals: torch.Tensor, batch: TokenBatch) -> tuple[torch.Tensor, int]:
     mask = batch.stat_mask().to(residuals.device)
-    summed = (residuals.double() * mask[None, :, :, None]).sum(dim=(1, 2))
+    weights = mask.double()[:, :, None]
+    # One row at a time: a float64 copy of every row at once would double the batch's residuals.
+    summed = torch.stack([(row.double() * weights).sum(dim=(0, 1)) for row in residuals])
     return summed, int(mask.sum())
 
 
@@ -123,13 +125,34 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- engine
 
 
+def _compare_windows(
+    model: LoadedModel, windows: torch.Tensor, residuals: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+    mu: torch.Tensor, batch_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centred and raw cosines [N, L+1] of truncated prompts against the full residuals at (rows, cols).
+
+    ``batch_size`` truncated prompts per forward; each batch is compared as soon as it is run, so
+    only one batch's residuals (truncated, full, centred) exist at a time, on the device.
+    """
+    cos_parts: list[torch.Tensor] = []
+    raw_parts: list[torch.Tensor] = []
+    for start in range(0, windows.shape[0], batch_size):
+        part = slice(start, start + batch_size)
+        truncated = last_position_residuals(model, windows[part], batch_size)  # [n, L+1, d]
+        full = residuals[:, rows[part], cols[part]].transpose(0, 1)  # [n, L+1, d]
+        cos_parts.append(cosine(truncated - mu, full - mu))
+        raw_parts.append(cosine(truncated, full))
+    return torch.cat(cos_parts), torch.cat(raw_parts)
+
+
+
 def _full_batches(
-    model: LoadedModel, token_ids: list[list[int]], mu: torch.Tensor | None
+    model: LoadedModel, token_ids: list[list[int]], mu: torch.Tensor | None, full_batch: int = FULL_BATCH
 ) -> tuple[torch.Tensor, Callable[[], Iterator[tuple[int, TokenBatch, torch.Tensor]]]]:
     """mu (computed here when not given) and an iterator over (first prompt, batch, residuals)."""
     row_bytes = (model.n_layers + 1) * model.d_model * 4
     longest = max(len(ids) for ids in token_ids)
-    prompt_batches = batches(model, token_ids, True, max(1, min(FULL_BATCH, FULL_BATCH_BYTES // (longest * row_bytes))))
+    prompt_batches = batches(model, token_ids, True, max(1, min(full_batch, FULL_BATCH_BYTES // (longest * row_bytes))))
     starts = np.cumsum([0] + [len(batch.token_ids) for batch in prompt_batches])[:-1].tolist()
     keep = sum(batch.input_ids.numel() for batch in prompt_batches) * row_bytes <= KEEP_FULL_BYTES
     kept: list[torch.Tensor] = []
@@ -163,11 +186,14 @@ def analyse_truncation(
     mu: torch.Tensor | None = None,
     progress: Callable[[int], None] | None = None,
     outlier_layer: int | None = None,
+    full_batch_size: int = FULL_BATCH,
 ) -> TruncationReport:
     """The truncation analysis of prompts whose first token is BOS (the truncated prompts keep it).
 
     ``mu`` [L+1, d_model] is the centring mean (see ``mean_residual``); by default it is taken
     over these prompts. ``progress(n)`` is called with the number of truncated prompts just done.
+    ``batch_size`` truncated prompts go through the model at once; ``full_batch_size`` full prompts
+    (fewer when they are long) when their full-context residuals are taken.
     """
     lengths = list(dict.fromkeys(int(c) for c in lengths))
     if not lengths or min(lengths) < 1:
@@ -180,7 +206,7 @@ def analyse_truncation(
         raise HorizonError("no prompts to analyse")
     if mu is not None and tuple(mu.shape) != (model.n_layers + 1, model.d_model):
         raise ValueError(f"mu must be [{model.n_layers + 1}, {model.d_model}], got {tuple(mu.shape)}")
-    mu, full_iter = _full_batches(model, token_ids, mu)
+    mu, full_iter = _full_batches(model, token_ids, mu, full_batch_size)
 
     prompt_parts: list[np.ndarray] = []
     pos_parts: list[np.ndarray] = []
@@ -192,12 +218,12 @@ def analyse_truncation(
             local_prompt, positions, windows = truncation_windows(batch.token_ids, c)
             if not positions:
                 continue
-            truncated = last_position_residuals(model, windows, batch_size)  # [N, L+1, d]
             rows = torch.tensor(local_prompt, device=residuals.device)
             cols = torch.tensor(positions, device=residuals.device)
-            full = residuals[:, rows, cols].transpose(0, 1)  # [N, L+1, d]
-            cos_parts.append(cosine(truncated - mu, full - mu).cpu().numpy())
-            raw_parts.append(cosine(truncated, full).cpu().numpy())
+            cos, raw = _compare_windows(model, windows, residuals, rows, cols, mu, batch_size)
+            # One host copy per prompt batch and length, whatever the number of window batches.
+            cos_parts.append(cos.cpu().numpy())
+            raw_parts.append(raw.cpu().numpy())
             prompt_parts.append(np.asarray(local_prompt, dtype=np.int64) + first)
             pos_parts.append(np.asarray(positions, dtype=np.int64))
             length_parts.append(np.full(len(positions), c, dtype=np.int64))

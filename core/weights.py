@@ -172,19 +172,23 @@ def real_mlp_inputs(
     for batch in batches(model, token_ids, has_bos, batch_size):
         keep = batch.stat_mask(include_bos=False)
 
-        def reduce(key: str, activation: torch.Tensor, keep: torch.Tensor = keep) -> torch.Tensor:
-            if key == "pre":  # fraction of neurons > 0 per kept position
-                return (activation[keep] > 0).double().mean(dim=-1).cpu()
-            return activation[keep].float().cpu()  # MLP inputs at kept positions [n, d_model]
+        def reduce(key: str, activation: torch.Tensor) -> torch.Tensor:
+            # Kept on the device and masked after the pass: a boolean index (or a host copy) per
+            # layer would sync the host once per layer.
+            if key == "pre":  # fraction of neurons > 0 per position
+                return (activation > 0).double().mean(dim=-1)
+            return activation.float()  # MLP inputs [batch, pos, d_model]
 
         capture = run_capture(
             model, batch.input_ids, (), reduce=reduce, stop_after_final=True,
             extra_hooks={"pre": "blocks.{layer}.mlp.hook_pre", "mlp_in": "blocks.{layer}.ln2.hook_in"},
         )
-        positive += capture["pre"].sum(dim=1)
-        counted += int(keep.sum())
+        host_keep = keep.cpu()
+        positive += capture["pre"].cpu()[:, host_keep].sum(dim=1)  # [L, kept positions] summed
+        counted += int(host_keep.sum())
+        mlp_in = capture["mlp_in"].cpu()[:, host_keep]  # [L, kept positions, d_model]
         for layer in range(n_layers):
-            pools[layer].append(capture["mlp_in"][layer])
+            pools[layer].append(mlp_in[layer])
             pooled = torch.cat(pools[layer])
             if len(pooled) > MAX_POOL:
                 pooled = pooled[torch.randperm(len(pooled), generator=generator)[:MAX_POOL]]

@@ -12,18 +12,22 @@ from horizon.core.loader import DEFAULT_MODEL
 from horizon.core.untrusted import markup_safe
 from horizon.tui.cli.app import app
 from horizon.tui.cli.common import (
+    BatchSizeOpt,
     BosOpt,
     BosTokenOpt,
     DeviceOpt,
     DtypeOpt,
     FileOpt,
     JsonOpt,
+    MaxMemoryOpt,
     ModelOpt,
     PromptOpt,
     TruncateToOpt,
     UnverifiedOpt,
+    check_memory_options,
     console,
     emit,
+    memory_plan,
     number,
     prepare_inputs,
     progress_bar,
@@ -78,7 +82,8 @@ def attention(
     model: ModelOpt = DEFAULT_MODEL,
     prompt: PromptOpt = None,
     file: FileOpt = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts per forward pass.")] = 8,
+    batch_size: BatchSizeOpt = "auto",
+    max_memory: MaxMemoryOpt = "auto",
     top: Annotated[int, typer.Option("--top", help="Heads listed in the most-local / most-long-range views.")] = 8,
     bos: BosOpt = True,
     bos_token: BosTokenOpt = None,
@@ -89,11 +94,13 @@ def attention(
     as_json: JsonOpt = False,
 ) -> None:
     """Per head: how far back does attention look? Mean distance and mass at 0, 1-5, 6-10, >10 tokens."""
-    options.check_batch_size(batch_size)
+    memory, requested_batch = check_memory_options(max_memory, batch_size)
     options.check_count(top, "--top")
     inputs = prepare_inputs(model, device, dtype, prompt, file, bos, bos_token, truncate_to, quiet=as_json)
+    plan = memory_plan("attention", inputs, memory, requested_batch)
     with progress_bar("attention", len(inputs.token_ids), quiet=as_json) as advance:
-        report = attention_distance(inputs.model, inputs.token_ids, inputs.has_bos, batch_size=batch_size,
+        report = attention_distance(inputs.model, inputs.token_ids, inputs.has_bos, batch_size=plan.batch_size,
                                     progress=advance)
-    payload = {"model": inputs.model.spec, "token_ids": inputs.token_ids, **report.to_json()}
+    payload = {"model": inputs.model.spec, "token_ids": inputs.token_ids, **report.to_json(),
+               "memory": plan.to_json()}
     emit(as_json, payload, lambda: render_attention(report, top))

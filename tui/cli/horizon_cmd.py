@@ -27,18 +27,22 @@ from horizon.core.loader import DEFAULT_MODEL
 from horizon.core.untrusted import markup_safe
 from horizon.tui.cli.app import app
 from horizon.tui.cli.common import (
+    BatchSizeOpt,
     BosOpt,
     BosTokenOpt,
     DeviceOpt,
     DtypeOpt,
     FileOpt,
     JsonOpt,
+    MaxMemoryOpt,
     ModelOpt,
     PromptOpt,
     TruncateToOpt,
     UnverifiedOpt,
+    check_memory_options,
     console,
     emit,
+    memory_plan,
     number,
     parse_int_list,
     prepare_inputs,
@@ -70,7 +74,6 @@ OnlyLayerOpt = Annotated[
 ByLayerOpt = Annotated[
     bool, typer.Option("--by-layer", help="Also the layer x k matrix: the horizon enforced at each layer N alone.")
 ]
-BatchOpt = Annotated[int, typer.Option("--batch-size", help="Prompts per forward pass.")]
 KsOpt = Annotated[str | None, typer.Option("--ks", help="Horizons k to scan (default 1..L+1; 1..2L+1 in sublayers).")]
 StartLayersOpt = Annotated[
     str | None, typer.Option("--start-layers", help="Start layers S, e.g. 0,5,10 (the seed's confounder control).")
@@ -108,7 +111,8 @@ def patch_command(
     bos: BosOpt = True,
     bos_token: BosTokenOpt = None,
     truncate_to: TruncateToOpt = None,
-    batch_size: BatchOpt = 8,
+    batch_size: BatchSizeOpt = "auto",
+    max_memory: MaxMemoryOpt = "auto",
     unverified: UnverifiedOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -119,14 +123,16 @@ def patch_command(
     start = start_layer or 0
     HorizonConfig.from_unit(k, unit, source=source, keep_embed=keep_embed, final=final, start_layer=start,
                             ablation=ablation)
-    options.check_batch_size(batch_size)
+    memory, requested_batch = check_memory_options(max_memory, batch_size)
     inputs = prepare_inputs(model, device, dtype, prompt, file, bos, bos_token, truncate_to, quiet=as_json)
     options.check_k(k, inputs.model.n_layers, unit)
     options.check_start_layer(start, inputs.model.n_layers)
     layer = options.check_only_layer(only_layer, inputs.model.n_layers)
     config = HorizonConfig.from_unit(k, unit, source=source, keep_embed=keep_embed, final=final, start_layer=start,
                                      ablation=ablation, only_layer=layer)
-    result = patch(inputs.model, inputs.token_ids, config, batch_size=batch_size, has_bos=bos)
+    plan = memory_plan("patch", inputs, memory, requested_batch)
+    cleans = clean_runs(inputs.model, inputs.token_ids, plan.batch_size, has_bos=bos, keep_bytes=plan.keep_clean_bytes)
+    result = patch(inputs.model, inputs.token_ids, config, batch_size=plan.batch_size, cleans=cleans, has_bos=bos)
     payload = {
         "model": inputs.model.spec,
         "token_ids": inputs.token_ids,
@@ -147,6 +153,7 @@ def patch_command(
         "n_tokens": result.n_tokens,
         "n_prompts": len(inputs.token_ids),
         "per_token": result.per_token,
+        "memory": plan.to_json(),
     }
     emit(as_json, payload, lambda: _render_patch(inputs, result, k, unit))
 
@@ -208,7 +215,8 @@ def scan_command(
     bos: BosOpt = True,
     bos_token: BosTokenOpt = None,
     truncate_to: TruncateToOpt = None,
-    batch_size: BatchOpt = 8,
+    batch_size: BatchSizeOpt = "auto",
+    max_memory: MaxMemoryOpt = "auto",
     unverified: UnverifiedOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -221,17 +229,20 @@ def scan_command(
     k_list = parse_int_list(ks, "--ks", minimum=1) if ks is not None else None
     layer_list = parse_int_list(start_layers or "0", "--start-layers", minimum=0)
     tol = options.check_tol(tol)
-    options.check_batch_size(batch_size)
+    memory, requested_batch = check_memory_options(max_memory, batch_size)
     inputs = prepare_inputs(model, device, dtype, prompt, file, bos, bos_token, truncate_to, quiet=as_json)
     n_layers = inputs.model.n_layers
     options.check_ks(k_list, n_layers, unit)
     options.check_start_layers(layer_list, n_layers)
     n_ks = len(dict.fromkeys(k_list or default_ks(n_layers, unit)))
     n_rows = n_ks * len(dict.fromkeys(layer_list)) + (n_ks * (n_layers + 1) if by_layer else 0)
-    # One set of clean runs for the curve and the matrix (and the prompts' own means for --ablation mean).
-    cleans = clean_runs(inputs.model, inputs.token_ids, batch_size, has_bos=bos)
+    plan = memory_plan("scan", inputs, memory, requested_batch)
+    # One set of clean runs for the curve and the matrix (and the prompts' own means for --ablation mean),
+    # kept when the budget has room for them all, else made batch by batch as each pass needs them.
+    cleans = clean_runs(inputs.model, inputs.token_ids, plan.batch_size, has_bos=bos, keep_bytes=plan.keep_clean_bytes)
     common = {"ks": k_list, "tol": tol, "source": source, "keep_embed": keep_embed, "final": final, "unit": unit,
-              "ablation": ablation, "batch_size": batch_size, "cleans": cleans}
+              "ablation": ablation, "batch_size": plan.batch_size, "max_pass_bytes": plan.pass_bytes,
+              "cleans": cleans}
     matrix: ByLayerResult | None = None
     with progress_bar("scan", n_rows, quiet=as_json) as advance:
         result = scan(inputs.model, inputs.token_ids, start_layers=layer_list, progress=advance, **common)
@@ -251,6 +262,7 @@ def scan_command(
         "ablation": ablation,
         "n_tokens": result.n_tokens,
         "n_prompts": len(inputs.token_ids),
+        "memory": plan.to_json(),
     }
     if matrix is not None:
         payload["by_layer"] = matrix.payload()

@@ -15,6 +15,7 @@ from horizon.core.untrusted import markup_safe, visible
 from horizon.core.weights import check_processing, weight_report, with_processing
 from horizon.tui.cli.app import app
 from horizon.tui.cli.common import (
+    BatchSizeOpt,
     BosOpt,
     BosTokenOpt,
     DeviceOpt,
@@ -22,12 +23,15 @@ from horizon.tui.cli.common import (
     FileOpt,
     Inputs,
     JsonOpt,
+    MaxMemoryOpt,
     ModelOpt,
     PromptOpt,
     TruncateToOpt,
     UnverifiedOpt,
+    check_memory_options,
     console,
     emit,
+    memory_plan,
     prepare_inputs,
     progress_bar,
 )
@@ -43,7 +47,6 @@ WeightsOpt = Annotated[bool, typer.Option(
     "--weights", help="Add the weight analysis: OV and weight norms, MLP on random inputs, neuron activation rates.")]
 ProcessingOpt = Annotated[str, typer.Option(
     "--processing", help="raw (HF weights) | tl (TransformerLens fold_ln + centring, as in the seeds).")]
-BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Prompts per forward pass.")]
 ShowPromptOpt = Annotated[int, typer.Option("--show-prompt", help="Prompt (from 1) of the per-position heat table.")]
 
 BAR_WIDTH = 16
@@ -80,7 +83,8 @@ def norms(
     fit: FitOpt = None,
     weights: WeightsOpt = False,
     processing: ProcessingOpt = "raw",
-    batch_size: BatchSizeOpt = 8,
+    batch_size: BatchSizeOpt = "auto",
+    max_memory: MaxMemoryOpt = "auto",
     show_prompt: ShowPromptOpt = 1,
     unverified: UnverifiedOpt = False,
     as_json: JsonOpt = False,
@@ -89,9 +93,10 @@ def norms(
     # Every flag is checked before the model loads.
     fit_window = parse_fit(fit)
     check_processing(processing)
-    options.check_batch_size(batch_size)
+    memory, requested_batch = check_memory_options(max_memory, batch_size)
     options.check_at_least(show_prompt, "--show-prompt", 1)
     inputs = prepare_inputs(model, device, dtype, prompt, file, bos, bos_token, truncate_to, quiet=as_json)
+    plan = memory_plan("norms", inputs, memory, requested_batch)
     if show_prompt > len(inputs.token_ids):
         raise HorizonError(f"--show-prompt {show_prompt}: there are only {len(inputs.token_ids)} prompts")
     if fit_window is not None and fit_window[1] > inputs.model.n_layers:
@@ -103,11 +108,11 @@ def norms(
     subject = with_processing(inputs.model, processing)
     with progress_bar("norms", len(inputs.token_ids), quiet=as_json) as advance:
         report = analyse_norms(subject, inputs.token_ids, inputs.has_bos, include_bos=include_bos, fit=fit_window,
-                               batch_size=batch_size, progress=advance)
+                               batch_size=plan.batch_size, progress=advance)
     weight_section = None
     if weights:
         weight_section = weight_report(subject, processing, inputs.token_ids, has_bos=inputs.has_bos,
-                                       batch_size=batch_size)
+                                       batch_size=plan.batch_size)
     tokens = inputs.tokens()
     payload: dict[str, Any] = {
         "model": inputs.model.spec,
@@ -115,6 +120,7 @@ def norms(
         "token_ids": inputs.token_ids,
         "tokens": tokens,
         **report.to_json(),
+        "memory": plan.to_json(),
     }
     if weight_section is not None:
         payload["weights"] = weight_section

@@ -20,12 +20,15 @@ from horizon.tui.cli.common import (
     DtypeOpt,
     FileOpt,
     JsonOpt,
+    MaxMemoryOpt,
     ModelOpt,
     PromptOpt,
     TruncateToOpt,
     UnverifiedOpt,
+    check_memory_options,
     console,
     emit,
+    memory_plan,
     number,
     parse_int_list,
     prepare_inputs,
@@ -38,7 +41,8 @@ LENGTH_COLOURS = ("red", "yellow", "green", "cyan", "blue", "magenta")
 BAR_WIDTH = 32
 
 LengthsOpt = Annotated[str, typer.Option("--lengths", help="Truncation lengths c (tokens kept, current one included).")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", help="Truncated prompts per forward pass.")]
+BatchOpt = Annotated[str, typer.Option(
+    "--batch-size", help="Truncated prompts per forward pass: auto (as many as fit --max-memory) or N.")]
 OutliersOpt = Annotated[int, typer.Option("--outliers", help="How many lowest-cosine tokens to list.")]
 OutlierLayerOpt = Annotated[
     int | None,
@@ -125,7 +129,8 @@ def truncate(
     prompt: PromptOpt = None,
     file: FileOpt = None,
     lengths: LengthsOpt = "1,5,10",
-    batch_size: BatchOpt = 32,
+    batch_size: BatchOpt = "auto",
+    max_memory: MaxMemoryOpt = "auto",
     outliers: OutliersOpt = 20,
     outlier_layer: OutlierLayerOpt = None,
     category_length: CategoryLengthOpt = None,
@@ -139,7 +144,7 @@ def truncate(
 ) -> None:
     """Truncate the context to the last c tokens: how similar is each layer's residual to the full-context one?"""
     length_list = list(dict.fromkeys(parse_int_list(lengths, "--lengths", minimum=1)))
-    options.check_batch_size(batch_size)
+    memory, requested_batch = check_memory_options(max_memory, batch_size)
     options.check_count(outliers, "--outliers")
     options.check_layer_row(outlier_layer, None, "--outlier-layer")
     if category_length is not None and category_length not in length_list:
@@ -157,10 +162,13 @@ def truncate(
             f"no position can be truncated: the longest prompt has {longest} tokens with BOS, and c = "
             f"{min(length_list)} needs at least {min(length_list) + 2}"
         )
+    plan = memory_plan("truncate", inputs, memory, requested_batch)
     with progress_bar("truncating", total, quiet=as_json) as advance:
-        report = analyse_truncation(inputs.model, inputs.token_ids, length_list, batch_size=batch_size,
-                                    n_outliers=outliers, progress=advance, outlier_layer=outlier_layer)
-    payload = {"model": inputs.model.spec, "token_ids": inputs.token_ids, **report.to_json()}
+        report = analyse_truncation(inputs.model, inputs.token_ids, length_list, batch_size=plan.tiling["windows"],
+                                    n_outliers=outliers, progress=advance, outlier_layer=outlier_layer,
+                                    full_batch_size=plan.batch_size)
+    payload = {"model": inputs.model.spec, "token_ids": inputs.token_ids, **report.to_json(),
+               "memory": plan.to_json()}
     n_tokens = sum(len(ids) for ids in inputs.token_ids)
     shown_length = category_length if category_length is not None else max(length_list)
     emit(as_json, payload, lambda: render_truncation(report, len(inputs.token_ids), n_tokens, shown_length))
