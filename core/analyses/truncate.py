@@ -159,8 +159,10 @@ def rows(worker: Any, indices: list[int], token_ids: list[list[int]], tokens: li
 
     if worker.mu is None:
         raise RuntimeError("the corpus mean residual must be set before truncation shards run")
+    plan = worker.plan("truncate", token_ids)  # full prompts per pass, truncated prompts per pass
     report = analyse_truncation(worker.model, token_ids, lengths=worker.settings.lengths, mu=worker.mu,
-                                n_outliers=0)
+                                n_outliers=0, full_batch_size=plan.batch_size,
+                                batch_size=plan.tiling.get("windows", 32))
     n_records, n_rows = report.cos.shape
     prompt_map = np.asarray(indices)
     return pa.table({
