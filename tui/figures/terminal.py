@@ -38,6 +38,7 @@ PALETTE = [(31, 119, 180), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 
 FIT_COLOUR = (255, 127, 14)
 MARK_COLOUR = (255, 0, 255)  # the Horizon screen's current k
 HORIZON_COLOUR = (0, 200, 0)  # the effective horizon
+LABEL_COLOUR = (170, 170, 170)  # text on the canvas (a heat map's scale)
 LINE = "braille"  # the finest plotext marker: 2x4 dots per character
 
 
@@ -487,8 +488,8 @@ def heatmap(panel: Panel, matrix: Sequence[Sequence[float | None]], title: str, 
         rgbs.append(scale.step_rgb(column * scale.steps // bar))
     plt = panel.plt
     plt.scatter(xs, ys, marker="sd", color=rgbs)
-    plt.text(low_text, 0, height, alignment="left")
-    plt.text(high_text, len(low_text) + bar, height, alignment="left")
+    plt.text(low_text, 0, height, alignment="left", color=LABEL_COLOUR)
+    plt.text(high_text, len(low_text) + bar, height, alignment="left", color=LABEL_COLOUR)
     xaxis_ticks = linear_axis([0, n_cols - 1], max(10, width), lambda w: max(_x_per_tick(w),
                               _x_per_tick(max(len(label) for label in column_labels))), integer=True)
 

@@ -63,6 +63,8 @@ class FigurePlot(PlotextPlot):
 
     def render(self) -> RenderResult:
         self.plt.clear_figure()
+        # The theme first: text drawn on the canvas (a heat map's scale) takes the canvas colour then.
+        self.plt.theme(self._get_plotext_theme_name(self.app.theme))
         width, height = self.size.width, self.size.height
         if width > 0 and height > 0:
             terminal.draw(self.plt, self.figure, list(self.inputs), width, height, x=self.x, **self.options)
