@@ -12,24 +12,30 @@ API (stable: the commands and the sweep's planner call it):
 
 - ``parse_size("2GB" | "512MiB" | "1.5G" | "auto") -> int | None``: bytes (None for auto).
   KB/MB/GB/TB are powers of 1000, KiB/MiB/GiB/TiB and bare K/M/G/T powers of 1024.
-- ``format_size(n) -> "1.3 GB"``.
+- ``format_size(n) -> "1.30 GB"``.
 - ``ModelDims.of(model)``: the dimensions the cost model needs (or build one from a config).
-- ``default_budget(device, fixed=None) -> Budget``: a safe fraction of free CUDA memory
-  (``torch.cuda.mem_get_info``) or of MemAvailable on CPU, plus what is already resident.
-- ``make_budget(max_memory, dims, device) -> Budget``: ``--max-memory`` (bytes or None = auto).
-- ``costs(analysis, dims, batch, n_tokens, **tiling) -> dict[str, int]``: working bytes by part;
-  ``peak_bytes(...)`` is their sum. Analyses: ``ANALYSES`` (norms, scan, patch, truncate,
-  attention). Tiling keywords: ``rows`` (staircase rows per pass, scan/patch), ``windows``
-  (truncated prompts per pass, truncate), ``vocab_tile`` (columns per readout tile, scan/patch).
-- ``choose_batch_size(analysis, dims, n_tokens, budget, n_prompts=1, requested=None) -> int``:
-  the largest batch that fits (at most ``n_prompts`` and ``MAX_BATCH``); ``requested`` (an
-  explicit ``--batch-size N``) wins but is still refused when it cannot fit.
-- ``staircase_rows(dims, batch, n_tokens, budget)``, ``truncation_windows(dims, n_tokens,
-  budget)``, ``vocab_tile(dims, batch, n_tokens, budget)``: the tile sizes.
-- ``plan(analysis, dims, token_lengths, budget, requested=None) -> Plan``: all of it at once
-  (batch size, tiles, predicted peak); raises HorizonError when it cannot fit.
+- ``make_budget(max_memory, dims, device) -> Budget``: ``--max-memory`` in bytes, or None for
+  ``default_budget(device, fixed)``: a safe share of free CUDA memory (``torch.cuda.mem_get_info``)
+  or of MemAvailable on CPU, on top of the fixed part (``fixed_bytes``: the weights plus the
+  runtime, or what is resident now if more). ``Budget.source`` says how it was chosen.
+- ``costs(analysis, dims, batch, n_tokens, rows=1, windows=1, vocab_tile=VOCAB_TILE,
+  held_tokens=0) -> dict[str, int]``: working bytes by part; ``peak_bytes(...)`` is their sum.
+  Analyses: ``ANALYSES`` (norms, scan, patch, truncate, attention). ``rows``: staircase rows per
+  pass (scan); ``windows``: truncated prompts per pass; ``vocab_tile``: readout tile width;
+  ``held_tokens``: tokens whose clean runs are kept for the whole run (scan, patch).
+- ``choose_batch_size(analysis, dims, n_tokens, budget, n_prompts=1, requested=None,
+  held_tokens=0) -> int``: the largest batch that fits (at most ``n_prompts`` and ``MAX_BATCH``);
+  ``requested`` (an explicit ``--batch-size N``) wins but is still refused when it cannot fit.
+- ``staircase_rows(...)``, ``truncation_windows(...)``, ``readout_tile(batch, n_tokens)``: tiles;
+  ``row_bytes`` (one staircase row) and ``clean_run_bytes`` (kept clean runs) for the engine.
+- ``plan(analysis, dims, token_lengths, budget, requested=None) -> Plan``: all of it at once.
+  ``Plan.batch_size``, ``.tiling`` (rows, windows, vocab_tile, held_tokens), ``.pass_bytes``
+  (core/horizon.py's ``max_pass_bytes``), ``.keep_clean_bytes`` (``clean_runs``' keep_bytes),
+  ``.peak_bytes`` (predicted) and ``.to_json()``. Raises HorizonError, with the numbers, when
+  even batch 1 and the smallest tiles cannot fit. For truncate, ``requested`` is the number of
+  truncated prompts per pass (its --batch-size) and the full prompts' batch is always chosen.
 
-torch is imported lazily (only ``default_budget`` and ``ModelDims.of`` touch it), so the
+torch is imported lazily (only the CUDA paths touch it; ``ModelDims.of`` reads a loaded model), so the
 sweep's planner and option checks stay light.
 """
 
@@ -50,8 +56,9 @@ MAX_BATCH = 64
 # The share of free memory an automatic budget takes (the rest: the allocator's slack, other processes).
 CUDA_FRACTION = 0.85
 CPU_FRACTION = 0.7
-# What torch, transformers and the bridge hold besides the weights before any analysis (CPU RSS),
-# used when the plan is made without a loaded model to measure.
+# What torch, transformers and the bridge hold besides the weights once the model has run (CPU RSS,
+# measured: ~490 MB). Added to the weights because the resident set before the first forward
+# understates both (the weights are mapped and read in lazily).
 RUNTIME_BYTES = 480 << 20
 # What the allocators keep beyond the live tensors (heap fragmentation, BLAS and oneDNN scratch):
 # measured on CPU as up to ~210 MB over the tensors' own bytes at 512-2048 tokens, varying run to run.

@@ -1,0 +1,110 @@
+"""How the time of each analysis grows with the prompt length (issue 16).
+
+norms, scan, truncate and attention on one prompt of 128, 512 and 2048 tokens of the bundled
+model (the bundled corpus concatenated, BOS first), each timed once after a warm-up at 128
+tokens, under the automatic memory budget. The ratio is the fitted exponent of time vs T (least
+squares on log-log): about 1 for work that is linear in the tokens, flagged above 1.3. Attention
+is bound by its T x T patterns, so its exponent is only reported (target None).
+
+To stay fast the scan runs k = 1, 2 only (two staircase rows) and the truncation length 1 only
+(T - 2 truncated prompts: linear in T).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from functools import cache
+
+import torch
+from horizon.core import budget as B
+from horizon.core.loader import LoadedModel, load_model
+
+from tests.bench.bench_memory import corpus_prompt
+
+LENGTHS = (128, 512, 2048)
+TARGET = 1.3
+SCAN_KS = (1, 2)
+
+
+@cache
+def _model() -> LoadedModel:
+    return load_model("smollm2-135m", device="cpu")
+
+
+def _plan(analysis: str, ids: list[list[int]]) -> B.Plan:
+    model = _model()
+    dims = B.ModelDims.of(model)
+    return B.plan(analysis, dims, [len(ids[0])], B.make_budget(None, dims, model.device))
+
+
+def _runner(analysis: str) -> Callable[[list[list[int]]], object]:
+    model = _model()
+
+    def run(ids: list[list[int]]) -> object:
+        plan = _plan(analysis, ids)
+        if analysis == "norms":
+            from horizon.core.norms import analyse_norms
+
+            return analyse_norms(model, ids, True, batch_size=plan.batch_size)
+        if analysis == "attention":
+            from horizon.core.attention import attention_distance
+
+            return attention_distance(model, ids, True, batch_size=plan.batch_size)
+        if analysis == "truncate":
+            from horizon.core.truncation import analyse_truncation
+
+            return analyse_truncation(model, ids, [1], batch_size=plan.tiling["windows"],
+                                      full_batch_size=plan.batch_size)
+        import horizon.core.horizon as H
+        from horizon.core.horizon_scan import scan
+
+        cleans = H.clean_runs(model, ids, plan.batch_size, keep_bytes=plan.keep_clean_bytes)
+        return scan(model, ids, ks=list(SCAN_KS), batch_size=plan.batch_size, max_pass_bytes=plan.pass_bytes,
+                    cleans=cleans)
+
+    return run
+
+
+def fitted_exponent(lengths: tuple[int, ...], seconds: list[float]) -> float:
+    """The slope of log(time) against log(T), least squares."""
+    xs = [math.log(n) for n in lengths]
+    ys = [math.log(s) for s in seconds]
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum((x - mean_x) ** 2 for x in xs)
+
+
+def _scaling(analysis: str, target: float | None) -> dict:
+    model = _model()
+    run = _runner(analysis)
+    prompts = {n: [corpus_prompt(model, n)] for n in LENGTHS}
+    seconds: list[float] = []
+    with torch.inference_mode():
+        run(prompts[LENGTHS[0]])  # warm-up
+        for n in LENGTHS:
+            started = time.perf_counter()
+            run(prompts[n])
+            seconds.append(time.perf_counter() - started)
+    exponent = fitted_exponent(LENGTHS, seconds)
+    result: dict = {"ratio": round(exponent, 3), "target": target,
+                    **{f"t{n}_s": round(s, 3) for n, s in zip(LENGTHS, seconds, strict=True)}}
+    if target is None and exponent > TARGET:
+        result["flag"] = f"exponent above {TARGET} (attention-bound: T x T patterns)"
+    return result
+
+
+def bench_scaling_norms() -> dict:
+    return _scaling("norms", TARGET)
+
+
+def bench_scaling_scan() -> dict:
+    return {**_scaling("scan", TARGET), "ks": ",".join(map(str, SCAN_KS))}
+
+
+def bench_scaling_truncate() -> dict:
+    return {**_scaling("truncate", TARGET), "lengths": "1"}
+
+
+def bench_scaling_attention() -> dict:
+    return _scaling("attention", None)
