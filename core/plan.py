@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 # The corpus-wide passes run with the engines' default batch (core/truncation.py, core/horizon.py).
 CORPUS_PASS_BATCH = 8
-DEFAULT_SAMPLE = 4
 # Per analysis, the extra work per token and key besides attention's 2 * d_model (the attention
 # analysis reduces every pattern to five statistics, with and without BOS, per head).
 PATTERN_WORK_PER_HEAD = {"attention": 12}
@@ -204,13 +203,16 @@ def plan_sweep(
     shard: ShardSpec | None = None,
     batch_size: int | None = None,
     max_memory: int | None = None,
-    sample_size: int = DEFAULT_SAMPLE,
+    sample_size: int | None = None,
     workers: int = 1,
 ) -> SweepPlan:
     """Project a sweep of ``corpus`` without running it: each analysis on a sample, on ``model``'s device.
 
-    Writes nothing. ``shard`` limits the projection to this worker's shards; with ``workers``
-    (Ray actors) the shards are shared, so the wall time is divided among them.
+    The sample is one shard's worth of prompts of typical length (``sample_size``, default the
+    shard size), so it is batched as a shard will be: a smaller batch runs slower per prompt and
+    would be fitted as a higher cost. Writes nothing. ``shard`` limits the projection to this
+    worker's shards; with ``workers`` (Ray actors) the shards are shared, so the wall time is
+    divided among them.
     """
     import torch
     from horizon.core.sweep_settings import ShardSpec, plan_shards
@@ -228,7 +230,7 @@ def plan_sweep(
     lengths = described["n_tokens"]
     shards = [(shard_id, members) for shard_id, members in enumerate(plan_shards(len(lengths), settings.shard_size))
               if shard.owns(shard_id)]
-    sample = sample_indices(lengths, sample_size)
+    sample = sample_indices(lengths, sample_size or settings.shard_size)
     sample_ids = [worker.token_ids[index] for index in sample]
     with torch.inference_mode():
         measured = _measure(worker, sample, settings)

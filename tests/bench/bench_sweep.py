@@ -139,7 +139,7 @@ def bench_sweep_plan_error() -> dict:
     """``--plan``'s projected wall time vs the measured sweep of 16 bundled-corpus prompts.
 
     All four analyses, with settings that keep the benchmark short (scan k = 1, 2, 4, 8, 16, 31;
-    truncate lengths 1 and 5). The plan fits on its default sample (4 prompts), then the sweep
+    truncate lengths 1 and 5). The plan fits on its default sample (one shard: 8 prompts), then the sweep
     runs into a fresh directory with the model already loaded (its whole wall time: tokenising,
     the corpus mean, every shard and write, the views). ratio = |projected / measured - 1|,
     target <= 0.25.
