@@ -87,7 +87,7 @@ def predicted_shard_work(lengths: Sequence[int], analyses: Sequence[str], settin
     """
     weights = relative_weights(settings, dims["n_layers"])
     batch = batch_size or len(lengths)
-    return sum(weights[name] * shard_units(lengths, batch, crossover(name, dims["d_model"], dims["d_mlp"],
+    return sum(weights.get(name, 1.0) * shard_units(lengths, batch, crossover(name, dims["d_model"], dims["d_mlp"],
                                                                       dims["n_heads"]))
                for name in analyses)
 
@@ -239,16 +239,16 @@ def plan_sweep(
     plans: dict[str, AnalysisPlan] = {}
     for name in settings.analyses:
         cross = crossover(name, dims["d_model"], dims["d_mlp"], dims["n_heads"])
-        sample_plan = worker.plan(name, sample_ids)
-        rate = measured[name]["seconds"] / shard_units([len(ids) for ids in sample_ids], sample_plan.batch_size, cross)
+        sample_batch, _ = _batching(worker, name, sample_ids)
+        rate = measured[name]["seconds"] / shard_units([len(ids) for ids in sample_ids], sample_batch, cross)
         seconds = 0.0
         peak, batch_sizes, rows, disk = 0, [], 0, 0
         for _, members in shards:
             shard_lengths = [lengths[index] for index in members]
-            shard_plan = worker.plan(name, [worker.token_ids[index] for index in members])
-            seconds += rate * shard_units(shard_lengths, shard_plan.batch_size, cross)
-            peak = max(peak, shard_plan.peak_bytes)
-            batch_sizes.append(shard_plan.batch_size)
+            shard_batch, shard_peak = _batching(worker, name, [worker.token_ids[index] for index in members])
+            seconds += rate * shard_units(shard_lengths, shard_batch, cross)
+            peak = max(peak, shard_peak)
+            batch_sizes.append(shard_batch)
             shard_rows = registry.REGISTRY[name].expected_rows(shard_lengths, analysis_settings[name],
                                                                described["model"])
             rows += shard_rows
@@ -275,8 +275,19 @@ def plan_sweep(
                 "seconds": {name: round(measured[name]["seconds"], 3) for name in settings.analyses},
                 "corpus_pass_seconds": {name: round(value, 3) for name, value in measured["corpus"].items()},
                 "plan_seconds": round(time.perf_counter() - started, 2)},
-        budget=worker.plan(settings.analyses[0], sample_ids).budget.to_json(),
+        budget=worker.plan("norms", sample_ids).budget.to_json(),
     )
+
+
+def _batching(worker: SweepWorker, analysis: str, token_ids: list[list[int]]) -> tuple[int, int]:
+    """(batch size, predicted peak bytes) of an analysis on these prompts; an analysis the cost
+    model does not know (one registered from outside) runs them as one batch, peak unknown (0)."""
+    from horizon.core.budget import ANALYSES
+
+    if analysis not in ANALYSES:
+        return len(token_ids), 0
+    chosen = worker.plan(analysis, token_ids)
+    return chosen.batch_size, chosen.peak_bytes
 
 
 def _measure(worker: SweepWorker, sample: list[int], settings: SweepSettings) -> dict[str, Any]:
