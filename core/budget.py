@@ -64,7 +64,7 @@ RUNTIME_BYTES = 480 << 20
 # measured on CPU as up to ~210 MB over the tensors' own bytes at 512-2048 tokens, varying run to run.
 ALLOCATOR_SLACK = 224 << 20
 # Query rows per step of the attention statistics (core/attention.py QUERY_CHUNK).
-QUERY_CHUNK = 256
+QUERY_CHUNK = 512
 # Vocabulary columns per readout tile (cache-sized), and the narrowest tile a tight budget may use.
 VOCAB_TILE = 2048
 MIN_VOCAB_TILE = 256
