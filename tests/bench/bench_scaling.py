@@ -1,10 +1,10 @@
 """How the time of each analysis grows with the prompt length (issue 16).
 
 norms, scan, truncate and attention on one prompt of 128, 512 and 2048 tokens of the bundled
-model (the bundled corpus concatenated, BOS first), each timed once after a warm-up at 128
-tokens, under the automatic memory budget. The ratio is the fitted exponent of time vs T (least
-squares on log-log): about 1 for work that is linear in the tokens, flagged above 1.3. Attention
-is bound by its T x T patterns, so its exponent is only reported (target None).
+model (the bundled corpus concatenated, BOS first), the median of three runs per length (lengths
+in alternation) after a warm-up at 128 tokens, under the automatic memory budget. The ratio is
+the fitted exponent of time vs T (least squares on log-log): about 1 for work that is linear in
+the tokens, flagged above 1.3. Attention is bound by its T x T patterns, so its exponent is only reported (target None).
 
 To stay fast the scan runs k = 1 only (one staircase row) and the truncation length 1 only
 (T - 2 truncated prompts: linear in T).
@@ -13,6 +13,7 @@ To stay fast the scan runs k = 1 only (one staircase row) and the truncation len
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable
 from functools import cache
@@ -24,6 +25,7 @@ from horizon.core.loader import LoadedModel, load_model
 from tests.bench.bench_memory import corpus_prompt
 
 LENGTHS = (128, 512, 2048)
+REPEATS = 3  # the median of three runs per length
 TARGET = 1.3
 SCAN_KS = (1,)
 
@@ -79,13 +81,15 @@ def _scaling(analysis: str, target: float | None) -> dict:
     model = _model()
     run = _runner(analysis)
     prompts = {n: [corpus_prompt(model, n)] for n in LENGTHS}
-    seconds: list[float] = []
+    times: dict[int, list[float]] = {n: [] for n in LENGTHS}
     with torch.inference_mode():
         run(prompts[LENGTHS[0]])  # warm-up
-        for n in LENGTHS:
-            started = time.perf_counter()
-            run(prompts[n])
-            seconds.append(time.perf_counter() - started)
+        for _ in range(REPEATS):  # lengths in alternation, so load drift on a shared machine hits all alike
+            for n in LENGTHS:
+                started = time.perf_counter()
+                run(prompts[n])
+                times[n].append(time.perf_counter() - started)
+    seconds = [statistics.median(times[n]) for n in LENGTHS]
     exponent = fitted_exponent(LENGTHS, seconds)
     result: dict = {"ratio": round(exponent, 3), "target": target,
                     **{f"t{n}_s": round(s, 3) for n, s in zip(LENGTHS, seconds, strict=True)}}
