@@ -7,6 +7,9 @@ import os
 import pytest
 from horizon.core.loader import LoadedModel, load_model
 
+# Snapshot pictures go to snapshots/<test module>/ (the fixture overrides syrupy's `snapshot`).
+from tests.snapshot_dir import snapshot  # noqa: F401
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """HORIZON_TEST_THREADS=n runs torch on n threads (make test runs the snapshots on one)."""

@@ -30,39 +30,15 @@ from pytest_textual_snapshot import SVGImageExtension, normalize_svg
 from syrupy.assertion import SnapshotAssertion
 
 from tests.figure_sweeps import CORPUS
+from tests.snapshot_dir import SNAPSHOT_DIR
 from tests.test_tui_snapshots import RECORD_SAFETY, SAFETY, assert_far_from_boundaries
 
-SNAPSHOT_DIR = Path(__file__).resolve().parent.parent / "snapshots"
 SWEEPS = {  # model -> its sweep's settings (they differ: the screen's warning line shows)
     "tiny-llama": SweepSettings(shard_size=4, tol=0.004),
     "tiny-gpt2": SweepSettings(shard_size=4, start_layers=[0, 1], ablation="mean", lengths=[1, 5], tol=0.004),
 }
 
 
-class TopLevelSVGExtension(SVGImageExtension):
-    """SVG snapshots under snapshots/<test module>/ instead of tests/__snapshots__/."""
-
-    @classmethod
-    def dirname(cls, *, test_location) -> str:  # type: ignore[no-untyped-def, override]
-        return str(SNAPSHOT_DIR / test_location.basename)
-
-
-class TopLevelSnapshotAssertion(SnapshotAssertion):
-    # snap_compare asks for the plugin's SVG extension; hand it ours, which only moves the files.
-    def use_extension(self, extension_class=None):  # type: ignore[no-untyped-def]
-        if extension_class is SVGImageExtension:
-            extension_class = TopLevelSVGExtension
-        return super().use_extension(extension_class)
-
-
-@pytest.fixture
-def snapshot(snapshot: SnapshotAssertion) -> SnapshotAssertion:
-    return TopLevelSnapshotAssertion(
-        update_snapshots=snapshot.update_snapshots,
-        extension_class=snapshot.extension_class,
-        test_location=snapshot.test_location,
-        session=snapshot.session,
-    )
 
 
 def sweep_both(root: Path, dtype: torch.dtype) -> list[Path]:

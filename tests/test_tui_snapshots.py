@@ -43,35 +43,12 @@ from pytest_textual_snapshot import SVGImageExtension, normalize_svg
 from syrupy.assertion import SnapshotAssertion
 from textual.widgets import TabbedContent
 
-SNAPSHOT_DIR = Path(__file__).resolve().parent.parent / "snapshots"
+from tests.snapshot_dir import SNAPSHOT_DIR
+
 PROMPT = "The capital of France is Paris. It is known for the Eiffel Tower, and its food is famous."
 SMOL_PROMPT = "The Eiffel Tower is in Paris.\nIt opened in 1889."
 
 
-class TopLevelSVGExtension(SVGImageExtension):
-    """SVG snapshots under snapshots/<test module>/ instead of tests/__snapshots__/."""
-
-    @classmethod
-    def dirname(cls, *, test_location) -> str:  # type: ignore[no-untyped-def, override]
-        return str(SNAPSHOT_DIR / test_location.basename)
-
-
-class TopLevelSnapshotAssertion(SnapshotAssertion):
-    # snap_compare asks for the plugin's SVG extension; hand it ours, which only moves the files.
-    def use_extension(self, extension_class=None):  # type: ignore[no-untyped-def]
-        if extension_class is SVGImageExtension:
-            extension_class = TopLevelSVGExtension
-        return super().use_extension(extension_class)
-
-
-@pytest.fixture
-def snapshot(snapshot: SnapshotAssertion) -> SnapshotAssertion:
-    return TopLevelSnapshotAssertion(
-        update_snapshots=snapshot.update_snapshots,
-        extension_class=snapshot.extension_class,
-        test_location=snapshot.test_location,
-        session=snapshot.session,
-    )
 
 
 # Per-head factors on tiny-llama's query weights (0: uniform attention, 1000: sharp), and on
