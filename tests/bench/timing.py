@@ -115,6 +115,7 @@ def scan_vs_forwards(
     target: float,
     others: dict[str, Callable[[], object]] | None = None,
     warm: tuple[Callable[[], object], ...] = (),
+    repeats: int = 3,
 ) -> tuple[dict, dict[str, float]]:
     """Full scan (k = 1..L+1, S = 0) vs (L+1) plain HF forwards as one timed block, in alternation.
 
@@ -127,7 +128,7 @@ def scan_vs_forwards(
     n_forwards = model.n_layers + 1
     warm_up(lambda: hf(ids), lambda: scan(model, token_ids, ks=[1, model.n_layers]), *warm)
     functions = {"forwards": hf_forwards(hf, ids, n_forwards), "scan": lambda: scan(model, token_ids), **(others or {})}
-    times = interleaved(functions, repeats=3, warmup=False)
+    times = interleaved(functions, repeats=repeats, warmup=False)
     result = {
         "ratio": round(times["scan"] / times["forwards"], 3),
         "target": target,
