@@ -31,7 +31,7 @@ from syrupy.assertion import SnapshotAssertion
 
 from tests.figure_sweeps import CORPUS
 from tests.snapshot_dir import SNAPSHOT_DIR
-from tests.test_tui_snapshots import RECORD_SAFETY, SAFETY, assert_far_from_boundaries
+from tests.test_tui_snapshots import RECORD_SAFETY, SAFETY, assert_far_from_boundaries, settle_then
 
 SWEEPS = {  # model -> its sweep's settings (they differ: the screen's warning line shows)
     "tiny-llama": SweepSettings(shard_size=4, tol=0.004),
@@ -67,21 +67,6 @@ def compare_app(directories: list[Path]) -> HorizonApp:
     # background=False: the first directory's own panes are not shown here, only the Compare screen.
     return HorizonApp(session=ResultsSession(str(directories[0])), compare=[str(d) for d in directories],
                       background=False, show_timings=False)
-
-
-def settle_then(*keys: str):  # type: ignore[no-untyped-def]
-    """A run_before: wait for the workers (the directories load in one), press ``keys``, wait again."""
-
-    async def run_before(pilot) -> None:  # type: ignore[no-untyped-def]
-        await pilot.pause(0.2)
-        await pilot.app.workers.wait_for_complete()
-        for key in keys:
-            await pilot.press(key)
-            await pilot.pause(0.1)
-        await pilot.app.workers.wait_for_complete()
-        await pilot.pause()
-
-    return run_before
 
 
 def test_snapshot_dir_is_top_level(snapshot: SnapshotAssertion) -> None:
