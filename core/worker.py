@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import pyarrow as pa
 from horizon.core import analyses as registry
+from horizon.core.budget import MAX_BATCH
 from horizon.core.sweep_settings import SweepSettings
 
 if TYPE_CHECKING:
@@ -21,6 +22,17 @@ if TYPE_CHECKING:
     from horizon.core.loader import LoadedModel
 
 Result = TypeVar("Result")
+
+# How auto batches are cut on CPU (an explicit --batch-size N, and other devices, keep the budget's
+# choice: batching is where a GPU pays). A CPU pass costs about its padded tokens either way, and a
+# big batch's clean run and float64 prefix sums leave the caches: rows of 8 bundled-corpus prompts
+# (108-121 tokens, smollm2-135m, 2-core EPYC, best of 2-3, vs batch 1) took, for scan (k up to 31),
+# 0.89 at batch 2, 1.00 at 4 and 1.19-1.23 at 8 (the budget's choice); norms 0.77 / 0.72 / 0.71 and
+# attention 0.69 / 0.66 / 0.58 at 2 / 4 / 8. Hence a cap of padded tokens (prompts x longest) per
+# batch and analysis (analyses not named: no cap), and a batch is split where it would be more than
+# CPU_MAX_PADDING padding (padded positions are work thrown away on CPU).
+CPU_BATCH_TOKENS = {"scan": 256, "norms": 1024, "attention": 1024}
+CPU_MAX_PADDING = 0.25
 
 
 @dataclass
@@ -70,7 +82,12 @@ class SweepWorker:
             dims = ModelDims.of(self.model)
             self._budget = dims, make_budget(self.config.max_memory, dims, self.model.device)
         dims, budget = self._budget
-        chosen = plan(analysis, dims, [len(ids) for ids in token_ids], budget, requested=self.config.batch_size)
+        lengths = [len(ids) for ids in token_ids]
+        chosen = plan(analysis, dims, lengths, budget, requested=self.config.batch_size)
+        most = self.most_prompts(analysis, max(lengths))
+        if most is not None and chosen.batch_size > most:
+            # The device's cap, as an explicit batch: the tiles are planned for the batch that runs.
+            chosen = plan(analysis, dims, lengths, budget, requested=most)
         if "rows" in chosen.tiling:  # the scan's passes stay within the engine's default however large the budget
             row = costs(analysis, dims, chosen.batch_size, chosen.n_tokens, rows=1)["staircase rows"]
             most = max(1, DEFAULT_PASS_BYTES // max(1, row))
@@ -83,16 +100,37 @@ class SweepWorker:
 
         return min(chosen.pass_bytes, DEFAULT_PASS_BYTES)
 
+    @property
+    def auto_on_cpu(self) -> bool:
+        """Whether the budget picks the batch (no --batch-size N) of a model on CPU: the case the caps are for."""
+        return self.config.batch_size is None and str(self.model.device) == "cpu"
+
+    def batch_tokens(self, analysis: str) -> int | None:
+        """Padded tokens (prompts x longest) one auto batch of ``analysis`` may hold on this device (None: no cap)."""
+        return CPU_BATCH_TOKENS.get(analysis) if self.auto_on_cpu else None
+
+    def most_prompts(self, analysis: str, longest: int) -> int | None:
+        """The most prompts of ``longest`` tokens one auto batch may hold on this device (None: no cap)."""
+        tokens = self.batch_tokens(analysis)
+        return None if tokens is None else max(1, tokens // max(1, longest))
+
     def per_prompt(self, analysis: str, token_ids: Sequence[list[int]],
                    compute: Callable[[list[list[int]], Plan], Sequence[Result]]) -> list[Result]:
         """``compute``'s per-prompt results, in the shard's order, from prompts batched by length.
 
-        ``compute(ids, plan)`` gets the prompts sorted by length (so a padded batch wastes little)
-        and returns one result per prompt in that order.
+        The prompts are sorted by length (so a padded batch wastes little) and split into groups
+        (``batch_groups``: on CPU, by padded tokens and padding waste); ``compute(ids, plan)`` gets
+        each group in turn, with the plan of that group, and returns one result per prompt in order.
         """
         order = length_order(token_ids)
         ordered = [list(token_ids[index]) for index in order]
-        results = list(compute(ordered, self.plan(analysis, ordered)))
+        groups = batch_groups([len(ids) for ids in ordered], most_prompts=self.config.batch_size or MAX_BATCH,
+                              most_tokens=self.batch_tokens(analysis),
+                              max_padding=CPU_MAX_PADDING if self.auto_on_cpu else None)
+        results: list[Result] = []
+        for group in groups:
+            members = ordered[group.start : group.stop]
+            results.extend(compute(members, self.plan(analysis, members)))
         if len(results) != len(order):
             raise RuntimeError(f"{analysis}: {len(results)} results for {len(order)} prompts")
         placed: list[Any] = [None] * len(order)
@@ -162,6 +200,32 @@ class SweepWorker:
                 analysis = registry.REGISTRY[name]
                 tables[analysis.table] = analysis.rows(self, indices, token_ids, tokens)
         return tables
+
+
+def batch_groups(lengths: Sequence[int], most_prompts: int, most_tokens: int | None = None,
+                 max_padding: float | None = None) -> list[range]:
+    """Consecutive groups of length-sorted prompts (shortest first), each at most one batch.
+
+    A group holds at most ``most_prompts`` prompts and, with ``most_tokens``, at most that many
+    padded tokens (prompts x its longest length); with ``max_padding``, at most that share of its
+    padded positions is padding. A prompt longer than ``most_tokens`` is a group of its own. The
+    groups cover every prompt once, in order.
+    """
+    if most_prompts < 1:
+        raise ValueError(f"most_prompts must be at least 1, got {most_prompts}")
+    groups: list[range] = []
+    start, real = 0, 0
+    for index, length in enumerate(lengths):
+        count = index - start + 1  # the group with this prompt in it; it is the longest so far (sorted)
+        padded = count * length
+        if count > 1 and (count > most_prompts or (most_tokens is not None and padded > most_tokens)
+                          or (max_padding is not None and padded - real - length > max_padding * padded)):
+            groups.append(range(start, index))
+            start, real = index, 0
+        real += length
+    if lengths:
+        groups.append(range(start, len(lengths)))
+    return groups
 
 
 def length_order(token_ids: Sequence[Sequence[int]]) -> list[int]:
