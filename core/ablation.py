@@ -16,7 +16,7 @@ from horizon.core.errors import HorizonError
 from horizon.core.prompts import TokenBatch
 
 if TYPE_CHECKING:
-    from horizon.core.horizon import CleanRun, HorizonConfig
+    from horizon.core.horizon import ChunkedClean, CleanRun, HorizonConfig
 
 
 @dataclass
@@ -65,7 +65,8 @@ class MeanAccumulator:
     def add(self, outputs: torch.Tensor, batch: TokenBatch) -> None:
         """``outputs``: s_0..s_{2L} of one token batch [2L+1, batch, pos, d_model]."""
         mask = batch.stat_mask()  # real tokens, without the BOS position when there is one
-        self.has_bos = batch.has_bos
+        if self.total is None:  # a prompt's later position chunks have no BOS of their own
+            self.has_bos = batch.has_bos
         summed = torch.stack([outputs[i][mask].double().sum(dim=0) for i in range(outputs.shape[0])])
         self.total = summed if self.total is None else self.total + summed
         self.count += int(mask.sum())
@@ -76,11 +77,12 @@ class MeanAccumulator:
         return AblationMeans(self.total / self.count, self.has_bos, self.count)
 
 
-def ablation_means(cleans: Sequence[CleanRun]) -> AblationMeans:
-    """The means of the analysed prompts' own clean runs."""
+def ablation_means(cleans: Sequence[CleanRun | ChunkedClean]) -> AblationMeans:
+    """The means of the analysed prompts' own clean runs (chunk by chunk for a ``ChunkedClean``)."""
     accumulator = MeanAccumulator()
     for clean in cleans:
-        accumulator.add(clean.outputs, clean.batch)
+        for part in clean.parts():
+            accumulator.add(part.outputs, part.batch)
     return accumulator.result()
 
 

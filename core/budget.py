@@ -22,11 +22,13 @@ API (stable: the commands and the sweep's planner call it):
   held_tokens=0) -> dict[str, int]``: working bytes by part; ``peak_bytes(...)`` is their sum.
   Analyses: ``ANALYSES`` (norms, scan, patch, truncate, attention). ``rows``: staircase rows per
   pass (scan); ``windows``: truncated prompts per pass; ``vocab_tile``: readout tile width;
-  ``held_tokens``: tokens whose clean runs are kept for the whole run (scan, patch).
+  ``held_tokens``: tokens whose clean runs are kept for the whole run (scan, patch);
+  ``position_chunk``: positions per chunk of a scan whose whole prompt cannot fit (0: none).
 - ``choose_batch_size(analysis, dims, n_tokens, budget, n_prompts=1, requested=None,
   held_tokens=0) -> int``: the largest batch that fits (at most ``n_prompts`` and ``MAX_BATCH``);
   ``requested`` (an explicit ``--batch-size N``) wins but is still refused when it cannot fit.
-- ``staircase_rows(...)``, ``truncation_windows(...)``, ``readout_tile(batch, n_tokens)``: tiles;
+- ``staircase_rows(...)``, ``truncation_windows(...)``, ``readout_tile(batch, n_tokens)``,
+  ``position_chunk(dims, n_tokens, budget)``: tiles;
   ``row_bytes`` (one staircase row) and ``clean_run_bytes`` (kept clean runs) for the engine.
 - ``plan(analysis, dims, token_lengths, budget, requested=None) -> Plan``: all of it at once.
   ``Plan.batch_size``, ``.tiling`` (rows, windows, vocab_tile, held_tokens), ``.pass_bytes``
@@ -70,6 +72,10 @@ VOCAB_TILE = 2048
 MIN_VOCAB_TILE = 256
 # Truncated prompts per forward pass, at most (the windows are short: the batch is their only size).
 MAX_WINDOWS = 256
+# The shortest position chunk a long prompt's scan goes through (core/horizon.py ChunkedClean):
+# below it the per-chunk work of every block no longer pays for itself.
+MIN_POSITION_CHUNK = 64
+CHUNK_RETENTION = 0.6
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(i?)(b?)\s*$", re.IGNORECASE)
 _POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
@@ -120,12 +126,19 @@ class ModelDims:
     vocab: int
     element_bytes: int = 4  # the activations' dtype (float32: 4, bfloat16: 2)
     weight_bytes: int = 0  # parameters and buffers, resident for the whole run
+    kv_width: int = 0  # a layer's key (or value) width per position: n_kv_heads * d_head (0: d_model)
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """A KV cache's keys and values of one position over every layer."""
+        return 2 * self.n_layers * (self.kv_width or self.d_model) * self.element_bytes
 
     @classmethod
     def of(cls, model: LoadedModel) -> ModelDims:
         cfg = model.bridge.cfg
         module = model.hf_model
         weights = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+        d_head = int(getattr(cfg, "d_head", None) or model.d_model // model.n_heads)
         return cls(
             n_layers=model.n_layers,
             d_model=model.d_model,
@@ -134,6 +147,7 @@ class ModelDims:
             vocab=int(cfg.d_vocab),
             element_bytes=int(next(module.parameters()).element_size()),
             weight_bytes=int(weights),
+            kv_width=model.n_kv_heads * d_head,
         )
 
 
@@ -215,18 +229,19 @@ def make_budget(max_memory: int | None, dims: ModelDims, device: Any = "cpu", me
 # ----------------------------------------------------------------------------- the cost model
 
 
-def _forward(dims: ModelDims, batch: int, n_tokens: int, logits: bool) -> dict[str, int]:
-    """One eager forward pass: a layer's activations, its attention scores, and (when asked) the logits."""
+def _forward(dims: ModelDims, batch: int, n_tokens: int, logits: bool, kv_tokens: int = 0) -> dict[str, int]:
+    """One eager forward pass of ``n_tokens`` positions attending to ``kv_tokens`` (default: the same
+    positions): a layer's activations, its attention scores, and (when asked) the logits."""
     e, bt = dims.element_bytes, batch * n_tokens
     parts = {
         "allocator slack": ALLOCATOR_SLACK,
         "activations": bt * (8 * dims.d_model + 3 * dims.d_mlp) * e,
         # Eager attention holds the scores, their softmax and the bridge's pattern hook copy; the
         # causal mask is one more [batch, T, T].
-        "attention": batch * n_tokens * n_tokens * (3 * dims.n_heads + 1) * e,
+        "attention": batch * n_tokens * (kv_tokens or n_tokens) * (3 * dims.n_heads + 1) * e,
     }
     if logits:
-        parts["logits"] = bt * dims.vocab * 4
+        parts["logits"] = bt * dims.vocab * e
     return parts
 
 
@@ -236,8 +251,9 @@ def _clean_run(dims: ModelDims, batch: int, n_tokens: int) -> dict[str, int]:
     return {
         # sublayer outputs s_0..s_2L, resid_pre per layer, and their float64 prefix sums
         "clean outputs": bt * dims.d_model * ((readers + dims.n_layers) * e + readers * 8),
-        # the clean logits (the reference's are a view), and one float32 copy while it is made
-        "clean logits": bt * dims.vocab * (e + 4),
+        # the clean logits are the forward's own (its "logits" part); the reference's float32 view
+        # is a copy only when the model computes in another dtype
+        "clean logits": bt * dims.vocab * (4 if e != 4 else 0),
     }
 
 
@@ -246,26 +262,37 @@ def clean_run_bytes(dims: ModelDims, n_tokens: int) -> int:
     return sum(_clean_run(dims, 1, n_tokens).values())
 
 
-def row_bytes(dims: ModelDims, batch: int, n_tokens: int) -> int:
-    """One staircase row: core/horizon.py's ``max_pass_bytes`` divided by this is the rows per pass."""
+def row_bytes(dims: ModelDims, batch: int, n_tokens: int, position_chunk: int = 0) -> int:
+    """One staircase row: core/horizon.py's ``max_pass_bytes`` divided by this is the rows per pass
+    (with ``position_chunk``: one row of a chunked pass, its KV cache and heap retention included)."""
+    if 0 < position_chunk < n_tokens:
+        width = readout_tile(batch, position_chunk)
+        one, none = (sum(_chunked_scan(dims, batch, n_tokens, rows, width, position_chunk).values()) for rows in (1, 0))
+        return one - none
     return _row_bytes(dims, batch, n_tokens)
 
 
-def _row_bytes(dims: ModelDims, batch: int, n_tokens: int) -> int:
-    """One staircase row (one config over the token batch) inside a batched pass."""
+def _row_bytes(dims: ModelDims, batch: int, n_tokens: int, kv_tokens: int = 0) -> int:
+    """One staircase row (one config over the token batch, or over a position chunk of ``n_tokens``
+    attending to ``kv_tokens``) inside a batched pass."""
     e = dims.element_bytes
     live_prefixes = 2 * dims.n_layers + 2  # float64 prefix sums still to be subtracted, at most
-    per_position = dims.d_model * (live_prefixes * 8 + 8 * e) + 3 * dims.d_mlp * e + 3 * dims.n_heads * n_tokens * e
+    per_position = (dims.d_model * (live_prefixes * 8 + 8 * e) + 3 * dims.d_mlp * e
+                    + 3 * dims.n_heads * (kv_tokens or n_tokens) * e)
     return batch * n_tokens * per_position
 
 
 def costs(analysis: str, dims: ModelDims, batch: int, n_tokens: int, rows: int = 1, windows: int = 1,
-          vocab_tile: int = VOCAB_TILE, held_tokens: int = 0) -> dict[str, int]:
+          vocab_tile: int = VOCAB_TILE, held_tokens: int = 0, position_chunk: int = 0) -> dict[str, int]:
     """Working bytes of one pass of ``analysis`` by part (the fixed part, weights and runtime, excluded).
 
     ``held_tokens`` (scan, patch): tokens of every prompt whose clean run is kept for the whole
-    run (0: only the current batch's, as when they are made batch by batch).
+    run (0: only the current batch's, as when they are made batch by batch). ``position_chunk``
+    (scan): prompts longer than it go through the clean run and the passes that many positions at
+    a time, with KV caches of the positions before (core/horizon.py ChunkedClean; 0: whole prompts).
     """
+    if analysis == "scan" and 0 < position_chunk < n_tokens:
+        return _chunked_scan(dims, batch, n_tokens, rows, vocab_tile, position_chunk)
     if analysis not in ANALYSES:
         raise HorizonError(f"unknown analysis {analysis!r}: use one of {', '.join(ANALYSES)}")
     bt = batch * n_tokens
@@ -296,6 +323,22 @@ def costs(analysis: str, dims: ModelDims, batch: int, n_tokens: int, rows: int =
         parts["readout"] = rows * bt * dims.vocab * 4
     else:  # one vocabulary tile of every row in the readout chunk, and the metrics' temporaries
         parts["readout"] = max(1, rows) * bt * vocab_tile * 4 * 4
+    return parts
+
+
+def _chunked_scan(dims: ModelDims, batch: int, n_tokens: int, rows: int, vocab_tile: int, chunk: int) -> dict[str, int]:
+    """A scan whose prompts go ``chunk`` positions at a time: what one chunk holds, plus the KV caches
+    (the clean pass's and one per staircase row) that grow to the whole prompt."""
+    parts = _forward(dims, batch, chunk, logits=True, kv_tokens=n_tokens)
+    parts.update(_clean_run(dims, batch, chunk))
+    parts["staircase rows"] = rows * _row_bytes(dims, batch, chunk, kv_tokens=n_tokens)
+    parts["readout"] = max(1, rows) * batch * chunk * vocab_tile * 4 * 4
+    per_chunk = sum(size for name, size in parts.items() if name != "allocator slack")
+    # The same chunk-sized tensors are allocated and freed once per chunk and pass, and the heap
+    # keeps more of them than the live ones: measured on CPU (SmolLM2, 2048 tokens, chunks of 128,
+    # 256 and 512) the peak exceeds the tensors by up to 0.6 of the chunk's own bytes.
+    parts["allocator retention"] = int(CHUNK_RETENTION * per_chunk)
+    parts["kv caches"] = (1 + rows) * batch * n_tokens * dims.kv_bytes_per_token
     return parts
 
 
@@ -333,14 +376,15 @@ def _largest(fits: Any, lo: int, hi: int) -> int:
 
 
 def choose_batch_size(analysis: str, dims: ModelDims, n_tokens: int, budget: Budget, n_prompts: int = 1,
-                      requested: int | None = None, held_tokens: int = 0) -> int:
+                      requested: int | None = None, held_tokens: int = 0, position_chunk: int = 0) -> int:
     """The largest batch (prompts per pass) whose peak fits the budget with the smallest tiles.
 
     ``n_tokens`` is the longest prompt's length (batches are right-padded to it); ``held_tokens``
     as in ``costs``. ``requested`` (an explicit --batch-size) is returned as is when it fits.
     Raises HorizonError with the numbers when even that (or batch 1) cannot fit.
     """
-    tiling = {"held_tokens": held_tokens}  # one staircase row, one truncated prompt: the smallest tiles
+    # one staircase row, one truncated prompt: the smallest tiles
+    tiling = {"held_tokens": held_tokens, "position_chunk": position_chunk}
     first = requested or 1
     if not _fits(analysis, dims, first, n_tokens, budget, **tiling):
         raise _too_big(analysis, dims, n_tokens, budget, first, **tiling)
@@ -360,12 +404,26 @@ def readout_tile(batch: int, n_tokens: int, widest: int = VOCAB_TILE) -> int:
 
 
 def staircase_rows(dims: ModelDims, batch: int, n_tokens: int, budget: Budget, held_tokens: int = 0,
-                   most: int | None = None) -> int:
+                   most: int | None = None, position_chunk: int = 0) -> int:
     """Configs per staircase pass (scan): as many as fit, at least 1."""
     most = most or 2 * dims.n_layers + 2
-    width = readout_tile(batch, n_tokens)
+    width = readout_tile(batch, min(n_tokens, position_chunk or n_tokens))
     return _largest(lambda rows: _fits("scan", dims, batch, n_tokens, budget, rows=rows, vocab_tile=width,
-                                       held_tokens=held_tokens), 1, most)
+                                       held_tokens=held_tokens, position_chunk=position_chunk), 1, most)
+
+
+def position_chunk(dims: ModelDims, n_tokens: int, budget: Budget) -> int:
+    """Positions per chunk for a scan whose whole prompt does not fit: the longest that fits (halving
+    from the prompt's length down to MIN_POSITION_CHUNK), 0 when the whole prompt fits."""
+    if _fits("scan", dims, 1, n_tokens, budget):
+        return 0
+    chunk = n_tokens
+    while chunk > MIN_POSITION_CHUNK:
+        chunk = max(MIN_POSITION_CHUNK, chunk // 2)
+        if _fits("scan", dims, 1, n_tokens, budget, position_chunk=chunk,
+                 vocab_tile=readout_tile(1, chunk)):
+            return chunk
+    return 0
 
 
 def truncation_windows(dims: ModelDims, batch: int, n_tokens: int, budget: Budget) -> int:
@@ -427,12 +485,18 @@ def plan(analysis: str, dims: ModelDims, token_lengths: list[int], budget: Budge
         held = n_tokens * len(token_lengths)  # padded: an upper bound
         if clean_run_bytes(dims, held) <= budget.working // 2:
             keep, tiling["held_tokens"] = clean_run_bytes(dims, held), held
+    if analysis == "scan" and (chunk := position_chunk(dims, n_tokens, budget)):
+        tiling = {"position_chunk": chunk}  # chunked clean runs are never kept
+        keep = 0
     # truncate's --batch-size counts truncated prompts per pass; its full prompts' batch is always chosen
     batch = choose_batch_size(analysis, dims, n_tokens, budget, len(token_lengths),
-                              None if analysis == "truncate" else requested, tiling.get("held_tokens", 0))
+                              None if analysis == "truncate" else requested, tiling.get("held_tokens", 0),
+                              tiling.get("position_chunk", 0))
     if analysis == "scan":
-        tiling["vocab_tile"] = readout_tile(batch, n_tokens)
-        tiling["rows"] = staircase_rows(dims, batch, n_tokens, budget, tiling.get("held_tokens", 0))
+        chunk = tiling.get("position_chunk", 0)
+        tiling["vocab_tile"] = readout_tile(batch, chunk or n_tokens)
+        tiling["rows"] = staircase_rows(dims, batch, n_tokens, budget, tiling.get("held_tokens", 0),
+                                        position_chunk=chunk)
     elif analysis == "truncate":
         if requested is not None and not _fits(analysis, dims, batch, n_tokens, budget, windows=requested):
             raise _too_big(analysis, dims, n_tokens, budget, batch, windows=requested)

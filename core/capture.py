@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from horizon.core.decomposition import PER_LAYER_SITES, SITES, site_hook, stack_outputs
@@ -51,13 +52,15 @@ def run_capture(
     keep_logits: bool = False,
     extra_hooks: dict[str, str] | None = None,
     stop_after_final: bool = False,
+    forward_kwargs: dict[str, Any] | None = None,
 ) -> Capture:
     """Run the bridge once on ``input_ids`` [batch, pos] and record ``sites``.
 
     ``extra_hooks`` maps a key to any other bridge hook name (e.g. attention patterns) whose
     per-layer ``{layer}`` placeholder is expanded over all layers and stacked like a site.
     ``stop_after_final`` ends the pass at the final norm's input (no final norm, no unembedding)
-    when the logits are not needed; hooks after that point then never fire.
+    when the logits are not needed; hooks after that point then never fire. ``forward_kwargs`` go
+    to the bridge's forward (a KV cache: ``past_key_values``, ``use_cache``).
     """
     wanted = list(dict.fromkeys(sites))
     for site in wanted:
@@ -96,10 +99,11 @@ def run_capture(
             # Every site has fired once the final norm's input is reached: stop there, skipping
             # the final norm and the unembedding (a vocab-sized matmul, ~10% of a small model).
             hooks.append((site_hook("final"), stop_forward))
-            model.bridge.run_with_hooks(input_ids, fwd_hooks=hooks, return_type=None)
+            model.bridge.run_with_hooks(input_ids, fwd_hooks=hooks, return_type=None, **(forward_kwargs or {}))
             logits = None
         else:
-            logits = model.bridge.run_with_hooks(input_ids, fwd_hooks=hooks, return_type="logits")
+            logits = model.bridge.run_with_hooks(input_ids, fwd_hooks=hooks, return_type="logits",
+                                                 **(forward_kwargs or {}))
 
     acts: dict[str, torch.Tensor] = {}
     for key, values in store.items():

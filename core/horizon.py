@@ -51,6 +51,7 @@ from horizon.core.horizon_metrics import (
     linear_head,
     logits_metrics,
     logits_readout,
+    row_sums,
     token_metrics,
     unembed,
     vocab_metrics,
@@ -58,7 +59,7 @@ from horizon.core.horizon_metrics import (
 )
 from horizon.core.loader import LoadedModel
 from horizon.core.prompts import TokenBatch, batches
-from horizon.core.staircase import StaircasePass
+from horizon.core.staircase import Row, StaircasePass
 
 SOURCES = ("recursive", "clean")
 FINALS = ("window", "full")
@@ -196,6 +197,12 @@ class CleanRun:
     resid_pre: torch.Tensor  # [L, batch, pos, d_model]
     logits: torch.Tensor  # [batch, pos, vocab]
     block_args: list[tuple[tuple, dict]]  # per layer: the block's call arguments after hidden_states
+    targets: torch.Tensor  # the token each scored position predicts [batch, n_predicting]
+    valid: torch.Tensor  # whether that token is real (not padding)
+    offset: int = 0  # the first position's index in the prompt (a position chunk's start; else 0)
+    # per layer, where the clean call passed its KV cache (an index into the block's arguments, a
+    # keyword, or None): a chunk's patched pass puts its rows' cache there
+    cache_slots: list[int | str | None] = field(default_factory=list)
     _tiled: dict[tuple[int, int], tuple[tuple, dict]] = field(default_factory=dict, repr=False)
     _reference: CleanReference | None = field(default=None, repr=False)
     _exact_reads: torch.Tensor | None = field(default=None, repr=False)
@@ -203,6 +210,14 @@ class CleanRun:
     @property
     def batch_size(self) -> int:
         return self.outputs.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.outputs.device
+
+    def parts(self) -> Iterator[CleanRun]:
+        """The run in position chunks: itself (``ChunkedClean`` has several)."""
+        yield self
 
     @property
     def exact_reads(self) -> torch.Tensor:
@@ -216,11 +231,12 @@ class CleanRun:
     def reference(self) -> CleanReference:
         """The clean next-token statistics every config is compared with, computed once."""
         if self._reference is None:
-            self._reference = CleanReference.of(self.logits, self.batch)
+            self._reference = CleanReference.of(self.logits, self.targets, self.valid)
         return self._reference
 
-    def block_call(self, layer: int, copies: int) -> tuple[tuple, dict]:
-        """The layer's call arguments for ``copies`` stacked copies of the batch."""
+    def block_call(self, layer: int, copies: int, cache: Any = None) -> tuple[tuple, dict]:
+        """The layer's call arguments for ``copies`` stacked copies of the batch (with ``cache``: a
+        position chunk's pass, whose keys and values go to that cache)."""
         key = (layer, copies)
         if key not in self._tiled:
             args, kwargs = self.block_args[layer]
@@ -229,7 +245,15 @@ class CleanRun:
                 tuple(_tile(value, batch, copies) for value in args),
                 {name: _tile(value, batch, copies) for name, value in kwargs.items()},
             )
-        return self._tiled[key]
+        args, kwargs = self._tiled[key]
+        if cache is None:
+            return args, kwargs
+        slot = self.cache_slots[layer] if self.cache_slots else None
+        if "use_cache" in kwargs:
+            kwargs = {**kwargs, "use_cache": True}
+        if isinstance(slot, int):
+            return (*args[:slot], cache, *args[slot + 1 :]), kwargs
+        return args, {**kwargs, slot or "past_key_values": cache}
 
 
 def _tile(value: Any, batch: int, copies: int) -> Any:
@@ -243,32 +267,53 @@ def _tile(value: Any, batch: int, copies: int) -> Any:
     return value
 
 
+def _is_cache(value: Any) -> bool:
+    return type(value).__name__.endswith("Cache") and not isinstance(value, torch.Tensor)
+
+
 def _without_cache(value: Any) -> Any:
     # A replayed block must not append to the clean run's KV cache.
-    kind = type(value).__name__
-    return None if kind.endswith("Cache") and not isinstance(value, torch.Tensor) else value
+    return None if _is_cache(value) else value
 
 
-def clean_run(model: LoadedModel, batch: TokenBatch) -> CleanRun:
-    """The unpatched pass: sublayer outputs, resid_pre per layer, logits and each block's call."""
+def clean_run(model: LoadedModel, batch: TokenBatch, positions: slice | None = None, cache: Any = None) -> CleanRun:
+    """The unpatched pass: sublayer outputs, resid_pre per layer, logits and each block's call.
+
+    ``positions`` (with ``cache``, a KV cache holding the clean keys and values of every earlier
+    position, extended here) runs one position chunk of the batch: see ``ChunkedClean``.
+    """
     check_model(model)
     block_args: list[tuple[tuple, dict] | None] = [None] * model.n_layers
+    cache_slots: list[int | str | None] = [None] * model.n_layers
 
     def recorder(layer: int) -> Callable:
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
             kept = {name: _without_cache(value) for name, value in kwargs.items()}
             if "use_cache" in kept:
                 kept["use_cache"] = False
-            block_args[layer] = (tuple(_without_cache(value) for value in args[1:]), kept)
+            positional = tuple(_without_cache(value) for value in args[1:])
+            block_args[layer] = (positional, kept)
+            slots = [index for index, value in enumerate(args[1:]) if _is_cache(value)]
+            slots += [name for name, value in kwargs.items() if _is_cache(value)]  # type: ignore[misc]
+            cache_slots[layer] = slots[0] if slots else None
 
         return hook
 
+    positions = positions or slice(0, batch.input_ids.shape[1])
+    start, stop = positions.start, positions.stop
+    # The next tokens: a chunk's last position predicts the next chunk's first token.
+    targets, valid = batch.input_ids[:, start + 1 : stop + 1], batch.mask[:, start + 1 : stop + 1]
+    if start:  # only a prompt's first position is its BOS
+        batch = TokenBatch(batch.token_ids, batch.input_ids, batch.mask, has_bos=False)
+    batch = TokenBatch(batch.token_ids, batch.input_ids[:, start:stop], batch.mask[:, start:stop], batch.has_bos)
     handles = [
         block.register_forward_pre_hook(recorder(layer), with_kwargs=True)
         for layer, block in enumerate(model.bridge.blocks)
     ]
+    forward = None if cache is None else {"past_key_values": cache, "use_cache": True}
     try:
-        capture = run_capture(model, batch.input_ids, ("embed", "attn_out", "mlp_out", "resid_pre"), keep_logits=True)
+        capture = run_capture(model, batch.input_ids, ("embed", "attn_out", "mlp_out", "resid_pre"), keep_logits=True,
+                              forward_kwargs=forward)
     finally:
         for handle in handles:
             handle.remove()
@@ -281,7 +326,56 @@ def clean_run(model: LoadedModel, batch: TokenBatch) -> CleanRun:
         resid_pre=capture["resid_pre"],
         logits=capture.logits,
         block_args=block_args,  # type: ignore[arg-type]
+        targets=targets,
+        valid=valid,
+        offset=start,
+        cache_slots=cache_slots,
     )
+
+
+def new_cache(model: LoadedModel) -> Any:
+    """An empty KV cache of the model's kind (sliding-window layers included) for chunked passes."""
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.hf_model.config)
+
+
+def position_chunks(n_positions: int, position_chunk: int) -> list[slice]:
+    """0..n_positions-1 in even chunks of at most ``position_chunk`` (so no chunk is left nearly empty)."""
+    n_chunks = -(-n_positions // max(1, position_chunk))
+    size = -(-n_positions // n_chunks)
+    return [slice(start, min(n_positions, start + size)) for start in range(0, n_positions, size)]
+
+
+class ChunkedClean:
+    """A token batch's clean run made position chunk by position chunk, each chunk when it is used.
+
+    For long prompts under a tight memory budget (core/budget.py chooses ``position_chunk``): a
+    causal model's position t depends on earlier positions only through attention's keys and
+    values, and a horizon window is a sum over sublayers at one position, so the clean run and
+    every patched pass can go through the prompt a chunk at a time, each keeping a KV cache of
+    the chunks before (the clean pass its own, each staircase pass its rows'). Memory then grows
+    with the chunk (activations, attention scores [chunk, T], logits, the outputs' prefix sums)
+    instead of the prompt, plus the caches' keys and values. Each use runs the chunks again.
+    """
+
+    def __init__(self, model: LoadedModel, batch: TokenBatch, position_chunk: int) -> None:
+        self.model, self.batch = model, batch
+        self.chunks = position_chunks(batch.input_ids.shape[1], position_chunk)
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch.input_ids.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.batch.input_ids.device
+
+    def parts(self) -> Iterator[CleanRun]:
+        """The chunks' clean runs, in order (one alive at a time if the caller lets go of each)."""
+        cache = new_cache(self.model)
+        for positions in self.chunks:
+            yield clean_run(self.model, self.batch, positions, cache)
 
 
 # ----------------------------------------------------------------------------- mean ablation
@@ -343,13 +437,24 @@ def patched_metrics(
     batch is long) and every metric is reduced from the tile while it is still in
     cache (the scan's path).
     """
+    readout, rows_per_readout = _metrics_readout(model, clean, vocab_tile)
+    yield from _run_configs(
+        model, clean, configs, readout, clean.reference.unpatched(), max_pass_bytes, progress, rows_per_readout, means
+    )
+
+
+def _metrics_readout(
+    model: LoadedModel, clean: CleanRun, vocab_tile: int | None = None
+) -> tuple[Callable[[torch.Tensor], list[TokenMetrics]], int]:
+    """The tiled metrics readout of stacked rows against ``clean``, and how many rows one call may take."""
     reference = clean.reference
     head = linear_head(model)
-    batch = clean.batch_size
-    vocab_tile = vocab_tile or budget.readout_tile(batch, clean.outputs.shape[2], VOCAB_TILE)
+    batch, n_positions = clean.batch_size, clean.outputs.shape[2]
+    vocab_tile = vocab_tile or budget.readout_tile(batch, n_positions, VOCAB_TILE)
 
     def readout(normed: torch.Tensor) -> list[TokenMetrics]:
-        predicting = normed[:, :-1].contiguous()  # the last position predicts nothing that is scored
+        # Only positions that predict a token are scored (a prompt's last one predicts nothing).
+        predicting = normed[:, : reference.n_predicting].contiguous()
         n_rows = predicting.shape[0] // batch
         if head is None:  # not a plain linear head: unembed whole, then reduce
             return logits_metrics(reference, model.bridge.unembed(predicting), n_rows)
@@ -365,10 +470,29 @@ def patched_metrics(
 
         return vocab_metrics(reference, tiles(), n_rows)
 
-    rows_per_readout = TILE_BYTES // max(1, batch * clean.outputs.shape[2] * vocab_tile * 4)
-    yield from _run_configs(
-        model, clean, configs, readout, reference.unpatched(), max_pass_bytes, progress, rows_per_readout, means
-    )
+    return readout, TILE_BYTES // max(1, batch * n_positions * vocab_tile * 4)
+
+
+def _staircase_groups(
+    model: LoadedModel, configs: Sequence[HorizonConfig], row_bytes: int, max_pass_bytes: int
+) -> tuple[list[int], list[list[Row]]]:
+    """The configs that patch nothing, and the others' staircase rows grouped into passes of at most
+    ``max_pass_bytes`` (rows sorted by first patched layer)."""
+    n_layers = model.n_layers
+    unpatched: list[int] = []
+    staircase: list[tuple[int, int]] = []  # (first patched layer, config index)
+    for index, config in enumerate(configs):
+        config.check_layers(n_layers)
+        first = config.first_patched_reader(n_layers)
+        if first is None:
+            unpatched.append(index)
+        else:
+            staircase.append((reader_layer(first), index))
+    staircase.sort()
+    per_pass = max(1, max_pass_bytes // max(1, row_bytes))
+    groups = [[(layer, index, configs[index]) for layer, index in staircase[start : start + per_pass]]
+              for start in range(0, len(staircase), per_pass)]
+    return unpatched, groups
 
 
 def _run_configs(
@@ -383,26 +507,70 @@ def _run_configs(
     means: AblationMeans | None = None,
 ) -> Iterator[tuple[int, Any]]:
     """Group configs into staircase passes; yield (config index, readout item) for each."""
-    n_layers = model.n_layers
-    for config in configs:
-        config.check_layers(n_layers)
-    if needs_means(configs):
-        means = means if means is not None else ablation_means([clean])
-        means.check(n_layers, model.d_model)
+    clean_indices, groups = _staircase_groups(model, configs, _row_bytes(model, clean), max_pass_bytes)
+    means = _checked_means(model, configs, means, [clean])
     advance = progress or (lambda n: None)
-    staircase: list[tuple[int, int]] = []  # (first patched layer, config index)
-    for index, config in enumerate(configs):
-        first = config.first_patched_reader(n_layers)
-        if first is None:
-            advance(1)
-            yield index, unpatched
-        else:
-            staircase.append((reader_layer(first), index))
-    staircase.sort()
-    per_pass = max(1, max_pass_bytes // max(1, _row_bytes(model, clean)))
-    for start in range(0, len(staircase), per_pass):
-        rows = [(layer, index, configs[index]) for layer, index in staircase[start : start + per_pass]]
+    for index in clean_indices:
+        advance(1)
+        yield index, unpatched
+    for rows in groups:
         yield from StaircasePass(model, clean, rows, readout, advance, rows_per_readout, means).run()
+
+
+def _checked_means(
+    model: LoadedModel, configs: Sequence[HorizonConfig], means: AblationMeans | None, cleans: Sequence[Any]
+) -> AblationMeans | None:
+    """The ablation means mean-ablating configs use (default: those of ``cleans``), checked against the model."""
+    if not needs_means(configs):
+        return means
+    means = means if means is not None else ablation_means(cleans)
+    means.check(model.n_layers, model.d_model)
+    return means
+
+
+def metric_sums(
+    model: LoadedModel,
+    clean: CleanRun | ChunkedClean,
+    configs: Sequence[HorizonConfig],
+    max_pass_bytes: int = DEFAULT_PASS_BYTES,
+    progress: Callable[[float], None] | None = None,
+    means: AblationMeans | None = None,
+) -> torch.Tensor:
+    """Every config's per-prompt metric sums over the token batch, [len(configs) + 1, batch, 5] float64
+    on the device (``horizon_metrics.row_sums``; the last row is the clean run's own).
+
+    Sums over positions add up over position chunks, so a ``ChunkedClean`` batch is summed chunk
+    by chunk: each staircase pass goes through every chunk with its own KV cache before the next
+    pass starts (the clean chunks are made again for each pass: the price of holding one chunk).
+    """
+    sums = torch.zeros((len(configs) + 1, clean.batch_size, 5), dtype=torch.float64, device=clean.device)
+    if isinstance(clean, CleanRun):
+        sums[-1] = row_sums(clean.reference.unpatched())
+        for index, metrics in patched_metrics(model, clean, configs, max_pass_bytes, progress, means):
+            sums[index] = row_sums(metrics)
+        return sums
+    means = _checked_means(model, configs, means, [clean])
+    n_chunks = len(clean.chunks)
+    longest = max(part.stop - part.start for part in clean.chunks)
+    row = budget.row_bytes(budget.ModelDims.of(model), clean.batch_size, clean.chunks[-1].stop, longest)
+    clean_indices, groups = _staircase_groups(model, configs, row, max_pass_bytes)
+    advance = progress or (lambda n: None)
+    for group, rows in enumerate(groups or [[]]):
+        cache = new_cache(model) if rows else None
+        for part in clean.parts():
+            if group == 0:  # the clean run's sums, and those of the configs that patch nothing
+                part_sums = row_sums(part.reference.unpatched())
+                sums[-1] += part_sums
+                for index in clean_indices:
+                    sums[index] += part_sums
+                    advance(1 / n_chunks)
+            if rows:
+                readout, rows_per_readout = _metrics_readout(model, part)
+                chunk_pass = StaircasePass(model, part, rows, readout, lambda n: advance(n / n_chunks),
+                                           rows_per_readout, means, cache=cache)
+                for index, metrics in chunk_pass.run():
+                    sums[index] += row_sums(metrics)
+    return sums
 
 
 @dataclass
@@ -429,14 +597,16 @@ class PatchResult:
 
 def clean_runs(
     model: LoadedModel, token_ids: list[list[int]], batch_size: int = 8, has_bos: bool = True,
-    keep_bytes: int = KEEP_CLEAN_BYTES,
-) -> Sequence[CleanRun]:
+    keep_bytes: int = KEEP_CLEAN_BYTES, position_chunk: int | None = None,
+) -> Sequence[CleanRun | ChunkedClean]:
     """The clean runs of the prompts, in token batches: what patch and scan compare against.
 
     ``has_bos`` says whether position 0 is a BOS (mean ablation leaves it out of the means).
     When all of them would hold more than ``keep_bytes`` (core/budget.py's clean-run cost), they
     are not kept: the sequence makes each batch's run when it is read, so one batch's is alive at
-    a time (and a second reading runs it again).
+    a time (and a second reading runs it again). With ``position_chunk`` (core/budget.py's choice
+    when a whole prompt's clean run does not fit), a batch longer than that is a ``ChunkedClean``
+    (for ``metric_sums`` and the ablation means; not for ``patch``, which keeps whole logits).
     """
     if not token_ids:
         raise HorizonError("no prompt to run")
@@ -446,22 +616,28 @@ def clean_runs(
     # has_bos only affects stat_mask (the ablation means); the metrics use every prediction 0..T-2.
     token_batches = batches(model, token_ids, has_bos=has_bos, batch_size=batch_size)
     held = sum(batch.input_ids.numel() for batch in token_batches)
-    if budget.clean_run_bytes(budget.ModelDims.of(model), held) > keep_bytes:
-        return CleanRuns(model, token_batches)
+    if position_chunk is not None or budget.clean_run_bytes(budget.ModelDims.of(model), held) > keep_bytes:
+        return CleanRuns(model, token_batches, position_chunk)
     return [clean_run(model, batch) for batch in token_batches]
 
 
-class CleanRuns(Sequence[CleanRun]):
-    """Clean runs made when read and never kept: a corpus's would not fit in memory at once."""
+class CleanRuns(Sequence[CleanRun | ChunkedClean]):
+    """Clean runs made when read and never kept: a corpus's would not fit in memory at once.
 
-    def __init__(self, model: LoadedModel, token_batches: list[TokenBatch]) -> None:
-        self.model, self.token_batches = model, token_batches
+    A batch longer than ``position_chunk`` (when given) is read as a ``ChunkedClean``.
+    """
+
+    def __init__(self, model: LoadedModel, token_batches: list[TokenBatch], position_chunk: int | None = None) -> None:
+        self.model, self.token_batches, self.position_chunk = model, token_batches, position_chunk
 
     def __len__(self) -> int:
         return len(self.token_batches)
 
-    def __getitem__(self, index: int) -> CleanRun:  # type: ignore[override]
-        return clean_run(self.model, self.token_batches[index])
+    def __getitem__(self, index: int) -> CleanRun | ChunkedClean:  # type: ignore[override]
+        batch = self.token_batches[index]
+        if self.position_chunk is not None and batch.input_ids.shape[1] > self.position_chunk:
+            return ChunkedClean(self.model, batch, self.position_chunk)
+        return clean_run(self.model, batch)
 
 
 def patch(

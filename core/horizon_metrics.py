@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 from horizon.core.loader import LoadedModel
-from horizon.core.prompts import TokenBatch
 
 LinearHead = tuple[torch.Tensor, torch.Tensor | None]  # weight [vocab, d_model], bias or None
 
@@ -84,18 +83,25 @@ class CleanReference:
     valid: torch.Tensor  # the prediction at t counts when token t+1 is real (not padding)
 
     @classmethod
-    def of(cls, clean_logits: torch.Tensor, batch: TokenBatch) -> CleanReference:
-        logits = clean_logits[:, :-1].float()
+    def of(cls, clean_logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> CleanReference:
+        """From the clean logits [batch, pos, vocab] and the tokens their first positions predict
+        (``targets`` [batch, n]: the next tokens, n = pos - 1 for a whole prompt, pos for a position
+        chunk that is not the last) with ``valid`` marking the real ones."""
+        logits = clean_logits[:, : targets.shape[1]].float()
         logsumexp = torch.logsumexp(logits, dim=-1)
-        targets = batch.input_ids[:, 1:]
         return cls(
             logits=logits,
             logsumexp=logsumexp,
             loss=logsumexp - logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1),
             top1=logits.max(dim=-1).indices,
             targets=targets,
-            valid=batch.mask[:, 1:],
+            valid=valid,
         )
+
+    @property
+    def n_predicting(self) -> int:
+        """Positions whose prediction is scored (from the first)."""
+        return self.targets.shape[1]
 
     def tile(self, columns: slice) -> tuple[torch.Tensor, torch.Tensor]:
         """Clean logits (a view) and probabilities (made now, from them) over a vocabulary tile."""
@@ -120,7 +126,7 @@ class TokenMetrics:
 
 def token_metrics(clean: CleanReference, patched: torch.Tensor) -> TokenMetrics:
     """Next-token CE (clean and patched), KL(clean || patched) and top-1 agreement at positions 0..T-2."""
-    (metrics,) = logits_metrics(clean, patched[:, :-1], 1)
+    (metrics,) = logits_metrics(clean, patched[:, : clean.n_predicting], 1)
     return metrics
 
 

@@ -1,6 +1,6 @@
 """The horizon scan: the loss-vs-k curve over many horizons, and the layer x k matrix (``--by-layer``).
 
-Both batch their configs into staircase passes (core/staircase.py) through ``patched_metrics``
+Both batch their configs into staircase passes (core/staircase.py) through ``metric_sums``
 (core/horizon.py) and pool the per-prediction metrics (core/horizon_metrics.py) over every
 prediction of every prompt. The effective horizon at ``tol`` is the smallest k whose loss
 increase is <= tol (docs/SCIENCE.md section 3).
@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
 from horizon.core.analyses.scan import (  # the result types and their pure helpers (torch-free)
     BY_LAYER_METRICS,
     ByLayerResult,
@@ -25,6 +24,7 @@ from horizon.core.horizon import (
     DEFAULT_PASS_BYTES,
     DEFAULT_TOL,
     AblationMeans,
+    ChunkedClean,
     CleanRun,
     HorizonConfig,
     ablation_means,
@@ -32,10 +32,10 @@ from horizon.core.horizon import (
     check_unit,
     clean_runs,
     horizon_sublayers,
+    metric_sums,
     needs_means,
-    patched_metrics,
 )
-from horizon.core.horizon_metrics import Totals, row_sums
+from horizon.core.horizon_metrics import Totals
 from horizon.core.loader import LoadedModel
 
 
@@ -57,10 +57,11 @@ def scan(
     progress: Callable[[float], None] | None = None,
     batch_size: int = 8,
     max_pass_bytes: int = DEFAULT_PASS_BYTES,
-    cleans: Sequence[CleanRun] | None = None,
+    cleans: Sequence[CleanRun | ChunkedClean] | None = None,
     ablation: str = "zero",
     means: AblationMeans | None = None,
     has_bos: bool = True,
+    position_chunk: int | None = None,
 ) -> ScanResult:
     """Loss increase, KL and top-1 agreement for every k and start layer.
 
@@ -69,7 +70,8 @@ def scan(
     with ``ablation="mean"`` (default: the prompts' own, position 0 a BOS when ``has_bos``).
     """
     pairs, configs = _scan_configs(model, ks, start_layers, tol, source, keep_embed, final, unit, ablation)
-    totals, clean = _evaluate(model, token_ids, configs, progress, batch_size, max_pass_bytes, cleans, means, has_bos)
+    totals, clean = _evaluate(model, token_ids, configs, progress, batch_size, max_pass_bytes, cleans, means, has_bos,
+                              position_chunk)
     return _scan_result(pairs, configs, totals, clean, tol, unit)
 
 
@@ -85,10 +87,11 @@ def scan_per_prompt(
     unit: str = "layer",
     batch_size: int = 8,
     max_pass_bytes: int = DEFAULT_PASS_BYTES,
-    cleans: Sequence[CleanRun] | None = None,
+    cleans: Sequence[CleanRun | ChunkedClean] | None = None,
     ablation: str = "zero",
     means: AblationMeans | None = None,
     has_bos: bool = True,
+    position_chunk: int | None = None,
 ) -> list[ScanResult]:
     """``scan`` of each prompt on its own (in order), computed from padded batches of ``batch_size``.
 
@@ -99,7 +102,7 @@ def scan_per_prompt(
     """
     pairs, configs = _scan_configs(model, ks, start_layers, tol, source, keep_embed, final, unit, ablation)
     per_prompt, cleans_of = _evaluate_prompts(model, token_ids, configs, None, batch_size, max_pass_bytes, cleans,
-                                              means, has_bos)
+                                              means, has_bos, position_chunk)
     return [_scan_result(pairs, configs, totals, clean, tol, unit)
             for totals, clean in zip(per_prompt, cleans_of, strict=True)]
 
@@ -151,13 +154,14 @@ def _evaluate(
     progress: Callable[[float], None] | None,
     batch_size: int,
     max_pass_bytes: int,
-    cleans: Sequence[CleanRun] | None,
+    cleans: Sequence[CleanRun | ChunkedClean] | None,
     means: AblationMeans | None,
     has_bos: bool,
+    position_chunk: int | None = None,
 ) -> tuple[list[Totals], Totals]:
     """Every config's metric totals pooled over the prompts, and the clean run's totals."""
     per_prompt, cleans_of = _evaluate_prompts(model, token_ids, configs, progress, batch_size, max_pass_bytes, cleans,
-                                              means, has_bos)
+                                              means, has_bos, position_chunk)
     totals = [Totals() for _ in configs]
     clean_totals = Totals()
     for prompt_totals, clean in zip(per_prompt, cleans_of, strict=True):
@@ -173,9 +177,10 @@ def _evaluate_prompts(
     progress: Callable[[float], None] | None,
     batch_size: int,
     max_pass_bytes: int,
-    cleans: Sequence[CleanRun] | None,
+    cleans: Sequence[CleanRun | ChunkedClean] | None,
     means: AblationMeans | None,
     has_bos: bool,
+    position_chunk: int | None = None,
 ) -> tuple[list[list[Totals]], list[Totals]]:
     """Per prompt, in the order of the clean runs' batches: every config's totals, and the clean totals.
 
@@ -183,18 +188,15 @@ def _evaluate_prompts(
     Each config's per-prompt sums stay on the device; a batch's sums reach the host in one copy.
     """
     # Not list()-ed: clean_runs may make them batch by batch (core/budget.py), one alive at a time.
-    cleans = cleans if cleans is not None else clean_runs(model, token_ids, batch_size, has_bos)
+    cleans = cleans if cleans is not None else clean_runs(model, token_ids, batch_size, has_bos,
+                                                               position_chunk=position_chunk)
     if needs_means(configs) and means is None:
         means = ablation_means(cleans)
     per_prompt: list[list[Totals]] = []
     clean_totals: list[Totals] = []
     scaled = None if progress is None else (lambda n: progress(n / len(cleans)))
     for clean in cleans:
-        sums = torch.zeros((len(configs) + 1, clean.batch_size, 5), dtype=torch.float64, device=clean.logits.device)
-        sums[-1] = row_sums(clean.reference.unpatched())
-        for index, metrics in patched_metrics(model, clean, configs, max_pass_bytes, scaled, means):
-            sums[index] = row_sums(metrics)
-        values = sums.cpu().tolist()  # one host copy per token batch
+        values = metric_sums(model, clean, configs, max_pass_bytes, scaled, means).cpu().tolist()  # one host copy
         for row in range(clean.batch_size):
             per_prompt.append([Totals.of(values[index][row]) for index in range(len(configs))])
             clean_totals.append(Totals.of(values[-1][row]))
@@ -222,9 +224,10 @@ def scan_by_layer(
     progress: Callable[[float], None] | None = None,
     batch_size: int = 8,
     max_pass_bytes: int = DEFAULT_PASS_BYTES,
-    cleans: Sequence[CleanRun] | None = None,
+    cleans: Sequence[CleanRun | ChunkedClean] | None = None,
     means: AblationMeans | None = None,
     has_bos: bool = True,
+    position_chunk: int | None = None,
 ) -> ByLayerResult:
     """For every layer N = 0..L and every k: the loss increase with the horizon enforced at layer N only.
 
@@ -241,7 +244,7 @@ def scan_by_layer(
     cells = by_layer_configs(model.n_layers, ks, unit, source=source, keep_embed=keep_embed, final=final,
                              ablation=ablation)
     totals, clean = _evaluate(model, token_ids, [config for _, _, config in cells], progress, batch_size,
-                              max_pass_bytes, cleans, means, has_bos)
+                              max_pass_bytes, cleans, means, has_bos, position_chunk)
     return _by_layer_result(model.n_layers, ks, totals, clean, tol, unit, ablation)
 
 
@@ -257,16 +260,17 @@ def scan_by_layer_per_prompt(
     ablation: str = "zero",
     batch_size: int = 8,
     max_pass_bytes: int = DEFAULT_PASS_BYTES,
-    cleans: Sequence[CleanRun] | None = None,
+    cleans: Sequence[CleanRun | ChunkedClean] | None = None,
     means: AblationMeans | None = None,
     has_bos: bool = True,
+    position_chunk: int | None = None,
 ) -> list[ByLayerResult]:
     """``scan_by_layer`` of each prompt on its own (in order), from padded batches (see ``scan_per_prompt``)."""
     ks = _check_scan(model, ks, unit, tol)
     cells = by_layer_configs(model.n_layers, ks, unit, source=source, keep_embed=keep_embed, final=final,
                              ablation=ablation)
     per_prompt, cleans_of = _evaluate_prompts(model, token_ids, [config for _, _, config in cells], None, batch_size,
-                                              max_pass_bytes, cleans, means, has_bos)
+                                              max_pass_bytes, cleans, means, has_bos, position_chunk)
     return [_by_layer_result(model.n_layers, ks, totals, clean, tol, unit, ablation)
             for totals, clean in zip(per_prompt, cleans_of, strict=True)]
 

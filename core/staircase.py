@@ -60,8 +60,11 @@ class StaircasePass:
     def __init__(self, model: LoadedModel, clean: CleanRun, rows: list[Row],
                  readout: Callable[[torch.Tensor], list[Any]] | None = None,
                  advance: Callable[[float], None] = lambda n: None, rows_per_readout: int | None = None,
-                 means: AblationMeans | None = None) -> None:
+                 means: AblationMeans | None = None, cache: Any = None) -> None:
         self.model, self.clean, self.rows, self.means = model, clean, rows, means
+        # A position chunk's pass (``clean.offset`` > 0 or more chunks to come): the rows' keys and
+        # values of the chunks before, extended as the blocks run (core/horizon.py ChunkedClean).
+        self.cache = cache
         self.n_layers, self.batch = model.n_layers, clean.batch_size
         self.read_out = readout or logits_readout(model, self.batch)  # each row's logits unless told otherwise
         self.advance = advance
@@ -104,7 +107,7 @@ class StaircasePass:
             if config.ablation == "mean":
                 assert means is not None
                 out[here] += means.fill(lo, config.keep_embed, out.dtype)
-                if means.has_bos:  # position 0: the clean P_lo there, whether s_0 is kept or not
+                if means.has_bos and clean.offset == 0:  # position 0: the clean P_lo there, kept s_0 or not
                     bos = self.row_prefix(row, lo)[:, 0] - self.clean_prefix[lo - 1][:, 0]  # 0 unless recursive
                     torch.sub(self.row_prefix(row, j)[:, 0], bos, out=out[here][:, 0])
 
@@ -154,7 +157,7 @@ class StaircasePass:
         with torch.inference_mode(), model.bridge.hooks(fwd_hooks=fwd_hooks):
             for layer in range(self.first_layer, self.n_layers):
                 self.join(layer, clean.resid_pre[layer])
-                args, kwargs = clean.block_call(layer, self.joined)
+                args, kwargs = clean.block_call(layer, self.joined, self.cache)
                 output = model.bridge.blocks[layer](self.hidden, *args, **kwargs)
                 self.hidden = output[0] if isinstance(output, tuple) else output
                 self.advance(sum(self.share[: self.joined]))

@@ -139,7 +139,8 @@ def scan_batches(worker: Any, token_ids: list[list[int]], plan: Any) -> list[tup
                   "final": settings.final, "ablation": settings.ablation,
                   "means": getattr(worker, "ablation_means", None), "batch_size": len(batch),
                   "max_pass_bytes": worker.pass_bytes(plan),
-                  "cleans": clean_runs(worker.model, batch, len(batch), has_bos=settings.bos)}
+                  "cleans": clean_runs(worker.model, batch, len(batch), has_bos=settings.bos,
+                                       position_chunk=plan.tiling.get("position_chunk") or None)}
         scans = scan_per_prompt(worker.model, batch, start_layers=settings.start_layers, **common)
         matrices = (scan_by_layer_per_prompt(worker.model, batch, **common) if settings.by_layer
                     else [None] * len(batch))

@@ -52,7 +52,8 @@ def run(max_memory):
     else:
         import horizon.core.horizon as H
         from horizon.core.horizon_scan import scan
-        cleans = H.clean_runs(model, ids, plan.batch_size, keep_bytes=plan.keep_clean_bytes)
+        cleans = H.clean_runs(model, ids, plan.batch_size, keep_bytes=plan.keep_clean_bytes,
+                              position_chunk=plan.tiling.get("position_chunk") or None)
         scan(model, ids, ks=ks, batch_size=plan.batch_size, max_pass_bytes=plan.pass_bytes, cleans=cleans)
     return plan
 
@@ -99,7 +100,7 @@ def _measure(analysis: str) -> dict:
         "vmhwm_gb": round(out["vmhwm_bytes"] / 1e9, 3),
         "predicted_gb": round(out["predicted_peak_bytes"] / 1e9, 3),
         "batch_size": out["batch_size"],
-        **{key: out[key] for key in ("rows", "windows", "vocab_tile") if key in out},
+        **{key: out[key] for key in ("rows", "windows", "vocab_tile", "position_chunk") if key in out},
     }
     if "refused" in out:
         result["refused_at_2GB"] = True

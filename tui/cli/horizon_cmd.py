@@ -238,8 +238,10 @@ def scan_command(
     n_rows = n_ks * len(dict.fromkeys(layer_list)) + (n_ks * (n_layers + 1) if by_layer else 0)
     plan = memory_plan("scan", inputs, memory, requested_batch)
     # One set of clean runs for the curve and the matrix (and the prompts' own means for --ablation mean),
-    # kept when the budget has room for them all, else made batch by batch as each pass needs them.
-    cleans = clean_runs(inputs.model, inputs.token_ids, plan.batch_size, has_bos=bos, keep_bytes=plan.keep_clean_bytes)
+    # kept when the budget has room for them all, else made batch by batch as each pass needs them (and
+    # position chunk by position chunk when even one prompt's whole run would not fit).
+    cleans = clean_runs(inputs.model, inputs.token_ids, plan.batch_size, has_bos=bos, keep_bytes=plan.keep_clean_bytes,
+                        position_chunk=plan.tiling.get("position_chunk") or None)
     common = {"ks": k_list, "tol": tol, "source": source, "keep_embed": keep_embed, "final": final, "unit": unit,
               "ablation": ablation, "batch_size": plan.batch_size, "max_pass_bytes": plan.pass_bytes,
               "cleans": cleans}

@@ -1,0 +1,160 @@
+"""A long prompt's scan in position chunks (core/horizon.py ChunkedClean) equals the whole-prompt scan.
+
+Chunking is how a scan fits a tight ``--max-memory``: the clean run and every staircase pass go
+through the prompt a chunk of positions at a time, with KV caches of the positions before. The
+windows are per-position sums and attention is the only thing that mixes positions, so every
+number must be the whole-prompt scan's (to the rounding of the bridge's float32 softmax: the
+models here run in float64 otherwise).
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import pytest
+import torch
+from horizon.core import budget as B
+from horizon.core.errors import HorizonError
+from horizon.core.horizon import ChunkedClean, clean_run, clean_runs, position_chunks
+from horizon.core.horizon_scan import scan, scan_by_layer, scan_per_prompt
+from horizon.core.loader import LoadedModel, load_model
+from horizon.core.prompts import batches
+
+METRICS = ("loss", "delta_loss", "kl", "top1_agreement")
+TOL = 1e-6  # float64 models; the bridge's attention softmax is float32 in both passes
+
+
+@pytest.fixture(scope="module", params=["tiny-llama", "tiny-gpt2"])
+def model64(request: pytest.FixtureRequest) -> LoadedModel:
+    model = load_model(request.param, device="cpu")
+    model.bridge.double()
+    model.dtype = torch.float64
+    return model
+
+
+def _prompts() -> list[list[int]]:
+    generator = torch.Generator().manual_seed(0)
+    return [[1, *torch.randint(5, 200, (40,), generator=generator).tolist()],
+            [1, *torch.randint(5, 200, (29,), generator=generator).tolist()]]
+
+
+def _assert_rows_equal(whole: list[dict], chunked: list[dict]) -> None:
+    assert len(whole) == len(chunked)
+    for row, other in zip(whole, chunked, strict=True):
+        assert (row["k"], row["start_layer"]) == (other["k"], other["start_layer"])
+        for name in METRICS:
+            assert other[name] == pytest.approx(row[name], abs=TOL), (row["k"], name)
+
+
+def test_position_chunks_cover_the_prompt_evenly() -> None:
+    for n_positions, chunk in [(2048, 256), (2049, 256), (100, 7), (5, 64), (64, 64), (65, 64)]:
+        parts = position_chunks(n_positions, chunk)
+        assert parts[0].start == 0 and parts[-1].stop == n_positions
+        assert all(a.stop == b.start for a, b in pairwise(parts))
+        sizes = [part.stop - part.start for part in parts]
+        assert max(sizes) <= chunk and min(sizes) >= 1
+        assert max(sizes) - min(sizes) <= len(parts)  # no nearly empty last chunk
+    assert len(position_chunks(2049, 256)) == 9
+
+
+@pytest.mark.parametrize("ablation", ["zero", "mean"])
+@pytest.mark.parametrize("source", ["recursive", "clean"])
+def test_chunked_scan_equals_the_whole_prompt_scan(model64: LoadedModel, ablation: str, source: str) -> None:
+    """Padded batch of two prompts, chunks that do not divide the length, two start layers."""
+    prompts = _prompts()
+    options = {"ablation": ablation, "source": source, "batch_size": 2, "start_layers": (0, 1)}
+    whole = scan(model64, prompts, **options)
+    for chunk in (7, 16):
+        chunked = scan(model64, prompts, position_chunk=chunk, **options)
+        assert chunked.n_tokens == whole.n_tokens == sum(len(ids) - 1 for ids in prompts)
+        assert chunked.loss_clean == pytest.approx(whole.loss_clean, abs=1e-12)
+        _assert_rows_equal(whole.rows, chunked.rows)
+        assert chunked.effective_horizon == whole.effective_horizon
+
+
+def test_chunked_by_layer_matrix_and_per_prompt_rows(model64: LoadedModel) -> None:
+    prompts = _prompts()
+    options = {"ks": [1, 2, 3], "batch_size": 2, "keep_embed": True, "final": "full"}
+    whole, chunked = (scan_by_layer(model64, prompts, **options, position_chunk=chunk) for chunk in (None, 9))
+    for name in ("delta_loss", "kl", "top1_agreement"):
+        assert torch.tensor(getattr(chunked, name)) == pytest.approx(torch.tensor(getattr(whole, name)), abs=TOL)
+    per_whole = scan_per_prompt(model64, prompts, ks=[1, 2], batch_size=2)
+    per_chunked = scan_per_prompt(model64, prompts, ks=[1, 2], batch_size=2, position_chunk=10)
+    for one, other in zip(per_whole, per_chunked, strict=True):
+        assert one.n_tokens == other.n_tokens
+        _assert_rows_equal(one.rows, other.rows)
+
+
+def test_clean_chunks_are_the_whole_clean_run(model64: LoadedModel) -> None:
+    """Outputs, resid_pre, logits and the scored targets of the chunks, joined, are the whole run's
+    (to the float32 softmax's rounding, ~2e-7 of the logits)."""
+    (batch,) = batches(model64, _prompts(), has_bos=True, batch_size=2)
+    whole = clean_run(model64, batch)
+    chunked = ChunkedClean(model64, batch, 12)
+    parts = list(chunked.parts())
+    assert [part.offset for part in parts] == [part.start for part in chunked.chunks]
+    assert torch.cat([part.outputs for part in parts], dim=2) == pytest.approx(whole.outputs, abs=1e-6)
+    assert torch.cat([part.resid_pre for part in parts], dim=2) == pytest.approx(whole.resid_pre, abs=1e-6)
+    assert torch.cat([part.logits for part in parts], dim=1) == pytest.approx(whole.logits, abs=1e-6)
+    assert torch.equal(torch.cat([part.targets for part in parts], dim=1), whole.targets)
+    assert torch.equal(torch.cat([part.valid for part in parts], dim=1), whole.valid)
+    # only the first chunk starts with the BOS (mean ablation's means and position 0)
+    assert [part.batch.has_bos for part in parts] == [True] + [False] * (len(parts) - 1)
+
+
+def test_clean_runs_chunk_only_the_long_batches(tiny_llama: LoadedModel) -> None:
+    prompts = [[1, *range(5, 45)], [1, *range(60, 70)]]
+    runs = clean_runs(tiny_llama, prompts, batch_size=1, position_chunk=20)
+    assert isinstance(runs[0], ChunkedClean) and not isinstance(runs[1], ChunkedClean)
+
+
+# ----------------------------------------------------------------------------- the plan
+
+SMOL = B.ModelDims(n_layers=30, d_model=576, n_heads=9, d_mlp=1536, vocab=49152, element_bytes=4,
+                   weight_bytes=540_000_000, kv_width=192)
+FIXED = 1_060_000_000  # the bundled model's resident set once it has run
+
+
+def _budget(total: float) -> B.Budget:
+    return B.Budget(total=int(total), fixed=FIXED, source="test")
+
+
+def test_the_plan_chunks_a_long_scan_only_when_the_whole_prompt_does_not_fit() -> None:
+    roomy = B.plan("scan", SMOL, [2048], _budget(16e9))
+    assert "position_chunk" not in roomy.tiling
+    tight = B.plan("scan", SMOL, [2048], _budget(2e9))
+    chunk = tight.tiling["position_chunk"]
+    assert B.MIN_POSITION_CHUNK <= chunk < 2048 and tight.peak_bytes <= 2e9
+    assert tight.keep_clean_bytes == 0 and "held_tokens" not in tight.tiling
+    # the longest chunk that fits: twice as long does not
+    parts = B.costs("scan", SMOL, 1, 2048, rows=1, vocab_tile=B.readout_tile(1, 2 * chunk), position_chunk=2 * chunk)
+    assert FIXED + sum(parts.values()) > 2e9
+    # the chunk's parts grow with the chunk, the KV caches with the prompt and the rows
+    small, large = (B.costs("scan", SMOL, 1, 2048, rows=2, position_chunk=c) for c in (128, 256))
+    assert large["attention"] == 2 * small["attention"] and large["kv caches"] == small["kv caches"]
+    assert B.costs("scan", SMOL, 1, 2048, rows=3, position_chunk=128)["kv caches"] == 4 * 2048 * SMOL.kv_bytes_per_token
+
+
+def test_a_budget_below_the_shortest_chunk_is_refused_with_the_numbers() -> None:
+    with pytest.raises(HorizonError) as refused:
+        B.plan("scan", SMOL, [2048], _budget(1.3e9))
+    message = str(refused.value)
+    assert "2048-token" in message and "--max-memory" in message and "\n" not in message
+
+
+def test_the_scan_command_passes_the_chunk_to_the_engine(run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forced to chunk (the plan says 16 positions), `horizon scan` gives the whole-prompt rows."""
+    import json
+
+    args = ("scan", "-m", "tiny-llama", "-p", "The capital of France is Paris, and the capital of Italy is Rome.",
+            "--ks", "1,2", "--json")
+    code, whole, _ = run_cli(*args)
+    assert code == 0
+    monkeypatch.setattr(B, "position_chunk", lambda dims, n_tokens, budget: 16)
+    code, chunked, _ = run_cli(*args)
+    assert code == 0
+    whole_json, chunked_json = json.loads(whole), json.loads(chunked)
+    assert chunked_json["memory"]["position_chunk"] == 16 and "position_chunk" not in whole_json["memory"]
+    for row, other in zip(whole_json["rows"], chunked_json["rows"], strict=True):
+        for name in METRICS:
+            assert other[name] == pytest.approx(row[name], abs=1e-5)
