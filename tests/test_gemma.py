@@ -172,3 +172,19 @@ def test_float16_overflow_is_refused() -> None:
     """Gemma's stream reaches tens of thousands: in float16 it overflows, and load says so."""
     with pytest.raises(HorizonError, match=r"decomposition check.*overflows float16"):
         load_model(GEMMA_MODEL, device="cpu", dtype="float16")
+
+
+def test_position_chunks_across_the_sliding_window(gemma: LoadedModel) -> None:
+    """A scan in position chunks equals the whole-prompt scan on a prompt longer than Gemma 3's
+    512-token sliding window: the chunks' KV caches and masks are the model's own kind (sliding
+    layers keep only the window), for the clean pass and the staircase rows alike."""
+    from horizon.core.horizon_scan import scan
+
+    window = int(gemma.hf_model.config.sliding_window)
+    ids = tokenize(gemma, [" ".join([SHORT_PROMPT] * 40)])[0][: window + 90]
+    assert len(ids) == window + 90
+    whole = scan(gemma, [ids], ks=[2], batch_size=1)
+    chunked = scan(gemma, [ids], ks=[2], batch_size=1, position_chunk=200)
+    assert chunked.loss_clean == pytest.approx(whole.loss_clean, abs=1e-5)
+    for name in ("loss", "kl", "top1_agreement"):
+        assert chunked.rows[0][name] == pytest.approx(whole.rows[0][name], abs=1e-4)
