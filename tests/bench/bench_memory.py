@@ -5,10 +5,11 @@ the bundled model, plan the run with core/budget.py under a 2 GB budget, run the
 with the planned batch and tiles, and report VmHWM / 2 GB (target <= 1.0). The prompt is the
 bundled corpus (core/data/corpus.jsonl) concatenated and cut to 2048 tokens, BOS first.
 
-A run the plan refuses reports the refusal and its numbers. The scan then runs once more under
-the budget the plan asks for, so its real peak is still measured (ratio = that peak / 2 GB): a
-2048-token scan of this model needs more than 2 GB (the clean run alone holds its outputs, their
-float64 prefix sums and the logits). Only k = 1, 2 are scanned (two staircase rows), to stay fast.
+A run the plan refuses reports the refusal and its numbers, and runs once more under the budget
+the plan asks for, so its real peak is still measured (ratio = that peak / 2 GB). The scan fits:
+its whole-prompt run would need 4.9 GB, so the plan goes through the prompt in position chunks
+(core/horizon.py ChunkedClean; ``position_chunk`` in the result). Only k = 1, 2 are scanned (two
+staircase rows), to stay fast.
 """
 
 from __future__ import annotations
