@@ -115,9 +115,9 @@ def bench_sweep_batched_vs_sequential() -> dict:
     """A sweep with prompt batching (``--batch-size auto``) vs one prompt at a time (``--batch-size 1``).
 
     8 bundled-corpus prompts; norms, scan (k = 1, 2, 4, 8, 16, 31) and attention, the analyses
-    whose rows take the sweep's batch size. Two rounds, the sides alternating, best of each (one
-    round gave 1.009 where two gave 0.89: on this CPU batching gains little, so one round's noise
-    decides); ratio = batched / sequential seconds, target <= 1.0 (batching must not be slower).
+    whose rows take the sweep's batch size. Two rounds, the sides alternating (sequential first,
+    then batched first), best of each (one round gave 1.009 where two gave 0.89: on this CPU
+    batching gains little, so one round's noise decides); ratio = batched / sequential seconds, target <= 1.0 (batching must not be slower).
     """
     corpus = load_corpus(None, max_prompts=8)
     analyses = ["norms", "scan", "attention"]
@@ -125,8 +125,9 @@ def bench_sweep_batched_vs_sequential() -> dict:
     times: dict[str, list[float]] = {"sequential": [], "batched": []}
     try:
         _timed_sweep(load_corpus(None, max_prompts=2), SweepSettings(analyses=analyses, ks=[1, 31]), scratch)  # warm
-        for _ in range(2):
-            for name, batch_size in (("sequential", 1), ("batched", None)):
+        sides = [("sequential", 1), ("batched", None)]
+        for round_ in range(2):  # ABBA: neither side always runs first, on the caches and allocator the other left
+            for name, batch_size in (sides if round_ % 2 == 0 else sides[::-1]):
                 settings = SweepSettings(analyses=analyses, ks=SCAN_KS)
                 times[name].append(_timed_sweep(corpus, settings, scratch, batch_size=batch_size))
     finally:
