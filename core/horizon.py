@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from horizon.core import budget
 from horizon.core.ablation import AblationMeans, MeanAccumulator, ablation_means, needs_means
-from horizon.core.capture import run_capture
+from horizon.core.capture import new_cache, position_chunks, run_capture
 from horizon.core.decomposition import (
     n_readers,
     output_hook,
@@ -331,20 +331,6 @@ def clean_run(model: LoadedModel, batch: TokenBatch, positions: slice | None = N
         offset=start,
         cache_slots=cache_slots,
     )
-
-
-def new_cache(model: LoadedModel) -> Any:
-    """An empty KV cache of the model's kind (sliding-window layers included) for chunked passes."""
-    from transformers import DynamicCache
-
-    return DynamicCache(config=model.hf_model.config)
-
-
-def position_chunks(n_positions: int, position_chunk: int) -> list[slice]:
-    """0..n_positions-1 in even chunks of at most ``position_chunk`` (so no chunk is left nearly empty)."""
-    n_chunks = -(-n_positions // max(1, position_chunk))
-    size = -(-n_positions // n_chunks)
-    return [slice(start, min(n_positions, start + size)) for start in range(0, n_positions, size)]
 
 
 class ChunkedClean:

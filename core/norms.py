@@ -65,10 +65,12 @@ def analyse_norms(
     fit: tuple[int, int] | None = None,
     batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
+    position_chunk: int | None = None,
 ) -> NormsReport:
     """Per-position norms and stds of every residual site, their aggregates and the growth fit.
 
-    ``progress`` is called with the number of prompts finished after each batch.
+    ``progress`` is called with the number of prompts finished after each batch; ``position_chunk``
+    runs longer batches that many positions at a time (core/capture.py ``chunked_capture``).
     """
     if not token_ids:
         raise HorizonError("no prompt to analyse")
@@ -77,7 +79,9 @@ def analyse_norms(
     per_prompt: dict[str, list[np.ndarray]] = {site: [] for site in NORM_SITES}
     capture_sites = (*NORM_SITES, "final")
     for batch in batches(model, token_ids, has_bos, batch_size):
-        capture = run_capture(model, batch.input_ids, capture_sites, reduce=_norm_and_std, stop_after_final=True)
+        # the reducer's [2, batch, pos]: positions on axis 2
+        capture = run_capture(model, batch.input_ids, capture_sites, reduce=_norm_and_std, stop_after_final=True,
+                              position_chunk=position_chunk, position_axis=2)
         # Per-layer sites come back [L, 2, batch, pos]; final [2, batch, pos].
         layered = {site: capture[site].cpu().permute(2, 1, 0, 3) for site in NORM_SITES}  # [batch, 2, L, pos]
         final = capture["final"].cpu().permute(1, 0, 2).unsqueeze(2)  # [batch, 2, 1, pos]

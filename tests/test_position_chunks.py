@@ -14,8 +14,9 @@ from itertools import pairwise
 import pytest
 import torch
 from horizon.core import budget as B
+from horizon.core.capture import position_chunks
 from horizon.core.errors import HorizonError
-from horizon.core.horizon import ChunkedClean, clean_run, clean_runs, position_chunks
+from horizon.core.horizon import ChunkedClean, clean_run, clean_runs
 from horizon.core.horizon_scan import scan, scan_by_layer, scan_per_prompt
 from horizon.core.loader import LoadedModel, load_model
 from horizon.core.prompts import batches
@@ -115,8 +116,8 @@ SMOL = B.ModelDims(n_layers=30, d_model=576, n_heads=9, d_mlp=1536, vocab=49152,
 FIXED = 1_060_000_000  # the bundled model's resident set once it has run
 
 
-def _budget(total: float) -> B.Budget:
-    return B.Budget(total=int(total), fixed=FIXED, source="test")
+def _budget(total: float, on_cpu: bool = False) -> B.Budget:
+    return B.Budget(total=int(total), fixed=FIXED, source="test", on_cpu=on_cpu)
 
 
 def test_the_plan_chunks_a_long_scan_only_when_the_whole_prompt_does_not_fit() -> None:
@@ -158,3 +159,32 @@ def test_the_scan_command_passes_the_chunk_to_the_engine(run_cli, monkeypatch: p
     for row, other in zip(whole_json["rows"], chunked_json["rows"], strict=True):
         for name in METRICS:
             assert other[name] == pytest.approx(row[name], abs=1e-5)
+
+
+def test_on_a_cpu_long_prompts_are_chunked_for_speed() -> None:
+    """norms and scan of prompts over CPU_CHUNK_FROM tokens run in chunks of CPU_POSITION_CHUNK on a CPU
+    (eager attention's T x T scores leave the caches), not on other devices nor for short prompts."""
+    for analysis in ("norms", "scan"):
+        long_cpu = B.plan(analysis, SMOL, [1024], _budget(16e9, on_cpu=True))
+        assert long_cpu.tiling["position_chunk"] == B.CPU_POSITION_CHUNK
+        assert "position_chunk" not in B.plan(analysis, SMOL, [B.CPU_CHUNK_FROM], _budget(16e9, on_cpu=True)).tiling
+        assert "position_chunk" not in B.plan(analysis, SMOL, [1024], _budget(16e9)).tiling
+    tight = B.plan("scan", SMOL, [2048], _budget(2e9, on_cpu=True))  # memory's chunk wins when it is shorter
+    assert tight.tiling["position_chunk"] == B.plan("scan", SMOL, [2048], _budget(2e9)).tiling["position_chunk"] < 256
+    assert B.make_budget(None, SMOL, "cpu").on_cpu and not B.make_budget(2 << 30, SMOL, "cuda:0", measured=False).on_cpu
+
+
+@pytest.mark.parametrize("has_bos", [True, False])
+def test_chunked_norms_equal_the_whole_pass(model64: LoadedModel, has_bos: bool) -> None:
+    from horizon.core.norms import analyse_norms
+
+    prompts = _prompts()
+    whole = analyse_norms(model64, prompts, has_bos, batch_size=2)
+    chunked = analyse_norms(model64, prompts, has_bos, batch_size=2, position_chunk=9)
+    for site, stats in whole.stats.items():
+        other = chunked.stats[site]
+        assert other.mean_norm == pytest.approx(stats.mean_norm, rel=1e-6)
+        assert other.std == pytest.approx(stats.std, rel=1e-6)
+        for one, two in zip(whole.norms[site], chunked.norms[site], strict=True):
+            assert two == pytest.approx(one, rel=1e-6)
+    assert chunked.growth.rate == pytest.approx(whole.growth.rate, rel=1e-6)

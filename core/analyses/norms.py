@@ -234,8 +234,9 @@ def appendix1_check(
 def rows(worker: Any, indices: list[int], token_ids: list[list[int]], tokens: list[list[str]]) -> pa.Table:
     from horizon.core.norms import analyse_norms
 
-    batch_size = worker.plan("norms", token_ids).batch_size
-    report = analyse_norms(worker.model, token_ids, worker.settings.bos, batch_size=batch_size)
+    plan = worker.plan("norms", token_ids)
+    report = analyse_norms(worker.model, token_ids, worker.settings.bos, batch_size=plan.batch_size,
+                           position_chunk=plan.tiling.get("position_chunk"))
     columns: dict[str, list[np.ndarray]] = {key: [] for key in ("prompt", "position", "layer", "norm", "std")}
     sites: list[np.ndarray] = []
     token_text: list[np.ndarray] = []

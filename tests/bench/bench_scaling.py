@@ -51,7 +51,8 @@ def _runner(analysis: str) -> Callable[[list[list[int]]], object]:
         if analysis == "norms":
             from horizon.core.norms import analyse_norms
 
-            return analyse_norms(model, ids, True, batch_size=plan.batch_size)
+            return analyse_norms(model, ids, True, batch_size=plan.batch_size,
+                                 position_chunk=plan.tiling.get("position_chunk"))
         if analysis == "attention":
             from horizon.core.attention import attention_distance
 
@@ -64,7 +65,8 @@ def _runner(analysis: str) -> Callable[[list[list[int]]], object]:
         import horizon.core.horizon as H
         from horizon.core.horizon_scan import scan
 
-        cleans = H.clean_runs(model, ids, plan.batch_size, keep_bytes=plan.keep_clean_bytes)
+        cleans = H.clean_runs(model, ids, plan.batch_size, keep_bytes=plan.keep_clean_bytes,
+                              position_chunk=plan.tiling.get("position_chunk") or None)
         return scan(model, ids, ks=list(SCAN_KS), batch_size=plan.batch_size, max_pass_bytes=plan.pass_bytes,
                     cleans=cleans)
 

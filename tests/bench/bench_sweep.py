@@ -117,7 +117,8 @@ def bench_sweep_batched_vs_sequential() -> dict:
     8 bundled-corpus prompts; norms, scan (k = 1, 2, 4, 8, 16, 31) and attention, the analyses
     whose rows take the sweep's batch size. Two rounds, the sides alternating (sequential first,
     then batched first), best of each (one round gave 1.009 where two gave 0.89: on this CPU
-    batching gains little, so one round's noise decides); ratio = batched / sequential seconds, target <= 1.0 (batching must not be slower).
+    batching gains little, so one round's noise decides); ratio = batched / sequential seconds,
+    target <= 1.0 (batching must not be slower).
     """
     corpus = load_corpus(None, max_prompts=8)
     analyses = ["norms", "scan", "attention"]
