@@ -15,7 +15,9 @@ still fires. A scan batches many horizons into one pass as a "staircase": the ro
 the batch at its own first patched layer, so no block is ever run on a row whose input is clean.
 Windows are differences of float64 prefix sums (one subtraction per reader, exact to float32
 rounding), and a scan's readout reduces each vocabulary tile of the logits to the metrics while the
-tile is in cache, so no config's full logits are ever held.
+tile is in cache, so no config's full logits are ever held. A long prompt can go through all of it
+in position chunks with KV caches (``ChunkedClean``, ``metric_sums``): windows are per-position
+sums, so only attention needs the positions before, and it reads them from the cache.
 
 Over 400 lines for a reason: the configuration, the clean run, the patched pass and ``patch`` are
 one pipeline whose invariants (which reader is patched, what the clean run caches for the pass)
@@ -303,9 +305,9 @@ def clean_run(model: LoadedModel, batch: TokenBatch, positions: slice | None = N
     start, stop = positions.start, positions.stop
     # The next tokens: a chunk's last position predicts the next chunk's first token.
     targets, valid = batch.input_ids[:, start + 1 : stop + 1], batch.mask[:, start + 1 : stop + 1]
-    if start:  # only a prompt's first position is its BOS
-        batch = TokenBatch(batch.token_ids, batch.input_ids, batch.mask, has_bos=False)
-    batch = TokenBatch(batch.token_ids, batch.input_ids[:, start:stop], batch.mask[:, start:stop], batch.has_bos)
+    # only a prompt's first position is its BOS (token_ids stay the whole prompts')
+    batch = TokenBatch(batch.token_ids, batch.input_ids[:, start:stop], batch.mask[:, start:stop],
+                       batch.has_bos and start == 0)
     handles = [
         block.register_forward_pre_hook(recorder(layer), with_kwargs=True)
         for layer, block in enumerate(model.bridge.blocks)
