@@ -188,3 +188,29 @@ def test_chunked_norms_equal_the_whole_pass(model64: LoadedModel, has_bos: bool)
         for one, two in zip(whole.norms[site], chunked.norms[site], strict=True):
             assert two == pytest.approx(one, rel=1e-6)
     assert chunked.growth.rate == pytest.approx(whole.growth.rate, rel=1e-6)
+
+
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "gpt2", "gpt_neo", "opt",
+            "gpt_neox", "gptj", "phi")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_verified_family_chunks_like_its_whole_pass(family: str) -> None:
+    """Position chunks with the family's own KV cache (sliding windows, learned positions with an
+    offset, parallel blocks) give the whole pass's residuals, and its horizon scan where it has one."""
+    from horizon.core.capture import run_capture
+
+    from tests.test_verify import family_model
+
+    model = family_model(family)
+    ids = torch.randint(5, 200, (2, 40), generator=torch.Generator().manual_seed(0))
+    whole = run_capture(model, ids, ("resid_pre", "final"), stop_after_final=True)
+    chunked = run_capture(model, ids, ("resid_pre", "final"), stop_after_final=True, position_chunk=9)
+    for site in ("resid_pre", "final"):
+        scale = float(whole[site].abs().max())
+        assert float((chunked[site] - whole[site]).abs().max()) <= 1e-5 * scale, site
+    if not model.parallel_attn_mlp:  # the horizon is refused on parallel blocks
+        rows, chunked_rows = (scan(model, ids.tolist(), ks=[1, 2], position_chunk=chunk).rows for chunk in (None, 9))
+        for row, other in zip(rows, chunked_rows, strict=True):
+            assert other["loss"] == pytest.approx(row["loss"], abs=1e-5)
+            assert other["kl"] == pytest.approx(row["kl"], abs=1e-5)
