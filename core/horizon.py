@@ -47,6 +47,7 @@ from horizon.core.decomposition import (
 from horizon.core.errors import HorizonError
 from horizon.core.horizon_metrics import (
     CleanReference,
+    LinearHead,
     TokenMetrics,
     Totals,
     apply_head,
@@ -425,18 +426,21 @@ def patched_metrics(
     batch is long) and every metric is reduced from the tile while it is still in
     cache (the scan's path).
     """
-    readout, rows_per_readout = _metrics_readout(model, clean, vocab_tile)
+    readout, rows_per_readout = _metrics_readout(model, clean, linear_head(model), vocab_tile)
     yield from _run_configs(
         model, clean, configs, readout, clean.reference.unpatched(), max_pass_bytes, progress, rows_per_readout, means
     )
 
 
 def _metrics_readout(
-    model: LoadedModel, clean: CleanRun, vocab_tile: int | None = None
+    model: LoadedModel, clean: CleanRun, head: LinearHead | None, vocab_tile: int | None = None
 ) -> tuple[Callable[[torch.Tensor], list[TokenMetrics]], int]:
-    """The tiled metrics readout of stacked rows against ``clean``, and how many rows one call may take."""
+    """The tiled metrics readout of stacked rows against ``clean``, and how many rows one call may take.
+
+    ``head`` is the model's ``linear_head``, found by the caller: finding it reads the bias back to
+    the host, so a caller making many readouts finds it once.
+    """
     reference = clean.reference
-    head = linear_head(model)
     batch, n_positions = clean.batch_size, clean.outputs.shape[2]
     vocab_tile = vocab_tile or budget.readout_tile(batch, n_positions, VOCAB_TILE)
 
@@ -530,33 +534,34 @@ def metric_sums(
     Sums over positions add up over position chunks, so a ``ChunkedClean`` batch is summed chunk
     by chunk: each staircase pass goes through every chunk with its own KV cache before the next
     pass starts (the clean chunks are made again for each pass: the price of holding one chunk).
+    A ``CleanRun`` is the one-chunk case: one part, no cache.
     """
     sums = torch.zeros((len(configs) + 1, clean.batch_size, 5), dtype=torch.float64, device=clean.device)
-    if isinstance(clean, CleanRun):
-        sums[-1] = row_sums(clean.reference.unpatched())
-        for index, metrics in patched_metrics(model, clean, configs, max_pass_bytes, progress, means):
-            sums[index] = row_sums(metrics)
-        return sums
+    chunked = isinstance(clean, ChunkedClean)
     means = _checked_means(model, configs, means, [clean])
-    n_chunks = len(clean.chunks)
-    longest = max(part.stop - part.start for part in clean.chunks)
-    row = budget.row_bytes(budget.ModelDims.of(model), clean.batch_size, clean.chunks[-1].stop, longest)
+    if chunked:
+        n_parts = len(clean.chunks)
+        longest = max(part.stop - part.start for part in clean.chunks)
+        row = budget.row_bytes(budget.ModelDims.of(model), clean.batch_size, clean.chunks[-1].stop, longest)
+    else:
+        n_parts, row = 1, _row_bytes(model, clean)
     clean_indices, groups = _staircase_groups(model, configs, row, max_pass_bytes)
     advance = progress or (lambda n: None)
+    head = linear_head(model)  # once: every pass and part makes its own readout
     for group, rows in enumerate(groups or [[]]):
-        cache = new_cache(model) if rows else None
+        cache = new_cache(model) if rows and chunked else None
         for part in clean.parts():
             if group == 0:  # the clean run's sums, and those of the configs that patch nothing
                 part_sums = row_sums(part.reference.unpatched())
                 sums[-1] += part_sums
                 for index in clean_indices:
                     sums[index] += part_sums
-                    advance(1 / n_chunks)
+                    advance(1 / n_parts)
             if rows:
-                readout, rows_per_readout = _metrics_readout(model, part)
-                chunk_pass = StaircasePass(model, part, rows, readout, lambda n: advance(n / n_chunks),
-                                           rows_per_readout, means, cache=cache)
-                for index, metrics in chunk_pass.run():
+                readout, rows_per_readout = _metrics_readout(model, part, head)
+                part_pass = StaircasePass(model, part, rows, readout, lambda n: advance(n / n_parts),
+                                          rows_per_readout, means, cache=cache)
+                for index, metrics in part_pass.run():
                     sums[index] += row_sums(metrics)
     return sums
 

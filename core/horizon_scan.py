@@ -238,7 +238,7 @@ def scan_by_layer(
     Every other cell is one row of the staircase: it starts at layer N from the cached clean
     residual (layers below N are unchanged) and runs on to the readout, the layers above N reading
     the full stream of the patched pass. All rows of all layers share the batched passes and the
-    vocabulary-tiled readout of ``patched_metrics``. ``progress(n)`` advances by n cells' worth.
+    vocabulary-tiled readout of ``metric_sums``. ``progress(n)`` advances by n cells' worth.
     """
     ks = _check_scan(model, ks, unit, tol)
     cells = by_layer_configs(model.n_layers, ks, unit, source=source, keep_embed=keep_embed, final=final,
