@@ -464,6 +464,11 @@ class Plan:
         return self.tiling.get("held_tokens", 0)
 
     @property
+    def position_chunk(self) -> int | None:
+        """Positions per chunk of a long prompt (norms, scan); None: whole prompts."""
+        return self.tiling.get("position_chunk") or None
+
+    @property
     def working_bytes(self) -> int:
         return peak_bytes(self.analysis, self.dims, self.batch_size, self.n_tokens, **self.tiling)
 

@@ -236,7 +236,7 @@ def rows(worker: Any, indices: list[int], token_ids: list[list[int]], tokens: li
 
     plan = worker.plan("norms", token_ids)
     report = analyse_norms(worker.model, token_ids, worker.settings.bos, batch_size=plan.batch_size,
-                           position_chunk=plan.tiling.get("position_chunk"))
+                           position_chunk=plan.position_chunk)
     columns: dict[str, list[np.ndarray]] = {key: [] for key in ("prompt", "position", "layer", "norm", "std")}
     sites: list[np.ndarray] = []
     token_text: list[np.ndarray] = []

@@ -140,7 +140,7 @@ def scan_batches(worker: Any, token_ids: list[list[int]], plan: Any) -> list[tup
                   "means": getattr(worker, "ablation_means", None), "batch_size": len(batch),
                   "max_pass_bytes": worker.pass_bytes(plan),
                   "cleans": clean_runs(worker.model, batch, len(batch), has_bos=settings.bos,
-                                       position_chunk=plan.tiling.get("position_chunk") or None)}
+                                       position_chunk=plan.position_chunk)}
         scans = scan_per_prompt(worker.model, batch, start_layers=settings.start_layers, **common)
         matrices = (scan_by_layer_per_prompt(worker.model, batch, **common) if settings.by_layer
                     else [None] * len(batch))

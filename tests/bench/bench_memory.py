@@ -54,7 +54,7 @@ def run(max_memory):
         import horizon.core.horizon as H
         from horizon.core.horizon_scan import scan
         cleans = H.clean_runs(model, ids, plan.batch_size, keep_bytes=plan.keep_clean_bytes,
-                              position_chunk=plan.tiling.get("position_chunk") or None)
+                              position_chunk=plan.position_chunk)
         scan(model, ids, ks=ks, batch_size=plan.batch_size, max_pass_bytes=plan.pass_bytes, cleans=cleans)
     return plan
 

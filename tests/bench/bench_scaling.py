@@ -52,7 +52,7 @@ def _runner(analysis: str) -> Callable[[list[list[int]]], object]:
             from horizon.core.norms import analyse_norms
 
             return analyse_norms(model, ids, True, batch_size=plan.batch_size,
-                                 position_chunk=plan.tiling.get("position_chunk"))
+                                 position_chunk=plan.position_chunk)
         if analysis == "attention":
             from horizon.core.attention import attention_distance
 
@@ -66,7 +66,7 @@ def _runner(analysis: str) -> Callable[[list[list[int]]], object]:
         from horizon.core.horizon_scan import scan
 
         cleans = H.clean_runs(model, ids, plan.batch_size, keep_bytes=plan.keep_clean_bytes,
-                              position_chunk=plan.tiling.get("position_chunk") or None)
+                              position_chunk=plan.position_chunk)
         return scan(model, ids, ks=list(SCAN_KS), batch_size=plan.batch_size, max_pass_bytes=plan.pass_bytes,
                     cleans=cleans)
 

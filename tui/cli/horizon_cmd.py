@@ -241,7 +241,7 @@ def scan_command(
     # kept when the budget has room for them all, else made batch by batch as each pass needs them (and
     # position chunk by position chunk when even one prompt's whole run would not fit).
     cleans = clean_runs(inputs.model, inputs.token_ids, plan.batch_size, has_bos=bos, keep_bytes=plan.keep_clean_bytes,
-                        position_chunk=plan.tiling.get("position_chunk") or None)
+                        position_chunk=plan.position_chunk)
     common = {"ks": k_list, "tol": tol, "source": source, "keep_embed": keep_embed, "final": final, "unit": unit,
               "ablation": ablation, "batch_size": plan.batch_size, "max_pass_bytes": plan.pass_bytes,
               "cleans": cleans}

@@ -109,7 +109,7 @@ def norms(
     with progress_bar("norms", len(inputs.token_ids), quiet=as_json) as advance:
         report = analyse_norms(subject, inputs.token_ids, inputs.has_bos, include_bos=include_bos, fit=fit_window,
                                batch_size=plan.batch_size, progress=advance,
-                               position_chunk=plan.tiling.get("position_chunk"))
+                               position_chunk=plan.position_chunk)
     weight_section = None
     if weights:
         weight_section = weight_report(subject, processing, inputs.token_ids, has_bos=inputs.has_bos,
