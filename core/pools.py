@@ -261,7 +261,7 @@ class RayPool:
             return []
         more = f"; and {len(self.events) - 1} more" if len(self.events) > 1 else ""
         again = sorted(self.retried - set(self.failed))
-        ran = f"shard(s) {', '.join(map(str, again))} ran again on another worker" if again else "no shard ran again"
+        ran = f"shard(s) {', '.join(map(str, again))} ran again" if again else "no shard ran again"
         return [f"{self.events[0]}{more}; {ran}"]
 
     def _give_up(self, pending: deque[tuple[int, list[str]]], tries: dict[int, int], why: str) -> None:
