@@ -391,9 +391,19 @@ def _first_line(exc: BaseException | str) -> str:
 
 
 def _check_same(first: dict[str, Any], other: dict[str, Any]) -> None:
-    """Workers on other nodes must load the same model and see the same inputs, or the rows would mix."""
+    """Workers on other nodes must load the same model and see the same inputs, or the rows would mix.
+
+    The model is compared by its hash and shape, not by where it was read from (another node's path).
+    """
+
+    def described(description: dict[str, Any], key: str) -> Any:
+        value = description.get(key)
+        if key == "model" and isinstance(value, dict):
+            return {name: item for name, item in value.items() if name != "source"}
+        return value
+
     for key in ("model", "dtype", "bos", "n_tokens"):
-        if first.get(key) != other.get(key):
+        if described(first, key) != described(other, key):
             raise HorizonError(f"the Ray workers disagree about the {key} (on {first.get('host')} and "
                                f"{other.get('host')}): every node must have the same model files and packages")
 

@@ -467,3 +467,16 @@ def test_ray_lines_follow_the_verbosity(capsys: pytest.CaptureFixture[str]) -> N
             expected = ["horizon: ray: a Ray worker died while it ran shard 3 (pid 7)",
                         "horizon: ray: Resources requested are infeasible.", *expected]
         assert captured.err.splitlines() == expected, quiet
+
+
+def test_workers_that_load_another_model_or_see_other_inputs_are_refused() -> None:
+    from horizon.core.errors import HorizonError
+    from horizon.core.pools import _check_same
+
+    first = {"model": {"spec": "m", "hash": "a1", "n_layers": 2, "source": "/opt/a/m"}, "dtype": "float32",
+             "bos": {"enabled": True, "token_id": 1}, "n_tokens": [5, 7], "host": "node-a"}
+    _check_same(first, {**first, "model": {**first["model"], "source": "/home/b/m"}, "host": "node-b"})
+    for key, value in (("model", {**first["model"], "hash": "b2"}), ("dtype", "bfloat16"),
+                       ("bos", {"enabled": False, "token_id": None}), ("n_tokens", [5, 8])):
+        with pytest.raises(HorizonError, match=f"the Ray workers disagree about the {key} \\(on node-a and node-b\\)"):
+            _check_same(first, {**first, key: value, "host": "node-b"})
