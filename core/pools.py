@@ -131,7 +131,7 @@ class RayPool:
         options = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
         if not address or address == "local":
             # A local cluster: one CPU per worker is enough, and the dashboard is not needed.
-            with _core_log():
+            with _joining():
                 try:
                     ray.init(num_cpus=workers, **options)
                 except Exception as exc:
@@ -142,7 +142,7 @@ class RayPool:
         if address != "auto":
             _check_reachable(address)
         failure = None
-        with _core_log() as core_lines:
+        with _joining() as core_lines:
             try:
                 ray.init(address=address, **options)
             except Exception as exc:  # Ray's ConnectionError, ValueError, RuntimeError (a missing auth token), ...
@@ -449,6 +449,24 @@ def _join_failure(exc: BaseException, core_lines: list[str]) -> str:
 
 
 @contextlib.contextmanager
+def _joining() -> Iterator[list[str]]:
+    """Around ``ray.init``: its C++ core's lines kept off stderr (yielded), its Python ones one line each.
+
+    ``ray.init`` clears the handlers of the "ray" logger and then logs (the token authentication
+    warning of a local Ray): meanwhile what no handler takes goes to ``_OneLine``, and afterwards
+    the "ray" logger gets it back.
+    """
+    saved = logging.lastResort
+    logging.lastResort = _OneLine(logging.WARNING)
+    try:
+        with _core_log() as lines:
+            yield lines
+    finally:
+        logging.lastResort = saved
+        _own_ray_logger()
+
+
+@contextlib.contextmanager
 def _core_log() -> Iterator[list[str]]:
     """Keep Ray's C++ core off stderr while it connects; yields the lines it wrote (filled in on exit).
 
@@ -507,13 +525,11 @@ def _ray_logging(ray: Any) -> Callable[[], None]:
     Ray's Python loggers print INFO lines (connecting, token authentication) with timestamps, and
     its error listener prints the raylet's report of a dead worker to stdout (which would break
     --json). Here: warnings and errors only, each as its first line; the dead worker is reported by
-    the pool itself. (Its C++ core's lines while it connects: _core_log.)
+    the pool itself. (While it connects: _joining.)
     """
     ray_logger = logging.getLogger("ray")
     saved = (ray_logger.level, list(ray_logger.handlers), ray_logger.propagate)
-    ray_logger.handlers = [_OneLine()]
-    ray_logger.setLevel(logging.WARNING)
-    ray_logger.propagate = False
+    _own_ray_logger()
     worker_module = getattr(getattr(ray, "_private", None), "worker", None)
     printer = getattr(worker_module, "print_to_stdstream", None)
     if printer is not None:
@@ -527,6 +543,13 @@ def _ray_logging(ray: Any) -> Callable[[], None]:
             worker_module.print_to_stdstream = printer
 
     return restore
+
+
+def _own_ray_logger() -> None:
+    ray_logger = logging.getLogger("ray")
+    ray_logger.handlers = [_OneLine()]
+    ray_logger.setLevel(logging.WARNING)
+    ray_logger.propagate = False
 
 
 class _OneLine(logging.Handler):

@@ -443,7 +443,7 @@ def test_a_cluster_without_the_resources_asked_for_is_one_line(cluster: Cluster,
 # ----------------------------------------------------------------------------- Ray's lines follow the verbosity
 
 
-def test_ray_lines_follow_the_verbosity(capsys: pytest.CaptureFixture[str]) -> None:
+def test_ray_lines_follow_the_verbosity(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """The pool's lines (and Ray's, passed on) are one line each by default, and only errors under --quiet."""
     import logging
 
@@ -451,6 +451,10 @@ def test_ray_lines_follow_the_verbosity(capsys: pytest.CaptureFixture[str]) -> N
     from horizon.tui.cli.sweep_cmd import _ray_messages
 
     ray_logger = logging.getLogger("ray")
+    saved = (ray_logger.level, list(ray_logger.handlers), ray_logger.propagate)
+    monkeypatch.setattr(ray_logger, "handlers", saved[1])
+    monkeypatch.setattr(ray_logger, "propagate", saved[2])
+    monkeypatch.setattr(ray_logger, "level", saved[0])
     for quiet in (False, True):
         with _ray_messages(quiet):
             pools.log.warning("a Ray worker died while it ran shard 3 (pid 7)")
@@ -460,12 +464,21 @@ def test_ray_lines_follow_the_verbosity(capsys: pytest.CaptureFixture[str]) -> N
             handler = pools._OneLine()
             handler.emit(ray_logger.makeRecord("ray", logging.ERROR, __file__, 1, "GCS lost.\nTraceback ...",
                                                None, None))
+            # ray.init clears the "ray" logger's handlers (which the pool made not to propagate), then logs
+            # (a local Ray's token warning).
+            pools._own_ray_logger()
+            with pools._joining():
+                ray_logger.handlers.clear()
+                logging.getLogger("ray.auth").warning("Token authentication is enabled.\nmore")
+                logging.getLogger("ray.auth").info("Started a local Ray instance.")
+            assert [type(handler) for handler in ray_logger.handlers] == [pools._OneLine]
         captured = capsys.readouterr()
         assert captured.out == ""
         expected = ["horizon: ray: GCS lost."]
         if not quiet:
             expected = ["horizon: ray: a Ray worker died while it ran shard 3 (pid 7)",
-                        "horizon: ray: Resources requested are infeasible.", *expected]
+                        "horizon: ray: Resources requested are infeasible.", *expected,
+                        "horizon: ray: Token authentication is enabled."]
         assert captured.err.splitlines() == expected, quiet
 
 
