@@ -424,7 +424,7 @@ def _check_reachable(address: str) -> None:
         with socket.create_connection((host, int(port_text)), timeout=CONNECT_TIMEOUT_S):
             pass
     except TimeoutError:
-        raise HorizonError(f"cannot reach the Ray cluster at {address}: no answer within {CONNECT_TIMEOUT_S:.0f} s "
+        raise HorizonError(f"cannot reach the Ray cluster at {address}: no answer within {CONNECT_TIMEOUT_S:g} s "
                            "(is this the head's address, and does a firewall let it through?)") from None
     except socket.gaierror:
         raise HorizonError(f"cannot reach the Ray cluster at {address}: unknown host {host!r}") from None
