@@ -62,6 +62,9 @@ class SweepSummary:
     complete: bool
     analyses: list[str]
     notes: list[str] = field(default_factory=list)  # what was tidied or rebuilt in the directory, one line each
+    # Shards lost on every run (their Ray worker died each time): {"id", "prompts": [first, last], "reason"};
+    # they stay pending, so --resume runs them.
+    failed_shards: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def tokens_per_s(self) -> float:
@@ -378,6 +381,9 @@ def _run(corpus: Corpus, root: Path, config: WorkerConfig, loaded: LoadedModel |
             if on_eta is not None:
                 on_eta(eta.seconds_left())
         work_seconds = time.perf_counter() - work_started
+        notes += pool.notes  # workers lost and shards run again
+        failed = [{"id": shard_id, "prompts": manifest["shards"][shard_id]["prompts"], "reason": reason}
+                  for shard_id, reason in sorted(pool.failed.items())]
     finally:
         pool.close()
 
@@ -387,6 +393,8 @@ def _run(corpus: Corpus, root: Path, config: WorkerConfig, loaded: LoadedModel |
         for run in m["runs"]:
             if run["started"] == started and run["pid"] == os.getpid():
                 run["ended"] = ended
+                if failed:
+                    run["failed_shards"] = [shard["id"] for shard in failed]
         if not _missing_work(m):
             m["finished"] = ended
 
@@ -403,4 +411,5 @@ def _run(corpus: Corpus, root: Path, config: WorkerConfig, loaded: LoadedModel |
         complete=final["finished"] is not None,
         analyses=list(final["analyses"]),
         notes=notes,
+        failed_shards=failed,
     )

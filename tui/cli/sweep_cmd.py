@@ -74,9 +74,14 @@ ForceOpt = Annotated[
 BackendOpt = Annotated[
     str, typer.Option("--backend", help="local | ray (one actor per device, each loads the model once).")
 ]
-WorkersOpt = Annotated[int, typer.Option("--workers", help="Ray actors (one per GPU on a cluster).")]
+WorkersOpt = Annotated[
+    int, typer.Option("--workers", help="Ray actors (one per GPU on a cluster, else one per CPU; a lost one is "
+                      "replaced and its shard run again, up to 3 runs).")
+]
 RayAddressOpt = Annotated[
-    str | None, typer.Option("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")
+    str | None,
+    typer.Option("--ray-address", help="With --backend ray: the cluster's HOST:PORT, ray://HOST:PORT or auto "
+                 "(default: $RAY_ADDRESS, else a local Ray)."),
 ]
 LengthsOpt = Annotated[str, typer.Option("--lengths", help="truncate: context lengths kept.")]
 KsOpt = Annotated[str | None, typer.Option("--ks", help="scan: horizons k in layers (default 1..L+1).")]
@@ -94,7 +99,7 @@ DeviceMapOpt = Annotated[
 NDevicesOpt = Annotated[
     int | None, typer.Option("--n-devices", help="Passed to the bridge: split the model over N devices.")
 ]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, and no messages from Ray.")]
 PlanOpt = Annotated[
     bool,
     typer.Option("--plan", help="Run each analysis on a small sample of the corpus and print the projected time, "
@@ -139,7 +144,11 @@ def sweep(
     plan: PlanOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run analyses over a corpus into a results directory (manifest.json + Parquet tables)."""
+    """Run analyses over a corpus into a results directory (manifest.json + Parquet tables).
+
+    Exit code 0 when every shard asked for is written, 2 for bad input, 3 when shards were lost on
+    every run (their Ray worker died each time): the rest is written, and --resume runs them again.
+    """
     from horizon.core.corpus import load_corpus
     from horizon.core.sweep import ShardSpec, SweepSettings, run_sweep
 
@@ -161,6 +170,8 @@ def sweep(
     shard_spec = ShardSpec.parse(shard)
     if backend == "ray" and shard is not None:
         raise HorizonError("--shard is for separate local workers; with --backend ray use --workers")
+    if ray_address is not None and backend != "ray":
+        raise HorizonError("--ray-address is for --backend ray (add --backend ray to run on that cluster)")
     options.check_at_least(workers, "--workers", 1)
     load_kwargs: dict[str, Any] = {}
     if options.check_device_map(device_map) is not None:
@@ -175,7 +186,7 @@ def sweep(
         return
     _resumable_on_interrupt(out)
 
-    with _sweep_progress(quiet or as_json) as (on_plan, advance, on_eta):
+    with _sweep_progress(quiet or as_json) as (on_plan, advance, on_eta), _ray_messages(quiet):
         summary = run_sweep(
             texts,
             out,
@@ -211,6 +222,7 @@ def sweep(
         "work_seconds": round(summary.work_seconds, 3),
         "tokens_per_s": round(summary.tokens_per_s, 1),
         "notes": summary.notes,
+        "failed_shards": summary.failed_shards,
     }
 
     def render() -> None:
@@ -224,13 +236,49 @@ def sweep(
             f"{summary.tokens_per_s:.0f} tokens/s ({summary.seconds:.1f} s with the model load); "
             f"analyses: {', '.join(summary.analyses)}"
         )
-        if not summary.complete:
+        if not summary.complete and not summary.failed_shards:
             console.print("[dim]other shards are for other --shard workers, or run the same command with --resume[/]")
         console.print(f"[dim]see the results: horizon report {markup_safe(summary.out)}[/]")
 
     emit(as_json, payload, render)
-    for note in summary.notes[:3]:  # what was tidied or rebuilt in --out: one line each
+    for note in summary.notes[:3]:  # what was tidied or rebuilt in --out, workers lost: one line each
         warn(note, "note")
+    if summary.failed_shards:
+        failed = summary.failed_shards
+        names = ", ".join(f"{shard['id']} (prompts {shard['prompts'][0]}-{shard['prompts'][1]})"
+                          for shard in failed[:5])
+        more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+        warn(f"{len(failed)} shard(s) not written: {names}{more}: {failed[0]['reason']}; the rest is written, run "
+             "the same command with --resume to run them again", "error")
+        raise typer.Exit(3)
+
+
+@contextmanager
+def _ray_messages(quiet: bool):
+    """Ray's messages and the Ray pool's (a lost worker, a shard run again) as one line each on stderr.
+
+    By default warnings and errors; under --quiet only errors (the run's own refusals and its
+    end-of-run lines are printed either way).
+    """
+    import logging
+
+    class OneLine(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines = record.getMessage().splitlines()
+            warn(lines[0] if lines else "", "ray")
+
+    logger = logging.getLogger("horizon.ray")
+    handler = OneLine(logging.ERROR if quiet else logging.WARNING)
+    saved = (logger.level, logger.propagate)
+    logger.addHandler(handler)
+    logger.setLevel(handler.level)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 def _resumable_on_interrupt(out: str) -> None:
