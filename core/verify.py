@@ -469,11 +469,14 @@ def stored_verdict(model: LoadedModel, level: str = "full") -> dict[str, Any] | 
         return None
 
 
+REFUSAL_WIDTH = 200
+
+
 def _named(model: LoadedModel) -> str:
     """'spec (architecture)', both cut short: a refusal is one line of about 200 characters at most."""
     from horizon.core.model_files import short_text
 
-    return f"{short_text(model.spec, 50)} ({short_text(model.architecture, 24)})"
+    return f"{short_text(model.spec, 40)} ({short_text(model.architecture, 20)})"
 
 
 def _refusal(model: LoadedModel, check: dict[str, Any], where: str) -> HorizonError:
@@ -482,11 +485,10 @@ def _refusal(model: LoadedModel, check: dict[str, Any], where: str) -> HorizonEr
         return HorizonError(f"{_named(model)} cannot be analysed here: {POST_NORM}")
     measured, bar = check.get("measured"), check.get("bar")
     numbers = "" if measured is None or bar is None else f" (measured {measured:.3g}, bar {bar:g})"
-    detail = detail if len(detail) <= 70 else detail[:69] + "…"
-    return HorizonError(
-        f"{_named(model)} failed the {check.get('name')} check{where}{numbers}: {detail}; "
-        "its analyses would be wrong (--unverified to run anyway)"
-    )
+    head = f"{_named(model)} failed the {check.get('name')} check{where}{numbers}: "
+    tail = "; refused (--unverified overrides)"
+    room = max(20, REFUSAL_WIDTH - len(head) - len(tail))  # the detail gives way: the line stays one line
+    return HorizonError(head + (detail if len(detail) <= room else detail[: room - 1] + "…") + tail)
 
 
 def require_verified(model: LoadedModel, unverified: bool | None = None) -> None:

@@ -341,6 +341,50 @@ def test_a_stored_failed_verdict_is_refused(tiny_gpt2, tmp_path, monkeypatch) ->
     V.require_verified(tiny_gpt2, unverified=True)
 
 
+def test_a_directory_is_judged_by_its_content_not_its_path(run_cli, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Verdicts follow the weights: the same directory gets the same answer whether or not
+    `verify` ran first, and a stored verdict of other content never answers for it.
+
+    The break is real: BLOOM's apply_residual_connection_post_layernorm adds the normed stream back,
+    so the decomposition fails (same weights, one config flag)."""
+    from horizon.core import model_files
+
+    from tests.families import save_family_dir
+
+    monkeypatch.setattr(V, "cache_root", lambda: tmp_path / "cache")  # verdicts
+    monkeypatch.setattr(model_files, "cache_root", lambda: tmp_path / "cache")  # content hashes
+    monkeypatch.delenv(V.ENV_OVERRIDE, raising=False)
+    directory = save_family_dir("bloom", tmp_path / "bloom")
+    config_file = directory / "config.json"
+    good = config_file.read_bytes()
+
+    def set_config(broken: bool) -> None:
+        changed = {**json.loads(good), "apply_residual_connection_post_layernorm": True}
+        config_file.write_bytes(json.dumps(changed).encode() if broken else good)
+
+    def status() -> str:
+        try:
+            return load_model(str(directory), device="cpu").extra["verified"]
+        except HorizonError as exc:
+            assert "\n" not in str(exc) and len(str(exc)) <= 200
+            return "refused: " + str(exc)
+
+    assert status() == "quick"  # never verified: the load checks pass
+    code, _, _ = run_cli("verify", "--model", str(directory), "--device", "cpu")
+    assert code == 0 and status() == "full"
+    set_config(broken=True)
+    assert "failed the decomposition check" in status()  # the stored pass is of other content
+    code, _, _ = run_cli("verify", "--model", str(directory), "--device", "cpu")
+    assert code == 1  # stored: a failed verdict of the broken content
+    set_config(broken=False)
+    assert status() == "full"  # fixed: its own verdict answers, not the broken content's
+    set_config(broken=True)
+    assert "failed the decomposition check of `horizon verify`" in status()  # broken again, no verify run
+    stored = sorted(path.name for path in (tmp_path / "cache" / "verified").glob("*.full.json"))
+    assert len(stored) == 2  # one full verdict per content
+
+
 def test_half_precision_bar_scales_with_depth(monkeypatch: pytest.MonkeyPatch) -> None:
     """bfloat16 rounds the stream at every addition: SmolLM2's 61 additions still pass (error 4e-2)."""
     monkeypatch.delenv(V.ENV_OVERRIDE, raising=False)
