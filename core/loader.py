@@ -41,7 +41,7 @@ from horizon.core.gguf_files import (
     gguf_cache_path,
     gguf_metadata,
 )
-from horizon.core.model_files import short_text
+from horizon.core.model_files import first_line, short_text
 
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI and the app start without it
     import torch
@@ -251,13 +251,6 @@ def _dispatch_built_model(model: Any, placement: dict[str, Any]) -> Any:
 # ----------------------------------------------------------------------------- the bridge
 
 
-def first_line(exc: BaseException, width: int = 100) -> str:
-    """An exception's first line, cut to ``width`` characters (library messages can run to pages)."""
-    lines = str(exc).strip().splitlines()
-    text = lines[0] if lines else type(exc).__name__
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def adapter_architecture(hf_model: Any) -> str:
     """The TransformerLens adapter name for the class transformers actually built.
 
@@ -436,7 +429,7 @@ def load_model(
         default_bos = BUNDLED_BOS
     elif Path(spec).expanduser().is_dir():
         path = Path(spec).expanduser()
-        if not (path / "config.json").exists():
+        if not os.path.lexists(path / "config.json"):
             raise HorizonError(f"{short_text(path)} is a directory but not an HF model (no config.json)")
         from horizon.core.model_files import content_hash, inspect_directory
 

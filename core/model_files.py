@@ -19,6 +19,7 @@ looked up in microseconds.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -51,18 +52,22 @@ def short_text(text: object, width: int = 60) -> str:
     return text if len(text) <= width else "…" + text[-(width - 1):]
 
 
+def first_line(exc: BaseException, width: int = 100) -> str:
+    """An exception's message on one line, cut to ``width`` characters (library messages run to pages)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def regular_file(path: Path, what: str) -> os.stat_result:
     """The stat of ``path`` after following links; refuse anything but a regular file."""
     try:
         info = path.stat()
-    except RuntimeError:  # Python < 3.13 raises this for a symlink loop in some calls
-        raise HorizonError(f"{what} {short_text(path)} is a symbolic link loop") from None
     except OSError as exc:
-        if exc.errno == 40:  # ELOOP
+        if exc.errno == errno.ELOOP:
             raise HorizonError(f"{what} {short_text(path)} is a symbolic link loop") from None
         raise HorizonError(f"cannot read {what} {short_text(path)}: {exc.strerror or exc}") from None
     if not stat.S_ISREG(info.st_mode):
-        raise HorizonError(f"{what} {short_text(path)} is not a regular file (a FIFO, device or folder): refused")
+        raise HorizonError(f"{what} {short_text(path)} is not a regular file (a FIFO, socket or device): refused")
     return info
 
 
@@ -179,14 +184,23 @@ def meta_parameter_count(directory: Path) -> int:
             config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
             model = AutoModelForCausalLM.from_config(config)
     except Exception as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:100]
         raise HorizonError(f"{short_text(directory)}: transformers cannot build the model config.json "
-                           f"describes: {first}") from None
+                           f"describes: {first_line(exc, 90)}") from None
     return sum(parameter.numel() for parameter in model.parameters())
+
+
+def special_entries(directory: Path) -> None:
+    """Refuse a FIFO, socket, device or dangling link among the files transformers may open here:
+    opening a FIFO blocks forever (a tokenizer.json, a generation_config.json)."""
+    for entry in sorted(directory.iterdir()):
+        if entry.is_dir():
+            continue
+        regular_file(entry, "file")
 
 
 def inspect_directory(directory: Path) -> list[Path]:
     """Bound a model directory before loading it: its config and weight files; returns the files."""
+    special_entries(directory)
     config = read_config(directory)
     files = weight_files(directory)
     check_claims(directory, config, files)

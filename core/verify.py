@@ -512,7 +512,7 @@ def require_verified(model: LoadedModel, unverified: bool | None = None) -> None
         try:
             result.checks = quick_checks(model)
         except Exception as exc:  # a model whose own forward fails is bad input, not a bug here
-            from horizon.core.loader import first_line
+            from horizon.core.model_files import first_line
 
             raise HorizonError(f"{_named(model)} fails a forward pass on a short prompt: "
                                f"{type(exc).__name__}: {first_line(exc, 80)}") from None
