@@ -17,6 +17,7 @@ model is named, placed and described the same way by every command.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -446,8 +447,12 @@ def load_model(
         model_hash = f"dir:{content_hash(path, files)}"
         reload = str(path.resolve())
     elif os.path.islink(Path(spec).expanduser()) and not Path(spec).expanduser().exists():
-        raise HorizonError(f"{short_text(spec)} is a symbolic link that leads nowhere: a loop, or a link to a "
-                           "missing file")
+        try:
+            Path(spec).expanduser().stat()
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise HorizonError(f"model path {short_text(spec)} is a symbolic link loop") from None
+        raise HorizonError(f"model path {short_text(spec)} is a symbolic link to nothing (its target is missing)")
     elif Path(spec).expanduser().exists():
         raise HorizonError(f"{spec} is not a model: give a .gguf file, an HF model directory (with config.json), "
                            "a hub id or a name from `horizon models`")

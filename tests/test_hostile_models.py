@@ -173,8 +173,8 @@ def test_every_hostile_directory_is_one_line_within_bounds(good_dir: Path, tmp_p
     cases["the good directory"] = ["norms", "--model", str(good_dir), *COMMAND[1:]]
     results = _run_limited(cases)
     words = {name: expected for name, (_, expected) in CASES.items()}
-    words["a symlink loop as the model path"] = "is a symbolic link that leads nowhere"
-    words["a dangling symlink as the model path"] = "is a symbolic link that leads nowhere"
+    words["a symlink loop as the model path"] = "is a symbolic link loop"
+    words["a dangling symlink as the model path"] = "is a symbolic link to nothing"
     for name, expected in words.items():
         code, err = results[name]
         assert code == 2, (name, code, err[-1500:])
