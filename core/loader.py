@@ -17,6 +17,7 @@ model is named, placed and described the same way by every command.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -41,6 +42,7 @@ from horizon.core.gguf_files import (
     gguf_cache_path,
     gguf_metadata,
 )
+from horizon.core.model_files import first_line, short_text
 
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI and the app start without it
     import torch
@@ -186,14 +188,34 @@ def _hub_cached(repo_id: str) -> bool:
 def _load_hf_dir_or_hub(
     name: str, local_only: bool, dtype: str = "float32", placement: dict[str, Any] | None = None
 ) -> tuple[Any, Any]:
+    """The HF model and tokenizer from a directory or hub id; refused if its weights do not fill it.
+
+    transformers initialises any weight the files lack at random (and skips any they hold that the
+    model has no place for) with a warning at most: the numbers would change from run to run. A
+    model whose weights do not match its config exactly is refused instead, in one line.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with _quiet():
-        model = AutoModelForCausalLM.from_pretrained(
-            name, dtype=dtype, local_files_only=local_only, attn_implementation="eager", **(placement or {})
+        model, info = AutoModelForCausalLM.from_pretrained(
+            name, dtype=dtype, local_files_only=local_only, attn_implementation="eager", output_loading_info=True,
+            ignore_mismatched_sizes=True, **(placement or {})
         )
         tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
+    _refuse_unmatched_weights(name, info)
     return model, tokenizer
+
+
+def _refuse_unmatched_weights(name: str, info: dict[str, Any]) -> None:
+    """One line naming what does not match: missing, unused or differently shaped weights."""
+    problems = []
+    for key, what in (("missing_keys", "missing (would be random)"), ("unexpected_keys", "unused"),
+                      ("mismatched_keys", "of another shape than config.json says")):
+        found = sorted(entry[0] if isinstance(entry, tuple) else str(entry) for entry in info.get(key) or ())
+        if found:
+            problems.append(f"{len(found)} {what}, e.g. {short_text(found[0], 50)}")
+    if problems:
+        raise HorizonError(f"{short_text(name)}: its weights do not match its config: {'; '.join(problems)}; refused")
 
 
 def multi_device_placement(device_map: str | dict[str, Any] | None, n_devices: int | None) -> dict[str, Any] | None:
@@ -225,6 +247,103 @@ def _dispatch_built_model(model: Any, placement: dict[str, Any]) -> Any:
     elif isinstance(device_map, str):
         device_map = {"": device_map}
     return dispatch_model(model, device_map=device_map)
+
+
+# ----------------------------------------------------------------------------- the bridge
+
+
+def adapter_architecture(hf_model: Any) -> str:
+    """The TransformerLens adapter name for the class transformers actually built.
+
+    The bridge picks its adapter by ``config.architectures``, a list a config file may get wrong
+    (another architecture than the weights, which transformers built by ``model_type``), and that
+    TransformerLens spells its own way (``PhiMoEForCausalLM`` for transformers'
+    ``PhimoeForCausalLM``): the built class, matched without regard to case, is the truth.
+    """
+    from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+
+    built = type(hf_model).__name__
+    by_case = {name.lower(): name for name in SUPPORTED_ARCHITECTURES}
+    if built.lower() not in by_case:
+        import transformer_lens
+
+        model_type = getattr(hf_model.config, "model_type", "?")
+        raise HorizonError(
+            f"{short_text(built, 50)} (model_type {short_text(model_type, 30)}) has no adapter in TransformerLens "
+            f"{getattr(transformer_lens, '__version__', '?')}: its residual stream cannot be hooked here"
+        )
+    return by_case[built.lower()]
+
+
+def _align_norm_epsilons(bridge: Any) -> None:
+    """Give each bridged norm the epsilon of the HF module it replaces.
+
+    The bridge recomputes every norm itself with one epsilon read from the config under four
+    names (rms_norm_eps, layer_norm_eps, layer_norm_epsilon, norm_eps); a family that names it
+    otherwise (StarCoder2's norm_epsilon) got the default 1e-5, and its numbers were off by 7%
+    on a tiny model with eps 1e-4. The module's own value is the one HF uses.
+    """
+    import copy
+
+    from transformer_lens.model_bridge.generalized_components import NormalizationBridge
+
+    for module in bridge.modules():
+        if not isinstance(module, NormalizationBridge) or module.original_component is None:
+            continue
+        original = module.original_component
+        eps = getattr(original, "variance_epsilon", None)
+        eps = getattr(original, "eps", None) if eps is None else eps
+        if isinstance(eps, float) and eps != getattr(module.config, "eps", None):
+            module.config = copy.copy(module.config)  # the config is shared: this norm gets its own
+            module.config.eps = eps
+
+
+def bridged_model(
+    spec: str,
+    boot_name: str,
+    hf_model: Any,
+    tokenizer: Any,
+    dtype: torch.dtype,
+    *,
+    source: str,
+    model_hash: str,
+    default_bos: str | None,
+    device: torch.device,
+    placed: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> LoadedModel:
+    """Boot ``hf_model`` into a TransformerBridge and describe it (not verified: see load_model)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    hf_model.config.architectures = [adapter_architecture(hf_model)]
+    try:
+        with _quiet():
+            bridge = TransformerBridge.boot_transformers(boot_name, hf_model=hf_model, tokenizer=tokenizer, dtype=dtype)
+    except Exception as exc:
+        raise HorizonError(f"TransformerLens cannot bridge {short_text(spec)}: {first_line(exc)}") from None
+    _align_norm_epsilons(bridge)
+    bridge.eval()
+    cfg = bridge.cfg
+    if placed:  # inputs go where the embedding lives
+        device = hf_model.get_input_embeddings().weight.device
+    return LoadedModel(
+        spec=spec,
+        source=source,
+        bridge=bridge,
+        tokenizer=tokenizer,
+        architecture=str(getattr(hf_model.config, "model_type", "unknown")),
+        n_layers=int(cfg.n_layers),
+        d_model=int(cfg.d_model),
+        n_heads=int(cfg.n_heads),
+        n_kv_heads=int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads),
+        n_ctx=int(cfg.n_ctx),
+        default_bos=default_bos,
+        device=device,
+        dtype=dtype,
+        parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)),
+        model_hash=model_hash,
+        extra=dict(extra or {}),
+    )
 
 
 # ----------------------------------------------------------------------------- public API
@@ -311,15 +430,29 @@ def load_model(
         default_bos = BUNDLED_BOS
     elif Path(spec).expanduser().is_dir():
         path = Path(spec).expanduser()
-        if not (path / "config.json").exists():
-            raise HorizonError(f"{path} is a directory but not an HF model (no config.json)")
+        if not os.path.lexists(path / "config.json"):
+            raise HorizonError(f"{short_text(path)} is a directory but not an HF model (no config.json)")
+        from horizon.core.model_files import content_hash, inspect_directory
+
+        files = inspect_directory(path)  # bounded before transformers allocates anything
         try:
             hf_model, tokenizer = _load_hf_dir_or_hub(str(path), True, dtype_name, placement)
+        except HorizonError:
+            raise
         except Exception as exc:
-            raise HorizonError(f"cannot load HF model from {path}: {exc}".splitlines()[0]) from None
+            raise HorizonError(f"cannot load HF model from {short_text(path)}: {first_line(exc)}") from None
         source = str(path.resolve())
-        model_hash = f"dir:{path.resolve()}"
+        # Named by content, not path: a verdict of `horizon verify` follows the weights, so a
+        # directory that is changed (broken or fixed) is verified afresh, whatever ran before.
+        model_hash = f"dir:{content_hash(path, files)}"
         reload = str(path.resolve())
+    elif os.path.islink(Path(spec).expanduser()) and not Path(spec).expanduser().exists():
+        try:
+            Path(spec).expanduser().stat()
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise HorizonError(f"model path {short_text(spec)} is a symbolic link loop") from None
+        raise HorizonError(f"model path {short_text(spec)} is a symbolic link to nothing (its target is missing)")
     elif Path(spec).expanduser().exists():
         raise HorizonError(f"{spec} is not a model: give a .gguf file, an HF model directory (with config.json), "
                            "a hub id or a name from `horizon models`")
@@ -337,8 +470,10 @@ def load_model(
             )
         try:
             hf_model, tokenizer = _load_hf_dir_or_hub(spec, cached, dtype_name, placement)
+        except HorizonError:
+            raise
         except Exception as exc:
-            raise HorizonError(f"cannot load model {spec!r} from the HF hub: {exc}".splitlines()[0]) from None
+            raise HorizonError(f"cannot load model {spec!r} from the HF hub: {first_line(exc)}") from None
         source = f"HF hub: {spec}"
         reload = spec
         model_hash = f"hub:{spec}:{getattr(hf_model.config, '_commit_hash', None) or 'unknown'}"
@@ -347,39 +482,11 @@ def load_model(
         default_bos = tokenizer.bos_token or tokenizer.eos_token
     if placement is None:
         hf_model = hf_model.to(torch_device)
-    from transformer_lens.model_bridge import TransformerBridge
-
-    try:
-        with _quiet():
-            bridge = TransformerBridge.boot_transformers(
-                boot_name, hf_model=hf_model, tokenizer=tokenizer, dtype=torch_dtype
-            )
-    except Exception as exc:
-        raise HorizonError(f"TransformerLens cannot bridge {spec}: {exc}".splitlines()[0]) from None
-    bridge.eval()
-    cfg = bridge.cfg
-    if placement is not None:  # inputs go where the embedding lives
-        torch_device = hf_model.get_input_embeddings().weight.device
-    loaded = LoadedModel(
-        spec=spec,
-        source=source,
-        bridge=bridge,
-        tokenizer=tokenizer,
-        architecture=str(getattr(hf_model.config, "model_type", "unknown")),
-        n_layers=int(cfg.n_layers),
-        d_model=int(cfg.d_model),
-        n_heads=int(cfg.n_heads),
-        n_kv_heads=int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads),
-        n_ctx=int(cfg.n_ctx),
-        default_bos=default_bos,
-        device=torch_device,
-        dtype=torch_dtype,
-        parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)),
-        model_hash=model_hash,
-        # How to build an independent copy of the HF model (`horizon verify` compares with it):
-        # a tiny spec, or what from_pretrained takes (the GGUF cache, a directory, a hub id).
-        extra={"reload": reload},
-    )
+    loaded = bridged_model(spec, boot_name, hf_model, tokenizer, torch_dtype, source=source, model_hash=model_hash,
+                           default_bos=default_bos, device=torch_device, placed=placement is not None,
+                           # How to build an independent copy of the HF model (`horizon verify` compares
+                           # with it): a tiny spec, or what from_pretrained takes (GGUF cache, directory, hub id).
+                           extra={"reload": reload})
     from horizon.core.verify import require_verified
 
     require_verified(loaded, unverified)

@@ -2,7 +2,8 @@
 
 One capture pass per batch records, for every position, the L2 norm and the standard deviation
 over d_model of resid_pre_i (plus the final residual), resid_mid_i, resid_post_i, attn_out_i and
-mlp_out_i. Only these two numbers per vector leave the hook (``run_capture``'s ``reduce``), so a
+mlp_out_i; parallel attention + MLP has no resid_mid (both read resid_pre), reported as absent.
+Only these two numbers per vector leave the hook (``run_capture``'s ``reduce``), so a
 long run never holds a [batch, pos, d_model] tensor per site.
 
 Statistics pool the positions of all prompts, without BOS (position 0) and padding unless asked.
@@ -31,6 +32,7 @@ from horizon.core.analyses.norms import (  # the result type and its pure-numpy 
     NormsReport,
     SiteStats,
     _line_fit,
+    absent_sites,
     aggregate_site,
     appendix1_check,
     default_fit_window,
@@ -75,25 +77,27 @@ def analyse_norms(
     if not token_ids:
         raise HorizonError("no prompt to analyse")
     n_layers = model.n_layers
+    absent = absent_sites(model.parallel_attn_mlp)  # parallel blocks have no resid_mid
+    sites = [site for site in NORM_SITES if site not in absent]
     # [2, rows, T] per prompt and site: norm and std.
-    per_prompt: dict[str, list[np.ndarray]] = {site: [] for site in NORM_SITES}
-    capture_sites = (*NORM_SITES, "final")
+    per_prompt: dict[str, list[np.ndarray]] = {site: [] for site in sites}
+    capture_sites = (*sites, "final")
     for batch in batches(model, token_ids, has_bos, batch_size):
         # the reducer's [2, batch, pos]: positions on axis 2
         capture = run_capture(model, batch.input_ids, capture_sites, reduce=_norm_and_std, stop_after_final=True,
                               position_chunk=position_chunk, position_axis=2)
         # Per-layer sites come back [L, 2, batch, pos]; final [2, batch, pos].
-        layered = {site: capture[site].cpu().permute(2, 1, 0, 3) for site in NORM_SITES}  # [batch, 2, L, pos]
+        layered = {site: capture[site].cpu().permute(2, 1, 0, 3) for site in sites}  # [batch, 2, L, pos]
         final = capture["final"].cpu().permute(1, 0, 2).unsqueeze(2)  # [batch, 2, 1, pos]
         layered["resid_pre"] = torch.cat((layered["resid_pre"], final), dim=2)
         for row, length in enumerate(batch.lengths):
-            for site in NORM_SITES:
+            for site in sites:
                 per_prompt[site].append(layered[site][row, :, :, :length].numpy().astype(np.float64))
         if progress is not None:
             progress(len(batch.lengths))
 
     stats: dict[str, SiteStats] = {}
-    for site in NORM_SITES:
+    for site in sites:
         stats[site], _ = aggregate_site(per_prompt[site], include_bos, has_bos)
     growth = fit_growth(stats["resid_pre"].mean_norm, fit)
     bos_mean = None
@@ -113,6 +117,7 @@ def analyse_norms(
         appendix1=appendix1_check(stats["resid_pre"].mean_norm, stats["attn_out"].mean_norm,
                                   stats["mlp_out"].mean_norm),
         n_positions=sum(len(ids) - skip for ids in token_ids),
+        absent=absent,
     )
 
 

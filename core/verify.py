@@ -19,7 +19,8 @@ verdicts, and a reader auditing what "verified" means should find every check in
 A model failing a quick check is refused at load with one line naming the check. Verdicts are
 stored under the weight cache, keyed by the model's hash, dtype, library versions and the source
 of this module and core/decomposition.py: the quick one only for models whose hash names their
-content (GGUF sha256, hub commit), so those are checked once per cache; the full one by
+content (GGUF sha256, a directory's sha256 of config and weights, hub commit), so those are
+checked once per content, and a changed directory is never judged by its old verdict; the full one by
 ``horizon verify``, and a stored failure is refused the same way. ``--unverified`` (or
 HORIZON_UNVERIFIED=1) skips both.
 """
@@ -55,25 +56,49 @@ CLAIMED_FAMILIES: dict[str, tuple[str, str]] = {
     "mistral": ("MistralForCausalLM", "as Llama, sliding-window attention on every layer"),
     "qwen2": ("Qwen2ForCausalLM", "as Llama, with q/k/v biases"),
     "qwen3": ("Qwen3ForCausalLM", "as Llama, with q/k norms"),
+    "gemma": ("GemmaForCausalLM", "scaled embedding, RMSNorm scaled by 1 + weight, GeGLU, attention biases here"),
     "gemma2": ("Gemma2ForCausalLM", "sandwich norms (post-attention / post-feedforward), scaled embedding"),
     "gemma3_text": (
         "Gemma3ForCausalLM",
         "sandwich norms, scaled embedding, q/k norms, sliding-window and global layers (Gemma 3 270M)",
     ),
+    "glm": ("GlmForCausalLM", "partial rotary, fused gate/up projection, q/k/v biases"),
+    "glm4": ("Glm4ForCausalLM", "sandwich norms (post-attention, post-MLP), partial rotary"),
+    "nemotron": ("NemotronForCausalLM", "LayerNorm scaled by 1 + weight, partial rotary, squared-ReLU MLP"),
+    "olmo": ("OlmoForCausalLM", "LayerNorm without weights, q/k/v clipping"),
+    "smollm3": ("SmolLM3ForCausalLM", "as Llama, some layers without rotary (NoPE)"),
+    "stablelm": ("StableLmForCausalLM", "LayerNorm, partial rotary, q/k norms, q/k/v biases (sequential blocks)"),
+    "starcoder2": ("Starcoder2ForCausalLM", "LayerNorm (epsilon named norm_epsilon), biases, sliding window"),
     "phi3": ("Phi3ForCausalLM", "fused qkv and gate/up projections"),
     "gpt2": ("GPT2LMHeadModel", "LayerNorm, learned positions (s_0 includes them), fused qkv"),
+    "gpt_bigcode": ("GPTBigCodeForCausalLM", "multi-query attention, learned positions"),
     "gpt_neo": ("GPTNeoForCausalLM", "alternating local (windowed) and global attention"),
     "opt": ("OPTForCausalLM", "learned positions with an offset, ReLU MLP"),
+    "bloom": ("BloomForCausalLM", "ALiBi, a LayerNorm on the embedding (s_0 is its output), fused qkv"),
+    "falcon": ("FalconForCausalLM", "sequential blocks (parallel_attn false), rotary or ALiBi, biases"),
+    "mixtral": ("MixtralForCausalLM", "sparse MoE MLP (top 2 of 4 experts here)"),
+    "phimoe": ("PhimoeForCausalLM", "sparse MoE, LayerNorm (TransformerLens spells it PhiMoEForCausalLM)"),
+    "qwen2_moe": ("Qwen2MoeForCausalLM", "sparse MoE with a gated shared expert"),
+    "qwen3_moe": ("Qwen3MoeForCausalLM", "sparse MoE, q/k norms"),
+    "olmoe": ("OlmoeForCausalLM", "sparse MoE, q/k norms, q/k/v clipping"),
+    "deepseek_v3": (
+        "DeepseekV3ForCausalLM",
+        "multi-head latent attention, grouped MoE routing with a shared expert, a dense first layer",
+    ),
+    "jetmoe": ("JetMoeForCausalLM", "mixture of attention heads and an MoE MLP"),
+    "llama4_text": ("Llama4ForCausalLM", "MoE on alternate layers with a shared expert, NoPE layers"),
+    "gpt_oss": ("GptOssForCausalLM", "attention sinks (pattern rows sum to < 1 by design), sliding window, MoE"),
     "gpt_neox": ("GPTNeoXForCausalLM", "parallel attention + MLP: both read resid_pre (horizon refused)"),
     "gptj": ("GPTJForCausalLM", "parallel attention + MLP with one shared norm (horizon refused)"),
     "phi": ("PhiForCausalLM", "parallel attention + MLP with one shared norm (horizon refused)"),
+    "cohere": ("CohereForCausalLM", "parallel attention + MLP with one shared norm, logit scale (horizon refused)"),
 }
 # Bridged by TransformerLens but refused here, with the reason (also checked by the tests).
+POST_NORM = "post-norm only: sublayers read the raw stream, no pre-norm input to hook a reader at"
 REFUSED_FAMILIES: dict[str, tuple[str, str]] = {
-    "olmo2": (
-        "Olmo2ForCausalLM",
-        "post-norm only: sublayers read the raw stream, no pre-norm input to hook a reader at (sites check)",
-    ),
+    "olmo2": ("Olmo2ForCausalLM", f"{POST_NORM} (sites check)"),
+    "olmo3": ("Olmo3ForCausalLM", f"{POST_NORM} (sites check)"),
+    "exaone4": ("Exaone4ForCausalLM", f"{POST_NORM} (sites check)"),
 }
 
 # Relative-error bars per dtype: float32 sums agree to rounding; half precision adds one
@@ -217,6 +242,28 @@ def _presence_check(name: str, missing: list[str], shown: int, found: str) -> Ch
     return Check(name, not missing, float(len(missing)), 0.0, detail)
 
 
+def _post_norm(model: LoadedModel) -> bool:
+    """Blocks that norm each sublayer's output but not its input (OLMo 2/3, EXAONE 4)."""
+    names = model.bridge.hook_dict
+    return "blocks.0.ln1_post.hook_in" in names and "blocks.0.ln1.hook_in" not in names
+
+
+def _attention_sinks(model: LoadedModel) -> list[torch.Tensor | None]:
+    """Per layer, the attention module's sink logits [heads] (gpt-oss), or None.
+
+    A sink is an extra key every query may attend to, outside the sequence: HF takes the softmax
+    over the scores and the sink, then drops the sink's column, so a pattern row sums to 1 minus
+    the sink's share, by design.
+    """
+    blocks = getattr(model.bridge, "blocks", None) or []
+    sinks: list[torch.Tensor | None] = []
+    for block in blocks:
+        original = getattr(getattr(block, "attn", None), "original_component", None)
+        value = getattr(original, "sinks", None)
+        sinks.append(value.detach() if isinstance(value, torch.Tensor) else None)
+    return sinks
+
+
 def structural_checks(model: LoadedModel) -> list[Check]:
     """Hook sites, the final norm, attention-pattern hooks: no forward pass."""
     names = model.bridge.hook_dict
@@ -227,7 +274,10 @@ def structural_checks(model: LoadedModel) -> list[Check]:
     n_blocks = len(blocks) if blocks is not None else 0
     if n_blocks != model.n_layers:
         missing.insert(0, f"blocks ({n_blocks} of {model.n_layers})")
-    checks.append(_presence_check("sites", missing, 3, f"{len(needed)} reader and writer hooks found"))
+    sites = _presence_check("sites", missing, 3, f"{len(needed)} reader and writer hooks found")
+    if missing and _post_norm(model):
+        sites.detail = POST_NORM  # why the readers are missing, not which
+    checks.append(sites)
     final = getattr(model.bridge, "ln_final", None)
     module = getattr(final, "original_component", None)
     kind = type(module).__name__ if module is not None else "none"
@@ -319,18 +369,25 @@ def full_horizon_check(model: LoadedModel, ids: torch.Tensor) -> Check:
 
 def attention_check(model: LoadedModel, ids: torch.Tensor) -> Check:
     names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.n_layers)]
-    store, _ = _record(model, ids, names, logits=False)
+    sinks = _attention_sinks(model)
+    scores = {layer: f"blocks.{layer}.attn.hook_attn_scores" for layer, sink in enumerate(sinks) if sink is not None}
+    store, _ = _record(model, ids, names + list(scores.values()), logits=False)
     implementation = attn_implementation(model)
-    if len(store) != len(names):
+    if len(store) != len(names) + len(scores):
         return Check("attention", False, None, None, f"patterns not produced ({implementation} attention)")
     windows = sliding_windows(model)
     worst = 0.0
     n_pos = ids.shape[1]
     query = torch.arange(n_pos, device=ids.device).unsqueeze(1)
     key = torch.arange(n_pos, device=ids.device).unsqueeze(0)
-    for name, window in zip(names, windows, strict=True):
+    for layer, (name, window) in enumerate(zip(names, windows, strict=True)):
         pattern = store[name].double()  # [batch, head, query, key]
-        worst = max(worst, float((pattern.sum(dim=-1) - 1).abs().max()))
+        row_sum: torch.Tensor | float = 1.0
+        if layer in scores:  # 1 minus the sink's share of the softmax over [scores, sink]
+            logits = store[scores[layer]].double()
+            sink = sinks[layer].double().to(logits.device).view(1, -1, 1, 1).expand(*logits.shape[:3], 1)
+            row_sum = 1 - torch.cat((logits, sink), dim=-1).softmax(dim=-1)[..., -1]
+        worst = max(worst, float((pattern.sum(dim=-1) - row_sum).abs().max()))
         forbidden = key > query
         if window is not None:
             forbidden = forbidden | (query - key >= window)
@@ -341,6 +398,8 @@ def attention_check(model: LoadedModel, ids: torch.Tensor) -> Check:
         layout = (
             f"{len(local)} sliding-window layer(s) (window {windows[local[0]]}), {model.n_layers - len(local)} global"
         )
+    if scores:
+        layout += f"; sinks on {len(scores)} layer(s) (rows sum to 1 minus the sink's share)"
     bar = LOGITS_BAR.get(model.dtype, 1e-4)
     return Check("attention", worst <= bar, worst, bar, f"{implementation} attention; {layout}")
 
@@ -387,12 +446,10 @@ def _verdict_path(model: LoadedModel, level: str = "full") -> Path:
 
 
 def _content_keyed(model: LoadedModel) -> bool:
-    """Whether the model hash names the weights' content (a GGUF's sha256, a hub commit)."""
+    """Whether the model hash names the weights' content (a GGUF's or a directory's sha256, a hub commit)."""
     from horizon.core.loader import TINY_MODELS
 
-    return not (
-        model.model_hash.startswith("dir:") or model.model_hash.endswith(":unknown") or model.spec in TINY_MODELS
-    )
+    return not (model.model_hash.endswith(":unknown") or model.spec in TINY_MODELS)
 
 
 def store_verdict(model: LoadedModel, result: Verification, level: str = "full") -> Path:
@@ -412,13 +469,26 @@ def stored_verdict(model: LoadedModel, level: str = "full") -> dict[str, Any] | 
         return None
 
 
+REFUSAL_WIDTH = 200
+
+
+def _named(model: LoadedModel) -> str:
+    """'spec (architecture)', both cut short: a refusal is one line of about 200 characters at most."""
+    from horizon.core.model_files import short_text
+
+    return f"{short_text(model.spec, 40)} ({short_text(model.architecture, 20)})"
+
+
 def _refusal(model: LoadedModel, check: dict[str, Any], where: str) -> HorizonError:
-    measured = check.get("measured")
-    numbers = "" if measured is None else f" (measured {measured:.3g}, bar {check.get('bar'):g})"
-    return HorizonError(
-        f"{model.spec} ({model.architecture}) failed the {check['name']} check{where}{numbers}: {check['detail']}; "
-        "its analyses would be wrong (--unverified to run anyway)"
-    )
+    detail = str(check.get("detail", ""))
+    if check.get("name") == "sites" and detail == POST_NORM:
+        return HorizonError(f"{_named(model)} cannot be analysed here: {POST_NORM}")
+    measured, bar = check.get("measured"), check.get("bar")
+    numbers = "" if measured is None or bar is None else f" (measured {measured:.3g}, bar {bar:g})"
+    head = f"{_named(model)} failed the {check.get('name')} check{where}{numbers}: "
+    tail = "; refused (--unverified overrides)"
+    room = max(20, REFUSAL_WIDTH - len(head) - len(tail))  # the detail gives way: the line stays one line
+    return HorizonError(head + (detail if len(detail) <= room else detail[: room - 1] + "…") + tail)
 
 
 def require_verified(model: LoadedModel, unverified: bool | None = None) -> None:
@@ -439,7 +509,13 @@ def require_verified(model: LoadedModel, unverified: bool | None = None) -> None
     quick = stored_verdict(model, "quick") if cacheable else None
     if quick is None:
         result = Verification.of(model)
-        result.checks = quick_checks(model)
+        try:
+            result.checks = quick_checks(model)
+        except Exception as exc:  # a model whose own forward fails is bad input, not a bug here
+            from horizon.core.model_files import first_line
+
+            raise HorizonError(f"{_named(model)} fails a forward pass on a short prompt: "
+                               f"{type(exc).__name__}: {first_line(exc, 80)}") from None
         quick = result.to_dict()
         if cacheable:
             with contextlib.suppress(OSError):  # a read-only cache only costs the next load a pass

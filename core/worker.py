@@ -147,6 +147,7 @@ class SweepWorker:
                 "spec": model.spec, "hash": model.model_hash, "source": model.source,
                 "architecture": model.architecture, "n_layers": model.n_layers, "d_model": model.d_model,
                 "n_heads": model.n_heads, "n_kv_heads": model.n_kv_heads, "n_ctx": model.n_ctx,
+                "parallel_attn_mlp": model.parallel_attn_mlp,  # no resid_mid rows (core/analyses/norms.py)
             },
             "device": str(model.device),
             "dtype": str(model.dtype).removeprefix("torch."),

@@ -1,124 +1,114 @@
 """`horizon verify` and the refusal of unverified models, on tiny random-weight models of every family.
 
 Each family is built from transformers' own config class (no download) with seeded random
-weights, bridged like ``load_model`` bridges a tiny model, and verified against a second,
-independently built copy. The README's table of claimed families is generated from these results
-(``python -m tests.test_verify`` prints it) and checked here.
+weights and non-default config values (tests/families.py), bridged like ``load_model`` bridges
+every model, verified against a second, independently built copy, and its residual norms and
+patched losses held to that copy's plain HF hooks. The README's table of claimed families is
+generated from these results (``python -m tests.test_verify`` prints it) and checked here.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from horizon.core import verify as V
 from horizon.core.errors import HorizonError
-from horizon.core.loader import LoadedModel, bundled_tokenizer, load_model
+from horizon.core.loader import load_model
+
+from tests.families import family_model, hf_family_model, plain_run
+
+__all__ = ["family_model"]  # tests/test_position_chunks.py builds its family models here
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE_START, TABLE_END = "<!-- families:start -->", "<!-- families:end -->"
 CHECK_COLUMNS = ("sites", "final_norm", "decomposition", "readers", "logits", "full_horizon", "attention")
 
 
-def family_config(family: str, vocab_size: int):
-    """A 2-layer, d_model-64 config of ``family`` from transformers' own config class."""
-    import transformers as T
+@dataclass
+class FamilyResult:
+    """Everything measured on one tiny family model against its independently built plain HF copy."""
 
-    common = dict(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        max_position_embeddings=256,
+    verification: V.Verification
+    parallel: bool
+    norm_error: float  # worst relative error of our per-position stream norms vs the plain HF hooks'
+    clean_loss: tuple[float, float]  # (ours, plain HF)
+    # (K, our loss, plain loss, our logits' error vs plain, how far plain's logits moved from clean)
+    patched: list[tuple[int, float, float, float, float]] = field(default_factory=list)
+
+
+def _mean_ce(logits: torch.Tensor, input_ids: torch.Tensor) -> float:
+    return float(F.cross_entropy(logits[0, :-1].double(), input_ids[0, 1:]))
+
+
+def measure_family(family: str) -> FamilyResult:
+    """Verify ``family`` and hold its norms and patched losses to plain HF hooks (tests/families.py)."""
+    from horizon.core.horizon import HorizonConfig, clean_runs, patch
+    from horizon.core.norms import analyse_norms
+
+    model = family_model(family)
+    reference = hf_family_model(family, len(model.tokenizer))
+    verification = V.verify(model, reference=reference)
+    result = FamilyResult(verification, model.parallel_attn_mlp, float("nan"), (float("nan"), float("nan")))
+    if not verification.checks[0].passed:  # refused: no reader sites to measure at
+        return result
+    ids = V._prompt_ids(model, V.VERIFY_PROMPT)
+    clean_logits, stream = plain_run(reference, ids, model.parallel_attn_mlp)
+    # Readers' inputs: resid_pre_i (sequential: then resid_mid_i) per layer, then the final residual.
+    per_layer = 1 if model.parallel_attn_mlp else 2
+    assert len(stream) == per_layer * model.n_layers + 1, "a plain norm module ran more than once"
+    expected = {"resid_pre": [stream[per_layer * i] for i in range(model.n_layers)] + [stream[-1]]}
+    expected["resid_post"] = expected["resid_pre"][1:]
+    if not model.parallel_attn_mlp:
+        expected["resid_mid"] = [stream[2 * i + 1] for i in range(model.n_layers)]
+    report = analyse_norms(model, ids.tolist(), has_bos=True, include_bos=True)
+    result.norm_error = max(
+        float(np.abs(report.norms[site][0][row] - plain[0].double().norm(dim=-1).numpy()).max()
+              / plain[0].double().norm(dim=-1).max())
+        for site, rows in expected.items() for row, plain in enumerate(rows)
     )
-    gqa = dict(num_key_value_heads=2)
-    positions = dict(n_embd=64, n_layer=2, n_head=4, n_positions=256, vocab_size=vocab_size)
-    configs = {
-        "llama": lambda: T.LlamaConfig(**common, **gqa),
-        "mistral": lambda: T.MistralConfig(**common, **gqa, sliding_window=4),
-        "qwen2": lambda: T.Qwen2Config(**common, **gqa),
-        "qwen3": lambda: T.Qwen3Config(**common, **gqa, head_dim=16),
-        "gemma2": lambda: T.Gemma2Config(**common, **gqa, head_dim=16),
-        "gemma3_text": lambda: T.Gemma3TextConfig(
-            **common, **gqa, head_dim=16, sliding_window=4, layer_types=["sliding_attention", "full_attention"]
-        ),
-        "phi3": lambda: T.Phi3Config(**common, **gqa),
-        "gpt2": lambda: T.GPT2Config(**positions),
-        "gpt_neo": lambda: T.GPTNeoConfig(
-            **common, attention_types=[[["local", "global"], 1]], num_layers=2, num_heads=4, window_size=4
-        ),
-        "opt": lambda: T.OPTConfig(**common, ffn_dim=128, word_embed_proj_dim=64),
-        "gpt_neox": lambda: T.GPTNeoXConfig(**common),
-        "gptj": lambda: T.GPTJConfig(**positions, rotary_dim=8),
-        "phi": lambda: T.PhiConfig(**common),
-        "olmo2": lambda: T.Olmo2Config(**common, **gqa),
-    }
-    return configs[family]()
+    if model.parallel_attn_mlp:
+        return result  # the horizon is refused on parallel blocks
+    token_ids = ids.tolist()
+    cleans = clean_runs(model, token_ids)  # one clean run for every K
+    plain_logits, _ = plain_run(reference, ids, horizons=list(HORIZONS))  # one batch row per K
+    for row, horizon in enumerate(HORIZONS):
+        ours = patch(model, token_ids, HorizonConfig(horizon), keep_logits=True, cleans=cleans)
+        plain = plain_logits[row : row + 1].double()
+        scale = plain[0].abs().max()
+        error = float((ours.logits[0].double() - plain[0]).abs().max() / scale)
+        moved = float((plain[0] - clean_logits[0].double()).abs().max() / scale)
+        result.patched.append((horizon, ours.loss_patched, _mean_ce(plain, ids), error, moved))
+        result.clean_loss = (ours.loss_clean, _mean_ce(clean_logits, ids))
+    return result
 
 
-def _hf_model(family: str, vocab_size: int):
-    from transformers import AutoModelForCausalLM
-
-    config = family_config(family, vocab_size)
-    state = torch.random.get_rng_state()
-    torch.manual_seed(0)
-    try:
-        model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
-    finally:
-        torch.random.set_rng_state(state)
-    model.config.architectures = [type(model).__name__]  # the bridge picks its adapter by this
-    return model
+# K = 1..4 sublayers on 2 layers: every reader from the first MLP on reads a window, the last
+# (K = 4 = 2L) drops only the embedding.
+HORIZONS = (1, 2, 3, 4)
 
 
-@functools.cache
-def _tokenizer():
-    return bundled_tokenizer()
+@pytest.fixture(scope="module")
+def measured() -> dict[str, FamilyResult]:
+    """Every family built once (and its plain copy once), measured once, for all the tests below."""
+    return {family: measure_family(family) for family in (*V.CLAIMED_FAMILIES, *V.REFUSED_FAMILIES)}
 
 
-def family_model(family: str) -> LoadedModel:
-    """A tiny ``family`` model booted into the bridge the way load_model boots tiny-llama."""
-    from horizon.core.loader import _quiet
-    from transformer_lens.model_bridge import TransformerBridge
-
-    tokenizer = _tokenizer()
-    hf_model = _hf_model(family, len(tokenizer))
-    with _quiet():
-        bridge = TransformerBridge.boot_transformers(family, hf_model=hf_model, tokenizer=tokenizer)
-    bridge.eval()
-    cfg = bridge.cfg
-    return LoadedModel(
-        spec=f"tiny-{family}",
-        source="random weights (seed 0)",
-        bridge=bridge,
-        tokenizer=tokenizer,
-        architecture=hf_model.config.model_type,
-        n_layers=int(cfg.n_layers),
-        d_model=int(cfg.d_model),
-        n_heads=int(cfg.n_heads),
-        n_kv_heads=int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads),
-        n_ctx=int(cfg.n_ctx),
-        default_bos="<|endoftext|>",
-        device=torch.device("cpu"),
-        dtype=torch.float32,
-        parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)),
-        model_hash=f"tiny-{family}",
-    )
+@pytest.fixture(scope="module")
+def verified(measured: dict[str, FamilyResult]) -> dict[str, V.Verification]:
+    return {family: result.verification for family, result in measured.items()}
 
 
 def verify_family(family: str) -> V.Verification:
     model = family_model(family)
-    return V.verify(model, reference=_hf_model(family, len(model.tokenizer)))
-
-
-@pytest.fixture(scope="module")
-def verified() -> dict[str, V.Verification]:
-    return {family: verify_family(family) for family in (*V.CLAIMED_FAMILIES, *V.REFUSED_FAMILIES)}
+    return V.verify(model, reference=hf_family_model(family, len(model.tokenizer)))
 
 
 def family_table(results: dict[str, V.Verification]) -> str:
@@ -138,20 +128,50 @@ def family_table(results: dict[str, V.Verification]) -> str:
 
 
 @pytest.mark.parametrize("family", list(V.CLAIMED_FAMILIES))
-def test_claimed_family_passes_every_check(family: str, verified: dict[str, V.Verification]) -> None:
-    result = verified[family]
+def test_claimed_family_passes_every_check(family: str, measured: dict[str, FamilyResult]) -> None:
+    result = measured[family].verification
     assert result.passed, [(c.name, c.measured, c.detail) for c in result.failed]
     names = {check.name for check in result.checks}
     assert set(CHECK_COLUMNS) <= names
     horizon = next(check for check in result.checks if check.name == "full_horizon")
-    parallel = "parallel" in V.CLAIMED_FAMILIES[family][1]
+    parallel = measured[family].parallel
     assert horizon.passed is (None if parallel else True)
+    assert parallel == ("parallel attention" in V.CLAIMED_FAMILIES[family][1])  # the table says which
 
 
-def test_refused_family_fails_a_named_check(verified: dict[str, V.Verification]) -> None:
-    result = verified["olmo2"]
+# The engine's readout multiplies the final residual by the raw unembedding; Gemma 2 caps its
+# logits (final_logit_softcapping) after that, so its patched logits differ by 2e-4 here. The
+# readout is issue 22's "model's own head" (another branch): strict, so the fix shows up here.
+READOUT_GAPS = {"gemma2": "the readout skips Gemma 2's final_logit_softcapping (issue 22, the model's own head)"}
+
+
+@pytest.mark.parametrize("family", [
+    pytest.param(family, marks=pytest.mark.xfail(strict=True, reason=READOUT_GAPS[family]))
+    if family in READOUT_GAPS else family for family in V.CLAIMED_FAMILIES
+])
+def test_claimed_family_gives_plain_hf_numbers(family: str, measured: dict[str, FamilyResult]) -> None:
+    """Per-position norms of every stream site, the clean loss and the patched losses at K = 1..4
+    equal an independent computation with plain HF hooks on a second copy of the model."""
+    result = measured[family]
+    assert result.norm_error <= 1e-5, result.norm_error
+    if result.parallel:
+        assert result.patched == []
+        return
+    ours, plain = result.clean_loss
+    assert ours == pytest.approx(plain, abs=1e-5)
+    assert [k for k, *_ in result.patched] == list(HORIZONS)
+    for horizon, loss, plain_loss, logit_error, moved in result.patched:
+        assert logit_error <= 1e-5, (horizon, logit_error)
+        assert loss == pytest.approx(plain_loss, abs=1e-5), horizon
+        # The comparison can fail: every patch moves the logits 100x beyond the tolerance.
+        assert moved > 1e-3, (horizon, moved)
+
+
+@pytest.mark.parametrize("family", list(V.REFUSED_FAMILIES))
+def test_refused_family_fails_a_named_check(family: str, measured: dict[str, FamilyResult]) -> None:
+    result = measured[family].verification
     assert [check.name for check in result.failed] == ["sites"]
-    assert "ln1.hook_in" in result.failed[0].detail
+    assert result.failed[0].detail == V.POST_NORM
 
 
 def test_sliding_windows_are_seen_in_the_patterns(verified: dict[str, V.Verification]) -> None:
@@ -173,6 +193,82 @@ def test_attention_check_catches_a_wrong_window(monkeypatch: pytest.MonkeyPatch)
     assert V.attention_check(model, ids).passed
     monkeypatch.setattr(V, "sliding_windows", lambda m: [2, None])
     assert V.attention_check(model, ids).passed is False
+
+
+def test_attention_check_understands_sinks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gpt-oss rows sum to 1 minus the sink's share; a check blind to sinks sees rows far from 1."""
+    model = family_model("gpt_oss")
+    ids = V._prompt_ids(model, V.VERIFY_PROMPT)
+    check = V.attention_check(model, ids)
+    assert check.passed and "sinks on 2 layer(s)" in check.detail, check
+    monkeypatch.setattr(V, "_attention_sinks", lambda m: [None] * m.n_layers)
+    blind = V.attention_check(model, ids)
+    assert blind.passed is False and blind.measured > 0.1  # HF's rows sum to 0.49-0.96 by design
+
+
+def test_attention_check_catches_wrong_sinks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sink term is measured, not assumed: other sink logits than the model's fail the check."""
+    model = family_model("gpt_oss")
+    ids = V._prompt_ids(model, V.VERIFY_PROMPT)
+    real = V._attention_sinks
+    monkeypatch.setattr(V, "_attention_sinks", lambda m: [sink + 1.0 for sink in real(m)])
+    assert V.attention_check(model, ids).passed is False
+
+
+def test_norm_epsilons_come_from_the_modules(monkeypatch: pytest.MonkeyPatch) -> None:
+    """StarCoder2 names its epsilon norm_epsilon, which the bridge does not read: without the
+    loader's alignment every norm used 1e-5 instead of the model's 1e-4 and the logits were off."""
+    from horizon.core import loader
+
+    model = family_model("starcoder2")
+    reference = hf_family_model("starcoder2", len(model.tokenizer))
+    ids = V._prompt_ids(model, V.VERIFY_PROMPT)
+    assert V.logits_check(model, ids, reference).passed
+    monkeypatch.setattr(loader, "_align_norm_epsilons", lambda bridge: None)
+    unaligned = V.logits_check(family_model("starcoder2"), ids, reference)
+    assert unaligned.passed is False and unaligned.measured > 1e-2
+
+
+def test_a_config_that_breaks_the_decomposition_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """BLOOM with apply_residual_connection_post_layernorm adds the *normed* stream back: the
+    residual is not the sum of the sublayer outputs, and the load checks say so."""
+    monkeypatch.setattr(V, "cache_root", lambda: tmp_path)
+    monkeypatch.delenv(V.ENV_OVERRIDE, raising=False)
+    with pytest.raises(HorizonError, match="failed the decomposition check") as caught:
+        V.require_verified(family_model("bloom_post_ln_residual"))
+    assert "\n" not in str(caught.value) and len(str(caught.value)) <= 200
+
+
+@pytest.mark.parametrize("family", list(V.REFUSED_FAMILIES))
+def test_refused_family_is_one_line_saying_why(family: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(V, "cache_root", lambda: tmp_path)
+    monkeypatch.delenv(V.ENV_OVERRIDE, raising=False)
+    with pytest.raises(HorizonError) as caught:
+        V.require_verified(family_model(family))
+    message = str(caught.value)
+    assert "\n" not in message and len(message) <= 200, message
+    assert "post-norm" in message and "ln1.hook_in" not in message
+
+
+@pytest.mark.parametrize("family", ["biogpt", "falcon_new_decoder"])
+def test_an_unbridgeable_architecture_is_one_short_line(family: str) -> None:
+    """BioGPT has no TransformerLens adapter (the old message listed 180 architectures, 4,200
+    characters); Falcon's new decoder architecture has one that fails on it."""
+    with pytest.raises(HorizonError) as caught:
+        family_model(family)
+    message = str(caught.value)
+    assert "\n" not in message and len(message) <= 200, message
+    assert "BioGptForCausalLM" in message if family == "biogpt" else "cannot bridge" in message
+
+
+def test_class_names_are_matched_without_case() -> None:
+    """transformers builds PhimoeForCausalLM; TransformerLens registers PhiMoEForCausalLM."""
+    from horizon.core.loader import adapter_architecture
+
+    from tests.families import tokenizer
+
+    hf = hf_family_model("phimoe", len(tokenizer()))
+    assert type(hf).__name__ == "PhimoeForCausalLM" and adapter_architecture(hf) == "PhiMoEForCausalLM"
 
 
 def test_attention_report_marks_windowed_and_global_layers() -> None:
@@ -243,6 +339,50 @@ def test_a_stored_failed_verdict_is_refused(tiny_gpt2, tmp_path, monkeypatch) ->
     with pytest.raises(HorizonError, match="failed the attention check of `horizon verify`"):
         V.require_verified(tiny_gpt2)
     V.require_verified(tiny_gpt2, unverified=True)
+
+
+def test_a_directory_is_judged_by_its_content_not_its_path(run_cli, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Verdicts follow the weights: the same directory gets the same answer whether or not
+    `verify` ran first, and a stored verdict of other content never answers for it.
+
+    The break is real: BLOOM's apply_residual_connection_post_layernorm adds the normed stream back,
+    so the decomposition fails (same weights, one config flag)."""
+    from horizon.core import model_files
+
+    from tests.families import save_family_dir
+
+    monkeypatch.setattr(V, "cache_root", lambda: tmp_path / "cache")  # verdicts
+    monkeypatch.setattr(model_files, "cache_root", lambda: tmp_path / "cache")  # content hashes
+    monkeypatch.delenv(V.ENV_OVERRIDE, raising=False)
+    directory = save_family_dir("bloom", tmp_path / "bloom")
+    config_file = directory / "config.json"
+    good = config_file.read_bytes()
+
+    def set_config(broken: bool) -> None:
+        changed = {**json.loads(good), "apply_residual_connection_post_layernorm": True}
+        config_file.write_bytes(json.dumps(changed).encode() if broken else good)
+
+    def status() -> str:
+        try:
+            return load_model(str(directory), device="cpu").extra["verified"]
+        except HorizonError as exc:
+            assert "\n" not in str(exc) and len(str(exc)) <= 200
+            return "refused: " + str(exc)
+
+    assert status() == "quick"  # never verified: the load checks pass
+    code, _, _ = run_cli("verify", "--model", str(directory), "--device", "cpu")
+    assert code == 0 and status() == "full"
+    set_config(broken=True)
+    assert "failed the decomposition check" in status()  # the stored pass is of other content
+    code, _, _ = run_cli("verify", "--model", str(directory), "--device", "cpu")
+    assert code == 1  # stored: a failed verdict of the broken content
+    set_config(broken=False)
+    assert status() == "full"  # fixed: its own verdict answers, not the broken content's
+    set_config(broken=True)
+    assert "failed the decomposition check of `horizon verify`" in status()  # broken again, no verify run
+    stored = sorted(path.name for path in (tmp_path / "cache" / "verified").glob("*.full.json"))
+    assert len(stored) == 2  # one full verdict per content
 
 
 def test_half_precision_bar_scales_with_depth(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,8 +13,9 @@ from a ``ViewState``. Keys, palette and help come from one table (tui/keys.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,6 +41,7 @@ from horizon.tui.widgets.token_grid import TokenGrid
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import BindingType
+from textual.css.query import NoMatches
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, TabbedContent, TabPane
@@ -140,7 +142,8 @@ class HorizonApp(App[None]):
     def _fatal(self, message: str) -> None:
         self.pending.clear()
         self.notify(visible(message), title="cannot start", severity="error", timeout=30, markup=False)
-        self.refresh_status()
+        with self._drawing():
+            self.refresh_status()
 
     def _session_ready(self, session: Source) -> None:
         self.session = session
@@ -148,12 +151,34 @@ class HorizonApp(App[None]):
         n = session.n_layers
         self.set_reactive(HorizonApp.layer, n)  # the final residual: where truncation differs most
         self.set_reactive(HorizonApp.settings, PatchSettings(k=max(1, n // 2)))
-        self.query_one(HorizonPane).configure(n, self.settings)
-        self.start_patch()
-        if self.background:
-            self.pending.update(BACKGROUND)
-            self._run_background(self.prompt_index)
-        self.refresh_all()
+        with self._drawing():
+            self.query_one(HorizonPane).configure(n, self.settings)
+            self.start_patch()
+            if self.background:
+                self.pending.update(BACKGROUND)
+                self._run_background(self.prompt_index)
+            self.refresh_all()
+
+    def _widgets_gone(self) -> bool:
+        """Whether the main screen's widgets are gone (the app closing, its screen taken down)."""
+        try:
+            return self.default_screen.query_one_optional(StatusLine) is None
+        except Exception:  # no default screen left at all
+            return True
+
+    @contextlib.contextmanager
+    def _drawing(self) -> Iterator[None]:
+        """Draw, or drop the drawing when the widgets are gone.
+
+        A worker's message can arrive after the screen it would redraw was taken down (under load,
+        the app closing at the end of a test); the message's news is kept and only the drawing is
+        dropped. A widget missing from a screen that still stands is a bug, and raises.
+        """
+        try:
+            yield
+        except NoMatches:
+            if not self._widgets_gone():
+                raise
 
     # ------------------------------------------------------------------ workers
 
@@ -249,15 +274,17 @@ class HorizonApp(App[None]):
         self.failed.pop(message.name, None)
         if message.seconds is not None:
             self.last_run = (message.name, message.seconds)
-        self.refresh_all()
+        with self._drawing():
+            self.refresh_all()
 
     @on(AnalysisFailed)
     def _job_failed(self, message: AnalysisFailed) -> None:
         self.pending.discard(message.name)
         self.failed[message.name] = message.error
-        self.notify(visible(message.error), title=f"{message.name} failed", severity="error", timeout=10,
-                    markup=False)
-        self.refresh_all()
+        with self._drawing():
+            self.notify(visible(message.error), title=f"{message.name} failed", severity="error", timeout=10,
+                        markup=False)
+            self.refresh_all()
 
     # ------------------------------------------------------------------ drawing
 

@@ -21,6 +21,15 @@ SCHEMA = {"prompt": pa.int32(), "position": pa.int32(), "token": pa.string(), "l
 
 # The sites reported, in display order; resid_pre carries the final residual as its last row.
 NORM_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+# Sites a model does not have, and why: with parallel attention + MLP (GPT-NeoX, GPT-J, Phi,
+# Cohere, parallel Falcon and StableLM) both sublayers read resid_pre and their outputs are added
+# together, so no point of the stream lies between them. Reported as absent, never as a number.
+PARALLEL_ABSENT = {"resid_mid": "parallel attention + MLP: both read resid_pre, no stream lies between them"}
+
+
+def absent_sites(parallel_attn_mlp: bool) -> dict[str, str]:
+    """Site -> why the model has none (empty for sequential blocks)."""
+    return dict(PARALLEL_ABSENT) if parallel_attn_mlp else {}
 QUANTILES = (5, 25, 75, 95)
 FIT_TOLERANCE = 0.05
 MIN_FIT_POINTS = 3
@@ -89,6 +98,7 @@ class NormsReport:
 
     ``norms`` / ``stds``: site -> one numpy array [rows, T] per prompt (BOS included, no padding);
     resid_pre has L+1 rows, the last being the final residual; the other sites have L rows.
+    ``absent``: the sites this model does not have (``absent_sites``), in none of the dicts.
     """
 
     n_layers: int
@@ -102,15 +112,22 @@ class NormsReport:
     bos_mean_norm: np.ndarray | None  # [L+1] mean over prompts of the BOS position's resid_pre norm
     appendix1: dict[str, list[Any]] = field(default_factory=dict)
     n_positions: int = 0  # positions that entered the statistics
+    absent: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def sites(self) -> list[str]:
+        """The sites measured, in display order."""
+        return [site for site in NORM_SITES if site not in self.absent]
 
     def to_json(self) -> dict[str, Any]:
         """The issue's JSON keys, except model / token_ids / tokens, which the CLI adds.
 
         ``sites.<site>.quantiles`` maps each percentile ("5", "25", "75", "95") to a per-layer list;
-        ``per_position`` is [prompt][layer][position], BOS included.
+        ``per_position`` is [prompt][layer][position], BOS included. A site the model does not
+        have is null, and ``absent_sites`` says why.
         """
-        sites = {}
-        for site in NORM_SITES:
+        sites: dict[str, Any] = {site: None for site in self.absent}
+        for site in self.sites:
             entry = self.stats[site].to_json()
             entry["per_position"] = [array.tolist() for array in self.norms[site]]
             entry["per_position_std"] = [array.tolist() for array in self.stds[site]]
@@ -120,7 +137,8 @@ class NormsReport:
             "d_model": self.d_model,
             "include_bos": self.include_bos,
             "n_positions": self.n_positions,
-            "sites": sites,
+            "sites": {site: sites[site] for site in NORM_SITES},
+            "absent_sites": dict(self.absent),
             "growth": self.growth.to_json(),
             "bos": {"mean_norm": None if self.bos_mean_norm is None else self.bos_mean_norm.tolist()},
             "appendix1": self.appendix1,
@@ -243,7 +261,7 @@ def rows(worker: Any, indices: list[int], token_ids: list[list[int]], tokens: li
     for row, prompt in enumerate(indices):
         length = len(token_ids[row])
         prompt_tokens = np.asarray(tokens[row], dtype=object)
-        for site in NORM_SITES:
+        for site in report.sites:
             norms = report.norms[site][row]  # [layers, T]
             stds = report.stds[site][row]
             n_rows = norms.shape[0]
@@ -273,9 +291,13 @@ def view(results: Results, table: pa.Table, manifest: dict[str, Any], has_bos: b
     prompt, position, layer = column(table, "prompt"), column(table, "position"), column(table, "layer")
     norm, std = column(table, "norm").astype(np.float64), column(table, "std").astype(np.float64)
     site = np.asarray(site_names, dtype=object)[site_code]  # only used for the BOS row below
+    model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
+    absent = absent_sites(model.get("parallel_attn_mlp") is True)
     stats = {}
     n_positions = 0
-    for name in NORM_SITES:
+    for name in (name for name in NORM_SITES if name not in absent):
+        if name not in site_names:
+            raise HorizonError(f"the norms table has no {name} rows")
         selected = site_code == site_names.index(name)
         if has_bos:
             selected &= position >= 1  # BOS (position 0) is excluded from statistics (docs/SCIENCE.md s.2)
@@ -295,7 +317,8 @@ def view(results: Results, table: pa.Table, manifest: dict[str, Any], has_bos: b
     return {
         "n_prompts": len(np.unique(prompt)),
         "n_positions": int(n_positions),
-        "sites": {name: value.to_json() for name, value in stats.items()},
+        "sites": {name: stats[name].to_json() if name in stats else None for name in NORM_SITES},
+        "absent_sites": absent,
         "growth": growth.to_json(),
         "bos": {"mean_norm": bos_mean},
         "appendix1": appendix1_check(stats["resid_pre"].mean_norm, stats["attn_out"].mean_norm,
@@ -305,7 +328,8 @@ def view(results: Results, table: pa.Table, manifest: dict[str, Any], has_bos: b
 
 def expected_rows(lengths: list[int], settings: dict[str, Any], model: dict[str, Any]) -> int:
     n_layers = model["n_layers"]
-    return sum(lengths) * (n_layers + 1 + 4 * n_layers)  # resid_pre has the final row too
+    per_layer = len(NORM_SITES) - 1 - len(absent_sites(model.get("parallel_attn_mlp") is True))
+    return sum(lengths) * (n_layers + 1 + per_layer * n_layers)  # resid_pre has the final row too
 
 
 ANALYSIS = Analysis(
@@ -344,8 +368,9 @@ def report_from_rows(view: dict[str, Any], table: pa.Table, prompt_numbers: list
     return NormsReport(
         n_layers=n_layers, d_model=d_model, has_bos=has_bos, include_bos=False,
         norms={site: per_prompt["norm"]}, stds={site: per_prompt["std"]},
-        stats={name: SiteStats.from_json(entry) for name, entry in view["sites"].items()},
+        stats={name: SiteStats.from_json(entry) for name, entry in view["sites"].items() if entry is not None},
         growth=Growth.from_json(view["growth"]),
         bos_mean_norm=None if bos is None else np.asarray(bos, dtype=np.float64),
         appendix1=view.get("appendix1", {}), n_positions=view.get("n_positions", 0),
+        absent={name: str(why) for name, why in (view.get("absent_sites") or {}).items()},
     )

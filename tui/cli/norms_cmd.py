@@ -256,7 +256,10 @@ def render_norms(inputs: Inputs, report: NormsReport, tokens: list[list[str]], p
     )
     console.print()
     for site in NORM_SITES:
-        console.print(site_table(report, site))
+        if site in report.absent:  # said, not drawn: no number stands in for a site the model lacks
+            console.print(f"[bold]{site}[/]  [yellow]none in this model[/] [dim]({report.absent[site]})[/]")
+        else:
+            console.print(site_table(report, site))
         console.print()
     console.print(heat_table(report, tokens[prompt], prompt))
 

@@ -50,6 +50,9 @@ def site_table(report: Any) -> Table:
     table.add_column("max", justify="right", style="dim")
     table.add_column("note", style="dim", no_wrap=True)
     for site in SITE_ROWS:
+        if site in report.absent:  # parallel attention + MLP: no resid_mid, and no number for it
+            table.add_row(site, "", Text("none in this model", style="yellow"), "", "parallel blocks")
+            continue
         means = [float(v) for v in report.stats[site].mean_norm]
         table.add_row(site, fmt(min(means)), Text(log_sparkline(means), style="cyan"), fmt(max(means)), "log")
     ratios = [float(v) for v in report.growth.ratios]
