@@ -664,32 +664,29 @@ async def test_app_ablation_toggle_and_layer_matrix(tiny_llama) -> None:
     from horizon.tui.widgets.layer_matrix import LayerMatrix
     from horizon.tui.widgets.token_grid import TokenGrid
 
+    from tests.pilot import settle
+
     ids = tokenize(tiny_llama, [SHORT_PROMPT])
     session = Session(tiny_llama, [SHORT_PROMPT], ids)
     app = HorizonApp(session=session, background=False)
-
-    async def settle(pilot) -> None:
-        await pilot.pause(0.2)
-        await app.workers.wait_for_complete()
-        await pilot.pause()
 
     def grid_loss() -> np.ndarray:
         return np.array(app.query_one("#horizon-grid", TokenGrid).values[1:], dtype=float)
 
     async with app.run_test(size=(80, 24)) as pilot:
-        await settle(pilot)
+        await settle(app, pilot)
         app.action_show_tab("horizon")
         await pilot.pause()
         k = app.settings.k
         await pilot.press("a")
-        await settle(pilot)
+        await settle(app, pilot)
         assert app.settings.ablation == "mean" and app.settings.only_layer is None
         expected = patch(tiny_llama, ids, HorizonConfig.from_layers(k, ablation="mean"))
         per_token = np.array(expected.per_token_loss_patched[0]) - np.array(expected.per_token_loss_clean[0])
         np.testing.assert_allclose(grid_loss(), per_token, atol=1e-6)
         assert session.cached_scan(0, "mean") is not None  # the curve's mean-ablation scan ran in a worker
         await pilot.press("x")
-        await settle(pilot)
+        await settle(app, pilot)
         n = tiny_llama.n_layers
         assert app.settings.only_layer == n // 2
         matrix = app.query_one(LayerMatrix)
@@ -698,13 +695,13 @@ async def test_app_ablation_toggle_and_layer_matrix(tiny_llama) -> None:
         assert matrix.result.effective_horizon == direct.effective_horizon
         np.testing.assert_allclose(np.array(matrix.result.delta_loss), np.array(direct.delta_loss), atol=1e-5)
         await pilot.press("greater_than_sign", "greater_than_sign")  # layer N + 2 = the final readout
-        await settle(pilot)
+        await settle(app, pilot)
         assert app.settings.only_layer == n and matrix.selected == (n, k)
         expected = patch(tiny_llama, ids, HorizonConfig.from_layers(k, ablation="mean", only_layer=n))
         per_token = np.array(expected.per_token_loss_patched[0]) - np.array(expected.per_token_loss_clean[0])
         np.testing.assert_allclose(grid_loss(), per_token, atol=1e-6)
         await pilot.press("x")
-        await settle(pilot)
+        await settle(app, pilot)
         assert app.settings.only_layer is None and not app.query_one("#matrix-scroll").display
         assert app.query_one("#horizon-curve").display
 

@@ -15,6 +15,7 @@ from horizon.core.norms import analyse_norms
 from horizon.core.prompts import tokenize
 from horizon.core.session import PatchSettings, Session
 from horizon.core.truncation import analyse_truncation
+from horizon.tui import app as app_module
 from horizon.tui.app import HorizonApp
 from horizon.tui.screens.outliers import OutliersTable
 from horizon.tui.widgets.detail import DetailPane
@@ -23,6 +24,8 @@ from horizon.tui.widgets.token_grid import TokenGrid, layout, visible_token
 from rich.console import Console
 from textual.widgets import Static, TabbedContent
 
+from tests.pilot import settle
+
 PROMPT = "The capital of France is Paris. It is known for the Eiffel Tower, and its food is famous."
 SIZE = (80, 24)
 
@@ -30,13 +33,6 @@ SIZE = (80, 24)
 def make_session(model: LoadedModel, prompts: list[str] | None = None) -> Session:
     prompts = prompts or [PROMPT]
     return Session(model, prompts, tokenize(model, prompts))
-
-
-async def settle(app: HorizonApp, pilot) -> None:  # type: ignore[no-untyped-def]
-    """Let debounce timers fire, then wait for every worker and the redraw."""
-    await pilot.pause(0.2)
-    await app.workers.wait_for_complete()
-    await pilot.pause()
 
 
 def plain(widget: Static) -> str:
@@ -155,7 +151,9 @@ async def test_k_slider_recolours_grid_with_engine_loss(tiny_llama: LoadedModel)
 
 
 @pytest.mark.anyio
-async def test_stale_patch_runs_are_never_shown(tiny_llama: LoadedModel) -> None:
+async def test_stale_patch_runs_are_never_shown(tiny_llama: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A debounce long enough that the burst below is one burst however loaded the machine is.
+    monkeypatch.setattr(app_module, "DEBOUNCE_S", 2.0)
     session = make_session(tiny_llama)
     app = HorizonApp(session=session, background=False)
     async with app.run_test(size=SIZE) as pilot:

@@ -15,6 +15,7 @@ from rich.console import Console
 from textual.widgets import DataTable, ProgressBar, Static, TabbedContent
 
 from tests.figure_sweeps import gpt2_dir, llama_dir
+from tests.pilot import settle
 
 FIXTURES = (llama_dir, gpt2_dir)  # the shared sweeps (tiny-llama 4 layers, tiny-gpt2 3 with other settings)
 SIZE = (160, 48)
@@ -24,12 +25,6 @@ def plain(widget: Static) -> str:
     console = Console(width=400, file=io.StringIO(), record=True)
     console.print(widget.content)
     return console.export_text()
-
-
-async def settle(app: HorizonApp, pilot) -> None:  # type: ignore[no-untyped-def]
-    await pilot.pause(0.2)
-    await app.workers.wait_for_complete()
-    await pilot.pause()
 
 
 def compare_app(*directories: Path) -> HorizonApp:

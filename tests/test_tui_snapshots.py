@@ -43,6 +43,7 @@ from pytest_textual_snapshot import SVGImageExtension, normalize_svg
 from syrupy.assertion import SnapshotAssertion
 from textual.widgets import TabbedContent
 
+from tests.pilot import settle
 from tests.snapshot_dir import SNAPSHOT_DIR
 
 PROMPT = "The capital of France is Paris. It is known for the Eiffel Tower, and its food is famous."
@@ -97,13 +98,10 @@ def settle_then(*keys: str):  # type: ignore[no-untyped-def]
     """A run_before: wait for the workers, press ``keys``, wait again (debounce included)."""
 
     async def run_before(pilot) -> None:  # type: ignore[no-untyped-def]
-        await pilot.pause(0.2)
-        await pilot.app.workers.wait_for_complete()
+        await settle(pilot.app, pilot)
         for key in keys:
             await pilot.press(key)
-            await pilot.pause(0.2)
-            await pilot.app.workers.wait_for_complete()
-        await pilot.pause()
+            await settle(pilot.app, pilot)
 
     return run_before
 

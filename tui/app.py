@@ -49,7 +49,7 @@ from textual.worker import get_current_worker
 
 METRICS = ("cosine", "norm", "loss", "kl")
 BACKGROUND = ("truncation", "norms", "attention", "scan")
-DEBOUNCE_S = 0.12
+DEBOUNCE_S = 0.12  # read at each step: a test lengthens it, since a loaded machine spaces keys widely
 
 
 class HorizonApp(App[None]):
@@ -204,8 +204,16 @@ class HorizonApp(App[None]):
             if not worker.is_cancelled:
                 self.post_message(AnalysisReady(name, time.perf_counter() - start))
 
+    @property
+    def patch_scheduled(self) -> bool:
+        """Whether a debounced patched pass waits for its timer (a test settles only once it has started)."""
+        return self._debounce is not None
+
     def start_patch(self) -> None:
         """Run the patched pass for the current settings now (no debounce)."""
+        if self._debounce is not None:
+            self._debounce.stop()
+            self._debounce = None
         if self.session is None or not self.session.can_patch:
             return
         self._patch_generation += 1
