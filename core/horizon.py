@@ -54,6 +54,7 @@ from horizon.core.horizon_metrics import (
     linear_head,
     logits_metrics,
     logits_readout,
+    post_head,
     row_sums,
     token_metrics,
     unembed,
@@ -437,8 +438,8 @@ def _metrics_readout(
 ) -> tuple[Callable[[torch.Tensor], list[TokenMetrics]], int]:
     """The tiled metrics readout of stacked rows against ``clean``, and how many rows one call may take.
 
-    ``head`` is the model's ``linear_head``, found by the caller: finding it reads the bias back to
-    the host, so a caller making many readouts finds it once.
+    ``head`` is the model's ``linear_head`` (its post-head steps included), found by the caller:
+    finding it reads the bias back to the host, so a caller making many readouts finds it once.
     """
     reference = clean.reference
     batch, n_positions = clean.batch_size, clean.outputs.shape[2]
@@ -449,11 +450,11 @@ def _metrics_readout(
         predicting = normed[:, : reference.n_predicting].contiguous()
         n_rows = predicting.shape[0] // batch
         if head is None:  # not a plain linear head: unembed whole, then reduce
-            return logits_metrics(reference, model.bridge.unembed(predicting), n_rows)
+            return logits_metrics(reference, post_head(model).apply_(model.bridge.unembed(predicting)), n_rows)
 
         def tiles() -> Iterator[tuple[slice, torch.Tensor]]:
             buffers: dict[int, torch.Tensor] = {}
-            for columns in vocab_tiles(head[0].shape[0], vocab_tile):
+            for columns in vocab_tiles(head.weight.shape[0], vocab_tile):
                 width = columns.stop - columns.start
                 if width not in buffers:
                     buffers[width] = predicting.new_empty((*predicting.shape[:-1], width))
