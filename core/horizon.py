@@ -350,6 +350,9 @@ class ChunkedClean:
     """
 
     def __init__(self, model: LoadedModel, batch: TokenBatch, position_chunk: int) -> None:
+        from horizon.core.chunking import require_exact_chunks
+
+        require_exact_chunks(model)  # never other numbers than the whole pass (checked at the first use)
         self.model, self.batch = model, batch
         self.chunks = position_chunks(batch.input_ids.shape[1], position_chunk)
 
