@@ -15,7 +15,7 @@ library versions; an engine asked for chunks anyway refuses the same way.
 
 from __future__ import annotations
 
-import importlib.metadata
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -45,14 +45,11 @@ class ChunkVerdict:
 
 def stack() -> str:
     """The library versions a chunked pass depends on, for messages."""
+    from horizon.core.sweep_settings import package_versions
+
+    versions = package_versions()
     names = (("transformers", "transformers"), ("TransformerLens", "transformer-lens"), ("torch", "torch"))
-    versions = []
-    for label, package in names:
-        try:
-            versions.append(f"{label} {importlib.metadata.version(package)}")
-        except importlib.metadata.PackageNotFoundError:
-            versions.append(f"{label} unknown")
-    return ", ".join(versions)
+    return ", ".join(f"{label} {versions.get(name) or 'unknown'}" for label, name in names)
 
 
 def _relative(chunked: torch.Tensor, whole: torch.Tensor) -> float:
@@ -71,13 +68,32 @@ def _ids(model: LoadedModel) -> torch.Tensor:
 
 def check(model: LoadedModel) -> ChunkVerdict:
     """Run the short input whole and in CHECK_CHUNKS chunks; cache and return the verdict."""
-    from horizon.core.capture import chunked_capture, position_chunks, run_capture
+    from horizon.core.capture import position_chunks
     from horizon.core.verify import LOGITS_BAR
 
     ids = _ids(model)
     chunk = -(-ids.shape[1] // CHECK_CHUNKS)
     previous = model.extra.get(_KEY)
     model.extra[_KEY] = _CHECKING  # the engines' guards let the check's own chunks through
+    # A library's warning here (transformers 5.24's "past_key_values is deprecated") is what the
+    # check measures the effect of: it goes into the verdict, not onto the user's stderr.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        errors = _errors(model, ids, chunk, previous)
+    worst = max(errors, key=lambda name: errors[name] if errors[name] == errors[name] else float("inf"))
+    n_chunks = len(position_chunks(ids.shape[1], chunk))
+    detail = f"{ids.shape[1]} tokens in {n_chunks} chunks vs whole ({', '.join(errors)}); worst: {worst}"
+    if caught:
+        detail += f"; library warning: {str(caught[0].message).splitlines()[0][:120]}"
+    verdict = ChunkVerdict(errors[worst], LOGITS_BAR.get(model.dtype, 1e-4), detail)
+    model.extra[_KEY] = verdict
+    return verdict
+
+
+def _errors(model: LoadedModel, ids: torch.Tensor, chunk: int, previous: object) -> dict[str, float]:
+    """Relative error of the chunked pass per compared quantity (the verdict before is put back on failure)."""
+    from horizon.core.capture import chunked_capture, run_capture
+
     try:
         sites = ("resid_pre", "final")
         whole = run_capture(model, ids, sites, keep_logits=True)
@@ -88,17 +104,10 @@ def check(model: LoadedModel) -> ChunkVerdict:
         horizon = _horizon_error(model, ids, chunk)
         if horizon is not None:
             errors["scan"] = horizon
-    except Exception:
+    except BaseException:
         model.extra[_KEY] = previous
         raise
-    worst = max(errors, key=lambda name: errors[name] if errors[name] == errors[name] else float("inf"))
-    n_chunks = len(position_chunks(ids.shape[1], chunk))
-    verdict = ChunkVerdict(
-        errors[worst], LOGITS_BAR.get(model.dtype, 1e-4),
-        f"{ids.shape[1]} tokens in {n_chunks} chunks vs whole ({', '.join(errors)}); worst: {worst}",
-    )
-    model.extra[_KEY] = verdict
-    return verdict
+    return errors
 
 
 def _horizon_error(model: LoadedModel, ids: torch.Tensor, chunk: int) -> float | None:

@@ -18,6 +18,7 @@ import torch
 import transformers as T
 from horizon.core import budget as B
 from horizon.core import chunking
+from horizon.core import verify as V
 from horizon.core.capture import run_capture
 from horizon.core.errors import HorizonError
 from horizon.core.horizon import ChunkedClean, scan
@@ -88,6 +89,25 @@ def test_a_cache_that_drops_earlier_positions_fails_the_check(fresh_verdict: Loa
     assert why is not None and f"transformers {T.__version__}" in why and "TransformerLens" in why
 
 
+def test_the_library_warning_of_a_broken_cache_goes_into_the_verdict(fresh_verdict: LoadedModel,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """transformers 5.24 warned "past_key_values is deprecated" as the chunks went wrong: the warning
+    names the cause in the verdict and does not reach the user's stderr."""
+    import warnings
+
+    def warn_and_forget(self, keys, values, layer_idx, *args, **kwargs):
+        warnings.warn("`past_key_values` is deprecated and will be removed. Use `cache` instead.", FutureWarning,
+                      stacklevel=2)
+        return keys, values
+
+    monkeypatch.setattr(T.DynamicCache, "update", warn_and_forget)
+    with warnings.catch_warnings(record=True) as escaped:
+        warnings.simplefilter("always")
+        verdict = chunking.check(fresh_verdict)
+    assert escaped == [] and not verdict.passed
+    assert "library warning: `past_key_values` is deprecated" in verdict.detail
+
+
 def test_engines_refuse_chunks_that_would_be_wrong(fresh_verdict: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
     from horizon.core.norms import analyse_norms
 
@@ -118,6 +138,16 @@ def test_the_plan_falls_back_to_the_whole_pass_or_refuses(fresh_verdict: LoadedM
     with pytest.raises(HorizonError, match="only in position chunks, and position chunks do not reproduce") as refused:
         B.plan("scan", dims, [1024], roomy)
     assert "\n" not in str(refused.value) and "transformers" in str(refused.value)
+
+
+def test_verify_fails_its_chunking_check(fresh_verdict: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    checks = {check.name: check for check in V.verify(fresh_verdict).checks}
+    assert checks["chunking"].passed and checks["chunking"].measured < 1e-5
+    forget_earlier_positions(monkeypatch, fresh_verdict)
+    result = V.verify(fresh_verdict)
+    failed = {check.name: check for check in result.failed}
+    assert list(failed) == ["chunking"], [(c.name, c.measured) for c in result.failed]
+    assert failed["chunking"].measured > 1e-2 and failed["chunking"].bar == 1e-4
 
 
 # ----------------------------------------------------------------------------- against plain transformers

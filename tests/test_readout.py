@@ -137,3 +137,42 @@ def test_cohere_multiplies_by_its_logit_scale() -> None:
     with torch.inference_mode():
         own = hf_model(ids).logits
     assert float((HM.readout_logits(model, capture["final"]) - own).abs().max()) <= 1e-5 * float(own.abs().max())
+
+
+# ----------------------------------------------------------------------------- verify catches a wrong readout
+
+
+def test_verify_passes_the_right_readout_and_fails_a_dropped_step(pair: tuple[LoadedModel, HFHorizon],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the model's post-head step the readout and the full horizon fail, with the error."""
+    from horizon.core import verify as V
+
+    model, reference = pair
+    result = V.verify(model, reference=reference.hf)
+    assert result.passed, [(c.name, c.measured, c.detail) for c in result.failed]
+    checks = {check.name: check for check in result.checks}
+    assert checks["readout"].measured < 1e-6 and HM.post_head(model).describe() in checks["readout"].detail
+    assert checks["full_horizon"].measured < 1e-4
+    monkeypatch.setattr(HM, "POST_HEAD", ())
+    failed = {check.name: check for check in V.verify(model, reference=reference.hf).failed}
+    assert sorted(failed) == ["full_horizon", "readout"]
+    assert all(check.measured > 100 * check.bar for check in failed.values()), failed
+
+
+def test_a_model_whose_head_is_not_reproduced_is_refused_at_load(pair: tuple[LoadedModel, HFHorizon],
+                                                                 monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """The quick checks (every load) include the readout: an unknown post-head step is one line, not wrong losses."""
+    from horizon.core import verify as V
+    from horizon.core.errors import HorizonError
+
+    model, _ = pair
+    monkeypatch.setattr(V, "cache_root", lambda: tmp_path / "horizon")  # verdicts only
+    monkeypatch.delenv(V.ENV_OVERRIDE, raising=False)
+    monkeypatch.setitem(model.extra, "verified", None)
+    V.require_verified(model)
+    monkeypatch.setattr(V, "cache_root", lambda: tmp_path / "other")  # no stored quick verdict to answer
+    monkeypatch.setattr(HM, "POST_HEAD", ())
+    assert [check.name for check in V.quick_checks(model) if check.passed is False] == ["readout"]
+    with pytest.raises(HorizonError, match="failed the readout check") as refused:
+        V.require_verified(model)
+    assert "\n" not in str(refused.value) and "measured" in str(refused.value)

@@ -266,5 +266,64 @@ def test_quick_verdict_is_cached_for_content_keyed_models(smol, tmp_path, monkey
     assert calls == []  # the stored verdict answered
 
 
+# ----------------------------------------------------------------------------- every check can fail
+
+
+def test_a_decomposition_that_misses_a_sublayer_fails(tiny_llama, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last MLP's output missed (the attention output before it hooked in its place): s_0 + sum s_i
+    no longer reaches the final residual."""
+    real = V._writer_sites
+    monkeypatch.setattr(V, "_writer_sites", lambda model: [*real(model)[:-1], real(model)[-2]])
+    checks = {check.name: check for check in V.verify(tiny_llama).checks}
+    assert checks["decomposition"].passed is False and checks["decomposition"].measured > 1e-2
+
+
+def test_a_wrong_reference_fails_the_logits_check(tiny_llama) -> None:
+    reference, _ = V.independent_hf_model(tiny_llama)
+    ids = V._prompt_ids(tiny_llama, V.VERIFY_PROMPT)
+    assert V.logits_check(tiny_llama, ids, reference).passed
+    with torch.no_grad():
+        reference.lm_head.weight[:, 0] += 0.05  # one column of the head off
+    check = V.logits_check(tiny_llama, ids, reference)
+    assert check.passed is False and check.measured > check.bar
+
+
+def test_a_patched_path_that_misses_a_sublayer_fails_the_full_horizon(tiny_llama, monkeypatch) -> None:
+    """The engine's outputs without attention 1's (its prefix sums miss it): the full horizon is not
+    the clean model any more, while the hooks themselves still decompose."""
+    from horizon.core import horizon as H
+
+    ids = V._prompt_ids(tiny_llama, V.VERIFY_PROMPT)
+    assert V.full_horizon_check(tiny_llama, ids).measured < 1e-5
+    real = H.stack_outputs
+
+    def missing_one(embed, attn, mlp):
+        outputs = real(embed, attn, mlp)
+        outputs[3] = 0
+        return outputs
+
+    monkeypatch.setattr(H, "stack_outputs", missing_one)
+    failed = {check.name: check for check in V.verify(tiny_llama).failed}
+    assert "full_horizon" in failed and failed["full_horizon"].measured > 1e-2
+    assert "decomposition" not in failed and "readout" not in failed
+
+
+def test_a_wrong_block_replay_fails_the_full_horizon(tiny_llama, monkeypatch) -> None:
+    """The staircase replays every block with the clean run's arguments: with the rotary tables of
+    the wrong positions the replayed stream is not the clean one."""
+    from horizon.core.horizon import CleanRun
+
+    real = CleanRun.block_call
+
+    def shifted(self, layer, copies, cache=None):
+        args, kwargs = real(self, layer, copies, cache)
+        cos, sin = kwargs["position_embeddings"]
+        return args, {**kwargs, "position_embeddings": (cos.roll(1, dims=1), sin.roll(1, dims=1))}
+
+    monkeypatch.setattr(CleanRun, "block_call", shifted)
+    check = V.full_horizon_check(tiny_llama, V._prompt_ids(tiny_llama, V.VERIFY_PROMPT))
+    assert check.passed is False and check.measured > 1e-3
+
+
 if __name__ == "__main__":  # print the README table
     sys.stdout.write(family_table({f: verify_family(f) for f in (*V.CLAIMED_FAMILIES, *V.REFUSED_FAMILIES)}) + "\n")
