@@ -325,5 +325,27 @@ def test_a_wrong_block_replay_fails_the_full_horizon(tiny_llama, monkeypatch) ->
     assert check.passed is False and check.measured > 1e-3
 
 
+# ----------------------------------------------------------------------------- versions
+
+
+def test_verify_and_analyses_record_the_versions_and_device(run_cli, tmp_path, monkeypatch) -> None:
+    import importlib.metadata
+
+    import transformers
+
+    monkeypatch.setattr(V, "cache_root", lambda: tmp_path / "horizon")  # verdicts only
+    code, out, _ = run_cli("verify", "--model", "tiny-gpt2", "--device", "cpu", "--reference", "loaded")
+    assert code == 0 and f"transformers {transformers.__version__}" in out and "TransformerLens 4." in out
+    expected = {name: importlib.metadata.version(name)
+                for name in ("horizon-inspector", "torch", "transformers", "transformer-lens")}
+    for args in (("verify", "--reference", "loaded"), ("norms",), ("scan", "--ks", "1"), ("patch", "--k", "1"),
+                 ("attention",), ("truncate", "--lengths", "4")):
+        code, out, err = run_cli(*args, "--model", "tiny-gpt2", "--device", "cpu", "--json")
+        assert code == 0, (args, err)
+        payload = json.loads(out)
+        assert {name: payload["versions"][name] for name in expected} == expected, args
+        assert payload["device"] == "cpu", args
+
+
 if __name__ == "__main__":  # print the README table
     sys.stdout.write(family_table({f: verify_family(f) for f in (*V.CLAIMED_FAMILIES, *V.REFUSED_FAMILIES)}) + "\n")
