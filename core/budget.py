@@ -519,8 +519,8 @@ def plan(analysis: str, dims: ModelDims, token_lengths: list[int], budget: Budge
     faster = speed_chunk(budget, n_tokens) if analysis in ("scan", "norms") else 0
     if (needed or faster) and dims.chunks_refused is not None and (why := dims.chunks_refused()):
         if needed:
-            raise HorizonError(f"a {n_tokens}-token prompt fits in {format_size(budget.total)} only in position "
-                               f"chunks, and {why}")
+            fits = f"{n_tokens} tokens fit in {format_size(budget.total)} only in position chunks"
+            raise HorizonError(f"{fits}, and {why}")
         faster = 0  # chunks were only for speed: the whole pass gives the right numbers, slower
     if analysis == "scan" and (chunk := needed or faster):
         tiling = {"position_chunk": chunk}  # chunked clean runs are never kept

@@ -142,8 +142,8 @@ def refusal(model: LoadedModel) -> str | None:
     found = verdict(model)
     if found is None or found.passed:
         return None
-    return (f"position chunks do not reproduce the whole pass with {stack()} "
-            f"(off by {found.measured:.2g}; requirements.lock pins a stack where they do)")
+    return (f"position chunks are inexact with {stack()} "
+            f"(off by {found.measured:.2g}; requirements.lock pins a stack where they are)")
 
 
 def require_exact_chunks(model: LoadedModel) -> None:
