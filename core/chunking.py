@@ -77,36 +77,41 @@ def check(model: LoadedModel) -> ChunkVerdict:
     model.extra[_KEY] = _CHECKING  # the engines' guards let the check's own chunks through
     # A library's warning here (transformers 5.24's "past_key_values is deprecated") is what the
     # check measures the effect of: it goes into the verdict, not onto the user's stderr.
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        errors = _errors(model, ids, chunk, previous)
+    failure = None
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            errors = _errors(model, ids, chunk)
+    except KeyboardInterrupt:
+        model.extra[_KEY] = previous
+        raise
+    except Exception as exc:  # a stack whose chunked pass does not even run: no chunks, not a traceback
+        errors, failure = {"chunked pass": float("nan")}, str(exc).splitlines()[0][:120] if str(exc) else repr(exc)
     worst = max(errors, key=lambda name: errors[name] if errors[name] == errors[name] else float("inf"))
     n_chunks = len(position_chunks(ids.shape[1], chunk))
     detail = f"{ids.shape[1]} tokens in {n_chunks} chunks vs whole ({', '.join(errors)}); worst: {worst}"
-    if caught:
+    if failure is not None:
+        detail += f"; it failed: {failure}"
+    elif caught:
         detail += f"; library warning: {str(caught[0].message).splitlines()[0][:120]}"
     verdict = ChunkVerdict(errors[worst], LOGITS_BAR.get(model.dtype, 1e-4), detail)
     model.extra[_KEY] = verdict
     return verdict
 
 
-def _errors(model: LoadedModel, ids: torch.Tensor, chunk: int, previous: object) -> dict[str, float]:
-    """Relative error of the chunked pass per compared quantity (the verdict before is put back on failure)."""
+def _errors(model: LoadedModel, ids: torch.Tensor, chunk: int) -> dict[str, float]:
+    """Relative error of the chunked pass per compared quantity."""
     from horizon.core.capture import chunked_capture, run_capture
 
-    try:
-        sites = ("resid_pre", "final")
-        whole = run_capture(model, ids, sites, keep_logits=True)
-        chunked = chunked_capture(model, ids, sites, chunk, keep_logits=True)
-        errors = {site: _relative(chunked[site], whole[site]) for site in sites}
-        assert whole.logits is not None and chunked.logits is not None
-        errors["logits"] = _relative(chunked.logits, whole.logits)
-        horizon = _horizon_error(model, ids, chunk)
-        if horizon is not None:
-            errors["scan"] = horizon
-    except BaseException:
-        model.extra[_KEY] = previous
-        raise
+    sites = ("resid_pre", "final")
+    whole = run_capture(model, ids, sites, keep_logits=True)
+    chunked = chunked_capture(model, ids, sites, chunk, keep_logits=True)
+    errors = {site: _relative(chunked[site], whole[site]) for site in sites}
+    assert whole.logits is not None and chunked.logits is not None
+    errors["logits"] = _relative(chunked.logits, whole.logits)
+    horizon = _horizon_error(model, ids, chunk)
+    if horizon is not None:
+        errors["scan"] = horizon
     return errors
 
 
@@ -142,8 +147,8 @@ def refusal(model: LoadedModel) -> str | None:
     found = verdict(model)
     if found is None or found.passed:
         return None
-    return (f"position chunks are inexact with {stack()} "
-            f"(off by {found.measured:.2g}; requirements.lock pins a stack where they are)")
+    off = f"off by {found.measured:.2g}" if found.measured == found.measured else "a chunked pass fails"
+    return f"position chunks are inexact with {stack()} ({off}; requirements.lock pins a stack where they are)"
 
 
 def require_exact_chunks(model: LoadedModel) -> None:

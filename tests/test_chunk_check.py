@@ -108,6 +108,21 @@ def test_the_library_warning_of_a_broken_cache_goes_into_the_verdict(fresh_verdi
     assert "library warning: `past_key_values` is deprecated" in verdict.detail
 
 
+def test_a_chunked_pass_that_crashes_is_a_failed_check_not_a_traceback(fresh_verdict: LoadedModel,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from horizon.core import capture
+
+    def no_cache(model):
+        raise TypeError("DynamicCache.__init__() got an unexpected keyword argument 'config'")
+
+    monkeypatch.setattr(capture, "new_cache", no_cache)
+    verdict = chunking.check(fresh_verdict)
+    assert not verdict.passed and "it failed: DynamicCache.__init__()" in verdict.detail
+    assert "a chunked pass fails" in (chunking.refusal(fresh_verdict) or "")
+    dims = B.ModelDims.of(fresh_verdict)
+    assert B.plan("norms", dims, [1024], B.Budget(total=64 << 30, fixed=1 << 30, source="test")).position_chunk is None
+
+
 def test_engines_refuse_chunks_that_would_be_wrong(fresh_verdict: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
     from horizon.core.norms import analyse_norms
 
