@@ -278,6 +278,29 @@ def test_a_decomposition_that_misses_a_sublayer_fails(tiny_llama, monkeypatch: p
     assert checks["decomposition"].passed is False and checks["decomposition"].measured > 1e-2
 
 
+def test_a_reader_hooked_at_the_wrong_place_fails_the_readers_check(tiny_llama, monkeypatch) -> None:
+    """Attention 1's reader hooked where the MLP before it reads: it sees r_2, not r_3."""
+    real = V.reader_hook
+    monkeypatch.setattr(V, "reader_hook", lambda j, n_layers: real(j - 1 if j == 3 else j, n_layers))
+    checks = {check.name: check for check in V.quick_checks(tiny_llama)}
+    assert checks["readers"].passed is False and checks["readers"].measured > 1e-2
+    assert "blocks.0.ln2.hook_in" in checks["readers"].detail
+
+
+def test_missing_structure_fails_the_structural_checks(tiny_llama, monkeypatch) -> None:
+    """No final norm module, no attention-pattern hooks, no reader site: each presence check fails."""
+    bridge_type = type(tiny_llama.bridge)
+    real_names = bridge_type.hook_dict.fget(tiny_llama.bridge)
+    without = {name: hook for name, hook in real_names.items()
+               if "hook_pattern" not in name and name != "blocks.1.ln2.hook_in"}
+    monkeypatch.setattr(bridge_type, "hook_dict", property(lambda self: without))
+    monkeypatch.setattr(tiny_llama.bridge, "ln_final", None)
+    checks = {check.name: check for check in V.structural_checks(tiny_llama)}
+    assert checks["sites"].passed is False and "blocks.1.ln2.hook_in" in checks["sites"].detail
+    assert checks["final_norm"].passed is False and checks["final_norm"].detail == "none"
+    assert checks["attention_hooks"].passed is False and checks["attention_hooks"].measured == tiny_llama.n_layers
+
+
 def test_a_wrong_reference_fails_the_logits_check(tiny_llama) -> None:
     reference, _ = V.independent_hf_model(tiny_llama)
     ids = V._prompt_ids(tiny_llama, V.VERIFY_PROMPT)
