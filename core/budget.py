@@ -36,6 +36,9 @@ API (stable: the commands and the sweep's planner call it):
   ``.peak_bytes`` (predicted) and ``.to_json()``. Raises HorizonError, with the numbers, when
   even batch 1 and the smallest tiles cannot fit. For truncate, ``requested`` is the number of
   truncated prompts per pass (its --batch-size) and the full prompts' batch is always chosen.
+  Position chunks only where the model's chunks equal its whole pass (``ModelDims.chunks_refused``,
+  core/chunking.py): otherwise speed chunks give way to the whole pass, and a prompt that fits only
+  in chunks is refused with the reason.
 
 torch is imported lazily (only the CUDA paths touch it; ``ModelDims.of`` reads a loaded model), so the
 sweep's planner and option checks stay light.

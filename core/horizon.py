@@ -17,7 +17,8 @@ Windows are differences of float64 prefix sums (one subtraction per reader, exac
 rounding), and a scan's readout reduces each vocabulary tile of the logits to the metrics while the
 tile is in cache, so no config's full logits are ever held. A long prompt can go through all of it
 in position chunks with KV caches (``ChunkedClean``, ``metric_sums``): windows are per-position
-sums, so only attention needs the positions before, and it reads them from the cache.
+sums, so only attention needs the positions before, and it reads them from the cache (on a stack
+where that holds: core/chunking.py checks it before the model's first chunked pass).
 
 Over 400 lines for a reason: the configuration, the clean run, the patched pass and ``patch`` are
 one pipeline whose invariants (which reader is patched, what the clean run caches for the pass)
