@@ -36,6 +36,9 @@ API (stable: the commands and the sweep's planner call it):
   ``.peak_bytes`` (predicted) and ``.to_json()``. Raises HorizonError, with the numbers, when
   even batch 1 and the smallest tiles cannot fit. For truncate, ``requested`` is the number of
   truncated prompts per pass (its --batch-size) and the full prompts' batch is always chosen.
+  Position chunks only where the model's chunks equal its whole pass (``ModelDims.chunks_refused``,
+  core/chunking.py): otherwise speed chunks give way to the whole pass, and a prompt that fits only
+  in chunks is refused with the reason.
 
 torch is imported lazily (only the CUDA paths touch it; ``ModelDims.of`` reads a loaded model), so the
 sweep's planner and option checks stay light.
@@ -44,7 +47,9 @@ sweep's planner and option checks stay light.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -134,6 +139,9 @@ class ModelDims:
     element_bytes: int = 4  # the activations' dtype (float32: 4, bfloat16: 2)
     weight_bytes: int = 0  # parameters and buffers, resident for the whole run
     kv_width: int = 0  # a layer's key (or value) width per position: n_kv_heads * d_head (0: d_model)
+    # Why position chunks may not run on this model (None: they may), asked only when a plan would
+    # chunk: ``of`` wires in core/chunking.py's self-check, which runs once per loaded model.
+    chunks_refused: Callable[[], str | None] | None = field(default=None, compare=False, repr=False)
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -155,7 +163,14 @@ class ModelDims:
             element_bytes=int(next(module.parameters()).element_size()),
             weight_bytes=int(weights),
             kv_width=model.n_kv_heads * d_head,
+            chunks_refused=functools.partial(_chunks_refused, model),
         )
+
+
+def _chunks_refused(model: LoadedModel) -> str | None:
+    from horizon.core.chunking import refusal
+
+    return refusal(model)
 
 
 @dataclass(frozen=True)
@@ -503,11 +518,18 @@ def plan(analysis: str, dims: ModelDims, token_lengths: list[int], budget: Budge
         held = n_tokens * len(token_lengths)  # padded: an upper bound
         if clean_run_bytes(dims, held) <= budget.working // 2:
             keep, tiling["held_tokens"] = clean_run_bytes(dims, held), held
-    if analysis == "scan" and (chunk := position_chunk(dims, n_tokens, budget) or speed_chunk(budget, n_tokens)):
+    needed = position_chunk(dims, n_tokens, budget) if analysis == "scan" else 0  # for memory
+    faster = speed_chunk(budget, n_tokens) if analysis in ("scan", "norms") else 0
+    if (needed or faster) and dims.chunks_refused is not None and (why := dims.chunks_refused()):
+        if needed:
+            fits = f"{n_tokens} tokens fit in {format_size(budget.total)} only in position chunks"
+            raise HorizonError(f"{fits}, and {why}")
+        faster = 0  # chunks were only for speed: the whole pass gives the right numbers, slower
+    if analysis == "scan" and (chunk := needed or faster):
         tiling = {"position_chunk": chunk}  # chunked clean runs are never kept
         keep = 0
-    elif analysis == "norms" and (chunk := speed_chunk(budget, n_tokens)):
-        tiling["position_chunk"] = chunk
+    elif analysis == "norms" and faster:
+        tiling["position_chunk"] = faster
     # truncate's --batch-size counts truncated prompts per pass; its full prompts' batch is always chosen
     batch = choose_batch_size(analysis, dims, n_tokens, budget, len(token_lengths),
                               None if analysis == "truncate" else requested, tiling.get("held_tokens", 0),

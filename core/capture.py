@@ -77,6 +77,10 @@ def chunked_capture(
     tokens of the bundled model) leave the caches, a chunk's [heads, 256, T] do far less (measured:
     a 2048-token forward 10.2 s whole, 5.3 s in chunks of 256; 1024 tokens 2.9 s vs 2.3 s).
     """
+    from horizon.core.chunking import require_exact_chunks
+
+    require_exact_chunks(model)  # never other numbers than the whole pass (checked at the first use)
+    # The bridge's manual KV-cache entry point: HF's own cache object, extended by each chunk.
     cache = new_cache(model)
     forward = {"past_key_values": cache, "use_cache": True}
     parts = [run_capture(model, input_ids[:, positions], sites, reduce, keep_logits, None, stop_after_final, forward)

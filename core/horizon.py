@@ -17,7 +17,8 @@ Windows are differences of float64 prefix sums (one subtraction per reader, exac
 rounding), and a scan's readout reduces each vocabulary tile of the logits to the metrics while the
 tile is in cache, so no config's full logits are ever held. A long prompt can go through all of it
 in position chunks with KV caches (``ChunkedClean``, ``metric_sums``): windows are per-position
-sums, so only attention needs the positions before, and it reads them from the cache.
+sums, so only attention needs the positions before, and it reads them from the cache (on a stack
+where that holds: core/chunking.py checks it before the model's first chunked pass).
 
 Over 400 lines for a reason: the configuration, the clean run, the patched pass and ``patch`` are
 one pipeline whose invariants (which reader is patched, what the clean run caches for the pass)
@@ -54,6 +55,7 @@ from horizon.core.horizon_metrics import (
     linear_head,
     logits_metrics,
     logits_readout,
+    post_head,
     row_sums,
     token_metrics,
     unembed,
@@ -349,6 +351,9 @@ class ChunkedClean:
     """
 
     def __init__(self, model: LoadedModel, batch: TokenBatch, position_chunk: int) -> None:
+        from horizon.core.chunking import require_exact_chunks
+
+        require_exact_chunks(model)  # never other numbers than the whole pass (checked at the first use)
         self.model, self.batch = model, batch
         self.chunks = position_chunks(batch.input_ids.shape[1], position_chunk)
 
@@ -437,8 +442,8 @@ def _metrics_readout(
 ) -> tuple[Callable[[torch.Tensor], list[TokenMetrics]], int]:
     """The tiled metrics readout of stacked rows against ``clean``, and how many rows one call may take.
 
-    ``head`` is the model's ``linear_head``, found by the caller: finding it reads the bias back to
-    the host, so a caller making many readouts finds it once.
+    ``head`` is the model's ``linear_head`` (its post-head steps included), found by the caller:
+    finding it reads the bias back to the host, so a caller making many readouts finds it once.
     """
     reference = clean.reference
     batch, n_positions = clean.batch_size, clean.outputs.shape[2]
@@ -449,11 +454,11 @@ def _metrics_readout(
         predicting = normed[:, : reference.n_predicting].contiguous()
         n_rows = predicting.shape[0] // batch
         if head is None:  # not a plain linear head: unembed whole, then reduce
-            return logits_metrics(reference, model.bridge.unembed(predicting), n_rows)
+            return logits_metrics(reference, post_head(model).apply_(model.bridge.unembed(predicting)), n_rows)
 
         def tiles() -> Iterator[tuple[slice, torch.Tensor]]:
             buffers: dict[int, torch.Tensor] = {}
-            for columns in vocab_tiles(head[0].shape[0], vocab_tile):
+            for columns in vocab_tiles(head.weight.shape[0], vocab_tile):
                 width = columns.stop - columns.start
                 if width not in buffers:
                     buffers[width] = predicting.new_empty((*predicting.shape[:-1], width))

@@ -1,4 +1,4 @@
-"""The horizon's readout and metrics: the unembedding applied directly, and the per-prediction
+"""The horizon's readout and metrics: the model's own head applied directly, and the per-prediction
 loss, KL(clean || patched) and top-1 agreement against the clean run (docs/SCIENCE.md section 3).
 
 A scan's readout reduces each vocabulary tile of the logits to these metrics while the tile is
@@ -13,11 +13,70 @@ from dataclasses import dataclass
 import torch
 from horizon.core.loader import LoadedModel
 
-LinearHead = tuple[torch.Tensor, torch.Tensor | None]  # weight [vocab, d_model], bias or None
+# What a family's causal-LM forward does to its head's output before it is a logit, in order:
+# (where the forward reads the value: the HF model's config or the HF model itself, the attribute,
+# the elementwise operation). transformers writes these inline in each family's forward, with no
+# function to call, so this table is the one place the engine reproduces them. A family whose head
+# does something else is caught by core/verify.py's readout check (at every load: the engine's
+# logits from the final residual against the model's own) and refused.
+POST_HEAD: tuple[tuple[str, str, str], ...] = (
+    ("config", "logits_scaling", "divide"),  # Granite (and its MoE / hybrid kinds): logits / logits_scaling
+    # Cohere, Cohere 2: logits * self.logit_scale, read from the module: TransformerLens may fold the
+    # scale into lm_head's weight and set the module's to 1, and the forward then multiplies by that
+    ("model", "logit_scale", "multiply"),
+    ("config", "final_logit_softcapping", "softcap"),  # Gemma 2, 3, 3n: cap * tanh(logits / cap)
+)
+
+
+@dataclass(frozen=True)
+class PostHead:
+    """The elementwise steps after the head (``POST_HEAD``): (operation, value, attribute) in order."""
+
+    steps: tuple[tuple[str, float, str], ...] = ()
+
+    def apply_(self, logits: torch.Tensor) -> torch.Tensor:
+        """The steps on ``logits`` in place, with the operations and order of the model's forward."""
+        for operation, value, _ in self.steps:
+            if operation == "divide":
+                logits.div_(value)
+            elif operation == "multiply":
+                logits.mul_(value)
+            else:  # softcap, as transformers writes it: divide, tanh, multiply
+                logits.div_(value).tanh_().mul_(value)
+        return logits
+
+    def describe(self) -> str:
+        """'none', or e.g. 'logits / 8 (logits_scaling)', for checks and messages."""
+        symbols = {"divide": "logits / {:g}", "multiply": "logits * {:g}", "softcap": "softcap {:g}"}
+        return ", ".join(f"{symbols[op].format(value)} ({name})" for op, value, name in self.steps) or "none"
+
+
+def post_head(model: LoadedModel) -> PostHead:
+    """What ``model``'s forward does after its head (``POST_HEAD``; nothing for most families)."""
+    hf_model = model.hf_model
+    sources = {"config": getattr(hf_model, "config", None), "model": hf_model}
+    steps = []
+    for where, name, operation in POST_HEAD:
+        value = getattr(sources[where], name, None)
+        if isinstance(value, torch.Tensor):
+            value = float(value)
+        # 1 is no step (a Granite default, or a scale folded into the weights); softcaps of 0 are off
+        if isinstance(value, int | float) and not isinstance(value, bool) and value and value != 1:
+            steps.append((operation, float(value), name))
+    return PostHead(tuple(steps))
+
+
+@dataclass(frozen=True)
+class LinearHead:
+    """The unembedding as a plain linear layer (weight [vocab, d_model], bias or None) and what follows it."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    post: PostHead
 
 
 def linear_head(model: LoadedModel) -> LinearHead | None:
-    """The unembedding's weight [vocab, d_model] and bias (None if zero), when it is a plain linear layer.
+    """The unembedding's weight, bias (None if zero) and post-head steps, when it is a plain linear layer.
 
     Applied directly, the head writes logits where the caller wants them; the bridge's module
     allocates a fresh tensor per call and broadcasts even an all-zero bias into it first, which
@@ -27,27 +86,27 @@ def linear_head(model: LoadedModel) -> LinearHead | None:
     if not isinstance(head, torch.nn.Linear):
         return None
     bias = head.bias if head.bias is not None and bool(head.bias.any()) else None
-    return head.weight, bias
+    return LinearHead(head.weight, bias, post_head(model))
 
 
 def unembed(model: LoadedModel, normed: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """The unembedding of ``normed`` written into ``out``."""
+    """The model's logits from the final norm's output ``normed``, written into ``out``: its head, then
+    what its forward does after the head (``post_head``)."""
     head = linear_head(model)
     if head is None:
-        return out.copy_(model.bridge.unembed(normed))
+        return post_head(model).apply_(out.copy_(model.bridge.unembed(normed)))
     return apply_head(head, normed, out)
 
 
 def apply_head(
     head: LinearHead, normed: torch.Tensor, out: torch.Tensor, columns: slice = slice(None)
 ) -> torch.Tensor:
-    """The logits of vocabulary ``columns`` (all by default) under a linear head, written into ``out``."""
-    weight, bias = head
-    torch.matmul(normed, weight[columns].t(), out=out)
-    if bias is not None:
-        out += bias[columns]
-    return out
-
+    """The logits of vocabulary ``columns`` (all by default) under a linear head, written into ``out``
+    (the post-head steps are elementwise, so a tile of columns gets them on its own)."""
+    torch.matmul(normed, head.weight[columns].t(), out=out)
+    if head.bias is not None:
+        out += head.bias[columns]
+    return head.post.apply_(out)
 
 
 def logits_readout(model: LoadedModel, batch: int) -> Callable[[torch.Tensor], list[torch.Tensor]]:
@@ -58,6 +117,14 @@ def logits_readout(model: LoadedModel, batch: int) -> Callable[[torch.Tensor], l
         return list(logits.split(batch))
 
     return readout
+
+
+def readout_logits(model: LoadedModel, final: torch.Tensor) -> torch.Tensor:
+    """The engine's logits from a final residual (the final norm's input) [batch, pos, d_model]: the
+    staircase's readout, which core/verify.py's readout check compares with the model's own logits."""
+    with torch.inference_mode():
+        (logits,) = logits_readout(model, final.shape[0])(model.bridge.ln_final(final))
+    return logits
 
 
 def vocab_tiles(vocab: int, width: int) -> list[slice]:

@@ -4,22 +4,31 @@ A tool that silently computes the wrong decomposition on a new architecture is w
 that refuses it, so every model is checked against the decomposition (docs/SCIENCE.md section 1)
 before an analysis runs on it. Two levels:
 
-- ``quick_checks`` (run by ``load_model`` on every load, about one short forward pass, no
-  readout): every reader and writer hook site the engine needs exists, the final norm was found,
-  attention patterns are hooked, s_0 + sum of sublayer outputs equals the final residual, and
-  every reader's hook sees the partial sum r_j the decomposition says it reads.
+- ``quick_checks`` (run by ``load_model`` on every load, about two short forward passes): every
+  reader and writer hook site the engine needs exists, the final norm was found, attention
+  patterns are hooked, s_0 + sum of sublayer outputs equals the final residual, every reader's
+  hook sees the partial sum r_j the decomposition says it reads, and the engine's readout of the
+  final residual (final norm, head, and what the model's forward does after its head:
+  core/horizon_metrics.py ``post_head``) gives the model's own logits, so a model whose head does
+  something the engine does not reproduce is refused rather than given wrong losses.
 - ``verify`` (``horizon verify``): the quick checks plus the bridge's logits against an
-  independently built plain HF model, a full horizon (k = L+1) against the clean run, and the
-  attention patterns themselves (rows sum to 1, causal, sliding windows respected), with the
-  attention implementation that produced them.
+  independently built plain HF model, the full horizon through the whole patched path (every
+  block replayed by the staircase, a window formed from the prefix sums, both readouts) against
+  the clean logits, position chunks against the whole pass (core/chunking.py), and the attention
+  patterns themselves (rows sum to 1, causal, sliding windows respected), with the attention
+  implementation that produced them.
 
-Over 400 lines for a reason: each check is short, but there are nine of them plus the stored
+Each check can fail: tests/test_verify.py and tests/test_chunk_check.py inject the fault each one
+exists to catch (a missed sublayer, a wrong reference, a dropped post-head step, a broken patched
+path, a KV cache that drops earlier positions, a wrong window) and see it fail with the error.
+
+Over 400 lines for a reason: each check is short, but there are eleven of them plus the stored
 verdicts, and a reader auditing what "verified" means should find every check in one file.
 
 A model failing a quick check is refused at load with one line naming the check. Verdicts are
 stored under the weight cache, keyed by the model's hash, dtype, library versions and the source
-of this module and core/decomposition.py: the quick one only for models whose hash names their
-content (GGUF sha256, a directory's sha256 of config and weights, hub commit), so those are
+of this module, core/decomposition.py, core/horizon_metrics.py and core/chunking.py: the quick
+one only for models whose hash names their content (GGUF sha256, a directory's sha256 of config and weights, hub commit), so those are
 checked once per content, and a changed directory is never judged by its old verdict; the full one by
 ``horizon verify``, and a stored failure is refused the same way. ``--unverified`` (or
 HORIZON_UNVERIFIED=1) skips both.
@@ -317,11 +326,36 @@ def decomposition_checks(model: LoadedModel, ids: torch.Tensor) -> list[Check]:
 
 
 def quick_checks(model: LoadedModel) -> list[Check]:
-    """What load_model runs on every load: structure plus one short pass, stopped before the readout."""
+    """What load_model runs on every load: structure, one short pass stopped before the readout, and
+    the readout of one short pass."""
     checks = structural_checks(model)
     if checks[0].passed:
-        checks += decomposition_checks(model, _prompt_ids(model, QUICK_PROMPT))
+        ids = _prompt_ids(model, QUICK_PROMPT)
+        checks += decomposition_checks(model, ids)
+        checks.append(readout_check(model, ids))
     return checks
+
+
+def readout_check(model: LoadedModel, ids: torch.Tensor) -> Check:
+    """The engine's logits from the clean final residual (the final norm's input) against the logits
+    the model's own forward returned in the same pass."""
+    from horizon.core.horizon_metrics import post_head, readout_logits
+
+    store, own = _record(model, ids, [site_hook("final")], logits=True)
+    engine = readout_logits(model, store[site_hook("final")])
+    error = _max_relative(engine, own)
+    bar = LOGITS_BAR.get(model.dtype, 1e-4)
+    after = post_head(model).describe()
+    detail = f"max |engine readout - model's logits| / max |model's logits|; after the head: {after}"
+    return Check("readout", error <= bar, error, bar, detail)
+
+
+def _max_relative(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| / max |expected| (NaN, which fails every bar, on a shape mismatch)."""
+    if actual.shape != expected.shape:
+        return float("nan")
+    expected = expected.double()
+    return float((actual.double() - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
 
 
 def independent_hf_model(model: LoadedModel) -> tuple[Any, str]:
@@ -355,16 +389,45 @@ def logits_check(model: LoadedModel, ids: torch.Tensor, reference: Any) -> Check
 
 
 def full_horizon_check(model: LoadedModel, ids: torch.Tensor) -> Check:
+    """The full horizon through the whole patched path must be the clean model.
+
+    Two staircase rows (core/staircase.py) against the clean run: K = 2L+1 forced in at layer 0, so
+    every block is replayed with the clean run's recorded arguments (masks, rotary tables) and each
+    reader reads the stream the replayed blocks produce; and K = 2L with s_0 kept, whose final
+    reader reads the window s_0 + s_1 + ... + s_2L formed from the engine's prefix sums of the
+    outputs, i.e. the whole stream. Both go through the logits readout (``patch``) and the tiled
+    metrics readout (``scan``). Measured: the worst of the logits' relative error against the
+    model's own clean logits and the per-prediction |Δloss| and KL (nats) of the metrics.
+    """
     if model.parallel_attn_mlp:
         return Check("full_horizon", None, None, None, "not applicable: parallel attention + MLP (horizon refused)")
-    from horizon.core.horizon import HorizonConfig, patch
+    from horizon.core.horizon import HorizonConfig, _metrics_readout, clean_run
+    from horizon.core.horizon_metrics import linear_head
+    from horizon.core.prompts import batches
+    from horizon.core.staircase import StaircasePass
 
-    result = patch(model, [ids[0].tolist()], HorizonConfig(2 * model.n_layers + 1), keep_logits=True)
-    with torch.inference_mode():
-        clean = model.bridge(ids)[0].double()
-    error = float((result.logits[0].double() - clean).abs().max() / clean.abs().max().clamp_min(1e-30))
+    n_layers = model.n_layers
+    (batch,) = batches(model, ids.tolist(), has_bos=True)
+    clean = clean_run(model, batch)
+    rows = [(0, 0, HorizonConfig(2 * n_layers + 1)), (n_layers, 1, HorizonConfig(2 * n_layers, keep_embed=True))]
+    errors = [_max_relative(logits, clean.logits) for _, logits in StaircasePass(model, clean, rows).run()]
+    readout, per_readout = _metrics_readout(model, clean, linear_head(model))
+    for _, metrics in StaircasePass(model, clean, rows, readout, rows_per_readout=per_readout).run():
+        errors.append(float((metrics.loss_patched - metrics.loss_clean).abs().max()))
+        errors.append(float(metrics.kl.abs().max()))
+    error = next((value for value in errors if value != value), max(errors))  # a NaN is the worst
     bar = LOGITS_BAR.get(model.dtype, 1e-4)
-    return Check("full_horizon", error <= bar, error, bar, f"k = {model.n_layers + 1} vs clean logits")
+    detail = (f"k = {n_layers + 1} through every block, k = {n_layers} + s_0 at the final reader; "
+              "vs the clean logits (relative), |Δloss| and KL")
+    return Check("full_horizon", error <= bar, error, bar, detail)
+
+
+def chunking_check(model: LoadedModel) -> Check:
+    """Position chunks (a KV cache) against the whole pass: core/chunking.py's self-check, run again."""
+    from horizon.core import chunking
+
+    verdict = chunking.check(model)
+    return Check("chunking", verdict.passed, verdict.measured, verdict.bar, verdict.detail)
 
 
 def attention_check(model: LoadedModel, ids: torch.Tensor) -> Check:
@@ -418,7 +481,9 @@ def verify(model: LoadedModel, reference: Any = None, prompt: str = VERIFY_PROMP
     check = logits_check(model, ids, reference)
     check.detail += f"; reference: {how}"
     result.checks.append(check)
+    result.checks.append(readout_check(model, ids))
     result.checks.append(full_horizon_check(model, ids))
+    result.checks.append(chunking_check(model))
     result.checks.append(attention_check(model, ids))
     return result
 
@@ -432,7 +497,9 @@ def _verdict_path(model: LoadedModel, level: str = "full") -> Path:
     import transformers
 
     here = Path(__file__).parent
-    code = hashlib.sha256(b"".join((here / name).read_bytes() for name in ("decomposition.py", "verify.py")))
+    # The code a verdict vouches for: the decomposition, the checks, the readout and the chunk check.
+    sources = ("decomposition.py", "verify.py", "horizon_metrics.py", "chunking.py")
+    code = hashlib.sha256(b"".join((here / name).read_bytes() for name in sources))
     key = "|".join(
         [
             model.model_hash,

@@ -29,7 +29,8 @@ __all__ = ["family_model"]  # tests/test_position_chunks.py builds its family mo
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE_START, TABLE_END = "<!-- families:start -->", "<!-- families:end -->"
-CHECK_COLUMNS = ("sites", "final_norm", "decomposition", "readers", "logits", "full_horizon", "attention")
+CHECK_COLUMNS = ("sites", "final_norm", "decomposition", "readers", "logits", "readout", "full_horizon", "chunking",
+                 "attention")
 
 
 @dataclass
@@ -139,16 +140,7 @@ def test_claimed_family_passes_every_check(family: str, measured: dict[str, Fami
     assert parallel == ("parallel attention" in V.CLAIMED_FAMILIES[family][1])  # the table says which
 
 
-# The engine's readout multiplies the final residual by the raw unembedding; Gemma 2 caps its
-# logits (final_logit_softcapping) after that, so its patched logits differ by 2e-4 here. The
-# readout is issue 22's "model's own head" (another branch): strict, so the fix shows up here.
-READOUT_GAPS = {"gemma2": "the readout skips Gemma 2's final_logit_softcapping (issue 22, the model's own head)"}
-
-
-@pytest.mark.parametrize("family", [
-    pytest.param(family, marks=pytest.mark.xfail(strict=True, reason=READOUT_GAPS[family]))
-    if family in READOUT_GAPS else family for family in V.CLAIMED_FAMILIES
-])
+@pytest.mark.parametrize("family", list(V.CLAIMED_FAMILIES))
 def test_claimed_family_gives_plain_hf_numbers(family: str, measured: dict[str, FamilyResult]) -> None:
     """Per-position norms of every stream site, the clean loss and the patched losses at K = 1..4
     equal an independent computation with plain HF hooks on a second copy of the model."""
@@ -404,6 +396,110 @@ def test_quick_verdict_is_cached_for_content_keyed_models(smol, tmp_path, monkey
     monkeypatch.setattr(V, "quick_checks", lambda model: calls.append(model) or [])
     V.require_verified(smol)
     assert calls == []  # the stored verdict answered
+
+
+# ----------------------------------------------------------------------------- every check can fail
+
+
+def test_a_decomposition_that_misses_a_sublayer_fails(tiny_llama, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last MLP's output missed (the attention output before it hooked in its place): s_0 + sum s_i
+    no longer reaches the final residual."""
+    real = V._writer_sites
+    monkeypatch.setattr(V, "_writer_sites", lambda model: [*real(model)[:-1], real(model)[-2]])
+    checks = {check.name: check for check in V.verify(tiny_llama).checks}
+    assert checks["decomposition"].passed is False and checks["decomposition"].measured > 1e-2
+
+
+def test_a_reader_hooked_at_the_wrong_place_fails_the_readers_check(tiny_llama, monkeypatch) -> None:
+    """Attention 1's reader hooked where the MLP before it reads: it sees r_2, not r_3."""
+    real = V.reader_hook
+    monkeypatch.setattr(V, "reader_hook", lambda j, n_layers: real(j - 1 if j == 3 else j, n_layers))
+    checks = {check.name: check for check in V.quick_checks(tiny_llama)}
+    assert checks["readers"].passed is False and checks["readers"].measured > 1e-2
+    assert "blocks.0.ln2.hook_in" in checks["readers"].detail
+
+
+def test_missing_structure_fails_the_structural_checks(tiny_llama, monkeypatch) -> None:
+    """No final norm module, no attention-pattern hooks, no reader site: each presence check fails."""
+    bridge_type = type(tiny_llama.bridge)
+    real_names = bridge_type.hook_dict.fget(tiny_llama.bridge)
+    without = {name: hook for name, hook in real_names.items()
+               if "hook_pattern" not in name and name != "blocks.1.ln2.hook_in"}
+    monkeypatch.setattr(bridge_type, "hook_dict", property(lambda self: without))
+    monkeypatch.setattr(tiny_llama.bridge, "ln_final", None)
+    checks = {check.name: check for check in V.structural_checks(tiny_llama)}
+    assert checks["sites"].passed is False and "blocks.1.ln2.hook_in" in checks["sites"].detail
+    assert checks["final_norm"].passed is False and checks["final_norm"].detail == "none"
+    assert checks["attention_hooks"].passed is False and checks["attention_hooks"].measured == tiny_llama.n_layers
+
+
+def test_a_wrong_reference_fails_the_logits_check(tiny_llama) -> None:
+    reference, _ = V.independent_hf_model(tiny_llama)
+    ids = V._prompt_ids(tiny_llama, V.VERIFY_PROMPT)
+    assert V.logits_check(tiny_llama, ids, reference).passed
+    with torch.no_grad():
+        reference.lm_head.weight[:, 0] += 0.05  # one column of the head off
+    check = V.logits_check(tiny_llama, ids, reference)
+    assert check.passed is False and check.measured > check.bar
+
+
+def test_a_patched_path_that_misses_a_sublayer_fails_the_full_horizon(tiny_llama, monkeypatch) -> None:
+    """The engine's outputs without attention 1's (its prefix sums miss it): the full horizon is not
+    the clean model any more, while the hooks themselves still decompose."""
+    from horizon.core import horizon as H
+
+    ids = V._prompt_ids(tiny_llama, V.VERIFY_PROMPT)
+    assert V.full_horizon_check(tiny_llama, ids).measured < 1e-5
+    real = H.stack_outputs
+
+    def missing_one(embed, attn, mlp):
+        outputs = real(embed, attn, mlp)
+        outputs[3] = 0
+        return outputs
+
+    monkeypatch.setattr(H, "stack_outputs", missing_one)
+    failed = {check.name: check for check in V.verify(tiny_llama).failed}
+    assert "full_horizon" in failed and failed["full_horizon"].measured > 1e-2
+    assert "decomposition" not in failed and "readout" not in failed
+
+
+def test_a_wrong_block_replay_fails_the_full_horizon(tiny_llama, monkeypatch) -> None:
+    """The staircase replays every block with the clean run's arguments: with the rotary tables of
+    the wrong positions the replayed stream is not the clean one."""
+    from horizon.core.horizon import CleanRun
+
+    real = CleanRun.block_call
+
+    def shifted(self, layer, copies, cache=None):
+        args, kwargs = real(self, layer, copies, cache)
+        cos, sin = kwargs["position_embeddings"]
+        return args, {**kwargs, "position_embeddings": (cos.roll(1, dims=1), sin.roll(1, dims=1))}
+
+    monkeypatch.setattr(CleanRun, "block_call", shifted)
+    check = V.full_horizon_check(tiny_llama, V._prompt_ids(tiny_llama, V.VERIFY_PROMPT))
+    assert check.passed is False and check.measured > 1e-3
+
+
+# ----------------------------------------------------------------------------- versions
+
+
+def test_verify_and_analyses_record_the_versions_and_device(run_cli, tmp_path, monkeypatch) -> None:
+    import importlib.metadata
+
+    import transformers
+
+    monkeypatch.setattr(V, "cache_root", lambda: tmp_path / "horizon")  # verdicts only
+    code, out, _ = run_cli("verify", "--model", "tiny-gpt2", "--device", "cpu", "--reference", "loaded")
+    assert code == 0 and f"transformers {transformers.__version__}" in out and "TransformerLens 4." in out
+    expected = {name: importlib.metadata.version(name)
+                for name in ("horizon-inspector", "torch", "transformers", "transformer-lens")}
+    for args in (("verify", "--reference", "loaded"), ("norms",), ("scan", "--ks", "1"), ("patch", "--k", "1"),
+                 ("attention",), ("truncate", "--lengths", "4")):
+        code, out, err = run_cli(*args, "--model", "tiny-gpt2", "--device", "cpu", "--json")
+        assert code == 0, (args, err)
+        payload = json.loads(out)
+        assert {name: payload["versions"][name] for name in expected} == expected, args
+        assert payload["device"] == "cpu", args
 
 
 if __name__ == "__main__":  # print the README table

@@ -103,4 +103,4 @@ def attention(
                                     progress=advance)
     payload = {"model": inputs.model.spec, "token_ids": inputs.token_ids, **report.to_json(),
                "memory": plan.to_json()}
-    emit(as_json, payload, lambda: render_attention(report, top))
+    emit(as_json, payload, lambda: render_attention(report, top), device=inputs.model.device)

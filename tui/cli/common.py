@@ -179,9 +179,19 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def emit(as_json: bool, payload: dict[str, Any], render: Callable[[], None]) -> None:
-    """Print ``payload`` as JSON, or call ``render`` for the rich view."""
+def emit(as_json: bool, payload: dict[str, Any], render: Callable[[], None], device: Any = None) -> None:
+    """Print ``payload`` as JSON, or call ``render`` for the rich view.
+
+    Every JSON output records the versions it was computed with (``versions``: horizon, torch,
+    transformers, TransformerLens ..., the sweep manifest's ``packages``) and, for a command that
+    ran a model, its ``device``.
+    """
     if as_json:
+        from horizon.core.sweep_settings import package_versions
+
+        payload = {**payload, "versions": package_versions()}
+        if device is not None:
+            payload.setdefault("device", str(device))
         # json.dumps escapes every control character but DEL; text from outside gets no raw one through.
         sys.stdout.write(json.dumps(jsonable(payload)).replace("\x7f", "\\u007f") + "\n")
     else:

@@ -155,7 +155,7 @@ def patch_command(
         "per_token": result.per_token,
         "memory": plan.to_json(),
     }
-    emit(as_json, payload, lambda: _render_patch(inputs, result, k, unit))
+    emit(as_json, payload, lambda: _render_patch(inputs, result, k, unit), device=inputs.model.device)
 
 
 def _render_patch(inputs: Any, result: PatchResult, k: int, unit: str) -> None:
@@ -274,7 +274,7 @@ def scan_command(
         if matrix is not None:
             render_by_layer(matrix)
 
-    emit(as_json, payload, render)
+    emit(as_json, payload, render, device=inputs.model.device)
 
 
 def _render_scan(inputs: Any, result: ScanResult, source: str, keep_embed: bool, final: str, ablation: str) -> None:

@@ -131,7 +131,7 @@ def norms(
         if weight_section is not None:
             render_weights(weight_section)
 
-    emit(as_json, payload, render)
+    emit(as_json, payload, render, device=inputs.model.device)
 
 
 # ----------------------------------------------------------------------------- rich view

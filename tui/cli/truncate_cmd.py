@@ -171,4 +171,5 @@ def truncate(
                "memory": plan.to_json()}
     n_tokens = sum(len(ids) for ids in inputs.token_ids)
     shown_length = category_length if category_length is not None else max(length_list)
-    emit(as_json, payload, lambda: render_truncation(report, len(inputs.token_ids), n_tokens, shown_length))
+    emit(as_json, payload, lambda: render_truncation(report, len(inputs.token_ids), n_tokens, shown_length),
+         device=inputs.model.device)

@@ -9,6 +9,10 @@ from horizon.tui.cli.app import app
 from horizon.tui.cli.common import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, console, emit, load_with_status
 from rich.table import Table
 
+# The versions the table's footer names (the JSON records them all: common.emit).
+STACK = (("horizon", "horizon-inspector"), ("torch", "torch"), ("transformers", "transformers"),
+         ("TransformerLens", "transformer-lens"))
+
 ReferenceOpt = Annotated[
     str,
     typer.Option(
@@ -27,12 +31,13 @@ def verify_command(
     reference: ReferenceOpt = "fresh",
     as_json: JsonOpt = False,
 ) -> None:
-    """Check the decomposition, logits, full horizon, hook sites, attention and final norm on a fixed prompt.
+    """Check hook sites, final norm, decomposition, logits, readout, full horizon, chunks and attention (fixed prompt).
 
     Exit code 1 when a check fails; the verdict is stored, and the analyses refuse a model
     whose stored verdict failed (--unverified overrides).
     """
     from horizon.core.errors import HorizonError
+    from horizon.core.sweep_settings import package_versions
     from horizon.core.verify import VERIFY_PROMPT, store_verdict, verify
 
     if reference not in ("fresh", "loaded"):
@@ -59,7 +64,10 @@ def verify_command(
                 check.detail,
             )
         console.print(table)
+        versions = package_versions()
+        stack = ", ".join(f"{label} {versions.get(name) or 'unknown'}" for label, name in STACK)
+        console.print(f"[dim]{stack}; device {loaded.device}[/]", highlight=False)
 
-    emit(as_json, payload, render)
+    emit(as_json, payload, render, device=loaded.device)
     if not result.passed:
         raise typer.Exit(1)
