@@ -28,8 +28,9 @@ verdicts, and a reader auditing what "verified" means should find every check in
 A model failing a quick check is refused at load with one line naming the check. Verdicts are
 stored under the weight cache, keyed by the model's hash, dtype, library versions and the source
 of this module, core/decomposition.py, core/horizon_metrics.py and core/chunking.py: the quick
-one only for models whose hash names their content (GGUF sha256, a directory's sha256 of config and weights, hub commit), so those are
-checked once per content, and a changed directory is never judged by its old verdict; the full one by
+one only for models whose hash names their content (GGUF sha256, a directory's sha256 of config
+and weights, hub commit), so those are checked once per content, and a changed directory is never
+judged by its old verdict; the full one by
 ``horizon verify``, and a stored failure is refused the same way. ``--unverified`` (or
 HORIZON_UNVERIFIED=1) skips both.
 """
