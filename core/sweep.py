@@ -108,6 +108,8 @@ def _prepare_directory(root: Path, new: dict[str, Any], resume: bool, force: boo
     """
     if root.is_dir():
         store.refuse_foreign(root)
+        if not force and not resume and _not_results(root):  # said before the lock file is made in the user's folder
+            raise HorizonError(f"{root} exists and is not a results directory; use another --out or --force")
     with store.locked(root):
         store.refuse_foreign(root)  # again under the lock: another run may have been writing
         notes: list[str] = []
@@ -147,7 +149,7 @@ def _prepare_directory(root: Path, new: dict[str, Any], resume: bool, force: boo
             return manifest, "rebuilt", notes
         elif resume and not force:
             raise HorizonError(f"--resume: {root} holds no sweep to resume")
-        elif any(name not in (store.LOCK, store.QUARANTINE, store.CLAIMS) for name, _ in confined.entries(root, root)):
+        elif _not_results(root):
             if not force:
                 raise HorizonError(f"{root} exists and is not a results directory; use another --out or --force")
             _discard(root)
@@ -155,6 +157,13 @@ def _prepare_directory(root: Path, new: dict[str, Any], resume: bool, force: boo
             _discard(root)
         store.write_json_atomic(root / store.MANIFEST, new)
         return new, "created", notes
+
+
+def _not_results(root: Path) -> bool:
+    """Whether ``root`` holds files of its own and nothing of a sweep (no manifest, no shard file)."""
+    ours = (store.LOCK, store.QUARANTINE, store.CLAIMS)
+    return (confined.kind(root, root / store.MANIFEST) == "missing" and not _has_shard_files(root)
+            and any(name not in ours for name, _ in confined.entries(root, root)))
 
 
 def _inconsistency(old: dict[str, Any], new: dict[str, Any]) -> str | None:
@@ -423,9 +432,12 @@ def run_sweep(
 
 
 def _check_out(root: Path, out: str | Path) -> None:
-    """Refuse an --out that cannot be written before the model loads (a file in the way, no permission)."""
+    """Refuse an --out that cannot be written before the model loads (a file in the way, no permission, a
+    link or special file where the store works)."""
     if root.exists() and not root.is_dir():
         raise HorizonError(f"--out {out} is a file, not a directory")
+    if root.is_dir():
+        store.refuse_foreign(root)
     existing = root
     while not existing.exists():
         if existing.parent == existing:
