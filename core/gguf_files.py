@@ -208,7 +208,7 @@ def check_gguf_header(path: Path) -> None:
             with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
                 _walk_gguf_header(data, size, struct)
     except _GGUFBounds as exc:
-        raise HorizonError(f"{path} is a damaged GGUF file: {exc}; it is not read") from None
+        raise HorizonError(f"{path} is a damaged or truncated GGUF file: {exc}; it is not read") from None
     except OSError as exc:
         raise HorizonError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
 
