@@ -29,6 +29,10 @@ removes those of dead writers, and moves every file the manifest does not record
 files) into ``DIR/quarantine/<time>/``, so that any Parquet reader of ``DIR/<table>`` sees exactly
 the recorded rows. Those moves, and the rename of a shard's files, happen under the lock.
 
+A results directory may come from someone else: every path below it is opened, moved and removed
+through ``core/confined.py`` (never through a link, only regular files), and every size it claims
+(JSON, array headers, row counts, index values) is bounded before anything is allocated by it.
+
 Nothing here imports torch: ``open_results`` must stay fast for ``horizon report`` and the app.
 
 This module is over 400 lines on purpose: it is everything about the files of a results

@@ -240,7 +240,9 @@ def _resumable_on_interrupt(out: str) -> None:
     root = Path(out).expanduser()
 
     def hint() -> str | None:
-        if (root / store.MANIFEST).is_file():
+        from horizon.core import confined
+
+        if root.is_dir() and confined.is_file(root, root / store.MANIFEST):
             return f"{out} is resumable with --resume (finished shards are kept)"
         return None
 
