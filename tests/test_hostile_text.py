@@ -240,7 +240,7 @@ def test_the_batch_plan_caps_a_requested_size() -> None:
     from horizon.core.budget import ModelDims, make_budget, plan
 
     dims = ModelDims(n_layers=2, d_model=32, n_heads=2, d_mlp=64, vocab=100)
-    budget = make_budget(2 << 30, dims, "cpu")
+    budget = make_budget(2 << 30, dims, "cpu", measured=False)  # not this test process's own size
     assert plan("norms", dims, [10, 12, 8], budget, requested=10**9).batch_size == 3
     assert plan("norms", dims, [10, 12, 8], budget, requested=2).batch_size == 2
 
