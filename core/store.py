@@ -525,6 +525,7 @@ class Results:
                 try:
                     with confined.open_read(self.path, file) as handle:
                         part = pq.read_table(handle, columns=columns)
+                    part.validate(full=True)  # texts that are not UTF-8 would fail whoever reads them later
                     problem = index_problem(file, part, self.index_bounds(file))
                 except (OSError, pa.ArrowException, ValueError, HorizonError) as exc:
                     problem = (f"{file} is damaged ({type(exc).__name__} while reading its data); it is left out, "

@@ -259,3 +259,32 @@ def test_an_index_from_elsewhere_never_makes_an_export_remove_a_file(tmp_path: P
     assert (tmp_path / "precious.svg").read_text() == "x" and (out / "notes.txt").exists()
     assert (out / "fig01-a.svg").is_symlink(), "a link is not ours to remove"
     shutil.rmtree(out)
+
+
+def test_lone_surrogates_and_bytes_that_are_not_utf8_in_a_results_directory(swept, tmp_path: Path) -> None:
+    """A manifest string with a lone surrogate (JSON can escape one), a Parquet text column of invalid UTF-8:
+    shown escaped, or left out and named; never a UnicodeEncodeError or UnicodeDecodeError traceback."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.hostile_helpers import reseal
+
+    _, clean = swept
+    root = copy_of(clean, tmp_path / "results")
+    manifest = json.loads((root / store.MANIFEST).read_text())
+    manifest["model"]["spec"] = "spec\ud800"
+    manifest["corpus"]["name"] = "\udcff"
+    (root / store.MANIFEST).write_text(json.dumps(manifest))
+    file = root / "tokens" / "shard-00001.parquet"
+    table = pq.read_table(file)
+    offsets = pa.array([2 * row for row in range(table.num_rows + 1)], pa.int32()).buffers()[1]
+    invalid = pa.Array.from_buffers(pa.string(), table.num_rows,
+                                    [None, offsets, pa.py_buffer(b"\xff\xfe" * table.num_rows)])
+    pq.write_table(table.set_column(table.schema.get_field_index("token"), "token", invalid), file)
+    reseal(root)
+    report, compare, figures, session = run_bounded([
+        ["report", str(root)], ["compare", str(root), str(clean)],
+        ["figures", str(root), "--out", str(tmp_path / "figures")], ["@session", str(root)]])
+    for (code, out, err), most in ((report, 3), (compare, 6), (figures, 20), (session, 3)):
+        assert_one_line(code, out, err, (0,), max_lines=most)
+    assert "spec\\ud800" in report[1] and "tokens/shard-00001.parquet is damaged" in report[2]
