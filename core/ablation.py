@@ -52,6 +52,8 @@ class AblationMeans:
         if tuple(self.mean.shape) != (n_readers(n_layers), d_model):
             raise HorizonError(f"the ablation means have shape {tuple(self.mean.shape)}; this model needs "
                                f"({n_readers(n_layers)}, {d_model})")
+        if not bool(torch.isfinite(self.mean).all()):  # NaN would turn every ablated row into NaN, silently
+            raise HorizonError("the ablation means hold NaN or infinite values; they cannot stand in for any output")
 
 
 class MeanAccumulator:
@@ -74,6 +76,9 @@ class MeanAccumulator:
     def result(self) -> AblationMeans:
         if self.total is None or self.count == 0:
             raise HorizonError("mean ablation needs at least one position after the BOS to average over")
+        if not bool(torch.isfinite(self.total).all()):
+            raise HorizonError("the model's sublayer outputs overflow to NaN or inf on these prompts, so their means "
+                               "(mean ablation) cannot be computed; try --dtype float32")
         return AblationMeans(self.total / self.count, self.has_bos, self.count)
 
 

@@ -403,11 +403,14 @@ def choose_batch_size(analysis: str, dims: ModelDims, n_tokens: int, budget: Bud
     """The largest batch (prompts per pass) whose peak fits the budget with the smallest tiles.
 
     ``n_tokens`` is the longest prompt's length (batches are right-padded to it); ``held_tokens``
-    as in ``costs``. ``requested`` (an explicit --batch-size) is returned as is when it fits.
+    as in ``costs``. ``requested`` (an explicit --batch-size), capped at ``n_prompts``, is returned as is
+    when it fits.
     Raises HorizonError with the numbers when even that (or batch 1) cannot fit.
     """
     # one staircase row, one truncated prompt: the smallest tiles
     tiling = {"held_tokens": held_tokens, "position_chunk": position_chunk}
+    if requested is not None:  # a batch cannot hold more prompts than there are: --batch-size 10^9 on 3 prompts is 3
+        requested = min(requested, max(1, n_prompts))
     first = requested or 1
     if not _fits(analysis, dims, first, n_tokens, budget, **tiling):
         raise _too_big(analysis, dims, n_tokens, budget, first, **tiling)
@@ -540,6 +543,8 @@ def plan(analysis: str, dims: ModelDims, token_lengths: list[int], budget: Budge
         tiling["rows"] = staircase_rows(dims, batch, n_tokens, budget, tiling.get("held_tokens", 0),
                                         position_chunk=chunk)
     elif analysis == "truncate":
+        if requested is not None:  # no more truncated prompts per pass than the batch has positions
+            requested = min(requested, max(1, batch * n_tokens))
         if requested is not None and not _fits(analysis, dims, batch, n_tokens, budget, windows=requested):
             raise _too_big(analysis, dims, n_tokens, budget, batch, windows=requested)
         tiling["windows"] = requested or truncation_windows(dims, batch, n_tokens, budget)

@@ -66,13 +66,33 @@ def load(path: str | Path) -> Loaded:
                     problems=results.problems, notes=list(results.notes), results=results)
     try:
         model_row(loaded)
-    except Exception as exc:  # a stored view of the wrong shape (crafted or stale): compute the views again
-        from horizon.core.views import corpus_views
-
-        results.problems.append(f"the stored views cannot be compared ({type(exc).__name__}); computed from the "
-                                "tables instead")
-        loaded.views = corpus_views(results)
+    except Exception:  # a stored view of the wrong shape (crafted or stale): compute the views again
+        recompute_views(loaded, "compared")
     return loaded
+
+
+def recompute_views(item: Loaded, how: str) -> None:
+    """Replace a directory's stored views (which cannot be ``how``: compared, drawn) by those of its tables."""
+    from horizon.core.views import corpus_views
+
+    if item.results is None:
+        return
+    item.problems.append(f"the stored views cannot be {how} (the cache is damaged or crafted); computed from "
+                         "the tables instead")
+    item.views = corpus_views(item.results)
+
+
+def duplicates(loaded: list[Loaded]) -> list[str]:
+    """One warning per directory given more than once (the same directory, whatever the path that names it)."""
+    seen: dict[Path, Path] = {}
+    lines = []
+    for item in loaded:
+        real = item.path.resolve()
+        if real in seen:
+            lines.append(f"{item.path} is the same directory as {seen[real]}: its results are shown twice")
+        else:
+            seen[real] = item.path
+    return lines
 
 
 def load_all(paths: list[str | Path], progress: Callable[[int, int], None] | None = None) -> list[Loaded]:
@@ -102,11 +122,24 @@ def load_all(paths: list[str | Path], progress: Callable[[int, int], None] | Non
 
 
 def _finite(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return number if math.isfinite(number) else None
+
+
+def _integer(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _window(value: Any) -> list[int] | None:
+    """A stored fit window [first, last] (two integers), or None."""
+    if isinstance(value, list) and len(value) == 2 and all(_integer(v) is not None for v in value):
+        return list(value)
+    return None
 
 
 def _bos_ratio(norms: dict[str, Any]) -> tuple[float | None, int | None]:
@@ -187,9 +220,9 @@ def model_row(item: Loaded, reference: Loaded | None = None) -> dict[str, Any]:
         "label": item.label,
         "model": model.get("spec"),
         "n_layers": n_layers,
-        "d_model": model.get("d_model"),
+        "d_model": _integer(model.get("d_model")),
         "growth_rate": _finite(growth.get("rate")),
-        "fit_window": list(growth["fit_layers"]) if growth.get("fit_layers") else None,
+        "fit_window": _window(growth.get("fit_layers")),
         "r2": _finite(growth.get("r2")),
         "bos_norm_ratio": ratio,
         "bos_norm_ratio_layer": ratio_row,
@@ -204,7 +237,10 @@ def model_row(item: Loaded, reference: Loaded | None = None) -> dict[str, Any]:
     }
     scan = views.get("scan")
     if scan:
-        row["effective_horizon"] = {str(scan.get("ablation", "zero")): dict(scan.get("effective_horizon") or {})}
+        horizons = scan.get("effective_horizon") or {}
+        if not isinstance(horizons, dict) or any(k is not None and _integer(k) is None for k in horizons.values()):
+            raise ValueError("the scan view's effective horizons are not start layer -> k")
+        row["effective_horizon"] = {str(scan.get("ablation", "zero")): dict(horizons)}
     truncate = views.get("truncate")
     if truncate and n_layers is not None:
         layers = cosine_layers(n_layers)
@@ -221,10 +257,10 @@ def model_row(item: Loaded, reference: Loaded | None = None) -> dict[str, Any]:
 
 
 def compare(loaded: list[Loaded]) -> dict[str, Any]:
-    """The comparison table: one row per directory, and the warnings (problems, differing set-ups)."""
+    """The comparison table: one row per directory, and the warnings (problems, differing set-ups, repeats)."""
     reference = loaded[0]
     models = [model_row(item, None if index == 0 else reference) for index, item in enumerate(loaded)]
-    warnings: list[str] = []
+    warnings: list[str] = duplicates(loaded)
     for item in loaded:
         warnings.extend(f"{item.path}: {problem}" for problem in item.problems)
     for item, row in zip(loaded, models, strict=True):
@@ -259,7 +295,10 @@ def norm_samples(item: Loaded, site: str = "resid_pre") -> list[np.ndarray] | No
         layer, norm = layer[position > 0], norm[position > 0]
     if len(layer) == 0:
         return None
-    return [norm[layer == row] for row in range(int(layer.max()) + 1)]
+    # One array per row, in one pass (rows are bounded by the store: core/store.py index_problem).
+    order = np.argsort(layer, kind="stable")
+    bounds = np.searchsorted(layer[order], np.arange(int(layer.max()) + 2))
+    return [norm[order][bounds[row]:bounds[row + 1]] for row in range(int(layer.max()) + 1)]
 
 
 def prompt_norms(item: Loaded, prompt: int = 0, site: str = "resid_pre") -> tuple[np.ndarray, list[str]] | None:
@@ -276,6 +315,8 @@ def prompt_norms(item: Loaded, prompt: int = 0, site: str = "resid_pre") -> tupl
     layer = table.column("layer").to_numpy()[keep]
     position = table.column("position").to_numpy()[keep]
     norm = table.column("norm").to_numpy()[keep].astype(np.float64)
+    if (int(layer.max()) + 1) * (int(position.max()) + 1) > 2 * len(layer):
+        return None  # not one row per (row, position): damaged, and the matrix would be mostly holes
     tokens_column = np.asarray(table.column("token").to_pylist(), dtype=object)[keep]
     matrix = np.full((int(layer.max()) + 1, int(position.max()) + 1), np.nan)
     matrix[layer, position] = norm

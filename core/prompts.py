@@ -78,10 +78,12 @@ def split_blank_lines(text: str) -> list[str]:
 
 
 def decode_utf8(raw: bytes, name: str) -> str:
+    """The text of a prompt file; a leading UTF-8 byte-order mark (which editors add) is not part of it."""
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise HorizonError(f"{name} is not UTF-8 text (bad byte at offset {exc.start})") from None
+    return text.removeprefix("\ufeff")
 
 
 MAX_INPUT_BYTES = 256 * 1024 * 1024  # a prompt file or corpus larger than this is a mistake (or /dev/zero)
@@ -133,12 +135,27 @@ def jsonl_records(lines: list[str], name: str) -> list[dict]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise HorizonError(f"{name} line {number}: not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise HorizonError(f"{name} line {number}: its JSON is nested too deeply to be a prompt record") from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise HorizonError(f'{name} line {number}: no "text" string field')
+        for field in ("text", "kind"):
+            if isinstance(record.get(field), str) and _has_surrogate(record[field]):
+                raise HorizonError(f"{name} line {number}: the {field} holds a lone surrogate escape (such as "
+                                   "\\ud800), which is not a character: it cannot be tokenised or stored")
         if not record["text"].strip():
             raise HorizonError(f"{name} line {number}: the text is empty")
         records.append(record)
     return records
+
+
+def _has_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a lone surrogate (JSON can escape one; UTF-8 cannot encode it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def gather_prompts(prompt: str | None, file: str | None, default: str | None = None) -> list[str]:
@@ -154,9 +171,11 @@ def gather_prompts(prompt: str | None, file: str | None, default: str | None = N
     else:
         raise HorizonError("no input: give --prompt TEXT or --file PATH")
     for index, text in enumerate(prompts):
+        where = "the prompt" if len(prompts) == 1 else f"prompt {index + 1}"
         if not text.strip():
-            where = "the prompt" if len(prompts) == 1 else f"prompt {index + 1}"
             raise HorizonError(f"{where} is empty or whitespace only")
+        if _has_surrogate(text):  # bytes that are not UTF-8 on the command line, or a JSON surrogate escape
+            raise HorizonError(f"{where} holds bytes that are not UTF-8 text (or a lone surrogate); give UTF-8 text")
     return prompts
 
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from horizon.core import analyses as registry
-from horizon.core import store
+from horizon.core import confined, store
+from horizon.core.errors import HorizonError
 
 
 def missing_tables(manifest: dict[str, Any], shard: dict[str, Any]) -> list[str]:
@@ -41,7 +40,7 @@ def rebuild_manifest(root: Path, new: dict[str, Any], texts: Sequence[str],
         shard_id = int(shard["id"])
         first, last = shard["prompts"]
         prompts = list(range(first, last + 1))
-        base = _read_whole(store.shard_path(root, "prompts", shard_id), "prompts")
+        base = _read_whole(root, store.shard_path(root, "prompts", shard_id), "prompts")
         if base is None or base.column("prompt").to_pylist() != prompts \
                 or base.column("text").to_pylist() != list(texts[first:last + 1]) \
                 or sum(base.column("n_tokens").to_pylist()) != shard["n_tokens"]:
@@ -56,24 +55,23 @@ def rebuild_manifest(root: Path, new: dict[str, Any], texts: Sequence[str],
             checks[analysis.table] = (analysis.fits, analyses[name])
         for table in [*store.BASE_TABLES, *(registry.REGISTRY[name].table for name in analyses)]:
             path = store.shard_path(root, table, shard_id)
-            data = base if table == "prompts" else _read_whole(path, table)
+            data = base if table == "prompts" else _read_whole(root, path, table)
             if data is None or data.num_rows != expected.get(table, -1) \
                     or set(data.column("prompt").to_pylist()) != set(prompts):
                 continue
             if table in checks and not checks[table][0](data, checks[table][1]):
                 continue
             shard["rows"][table] = data.num_rows
-            shard.setdefault("sha256", {})[table] = store.file_sha256(path)
+            shard.setdefault("sha256", {})[table] = store.file_sha256(root, path)
             adopted += 1
         shard["status"] = "pending" if missing_tables(manifest, shard) else "done"
     truncate = registry.REGISTRY["truncate"].table
     if "truncate" in analyses and any(truncate in shard["rows"] for shard in manifest["shards"]):
         try:
-            mu = np.load(root / store.MU_FILE, allow_pickle=False)
-            if mu.shape == (n_layers + 1, manifest["model"]["d_model"]) and np.isfinite(mu).all():
-                analyses["truncate"]["_mu_sha256"] = hashlib.sha256(mu.tobytes()).hexdigest()
-        except (OSError, ValueError, EOFError):
-            pass  # computed again before any truncation shard runs
+            mu = store.load_array(root, root / store.MU_FILE, (n_layers + 1, manifest["model"]["d_model"]))
+            analyses["truncate"]["_mu_sha256"] = store.array_sha256(mu)
+        except (OSError, ValueError, HorizonError):
+            pass  # missing, damaged, a link or of another shape: computed again before any truncation shard runs
     manifest["rebuilt"] = store.now_iso()
     done = sum(1 for shard in manifest["shards"] if shard["status"] == "done")
     why = f"it was damaged (kept in {moved})" if moved is not None else "it was missing"
@@ -83,11 +81,12 @@ def rebuild_manifest(root: Path, new: dict[str, Any], texts: Sequence[str],
     return manifest, notes
 
 
-def _read_whole(path: Path, table: str) -> pa.Table | None:
-    """The table in ``path`` when it is complete and has its schema, else None."""
-    if not path.is_file() or store.check_file(path, None, table) is not None:
+def _read_whole(root: Path, path: Path, table: str) -> pa.Table | None:
+    """The table in ``path`` when it is a regular file, complete and has its schema, else None."""
+    if not confined.is_file(root, path) or store.check_file(path, None, table, root=root) is not None:
         return None
     try:
-        return pq.read_table(path)
-    except (OSError, pa.ArrowException, ValueError):
+        with confined.open_read(root, path) as handle:
+            return pq.read_table(handle)
+    except (OSError, pa.ArrowException, ValueError, HorizonError):
         return None

@@ -56,8 +56,8 @@ class ResultsSession:
         self.prompt_numbers = [numbers[i] for i in order]
         self.prompts = [texts[i] for i in order]
         ids_by_number, texts_by_number = self.results.prompt_tokens()
-        self.token_ids = [ids_by_number[n] if n < len(ids_by_number) else [] for n in self.prompt_numbers]
-        self._tokens = [texts_by_number[n] if n < len(texts_by_number) else [] for n in self.prompt_numbers]
+        self.token_ids = [ids_by_number[n] for n in self.prompt_numbers]  # [] where a prompt has no token rows
+        self._tokens = [texts_by_number[n] for n in self.prompt_numbers]
         self.n_layers = int(self.model_info.get("n_layers") or self._infer_layers())
         self.lengths = tuple(manifest.get("analyses", {}).get("truncate", {}).get("lengths", DEFAULT_LENGTHS))
         self._row_of = {number: row for row, number in enumerate(self.prompt_numbers)}

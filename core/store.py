@@ -29,6 +29,10 @@ removes those of dead writers, and moves every file the manifest does not record
 files) into ``DIR/quarantine/<time>/``, so that any Parquet reader of ``DIR/<table>`` sees exactly
 the recorded rows. Those moves, and the rename of a shard's files, happen under the lock.
 
+A results directory may come from someone else: every path below it is opened, moved and removed
+through ``core/confined.py`` (never through a link, only regular files), and every size it claims
+(JSON, array headers, row counts, index values) is bounded before anything is allocated by it.
+
 Nothing here imports torch: ``open_results`` must stay fast for ``horizon report`` and the app.
 
 This module is over 400 lines on purpose: it is everything about the files of a results
@@ -43,21 +47,21 @@ import errno
 import fcntl
 import hashlib
 import json
+import math
 import os
 import re
 import socket
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from horizon.core import analyses as registry
-from horizon.core.checksums import file_sha256
+from horizon.core import confined
 from horizon.core.errors import HorizonError
 
 FORMAT = "horizon-results"
@@ -137,6 +141,8 @@ class WriteError(HorizonError):
         cause = exc.strerror or str(exc) or type(exc).__name__
         if exc.errno == errno.ENOSPC:
             cause = "no space left on the device"
+        elif exc.errno == errno.EROFS:
+            cause = "the filesystem is read-only"
         elif isinstance(exc, NotADirectoryError) or exc.errno == errno.ENOTDIR:
             blocker = next((parent for parent in path.parents if parent.is_file()), None)
             cause = f"{blocker} is a file, not a directory" if blocker else cause
@@ -158,15 +164,6 @@ def shard_path(root: Path, table: str, shard_id: int) -> Path:
 # ----------------------------------------------------------------------------- atomic writes
 
 
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def temp_tag() -> str:
     """``HOST-PID`` of this process, as temp file names carry it (dots and dashes made safe)."""
     host = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:40] or "host"
@@ -176,61 +173,100 @@ def temp_tag() -> str:
 TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")
 
 
-def stage(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write through ``write(temp_path)`` beside ``path`` and fsync it; ``commit`` renames it into place."""
+def stage(path: Path, write: Callable[[BinaryIO], None], root: Path | None = None) -> Path:
+    """Write through ``write(handle)`` beside ``path`` and fsync it; ``commit`` renames it into place.
+
+    ``root``: the results directory ``path`` is inside (default: ``path``'s own folder); no link
+    below it is followed (core/confined.py).
+    """
+    root = Path(root) if root is not None else Path(path).parent
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.{temp_tag()}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
+        handle, temp = confined.create(root, Path(path).parent, f".{Path(path).name}.{temp_tag()}.", ".tmp")
     except OSError as exc:
         raise WriteError(path, exc) from None
-    temp = Path(temp_name)
     try:
-        write(temp)
-        os.chmod(temp, 0o644)  # mkstemp makes 0600 files; results are meant to be shared and read by others
-        with open(temp, "rb") as handle:
+        with handle:
+            write(handle)
+            handle.flush()
             os.fsync(handle.fileno())
     except BaseException as exc:
-        temp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError, HorizonError):
+            confined.unlink(root, temp)
         if isinstance(exc, OSError):
             raise WriteError(path, exc) from None
         raise
     return temp
 
 
-def commit(temp: Path, path: Path) -> None:
+def commit(temp: Path, path: Path, root: Path | None = None) -> None:
+    root = Path(root) if root is not None else Path(path).parent
     try:
-        os.replace(temp, path)
-    except OSError as exc:
-        temp.unlink(missing_ok=True)
-        raise WriteError(path, exc) from None
-    _fsync_dir(path.parent)
+        confined.replace(root, temp, path)
+    except (OSError, HorizonError) as exc:
+        with contextlib.suppress(OSError, HorizonError):
+            confined.unlink(root, temp)
+        if isinstance(exc, OSError):
+            raise WriteError(path, exc) from None
+        raise
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through ``write(temp_path)`` and rename into place: readers see all or nothing."""
-    commit(stage(path, write), path)
+def atomic_write(path: Path, write: Callable[[BinaryIO], None], root: Path | None = None) -> None:
+    """Write through ``write(handle)`` and rename into place: readers see all or nothing."""
+    commit(stage(path, write, root), path, root)
 
 
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    text = json.dumps(payload, indent=2, sort_keys=False) + "\n"
-    atomic_write(path, lambda temp: temp.write_text(text, encoding="utf-8"))
+def write_json_atomic(path: Path, payload: dict[str, Any], root: Path | None = None) -> None:
+    data = (json.dumps(payload, indent=2, sort_keys=False) + "\n").encode("utf-8")
+    atomic_write(path, lambda handle: handle.write(data), root)
 
 
-def write_table_atomic(path: Path, table: pa.Table) -> None:
-    atomic_write(path, lambda temp: pq.write_table(table, temp, compression="zstd"))
+def write_table_atomic(path: Path, table: pa.Table, root: Path | None = None) -> None:
+    atomic_write(path, lambda handle: pq.write_table(table, handle, compression="zstd"), root)
 
 
-def stage_table(path: Path, table: pa.Table) -> Path:
-    return stage(path, lambda temp: pq.write_table(table, temp, compression="zstd"))
+def stage_table(path: Path, table: pa.Table, root: Path | None = None) -> Path:
+    return stage(path, lambda handle: pq.write_table(table, handle, compression="zstd"), root)
 
 
-def write_array_atomic(path: Path, array: np.ndarray) -> None:
-    def write(temp: Path) -> None:
-        with open(temp, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
+def write_array_atomic(path: Path, array: np.ndarray, root: Path | None = None) -> None:
+    atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False), root)
 
-    atomic_write(path, write)
+
+def load_array(root: Path, path: Path, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """A stored ``.npy`` array of floats, checked before anything is allocated.
+
+    Its header's shape must match the file's size (and ``shape``, when given); only float
+    dtypes are read and every value must be finite. ValueError names what is wrong;
+    FileNotFoundError and ``Foreign`` (a link, a FIFO) pass through.
+    """
+    with confined.open_read(root, path) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        try:
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                stored_shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+            elif version == (2, 0):
+                stored_shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+            else:
+                raise ValueError(f"npy format version {version}")
+        except (ValueError, SyntaxError, EOFError, RecursionError, TypeError) as exc:
+            raise ValueError(f"not a readable .npy file ({type(exc).__name__})") from None
+        if dtype.kind != "f" or dtype.hasobject:
+            raise ValueError(f"holds {dtype}, not floats")
+        if shape is not None and tuple(stored_shape) != tuple(shape):
+            raise ValueError(f"has shape {tuple(stored_shape)}, this run needs {tuple(shape)}")
+        count = math.prod(stored_shape)
+        if count * dtype.itemsize != size - handle.tell():
+            raise ValueError(f"its header claims {count} values, its {size} bytes hold another number")
+        data = handle.read()
+    array = np.frombuffer(data, dtype=dtype).reshape(stored_shape, order="F" if fortran else "C")
+    if not np.isfinite(array).all():
+        raise ValueError("holds NaN or infinite values")
+    return array
+
+
+def array_sha256(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
 # ----------------------------------------------------------------------------- the manifest
@@ -241,30 +277,59 @@ def locked(root: Path) -> Iterator[None]:
     """An exclusive lock on the results directory (for manifest read-modify-write)."""
     try:
         root.mkdir(parents=True, exist_ok=True)
-        handle = open(root / LOCK, "a")
+        fd = confined.open_lock(root, root / LOCK)
     except OSError as exc:
         raise WriteError(root / LOCK, exc) from None
-    with handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+# The most a manifest or views cache may hold: far above what any sweep writes (a shard's entry is
+# under 1 KB), and small enough that parsing it stays within a few hundred MB.
+MAX_JSON_BYTES = 64 * 1024 * 1024
+
+
+def read_json_file(root: Path, path: Path, what: str) -> Any:
+    """The JSON in ``path`` (inside ``root``): a regular file reached without a link, at most MAX_JSON_BYTES.
+
+    FileNotFoundError passes through; everything else that is wrong is one HorizonError line.
+    """
+    try:
+        raw = confined.read_bytes(root, path, MAX_JSON_BYTES)
+    except confined.Foreign as exc:
+        raise HorizonError(f"{path} is {exc.what}, not a regular file; horizon never follows a link or opens a "
+                           f"special file inside a results directory: the {what} is not read") from None
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise HorizonError(f"{path} cannot be read ({exc.strerror or type(exc).__name__})") from None
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise HorizonError(f"{path} is damaged and cannot be read (its JSON is nested too deeply)") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HorizonError(f"{path} is damaged and cannot be read ({type(exc).__name__})") from None
 
 
 def read_manifest(root: Path) -> dict[str, Any]:
     """The manifest, or a HorizonError naming what is wrong with it."""
     path = root / MANIFEST
-    if not path.exists():
-        raise HorizonError(f"{root} has no {MANIFEST}: it is not a results directory, or its manifest was deleted")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HorizonError(f"{path} is damaged and cannot be read ({type(exc).__name__})") from None
+        manifest = read_json_file(root, path, "manifest")
+    except FileNotFoundError:
+        raise HorizonError(f"{root} has no {MANIFEST}: it is not a results directory, or its manifest was "
+                           "deleted") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise HorizonError(f"{path} is not a horizon results manifest")
     if manifest.get("version") != FORMAT_VERSION:
-        raise HorizonError(f"{path} has format version {manifest.get('version')}; this horizon reads {FORMAT_VERSION}")
+        raise HorizonError(f"{path} has format version {_short(manifest.get('version'))}; this horizon reads "
+                           f"{FORMAT_VERSION}")
     problem = structure_problem(manifest)
     if problem:
         raise HorizonError(f"{path} is damaged: {problem}")
@@ -275,18 +340,35 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# What a manifest may claim about its model: more than any model has means the manifest is damaged
+# (a reader sizes arrays by these numbers, so they are bounded before anything is allocated).
+MODEL_LIMITS = {"n_layers": 1024, "d_model": 1 << 17, "n_heads": 1024, "n_kv_heads": 1024, "n_ctx": 1 << 24}
+
+
+def _model_problem(model: Any) -> str | None:
+    if not (isinstance(model, dict) and isinstance(model.get("hash"), str) and _is_int(model.get("n_layers"))):
+        return f"model should be an object with a hash and n_layers, it is {_short(model)}"
+    for key, limit in MODEL_LIMITS.items():
+        value = model.get(key)
+        if (key == "n_layers" or value is not None) and not (_is_int(value) and 1 <= value <= limit):
+            return f"model.{key} should be an integer from 1 to {limit}, it is {_short(value)}"
+    return None
+
+
 def structure_problem(manifest: dict[str, Any]) -> str | None:
-    """What is wrong with the structure or types of a manifest (valid JSON is not enough), or None."""
+    """What is wrong with the structure, types or bounds of a manifest (valid JSON is not enough), or None."""
     if "shards" not in manifest:
         return None if set(manifest) <= {"format", "version", "runs", "updated"} else "it has no shard list"
+    problem = _model_problem(manifest.get("model"))
+    if problem:
+        return problem
     checks: list[tuple[str, Any, Callable[[Any], bool], str]] = [
-        ("model", manifest.get("model"), lambda v: isinstance(v, dict) and isinstance(v.get("hash"), str)
-         and _is_int(v.get("n_layers")) and v["n_layers"] >= 1, "an object with a hash and n_layers"),
         ("dtype", manifest.get("dtype"), lambda v: isinstance(v, str), "a string"),
         ("bos", manifest.get("bos"), lambda v: isinstance(v, dict) and isinstance(v.get("enabled"), bool),
          "an object with enabled true/false"),
         ("corpus", manifest.get("corpus"), lambda v: isinstance(v, dict) and isinstance(v.get("sha256"), str)
-         and _is_int(v.get("n_prompts")) and (v.get("max_tokens") is None or _is_int(v.get("max_tokens"))),
+         and _is_int(v.get("n_prompts")) and v["n_prompts"] >= 1
+         and (v.get("max_tokens") is None or _is_int(v.get("max_tokens"))),
          "an object with sha256, n_prompts and max_tokens"),
         ("analyses", manifest.get("analyses"), lambda v: isinstance(v, dict) and all(
             name in registry.REGISTRY and isinstance(settings, dict) for name, settings in v.items()),
@@ -299,6 +381,13 @@ def structure_problem(manifest: dict[str, Any]) -> str | None:
     for name, value, ok, expected in checks:
         if not ok(value):
             return f"{name} should be {expected}, it is {_short(value)}"
+    n_prompts, size = manifest["corpus"]["n_prompts"], manifest["shard_size"]
+    # The shards cut the corpus into consecutive groups of shard_size prompts (sweep_settings.plan_shards):
+    # a list of another length or other ranges does not describe this corpus.
+    if len(manifest["shards"]) != -(-n_prompts // size):
+        return (f"it lists {len(manifest['shards'])} shards, but {n_prompts} prompts in shards of {size} make "
+                f"{-(-n_prompts // size)}")
+    n_ctx = manifest["model"].get("n_ctx") or MODEL_LIMITS["n_ctx"]
     for index, shard in enumerate(manifest["shards"]):
         where = f"shards[{index}]"
         if not isinstance(shard, dict):
@@ -306,11 +395,13 @@ def structure_problem(manifest: dict[str, Any]) -> str | None:
         if shard.get("id") != index:
             return f"{where}.id should be {index}, it is {_short(shard.get('id'))}"
         prompts = shard.get("prompts")
-        if not (isinstance(prompts, list) and len(prompts) == 2 and all(_is_int(p) for p in prompts)
-                and 0 <= prompts[0] <= prompts[1]):
-            return f"{where}.prompts should be [first, last], it is {_short(prompts)}"
-        if not _is_int(shard.get("n_tokens")) or shard.get("status") not in ("pending", "done"):
-            return f"{where} should have an integer n_tokens and a status pending or done"
+        expected_range = [index * size, min((index + 1) * size, n_prompts) - 1]
+        if prompts != expected_range or not all(_is_int(p) for p in prompts):
+            return f"{where}.prompts should be {expected_range}, it is {_short(prompts)}"
+        n_tokens = shard.get("n_tokens")
+        if not (_is_int(n_tokens) and 0 <= n_tokens <= (prompts[1] - prompts[0] + 1) * n_ctx) \
+                or shard.get("status") not in ("pending", "done"):
+            return f"{where} should have an integer n_tokens (at most n_ctx per prompt) and a status pending or done"
         rows = shard.get("rows")
         if not isinstance(rows, dict) or any(table not in (*all_tables(), *LEGACY_TABLES) or not _is_int(count)
                                              or count < 0
@@ -344,6 +435,7 @@ def settings_key(manifest: dict[str, Any]) -> dict[str, Any]:
         "corpus_sha256": manifest["corpus"]["sha256"],
         "max_tokens": manifest["corpus"]["max_tokens"],
         "shard_size": manifest["shard_size"],
+        "n_prompts": manifest["corpus"]["n_prompts"],
     }
 
 
@@ -375,6 +467,24 @@ def _short(value: Any) -> str:
 # ----------------------------------------------------------------------------- reading
 
 
+# No table a sweep writes packs more rows into a byte of Parquet than this: the densest measured, the
+# tokens table of 4096-token prompts of one repeated token, holds 2.9 rows per byte (norms and
+# truncate, whose values are floats, under 1). A file claiming more would decompress to far more
+# memory than its size suggests (20 million rows in 520 KB), so it is not read.
+MAX_ROWS_PER_BYTE = 16
+ROWS_SLACK = 4096  # tiny files: a footer alone is a few hundred bytes
+
+
+class PromptLists(dict):  # type: ignore[type-arg]
+    """Prompt number -> a list (token ids or texts); a prompt with no rows reads as an empty list.
+
+    Sized by the rows present, never by a stored prompt number (a crafted number cannot make it large).
+    """
+
+    def __missing__(self, key: int) -> list[Any]:
+        return []
+
+
 @dataclass
 class Results:
     """A results directory opened for reading: manifest, intact tables, and what is damaged."""
@@ -402,8 +512,9 @@ class Results:
     def table(self, name: str, columns: list[str] | None = None) -> pa.Table | None:
         """One table over all intact shards (None when no shard of it is readable).
 
-        A file whose footer reads but whose data does not (corrupt pages) is named in
-        ``problems`` and left out, here and in every later read.
+        A file whose footer reads but whose data does not (corrupt pages), or whose index columns
+        (prompt, position, layer, head ...) hold values its shard and model cannot have, is named
+        in ``problems`` and left out, here and in every later read.
         """
         if name not in self.files or not self.files[name]:
             return None
@@ -412,54 +523,124 @@ class Results:
             parts = []
             for file in list(self.files[name]):
                 try:
-                    parts.append(pq.read_table(file, columns=columns))
-                except (OSError, pa.ArrowException, ValueError) as exc:
+                    with confined.open_read(self.path, file) as handle:
+                        part = pq.read_table(handle, columns=columns)
+                    part.validate(full=True)  # texts that are not UTF-8 would fail whoever reads them later
+                    problem = index_problem(file, part, self.index_bounds(file))
+                except (OSError, pa.ArrowException, ValueError, HorizonError) as exc:
+                    problem = (f"{file} is damaged ({type(exc).__name__} while reading its data); it is left out, "
+                               "and --resume redoes that shard")
+                if problem:
                     self.files[name].remove(file)
-                    self.problems.append(f"{file} is damaged ({type(exc).__name__} while reading its data); "
-                                         "it is left out, and --resume redoes that shard")
+                    self.problems.append(problem)
+                else:
+                    parts.append(part)
             if not parts:
                 return None
             self._cache[key] = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
         return self._cache[key]
 
-    def prompt_tokens(self) -> tuple[list[list[int]], list[list[str]]]:
-        """Token ids and token texts per corpus prompt (index = prompt number; empty where not stored)."""
+    def index_bounds(self, file: Path) -> dict[str, tuple[int, int]]:
+        """The values each index column of ``file`` may hold: its shard's prompts, the model's layers and heads."""
+        model = (self.manifest or {}).get("model") or {}
+        n_layers = model.get("n_layers") or MODEL_LIMITS["n_layers"]
+        n_heads = model.get("n_heads") or MODEL_LIMITS["n_heads"]
+        n_ctx = model.get("n_ctx") or MODEL_LIMITS["n_ctx"]
+        bounds = {"prompt": (0, 2**31 - 1), "position": (0, n_ctx - 1), "length": (1, n_ctx), "n_tokens": (0, n_ctx),
+                  "layer": (0, n_layers), "head": (0, n_heads - 1), "k": (0, n_layers + 1),
+                  "K": (0, 2 * n_layers + 2), "start_layer": (0, n_layers), "only_layer": (-1, n_layers),
+                  "n_queries": (0, n_ctx * n_ctx)}
+        match = SHARD_FILE.match(file.name)
+        shards = self.shards
+        if match and int(match.group(1)) < len(shards):
+            shard = shards[int(match.group(1))]
+            bounds["prompt"] = (shard["prompts"][0], shard["prompts"][1])
+            bounds["position"] = (0, max(0, min(n_ctx, shard["n_tokens"]) - 1))
+        return bounds
+
+    def prompt_tokens(self) -> tuple[PromptLists, PromptLists]:
+        """Token ids and token texts per corpus prompt number (an empty list where not stored)."""
         if "prompt_tokens" not in self._cache:
             tokens = self.table("tokens")
-            by_id: list[list[int]] = []
-            by_text: list[list[str]] = []
+            by_id, by_text = PromptLists(), PromptLists()
             if tokens is not None and tokens.num_rows:
                 prompt = tokens.column("prompt").to_numpy()
                 position = tokens.column("position").to_numpy()
                 token_id, text = tokens.column("token_id").to_numpy(), tokens.column("token").to_pylist()
                 order = np.lexsort((position, prompt))
-                by_id = [[] for _ in range(int(prompt.max()) + 1)]
-                by_text = [[] for _ in by_id]
                 for index in order.tolist():
-                    by_id[prompt[index]].append(int(token_id[index]))
-                    by_text[prompt[index]].append(str(text[index]))
+                    number = int(prompt[index])
+                    by_id.setdefault(number, []).append(int(token_id[index]))
+                    by_text.setdefault(number, []).append(str(text[index]))
             self._cache["prompt_tokens"] = (by_id, by_text)  # type: ignore[assignment]
         return self._cache["prompt_tokens"]  # type: ignore[return-value]
 
     def mu(self) -> np.ndarray | None:
-        file = self.path / MU_FILE
-        if not file.exists():
-            return None
         try:
-            return np.load(file, allow_pickle=False)
-        except (OSError, ValueError, EOFError):
+            return load_array(self.path, self.path / MU_FILE, mu_shape(self.manifest))
+        except (OSError, ValueError, HorizonError):
             return None
+
+
+def mu_shape(manifest: dict[str, Any] | None) -> tuple[int, int] | None:
+    """The shape of the stored corpus mean residual: [L+1, d_model] (None when the manifest does not say)."""
+    model = (manifest or {}).get("model") or {}
+    if not model.get("n_layers") or not model.get("d_model"):
+        return None
+    return (model["n_layers"] + 1, model["d_model"])
+
+
+def index_problem(file: Path, table: pa.Table, bounds: dict[str, tuple[int, int]]) -> str | None:
+    """Why ``table``'s index columns cannot be from its shard (a value out of ``bounds``, or missing), or None.
+
+    Readers size arrays by these values (a prompt number, a layer, a position), so a crafted
+    value would make them allocate without bound: such a file is left out instead.
+    """
+    import pyarrow.compute as pc
+
+    for column, (low, high) in bounds.items():
+        if column not in table.column_names:
+            continue
+        values = table.column(column)
+        if values.null_count:
+            return f"{file} has missing {column} values; it is left out, and --resume redoes that shard"
+        if len(values) == 0:
+            continue
+        extremes = pc.min_max(values)
+        smallest, largest = extremes["min"].as_py(), extremes["max"].as_py()
+        if smallest < low or largest > high:
+            return (f"{file} holds {column} values {smallest}..{largest}, outside the {low}..{high} its shard and "
+                    "model allow; it is left out, and --resume redoes that shard")
+    return None
 
 
 def check_file(file: Path, expected_rows: int | None, table: str | None = None,
-                expected_sha: str | None = None, full: bool = False) -> str | None:
+               expected_sha: str | None = None, full: bool = False, root: Path | None = None) -> str | None:
     """Why a Parquet shard file cannot be used, or None when it is intact.
 
-    Checks the footer, the schema of ``table``, the recorded row count and, when recorded, the
-    sha256; ``full`` also reads every data page (for files with no recorded sha256).
+    Checks that it is a regular file reached without a link, its footer, the schema of
+    ``table``, its row count (against its size, and the recorded one) and, when recorded, the
+    sha256; ``full`` also reads every data page (for files with no recorded sha256). ``root``:
+    the results directory (default: the folder above the file's table folder).
     """
+    root = Path(root) if root is not None else file.parent.parent
     try:
-        metadata = pq.read_metadata(file)
+        with confined.open_read(root, file) as handle:
+            return _check_open_file(file, handle, expected_rows, table, expected_sha, full)
+    except confined.Foreign as exc:
+        return (f"{file} is {exc.what}: horizon never follows a link or opens a special file inside a results "
+                "directory; it is not read")
+    except FileNotFoundError:
+        return f"{file} is missing; rerun with --resume to redo it"
+    except OSError as exc:
+        return f"{file} cannot be read ({exc.strerror or type(exc).__name__})"
+
+
+def _check_open_file(file: Path, handle: BinaryIO, expected_rows: int | None, table: str | None,
+                     expected_sha: str | None, full: bool) -> str | None:
+    size = os.fstat(handle.fileno()).st_size
+    try:
+        metadata = pq.read_metadata(handle)
         schema = metadata.schema.to_arrow_schema()
     except (OSError, pa.ArrowException, ValueError) as exc:
         return f"{file} is damaged or truncated ({type(exc).__name__}); rerun with --resume to redo it"
@@ -470,23 +651,36 @@ def check_file(file: Path, expected_rows: int | None, table: str | None = None,
                 found = "missing" if index < 0 else str(schema.field(index).type)
                 return (f"{file} does not hold a {table} table (column {column} is {found}, expected {kind}); "
                         "rerun with --resume to redo it")
+    if metadata.num_rows > MAX_ROWS_PER_BYTE * size + ROWS_SLACK:
+        return (f"{file} claims {metadata.num_rows} rows in {size} bytes, more than any table horizon writes could "
+                "hold; it is not read")
     if expected_rows is not None and metadata.num_rows != expected_rows:
         return (f"{file} has {metadata.num_rows} rows but the manifest recorded {expected_rows}; "
                 "it was changed after the sweep wrote it")
     if expected_sha is not None:
-        try:
-            actual = file_sha256(file)
-        except OSError as exc:
-            return f"{file} cannot be read ({exc.strerror or type(exc).__name__})"
-        if actual != expected_sha:
+        handle.seek(0)
+        digest = hashlib.sha256()
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+        if digest.hexdigest() != expected_sha:
             return (f"{file} does not match the checksum the manifest recorded: it was changed or damaged after "
                     "the sweep wrote it; rerun with --resume to redo it")
     elif full:
         try:
-            pq.read_table(file)
+            handle.seek(0)
+            pq.read_table(handle)
         except (OSError, pa.ArrowException, ValueError) as exc:
             return f"{file} is damaged ({type(exc).__name__} while reading its data); rerun with --resume to redo it"
     return None
+
+
+def file_sha256(root: Path, path: Path) -> str:
+    """sha256 of a regular file inside ``root`` (read without following a link)."""
+    digest = hashlib.sha256()
+    with confined.open_read(root, path) as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _recorded(manifest: dict[str, Any]) -> dict[int, tuple[dict[str, int], dict[str, str]]]:
@@ -495,38 +689,101 @@ def _recorded(manifest: dict[str, Any]) -> dict[int, tuple[dict[str, int], dict[
             for shard in manifest.get("shards", [])}
 
 
-def leftover_temps(root: Path) -> list[Path]:
-    """Temp files of interrupted writes, in the directory and its table folders."""
-    found = sorted(root.glob(".*.tmp")) if root.is_dir() else []
-    for table in all_tables():
-        if (root / table).is_dir():
-            found += sorted((root / table).glob(".*.tmp"))
+def _entries(root: Path, folder: Path) -> list[tuple[str, str]]:
+    """The entries of a real folder inside ``root`` (none when it is missing or foreign)."""
+    try:
+        return confined.entries(root, folder) if folder == root or confined.kind(root, folder) == "dir" else []
+    except (OSError, HorizonError):
+        return []
+
+
+def _table_folders(root: Path) -> list[str]:
+    return list(dict.fromkeys((*all_tables(), *LEGACY_TABLES)))
+
+
+# The names a sweep writes at the top of a results directory (besides the table folders).
+CLAIMS = ".claims"
+TOP_NAMES = (MANIFEST, LOCK, "views.json", *CORPUS_FILES, QUARANTINE, CLAIMS)
+
+
+def foreign_entries(root: Path) -> list[tuple[Path, str]]:
+    """Links and special files where the store reads or writes: (path, what it is), never followed.
+
+    Looks at the names a sweep writes (manifest, views cache, lock, arrays, quarantine, claims and
+    table folders) and at every entry of the table and claims folders; anything else in the
+    directory is not the store's and is never touched.
+    """
+    found: list[tuple[Path, str]] = []
+    known = {*TOP_NAMES, *_table_folders(root)}
+    for name, what in _entries(root, root):
+        if name in known and what not in ("file", "dir"):
+            found.append((root / name, what))
+    for folder in (*_table_folders(root), CLAIMS):
+        for name, what in _entries(root, root / folder):
+            if what not in ("file", "dir"):
+                found.append((root / folder / name, what))
     return found
+
+
+def foreign_problem(entries: list[tuple[Path, str]]) -> str:
+    path, what = entries[0]
+    more = f" (and {len(entries) - 1} more such entries)" if len(entries) > 1 else ""
+    return (f"{path} is {what}{more}: horizon never follows a link or opens a special file inside a results "
+            "directory, so it is not read")
+
+
+def leftover_temps(root: Path) -> list[Path]:
+    """Temp files of interrupted writes, in the directory and its table folders (regular files only)."""
+    found = [root / name for name, what in _entries(root, root) if what == "file" and _is_temp_name(name)]
+    for table in all_tables():
+        found += [root / table / name for name, what in _entries(root, root / table)
+                  if what == "file" and _is_temp_name(name)]
+    return found
+
+
+def _is_temp_name(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".tmp")
 
 
 def strays(root: Path, manifest: dict[str, Any]) -> list[Path]:
-    """Everything in a table folder that is not a file the manifest records (what a Parquet reader would add)."""
+    """Everything in a table folder that is not a file the manifest records (what a Parquet reader would add).
+
+    Links and special files are not strays: they are foreign (``foreign_entries``) and left alone.
+    """
     recorded = _recorded(manifest)
     found = []
     for table in all_tables():
-        folder = root / table
-        if not folder.is_dir():
-            continue
-        for entry in sorted(folder.iterdir()):
-            if entry.name.startswith((".", "_")):
+        for name, what in _entries(root, root / table):
+            if name.startswith((".", "_")) or what not in ("file", "dir"):
                 continue  # hidden: temp files (handled apart); Parquet readers skip these names too
-            match = SHARD_FILE.match(entry.name)
-            if match and entry.is_file() and table in recorded.get(int(match.group(1)), ({}, {}))[0]:
+            match = SHARD_FILE.match(name)
+            if match and what == "file" and table in recorded.get(int(match.group(1)), ({}, {}))[0]:
                 continue
-            found.append(entry)
+            found.append(root / table / name)
     return found
+
+
+def _count_quarantined(root: Path) -> int:
+    """Regular files under ``quarantine/`` (its layout is stamp/table/file: three levels), links not followed."""
+    count = 0
+    level = [root / QUARANTINE] if confined.is_dir(root, root / QUARANTINE) else []
+    for _ in range(3):
+        below = []
+        for folder in level:
+            for name, what in _entries(root, folder):
+                if what == "file":
+                    count += 1
+                elif what == "dir" and len(below) < 10_000:
+                    below.append(folder / name)
+        level = below
+    return count
 
 
 def open_results(path: str | Path) -> Results:
     """Open a results directory, keeping whatever is intact and naming every problem found.
 
     Raises HorizonError only when nothing at all can be read (no directory, or no manifest and
-    no readable shard file).
+    no readable shard file). Links and special files inside it are named and never followed.
     """
     root = Path(path).expanduser()
     if not root.exists():
@@ -534,6 +791,9 @@ def open_results(path: str | Path) -> Results:
     if not root.is_dir():
         raise HorizonError(f"{path} is a file, not a results directory")
     problems: list[str] = []
+    foreign = foreign_entries(root)
+    if foreign:
+        problems.append(foreign_problem(foreign))
     try:
         manifest: dict[str, Any] | None = read_manifest(root)
     except HorizonError as exc:
@@ -547,24 +807,25 @@ def open_results(path: str | Path) -> Results:
     for leftover in leftover_temps(root):
         problems.append(f"{leftover} is a half-written file (a run was interrupted while writing it); "
                         "it is ignored, and the next run in this directory removes it")
-    quarantined = sorted(file for file in (root / QUARANTINE).rglob("*") if file.is_file()) \
-        if (root / QUARANTINE).is_dir() else []
+    quarantined = _count_quarantined(root)
     if quarantined:
-        results.notes.append(f"{root / QUARANTINE} holds {len(quarantined)} file(s) an earlier run moved aside "
+        results.notes.append(f"{root / QUARANTINE} holds {quarantined} file(s) an earlier run moved aside "
                              "(not recorded by the manifest, or damaged); they are not part of the results")
 
     if manifest is None:
         results.folders = {new: old for old, new in LEGACY_TABLES.items()
-                           if (root / old).is_dir() and not (root / new).is_dir()}
+                           if confined.is_dir(root, root / old) and not confined.is_dir(root, root / new)}
         for table in all_tables():
             folder = root / results.folders.get(table, table)
             files = []
-            for file in sorted(folder.glob("shard-*.parquet")) if folder.is_dir() else []:
-                problem = check_file(file, None, table)
+            for name, what in _entries(root, folder):
+                if what != "file" or not SHARD_FILE.match(name):
+                    continue
+                problem = check_file(folder / name, None, table, root=root)
                 if problem:
                     problems.append(problem)
                 else:
-                    files.append(file)
+                    files.append(folder / name)
             if files:
                 results.files[table] = files
         if not results.files:
@@ -577,18 +838,23 @@ def open_results(path: str | Path) -> Results:
     if not_done:
         problems.append(f"{len(not_done)} of {len(manifest['shards'])} shards are not finished "
                         f"(first: {not_done[0]}); run the same sweep with --resume to complete them")
+    foreign_paths = {entry for entry, _ in foreign}
     for table in all_tables():
         files = []
         folder = root / results.folders.get(table, table)
+        if folder in foreign_paths:
+            continue  # named above, never followed
         for shard_id, (rows, sums) in sorted(recorded.items()):
             if table not in rows:
                 continue  # that analysis was not part of the run that wrote this shard
             file = folder / shard_name(shard_id)
-            if not file.is_file():
+            if file in foreign_paths:
+                continue
+            if not confined.is_file(root, file):
                 problems.append(f"{file} is missing although the manifest marks shard {shard_id} done; "
                                 "rerun with --resume to redo it")
                 continue
-            problem = check_file(file, rows[table], table, sums.get(table))
+            problem = check_file(file, rows[table], table, sums.get(table), root=root)
             if problem:
                 problems.append(problem)
             else:
@@ -611,11 +877,10 @@ def mu_problem(root: Path, manifest: dict[str, Any]) -> str | None:
         return None
     path = root / MU_FILE
     try:
-        mu = np.load(path, allow_pickle=False)
-        ok = hashlib.sha256(np.ascontiguousarray(mu).tobytes()).hexdigest() == recorded
+        ok = array_sha256(load_array(root, path, mu_shape(manifest))) == recorded
     except FileNotFoundError:
         return f"{path} is missing (the truncation tables are intact); --resume computes it again"
-    except (OSError, ValueError, EOFError):
+    except (OSError, ValueError, HorizonError):
         ok = False
     if not ok:
         return (f"{path} is damaged or does not match the checksum the manifest recorded (the truncation tables "
@@ -632,11 +897,21 @@ def quarantine(root: Path, paths: list[Path], stamp: str | None = None) -> Path 
     for path in paths:
         destination = target / path.relative_to(root)
         try:
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, destination)
+            confined.make_dirs(root, destination.parent)
+            confined.replace(root, path, destination)
         except OSError as exc:
             raise WriteError(destination, exc) from None
     return target
+
+
+def refuse_foreign(root: Path) -> None:
+    """A run that writes into ``root`` stops here, in one line, when a link or special file is where it works."""
+    found = foreign_entries(root)
+    if found:
+        path, what = found[0]
+        more = f" (and {len(found) - 1} more such entries)" if len(found) > 1 else ""
+        raise HorizonError(f"{path} is {what}{more}: horizon never follows a link or opens a special file inside a "
+                           "results directory; remove it, or use another --out")
 
 
 def tidy(root: Path, manifest: dict[str, Any], pid_alive: Callable[[int], bool] | None = None) -> list[str]:
@@ -652,28 +927,29 @@ def tidy(root: Path, manifest: dict[str, Any], pid_alive: Callable[[int], bool] 
         if match and match.group("host") == here and alive(int(match.group("pid"))):
             continue  # a live writer on this machine (another --shard worker) is writing it
         if match and match.group("host") != here:
-            with contextlib.suppress(OSError):
-                if datetime.now(UTC).timestamp() - temp.stat().st_mtime < 24 * 3600:
+            with contextlib.suppress(OSError, HorizonError):
+                if datetime.now(UTC).timestamp() - confined.lstat(root, temp).st_mtime < 24 * 3600:
                     continue  # perhaps a live writer on another machine: left for a day
         with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
-            removed += 1
+            if confined.unlink(root, temp):
+                removed += 1
     moving = strays(root, manifest)
     damaged = 0
     for shard in manifest["shards"]:
         rows, sums = shard.get("rows") or {}, shard.get("sha256") or {}
         for table in list(rows):
             file = shard_path(root, table, int(shard["id"]))
-            if not file.is_file():
+            present = confined.is_file(root, file)
+            if not present:
                 problem = "missing"
             else:
-                problem = check_file(file, rows[table], table, sums.get(table), full=table not in sums)
+                problem = check_file(file, rows[table], table, sums.get(table), full=table not in sums, root=root)
             if problem:
                 del rows[table]
                 sums.pop(table, None)
                 shard["status"] = "pending"
                 damaged += 1
-                if file.is_file():
+                if present:
                     moving.append(file)
     lines = []
     if removed:
@@ -705,7 +981,8 @@ def damaged_shards(root: Path, results: Results) -> list[int]:
         sums = shard.get("sha256") or {}
         for table, rows in shard.get("rows", {}).items():
             file = shard_path(root, table, int(shard["id"]))
-            if not file.exists() or check_file(file, rows, table, sums.get(table), full=table not in sums):
+            if not confined.is_file(root, file) or check_file(file, rows, table, sums.get(table),
+                                                               full=table not in sums, root=root):
                 bad.append(int(shard["id"]))
                 break
     return bad
@@ -756,8 +1033,6 @@ def merge(sources: list[str | Path], target: Path) -> Merged:
 
 
 def _merge(sources: list[str | Path], target: Path) -> Merged:
-    import shutil
-
     opened = [open_results(source) for source in sources]
     for results in opened:
         if results.manifest is None:
@@ -780,18 +1055,17 @@ def _merge(sources: list[str | Path], target: Path) -> Merged:
                 shard = base["shards"][shard_id]
                 if table in shard["rows"]:
                     continue  # an earlier source already gave this shard's table
-                destination = shard_path(target, table, shard_id)
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(file, destination)
+                target.mkdir(parents=True, exist_ok=True)
+                confined.copy(results.path, file, target, shard_path(target, table, shard_id))
                 source_shard = results.manifest["shards"][shard_id]
                 shard["rows"][table] = source_shard["rows"][table]
                 if table in source_shard.get("sha256", {}):
                     shard["sha256"][table] = source_shard["sha256"][table]
                 copied += 1
         for name in CORPUS_FILES:
-            if (results.path / name).exists() and not (target / name).exists():
+            if confined.is_file(results.path, results.path / name) and not (target / name).exists():
                 target.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(results.path / name, target / name)
+                confined.copy(results.path, results.path / name, target, target / name)
     wanted = {*BASE_TABLES, *(analysis_tables()[name] for name in base["analyses"])}
     for shard in base["shards"]:
         shard["status"] = "done" if wanted <= set(shard["rows"]) else "pending"

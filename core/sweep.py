@@ -14,11 +14,11 @@ worker and resumed run, so results do not depend on how the corpus was split.
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import os
-import shutil
+import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 from horizon.core import analyses as registry
-from horizon.core import store
+from horizon.core import confined, store
 from horizon.core.corpus import Corpus
 from horizon.core.errors import HorizonError
 from horizon.core.plan import Eta, predicted_shard_work
@@ -106,17 +106,27 @@ def _prepare_directory(root: Path, new: dict[str, Any], resume: bool, force: boo
     """Create the manifest, or check the existing one and join it, or rebuild a lost one.
 
     Returns (manifest, what happened, notes): the notes say what was tidied (temp files removed,
-    files moved to the quarantine folder) or rebuilt, one line each.
+    files moved to the quarantine folder) or rebuilt, one line each. A link or special file where
+    the store works is refused first (``store.refuse_foreign``): nothing is followed, moved or removed.
     """
+    if root.is_dir():
+        store.refuse_foreign(root)
+        if not force and not resume and _not_results(root):  # said before the lock file is made in the user's folder
+            raise HorizonError(f"{root} exists and is not a results directory; use another --out or --force")
     with store.locked(root):
+        store.refuse_foreign(root)  # again under the lock: another run may have been writing
         notes: list[str] = []
         old = None
         damaged = None
-        if (root / store.MANIFEST).exists():
+        if confined.kind(root, root / store.MANIFEST) != "missing":
             try:
                 old = store.read_manifest(root)
             except HorizonError as exc:
                 damaged = str(exc)
+        if old is not None:
+            damaged = _inconsistency(old, new)
+            if damaged is not None:
+                old = None  # the same model and corpus, described otherwise: the manifest is damaged
         if old is not None:
             legacy = store.legacy_tables(old)
             if legacy and not force:
@@ -142,7 +152,7 @@ def _prepare_directory(root: Path, new: dict[str, Any], resume: bool, force: boo
             return manifest, "rebuilt", notes
         elif resume and not force:
             raise HorizonError(f"--resume: {root} holds no sweep to resume")
-        elif root.exists() and any(path.name not in (store.LOCK, store.QUARANTINE) for path in root.iterdir()):
+        elif _not_results(root):
             if not force:
                 raise HorizonError(f"{root} exists and is not a results directory; use another --out or --force")
             _discard(root)
@@ -152,18 +162,46 @@ def _prepare_directory(root: Path, new: dict[str, Any], resume: bool, force: boo
         return new, "created", notes
 
 
+def _not_results(root: Path) -> bool:
+    """Whether ``root`` holds files of its own and nothing of a sweep (no manifest, no shard file)."""
+    ours = (store.LOCK, store.QUARANTINE, store.CLAIMS)
+    return (confined.kind(root, root / store.MANIFEST) == "missing" and not _has_shard_files(root)
+            and any(name not in ours for name, _ in confined.entries(root, root)))
+
+
+def _inconsistency(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """What a manifest of this model and corpus says otherwise than the model and corpus do (it is damaged), or None.
+
+    Runs of the same model (hash), corpus (sha256) and shard size must describe them alike: the
+    model's dimensions, and each shard's prompts and token count.
+    """
+    if (old["model"]["hash"], old["corpus"]["sha256"], old["corpus"]["max_tokens"], old["shard_size"]) != \
+            (new["model"]["hash"], new["corpus"]["sha256"], new["corpus"]["max_tokens"], new["shard_size"]):
+        return None  # another sweep: settings_conflicts says how
+    for key in store.MODEL_LIMITS:
+        if key in old["model"] and key in new["model"] and old["model"][key] != new["model"][key]:
+            return f"its model.{key} is {store._short(old['model'][key])}, the model has {new['model'][key]}"
+    if old["corpus"]["n_prompts"] != new["corpus"]["n_prompts"]:
+        return f"it counts {old['corpus']['n_prompts']} prompts, the corpus has {new['corpus']['n_prompts']}"
+    for before, now in zip(old["shards"], new["shards"], strict=True):
+        if before["n_tokens"] != now["n_tokens"]:
+            return f"its shard {now['id']} has {before['n_tokens']} tokens, the corpus gives {now['n_tokens']}"
+    return None
+
+
 def _has_shard_files(root: Path) -> bool:
-    return any((root / table).is_dir() and any((root / table).glob("shard-*.parquet")) for table in store.all_tables())
+    return any(what == "file" and store.SHARD_FILE.match(name)
+               for table in store.all_tables() for name, what in store._entries(root, root / table))
 
 
 def _discard(root: Path) -> None:
-    """Remove a previous sweep's files (only the ones a sweep writes; the quarantine folder stays)."""
+    """Remove a previous sweep's files (only the ones a sweep writes, never through a link; the quarantine stays)."""
     for table in (*store.all_tables(), *store.LEGACY_TABLES):
-        shutil.rmtree(root / table, ignore_errors=True)
+        confined.remove_tree(root, root / table)
     for name in (store.MANIFEST, store.MU_FILE, VIEWS_FILE, ABLATION_MEANS_FILE):
-        (root / name).unlink(missing_ok=True)
+        confined.unlink(root, root / name)
     for temp in store.leftover_temps(root):
-        temp.unlink(missing_ok=True)
+        confined.unlink(root, temp)
 
 
 def _missing_work(manifest: dict[str, Any]) -> bool:
@@ -178,29 +216,43 @@ CORPUS_ARRAYS = {
 }
 
 
+def corpus_array_shape(analysis: str, model: dict[str, Any]) -> tuple[int, int]:
+    """The shape of an analysis's corpus-wide array for this model: [L+1, d] (mean residual), [2L+1, d] (means)."""
+    n_layers, d_model = model["n_layers"], model["d_model"]
+    return (n_layers + 1, d_model) if analysis == "truncate" else (2 * n_layers + 1, d_model)
+
+
 def _ensure_corpus_array(root: Path, manifest: dict[str, Any], analysis: str,
                          compute: Callable[[], np.ndarray]) -> np.ndarray:
     """Load an analysis's stored corpus-wide array, or compute and store it once (under the lock: one worker does it).
 
     Every shard, worker and resumed run uses the same stored array, so the numbers do not depend
-    on how the corpus was split. A missing, unreadable or changed file (its sha256 is recorded
-    in the manifest) is computed again.
+    on how the corpus was split. A stored file is used only when it has this model's shape, only
+    finite values and the sha256 the manifest recorded; anything else (missing, damaged, NaN or
+    inf, a crafted file with a recomputed checksum of another shape) is computed again. A computed
+    array with NaN or inf (a model that overflows) is refused: it would turn every row into NaN.
     """
     name, key, dtype = CORPUS_ARRAYS[analysis]
+    shape = corpus_array_shape(analysis, manifest["model"])
     with store.locked(root):
         current = store.read_manifest(root)
         recorded = current["analyses"].get(analysis, {}).get(key)
         path = root / name
-        if recorded and path.exists():
+        if recorded:
             try:
-                array = np.load(path, allow_pickle=False)
-                if hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest() == recorded:
-                    return array
-            except (OSError, ValueError, EOFError):
+                array = store.load_array(root, path, shape)
+                if store.array_sha256(array) == recorded:
+                    return np.array(array, dtype=dtype)
+            except (OSError, ValueError):
                 pass
         array = np.ascontiguousarray(compute().astype(dtype))
+        if array.shape != shape or not np.isfinite(array).all():
+            what = "the corpus mean residual" if analysis == "truncate" else "the mean-ablation means"
+            raise HorizonError(f"{what} of this model over the corpus has "
+                               f"{'NaN or infinite values' if array.shape == shape else f'shape {array.shape}'}: "
+                               "the model overflows (try --dtype float32) or is damaged; nothing was written")
         store.write_array_atomic(path, array)
-        digest = hashlib.sha256(array.tobytes()).hexdigest()
+        digest = store.array_sha256(array)
         current["analyses"][analysis][key] = digest
         current["updated"] = store.now_iso()
         store.write_json_atomic(root / store.MANIFEST, current)
@@ -218,8 +270,8 @@ def _record_shard(root: Path, shard_id: int, tables: dict[str, pa.Table], second
     staged: dict[str, Path] = {}
     try:
         for table, data in tables.items():
-            staged[table] = store.stage_table(store.shard_path(root, table, shard_id), data)
-        sums = {table: store.file_sha256(temp) for table, temp in staged.items()}
+            staged[table] = store.stage_table(store.shard_path(root, table, shard_id), data, root)
+        sums = {table: store.file_sha256(root, temp) for table, temp in staged.items()}
 
         def change(manifest: dict[str, Any]) -> None:
             shard = manifest["shards"][shard_id]
@@ -232,11 +284,81 @@ def _record_shard(root: Path, shard_id: int, tables: dict[str, pa.Table], second
 
         with store.locked(root):
             for table in list(staged):
-                store.commit(staged.pop(table), store.shard_path(root, table, shard_id))
+                store.commit(staged.pop(table), store.shard_path(root, table, shard_id), root)
             store.update_manifest(root, change, lock=False)
     finally:
         for temp in staged.values():
-            temp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError, HorizonError):
+                confined.unlink(root, temp)
+
+
+# ----------------------------------------------------------------------------- shard claims
+
+
+# A claim of another machine cannot be checked for a live process: it is honoured this long.
+CLAIM_SECONDS_ELSEWHERE = 24 * 3600
+CLAIM = re.compile(r"^(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)$")
+
+
+def _claim_path(root: Path, shard_id: int) -> Path:
+    return root / store.CLAIMS / f"shard-{shard_id:05d}.claim"
+
+
+def _claim_holder(root: Path, shard_id: int) -> str | None:
+    """``HOST-PID`` of the live process that claimed this shard, or None (no claim, or its process is gone)."""
+    path = _claim_path(root, shard_id)
+    try:
+        text = confined.read_bytes(root, path, 256).decode("ascii", "replace").strip()
+        age = time.time() - confined.lstat(root, path).st_mtime
+    except (OSError, HorizonError):
+        return None
+    match = CLAIM.match(text)
+    if match is None:
+        return None
+    here, pid = store.temp_tag().rsplit("-", 1)[0], int(match.group("pid"))
+    if match.group("host") == here:
+        return text if pid != os.getpid() and store._pid_alive(pid) else None
+    return text if age < CLAIM_SECONDS_ELSEWHERE else None
+
+
+@dataclass
+class Claims:
+    """The shards this run claims one at a time as its pool takes them, so that two runs on one --out
+    never compute a shard twice: a shard done meanwhile, or claimed by another live process, is skipped."""
+
+    root: Path
+    held: set[int] = field(default_factory=set)
+    skipped: dict[int, str] = field(default_factory=dict)  # shard id -> the claim's holder, or "done"
+
+    def take(self, todo: list[tuple[int, list[str]]]) -> Iterator[tuple[int, list[str]]]:
+        for shard_id, analyses in todo:
+            with store.locked(self.root):
+                manifest = store.read_manifest(self.root)
+                shard = manifest["shards"][shard_id]
+                missing = missing_tables(manifest, shard)
+                wanted = [name for name in analyses if registry.REGISTRY[name].table in missing]
+                if not wanted and not any(table in missing for table in store.BASE_TABLES):
+                    self.skipped[shard_id] = "done"
+                    continue
+                holder = _claim_holder(self.root, shard_id)
+                if holder is not None:
+                    self.skipped[shard_id] = holder
+                    continue
+                tag = store.temp_tag().encode("ascii")
+                store.atomic_write(_claim_path(self.root, shard_id), lambda handle, tag=tag: handle.write(tag),
+                                   self.root)
+                self.held.add(shard_id)
+            yield shard_id, wanted
+
+    def release(self, shard_id: int) -> None:
+        if shard_id in self.held:
+            self.held.discard(shard_id)
+            with contextlib.suppress(OSError, HorizonError):
+                confined.unlink(self.root, _claim_path(self.root, shard_id))
+
+    def release_all(self) -> None:
+        for shard_id in list(self.held):
+            self.release(shard_id)
 
 
 def _todo(manifest: dict[str, Any], shard_spec: ShardSpec, analyses: list[str]) -> list[tuple[int, list[str]]]:
@@ -306,16 +428,19 @@ def run_sweep(
         return _run(corpus, root, config, loaded, settings, shard, resume, force, backend, workers, ray_address,
                     max_prompts, progress, on_plan, on_eta, started, started_clock)
     except store.WriteError as exc:
-        if (root / store.MANIFEST).is_file():
+        if confined.is_file(root, root / store.MANIFEST):
             raise HorizonError(f"{exc}; the finished shards are kept: run the same command with --resume once "
                                "that is fixed") from None
         raise
 
 
 def _check_out(root: Path, out: str | Path) -> None:
-    """Refuse an --out that cannot be written before the model loads (a file in the way, no permission)."""
+    """Refuse an --out that cannot be written before the model loads (a file in the way, no permission, a
+    link or special file where the store works)."""
     if root.exists() and not root.is_dir():
         raise HorizonError(f"--out {out} is a file, not a directory")
+    if root.is_dir():
+        store.refuse_foreign(root)
     existing = root
     while not existing.exists():
         if existing.parent == existing:
@@ -324,6 +449,9 @@ def _check_out(root: Path, out: str | Path) -> None:
     if existing != root and not existing.is_dir():
         raise HorizonError(f"cannot write {root}: {existing} is a file, not a directory")
     if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+        with contextlib.suppress(OSError):
+            if os.statvfs(existing).f_flag & os.ST_RDONLY:
+                raise HorizonError(f"cannot write {root}: {existing} is on a read-only filesystem")
         raise HorizonError(f"cannot write {root}: {existing} is not writable (permission denied)")
 
 
@@ -366,20 +494,37 @@ def _run(corpus: Corpus, root: Path, config: WorkerConfig, loaded: LoadedModel |
                    for shard_id, analyses in todo})
         if on_eta is not None:
             on_eta(eta.seconds_left())
-        prompts_run = tokens_run = 0
+        prompts_run = tokens_run = shards_run = 0
         last_finished = time.perf_counter()
-        for shard_id, tables, seconds in pool.run(todo, plans):
-            _record_shard(root, shard_id, tables, seconds, str(shard))
-            prompts_run += shard_prompts[shard_id]
-            tokens_run += shard_tokens[shard_id]
-            # Wall time between finished shards (writes included; with several workers, their throughput).
-            now = time.perf_counter()
-            eta.finish(shard_id, now - last_finished)
-            last_finished = now
-            if progress is not None:
-                progress(shard_prompts[shard_id], shard_tokens[shard_id])
-            if on_eta is not None:
-                on_eta(eta.seconds_left())
+        claims = Claims(root)
+        try:
+            # The pool takes shards from claims.take as it frees up: each is claimed just before it runs.
+            for shard_id, tables, seconds in pool.run(claims.take(todo), plans):  # type: ignore[arg-type]
+                _record_shard(root, shard_id, tables, seconds, str(shard))
+                claims.release(shard_id)
+                shards_run += 1
+                prompts_run += shard_prompts[shard_id]
+                tokens_run += shard_tokens[shard_id]
+                # Wall time between finished shards (writes included; with several workers, their throughput).
+                now = time.perf_counter()
+                for skipped in claims.skipped:
+                    eta.left.discard(skipped)
+                eta.finish(shard_id, now - last_finished)
+                last_finished = now
+                if progress is not None:
+                    progress(shard_prompts[shard_id], shard_tokens[shard_id])
+                if on_eta is not None:
+                    on_eta(eta.seconds_left())
+        finally:
+            claims.release_all()
+        elsewhere = sorted({holder for holder in claims.skipped.values() if holder != "done"})
+        if elsewhere:
+            notes.append(f"{sum(1 for h in claims.skipped.values() if h != 'done')} shard(s) were being run by "
+                         f"another process ({', '.join(elsewhere[:3])}) and were left to it; once it ends, "
+                         "--resume runs any it did not finish")
+        done_meanwhile = sum(1 for holder in claims.skipped.values() if holder == "done")
+        if done_meanwhile:
+            notes.append(f"{done_meanwhile} shard(s) were finished by another run meanwhile and were not run again")
         work_seconds = time.perf_counter() - work_started
         notes += pool.notes  # workers lost and shards run again
         failed = [{"id": shard_id, "prompts": manifest["shards"][shard_id]["prompts"], "reason": reason}
@@ -391,7 +536,7 @@ def _run(corpus: Corpus, root: Path, config: WorkerConfig, loaded: LoadedModel |
 
     def finish(m: dict[str, Any]) -> None:
         for run in m["runs"]:
-            if run["started"] == started and run["pid"] == os.getpid():
+            if run.get("started") == started and run.get("pid") == os.getpid():
                 run["ended"] = ended
                 if failed:
                     run["failed_shards"] = [shard["id"] for shard in failed]
@@ -405,7 +550,7 @@ def _run(corpus: Corpus, root: Path, config: WorkerConfig, loaded: LoadedModel |
         notes.append(f"{exc}; report computes the views from the tables instead")
     done = sum(1 for s in final["shards"] if not missing_tables(final, s))
     return SweepSummary(
-        out=str(root), shards_total=len(final["shards"]), shards_done_before=done_before, shards_run=len(todo),
+        out=str(root), shards_total=len(final["shards"]), shards_done_before=done_before, shards_run=shards_run,
         shards_done=done, prompts_run=prompts_run, tokens_run=tokens_run,
         seconds=time.perf_counter() - started_clock, work_seconds=work_seconds,
         complete=final["finished"] is not None,

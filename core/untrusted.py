@@ -4,10 +4,10 @@ Such text is printed in the CLI and shown in the app, so it must never reach a t
 an escape sequence in a prompt (``\\x1b[2J``, ``\\x1b]0;title\\x07``) would clear or retitle the
 reader's terminal, and Rich markup in a path (``[/]``) would break or restyle the output.
 
-``visible`` turns every control character (C0, DEL, C1) and the bidirectional overrides into a
-visible escape (``\\x1b``, ``\\u202e``); ``markup_safe`` also escapes Rich markup, for text that
-is interpolated into a markup string. Printable text, whitespace-made-visible glyphs included,
-is returned unchanged, so normal output does not change.
+``visible`` turns every control character (C0, DEL, C1), the bidirectional overrides and lone
+surrogates into a visible escape (``\\x1b``, ``\\u202e``, ``\\ud800``); ``markup_safe`` also escapes
+Rich markup, for text that is interpolated into a markup string. Printable text, whitespace-made-visible
+glyphs included, is returned unchanged, so normal output does not change.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ _TABLE: dict[int, str] = {}
 for _code in [*range(0x00, 0x20), *range(0x7F, 0xA0)]:
     _TABLE[_code] = f"\\x{_code:02x}"
 for _code in _BIDI:
+    _TABLE[_code] = f"\\u{_code:04x}"
+for _code in range(0xD800, 0xE000):  # lone surrogates (JSON can escape one): no terminal can encode them
     _TABLE[_code] = f"\\u{_code:04x}"
 _KEEP_WHITESPACE = {ord("\n"): None, ord("\t"): None}
 

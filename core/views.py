@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 from horizon.core import analyses as registry
-from horizon.core import store
+from horizon.core import confined, store
+from horizon.core.errors import HorizonError
 
 VIEWS_FILE = "views.json"
 
@@ -42,7 +43,7 @@ def views_fingerprint(results: store.Results) -> str:
     digest = hashlib.sha256()
     for table in sorted(results.files):
         for file in results.files[table]:
-            info = file.stat()
+            info = confined.lstat(results.path, file)
             digest.update(f"{table}/{file.name}:{info.st_size}:{info.st_mtime_ns};".encode())
     return digest.hexdigest()
 
@@ -63,8 +64,8 @@ def write_views(root: str | Path) -> dict[str, Any]:
     views = corpus_views(results)  # may leave out a file whose data turns out damaged: fingerprint after it
     plain = json.loads(json.dumps(views, default=_plain))
     payload = {"fingerprint": views_fingerprint(results), "sha256": views_sha256(plain), "views": plain}
-    text = json.dumps(payload)
-    store.atomic_write(Path(root) / VIEWS_FILE, lambda temp: temp.write_text(text, encoding="utf-8"))
+    data = json.dumps(payload).encode("utf-8")
+    store.atomic_write(results.path / VIEWS_FILE, lambda handle: handle.write(data), results.path)
     return views
 
 
@@ -76,9 +77,9 @@ def load_views(results: store.Results) -> dict[str, Any]:
     named in ``results.problems`` and the views are computed from the tables.
     """
     path = results.path / VIEWS_FILE
-    if path.exists():
+    if confined.kind(results.path, path) != "missing":
         try:
-            payload = json.loads(path.read_text(encoding="utf-8"))
+            payload = store.read_json_file(results.path, path, "views cache")
             if not isinstance(payload, dict):
                 raise ValueError("not an object")
             views = payload.get("views")
@@ -89,7 +90,9 @@ def load_views(results: store.Results) -> dict[str, Any]:
                     return views
                 results.problems.append(f"{path} does not hold what it claims (its content does not match its "
                                         "checksum); the views are computed from the tables")
-        except (OSError, ValueError, TypeError, AttributeError) as exc:
+        except HorizonError as exc:  # a link, a FIFO, too large, nested too deeply: only a cache
+            results.problems.append(f"{exc}; the views are computed from the tables")
+        except (OSError, ValueError, TypeError, AttributeError, RecursionError) as exc:
             # A damaged cache is only a cache: compute the views again.
             results.problems.append(f"{path} is damaged ({type(exc).__name__}); the views are computed from the "
                                     "tables")

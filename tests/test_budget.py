@@ -281,8 +281,11 @@ def test_cli_refuses_what_cannot_fit_before_any_forward(run_cli, monkeypatch: py
     assert sum(forwards.values()) == 0
 
 
-def test_cli_json_reports_the_plan(run_cli) -> None:
-    code, out, _ = run_cli("attention", "-m", "tiny-llama", "--max-memory", "8GB", "--batch-size", "2", "--json")
+def test_cli_json_reports_the_plan(run_cli, tmp_path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The cat sat on the mat.\n\nThe dog lay on the rug.\n\nA bird sang.\n")
+    code, out, _ = run_cli("attention", "-m", "tiny-llama", "-f", str(prompts), "--max-memory", "8GB",
+                           "--batch-size", "2", "--json")
     assert code == 0
     memory = json.loads(out)["memory"]
     assert memory["batch_size"] == 2 and memory["max_memory_bytes"] == 8 * 10**9

@@ -356,7 +356,7 @@ def test_read_only_out(run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
             def denied(path, *args, **kwargs):
                 raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-            monkeypatch.setattr(store.tempfile, "mkstemp", denied)
+            monkeypatch.setattr(store.confined, "create", denied)
             monkeypatch.setattr(store.Path, "mkdir", denied)
         code, out, err = run_cli("sweep", str(_write_corpus(tmp_path)), "--out", str(locked / "out"), *SWEEP_ARGS)
         assert_clean(code, out, err, 2, str(locked))
@@ -503,20 +503,20 @@ def test_merge_that_fails_part_way_leaves_no_out(baseline, run_cli, tmp_path: Pa
     """A disk that fills during the copy: one line naming --out, and no half-merged directory anywhere."""
     _, clean, rows = baseline
     copies = 0
-    real_copy = shutil.copyfile
+    real_copy = store.confined.copy
 
-    def copy_then_fill(source, destination, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def copy_then_fill(root, source, target_root, destination):  # type: ignore[no-untyped-def]
         nonlocal copies
         copies += 1
         if copies == 3:
             raise OSError(errno.ENOSPC, "No space left on device", str(destination))
-        return real_copy(source, destination, *args, **kwargs)
+        return real_copy(root, source, target_root, destination)
 
-    monkeypatch.setattr(shutil, "copyfile", copy_then_fill)
+    monkeypatch.setattr(store.confined, "copy", copy_then_fill)
     target = tmp_path / "merged"
     assert_clean(*run_cli("merge", str(clean), "--out", str(target)), 2, f"cannot write {target}")
     assert copies == 3 and not target.exists() and list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(shutil, "copyfile", real_copy)
+    monkeypatch.setattr(store.confined, "copy", real_copy)
     assert_clean(*run_cli("merge", str(clean), "--out", str(target)), 0)
     merged = store.open_results(target)
     assert merged.problems == [] and {table: merged.table(table).num_rows for table in store.TABLES} == rows

@@ -46,8 +46,8 @@ def test_atomic_write_leaves_no_temp_file_and_keeps_the_old_file_on_failure(tmp_
     store.write_table_atomic(path, pa.table({"x": [1, 2, 3]}))
     assert pq.read_table(path).column("x").to_pylist() == [1, 2, 3]
 
-    def broken(temp: Path) -> None:
-        temp.write_bytes(b"PAR1 half")
+    def broken(handle) -> None:
+        handle.write(b"PAR1 half")
         raise RuntimeError("killed mid-write")
 
     with pytest.raises(RuntimeError):

@@ -39,7 +39,7 @@ def _cell_horizon(horizons: dict[str, dict[str, Any]] | None) -> str:
 
 
 def _render(table: dict[str, Any]) -> None:
-    from horizon.core.untrusted import markup_safe
+    """The tables; every string in ``table`` is already markup-safe (``sanitize(..., markup=True)``)."""
     from rich.table import Table
 
     models = Table(title="models compared", title_justify="left")
@@ -53,7 +53,7 @@ def _render(table: dict[str, Any]) -> None:
     for column in ("model", "most local", "most long-range"):
         heads.add_column(column)
     for row in table["models"]:
-        label = markup_safe(row["label"])
+        label = row["label"]
         corpus = row["corpus"] or {}
         models.add_row(
             label, str(row["n_layers"]), str(row["d_model"]), _number(row["growth_rate"], 3),
@@ -62,7 +62,7 @@ def _render(table: dict[str, Any]) -> None:
             "-" if row["bos_norm_ratio"] is None
             else f"{_number(row['bos_norm_ratio'], 3)} @{row['bos_norm_ratio_layer']}",
             _cell_horizon(row["effective_horizon"]),
-            markup_safe(f"{corpus.get('name')} ({corpus.get('n_prompts')})"),
+            f"{corpus.get('name')} ({corpus.get('n_prompts')})",
             "yes" if row["settings_differ"] else "-",
         )
         layers = row["cosine_layers"] or {}
@@ -78,6 +78,27 @@ def _render(table: dict[str, Any]) -> None:
         console.print(cosines)
     if heads.row_count:
         console.print(heads)
+
+
+def build_figures(export: Any, loaded: list[Any], live: list[Any], x: str,
+                  only: tuple[str, ...] | None = None) -> tuple[list[Any], list[Any]]:
+    """Every figure of the directories (and live runs), drawn from their views.
+
+    A stored views cache that cannot be drawn (crafted, or of an older shape) is replaced by the
+    views computed from the tables, and the figures drawn again from those.
+    """
+    from horizon.core import compare
+
+    failed: list[str] = []
+    inputs = [compare.figure_input(item) for item in loaded] + live
+    figures, skipped = export.build(inputs, x=x, only=only, failed=failed)
+    redo = [item for item in loaded if item.label in failed]
+    if not redo:
+        return figures, skipped
+    for item in redo:
+        compare.recompute_views(item, "drawn")
+    inputs = [compare.figure_input(item) for item in loaded] + live
+    return export.build(inputs, x=x, only=only)
 
 
 @app.command("compare")
@@ -99,15 +120,16 @@ def compare_command(
         raise HorizonError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     export = figures_module() if out is not None else None
     loaded = compare.load_all(directories)
-    table = sanitize(compare.compare(loaded))
     written: list[Any] = []
     if export is not None:
         from horizon.tui.figures.plots import COMPARE_FIGURES
 
-        figures, skipped = export.build([compare.figure_input(item) for item in loaded], x=x, only=COMPARE_FIGURES)
+        figures, skipped = build_figures(export, loaded, [], x, COMPARE_FIGURES)
         written = export.export(figures, skipped, out, fmt, heading="horizon compare")
+    table = sanitize(compare.compare(loaded))
+    if written:
         table["figures"] = [str(path) for path in written]
-    emit(as_json, table, lambda: _render(table))
+    emit(as_json, table, lambda: _render(sanitize(table, markup=True)))
     for line in table["warnings"]:
         warn(line)
     if written and not as_json:

@@ -24,7 +24,7 @@ from horizon.tui.cli.common import (
     console,
     warn,
 )
-from horizon.tui.cli.compare_cmd import FormatOpt, XOpt, figures_module
+from horizon.tui.cli.compare_cmd import FormatOpt, XOpt, build_figures, figures_module
 
 
 def _live_input(model: str, device: str, dtype: str, prompt: str | None, file: str | None, bos: bool,
@@ -73,14 +73,16 @@ def figures_command(
         raise HorizonError("--prompt and --file need --model (results directories hold their own prompts)")
     export = figures_module()
     loaded = compare.load_all(directories) if directories else []
-    inputs = [compare.figure_input(item) for item in loaded]
+    lives = []
     if model is not None:
         live = _live_input(model, device, dtype, prompt, file, bos, bos_token, truncate_to)
-        if any(item.label == live.label for item in inputs):  # the same model from a directory: keep both apart
+        if any(item.label == live.label for item in loaded):  # the same model from a directory: keep both apart
             live.label = f"{live.label} (live)"
-        inputs.append(live)
-    figures, skipped = export.build(inputs, x=x)
+        lives.append(live)
+    figures, skipped = build_figures(export, loaded, lives, x)
     written = export.export(figures, skipped, out, fmt)
+    for line in compare.duplicates(loaded):
+        warn(line)
     for item in loaded:
         for problem in item.problems:
             warn(f"{item.path}: {problem}")

@@ -22,6 +22,11 @@ def _spread(n_rows: int, wanted: int = 8) -> list[int]:
 
 
 def render_report(results: store.Results, views: dict[str, Any]) -> None:
+    """The header from the manifest, then each analysis's view.
+
+    ``views``: every string already made safe for markup (``sweep_cmd.sanitize(views, markup=True)``):
+    the renderers interpolate view values into markup strings as they are.
+    """
     manifest = results.manifest or {}
     model = manifest.get("model") or {}
     corpus = manifest.get("corpus") or {}
@@ -96,7 +101,7 @@ def render_truncation(view: dict[str, Any]) -> None:
     for category, medians in categories.items():
         if category == "count":
             continue
-        by_category.add_row(markup_safe(category), str(categories["count"][category]),
+        by_category.add_row(category, str(categories["count"][category]),
                             *[fmt(medians[r], 2) for r in rows])
     console.print(by_category)
     if view["outliers"]:
@@ -111,7 +116,7 @@ def render_truncation(view: dict[str, Any]) -> None:
             outliers.add_row(
                 str(item["prompt"]),
                 str(item["pos"]),
-                markup_safe(repr(item["token"])),
+                f"'{item['token']}'",
                 str(item["length"]),
                 layer_label(item["layer"], n_layers),
                 fmt(item["cos"], 2),
@@ -121,8 +126,8 @@ def render_truncation(view: dict[str, Any]) -> None:
 
 
 def _shown(text: str) -> str:
-    """Text of a prompt inside a markup string: newlines as ⏎, control characters and markup escaped."""
-    return markup_safe(str(text).replace("\n", "⏎"))
+    """Text of a prompt inside a markup string (already escaped: ``render_report``), newlines as ⏎."""
+    return str(text).replace("\\x0a", "⏎")
 
 
 def render_scan(view: dict[str, Any]) -> None:

@@ -288,7 +288,9 @@ def _resumable_on_interrupt(out: str) -> None:
     root = Path(out).expanduser()
 
     def hint() -> str | None:
-        if (root / store.MANIFEST).is_file():
+        from horizon.core import confined
+
+        if root.is_dir() and confined.is_file(root, root / store.MANIFEST):
             return f"{out} is resumable with --resume (finished shards are kept)"
         return None
 
@@ -431,14 +433,15 @@ def report(
     }
 
     def render() -> None:
+        # Every stored string reaches the renderers with its markup escaped (they interpolate into markup).
         try:
             with console.capture() as captured:
-                render_report(results, views)
+                render_report(results, sanitize(views, markup=True))
         except Exception as exc:  # a view of the wrong shape (a crafted or stale cache): recompute it
             results.problems.append(f"the stored views cannot be shown ({type(exc).__name__}); computed from "
                                     "the tables instead")
             with console.capture() as captured:
-                render_report(results, sanitize(corpus_views(results)))
+                render_report(results, sanitize(corpus_views(results), markup=True))
         sys.stdout.write(captured.get())
 
     emit(as_json, payload, render)
@@ -455,16 +458,21 @@ def _print_problems(problems: list[str], notes: list[str], limit: int = 3) -> No
         warn(line, kind)
 
 
-def sanitize(value: Any) -> Any:
-    """Every string of a stored view or manifest with control characters made visible (keys included)."""
-    from horizon.core.untrusted import visible
+def sanitize(value: Any, markup: bool = False) -> Any:
+    """Every string of a stored view or manifest with control characters made visible (keys included).
 
+    ``markup``: Rich markup escaped too, for what a renderer interpolates into markup strings (every
+    string read from a results directory may be crafted: ``[link=...]``, ``[blink]``, ``[/]``).
+    """
+    from horizon.core.untrusted import markup_safe, visible
+
+    escape = markup_safe if markup else visible
     if isinstance(value, str):
-        return visible(value)
+        return escape(value)
     if isinstance(value, dict):
-        return {sanitize(key) if isinstance(key, str) else key: sanitize(item) for key, item in value.items()}
+        return {escape(key) if isinstance(key, str) else key: sanitize(item, markup) for key, item in value.items()}
     if isinstance(value, list):
-        return [sanitize(item) for item in value]
+        return [sanitize(item, markup) for item in value]
     return value
 
 

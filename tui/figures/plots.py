@@ -12,6 +12,7 @@ file (their shared steps are the helpers at the top).
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any
 
 import matplotlib
@@ -23,6 +24,7 @@ import numpy as np
 from horizon.core.compare import FigureInput, fit_line
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 STYLE: dict[str, Any] = {
     "svg.hashsalt": "horizon",  # deterministic ids in SVGs
@@ -71,8 +73,44 @@ def _axes_gid(ax: Any, name: str) -> None:
 PALETTE = ["#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 
 
-def _colours(n: int) -> list[str]:
-    return [PALETTE[index % len(PALETTE)] for index in range(n)]
+def _colours(n: int) -> list[Any]:
+    """``n`` colours, all different: the palette up to its size, then evenly spaced over a wide colour map."""
+    if n <= len(PALETTE):
+        return PALETTE[:n]
+    return [tuple(float(v) for v in colour) for colour in plt.get_cmap("turbo")(np.linspace(0.04, 0.96, n))]
+
+
+# Legends with more entries than this go below the axes (the figure grows to hold them), never over them.
+LEGEND_INSIDE = 10
+
+
+def _legend(figure: Figure, ax: Any, handles: list[Any] | None = None, ncols: int = 1) -> None:
+    """The axes' legend: inside while small; below the axes, in columns, once it would crowd them."""
+    if handles is None:
+        handles = [handle for handle in ax.get_legend_handles_labels()[0]]
+    if not handles:
+        return
+    if len(handles) <= LEGEND_INSIDE:
+        ax.legend(handles=handles, ncols=ncols)
+        return
+    columns = min(4, max(2, -(-len(handles) // 12)))
+    rows = -(-len(handles) // columns)
+    width, height = figure.get_size_inches()
+    figure.set_size_inches(max(width, 2.6 * columns), height + 0.16 * rows + 0.3)
+    figure.legend(handles=handles, loc="outside lower center", ncols=columns)
+
+
+# Library warnings that say nothing to the user of a figure: a token or name in a script the font
+# lacks (the glyph is drawn as a box; the warning would print the raw character), and a layout that
+# could not be tightened. Filtered by message, only while figures are drawn and written.
+QUIET = (r"Glyph \d+ .*missing from (current )?font", r"constrained_layout not applied",
+         r"Tight layout not applied")
+
+
+def quiet_warnings() -> None:
+    """Inside ``warnings.catch_warnings()``: ignore QUIET's library warnings, and only those."""
+    for message in QUIET:
+        warnings.filterwarnings("ignore", message=message, category=UserWarning)
 
 
 def _x(rows: Any, n_layers: int | None, x: str) -> np.ndarray:
@@ -82,6 +120,14 @@ def _x(rows: Any, n_layers: int | None, x: str) -> np.ndarray:
 
 def _xlabel(x: str, what: str = "layer (resid_pre row; L = final)") -> str:
     return "relative depth (layer / L)" if x == "depth" else what
+
+
+def _fixed(value: Any, digits: int) -> str:
+    """A stored number with ``digits`` decimals ("nan" for anything that is not one)."""
+    try:
+        return f"{float(value):.{digits}f}"
+    except (TypeError, ValueError):
+        return "nan"
 
 
 def _array(values: Any) -> np.ndarray:
@@ -138,6 +184,7 @@ def norm_growth(inputs: list[FigureInput] | FigureInput, x: str = "layer") -> Fi
     """(1) Mean resid_pre norm per layer on a log axis, the fitted rate over its window, BOS apart."""
     items = [item for item in _many(inputs) if item.norms]
     figure, (ax,) = _figure()
+    many = len(items) > LEGEND_INSIDE // 3  # one legend entry per model: its name and fitted rate
     for item, colour in zip(items, _colours(len(items)), strict=True):
         norms, name = item.norms or {}, gid_part(item.label)
         mean = _positive(_array(norms["sites"]["resid_pre"]["mean_norm"]))
@@ -150,21 +197,24 @@ def norm_growth(inputs: list[FigureInput] | FigureInput, x: str = "layer") -> Fi
         if fitted is not None:
             fit_rows, values = fitted
             window = growth.get("fit_layers") or [fit_rows[0], fit_rows[-1]]
+            label = plain(f"{_fixed(growth.get('rate'), 3)}/layer, rows {window[0]}-{window[1]} "
+                          f"(r\u00b2 {_fixed(growth.get('r2'), 2)})")
+            if many:
+                line.set_label(f"{plain(item.label)}: {label}")
             (fit,) = ax.plot(_x(fit_rows, item.n_layers, x), values, color=FIT_COLOUR, linewidth=2.5, alpha=0.75,
-                             zorder=3, label=f"{growth['rate']:.3f}/layer, rows {window[0]}-{window[1]}"
-                             f" (r\u00b2 {growth.get('r2', float('nan')):.2f})")
+                             zorder=3, label=None if many else label)
             fit.set_gid(f"fit-line-{name}")
         bos = (norms.get("bos") or {}).get("mean_norm")
         if bos:
             (bos_line,) = ax.plot(_x(np.arange(len(bos)), item.n_layers, x), _positive(_array(bos)), color=colour,
                                   linestyle=":", marker="x", markersize=3, linewidth=1, label="BOS (apart)"
-                                  if len(items) == 1 else f"{plain(item.label)} BOS")
+                                  if len(items) == 1 else None if many else f"{plain(item.label)} BOS")
             bos_line.set_gid(f"bos-line-{name}")
     ax.set_yscale("log")
     ax.set_xlabel(_xlabel(x))
     ax.set_ylabel("mean ||resid_pre|| (BOS excluded)")
-    ax.set_title("Residual stream norm per layer")
-    ax.legend()
+    ax.set_title("Residual stream norm per layer" + (" (orange: fits; dotted: BOS, apart)" if many else ""))
+    _legend(figure, ax)
     _axes_gid(ax, "norm-growth")
     return figure
 
@@ -230,6 +280,8 @@ def sublayer_norms(inputs: list[FigureInput] | FigureInput, x: str = "layer") ->
     items = [item for item in _many(inputs) if item.norms]
     figure, (ax,) = _figure()
     styles = {"resid_pre": ("-", "o"), "attn_out": ("--", "s"), "mlp_out": ("-.", "^")}
+    compact = len(items) * len(styles) > LEGEND_INSIDE  # one entry per model (colour) and per site (line style)
+    handles: list[Any] = []
     for item, colour in zip(items, _colours(len(items)), strict=True):
         sites, name = (item.norms or {}).get("sites", {}), gid_part(item.label)
         for site, (linestyle, marker) in styles.items():
@@ -240,11 +292,16 @@ def sublayer_norms(inputs: list[FigureInput] | FigureInput, x: str = "layer") ->
             (line,) = ax.plot(_x(np.arange(len(values)), item.n_layers, x), values, linestyle=linestyle,
                               marker=marker, markersize=3, color=colour, label=label)
             line.set_gid(f"{site.split('_')[0]}-line-{name}")
+        if compact:
+            handles.append(Line2D([], [], color=colour, linewidth=2, label=plain(item.label)))
+    if compact:
+        handles += [Line2D([], [], color="black", linestyle=linestyle, marker=marker, markersize=3, label=site)
+                    for site, (linestyle, marker) in styles.items()]
     ax.set_yscale("log")
     ax.set_xlabel(_xlabel(x, "layer"))
     ax.set_ylabel("mean norm (BOS excluded)")
     ax.set_title("Sublayer output norms and the residual stream")
-    ax.legend(ncols=2 if len(items) > 1 else 1)
+    _legend(figure, ax, handles or None, ncols=2 if len(items) > 1 else 1)
     _axes_gid(ax, "sublayer-norms")
     return figure
 
@@ -279,7 +336,7 @@ def weights(inputs: list[FigureInput] | FigureInput) -> Figure:
     for ax, name in zip(axes, ("ov", "bo", "attn"), strict=True):
         ax.set_xlabel("layer")
         _axes_gid(ax, f"weights-{name}")
-    figure.suptitle(f"Attention weights: {plain(item.label)} ({report.get('processing', 'raw')} weights)")
+    figure.suptitle(f"Attention weights: {plain(item.label)} ({plain(report.get('processing', 'raw'))} weights)")
     return figure
 
 
@@ -293,14 +350,14 @@ def mlp_random(inputs: list[FigureInput] | FigureInput) -> Figure:
         (line,) = axes[0].plot(range(len(random_out)), _positive(_array(random_out)), marker="o", markersize=3)
         line.set_gid("mlp-random-line")
         axes[0].set_yscale("log")
-    axes[0].set_title(f"mean ||MLP(random)|| ({report.get('n_random', '?')} inputs)")
+    axes[0].set_title(f"mean ||MLP(random)|| ({plain(report.get('n_random', '?'))} inputs)")
     for key, colour in (("real", "C0"), ("random", "C1"), ("resampled", "C2")):
         rates = report.get(f"neuron_rate_{key}")
         if rates:
             (line,) = axes[1].plot(range(len(rates)), _array(rates), marker="o", markersize=3, color=colour, label=key)
             line.set_gid(f"rate-line-{key}")
     axes[1].set_ylim(0, 1)
-    axes[1].set_title(f"neuron activation rate ({report.get('kind', 'in')} > 0)")
+    axes[1].set_title(f"neuron activation rate ({plain(report.get('kind', 'in'))} > 0)")
     axes[1].legend()
     for ax, name in zip(axes, ("random", "rates"), strict=True):
         ax.set_xlabel("layer")
@@ -319,13 +376,14 @@ def loss_vs_k(inputs: list[FigureInput] | FigureInput, x: str = "layer") -> Figu
     markers = ["o", "s", "^", "D", "v", "P"]
     for item, colour in zip(items, _colours(len(items)), strict=True):
         scan, name = item.scan or {}, gid_part(item.label)
-        ablation = str(scan.get("ablation", "zero"))
+        ablation = plain(scan.get("ablation", "zero"))
         rows = scan.get("rows") or []
         starts = sorted({row["start_layer"] for row in rows})
         for index, start in enumerate(starts):
             chosen = sorted((row for row in rows if row["start_layer"] == start), key=lambda row: row["k"])
             ks = np.array([row["k"] for row in chosen], dtype=np.float64)
-            label = f"S={start}, {ablation}" if len(items) == 1 else f"{plain(item.label)} S={start}, {ablation}"
+            label = plain(f"S={start}, ") + ablation if len(items) == 1 \
+                else f"{plain(item.label)} {plain(f'S={start}, ')}{ablation}"
             (line,) = ax.plot(_x(ks, item.n_layers, x), _array([row["loss"] for row in chosen]), color=colour,
                               marker=markers[index % len(markers)], markersize=3, label=label,
                               linestyle="-" if ablation == "zero" else "--")
@@ -333,7 +391,8 @@ def loss_vs_k(inputs: list[FigureInput] | FigureInput, x: str = "layer") -> Figu
         clean, tol = scan.get("loss_clean"), scan.get("tol")
         if clean is not None:
             clean_line = ax.axhline(clean, color=colour, linestyle=":", linewidth=1,
-                                    label="clean loss" if len(items) == 1 else f"{plain(item.label)} clean")
+                                    label="clean loss" if len(items) == 1 else f"{plain(item.label)} clean"
+                                    if len(items) <= LEGEND_INSIDE // 3 else None)
             clean_line.set_gid(f"clean-line-{name}")
             if tol is not None:
                 band = ax.axhspan(clean, clean + tol, color=colour, alpha=0.12, linewidth=0,
@@ -341,8 +400,9 @@ def loss_vs_k(inputs: list[FigureInput] | FigureInput, x: str = "layer") -> Figu
                 band.set_gid(f"tol-band-{name}")
     ax.set_xlabel("relative horizon (k / L)" if x == "depth" else "horizon k (layers)")
     ax.set_ylabel("loss (nats)")
-    ax.set_title("Loss under an enforced layer horizon")
-    ax.legend()
+    ax.set_title("Loss under an enforced layer horizon" + (" (dotted: clean loss)" if len(items) > LEGEND_INSIDE // 3
+                                                             else ""))
+    _legend(figure, ax)
     _axes_gid(ax, "loss-vs-k")
     return figure
 
@@ -355,8 +415,8 @@ def layer_k_matrix(inputs: list[FigureInput] | FigureInput) -> Figure:
     values = _matrix(matrix.get("delta_loss", []))
     if values.size:
         _heatmap(figure, ax, values, "layer-k-matrix", "viridis", "loss increase (nats)")
-        ax.set_xticks(range(len(matrix["ks"])), [str(k) for k in matrix["ks"]])
-        ax.set_yticks(range(len(matrix["layers"])), [str(layer) for layer in matrix["layers"]])
+        ax.set_xticks(range(len(matrix["ks"])), [plain(k) for k in matrix["ks"]])
+        ax.set_yticks(range(len(matrix["layers"])), [plain(layer) for layer in matrix["layers"]])
     _heatmap_axes(ax, "horizon k (layers)", "layer N (horizon enforced there only)",
                   f"Layer x k: {plain(item.label)}", "layer-k-matrix")
     return figure
@@ -370,6 +430,8 @@ def cosine(inputs: list[FigureInput] | FigureInput, x: str = "layer") -> Figure:
     items = [item for item in _many(inputs) if item.truncate]
     figure, (ax,) = _figure()
     styles = ["-", "--", "-.", ":"]
+    every_length = sorted({c for item in items for c in (item.truncate or {}).get("median_cos") or {}}, key=int)
+    compact = len(items) > 1 and len(items) * len(every_length) > LEGEND_INSIDE  # models by colour, c by style
     for item_index, item in enumerate(items):
         view, name = item.truncate or {}, gid_part(item.label)
         lengths = sorted((view.get("median_cos") or {}), key=int)
@@ -377,9 +439,9 @@ def cosine(inputs: list[FigureInput] | FigureInput, x: str = "layer") -> Figure:
         for index, c in enumerate(lengths):
             median = _array(view["median_cos"][c])
             rows = _x(np.arange(len(median)), item.n_layers, x)
-            label = f"c = {c}" if len(items) == 1 else f"{plain(item.label)} c = {c}"
-            (line,) = ax.plot(rows, median, color=colours[index], linestyle=styles[index % len(styles)]
-                              if len(items) > 1 else "-", marker="o", markersize=3, label=label)
+            label = f"c = {plain(c)}" if len(items) == 1 else f"{plain(item.label)} c = {plain(c)}"
+            (line,) = ax.plot(rows, median, color=colours[index], linestyle=styles[every_length.index(c) % len(styles)]
+                              if len(items) > 1 else "-", marker="o", markersize=3, label=None if compact else label)
             line.set_gid(f"cos-line-{name}-c{gid_part(c)}")
             quartiles = (view.get("quartiles_cos") or {}).get(c)
             if quartiles:
@@ -389,7 +451,13 @@ def cosine(inputs: list[FigureInput] | FigureInput, x: str = "layer") -> Figure:
     ax.set_xlabel(_xlabel(x))
     ax.set_ylabel("median cosine (truncated vs full)")
     ax.set_title("Local processing: mean-centred cosine per layer")
-    ax.legend(ncols=2 if len(items) > 1 else 1)
+    handles = None
+    if compact:
+        handles = [Line2D([], [], color=colour, linewidth=2, label=plain(item.label))
+                   for item, colour in zip(items, _colours(len(items)), strict=True)]
+        handles += [Line2D([], [], color="black", linestyle=styles[index % len(styles)], label=f"c = {plain(c)}")
+                    for index, c in enumerate(every_length)]
+    _legend(figure, ax, handles, ncols=2 if len(items) > 1 else 1)
     _axes_gid(ax, "cosine")
     return figure
 
@@ -408,9 +476,9 @@ def categories(inputs: list[FigureInput] | FigureInput) -> Figure:
             if category == "count" or not counts.get(category):
                 continue
             (line,) = ax.plot(range(len(values)), _array(values), marker="o", markersize=2,
-                              label=f"{category} ({counts[category]})")
+                              label=plain(f"{category} ({counts[category]})"))
             line.set_gid(f"cat-line-c{gid_part(c)}-{gid_part(category)}")
-        ax.set_title(f"c = {c}")
+        ax.set_title(f"c = {plain(c)}")
         ax.set_xlabel("layer")
         ax.legend()
         _axes_gid(ax, f"categories-c{gid_part(c)}")
