@@ -24,7 +24,7 @@ _REWORDED = (
 )
 
 
-def library_reason(exc: BaseException, limit: int = 400) -> str:
+def library_reason(exc: BaseException, limit: int = 400, with_type: bool = True) -> str:
     """A library's exception as one complete line: its type and its whole message (lines joined), never
     "see the above report" for a report that was not printed, nor a message cut at its first line."""
     text = str(exc)
@@ -35,4 +35,6 @@ def library_reason(exc: BaseException, limit: int = 400) -> str:
     text = " ".join(line.strip() for line in text.splitlines() if line.strip())
     if len(text) > limit:
         text = text[: limit - 3].rstrip() + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if with_type else text

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from horizon.core.errors import HorizonError
+from horizon.core.errors import HorizonError, library_reason
 from horizon.core.gguf_files import (
     BUNDLED_WHEEL,
     GEMMA_MODEL,
@@ -42,7 +42,7 @@ from horizon.core.gguf_files import (
     gguf_cache_path,
     gguf_metadata,
 )
-from horizon.core.model_files import first_line, short_text
+from horizon.core.model_files import short_text
 
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI and the app start without it
     import torch
@@ -113,6 +113,11 @@ def bundled_tokenizer() -> Any:
 
     with _quiet():
         return AutoTokenizer.from_pretrained(str(gguf_cache_dir(bundled_gguf_path())))
+
+
+def _reason(exc: BaseException) -> str:
+    """A library's failure in one line that fits a refusal (about 200 characters in all)."""
+    return library_reason(exc, 100, with_type=False)
 
 
 # ----------------------------------------------------------------------------- tiny models
@@ -320,7 +325,7 @@ def bridged_model(
         with _quiet():
             bridge = TransformerBridge.boot_transformers(boot_name, hf_model=hf_model, tokenizer=tokenizer, dtype=dtype)
     except Exception as exc:
-        raise HorizonError(f"TransformerLens cannot bridge {short_text(spec)}: {first_line(exc)}") from None
+        raise HorizonError(f"TransformerLens cannot bridge {short_text(spec)}: {_reason(exc)}") from None
     _align_norm_epsilons(bridge)
     bridge.eval()
     cfg = bridge.cfg
@@ -440,7 +445,7 @@ def load_model(
         except HorizonError:
             raise
         except Exception as exc:
-            raise HorizonError(f"cannot load HF model from {short_text(path)}: {first_line(exc)}") from None
+            raise HorizonError(f"cannot load HF model from {short_text(path)}: {_reason(exc)}") from None
         source = str(path.resolve())
         # Named by content, not path: a verdict of `horizon verify` follows the weights, so a
         # directory that is changed (broken or fixed) is verified afresh, whatever ran before.
@@ -473,7 +478,7 @@ def load_model(
         except HorizonError:
             raise
         except Exception as exc:
-            raise HorizonError(f"cannot load model {spec!r} from the HF hub: {first_line(exc)}") from None
+            raise HorizonError(f"cannot load model {spec!r} from the HF hub: {_reason(exc)}") from None
         source = f"HF hub: {spec}"
         reload = spec
         model_hash = f"hub:{spec}:{getattr(hf_model.config, '_commit_hash', None) or 'unknown'}"

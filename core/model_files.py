@@ -28,7 +28,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from horizon.core.errors import HorizonError
+from horizon.core.errors import HorizonError, library_reason
 from horizon.core.gguf_files import cache_root
 
 MAX_CONFIG_BYTES = 4 << 20
@@ -50,12 +50,6 @@ def short_text(text: object, width: int = 60) -> str:
     """A spec, path or name cut to its last ``width`` characters: refusals stay one short line."""
     text = str(text)
     return text if len(text) <= width else "…" + text[-(width - 1):]
-
-
-def first_line(exc: BaseException, width: int = 100) -> str:
-    """An exception's message on one line, cut to ``width`` characters (library messages run to pages)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def regular_file(path: Path, what: str) -> os.stat_result:
@@ -185,7 +179,7 @@ def meta_parameter_count(directory: Path) -> int:
             model = AutoModelForCausalLM.from_config(config)
     except Exception as exc:
         raise HorizonError(f"{short_text(directory)}: transformers cannot build the model config.json "
-                           f"describes: {first_line(exc, 90)}") from None
+                           f"describes: {library_reason(exc, 90, with_type=False)}") from None
     return sum(parameter.numel() for parameter in model.parameters())
 
 

@@ -359,6 +359,10 @@ class Claims:
     def release_all(self) -> None:
         for shard_id in list(self.held):
             self.release(shard_id)
+        # The claims folder goes once empty (another run's claims keep it); under the lock, so a run
+        # claiming a shard never finds it gone between making it and writing its claim.
+        with contextlib.suppress(OSError, HorizonError), store.locked(self.root):
+            confined.remove_empty_dir(self.root, self.root / store.CLAIMS)
 
 
 def _todo(manifest: dict[str, Any], shard_spec: ShardSpec, analyses: list[str]) -> list[tuple[int, list[str]]]:

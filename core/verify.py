@@ -580,10 +580,10 @@ def require_verified(model: LoadedModel, unverified: bool | None = None) -> None
         try:
             result.checks = quick_checks(model)
         except Exception as exc:  # a model whose own forward fails is bad input, not a bug here
-            from horizon.core.model_files import first_line
+            from horizon.core.errors import library_reason
 
             raise HorizonError(f"{_named(model)} fails a forward pass on a short prompt: "
-                               f"{type(exc).__name__}: {first_line(exc, 80)}") from None
+                               f"{type(exc).__name__}: {library_reason(exc, 80, with_type=False)}") from None
         quick = result.to_dict()
         if cacheable:
             with contextlib.suppress(OSError):  # a read-only cache only costs the next load a pass
