@@ -20,6 +20,20 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(int(threads))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` skip, saying why, where torch sees no CUDA device."""
+    marked = [item for item in items if item.get_closest_marker("cuda")]
+    if not marked:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    reason = f"no CUDA device here (torch {torch.__version__}: torch.cuda.is_available() is False)"
+    for item in marked:
+        item.add_marker(pytest.mark.skip(reason=reason))
+
+
 SHORT_PROMPT = "The capital of France is Paris. It is known for the Eiffel Tower, and its food is famous."
 
 
