@@ -11,8 +11,10 @@ in each round) with fewer rounds, so that the whole check takes a few minutes of
   batches vs batch 1 (bar 1.0).
 
 On CUDA every timed call ends with ``torch.cuda.synchronize`` (a kernel launch returns before the
-work is done). Writes bench-results.json with the device named; the bars are the CPU's, so a ratio
-over its bar is reported, not failed (exit 1 only when a benchmark cannot run).
+work is done). Without CUDA the same code runs on the CPU with a smaller setting (32-token prompts,
+a sweep of 2 prompts: CPU numbers are `make bench`'s), so the check is known to run before a GPU
+day. Writes bench-results.json with the device and the setting named; the bars are the CPU's, so a
+ratio over its bar is reported, not failed (exit 1 only when a benchmark cannot run).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
+# (prompt tokens, sweep prompts, the sweep's --max-tokens): make bench's setting on a GPU, a smaller one on a CPU
+SETTINGS = {"cuda": (128, 8, None), "cpu": (32, 2, 32)}
 
 
 def describe_device(device: torch.device) -> dict[str, object]:
@@ -71,16 +75,20 @@ def main() -> int:
     from horizon.core.prompts import make_batch
     from horizon.core.sweep import SweepSettings, run_sweep
     from horizon.core.truncation import analyse_truncation, truncation_windows
+    from transformers.utils import logging as transformers_logging
 
     from tests.bench.timing import hf_forwards, interleaved, plain_hf_model, prompt_ids, warm_up
 
+    transformers_logging.disable_progress_bar()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    n_tokens, n_prompts, sweep_tokens = SETTINGS[device.type]
     started = time.perf_counter()
-    info = describe_device(device)
-    print(f"device-check benchmarks on {info['device']} ({info['name']}), the bundled model, 128 tokens", flush=True)
+    info = {**describe_device(device), "prompt_tokens": n_tokens, "sweep_prompts": n_prompts}
+    print(f"device-check benchmarks on {info['device']} ({info['name']}), the bundled model, {n_tokens}-token "
+          f"prompts, a sweep of {n_prompts}", flush=True)
     model = load_model("smollm2-135m", device=str(device))
     hf = plain_hf_model().to(device)
-    ids = prompt_ids(128).to(device)
+    ids = prompt_ids(n_tokens).to(device)
     token_ids = ids.tolist()
 
     def capture() -> dict[str, object]:
@@ -121,9 +129,10 @@ def main() -> int:
         return ratio_result(times, "analysis", "hf", 1.5)
 
     def sweep_batched() -> dict[str, object]:
-        corpus = load_corpus(None, max_prompts=8)
+        corpus = load_corpus(None, max_prompts=n_prompts)
         scratch = Path(tempfile.mkdtemp(prefix="device-check-sweep-"))
-        settings = SweepSettings(analyses=["norms", "scan", "attention"], ks=[1, 2, 4, 8, 16, 31])
+        settings = SweepSettings(analyses=["norms", "scan", "attention"], ks=[1, 2, 4, 8, 16, 31],
+                                 max_tokens=sweep_tokens)
 
         def timed(batch_size: int | None) -> float:
             shutil.rmtree(scratch / "results", ignore_errors=True)
