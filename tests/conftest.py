@@ -12,12 +12,34 @@ from tests.snapshot_dir import snapshot  # noqa: F401
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """HORIZON_TEST_THREADS=n runs torch on n threads (make test runs the snapshots on one)."""
+    """HORIZON_TEST_THREADS=n runs torch on n threads (make test runs the suite on one, in two
+    processes). Without it, each pytest-xdist worker takes its share of the cores, and so do the
+    subprocesses its tests start: workers that each spin as many OpenMP threads as there are cores
+    doubled the suite's CPU time on two cores."""
     threads = os.environ.get("HORIZON_TEST_THREADS")
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not threads and workers:
+        threads = str(max(1, (os.cpu_count() or 1) // int(workers)))
+        os.environ.setdefault("OMP_NUM_THREADS", threads)
+        os.environ.setdefault("MKL_NUM_THREADS", threads)
     if threads:
         import torch
 
         torch.set_num_threads(int(threads))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` skip, saying why, where torch sees no CUDA device."""
+    marked = [item for item in items if item.get_closest_marker("cuda")]
+    if not marked:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    reason = f"no CUDA device here (torch {torch.__version__}: torch.cuda.is_available() is False)"
+    for item in marked:
+        item.add_marker(pytest.mark.skip(reason=reason))
 
 
 SHORT_PROMPT = "The capital of France is Paris. It is known for the Eiffel Tower, and its food is famous."

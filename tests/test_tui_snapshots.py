@@ -22,7 +22,8 @@ boundary would be at least 3 (e_1 + e_2) apart, while both lie within e_1 and e_
 float64 value. A change that puts a value near a boundary fails that test with the value
 named, instead of a picture flipping on someone else's CPU. The bundled model's picture is
 checked against its measured float32 error bound instead of a float64 run (``BUNDLED_ERROR``).
-``make test`` runs this module a second time with one BLAS/OpenMP thread. To imitate another
+``make test`` runs the suite on one BLAS/OpenMP thread and this module's pictures a second time
+with torch's own thread count (the float-noise tests once: their margins hold for any order). To imitate another
 CPU's kernels, run it with ``ATEN_CPU_CAPABILITY=avx2`` (or ``default``) and
 ``MKL_ENABLE_INSTRUCTIONS=AVX2`` (or ``SSE4_2``): the floats change, the pictures must not.
 """

@@ -38,21 +38,70 @@ def _normalize_option(name: str) -> str:
 def _build_app() -> Any:
     import typer
 
+    try:
+        from typer._click.exceptions import UsageError  # Typer >= 0.25 vendors Click
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover - depends on the installed Typer
+        from click import UsageError, get_current_context
+
     built = typer.Typer(
         name="horizon",
         help=HELP,
         no_args_is_help=True,
-        add_completion=False,
+        add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
         pretty_exceptions_enable=False,
         rich_markup_mode="rich",
         context_settings={"token_normalize_func": _normalize_option},
     )
 
-    @built.callback()
-    def root() -> None:
+    # invoke_without_command: `horizon --version` runs the callback with no command after it.
+    @built.callback(invoke_without_command=True)
+    def root(
+        version: bool = typer.Option(False, "--version", help="Print the package version and exit."),
+        verbose: bool = typer.Option(
+            False, "--verbose", help="With --version: the torch, transformers and TransformerLens versions and "
+            "the device too."),
+    ) -> None:
         """Inspect a transformer's residual stream: norm growth, layer horizons, local processing."""
+        if version:
+            sys.stdout.write("".join(f"{line}\n" for line in version_lines(verbose)))
+            raise typer.Exit(0)
+        context = get_current_context()
+        if verbose:
+            raise UsageError("--verbose goes with --version", context)
+        if context.invoked_subcommand is None:
+            raise UsageError("missing command", context)
 
     return built
+
+
+def version_lines(verbose: bool = False) -> list[str]:
+    """`horizon --version`: the package version; verbose adds the stack the numbers rest on and the device."""
+    import platform
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    import horizon
+
+    lines = [f"horizon {horizon.__version__}"]
+    if not verbose:
+        return lines
+    for label, distribution in (("torch", "torch"), ("transformers", "transformers"),
+                                ("TransformerLens", "transformer-lens")):
+        try:
+            lines.append(f"{label} {installed_version(distribution)}")
+        except PackageNotFoundError:
+            lines.append(f"{label} not installed")
+    lines.append(f"python {platform.python_version()}")
+    import torch
+
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        devices = f", {count} devices" if count > 1 else ""
+        lines.append(f"device cuda ({torch.cuda.get_device_name(0)}{devices}; CUDA {torch.version.cuda})")
+    else:
+        lines.append("device cpu (torch sees no CUDA device)")
+    return lines
 
 
 def get_app() -> Any:
@@ -89,8 +138,14 @@ COMMAND_MODULES = {
 }
 
 
+# Options of `horizon` itself that run no command: with one of them first, no command module is imported.
+ROOT_ONLY = ("--version", "--show-completion", "--install-completion")
+
+
 def _register(args: list[str]) -> None:
     """Import the modules whose commands this invocation may need (each registers on import)."""
+    if args and args[0] in ROOT_ONLY:
+        return  # `horizon --version` and the completion scripts import no command module (and no torch)
     first = next((arg for arg in args if not arg.startswith("-")), None)
     wanted = [COMMAND_MODULES[first]] if first in COMMAND_MODULES else list(dict.fromkeys(COMMAND_MODULES.values()))
     for module in wanted:
