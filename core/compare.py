@@ -389,7 +389,9 @@ def fit_line(norms: dict[str, Any]) -> tuple[list[int], list[float]] | None:
 # section 6; the figures (tui/figures/plots.py, tui/figures/terminal.py) draw exactly these.
 
 COSINE_DROP_LENGTH = 5  # the truncation length c whose median cosine is followed (seed 003's middle length)
-COSINE_DROP_LEVEL = 0.5  # the level the median cosine must fall below
+# The level the median cosine must fall below: 1/sqrt(2), where the squared cosine (seed 003's
+# reading of a cosine: the fraction of the residual's norm the truncated one explains) is one half.
+COSINE_DROP_LEVEL = math.sqrt(0.5)
 MIN_RANKED = 3  # fewer models than this: no rank correlation ("n too small")
 
 
@@ -465,7 +467,8 @@ def cosine_drop_point(item: FigureInput, length: int = COSINE_DROP_LENGTH,
     if not finite:
         return None, f"no median cosine at c = {length}"
     lowest, row = min(finite)
-    return None, f"its median cosine at c = {length} never falls below {level:g} (lowest {lowest:.3f}, row {row})"
+    return None, (f"its median cosine at c = {length} never falls below {level:.3f} "
+                  f"(lowest {lowest:.3f}, row {row})")
 
 
 def across_models(inputs: list[FigureInput]) -> dict[str, Any]:

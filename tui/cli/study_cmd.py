@@ -301,9 +301,9 @@ def _render_across(across: dict[str, Any]) -> None:
     depth, growth, drop = across["horizon_vs_depth"], across["horizon_vs_growth"], across["cosine_drop_vs_depth"]
     rates = {point["label"]: point["growth_rate"] for point in growth["points"]}
     drops = {point["label"]: point for point in drop["points"]}
-    table = Table(title=f"across models (effective horizon; median cosine at c = {drop['length']} below "
-                  f"{drop['level']:g})", title_justify="left")
-    for column in ("model", "L", "k", "k / L", "rate", "drop row", "drop row / L"):
+    table = Table(title="across models (figures 12-14)", title_justify="left")
+    below = f"cos c={drop['length']} < {drop['level']:.3f}: row"
+    for column in ("model", "L", "k", "k / L", "rate", below, "row / L"):
         table.add_column(column, justify="left" if column == "model" else "right")
     labels = [point["label"] for point in depth["points"]]
     labels += [point["label"] for point in drop["points"] if point["label"] not in labels]

@@ -544,7 +544,8 @@ def cosine_drop_vs_depth(inputs: list[FigureInput] | FigureInput, x: str = "laye
     ax.set_xlabel("depth L (layers)")
     ax.set_ylabel("relative depth (row / L)")
     ax.set_ylim(-0.05, 1.1)
-    ax.set_title(f"First row where the median cosine (c = {part['length']}) is below {part['level']:g}")
+    ax.set_title(f"First row where the median cosine (c = {part['length']}) is below {part['level']:.3f} "
+                 "(cos\u00b2 = 0.5)")
     _depth_axis(ax, part["points"])
     _axes_gid(ax, "cosine-drop-vs-depth")
     _left_out(figure, part["left_out"])

@@ -649,9 +649,10 @@ def _note_order(values: Sequence[float]) -> None:
         note_margin("order", this, (following - this) / 2)
 
 
-def _short_label(label: str) -> str:
+def short_label(label: str) -> str:
+    """A point's label: the model's name, its end kept when long (a path's last part names it)."""
     text = visible(label)
-    return text if len(text) <= LABEL_CHARS else text[: LABEL_CHARS - 1] + "…"
+    return text if len(text) <= LABEL_CHARS else "…" + text[-(LABEL_CHARS - 1):]
 
 
 def _scatter(panel: Panel, points: list[tuple[float, float, str, Any]], title: str, xname: str, yname: str,
@@ -669,7 +670,7 @@ def _scatter(panel: Panel, points: list[tuple[float, float, str, Any]], title: s
         char = (xaxis.high - xaxis.low) / max(1, panel.width - 10)
     for x, y, label, colour in points:
         panel.plt.scatter([x], [yaxis.at(y)], marker=POINT, color=colour)
-        panel.plt.text(_short_label(label), x + 1.5 * char, yaxis.at(y), color=colour, alignment="left")
+        panel.plt.text(short_label(label), x + 1.5 * char, yaxis.at(y), color=colour, alignment="left")
     frame(panel, title, xaxis, yaxis, xname, yname)
 
 
@@ -712,9 +713,8 @@ def horizon_vs_growth(panel: Panel, inputs: list[FigureInput], **_: Any) -> None
     for point in part["points"]:
         _note_horizon(by_label[point["label"]], point)
     rates = [quantise(point["growth_rate"]) for point in part["points"]]
-    if part["spearman"] is not None:  # the ranks decide the coefficient
+    if part["spearman"] is not None:  # the ranks decide the coefficient (k / L: from integers, exact)
         _note_order([point["growth_rate"] for point in part["points"]])
-        _note_order([point["fraction"] for point in part["points"]])
     _scatter(panel, [(rate, quantise(point["fraction"]), point["label"], palette[point["label"]])
                      for rate, point in zip(rates, part["points"], strict=True)],
              _left_out(spearman_line(part), part), "norm growth rate (per layer)", "k / L", integer_x=False)
@@ -727,7 +727,7 @@ def cosine_drop_vs_depth(panel: Panel, inputs: list[FigureInput], **_: Any) -> N
     for item in inputs:
         _note_drop(item, part["length"], part["level"], rows.get(item.label))
     palette = _model_colours(inputs)
-    title = f"row / L where median cos (c = {part['length']}) first < {part['level']:g}"
+    title = f"row / L where median cos (c = {part['length']}) first < {part['level']:.3f} (cos² = 0.5)"
     _scatter(panel, [(float(point["n_layers"]), quantise(point["depth"]), point["label"], palette[point["label"]])
                      for point in part["points"]],
              _left_out(title, part), "depth L", "row / L", integer_x=True, y_range=(0.0, 1.0))
