@@ -492,6 +492,7 @@ def horizon_vs_depth(inputs: list[FigureInput] | FigureInput, x: str = "layer") 
     left.set_ylabel("effective horizon k (layers)")
     right.set_ylabel("k / L")
     for ax, gid in ((left, "horizon-vs-depth"), (right, "fraction-vs-depth")):
+        ax.margins(y=0.15)  # the labels above the highest point
         ax.set_xlabel("depth L (layers)")
         _depth_axis(ax, part["points"])
         _axes_gid(ax, gid)

@@ -664,8 +664,12 @@ def _scatter(panel: Panel, points: list[tuple[float, float, str, Any]], title: s
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     with unrecorded():  # quantised values: exact decimals
         span = max(xs) - min(xs) or max(abs(max(xs)), 1.0)
-        room = max(xs) + span * 0.4  # the labels of the rightmost points
-        xaxis = x_axis([*xs, room], panel.width, integer=integer_x)
+        low = min(xs) - span * 0.1  # no point on the frame
+        # Room right of the rightmost point for its label: that share of the plot's width.
+        label = max(len(short_label(p[2])) for p in points if p[0] == max(xs)) + 2
+        share = min(0.6, label / max(1, panel.width - 10))
+        room = max(xs) + (max(xs) - low) * share / (1 - share)
+        xaxis = x_axis([*xs, low, room], panel.width, integer=integer_x)
         yaxis = y_axis([*ys, *(y_range or ())], panel.height)
         char = (xaxis.high - xaxis.low) / max(1, panel.width - 10)
     for x, y, label, colour in points:

@@ -213,7 +213,7 @@ class ComparePane(VerticalScroll):
         for item, rgb in zip(usable, terminal.colours(len(usable)), strict=True):
             title.append(" ━ ", style=f"bold rgb({rgb[0]},{rgb[1]},{rgb[2]})")
             title.append(visible(item.label))
-        title.append("   g figure · d x axis", style="dim")
+        title.append("   g figure" if self.figure in terminal.ACROSS else "   g figure · d x axis", style="dim")
         self.query_one("#compare-figure-title", Static).update(title)
 
     def watch_figure(self) -> None:
