@@ -352,6 +352,7 @@ class RecordingPlot:
 def test_terminal_points_equal_the_compare_json(study: dict[str, Any]) -> None:
     from horizon.tui.figures import terminal
     from horizon.tui.format import quantise
+    from horizon.tui.widgets.scales import recording_margins
 
     across, inputs = study["json"]["comparison"]["across_models"], _inputs(study)
     plot = RecordingPlot()
@@ -363,14 +364,21 @@ def test_terminal_points_equal_the_compare_json(study: dict[str, Any]) -> None:
     assert plot.texts[2] == "…odels0/tiny-qwen2"  # a long path: its last 17 characters
     growth = across["horizon_vs_growth"]
     plot = RecordingPlot()
-    terminal.draw(plot, "horizon_vs_growth", inputs, 160, 42)
+    with recording_margins() as margins:
+        terminal.draw(plot, "horizon_vs_growth", inputs, 160, 42)
+    rates = sorted(p["growth_rate"] for p in growth["points"])
+    assert [m.value for m in margins if m.kind == "order"] == rates[:-1]  # each rate's gap to the next
+    thresholds = [m for m in margins if m.kind == "threshold"]  # every compared row: Δloss against tol
+    assert len(thresholds) == sum(p["effective_horizon"] for p in growth["points"])
+    assert all(m.distance == pytest.approx(abs(m.value - TOL)) for m in thresholds)
     assert plot.points == [(quantise(p["growth_rate"]), quantise(p["fraction"])) for p in growth["points"]]
     assert f"ρ(rate, k/L) {growth['spearman']:.2f}" in plot.titles[0] and "n = 3" in plot.titles[0]
     plot = RecordingPlot()
     terminal.draw(plot, "cosine_drop_vs_depth", inputs, 160, 42)
     drop = across["cosine_drop_vs_depth"]
     assert plot.points == [(p["n_layers"], quantise(p["depth"])) for p in drop["points"]]
-    assert f"< {drop['level']:g}" in plot.titles[0] and f"{len(drop['left_out'])} left out" in plot.titles[0]
+    assert f"< {drop['level']:.3f} (cos² = 0.5)" in plot.titles[0]
+    assert f"{len(drop['left_out'])} left out" in plot.titles[0]
 
 
 def test_one_model_is_not_a_comparison_over_models(study: dict[str, Any], tmp_path: Path) -> None:
