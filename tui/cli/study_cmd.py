@@ -289,7 +289,7 @@ def _render_models(outcomes: list[Any]) -> None:
         table.add_row(markup_safe(outcome.spec), markup_safe(outcome.folder),
                       f"[{colours.get(outcome.status, 'white')}]{outcome.status}[/]",
                       f"{outcome.shards_done}/{outcome.shards_total}" if outcome.shards_total else "-",
-                      str(outcome.shards_run), f"{outcome.seconds:.1f}")
+                      str(outcome.shards_run), "-" if outcome.status == "done before" else f"{outcome.seconds:.1f}")
     console.print(table)
 
 
@@ -399,8 +399,8 @@ def _plan(outcomes: list[Any], corpus: Any, settings: Any, run: dict[str, Any], 
                "n_prompts": len(corpus), "corpus": corpus.name}
 
     def render() -> None:
-        table = Table(title=f"study plan: {len(plans)} models, {len(corpus)} prompts each; models run one after "
-                      "another", title_justify="left")
+        table = Table(title=f"study plan: {len(plans)} models, {len(corpus)} prompts each, one after another",
+                      title_justify="left")
         for column in ("model", "L", "time", "peak memory", "disk", "tokens"):
             table.add_column(column, justify="left" if column == "model" else "right")
         for entry in plans:
