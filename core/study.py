@@ -53,7 +53,8 @@ STUDY_KEYS: dict[str, str] = {
     "ks": "list of integers", "start_layers": "list of integers", "tol": "number", "ablation": "string",
     "by_layer": "boolean", "shard_size": "integer", "bos": "boolean", "bos_token": "string", "device": "string",
     "dtype": "string", "batch_size": "integer or \"auto\"", "max_memory": "string", "backend": "string",
-    "workers": "integer", "ray_address": "string", "x": "string", "format": "string",
+    "workers": "integer", "ray_address": "string", "device_map": "string", "n_devices": "integer", "x": "string",
+    "format": "string",
 }
 
 

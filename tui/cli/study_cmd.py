@@ -63,6 +63,9 @@ def study(
                                            "model at a time.")] = None,
     workers: Annotated[int | None, _option("--workers", "Ray actors per sweep (default 1).")] = None,
     ray_address: Annotated[str | None, _option("--ray-address", "With --backend ray: the cluster.")] = None,
+    device_map: Annotated[str | None, _option("--device-map", "Passed to each model's load (e.g. auto), for models "
+                                              "over one GPU.")] = None,
+    n_devices: Annotated[int | None, _option("--n-devices", "Split each model over N devices.")] = None,
     x: Annotated[str | None, _option("--x", "x of the overlaid figures: depth (default) | layer.")] = None,
     fmt: Annotated[str | None, _option("--format", "Figure format: svg (default) | png | pdf.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Discard a model's directory that holds a sweep with "
@@ -91,7 +94,7 @@ def study(
                  analyses=analyses, lengths=lengths, ks=ks, start_layers=start_layers, tol=tol, ablation=ablation,
                  by_layer=by_layer, shard_size=shard_size, bos=bos, bos_token=bos_token, device=device, dtype=dtype,
                  batch_size=batch_size, max_memory=max_memory, backend=backend, workers=workers,
-                 ray_address=ray_address, x=x, format=fmt)
+                 ray_address=ray_address, device_map=device_map, n_devices=n_devices, x=x, format=fmt)
     arguments = list(models or [])
     if arguments and corpus_option is None and _is_corpus(arguments[-1]):
         given["corpus"] = arguments.pop()
@@ -135,7 +138,12 @@ def study(
     root = Path(chosen["out"] or "horizon-study").expanduser()
     reserved = _reserved(figure_format)
     outcomes = model_directories(specs, root, reserved)
-    run = dict(device=device_name, dtype=dtype_name, load_kwargs={}, batch_size=batch, max_memory=memory)
+    load_kwargs: dict[str, Any] = {}
+    if options.check_device_map(chosen["device_map"]) is not None:
+        load_kwargs["device_map"] = chosen["device_map"]
+    if options.check_n_devices(chosen["n_devices"]) is not None:
+        load_kwargs["n_devices"] = chosen["n_devices"]
+    run = dict(device=device_name, dtype=dtype_name, load_kwargs=load_kwargs, batch_size=batch, max_memory=memory)
 
     if plan:
         _plan(outcomes, corpus, settings, run, workers_count if backend_name == "ray" else 1, quiet, as_json)
