@@ -353,10 +353,11 @@ def _study_progress(quiet: bool, n_models: int):
                   transient=True) as progress:
         models = progress.add_task("[bold]models", total=n_models, note="")
         prompts = progress.add_task("  prompts", total=None, note="", visible=False)
-        state: dict[str, Any] = {"tokens": 0, "at": time.perf_counter(), "deadline": None}
+        state: dict[str, Any] = {"tokens": 0, "at": time.perf_counter(), "deadline": None, "spec": ""}
 
         def model_started(index: int, spec: str, what: str) -> None:
-            progress.update(models, note=f"{markup_safe(spec)}: {what}")
+            state["spec"] = markup_safe(spec)
+            progress.update(models, note=f"{state['spec']}: {what}")
             progress.reset(prompts, total=None, visible=what == "loading", note="")
             state.update(tokens=0, deadline=None)
 
@@ -366,6 +367,7 @@ def _study_progress(quiet: bool, n_models: int):
 
         def on_plan(to_run: int, tokens: int, done_before: int) -> None:
             state["at"] = time.perf_counter()
+            progress.update(models, note=f"{state['spec']}: sweeping")
             progress.update(prompts, total=to_run, completed=0, note=f"{tokens} tokens to run")
 
         def advance(n_prompts: int, tokens: int) -> None:
