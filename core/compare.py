@@ -257,7 +257,8 @@ def model_row(item: Loaded, reference: Loaded | None = None) -> dict[str, Any]:
 
 
 def compare(loaded: list[Loaded]) -> dict[str, Any]:
-    """The comparison table: one row per directory, and the warnings (problems, differing set-ups, repeats)."""
+    """The comparison table: one row per directory, the warnings (problems, differing set-ups, repeats),
+    and the numbers over the models (``across_models``)."""
     reference = loaded[0]
     models = [model_row(item, None if index == 0 else reference) for index, item in enumerate(loaded)]
     warnings: list[str] = duplicates(loaded)
@@ -270,7 +271,8 @@ def compare(loaded: list[Loaded]) -> dict[str, Any]:
         missing = [name for name in ("norms", "scan", "truncate", "attention") if name not in item.views]
         if missing:
             warnings.append(f"{item.path} has no {', '.join(missing)} results")
-    return {"models": models, "warnings": warnings}
+    return {"models": models, "warnings": warnings,
+            "across_models": across_models([views_input(item) for item in loaded])}
 
 
 # ----------------------------------------------------------------------------- arrays for the figures
@@ -418,3 +420,140 @@ def fit_line(norms: dict[str, Any]) -> tuple[list[int], list[float]] | None:
     slope = math.log(rate)
     intercept = float(np.mean(np.log(values) - slope * np.asarray(rows, dtype=np.float64)))
     return rows, [math.exp(intercept + slope * row) for row in rows]
+
+
+# ----------------------------------------------------------------------------- across models (seeds' open questions)
+#
+# Seed 000 asks how the effective horizon depends on depth and conjectures that slower norm growth
+# gives a lower horizon; seed 003 asks at what relative depth local processing ends. These are
+# numbers over the models of a comparison, one point per model, defined in docs/SCIENCE.md
+# section 6; the figures (tui/figures/plots.py, tui/figures/terminal.py) draw exactly these.
+
+COSINE_DROP_LENGTH = 5  # the truncation length c whose median cosine is followed (seed 003's middle length)
+# The level the median cosine must fall below: 1/sqrt(2), where the squared cosine (seed 003's
+# reading of a cosine: the fraction of the residual's norm the truncated one explains) is one half.
+COSINE_DROP_LEVEL = math.sqrt(0.5)
+MIN_RANKED = 3  # fewer models than this: no rank correlation ("n too small")
+
+
+def spearman(xs: list[float], ys: list[float]) -> tuple[float | None, str | None]:
+    """Spearman's rank correlation of paired values (tied values share their mean rank), or
+    (None, why): fewer than MIN_RANKED pairs, or one side all equal (no ranking to correlate)."""
+    if len(xs) != len(ys):
+        raise ValueError("spearman needs paired values")
+    if len(xs) < MIN_RANKED:
+        return None, "n too small"
+    x, y = _ranks(xs), _ranks(ys)
+    dx, dy = x - x.mean(), y - y.mean()
+    spread = math.sqrt(float(np.sum(dx * dx)) * float(np.sum(dy * dy)))
+    if spread == 0:
+        return None, "undefined: every value on one side is equal"
+    return float(np.sum(dx * dy)) / spread, None
+
+
+def _ranks(values: list[float]) -> np.ndarray:
+    """Ranks 1..n, tied values sharing the mean of the ranks they span."""
+    order = sorted(range(len(values)), key=lambda index: values[index])
+    ranks = np.zeros(len(values), dtype=np.float64)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for position in range(start, end + 1):
+            ranks[order[position]] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
+
+
+def horizon_point(item: FigureInput) -> tuple[dict[str, Any] | None, str | None]:
+    """One model's effective horizon: k (layers) and k / L, at its first start layer (0 where
+    scanned), with the ablation and tol it was read at; or (None, why it is left out)."""
+    scan = item.scan or {}
+    if not scan:
+        return None, "no scan results"
+    if not item.n_layers:
+        return None, "its depth is unknown"
+    horizons = {int(start): k for start, k in (scan.get("effective_horizon") or {}).items()}
+    if not horizons:
+        return None, "no effective horizon in its scan"
+    start = min(horizons)
+    k, tol = horizons[start], _finite(scan.get("tol"))
+    if k is None:
+        return None, f"no scanned k within tol {tol:g} (start layer {start})" if tol is not None else \
+            f"no scanned k within tol (start layer {start})"
+    return {"label": item.label, "n_layers": item.n_layers, "effective_horizon": int(k),
+            "fraction": int(k) / item.n_layers, "start_layer": start, "ablation": str(scan.get("ablation", "zero")),
+            "tol": tol}, None
+
+
+def cosine_drop_point(item: FigureInput, length: int = COSINE_DROP_LENGTH,
+                      level: float = COSINE_DROP_LEVEL) -> tuple[dict[str, Any] | None, str | None]:
+    """The first row (0..L) whose median mean-centred cosine at truncation length ``length`` is
+    below ``level``, and that row / L (its relative depth); or (None, why it is left out)."""
+    medians = (item.truncate or {}).get("median_cos") or {}
+    if not item.truncate:
+        return None, "no truncate results"
+    if not item.n_layers:
+        return None, "its depth is unknown"
+    values = medians.get(str(length))
+    if values is None:
+        return None, f"no c = {length} in its truncate results"
+    for row, value in enumerate(values):
+        value = _finite(value)
+        if value is not None and value < level:
+            return {"label": item.label, "n_layers": item.n_layers, "row": row, "depth": row / item.n_layers,
+                    "median_cosine": value}, None
+    finite = [(value, row) for row, value in enumerate(_finite(v) for v in values) if value is not None]
+    if not finite:
+        return None, f"no median cosine at c = {length}"
+    lowest, row = min(finite)
+    return None, (f"its median cosine at c = {length} never falls below {level:.3f} "
+                  f"(lowest {lowest:.3f}, row {row})")
+
+
+def across_models(inputs: list[FigureInput]) -> dict[str, Any]:
+    """The numbers of the three figures over models (plain JSON; docs/SCIENCE.md section 6).
+
+    ``horizon_vs_depth``: per model its effective horizon k and k / L against its depth L.
+    ``horizon_vs_growth``: per model k / L (and k) against its fitted norm growth rate, with
+    Spearman's rank correlation of (rate, k / L) and of (rate, k) over the ``n`` models that have
+    both (None with ``note`` "n too small" below MIN_RANKED). ``cosine_drop_vs_depth``: per model
+    the relative depth at which the median cosine at c = ``length`` first falls below ``level``.
+    Each lists the models it leaves out (``left_out``: label and reason).
+    """
+    depth: dict[str, Any] = {"points": [], "left_out": []}
+    growth: dict[str, Any] = {"points": [], "left_out": []}
+    drop: dict[str, Any] = {"length": COSINE_DROP_LENGTH, "level": COSINE_DROP_LEVEL, "points": [], "left_out": []}
+    for item in inputs:
+        point, reason = horizon_point(item)
+        if point is None:
+            depth["left_out"].append({"label": item.label, "reason": reason})
+            growth["left_out"].append({"label": item.label, "reason": reason})
+        else:
+            depth["points"].append(point)
+            rate = _finite(((item.norms or {}).get("growth") or {}).get("rate"))
+            if rate is None:
+                growth["left_out"].append({"label": item.label, "reason": "no fitted growth rate"})
+            else:
+                growth["points"].append({"label": item.label, "growth_rate": rate, "fraction": point["fraction"],
+                                         "effective_horizon": point["effective_horizon"],
+                                         "n_layers": point["n_layers"], "start_layer": point["start_layer"]})
+        point, reason = cosine_drop_point(item)
+        if point is None:
+            drop["left_out"].append({"label": item.label, "reason": reason})
+        else:
+            drop["points"].append(point)
+    rates = [point["growth_rate"] for point in growth["points"]]
+    growth["n"] = len(rates)
+    growth["spearman"], growth["note"] = spearman(rates, [point["fraction"] for point in growth["points"]])
+    growth["spearman_layers"], growth["note_layers"] = spearman(
+        rates, [float(point["effective_horizon"]) for point in growth["points"]])
+    return {"horizon_vs_depth": depth, "horizon_vs_growth": growth, "cosine_drop_vs_depth": drop}
+
+
+def views_input(item: Loaded) -> FigureInput:
+    """A results directory's views as a figure input, without the stored arrays (what
+    ``across_models`` reads: the norms, scan and truncate views and the depth)."""
+    return FigureInput(label=item.label, n_layers=item.n_layers, has_bos=_has_bos(item.manifest),
+                       norms=item.views.get("norms"), scan=item.views.get("scan"), truncate=item.views.get("truncate"))

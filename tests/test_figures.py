@@ -33,7 +33,8 @@ def test_compare_figures_overlay_two_models(llama_dir: Path, gpt2_dir: Path, tmp
     code, _, err = run_cli("compare", str(llama_dir), str(gpt2_dir), "--out", str(out))
     assert code == 0, err
     assert sorted(path.name for path in out.iterdir()) == [
-        "fig01-norm-growth.svg", "fig04-sublayer-norms.svg", "fig07-loss-vs-k.svg", "fig09-cosine.svg", "index.html"]
+        "fig01-norm-growth.svg", "fig04-sublayer-norms.svg", "fig07-loss-vs-k.svg", "fig09-cosine.svg",
+        "fig12-horizon-vs-depth.svg", "fig13-horizon-vs-growth.svg", "fig14-cosine-drop-vs-depth.svg", "index.html"]
     ids = groups(out / "fig01-norm-growth.svg")
     assert count(ids, "norm-line-") == 2 and count(ids, "fit-line-") == 2 and count(ids, "bos-line-") == 2
     assert {"norm-line-tiny-llama", "norm-line-tiny-gpt2", "fit-line-tiny-llama"} <= set(ids)
@@ -173,7 +174,8 @@ def test_the_engines_result_types_draw_every_figure(tiny_llama, tmp_path: Path) 
         weight_report(tiny_llama, "raw", token_ids), scan=scan(tiny_llama, token_ids, start_layers=(0, 1)),
         truncation=analyse_truncation(tiny_llama, token_ids), attention=attention_distance(tiny_llama, token_ids, True))
     figures, skipped = export.build([figure], x="depth")
-    assert [name for name, _ in skipped] == ["fig08-layer-k-matrix"]
+    assert [name for name, _ in skipped] == ["fig08-layer-k-matrix", "fig12-horizon-vs-depth",  # 12-14: one model
+                                             "fig13-horizon-vs-growth", "fig14-cosine-drop-vs-depth"]
     export.export(figures, skipped, tmp_path)
     ids = groups(tmp_path / "fig07-loss-vs-k.svg")
     assert sorted(value for value in ids if value.startswith("loss-line-")) == [

@@ -133,7 +133,8 @@ async def test_the_overlay_draws_one_series_per_model_and_its_keys_switch(llama_
             for c in ("1", "5", "10"):
                 assert (f"{item.label} c = {c} " in legend) == (c in item.truncate["median_cos"]), (item.label, c)
         # (7): one line per model and start layer, with its ablation.
-        await pilot.press("g", "g", "g")
+        while plot.figure != "loss_vs_k":
+            await pilot.press("g")
         await pilot.pause()
         assert plot.figure == "loss_vs_k"
         legend = plot.render().plain

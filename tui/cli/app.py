@@ -135,6 +135,7 @@ COMMAND_MODULES = {
     "verify": "verify_cmd",
     "figures": "figures_cmd",
     "compare": "compare_cmd",
+    "study": "study_cmd",
 }
 
 

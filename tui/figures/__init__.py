@@ -22,6 +22,11 @@ FIGURES: dict[str, tuple[str, str]] = {
     "fig09-cosine": ("Median mean-centred cosine per layer, per truncation length", "truncate"),
     "fig10-categories": ("Median cosine per token category", "truncate"),
     "fig11-attention-distance": ("Mean attention distance, layers x heads", "attention"),
+    "fig12-horizon-vs-depth": ("Effective horizon against depth, over models", "scan"),
+    "fig13-horizon-vs-growth": ("Effective horizon against norm growth rate, over models",
+                                "norms and scan"),
+    "fig14-cosine-drop-vs-depth": ("Relative depth where the median cosine first falls below a level, over models",
+                                   "truncate"),
 }
 
 FORMATS = ("svg", "png", "pdf")

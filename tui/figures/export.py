@@ -111,6 +111,10 @@ def build(inputs: list[FigureInput], x: str = "layer", only: tuple[str, ...] | N
             for item in inputs:
                 if item not in usable:
                     skipped.append((stem + _suffix(item.label, many), f"{item.label}: needs {needs}"))
+            if stem in plots.ACROSS_MODELS and len(usable) < 2:  # one point per model: nothing to relate
+                if usable:
+                    skipped.append((stem, f"needs two or more models with {needs}"))
+                continue
             if usable:
                 try:
                     figures.append((stem, title, draw(function, usable, x=x)))

@@ -21,7 +21,7 @@ matplotlib.use("Agg")  # never a window: figures are written to files
 
 import matplotlib.pyplot as plt
 import numpy as np
-from horizon.core.compare import FigureInput, fit_line
+from horizon.core.compare import FigureInput, across_models, fit_line
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -503,6 +503,124 @@ def attention_distance(inputs: list[FigureInput] | FigureInput) -> Figure:
     return figure
 
 
+# ----------------------------------------------------------------------------- (12)-(14) across models
+
+
+def _across(inputs: list[FigureInput] | FigureInput, need: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """core/compare.py's numbers over the models (the ones ``compare --json`` prints) and each
+    model's colour: its place among the inputs that hold ``need``, as in the other overlays."""
+    items = _many(inputs)
+    usable = [item for item in items if has_data(item, need)]
+    return across_models(items), {item.label: colour for item, colour in zip(usable, _colours(len(usable)),
+                                                                               strict=True)}
+
+
+def _point(ax: Any, x: float, y: float, label: str, colour: str, gid: str) -> None:
+    """One model's point, labelled by the model."""
+    points = ax.scatter([x], [y], s=28, color=colour, zorder=3)
+    points.set_gid(gid)
+    text = ax.annotate(plain(label), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7, color=colour)
+    text.set_gid(f"{gid}-label")
+
+
+def _left_out(figure: Figure, entries: list[dict[str, Any]]) -> None:
+    """The models a figure could not place, one short line each under the axes (at most five)."""
+    if not entries:
+        return
+    lines = [f"{plain(entry['label'])}: {plain(entry['reason'])}" for entry in entries[:5]]
+    if len(entries) > 5:
+        lines.append(f"and {len(entries) - 5} more (compare --json lists them)")
+    text = figure.text(0.01, -0.02, "left out: " + "; ".join(lines), fontsize=6, color="#444", va="top",
+                       wrap=True)
+    text.set_gid("left-out")
+
+
+def _depth_axis(ax: Any, points: list[dict[str, Any]]) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if points:  # room for the labels right of the deepest model
+        depths = [point["n_layers"] for point in points]
+        ax.set_xlim(min(depths) - 1, max(depths) + max(2, (max(depths) - min(depths)) * 0.25))
+
+
+def horizon_vs_depth(inputs: list[FigureInput] | FigureInput, x: str = "layer") -> Figure:
+    """(12) Effective horizon against depth, in layers (left) and as a fraction of depth (right)."""
+    numbers, colours = _across(inputs, "scan")
+    part = numbers["horizon_vs_depth"]
+    figure, (left, right) = _figure(width=8.0, height=3.4, ncols=2)
+    for point in part["points"]:
+        name = gid_part(point["label"])
+        colour = colours.get(point["label"], PALETTE[0])
+        _point(left, point["n_layers"], point["effective_horizon"], point["label"], colour, f"horizon-point-{name}")
+        _point(right, point["n_layers"], point["fraction"], point["label"], colour, f"fraction-point-{name}")
+    from matplotlib.ticker import MaxNLocator
+
+    left.yaxis.set_major_locator(MaxNLocator(integer=True))  # k counts layers
+    left.set_ylabel("effective horizon k (layers)")
+    right.set_ylabel("k / L")
+    for ax, gid in ((left, "horizon-vs-depth"), (right, "fraction-vs-depth")):
+        ax.margins(y=0.15)  # the labels above the highest point
+        ax.set_xlabel("depth L (layers)")
+        _depth_axis(ax, part["points"])
+        _axes_gid(ax, gid)
+    settings = sorted({(point["start_layer"], point["ablation"], point["tol"]) for point in part["points"]},
+                      key=str)
+    where = "; ".join(f"S={start}, {ablation}, tol {tol:g}" if tol is not None else f"S={start}, {ablation}"
+                      for start, ablation, tol in settings)
+    figure.suptitle("Effective layer horizon against depth" + (f" ({where})" if where else ""))
+    _left_out(figure, part["left_out"])
+    return figure
+
+
+def spearman_text(part: dict[str, Any]) -> str:
+    """What figure (13) prints of the rank correlation: both coefficients and n, or why there is none."""
+    n = part["n"]
+    if part["spearman"] is None:
+        return f"Spearman \u03c1: {part['note']} (n = {n})"
+    layers = "-" if part["spearman_layers"] is None else f"{part['spearman_layers']:.2f}"
+    return f"Spearman \u03c1(rate, k/L) = {part['spearman']:.2f}, \u03c1(rate, k) = {layers} (n = {n})"
+
+
+def horizon_vs_growth(inputs: list[FigureInput] | FigureInput, x: str = "layer") -> Figure:
+    """(13) Effective horizon as a fraction of depth against the fitted norm growth rate, with
+    Spearman's rank correlation and its n (seed 000: slower growth, lower horizon?)."""
+    numbers, colours = _across(inputs, "scan")
+    part = numbers["horizon_vs_growth"]
+    figure, (ax,) = _figure(width=6.0, height=3.8)
+    for point in part["points"]:
+        _point(ax, point["growth_rate"], point["fraction"], point["label"], colours.get(point["label"], PALETTE[0]),
+               f"growth-point-{gid_part(point['label'])}")
+    text = ax.text(0.02, 0.98, spearman_text(part), transform=ax.transAxes, va="top", fontsize=8)
+    text.set_gid("spearman")
+    ax.set_xlabel("fitted norm growth rate (per layer)")
+    ax.set_ylabel("effective horizon k / L")
+    ax.set_title("Effective horizon against norm growth")
+    ax.margins(x=0.25, y=0.2)
+    _axes_gid(ax, "horizon-vs-growth")
+    _left_out(figure, part["left_out"])
+    return figure
+
+
+def cosine_drop_vs_depth(inputs: list[FigureInput] | FigureInput, x: str = "layer") -> Figure:
+    """(14) The relative depth at which the median cosine at c = 5 first falls below the level, against depth."""
+    numbers, colours = _across(inputs, "truncate")
+    part = numbers["cosine_drop_vs_depth"]
+    figure, (ax,) = _figure(width=6.0, height=3.8)
+    for point in part["points"]:
+        _point(ax, point["n_layers"], point["depth"], point["label"], colours.get(point["label"], PALETTE[0]),
+               f"drop-point-{gid_part(point['label'])}")
+    ax.set_xlabel("depth L (layers)")
+    ax.set_ylabel("relative depth (row / L)")
+    ax.set_ylim(-0.05, 1.1)
+    ax.set_title(f"First row where the median cosine (c = {part['length']}) is below {part['level']:.3f} "
+                 "(cos\u00b2 = 0.5)")
+    _depth_axis(ax, part["points"])
+    _axes_gid(ax, "cosine-drop-vs-depth")
+    _left_out(figure, part["left_out"])
+    return figure
+
+
 # id -> (function, whether it overlays several models, which input field it needs)
 PLOTS: dict[str, tuple[Any, bool, str]] = {
     "fig01-norm-growth": (norm_growth, True, "norms"),
@@ -516,8 +634,14 @@ PLOTS: dict[str, tuple[Any, bool, str]] = {
     "fig09-cosine": (cosine, True, "truncate"),
     "fig10-categories": (categories, False, "truncate"),
     "fig11-attention-distance": (attention_distance, False, "attention"),
+    "fig12-horizon-vs-depth": (horizon_vs_depth, True, "scan"),
+    "fig13-horizon-vs-growth": (horizon_vs_growth, True, "scan"),
+    "fig14-cosine-drop-vs-depth": (cosine_drop_vs_depth, True, "truncate"),
 }
-COMPARE_FIGURES = ("fig01-norm-growth", "fig04-sublayer-norms", "fig07-loss-vs-k", "fig09-cosine")
+COMPARE_FIGURES = ("fig01-norm-growth", "fig04-sublayer-norms", "fig07-loss-vs-k", "fig09-cosine",
+                   "fig12-horizon-vs-depth", "fig13-horizon-vs-growth", "fig14-cosine-drop-vs-depth")
+# Figures over models (one point per model): drawn only from two or more models.
+ACROSS_MODELS = ("fig12-horizon-vs-depth", "fig13-horizon-vs-growth", "fig14-cosine-drop-vs-depth")
 
 
 def has_data(item: FigureInput, need: str) -> bool:

@@ -26,11 +26,11 @@ from itertools import pairwise
 from typing import Any
 
 import numpy as np
-from horizon.core.compare import FigureInput, fit_line
+from horizon.core.compare import FigureInput, across_models, fit_line
 from horizon.core.untrusted import visible
 from horizon.tui.figures import FIGURES
-from horizon.tui.format import fmt, quantise
-from horizon.tui.widgets.scales import Scale, nice_step, unrecorded
+from horizon.tui.format import fixed, fmt, quantise
+from horizon.tui.widgets.scales import Scale, nice_step, note_margin, unrecorded
 
 # Model colours: plots.py's palette (tab10 without its orange, which is the fit line's).
 PALETTE = [(31, 119, 180), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75), (227, 119, 194),
@@ -55,11 +55,13 @@ def name_of(stem: str) -> str:
 
 
 # name -> (file stem, overlays several models, the input field it needs), in plots.PLOTS's order
-OVERLAID = ("norm_growth", "sublayer_norms", "loss_vs_k", "cosine")
+OVERLAID = ("norm_growth", "sublayer_norms", "loss_vs_k", "cosine", "horizon_vs_depth", "horizon_vs_growth",
+            "cosine_drop_vs_depth")
 NEEDS = {"norm_growth": "norms", "norm_distribution": "samples", "position_norms": "prompt",
          "sublayer_norms": "norms", "weights": "weights", "mlp_random": "weights", "loss_vs_k": "scan",
          "layer_k_matrix": "by_layer", "cosine": "truncate", "categories": "truncate",
-         "attention_distance": "attention"}
+         "attention_distance": "attention", "horizon_vs_depth": "scan", "horizon_vs_growth": "scan",
+         "cosine_drop_vs_depth": "truncate"}
 STEMS = {name_of(stem): stem for stem in FIGURES}
 
 
@@ -613,6 +615,128 @@ def categories(panel: Panel, inputs: list[FigureInput], **_: Any) -> None:
         _draw_series(sub, series, "layer", f"c = {c}", "median cosine")
 
 
+# ----------------------------------------------------------------------------- (12)-(14) across models
+
+
+ACROSS = ("horizon_vs_depth", "horizon_vs_growth", "cosine_drop_vs_depth")  # one point per model
+POINT = "●"
+LABEL_CHARS = 18  # a point's label, cut beyond this
+
+
+def _note_horizon(item: FigureInput, point: dict[str, Any]) -> None:
+    """The effective horizon is a choice (the smallest k with Δloss <= tol): note each compared
+    row's distance from tol, so a picture whose k rests on float noise fails its test."""
+    scan = item.scan or {}
+    tol = _finite([scan.get("tol")])
+    for row in scan.get("rows") or []:
+        if tol and row["start_layer"] == point["start_layer"] and row["k"] <= point["effective_horizon"] \
+                and row.get("delta_loss") is not None:
+            note_margin("threshold", float(row["delta_loss"]), abs(float(row["delta_loss"]) - tol[0]))
+
+
+def _note_drop(item: FigureInput, length: int, level: float, row: int | None) -> None:
+    """The cosine drop's row is a choice: note each compared median's distance from the level."""
+    values = ((item.truncate or {}).get("median_cos") or {}).get(str(length)) or []
+    for index, value in enumerate(values):
+        if value is not None and math.isfinite(value) and (row is None or index <= row):
+            note_margin("threshold", float(value), abs(float(value) - level))
+
+
+def _note_order(values: Sequence[float]) -> None:
+    """Ranks are choices: note each value's distance to its nearest neighbour (half the gap)."""
+    ordered = sorted(values)
+    for this, following in pairwise(ordered):
+        note_margin("order", this, (following - this) / 2)
+
+
+def short_label(label: str) -> str:
+    """A point's label: the model's name, its end kept when long (a path's last part names it)."""
+    text = visible(label)
+    return text if len(text) <= LABEL_CHARS else "…" + text[-(LABEL_CHARS - 1):]
+
+
+def _scatter(panel: Panel, points: list[tuple[float, float, str, Any]], title: str, xname: str, yname: str,
+             integer_x: bool, y_range: tuple[float, float] | None = None) -> None:
+    """One point per model, labelled by the model on its right (quantised values only)."""
+    if not points:
+        empty(panel, f"{title}: no model to place")
+        return
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    with unrecorded():  # quantised values: exact decimals
+        span = max(xs) - min(xs) or max(abs(max(xs)), 1.0)
+        low = min(xs) - span * 0.1  # no point on the frame
+        # Room right of the rightmost point for its label: that share of the plot's width.
+        label = max(len(short_label(p[2])) for p in points if p[0] == max(xs)) + 2
+        share = min(0.6, label / max(1, panel.width - 10))
+        room = max(xs) + (max(xs) - low) * share / (1 - share)
+        xaxis = x_axis([*xs, low, room], panel.width, integer=integer_x)
+        yaxis = y_axis([*ys, *(y_range or ())], panel.height)
+        char = (xaxis.high - xaxis.low) / max(1, panel.width - 10)
+    for x, y, label, colour in points:
+        panel.plt.scatter([x], [yaxis.at(y)], marker=POINT, color=colour)
+        panel.plt.text(short_label(label), x + 1.5 * char, yaxis.at(y), color=colour, alignment="left")
+    frame(panel, title, xaxis, yaxis, xname, yname)
+
+
+def _left_out(title: str, part: dict[str, Any]) -> str:
+    return title + (f"; {len(part['left_out'])} left out" if part["left_out"] else "")
+
+
+def _model_colours(inputs: list[FigureInput]) -> dict[str, Any]:
+    return {item.label: colour for item, colour in zip(inputs, colours(len(inputs)), strict=True)}
+
+
+def horizon_vs_depth(panel: Panel, inputs: list[FigureInput], **_: Any) -> None:
+    """(12) Effective horizon against depth: k (layers) left, k / L right, one point per model."""
+    part = across_models(inputs)["horizon_vs_depth"]
+    by_label, palette = {item.label: item for item in inputs}, _model_colours(inputs)
+    for point in part["points"]:
+        _note_horizon(by_label[point["label"]], point)
+    left, right = _panels(panel.plt, panel.width, panel.height, 2)
+    depth = [float(point["n_layers"]) for point in part["points"]]
+    _scatter(left, [(x, quantise(float(point["effective_horizon"])), point["label"], palette[point["label"]])
+                    for x, point in zip(depth, part["points"], strict=True)],
+             _left_out("effective horizon k vs depth L", part), "depth L", "k (layers)", integer_x=True)
+    _scatter(right, [(x, quantise(point["fraction"]), point["label"], palette[point["label"]])
+                     for x, point in zip(depth, part["points"], strict=True)],
+             "k / L vs depth L", "depth L", "k / L", integer_x=True)
+
+
+def spearman_line(part: dict[str, Any]) -> str:
+    """Figure (13)'s rank correlation as printed in the terminal (two decimals, or why there is none)."""
+    if part["spearman"] is None:
+        return f"ρ: {part['note']} (n = {part['n']})"
+    layers = "-" if part["spearman_layers"] is None else fixed(part["spearman_layers"], 2)
+    return f"Spearman ρ(rate, k/L) {fixed(part['spearman'], 2)}, ρ(rate, k) {layers}, n = {part['n']}"
+
+
+def horizon_vs_growth(panel: Panel, inputs: list[FigureInput], **_: Any) -> None:
+    """(13) k / L against the fitted norm growth rate, one point per model; Spearman's ρ and n in the title."""
+    part = across_models(inputs)["horizon_vs_growth"]
+    by_label, palette = {item.label: item for item in inputs}, _model_colours(inputs)
+    for point in part["points"]:
+        _note_horizon(by_label[point["label"]], point)
+    rates = [quantise(point["growth_rate"]) for point in part["points"]]
+    if part["spearman"] is not None:  # the ranks decide the coefficient (k / L: from integers, exact)
+        _note_order([point["growth_rate"] for point in part["points"]])
+    _scatter(panel, [(rate, quantise(point["fraction"]), point["label"], palette[point["label"]])
+                     for rate, point in zip(rates, part["points"], strict=True)],
+             _left_out(spearman_line(part), part), "norm growth rate (per layer)", "k / L", integer_x=False)
+
+
+def cosine_drop_vs_depth(panel: Panel, inputs: list[FigureInput], **_: Any) -> None:
+    """(14) The relative depth where the median cosine at c = 5 first falls below the level, against depth."""
+    part = across_models(inputs)["cosine_drop_vs_depth"]
+    rows = {point["label"]: point["row"] for point in part["points"]}
+    for item in inputs:
+        _note_drop(item, part["length"], part["level"], rows.get(item.label))
+    palette = _model_colours(inputs)
+    title = f"row / L where median cos (c = {part['length']}) first < {part['level']:.3f} (cos² = 0.5)"
+    _scatter(panel, [(float(point["n_layers"]), quantise(point["depth"]), point["label"], palette[point["label"]])
+                     for point in part["points"]],
+             _left_out(title, part), "depth L", "row / L", integer_x=True, y_range=(0.0, 1.0))
+
+
 # ----------------------------------------------------------------------------- the table
 
 
@@ -620,7 +744,8 @@ DRAW: dict[str, Callable[..., None]] = {
     "norm_growth": norm_growth, "norm_distribution": norm_distribution, "position_norms": position_norms,
     "sublayer_norms": sublayer_norms, "weights": weights, "mlp_random": mlp_random, "loss_vs_k": loss_vs_k,
     "layer_k_matrix": layer_k_matrix, "cosine": cosine, "categories": categories,
-    "attention_distance": attention_distance,
+    "attention_distance": attention_distance, "horizon_vs_depth": horizon_vs_depth,
+    "horizon_vs_growth": horizon_vs_growth, "cosine_drop_vs_depth": cosine_drop_vs_depth,
 }
 
 

@@ -5,9 +5,12 @@ rate with its fit window and r^2, BOS norm ratio, effective horizon per start la
 median cosine at the early/middle/final rows per truncation length, the most local and most
 long-range heads, corpus and what differs from the first directory), the warnings when corpora or
 settings differ, and one overlaid figure at a time ((1) norm growth, (4) sublayer norms, (7) loss
-vs k, (9) cosine), x as layer or relative depth. The directories are read in a thread worker
-(``ComparedResults.load``) behind a progress bar; every number is core/compare.py's, printed
-through tui/format.py (whose roundings the snapshot tests check against float noise).
+vs k, (9) cosine), x as layer or relative depth, then the figures over the models, one point per
+model ((12) effective horizon vs depth, (13) vs norm growth with Spearman's rho, (14) the relative
+depth where the median cosine at c = 5 falls below the level, vs depth; x is the depth there).
+The directories are read in a thread worker (``ComparedResults.load``) behind a progress bar;
+every number is core/compare.py's, printed through tui/format.py (whose roundings the snapshot
+tests check against float noise).
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ FIGURES: dict[str, str] = {
     "sublayer_norms": "(4) sublayer norms",
     "loss_vs_k": "(7) loss vs k",
     "cosine": "(9) cosine per layer",
+    "horizon_vs_depth": "(12) horizon vs depth",
+    "horizon_vs_growth": "(13) horizon vs growth",
+    "cosine_drop_vs_depth": "(14) cosine drop vs depth",
 }
 X_AXES = ("layer", "depth")
 WHERE = ("early", "middle", "final")
@@ -198,13 +204,16 @@ class ComparePane(VerticalScroll):
         plot.figure = self.figure
         names = list(FIGURES)
         title = Text(f"{names.index(self.figure) + 1}/{len(names)} {FIGURES[self.figure]}", style="bold")
-        title.append(f", x: {'layer / L' if self.x == 'depth' else 'layer'} ", style="bold")
+        if self.figure in terminal.ACROSS:  # one point per model: x is the model's depth
+            title.append(" ", style="bold")
+        else:
+            title.append(f", x: {'layer / L' if self.x == 'depth' else 'layer'} ", style="bold")
         # The models' colours, as the plot gives them (its legend may not fit a small plot).
         usable = plot.usable_inputs()
         for item, rgb in zip(usable, terminal.colours(len(usable)), strict=True):
             title.append(" ━ ", style=f"bold rgb({rgb[0]},{rgb[1]},{rgb[2]})")
             title.append(visible(item.label))
-        title.append("   g figure · d x axis", style="dim")
+        title.append("   g figure" if self.figure in terminal.ACROSS else "   g figure · d x axis", style="dim")
         self.query_one("#compare-figure-title", Static).update(title)
 
     def watch_figure(self) -> None:

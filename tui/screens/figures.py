@@ -28,7 +28,8 @@ from textual.binding import BindingType
 from textual.containers import Vertical
 from textual.widgets import Static
 
-NAMES = list(terminal.NEEDS)  # plots.PLOTS's order: figure n is NAMES[n - 1]
+# plots.PLOTS's order: figure n is NAMES[n - 1]; the figures over models are the Compare screen's.
+NAMES = [name for name in terminal.NEEDS if name not in terminal.ACROSS]
 FIGURES_DIR = "horizon-figures"  # under the working directory; $HORIZON_FIGURES_DIR overrides it
 WHAT_IS_MISSING = {
     "norms": "norms", "samples": "norms", "prompt": "this prompt's stored norms", "weights":
