@@ -135,6 +135,11 @@ def _integer(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    """A stored JSON object, or {} for anything else (a views file may come from someone else)."""
+    return value if isinstance(value, dict) else {}
+
+
 def _window(value: Any) -> list[int] | None:
     """A stored fit window [first, last] (two integers), or None."""
     if isinstance(value, list) and len(value) == 2 and all(_integer(v) is not None for v in value):
@@ -469,12 +474,16 @@ def _ranks(values: list[float]) -> np.ndarray:
 def horizon_point(item: FigureInput) -> tuple[dict[str, Any] | None, str | None]:
     """One model's effective horizon: k (layers) and k / L, at its first start layer (0 where
     scanned), with the ablation and tol it was read at; or (None, why it is left out)."""
-    scan = item.scan or {}
+    scan = _mapping(item.scan)
     if not scan:
         return None, "no scan results"
     if not item.n_layers:
         return None, "its depth is unknown"
-    horizons = {int(start): k for start, k in (scan.get("effective_horizon") or {}).items()}
+    # A views file may come from someone else: start layers that are not integers are not read,
+    # and a k that is neither an integer in 1..L+1 nor null leaves the model out.
+    stored = scan.get("effective_horizon")
+    horizons = {int(start): k for start, k in (stored.items() if isinstance(stored, dict) else ())
+                if isinstance(start, str) and start.isascii() and start.isdigit() and len(start) < 7}
     if not horizons:
         return None, "no effective horizon in its scan"
     start = min(horizons)
@@ -482,6 +491,8 @@ def horizon_point(item: FigureInput) -> tuple[dict[str, Any] | None, str | None]
     if k is None:
         return None, f"no scanned k within tol {tol:g} (start layer {start})" if tol is not None else \
             f"no scanned k within tol (start layer {start})"
+    if _integer(k) is None or not 1 <= k <= item.n_layers + 1:
+        return None, f"its stored effective horizon is not a k in 1..{item.n_layers + 1}"
     return {"label": item.label, "n_layers": item.n_layers, "effective_horizon": int(k),
             "fraction": int(k) / item.n_layers, "start_layer": start, "ablation": str(scan.get("ablation", "zero")),
             "tol": tol}, None
@@ -491,13 +502,13 @@ def cosine_drop_point(item: FigureInput, length: int = COSINE_DROP_LENGTH,
                       level: float = COSINE_DROP_LEVEL) -> tuple[dict[str, Any] | None, str | None]:
     """The first row (0..L) whose median mean-centred cosine at truncation length ``length`` is
     below ``level``, and that row / L (its relative depth); or (None, why it is left out)."""
-    medians = (item.truncate or {}).get("median_cos") or {}
+    medians = _mapping(_mapping(item.truncate).get("median_cos"))
     if not item.truncate:
         return None, "no truncate results"
     if not item.n_layers:
         return None, "its depth is unknown"
     values = medians.get(str(length))
-    if values is None:
+    if not isinstance(values, list):
         return None, f"no c = {length} in its truncate results"
     for row, value in enumerate(values):
         value = _finite(value)
@@ -532,7 +543,7 @@ def across_models(inputs: list[FigureInput]) -> dict[str, Any]:
             growth["left_out"].append({"label": item.label, "reason": reason})
         else:
             depth["points"].append(point)
-            rate = _finite(((item.norms or {}).get("growth") or {}).get("rate"))
+            rate = _finite(_mapping(_mapping(item.norms).get("growth")).get("rate"))
             if rate is None:
                 growth["left_out"].append({"label": item.label, "reason": "no fitted growth rate"})
             else:

@@ -122,8 +122,12 @@ def run_bounded(commands: list[list[str]], memory: int = MEMORY_LIMIT, timeout: 
                 env: dict[str, str] | None = None) -> list[tuple[int, str, str]]:
     """Run ``commands`` one after another in one fresh interpreter under ``memory`` bytes of address space and
     ``timeout`` seconds for all of them; (exit code, stdout, stderr) per command. A hang fails the test."""
+    # The limit is on address space, which counts reservations as well as use: pyarrow's default pool
+    # (mimalloc) reserves 1 GiB at its first allocation, and a loaded model's threads add their
+    # arenas, so a resumed sweep passed or failed by thread count. The system pool reserves nothing.
+    bounded_env = {**os.environ, "ARROW_DEFAULT_MEMORY_POOL": "system", **(env or {})}
     process = subprocess.run([sys.executable, "-c", _DRIVER, str(memory)], input=json.dumps(commands),
-                             capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+                             capture_output=True, text=True, timeout=timeout, env=bounded_env)
     marker = process.stdout.rfind("@@RESULTS@@")
     assert process.returncode == 0 and marker >= 0, (process.returncode, process.stderr[-3000:])
     return [tuple(item) for item in json.loads(process.stdout[marker + len("@@RESULTS@@"):])]

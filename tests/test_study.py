@@ -54,9 +54,11 @@ def run(*args: str) -> tuple[int, str, str]:
 
 
 def files_of(directory: Path) -> dict[str, tuple[int, str]]:
-    """Every file under ``directory``: relative path -> (mtime_ns, sha256)."""
+    """Every results file under ``directory``: relative path -> (mtime_ns, sha256). Claims (``.claims/``:
+    which run works on which shard) are left out: a killed run leaves its claim, the next one clears it."""
     return {str(path.relative_to(directory)): (path.stat().st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
-            for path in sorted(directory.rglob("*")) if path.is_file()}
+            for path in sorted(directory.rglob("*"))
+            if path.is_file() and path.relative_to(directory).parts[0] != ".claims"}
 
 
 @pytest.fixture(scope="module")
