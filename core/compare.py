@@ -471,6 +471,13 @@ def _ranks(values: list[float]) -> np.ndarray:
     return ranks
 
 
+def _start_layer(key: Any) -> bool:
+    """True for a start layer key: a non-negative int, or its decimal digits (as JSON stores it)."""
+    if isinstance(key, int) and not isinstance(key, bool):
+        return 0 <= key < 1_000_000
+    return isinstance(key, str) and key.isascii() and key.isdigit() and len(key) < 7
+
+
 def horizon_point(item: FigureInput) -> tuple[dict[str, Any] | None, str | None]:
     """One model's effective horizon: k (layers) and k / L, at its first start layer (0 where
     scanned), with the ablation and tol it was read at; or (None, why it is left out)."""
@@ -480,10 +487,11 @@ def horizon_point(item: FigureInput) -> tuple[dict[str, Any] | None, str | None]
     if not item.n_layers:
         return None, "its depth is unknown"
     # A views file may come from someone else: start layers that are not integers are not read,
-    # and a k that is neither an integer in 1..L+1 nor null leaves the model out.
+    # and a k that is neither an integer in 1..L+1 nor null leaves the model out. JSON gives the
+    # start layers as digit strings; a live session's scan gives them as ints.
     stored = scan.get("effective_horizon")
     horizons = {int(start): k for start, k in (stored.items() if isinstance(stored, dict) else ())
-                if isinstance(start, str) and start.isascii() and start.isdigit() and len(start) < 7}
+                if _start_layer(start)}
     if not horizons:
         return None, "no effective horizon in its scan"
     start = min(horizons)

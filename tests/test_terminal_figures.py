@@ -36,7 +36,8 @@ def full_input(label: str = "model-a", n_layers: int = 30) -> FigureInput:
     """A figure input holding every figure's data (synthetic numbers, the views' shapes)."""
     rows = [{"start_layer": start, "k": k, "loss": 3.2 + 4 / k + start / 10} for start in (0, 2)
             for k in range(1, n_layers + 2)]
-    scan = {"ablation": "zero", "loss_clean": 3.2, "tol": 0.1, "effective_horizon": {0: 15, 2: 17}, "rows": rows,
+    scan = {"ablation": "zero", "loss_clean": 3.2, "tol": 0.1, "effective_horizon": {0: n_layers - 5, 2: n_layers - 3},
+            "rows": rows,
             "by_layer": {"ks": list(range(1, n_layers + 2)), "layers": list(range(n_layers + 1)),
                          "delta_loss": [[0.01 * k * layer for k in range(n_layers + 1)]
                                         for layer in range(n_layers + 1)]}}
