@@ -746,37 +746,16 @@ def reference_patched_logits(
         return model.bridge.run_with_hooks(input_ids, fwd_hooks=hooks, return_type="logits")
 
 
-# The scan and the layer x k matrix (core/horizon_scan.py) are part of this module's interface.
-from horizon.core.horizon_scan import (  # noqa: E402
-    ByLayerResult,
-    ScanResult,
-    by_layer_configs,
-    default_ks,
-    effective_horizon,
-    join_by_layer,
-    row_horizons,
-    scan,
-    scan_by_layer,
-)
 
 __all__ = [
     "AblationMeans",
-    "ByLayerResult",
     "CleanReference",
     "MeanAccumulator",
-    "ScanResult",
     "TokenMetrics",
     "ablation_means",
     "apply_head",
-    "by_layer_configs",
-    "default_ks",
-    "effective_horizon",
-    "join_by_layer",
     "logits_metrics",
     "needs_means",
-    "row_horizons",
-    "scan",
-    "scan_by_layer",
     "token_metrics",
     "unembed",
 ]

@@ -11,8 +11,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from horizon.core.errors import HorizonError
 
-# core/session.py imports this module at its end (ResultsSession is part of its interface), so the
-# names taken from it are imported where they are used: either module can then be imported first.
 if TYPE_CHECKING:
     from horizon.core.loader import LoadedModel
     from horizon.core.session import PatchSettings

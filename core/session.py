@@ -190,7 +190,7 @@ class Session:
         Between chunks the lock is handed to any waiting patched pass, so a slider move is not
         stuck behind the whole scan; the rows are the engine's, and so is the effective horizon.
         """
-        from horizon.core.horizon import ScanResult, default_ks, effective_horizon, scan
+        from horizon.core.horizon_scan import ScanResult, default_ks, effective_horizon, scan
 
         key = _scan_key(prompt, ablation)
         if key in self._cache:
@@ -223,7 +223,7 @@ class Session:
         Like ``scan``, it hands the lock to waiting patched passes between chunks; the parts are
         joined by the engine (core.horizon.join_by_layer), which also gives each row's horizon.
         """
-        from horizon.core.horizon import default_ks, join_by_layer, scan_by_layer
+        from horizon.core.horizon_scan import default_ks, join_by_layer, scan_by_layer
 
         key = ("by_layer", prompt, ablation)
         if key in self._cache:
@@ -287,9 +287,3 @@ def _lru(cache: OrderedDict[Any, T], key: Any, size: int, compute: Callable[[], 
             cache.popitem(last=False)
     cache.move_to_end(key)
     return cache[key]
-
-
-# The stored-results implementation of ``Source`` (core/results_session.py) is part of this interface.
-from horizon.core.results_session import ResultsSession  # noqa: E402
-
-__all__ = ["PatchSettings", "ResultsSession", "Session", "Source"]

@@ -102,7 +102,7 @@ for argv in json.loads(sys.stdin.read()):
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         if argv[0] == "@session":
             from horizon.core.errors import HorizonError
-            from horizon.core.session import ResultsSession
+            from horizon.core.results_session import ResultsSession
             try:
                 session = ResultsSession(argv[1])
                 session.norms(), session.truncation(), session.scan()

@@ -21,7 +21,8 @@ from horizon.core import chunking
 from horizon.core import verify as V
 from horizon.core.capture import run_capture
 from horizon.core.errors import HorizonError
-from horizon.core.horizon import ChunkedClean, scan
+from horizon.core.horizon import ChunkedClean
+from horizon.core.horizon_scan import scan
 from horizon.core.loader import LoadedModel, bundled_tokenizer
 from horizon.core.prompts import batches
 

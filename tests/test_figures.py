@@ -160,7 +160,7 @@ def test_the_engines_result_types_draw_every_figure(tiny_llama, tmp_path: Path) 
     """What the app holds (NormsReport, ScanResult, TruncationReport, AttentionReport, weights) draws 1-7, 9-11."""
     from horizon.core.attention import attention_distance
     from horizon.core.compare import live_figure_input
-    from horizon.core.horizon import scan
+    from horizon.core.horizon_scan import scan
     from horizon.core.norms import analyse_norms
     from horizon.core.prompts import decode_tokens, tokenize
     from horizon.core.truncation import analyse_truncation

@@ -10,8 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from horizon.core import horizon as H
+from horizon.core import horizon_scan as HS
 from horizon.core.errors import HorizonError
-from horizon.core.horizon import HorizonConfig, clean_run, patch, patched_logits, reference_patched_logits, scan
+from horizon.core.horizon import HorizonConfig, clean_run, patch, patched_logits, reference_patched_logits
+from horizon.core.horizon_scan import scan
 from horizon.core.loader import _tiny_hf_model
 from horizon.core.prompts import make_batch, tokenize
 from horizon.core.staircase import StaircasePass
@@ -394,7 +396,7 @@ def test_by_layer_matrix(tiny_llama) -> None:
     n = tiny_llama.n_layers
     advanced: list[float] = []
     tol = 0.01
-    result = H.scan_by_layer(tiny_llama, ids, tol=tol, progress=advanced.append, batch_size=2)
+    result = HS.scan_by_layer(tiny_llama, ids, tol=tol, progress=advanced.append, batch_size=2)
     assert result.layers == list(range(n + 1)) and result.ks == list(range(1, n + 2))
     assert sum(advanced) == pytest.approx(len(result.layers) * len(result.ks))
     for layer in result.layers:
@@ -416,7 +418,7 @@ def test_by_layer_matrix(tiny_llama) -> None:
 
 def test_by_layer_with_mean_ablation_and_sublayer_unit(tiny_llama) -> None:
     ids = tokenize(tiny_llama, PROMPTS[:2])
-    result = H.scan_by_layer(tiny_llama, ids, ks=[1, 3], unit="sublayer", ablation="mean", source="clean")
+    result = HS.scan_by_layer(tiny_llama, ids, ks=[1, 3], unit="sublayer", ablation="mean", source="clean")
     assert result.ablation == "mean" and result.unit == "sublayer"
     for layer in result.layers:
         for column, k in enumerate(result.ks):
@@ -426,10 +428,10 @@ def test_by_layer_with_mean_ablation_and_sublayer_unit(tiny_llama) -> None:
 
 def test_effective_horizon_is_smallest_qualifying_k() -> None:
     rows = [{"k": k, "start_layer": 0, "delta_loss": d} for k, d in [(1, 2.0), (2, 0.05), (3, 0.3), (4, 0.0)]]
-    assert H.effective_horizon(rows, 0, 0.1) == 2
-    assert H.effective_horizon(rows, 0, 0.01) == 4
-    assert H.effective_horizon(rows, 0, -1) is None
-    assert H.effective_horizon(rows, 5, 0.1) is None
+    assert HS.effective_horizon(rows, 0, 0.1) == 2
+    assert HS.effective_horizon(rows, 0, 0.01) == 4
+    assert HS.effective_horizon(rows, 0, -1) is None
+    assert HS.effective_horizon(rows, 5, 0.1) is None
 
 
 # ----------------------------------------------------------------------------- the bundled model
@@ -690,7 +692,7 @@ async def test_app_ablation_toggle_and_layer_matrix(tiny_llama) -> None:
         n = tiny_llama.n_layers
         assert app.settings.only_layer == n // 2
         matrix = app.query_one(LayerMatrix)
-        direct = H.scan_by_layer(tiny_llama, ids, ablation="mean")
+        direct = HS.scan_by_layer(tiny_llama, ids, ablation="mean")
         assert matrix.result is not None and matrix.result.ks == direct.ks
         assert matrix.result.effective_horizon == direct.effective_horizon
         np.testing.assert_allclose(np.array(matrix.result.delta_loss), np.array(direct.delta_loss), atol=1e-5)
@@ -717,7 +719,7 @@ def test_sweep_by_layer_matrix_in_store_and_report(tiny_llama, tmp_path, run_cli
               device="cpu")
     view = corpus_views(store.open_results(out))["scan"]
     assert [row["k"] for row in view["rows"]] == [1, 2, 5]  # the curve keeps only the scan's rows
-    direct = H.scan_by_layer(tiny_llama, tokenize(tiny_llama, PROMPTS), ks=[1, 2, 5])
+    direct = HS.scan_by_layer(tiny_llama, tokenize(tiny_llama, PROMPTS), ks=[1, 2, 5])
     matrix = view["by_layer"]
     assert matrix["layers"] == direct.layers and matrix["ks"] == direct.ks
     assert matrix["effective_horizon"] == direct.effective_horizon

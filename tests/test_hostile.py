@@ -250,7 +250,7 @@ def test_every_command_on_damaged_stores(damage: str, baseline, run_cli, tmp_pat
     assert json.loads(out)["problems"] or damage == "views_crafted", "every damage is named"
 
     # the app's results mode (inspect --results): opens what is intact, or refuses with a HorizonError.
-    from horizon.core.session import ResultsSession
+    from horizon.core.results_session import ResultsSession
 
     try:
         session = ResultsSession(str(copy))

@@ -14,7 +14,8 @@ import torch
 import transformers as T
 from horizon.core import horizon_metrics as HM
 from horizon.core.capture import run_capture
-from horizon.core.horizon import HorizonConfig, patch, scan
+from horizon.core.horizon import HorizonConfig, patch
+from horizon.core.horizon_scan import scan
 from horizon.core.loader import LoadedModel, bundled_tokenizer
 
 from tests.hf_reference import HFHorizon, bridged, metrics

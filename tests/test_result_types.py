@@ -79,11 +79,11 @@ def test_result_types_rebuild_without_torch():
 
 def test_engines_reexport_the_one_type():
     """The engines hand out the registry modules' types, not copies of them."""
-    from horizon.core import analyses, attention, horizon, horizon_scan, norms, truncation
+    from horizon.core import analyses, attention, horizon_scan, norms, truncation
 
     assert norms.NormsReport is analyses.norms.NormsReport
     assert norms.aggregate_site is analyses.norms.aggregate_site
     assert truncation.TruncationReport is analyses.truncate.TruncationReport
     assert attention.AttentionReport is analyses.attention.AttentionReport
-    assert horizon.ScanResult is horizon_scan.ScanResult is analyses.scan.ScanResult
-    assert horizon.ByLayerResult is analyses.scan.ByLayerResult
+    assert horizon_scan.ScanResult is analyses.scan.ScanResult
+    assert horizon_scan.ByLayerResult is analyses.scan.ByLayerResult

@@ -104,7 +104,7 @@ def test_settings_are_validated() -> None:
 def test_tables_and_views_match_the_analyses_run_directly(full: Path, tiny_llama) -> None:
     import torch
     from horizon.core.attention import attention_distance
-    from horizon.core.horizon import scan
+    from horizon.core.horizon_scan import scan
     from horizon.core.norms import analyse_norms
     from horizon.core.truncation import analyse_truncation, mean_residual
 

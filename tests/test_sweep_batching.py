@@ -92,7 +92,7 @@ def test_per_prompt_puts_results_back_in_prompt_order(tiny_llama) -> None:
 
 def scan_reference(model, made: SweepWorker) -> pa.Table:
     """The scan rows written one prompt at a time by the single-prompt engines (no padding)."""
-    from horizon.core.horizon import scan, scan_by_layer
+    from horizon.core.horizon_scan import scan, scan_by_layer
 
     settings = made.settings
     means = getattr(made, "ablation_means", None)

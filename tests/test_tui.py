@@ -94,7 +94,7 @@ def test_outlier_rows_keep_word_pieces_whole_in_their_context() -> None:
 
 
 def test_session_scan_in_chunks_equals_one_engine_scan(tiny_llama: LoadedModel) -> None:
-    from horizon.core.horizon import scan
+    from horizon.core.horizon_scan import scan
 
     session = make_session(tiny_llama)
     chunked = session.scan(chunk=2)
@@ -416,7 +416,7 @@ def sweep_dir(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory)
 async def test_results_mode_shows_the_report_numbers(sweep_dir, run_cli) -> None:  # type: ignore[no-untyped-def]
     import json
 
-    from horizon.core.session import ResultsSession
+    from horizon.core.results_session import ResultsSession
 
     code, out, err = run_cli("report", str(sweep_dir), "--json")
     assert code == 0, err
@@ -471,7 +471,7 @@ async def test_results_mode_figures_draw_the_report_views(sweep_dir, run_cli) ->
     lists the weight figures as needing a model, and draws each figure it lists as drawable."""
     import json
 
-    from horizon.core.session import ResultsSession
+    from horizon.core.results_session import ResultsSession
     from horizon.tui.screens.figures import NAMES, FiguresPane
     from horizon.tui.widgets.plot import FigurePlot
 

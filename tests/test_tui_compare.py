@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from horizon.core.session import ResultsSession
+from horizon.core.results_session import ResultsSession
 from horizon.tui.app import HorizonApp
 from horizon.tui.screens.compare import FIGURES, ComparePane
 from rich.console import Console

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from horizon.core.loader import load_model
-from horizon.core.session import ResultsSession
+from horizon.core.results_session import ResultsSession
 from horizon.core.sweep import SweepSettings, run_sweep
 from horizon.tui.app import HorizonApp
 from horizon.tui.screens.compare import ComparePane

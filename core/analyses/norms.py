@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-from horizon.core.analyses import Analysis, column
+from horizon.core.analyses.base import Analysis, column
 from horizon.core.errors import HorizonError
 
 if TYPE_CHECKING:

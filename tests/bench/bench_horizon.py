@@ -9,7 +9,8 @@ from __future__ import annotations
 import statistics
 
 import torch
-from horizon.core.horizon import HorizonConfig, patch, reference_patched_logits, scan_by_layer
+from horizon.core.horizon import HorizonConfig, patch, reference_patched_logits
+from horizon.core.horizon_scan import scan_by_layer
 from horizon.core.loader import load_model
 
 from tests.bench.timing import (

@@ -89,7 +89,7 @@ def bench_sweep_truncate() -> dict:
 
 
 def bench_sweep_scan() -> dict:
-    from horizon.core.horizon import scan
+    from horizon.core.horizon_scan import scan
 
     return _compare("scan", 4, lambda ids: scan(_model(), [ids], ks=SCAN_KS), repeats=1, ks=SCAN_KS)
 

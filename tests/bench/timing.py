@@ -122,7 +122,7 @@ def scan_vs_forwards(
     ``others`` are timed in the same rounds after the scan, ``warm`` runs after the standard warm-up
     (one forward, a two-k scan). Returns the result dict and the median seconds by name.
     """
-    from horizon.core.horizon import scan
+    from horizon.core.horizon_scan import scan
 
     token_ids = ids.tolist()
     n_forwards = model.n_layers + 1

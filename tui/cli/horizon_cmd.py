@@ -12,17 +12,13 @@ from horizon.core.horizon import (
     FINALS,
     SOURCES,
     UNITS,
-    ByLayerResult,
     HorizonConfig,
     PatchResult,
-    ScanResult,
     clean_runs,
-    default_ks,
     horizon_sublayers,
     patch,
-    scan,
-    scan_by_layer,
 )
+from horizon.core.horizon_scan import ByLayerResult, ScanResult, default_ks, scan, scan_by_layer
 from horizon.core.loader import DEFAULT_MODEL
 from horizon.core.untrusted import markup_safe
 from horizon.tui.cli.app import app

@@ -22,7 +22,8 @@ from horizon.tui.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from horizon.core.session import ResultsSession, Session
+    from horizon.core.results_session import ResultsSession
+    from horizon.core.session import Session
     from horizon.tui.app import HorizonApp
 
 
@@ -62,7 +63,7 @@ def results_loader(directory: str, model: str | None, device: str, dtype: str):
 
     def load() -> ResultsSession:
         from horizon.core.loader import load_model
-        from horizon.core.session import ResultsSession
+        from horizon.core.results_session import ResultsSession
 
         live = load_model(model, device=device, dtype=dtype) if model is not None else None
         return ResultsSession(directory, live_model=live)

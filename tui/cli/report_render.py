@@ -153,7 +153,7 @@ def render_scan(view: dict[str, Any]) -> None:
         found = f"k = {k}" if k is not None else "none within the scanned k"
         console.print(f"effective layer horizon (start layer {start}, tol {view['tol']}): [bold green]{found}[/]")
     if "by_layer" in view:
-        from horizon.core.horizon import ByLayerResult
+        from horizon.core.horizon_scan import ByLayerResult
         from horizon.tui.cli.horizon_cmd import render_by_layer
 
         matrix = view["by_layer"]
