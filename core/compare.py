@@ -23,7 +23,7 @@ The table's columns (README, `horizon compare`):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,8 @@ def load(path: str | Path) -> Loaded:
     results = store.open_results(path)
     views = load_views(results)
     manifest = results.manifest if isinstance(results.manifest, dict) else {}
-    model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
+    stored_model = manifest.get("model")
+    model: dict[str, Any] = stored_model if isinstance(stored_model, dict) else {}
     spec = model.get("spec") or results.path.name
     loaded = Loaded(path=results.path, label=str(spec), manifest=manifest, views=views,
                     problems=results.problems, notes=list(results.notes), results=results)
@@ -95,7 +96,7 @@ def duplicates(loaded: list[Loaded]) -> list[str]:
     return lines
 
 
-def load_all(paths: list[str | Path], progress: Callable[[int, int], None] | None = None) -> list[Loaded]:
+def load_all(paths: Sequence[str | Path], progress: Callable[[int, int], None] | None = None) -> list[Loaded]:
     """Every directory, with labels made unique (the model's name, then the directory's where two share it).
 
     ``progress(done, total)`` is called after each directory is read (the app's loading bar)."""

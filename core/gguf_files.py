@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.metadata
 import io
@@ -109,7 +110,7 @@ def gemma_gguf_path() -> Path:
         with os.fdopen(handle, "wb") as out:
             for chunk in chunks:
                 with open(chunk, "rb") as source:
-                    for block in iter(lambda source=source: source.read(1 << 22), b""):
+                    for block in iter(functools.partial(source.read, 1 << 22), b""):
                         digest.update(block)
                         out.write(block)
         if digest.hexdigest() != GEMMA_SHA256:
@@ -328,7 +329,7 @@ def gguf_cache_dir(path: Path, sha256: str | None = None) -> Path:
         gguf_metadata(path)
         raise HorizonError(f"cannot convert GGUF file {path}: {library_reason(exc)}") from None
     # De-quantised weights are plain floats: drop the quantiser so save_pretrained accepts them.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # transformers types it as always set
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)

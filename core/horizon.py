@@ -298,8 +298,8 @@ def clean_run(model: LoadedModel, batch: TokenBatch, positions: slice | None = N
                 kept["use_cache"] = False
             positional = tuple(_without_cache(value) for value in args[1:])
             block_args[layer] = (positional, kept)
-            slots = [index for index, value in enumerate(args[1:]) if _is_cache(value)]
-            slots += [name for name, value in kwargs.items() if _is_cache(value)]  # type: ignore[misc]
+            slots: list[int | str] = [index for index, value in enumerate(args[1:]) if _is_cache(value)]
+            slots += [name for name, value in kwargs.items() if _is_cache(value)]
             cache_slots[layer] = slots[0] if slots else None
 
         return hook
@@ -544,7 +544,7 @@ def metric_sums(
     sums = torch.zeros((len(configs) + 1, clean.batch_size, 5), dtype=torch.float64, device=clean.device)
     chunked = isinstance(clean, ChunkedClean)
     means = _checked_means(model, configs, means, [clean])
-    if chunked:
+    if isinstance(clean, ChunkedClean):
         n_parts = len(clean.chunks)
         longest = max(part.stop - part.start for part in clean.chunks)
         row = budget.row_bytes(budget.ModelDims.of(model), clean.batch_size, clean.chunks[-1].stop, longest)
@@ -644,7 +644,7 @@ def patch(
     config: HorizonConfig,
     keep_logits: bool = False,
     batch_size: int = 8,
-    cleans: Sequence[CleanRun] | None = None,
+    cleans: Sequence[CleanRun | ChunkedClean] | None = None,
     means: AblationMeans | None = None,
     has_bos: bool = True,
 ) -> PatchResult:
@@ -665,6 +665,8 @@ def patch(
     per_kl: list[list[float]] = []
     kept: list[torch.Tensor] = []
     for clean in cleans:
+        if not isinstance(clean, CleanRun):
+            raise HorizonError("patch keeps whole logits, so it cannot run on position chunks; lower the prompt length")
         batch = clean.batch
         ((_, logits),) = list(patched_logits(model, clean, [config], means=means))  # kept: a fresh tensor
         metrics = token_metrics(clean.reference, logits)
@@ -726,6 +728,7 @@ def reference_patched_logits(
             if not config.patches(j, n_layers):
                 return activation
             outputs = clean_outputs if config.source == "clean" else produced
+            assert outputs is not None  # a clean-source pass is always given the clean outputs
             window = window_read(outputs, j, config.horizon_sublayers, config.keep_embed)
             if config.ablation == "mean":
                 assert means is not None and clean_outputs is not None

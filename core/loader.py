@@ -131,8 +131,11 @@ def _tiny_hf_model(kind: str, vocab_size: int) -> Any:
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(0)
     try:
+        # transformers' typed configs do not list the loading keyword attn_implementation.
+        config: Any
+        model: Any
         if kind == "tiny-llama":
-            config = LlamaConfig(
+            config = LlamaConfig(  # type: ignore[call-arg]
                 vocab_size=vocab_size,
                 hidden_size=64,
                 intermediate_size=176,
@@ -145,7 +148,7 @@ def _tiny_hf_model(kind: str, vocab_size: int) -> Any:
             )
             model = LlamaForCausalLM(config)
         else:
-            config = GPT2Config(
+            config = GPT2Config(  # type: ignore[call-arg]
                 vocab_size=vocab_size,
                 n_embd=64,
                 n_layer=3,
@@ -202,11 +205,12 @@ def _load_hf_dir_or_hub(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with _quiet():
-        model, info = AutoModelForCausalLM.from_pretrained(
+        loaded: Any = AutoModelForCausalLM.from_pretrained(
             name, dtype=dtype, local_files_only=local_only, attn_implementation="eager", output_loading_info=True,
             ignore_mismatched_sizes=True, **(placement or {})
         )
         tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
+    model, info = loaded  # output_loading_info: the model and what loading matched
     _refuse_unmatched_weights(name, info)
     return model, tokenizer
 
@@ -298,7 +302,7 @@ def _align_norm_epsilons(bridge: Any) -> None:
         original = module.original_component
         eps = getattr(original, "variance_epsilon", None)
         eps = getattr(original, "eps", None) if eps is None else eps
-        if isinstance(eps, float) and eps != getattr(module.config, "eps", None):
+        if isinstance(eps, float) and module.config is not None and eps != getattr(module.config, "eps", None):
             module.config = copy.copy(module.config)  # the config is shared: this norm gets its own
             module.config.eps = eps
 

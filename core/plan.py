@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from horizon.core import analyses as registry
+from horizon.core.errors import HorizonError
 
 if TYPE_CHECKING:
     from horizon.core.corpus import Corpus
@@ -249,8 +250,10 @@ def plan_sweep(
             seconds += rate * shard_units(shard_lengths, shard_batch, cross)
             peak = max(peak, shard_peak)
             batch_sizes.append(shard_batch)
-            shard_rows = registry.REGISTRY[name].expected_rows(shard_lengths, analysis_settings[name],
-                                                               described["model"])
+            expected_rows = registry.REGISTRY[name].expected_rows
+            if expected_rows is None:
+                raise HorizonError(f"the {name} analysis cannot project its rows (no expected_rows in its entry)")
+            shard_rows = expected_rows(shard_lengths, analysis_settings[name], described["model"])
             rows += shard_rows
             disk += measured[name]["file_bytes"] + round(measured[name]["row_bytes"] * shard_rows)
         if name in measured["corpus"]:  # the corpus-wide pass over every prompt, at the engines' batch

@@ -114,7 +114,7 @@ class RayPool:
             where = self._connect(address, workers)
             uses_gpu = config.device.startswith("cuda") or (config.device == "auto" and _cluster_has_gpus(ray))
             _check_resources(ray.cluster_resources(), workers, uses_gpu, config.device, where)
-            self.remote_worker = ray.remote(num_cpus=1, num_gpus=1 if uses_gpu else 0, max_restarts=0)(SweepWorker)
+            self.remote_worker: Any = ray.remote(num_cpus=1, num_gpus=1 if uses_gpu else 0, max_restarts=0)(SweepWorker)
             self.actors = [self.remote_worker.remote(config) for _ in range(workers)]
             self.description = self._describe_all()
         except BaseException:
@@ -530,7 +530,7 @@ def _ray_logging(ray: Any) -> Callable[[], None]:
     ray_logger = logging.getLogger("ray")
     saved = (ray_logger.level, list(ray_logger.handlers), ray_logger.propagate)
     _own_ray_logger()
-    worker_module = getattr(getattr(ray, "_private", None), "worker", None)
+    worker_module: Any = getattr(getattr(ray, "_private", None), "worker", None)
     printer = getattr(worker_module, "print_to_stdstream", None)
     if printer is not None:
         worker_module.print_to_stdstream = _raylet_message

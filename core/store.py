@@ -55,7 +55,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeGuard
 
 import numpy as np
 import pyarrow as pa
@@ -173,7 +173,7 @@ def temp_tag() -> str:
 TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")
 
 
-def stage(path: Path, write: Callable[[BinaryIO], None], root: Path | None = None) -> Path:
+def stage(path: Path, write: Callable[[BinaryIO], object], root: Path | None = None) -> Path:
     """Write through ``write(handle)`` beside ``path`` and fsync it; ``commit`` renames it into place.
 
     ``root``: the results directory ``path`` is inside (default: ``path``'s own folder); no link
@@ -210,7 +210,7 @@ def commit(temp: Path, path: Path, root: Path | None = None) -> None:
         raise
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None], root: Path | None = None) -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], object], root: Path | None = None) -> None:
     """Write through ``write(handle)`` and rename into place: readers see all or nothing."""
     commit(stage(path, write, root), path, root)
 
@@ -336,7 +336,7 @@ def read_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -475,7 +475,7 @@ MAX_ROWS_PER_BYTE = 16
 ROWS_SLACK = 4096  # tiny files: a footer alone is a few hundred bytes
 
 
-class PromptLists(dict):  # type: ignore[type-arg]
+class PromptLists(dict[int, list[Any]]):
     """Prompt number -> a list (token ids or texts); a prompt with no rows reads as an empty list.
 
     Sized by the rows present, never by a stored prompt number (a crafted number cannot make it large).
@@ -572,8 +572,8 @@ class Results:
                     number = int(prompt[index])
                     by_id.setdefault(number, []).append(int(token_id[index]))
                     by_text.setdefault(number, []).append(str(text[index]))
-            self._cache["prompt_tokens"] = (by_id, by_text)  # type: ignore[assignment]
-        return self._cache["prompt_tokens"]  # type: ignore[return-value]
+            self._cache["prompt_tokens"] = (by_id, by_text)
+        return self._cache["prompt_tokens"]
 
     def mu(self) -> np.ndarray | None:
         try:
@@ -644,8 +644,9 @@ def _check_open_file(file: Path, handle: BinaryIO, expected_rows: int | None, ta
         schema = metadata.schema.to_arrow_schema()
     except (OSError, pa.ArrowException, ValueError) as exc:
         return f"{file} is damaged or truncated ({type(exc).__name__}); rerun with --resume to redo it"
-    if table is not None and table_schema(table) is not None:
-        for column, kind in table_schema(table).items():
+    expected_schema = table_schema(table) if table is not None else None
+    if expected_schema is not None:
+        for column, kind in expected_schema.items():
             index = schema.get_field_index(column)
             if index < 0 or schema.field(index).type != kind:
                 found = "missing" if index < 0 else str(schema.field(index).type)
@@ -768,7 +769,7 @@ def _count_quarantined(root: Path) -> int:
     count = 0
     level = [root / QUARANTINE] if confined.is_dir(root, root / QUARANTINE) else []
     for _ in range(3):
-        below = []
+        below: list[Path] = []
         for folder in level:
             for name, what in _entries(root, folder):
                 if what == "file":
@@ -940,6 +941,7 @@ def tidy(root: Path, manifest: dict[str, Any], pid_alive: Callable[[int], bool] 
         for table in list(rows):
             file = shard_path(root, table, int(shard["id"]))
             present = confined.is_file(root, file)
+            problem: str | None
             if not present:
                 problem = "missing"
             else:
@@ -1038,26 +1040,30 @@ def _merge(sources: list[str | Path], target: Path) -> Merged:
         if results.manifest is None:
             raise HorizonError(f"{results.path} has no readable manifest; merge needs one in every source")
     base = json.loads(json.dumps(opened[0].manifest))
-    for results in opened[1:]:
-        conflicts = settings_conflicts(base, results.manifest)
+    manifests = [results.manifest for results in opened if results.manifest is not None]
+    for results, manifest in zip(opened[1:], manifests[1:], strict=True):
+        conflicts = settings_conflicts(base, manifest)
         if conflicts:
             raise HorizonError(f"{results.path} is not the same sweep as {opened[0].path}: {'; '.join(conflicts)}")
-        for name, settings in results.manifest["analyses"].items():
+        for name, settings in manifest["analyses"].items():
             base["analyses"].setdefault(name, settings)
     for shard in base["shards"]:
         shard.update({"status": "pending", "rows": {}, "sha256": {}})
-    base["runs"] = [run for results in opened for run in results.manifest.get("runs", [])]
+    base["runs"] = [run for manifest in manifests for run in manifest.get("runs", [])]
     copied = 0
-    for results in opened:
+    for results, manifest in zip(opened, manifests, strict=True):
         for table, files in results.files.items():
             for file in files:
-                shard_id = int(SHARD_FILE.match(file.name).group(1))
+                match = SHARD_FILE.match(file.name)
+                if match is None:
+                    continue  # open_results lists shard files only; a name it did not match is not one
+                shard_id = int(match.group(1))
                 shard = base["shards"][shard_id]
                 if table in shard["rows"]:
                     continue  # an earlier source already gave this shard's table
                 target.mkdir(parents=True, exist_ok=True)
                 confined.copy(results.path, file, target, shard_path(target, table, shard_id))
-                source_shard = results.manifest["shards"][shard_id]
+                source_shard = manifest["shards"][shard_id]
                 shard["rows"][table] = source_shard["rows"][table]
                 if table in source_shard.get("sha256", {}):
                     shard["sha256"][table] = source_shard["sha256"][table]

@@ -15,13 +15,14 @@ worker and resumed run, so results do not depend on how the corpus was split.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -300,6 +301,10 @@ CLAIM_SECONDS_ELSEWHERE = 24 * 3600
 CLAIM = re.compile(r"^(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)$")
 
 
+def _write_bytes(data: bytes, handle: BinaryIO) -> None:
+    handle.write(data)
+
+
 def _claim_path(root: Path, shard_id: int) -> Path:
     return root / store.CLAIMS / f"shard-{shard_id:05d}.claim"
 
@@ -345,7 +350,7 @@ class Claims:
                     self.skipped[shard_id] = holder
                     continue
                 tag = store.temp_tag().encode("ascii")
-                store.atomic_write(_claim_path(self.root, shard_id), lambda handle, tag=tag: handle.write(tag),
+                store.atomic_write(_claim_path(self.root, shard_id), functools.partial(_write_bytes, tag),
                                    self.root)
                 self.held.add(shard_id)
             yield shard_id, wanted

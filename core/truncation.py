@@ -11,6 +11,7 @@ the pass is stopped at the final norm's input (the unembedding is never computed
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -42,6 +43,11 @@ KEEP_FULL_BYTES = 512 * 2**20
 def layer_labels(n_layers: int) -> list[str]:
     """Names of the L+1 rows: resid_pre_0..resid_pre_{L-1}, then the final residual."""
     return [f"resid_pre_{layer}" for layer in range(n_layers)] + ["final"]
+
+
+def _masked_sum(activation: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum over batch and positions of the positions ``mask`` keeps, in float64."""
+    return (activation.double() * mask).sum(dim=(0, 1))
 
 
 def residual_rows(
@@ -88,7 +94,7 @@ def mean_residual(model: LoadedModel, token_ids: list[list[int]], has_bos: bool,
     count = 0
     for batch in batches(model, token_ids, has_bos, batch_size):
         mask = batch.stat_mask()[:, :, None].to(model.device)
-        total += residual_rows(model, batch.input_ids, lambda a, mask=mask: (a.double() * mask).sum(dim=(0, 1)))
+        total += residual_rows(model, batch.input_ids, functools.partial(_masked_sum, mask=mask))
         count += int(mask.sum())
     if count == 0:
         raise HorizonError("the prompts hold no token after BOS to average over")

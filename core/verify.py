@@ -371,7 +371,7 @@ def independent_hf_model(model: LoadedModel) -> tuple[Any, str]:
 
         try:
             with _quiet():
-                fresh = AutoModelForCausalLM.from_pretrained(
+                fresh: Any = AutoModelForCausalLM.from_pretrained(
                     reload, dtype=model.dtype, attn_implementation="eager", local_files_only=Path(reload).exists()
                 )
             return fresh.to(model.device).eval(), "reloaded from the same files"
@@ -449,7 +449,9 @@ def attention_check(model: LoadedModel, ids: torch.Tensor) -> Check:
         row_sum: torch.Tensor | float = 1.0
         if layer in scores:  # 1 minus the sink's share of the softmax over [scores, sink]
             logits = store[scores[layer]].double()
-            sink = sinks[layer].double().to(logits.device).view(1, -1, 1, 1).expand(*logits.shape[:3], 1)
+            sink_logit = sinks[layer]
+            assert sink_logit is not None  # scores are hooked only on the layers that have sinks
+            sink = sink_logit.double().to(logits.device).view(1, -1, 1, 1).expand(*logits.shape[:3], 1)
             row_sum = 1 - torch.cat((logits, sink), dim=-1).softmax(dim=-1)[..., -1]
         worst = max(worst, float((pattern.sum(dim=-1) - row_sum).abs().max()))
         forbidden = key > query

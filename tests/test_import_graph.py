@@ -9,26 +9,10 @@ loading torch, and they run after every module has finished importing.
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-# Source folder -> the package it is installed as (setup.py's package_dir).
-PACKAGES = {"core/api": "horizon", "core": "horizon.core", "tui": "horizon.tui"}
-
-
-def modules() -> dict[str, Path]:
-    """Every module of the distribution, by its dotted name."""
-    found: dict[str, Path] = {}
-    for folder, package in PACKAGES.items():
-        for path in sorted((ROOT / folder).rglob("*.py")):
-            relative = path.relative_to(ROOT / folder)
-            if folder == "core" and relative.parts[0] == "api":
-                continue  # installed as horizon, above
-            parts = [part for part in relative.with_suffix("").parts if part != "__init__"]
-            found[".".join([package, *parts])] = path
-    return found
+from tests.source_tree import modules
 
 
 def top_level_imports(tree: ast.Module, known: set[str]) -> set[str]:

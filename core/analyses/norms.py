@@ -158,7 +158,7 @@ def _line_fit(log_norms: np.ndarray) -> tuple[float, float, float]:
     return float(slope), r2, float(np.sqrt((residual**2).mean()))
 
 
-def default_fit_window(mean_norms: Sequence[float]) -> tuple[int, int]:
+def default_fit_window(mean_norms: Sequence[float] | np.ndarray) -> tuple[int, int]:
     """The longest window whose log-norm is close to a straight line (rule in core/norms.py's module doc)."""
     y = np.log(np.asarray(mean_norms, dtype=np.float64))
     count = len(y)
@@ -186,7 +186,7 @@ def default_fit_window(mean_norms: Sequence[float]) -> tuple[int, int]:
     return start, start + length - 1
 
 
-def fit_growth(mean_norms: Sequence[float], fit: tuple[int, int] | None = None) -> Growth:
+def fit_growth(mean_norms: Sequence[float] | np.ndarray, fit: tuple[int, int] | None = None) -> Growth:
     """Growth ratios of consecutive mean norms and exp(slope) of log mean norm over ``fit``.
 
     ``mean_norms`` is resid_pre_0..resid_pre_{L-1} then the final residual; ``fit`` is an
@@ -233,7 +233,8 @@ def aggregate_site(rows: list[np.ndarray], include_bos: bool, has_bos: bool) -> 
 
 
 def appendix1_check(
-    resid_pre_mean: Sequence[float], attn_mean: Sequence[float], mlp_mean: Sequence[float]
+    resid_pre_mean: Sequence[float] | np.ndarray, attn_mean: Sequence[float] | np.ndarray,
+    mlp_mean: Sequence[float] | np.ndarray,
 ) -> dict[str, list[Any]]:
     """Seed 002 appendix 1: ||attn_out_i|| + ||mlp_out_i|| >= (g_i - 1) ||resid_pre_i||, per layer.
 
@@ -291,7 +292,8 @@ def view(results: Results, table: pa.Table, manifest: dict[str, Any], has_bos: b
     prompt, position, layer = column(table, "prompt"), column(table, "position"), column(table, "layer")
     norm, std = column(table, "norm").astype(np.float64), column(table, "std").astype(np.float64)
     site = np.asarray(site_names, dtype=object)[site_code]  # only used for the BOS row below
-    model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
+    stored_model = manifest.get("model")
+    model: dict[str, Any] = stored_model if isinstance(stored_model, dict) else {}
     absent = absent_sites(model.get("parallel_attn_mlp") is True)
     stats = {}
     n_positions = 0

@@ -164,7 +164,7 @@ def view(results: Results, table: pa.Table, manifest: dict[str, Any], has_bos: b
     for start_layer in sorted(np.unique(start).tolist()):
         for k_value in sorted(np.unique(k[start == start_layer]).tolist()):
             selected = (start == start_layer) & (k == k_value)
-            row = {"k": int(k_value), "K": int(big_k[selected][0]), "start_layer": int(start_layer)}
+            row: dict[str, Any] = {"k": int(k_value), "K": int(big_k[selected][0]), "start_layer": int(start_layer)}
             row.update({name: weighted_mean(values[name][selected], weight[selected]) for name in METRICS})
             out_rows.append(row)
     first = np.unique(prompt, return_index=True)[1]

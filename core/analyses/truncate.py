@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -23,6 +23,9 @@ N_OUTLIERS = 20  # the lowest-cosine records a corpus view keeps
 
 # The result type (core/truncation.py computes it; report_from_rows rebuilds it from the rows).
 
+
+# Token ids by prompt: a list, or (read back from a results directory) a prompt -> ids mapping.
+PromptTokenIds = Sequence[Sequence[int]] | Mapping[int, Sequence[int]]
 
 @dataclass(frozen=True)
 class TokenRecord:
@@ -61,7 +64,7 @@ class TruncationReport:
     """
 
     model: str
-    token_ids: list[list[int]]
+    token_ids: PromptTokenIds  # a list, or the store's prompt -> ids mapping
     lengths: list[int]
     n_layers: int
     record_prompt: np.ndarray  # [N] int
@@ -136,7 +139,8 @@ def summarise(report: TruncationReport) -> None:
 
 
 def find_outliers(
-    report: TruncationReport, tokens: Sequence[Sequence[str]], n_outliers: int, outlier_layer: int | None = None,
+    report: TruncationReport, tokens: Sequence[Sequence[str]] | Mapping[int, Sequence[str]], n_outliers: int,
+    outlier_layer: int | None = None,
     has_bos: bool = True,
 ) -> list[Outlier]:
     """The ``n_outliers`` records with the lowest outlier score (core/outliers.py: ``rank_outliers``).
@@ -177,8 +181,8 @@ def rows(worker: Any, indices: list[int], token_ids: list[list[int]], tokens: li
     })
 
 
-def report_from_rows(table: pa.Table, token_ids: list[list[int]], model: str = "?",
-                     prompt_row: dict[int, int] | None = None) -> TruncationReport:
+def report_from_rows(table: pa.Table, token_ids: PromptTokenIds,
+                     model: str = "?", prompt_row: dict[int, int] | None = None) -> TruncationReport:
     """The TruncationReport the rows were written from (records in (prompt, length, position) order).
 
     ``prompt_row`` maps stored prompt numbers to the report's prompt indices (default: the same).

@@ -1,0 +1,42 @@
+"""The type check of make test: mypy over horizon.core (and the top-level package), as installed.
+
+mypy reads files, not the editable install's import hook, so it runs over links laid out as the
+installed package (tests/source_tree.py). The settings are pyproject.toml's [tool.mypy]. The second
+test plants a type error in a small tree of the same layout and sees the same check fail, so a
+check that passes cannot be one that never looked.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.source_tree import ROOT, installed_layout
+
+TARGETS = ["-m", "horizon", "-p", "horizon.core"]
+
+
+def mypy(layout: Path, cache: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"), "--cache-dir", str(cache),
+               "--no-color-output", "--no-error-summary", *TARGETS]
+    return subprocess.run(command, cwd=layout, capture_output=True, text=True, timeout=900)
+
+
+def test_core_is_type_clean(tmp_path: Path) -> None:
+    result = mypy(installed_layout(tmp_path / "layout"), ROOT / ".mypy_cache")
+    errors = [line for line in result.stdout.splitlines() if ": error:" in line]
+    assert result.returncode == 0 and not errors, "\n".join(errors) or result.stderr
+
+
+def test_the_type_check_fails_on_a_planted_error(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    for folder in ("core/api", "tui"):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "__init__.py").write_text("")
+    (root / "core" / "__init__.py").write_text("")
+    (root / "core" / "planted.py").write_text('def depth() -> int:\n    return "thirty"\n')
+    result = mypy(installed_layout(tmp_path / "layout", root), tmp_path / "cache")
+    assert result.returncode != 0
+    expected = 'horizon/core/planted.py:2: error: Incompatible return value type (got "str", expected "int")'
+    assert expected in result.stdout
