@@ -352,11 +352,13 @@ async def test_command_palette_has_every_action(tiny_llama: LoadedModel) -> None
 async def test_one_key_table_makes_bindings_palette_and_help(tiny_llama: LoadedModel) -> None:
     """BINDINGS, the command palette and the help screen's key list are all the key table's."""
     from horizon.tui.keys import KEYS
+    from horizon.tui.screens.compare import ComparePane
     from horizon.tui.screens.figures import FiguresPane
     from horizon.tui.screens.help import KEYS as HELP_KEYS
     from horizon.tui.screens.horizon import HorizonPane
 
-    owners = {"app": HorizonApp, "horizon": HorizonPane, "outliers": OutliersTable, "figures": FiguresPane}
+    owners = {"app": HorizonApp, "horizon": HorizonPane, "outliers": OutliersTable, "compare": ComparePane,
+              "figures": FiguresPane}
     for key in KEYS:
         if key.keys and key.action:
             bound = {(b.key, b.action) for b in owners[key.where].BINDINGS}  # type: ignore[union-attr]

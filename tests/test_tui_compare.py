@@ -120,13 +120,20 @@ async def test_the_overlay_draws_one_series_per_model_and_its_keys_switch(llama_
         assert len({span.style for span in title.content.spans if "rgb(" in str(span.style)}) == 2
         seen = [plot.figure]
         for _ in FIGURES:
-            await pilot.press("g")
+            await pilot.press("n")
             await pilot.pause()
             seen.append(plot.figure)
         assert seen == [*FIGURES, "norm_growth"]  # every overlay, then round again
+        back = [plot.figure]
+        for _ in FIGURES:  # N: the previous figure, as on the Figures screen
+            await pilot.press("N")
+            await pilot.pause()
+            back.append(plot.figure)
+        assert back == ["norm_growth", *reversed(FIGURES)]
+        assert "n/N figure" in plain(app.query_one("#compare-figure-title", Static))  # the keys it names
         # (9): one line per model and truncation length it stored, named in the legend.
         while plot.figure != "cosine":
-            await pilot.press("g")
+            await pilot.press("n")
         await pilot.pause()
         legend = plot.render().plain
         for item in plot.inputs:
@@ -134,14 +141,14 @@ async def test_the_overlay_draws_one_series_per_model_and_its_keys_switch(llama_
                 assert (f"{item.label} c = {c} " in legend) == (c in item.truncate["median_cos"]), (item.label, c)
         # (7): one line per model and start layer, with its ablation.
         while plot.figure != "loss_vs_k":
-            await pilot.press("g")
+            await pilot.press("n")
         await pilot.pause()
         assert plot.figure == "loss_vs_k"
         legend = plot.render().plain
         for item in plot.inputs:
             for start in sorted({row["start_layer"] for row in item.scan["rows"]}):
                 assert f"{item.label} S={start}, {item.scan['ablation']}" in legend
-        await pilot.press("g")
+        await pilot.press("n")
         await pilot.pause()
         await pilot.press("d")
         await pilot.pause()
@@ -151,7 +158,16 @@ async def test_the_overlay_draws_one_series_per_model_and_its_keys_switch(llama_
         await pilot.pause()
         assert plot.x == "layer"
         titles = {command.title for command in app.get_system_commands(app.screen)}
-        assert {"Show compare", "Next compare figure", "Toggle compare x axis"} <= titles
+        assert {"Show compare", "Next compare figure", "Previous compare figure", "Toggle compare x axis"} <= titles
+        # On the Figures screen n is its own next figure and leaves the Compare overlay where it is.
+        shown = plot.figure
+        await pilot.press("7")
+        await pilot.pause()
+        figures = app.query_one("#figures-plot")
+        first = figures.figure
+        await pilot.press("n")
+        await pilot.pause()
+        assert figures.figure != first and plot.figure == shown
 
 
 @pytest.mark.anyio

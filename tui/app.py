@@ -369,10 +369,10 @@ class HorizonApp(App[None]):
         if self._compare_pane() is not None:
             self.action_show_tab("compare")
 
-    def action_compare_figure(self) -> None:
+    def action_compare_figure(self, step: int = 1) -> None:
         pane = self._compare_pane()
         if pane is not None:
-            pane.next_figure()
+            pane.next_figure(step)
 
     def action_compare_x(self) -> None:
         pane = self._compare_pane()

@@ -30,7 +30,7 @@ class Key:
     help: str = ""  # the palette's help line
     display: str | None = None  # the key as the footer and palette show it
     show: bool = False  # in the footer
-    where: str = "app"  # app | horizon | outliers | figures (whose BINDINGS hold it)
+    where: str = "app"  # app | horizon | outliers | compare | figures (whose BINDINGS hold it)
     row: str = ""  # the help screen's row label ("" = not listed)
     row_text: str = ""  # the row's text (on the row's first entry)
 
@@ -41,9 +41,14 @@ KEYS: tuple[Key, ...] = (
       for n, tab in enumerate(TABS, start=1)),
     Key("6", "show_compare", "compare", "Show compare", "results directories side by side (6)", row="6",
         row_text="Compare: two or more --results side by side (table, overlaid figures)"),
-    Key("g", "compare_figure", "figure", "Next compare figure", "norm growth, sublayers, loss vs k, cosine (g)",
-        row="g / d", row_text="compare: next overlaid figure / x axis layer | relative depth"),
-    Key("d", "compare_x", "x axis", "Toggle compare x axis", "layer / relative depth (d)", row="g / d"),
+    # Compare's n / N are Figures' n / N (next / previous figure); d (depth) toggles its x axis.
+    Key("n", "app.compare_figure(1)", "next", "Next compare figure",
+        "norm growth, sublayers, loss vs k, cosine, over models (n)", where="compare", row="n / N / d",
+        row_text="compare: next / previous figure; d: x layer | relative depth"),
+    Key("N", "app.compare_figure(-1)", "previous", "Previous compare figure", "(N)", where="compare",
+        row="n / N / d"),
+    Key("d", "app.compare_x", "x axis", "Toggle compare x axis", "layer / relative depth (d)", where="compare",
+        row="n / N / d"),
     Key("7", "show_tab('figures')", "figures", "Show figures", "the seeds' figures as plots (7)", row="7",
         row_text="Figures: the seeds' eleven figures, one at a time"),
     Key("n", "next_figure(1)", "next", "", where="figures", row="n / N / w",
@@ -92,6 +97,12 @@ def bindings(where: str = "app") -> list[Binding]:
     """The BINDINGS of the app (``where="app"``) or of one pane or widget."""
     return [Binding(key.keys, key.action, key.description, show=key.show, key_display=key.display)
             for key in KEYS if key.keys and key.action and key.where == where]
+
+
+def key_of(action: str) -> str:
+    """The key bound to ``action`` as the footer shows it (for the hints a pane prints itself)."""
+    key = next(key for key in KEYS if key.action == action and key.keys)
+    return key.display or key.keys
 
 
 def help_rows() -> list[tuple[str, str]]:
