@@ -375,6 +375,40 @@ async def test_one_key_table_makes_bindings_palette_and_help(tiny_llama: LoadedM
     assert all(text for _, text in HELP_KEYS)
 
 
+def footer_shown(app: HorizonApp) -> list[tuple[str, str]]:
+    """(key, action) of the footer's keys as drawn, left to right (the palette's key left out)."""
+    from horizon.tui.widgets.footer import ScreenFooter
+    from textual.widgets._footer import FooterKey
+
+    return [(key.key, key.action) for key in app.query_one(ScreenFooter).query(FooterKey)
+            if not key.has_class("-command-palette")]
+
+
+@pytest.mark.anyio
+async def test_the_footer_shows_the_keys_of_the_screen_in_view(tiny_llama: LoadedModel) -> None:
+    """Each screen's footer holds exactly the bindings the key table declares for it, in its order."""
+    from horizon.tui.keys import KEYS, footer_keys
+
+    app = HorizonApp(session=make_session(tiny_llama), background=False)
+    async with app.run_test(size=(200, 24)) as pilot:  # wide: no key is cut off
+        await settle(app, pilot)
+        shown = {"tokens": footer_shown(app)}
+        for number, screen in (("2", "norms"), ("3", "horizon"), ("4", "outliers"), ("5", "attention"),
+                               ("7", "figures"), ("1", "tokens")):
+            await pilot.press(number)
+            await settle(app, pilot)
+            shown[screen] = footer_shown(app)
+            assert shown[screen] == footer_keys(screen), screen
+    # Written out once (not from the table): the footer no longer shows the token grid's keys everywhere.
+    assert shown["figures"] == [("n", "next_figure(1)"), ("N", "next_figure(-1)"), ("w", "save_figure"),
+                                ("question_mark", "help"), ("q", "quit")]
+    assert ("m", "cycle_metric") in shown["tokens"] and ("m", "cycle_metric") not in shown["norms"]
+    assert [key for key, _ in shown["outliers"]] == ["question_mark", "left_square_bracket",
+                                                     "right_square_bracket", "l", "c", "o", "q"]
+    # Every key some footer shows is on a screen that owns its binding (the footer cannot invent keys).
+    assert {pair for pairs in shown.values() for pair in pairs} <= {(k.keys, k.action) for k in KEYS}
+
+
 @pytest.mark.anyio
 async def test_prompt_picker_filters_by_text(tiny_llama: LoadedModel) -> None:
     prompts = [PROMPT, "Rome is the capital of Italy.", "Berlin is in Germany."]

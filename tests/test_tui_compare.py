@@ -10,9 +10,12 @@ from typing import Any
 import pytest
 from horizon.core.session import ResultsSession
 from horizon.tui.app import HorizonApp
+from horizon.tui.keys import footer_keys
 from horizon.tui.screens.compare import FIGURES, ComparePane
+from horizon.tui.widgets.footer import ScreenFooter
 from rich.console import Console
 from textual.widgets import DataTable, ProgressBar, Static, TabbedContent
+from textual.widgets._footer import FooterKey
 
 from tests.figure_sweeps import gpt2_dir, llama_dir
 from tests.pilot import settle
@@ -112,6 +115,10 @@ async def test_the_overlay_draws_one_series_per_model_and_its_keys_switch(llama_
         await settle(app, pilot)
         pane = app.query_one(ComparePane)
         plot = app.query_one("#compare-plot")
+        footer = [(key.key, key.action) for key in app.query_one(ScreenFooter).query(FooterKey)
+                  if not key.has_class("-command-palette")]
+        assert footer == footer_keys("compare")  # the Compare screen's own keys, from tui/keys.py
+        assert [key for key, _ in footer] == ["n", "N", "d", "w", "question_mark", "q"]
         assert [item.label for item in plot.inputs] == ["tiny-llama", "tiny-gpt2"]
         assert [item.n_layers for item in plot.inputs] == [4, 3]
         assert (plot.figure, plot.x) == ("norm_growth", "layer")

@@ -7,7 +7,7 @@ here: one queue for the background analyses, an exclusive group for the patched 
 runs are cancelled and never shown (a generation counter guards the redraw), and one for what the
 Horizon screen's view needs (the layer x k matrix, the mean-ablation scan). Workers post
 ``AnalysisReady`` / ``AnalysisFailed`` (tui/state.py), which the app routes: it redraws each pane
-from a ``ViewState``. Keys, palette and help come from one table (tui/keys.py).
+from a ``ViewState``. Keys, palette, help and each screen's footer come from one table (tui/keys.py).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from horizon.tui.screens.outliers import OutliersPane
 from horizon.tui.screens.prompts import PromptPicker
 from horizon.tui.screens.tokens import TokensPane
 from horizon.tui.state import AnalysisFailed, AnalysisReady, ChangeSettings, JumpToToken, ViewState
+from horizon.tui.widgets.footer import ScreenFooter
 from horizon.tui.widgets.status import StatusLine
 from horizon.tui.widgets.token_grid import TokenGrid
 from textual import on, work
@@ -44,7 +45,7 @@ from textual.binding import BindingType
 from textual.css.query import NoMatches
 from textual.reactive import reactive
 from textual.screen import Screen
-from textual.widgets import Footer, TabbedContent, TabPane
+from textual.widgets import TabbedContent, TabPane
 from textual.worker import get_current_worker
 
 METRICS = ("cosine", "norm", "loss", "kl")
@@ -115,7 +116,7 @@ class HorizonApp(App[None]):
             with TabPane("7 Figures", id="figures"):
                 yield FiguresPane()
         yield StatusLine(id="status")
-        yield Footer()
+        yield ScreenFooter()  # the keys of the screen in view (tui/keys.py)
 
     def on_mount(self) -> None:
         HangupGuard(self).install(asyncio.get_running_loop())
@@ -464,6 +465,7 @@ class HorizonApp(App[None]):
         target = targets.get(str(event.pane.id))
         if target is not None:
             self.query_one(target).focus()
+        self.query_one(ScreenFooter).view = str(event.pane.id)
         self.refresh_status()
 
     def get_system_commands(self, screen: Screen) -> Any:
