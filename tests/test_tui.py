@@ -535,6 +535,41 @@ async def test_results_mode_figures_draw_the_report_views(sweep_dir, run_cli) ->
         assert "Mean resid_pre norm per layer" in header
 
 
+def test_results_mode_reads_the_stored_layer_k_matrix(tiny_llama: LoadedModel, tmp_path, run_cli) -> None:  # type: ignore[no-untyped-def]
+    """A sweep with --by-layer stores each prompt's layer x k matrix; results mode gives it back, the
+    same numbers as a live session's by_layer of that prompt (within float32 rounding: the sweep runs
+    the prompts in a padded batch), and needs no model to do so."""
+    from horizon.core.errors import HorizonError
+    from horizon.core.session import ResultsSession
+
+    texts = [PROMPT, "Rome is the capital of Italy, and Milan is in the north.", "Berlin is in Germany."]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(texts) + "\n")
+    out = tmp_path / "results"
+    code, _, err = run_cli("sweep", str(corpus), "-o", str(out), "-m", "tiny-llama", "--device", "cpu",
+                           "-a", "scan", "--by-layer", "--shard-size", "2")
+    assert code == 0, err
+    stored = ResultsSession(str(out))
+    assert stored.prompts == texts and stored.token_ids == tokenize(tiny_llama, texts)
+    assert stored.cached_by_layer(0, "zero") is None  # ready never reads the store: built by a worker
+    stored.scan(0)  # the app's background scan job reads the stored matrices with the scan
+    live = Session(tiny_llama, texts, tokenize(tiny_llama, texts))
+    for prompt in range(len(texts)):
+        matrix, reference = stored.cached_by_layer(prompt, "zero"), live.by_layer(prompt, "zero")
+        assert matrix is stored.by_layer(prompt, "zero")
+        assert (matrix.layers, matrix.ks) == (reference.layers, reference.ks) == (list(range(5)), list(range(1, 6)))
+        for name in ("loss", "delta_loss", "kl", "top1_agreement"):
+            np.testing.assert_allclose(getattr(matrix, name), getattr(reference, name), rtol=1e-5, atol=1e-5,
+                                       err_msg=f"prompt {prompt}: {name}")
+        assert matrix.effective_horizon == reference.effective_horizon
+        assert (matrix.n_tokens, matrix.tol, matrix.ablation) == (reference.n_tokens, reference.tol, "zero")
+        assert matrix.loss_clean == pytest.approx(reference.loss_clean, rel=1e-5)
+    # Another ablation was not swept: no stored matrix for it, and without a model none is computed.
+    assert stored.cached_by_layer(0, "mean") is None
+    with pytest.raises(HorizonError, match="--by-layer"):
+        stored.by_layer(0, "mean")
+
+
 def test_inspect_results_flag_is_checked_before_loading(run_cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
     code, _, err = run_cli("inspect", "--results", str(tmp_path))
     assert code == 2 and "not a results directory" in err

@@ -215,7 +215,10 @@ class HorizonApp(App[None]):
         if self._debounce is not None:
             self._debounce.stop()
             self._debounce = None
-        if self.session is None or not self.session.can_patch:
+        if self.session is None:
+            return
+        if not self.session.can_patch:  # stored results, no model: draw the new settings from what is stored
+            self.refresh_all()
             return
         self._patch_generation += 1
         if self.session.cached_patch(self.settings, self.prompt_index) is not None:
