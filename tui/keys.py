@@ -58,7 +58,7 @@ KEYS: tuple[Key, ...] = (
         row_text="figures: next / previous figure; w saves the figure shown (svg) to horizon-figures/"),
     Key("N", "next_figure(-1)", "previous", "", screens=("figures",), where="figures", row="n / N / w"),
     Key("w", "save_figure", "save", "Save figure", "the figure shown, as horizon figures draws it (w)",
-        screens=("compare", "figures"), row="n / N / w"),
+        screens=("norms", "horizon", "compare", "figures"), row="n / N / w"),  # the screens with a plot
     Key("question_mark", "help", "help", "Help", "every metric and key (?)", screens=EVERY, row="?",
         row_text="this help"),
     Key("", "", row="ctrl+p", row_text="command palette (every action)"),
