@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from horizon.core.errors import HorizonError
 from horizon.core.results_session import ComparedResults
-from horizon.core.session import PatchSettings, Source
+from horizon.core.session import DEFAULT_LENGTHS, PatchSettings, Source
 from horizon.core.untrusted import visible
 from horizon.tui.hangup import HangupGuard
 from horizon.tui.keys import bindings, palette
@@ -402,7 +402,7 @@ class HorizonApp(App[None]):
             self.layer = max(0, min(self.session.n_layers, self.layer + step))
 
     def action_cycle_length(self) -> None:
-        lengths = self.session.lengths if self.session is not None else (1, 5, 10)
+        lengths = self.session.lengths if self.session is not None else DEFAULT_LENGTHS
         self.length = lengths[(lengths.index(self.length) + 1) % len(lengths)] if self.length in lengths else lengths[0]
 
     def action_k(self, step: int) -> None:

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 from horizon.core.errors import HorizonError
 from horizon.core.results_session import ComparedResults, Comparison
 from horizon.core.untrusted import visible
-from horizon.tui.figures import terminal
+from horizon.tui.figures import TABLE, terminal
 from horizon.tui.format import fixed, fmt
 from horizon.tui.keys import bindings, key_of
 from horizon.tui.state import AnalysisFailed, AnalysisReady
@@ -37,16 +37,8 @@ from textual.containers import VerticalScroll
 from textual.reactive import reactive
 from textual.widgets import DataTable, ProgressBar, Static
 
-# The overlaid figures, by their names in tui/figures/plots.py, with the screen's title for each.
-FIGURES: dict[str, str] = {
-    "norm_growth": "(1) norm growth",
-    "sublayer_norms": "(4) sublayer norms",
-    "loss_vs_k": "(7) loss vs k",
-    "cosine": "(9) cosine per layer",
-    "horizon_vs_depth": "(12) horizon vs depth",
-    "horizon_vs_growth": "(13) horizon vs growth",
-    "cosine_drop_vs_depth": "(14) cosine drop vs depth",
-}
+# The overlaid figures (the figure table's, tui/figures/__init__.py), by name, with the screen's title for each.
+FIGURES: dict[str, str] = {figure.name: figure.label for figure in TABLE if figure.overlaid}
 X_AXES = ("layer", "depth")
 WHERE = ("early", "middle", "final")
 
