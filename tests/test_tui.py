@@ -540,7 +540,7 @@ def test_results_mode_reads_the_stored_layer_k_matrix(tiny_llama: LoadedModel, t
     same numbers as a live session's by_layer of that prompt (within float32 rounding: the sweep runs
     the prompts in a padded batch), and needs no model to do so."""
     from horizon.core.errors import HorizonError
-    from horizon.core.session import ResultsSession
+    from horizon.core.results_session import ResultsSession
 
     texts = [PROMPT, "Rome is the capital of Italy, and Milan is in the north.", "Berlin is in Germany."]
     corpus = tmp_path / "corpus.txt"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from horizon.core.corpus import Corpus
-from horizon.core.session import ResultsSession
+from horizon.core.results_session import ResultsSession
 from horizon.core.sweep import SweepSettings, run_sweep
 from horizon.tui.app import HorizonApp
 from horizon.tui.widgets.layer_matrix import LayerMatrix
