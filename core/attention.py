@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from horizon.core.analyses.attention import BUCKETS, AttentionReport  # the result type (torch-free)
+from horizon.core.budget import QUERY_CHUNK
 from horizon.core.capture import stop_forward
 from horizon.core.errors import HorizonError
 from horizon.core.loader import LoadedModel
@@ -25,10 +26,10 @@ from horizon.core.prompts import batches
 PATTERN_HOOK = "blocks.{layer}.attn.hook_pattern"
 
 
-# Query rows per step of ``pattern_statistics``: the distance weights and the einsum's working copy
-# are [5, rows, T] and [batch, head, rows, T], not [5, T, T] and a copy of the whole pattern
-# (at T = 2048 with 9 heads: ~80 MB instead of ~240 MB per layer, at about 1.2x the time).
-QUERY_CHUNK = 512
+# Query rows per step of ``pattern_statistics`` (QUERY_CHUNK, defined with the cost model that
+# counts it): the distance weights and the einsum's working copy are [5, rows, T] and
+# [batch, head, rows, T], not [5, T, T] and a copy of the whole pattern (at T = 2048 with 9 heads:
+# ~80 MB instead of ~240 MB per layer, at about 1.2x the time).
 
 
 def distance_weights(n_pos: int, device: torch.device | str = "cpu", queries: slice = slice(None)) -> torch.Tensor:

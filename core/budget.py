@@ -71,9 +71,10 @@ RUNTIME_BYTES = 480 << 20
 # What the allocators keep beyond the live tensors (heap fragmentation, BLAS and oneDNN scratch):
 # measured on CPU as up to ~210 MB over the tensors' own bytes at 512-2048 tokens, varying run to run.
 ALLOCATOR_SLACK = 224 << 20
-# Query rows per step of the attention statistics (core/attention.py QUERY_CHUNK).
+# Query rows per step of the attention statistics (core/attention.py imports it).
 QUERY_CHUNK = 512
-# Vocabulary columns per readout tile (cache-sized), and the narrowest tile a tight budget may use.
+# Vocabulary columns per readout tile (cache-sized; core/horizon.py imports it), and the narrowest
+# tile a tight budget may use.
 VOCAB_TILE = 2048
 MIN_VOCAB_TILE = 256
 # Truncated prompts per forward pass, at most (the windows are short: the batch is their only size).

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from horizon.core import budget
 from horizon.core.ablation import AblationMeans, MeanAccumulator, ablation_means, needs_means
+from horizon.core.budget import VOCAB_TILE  # vocabulary columns per readout tile, defined once there
 from horizon.core.capture import new_cache, position_chunks, run_capture
 from horizon.core.decomposition import (
     n_readers,
@@ -63,19 +64,19 @@ from horizon.core.horizon_metrics import (
     vocab_tiles,
 )
 from horizon.core.loader import LoadedModel
+from horizon.core.options import ABLATIONS
 from horizon.core.prompts import TokenBatch, batches
 from horizon.core.staircase import Row, StaircasePass
 
 SOURCES = ("recursive", "clean")
 FINALS = ("window", "full")
 UNITS = ("layer", "sublayer")
-ABLATIONS = ("zero", "mean")
 DEFAULT_TOL = 0.1
 # Memory one batched pass may hold (window buffers, activations, attention scores, logits).
 DEFAULT_PASS_BYTES = 2 << 30
-# Vocabulary columns per unembedding tile, and the memory one tile of stacked rows may take: small
-# enough to stay in cache while it is reduced, and for the allocator to reuse instead of mapping anew.
-VOCAB_TILE = 2048
+# The memory one tile of stacked rows may take (tiles of core/budget.py's VOCAB_TILE vocabulary
+# columns): small enough to stay in cache while it is reduced, and for the allocator to reuse
+# instead of mapping anew.
 TILE_BYTES = 10 << 20
 # The clean runs of a whole prompt set are kept (for reuse by every pass) up to this size; above
 # it they are made batch by batch as they are used (``clean_runs``).

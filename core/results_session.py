@@ -23,8 +23,9 @@ class ResultsSession:
 
     The corpus-wide views are those of ``horizon report`` (core/views.py); each is turned into
     the engine's own result type by its analysis (core/analyses): a TruncationReport of every
-    stored record, a NormsReport with the per-prompt resid_pre norms, the corpus ScanResult, and
-    per prompt the AttentionReport of that prompt's stored rows. ``ready`` only looks results up;
+    stored record, a NormsReport with the per-prompt resid_pre norms, the corpus ScanResult, per
+    prompt the layer x k matrix a ``--by-layer`` sweep stored (the ByLayerResult the engine gave
+    that prompt) and the AttentionReport of that prompt's stored rows. ``ready`` only looks results up;
     the named methods build them (reading and sorting Parquet: call them from a worker thread),
     once, under a lock. With a ``live`` model (same prompts), patched passes can be rerun;
     otherwise ``can_patch`` is False.
@@ -90,6 +91,10 @@ class ResultsSession:
         if isinstance(key, tuple) and key and key[0] == "scan":
             key = "scan"  # one stored scan (swept with the ablation its manifest records)
         if isinstance(key, tuple) and key and key[0] == "by_layer":
+            stored = self._cache.get("by_layer") or {}
+            _, prompt, ablation = key
+            if ablation == self.scan_ablation and prompt in stored:
+                return stored[prompt]
             return None if self.live is None else self.live.ready(key)
         if isinstance(key, tuple) and key and isinstance(key[0], PatchSettings):
             return None if self.live is None else self.live.ready(key)
@@ -129,13 +134,22 @@ class ResultsSession:
         return self._built(("attention", prompt), "attention", lambda: self._attention(prompt))
 
     def scan(self, prompt: int = 0, ablation: str = "zero") -> Any:
-        """The stored corpus scan as a ScanResult (swept with the ablation its manifest records)."""
+        """The stored corpus scan as a ScanResult (swept with the ablation its manifest records).
+
+        The stored layer x k matrices are read with it: the app's background scan job is what
+        results mode runs, and the Horizon screen's matrix view then finds them ready."""
+        self._built("by_layer", "by_layer", self._by_layer)
         return self._built("scan", "scan", self._scan)
 
     def by_layer(self, prompt: int = 0, ablation: str = "zero") -> Any:
-        """The layer x k matrix of one prompt: computed by the live session (a results directory holds none)."""
+        """The layer x k matrix of one prompt: the one a ``--by-layer`` sweep stored (for its ablation),
+        else computed by the live session."""
+        stored = self._built("by_layer", "by_layer", self._by_layer)
+        if ablation == self.scan_ablation and prompt in stored:
+            return stored[prompt]
         if self.live is None:
-            raise HorizonError("results mode has no model: pass --model to compute the layer x k matrix")
+            raise HorizonError("results mode has no model and the sweep stored no layer x k matrix for "
+                               f"{ablation} ablation: sweep with --by-layer or pass --model to compute it")
         return self.live.by_layer(prompt, ablation)
 
     def patch(self, settings: PatchSettings, prompt: int = 0) -> Any:
@@ -168,6 +182,23 @@ class ResultsSession:
 
         view = self.views.get("scan")
         return None if view is None else report_from_view(view)
+
+    @property
+    def scan_ablation(self) -> str:
+        """The ablation the sweep's scan (and its layer x k matrix) ran with."""
+        settings = (self.results.manifest or {}).get("analyses", {}).get("scan", {})
+        return str(settings.get("ablation", "zero"))
+
+    def _by_layer(self) -> dict[int, Any]:
+        """Each shown prompt's stored layer x k matrix, by its row here (empty when none was stored)."""
+        from horizon.core.analyses.scan import by_layer_from_rows
+
+        table = self.results.table("scan")
+        if table is None or "scan" not in self.views:
+            return {}
+        tol = float(self.views["scan"].get("tol", 0.1))
+        stored = by_layer_from_rows(table, tol, self.scan_ablation)
+        return {row: stored[number] for number, row in self._row_of.items() if number in stored}
 
     def _attention(self, prompt: int) -> Any:
         import pyarrow.compute as pc

@@ -16,6 +16,7 @@ from horizon.core import analyses as registry
 from horizon.core import options
 from horizon.core.corpus import check_max_tokens
 from horizon.core.errors import HorizonError
+from horizon.core.session import DEFAULT_LENGTHS
 
 DEFAULT_SHARD_SIZE = 8
 PACKAGES = ("horizon-inspector", "torch", "transformer-lens", "transformers", "pyarrow", "numpy", "ray")
@@ -57,7 +58,7 @@ class SweepSettings:
     bos: bool = True
     bos_token: str | None = None
     shard_size: int = DEFAULT_SHARD_SIZE
-    lengths: list[int] = field(default_factory=lambda: [1, 5, 10])
+    lengths: list[int] = field(default_factory=lambda: list(DEFAULT_LENGTHS))
     ks: list[int] | None = None  # None: every k from 1 to L+1 (the scan default)
     start_layers: list[int] = field(default_factory=lambda: [0])
     tol: float = 0.1

@@ -77,7 +77,13 @@ def tick_row(lines: list[str]) -> list[str]:
 
 
 def test_terminal_table_matches_the_exported_figures() -> None:
+    from horizon.tui.figures import TABLE
+    from horizon.tui.screens.compare import FIGURES as COMPARE
+
     assert [terminal.STEMS[name] for name in terminal.NEEDS] == list(FIGURES)
+    assert [figure.stem[:5] for figure in TABLE] == [f"fig{n:02d}" for n in range(1, len(TABLE) + 1)]
+    assert list(COMPARE) == list(terminal.OVERLAID) and set(terminal.ACROSS) < set(terminal.OVERLAID)
+    assert COMPARE["loss_vs_k"] == "(7) loss vs k" and COMPARE["cosine"] == "(9) cosine per layer"
     assert set(terminal.DRAW) == set(terminal.NEEDS)
     plots = pytest.importorskip("horizon.tui.figures.plots")
     for stem, (function, overlay, need) in plots.PLOTS.items():

@@ -352,11 +352,13 @@ async def test_command_palette_has_every_action(tiny_llama: LoadedModel) -> None
 async def test_one_key_table_makes_bindings_palette_and_help(tiny_llama: LoadedModel) -> None:
     """BINDINGS, the command palette and the help screen's key list are all the key table's."""
     from horizon.tui.keys import KEYS
+    from horizon.tui.screens.compare import ComparePane
     from horizon.tui.screens.figures import FiguresPane
     from horizon.tui.screens.help import KEYS as HELP_KEYS
     from horizon.tui.screens.horizon import HorizonPane
 
-    owners = {"app": HorizonApp, "horizon": HorizonPane, "outliers": OutliersTable, "figures": FiguresPane}
+    owners = {"app": HorizonApp, "horizon": HorizonPane, "outliers": OutliersTable, "compare": ComparePane,
+              "figures": FiguresPane}
     for key in KEYS:
         if key.keys and key.action:
             bound = {(b.key, b.action) for b in owners[key.where].BINDINGS}  # type: ignore[union-attr]
@@ -371,6 +373,40 @@ async def test_one_key_table_makes_bindings_palette_and_help(tiny_llama: LoadedM
     rows = [label for label, _ in HELP_KEYS]
     assert rows == list(dict.fromkeys(k.row for k in KEYS if k.row))
     assert all(text for _, text in HELP_KEYS)
+
+
+def footer_shown(app: HorizonApp) -> list[tuple[str, str]]:
+    """(key, action) of the footer's keys as drawn, left to right (the palette's key left out)."""
+    from horizon.tui.widgets.footer import ScreenFooter
+    from textual.widgets._footer import FooterKey
+
+    return [(key.key, key.action) for key in app.query_one(ScreenFooter).query(FooterKey)
+            if not key.has_class("-command-palette")]
+
+
+@pytest.mark.anyio
+async def test_the_footer_shows_the_keys_of_the_screen_in_view(tiny_llama: LoadedModel) -> None:
+    """Each screen's footer holds exactly the bindings the key table declares for it, in its order."""
+    from horizon.tui.keys import KEYS, footer_keys
+
+    app = HorizonApp(session=make_session(tiny_llama), background=False)
+    async with app.run_test(size=(200, 24)) as pilot:  # wide: no key is cut off
+        await settle(app, pilot)
+        shown = {"tokens": footer_shown(app)}
+        for number, screen in (("2", "norms"), ("3", "horizon"), ("4", "outliers"), ("5", "attention"),
+                               ("7", "figures"), ("1", "tokens")):
+            await pilot.press(number)
+            await settle(app, pilot)
+            shown[screen] = footer_shown(app)
+            assert shown[screen] == footer_keys(screen), screen
+    # Written out once (not from the table): the footer no longer shows the token grid's keys everywhere.
+    assert shown["figures"] == [("n", "next_figure(1)"), ("N", "next_figure(-1)"), ("w", "save_figure"),
+                                ("question_mark", "help"), ("q", "quit")]
+    assert ("m", "cycle_metric") in shown["tokens"] and ("m", "cycle_metric") not in shown["norms"]
+    assert [key for key, _ in shown["outliers"]] == ["question_mark", "left_square_bracket",
+                                                     "right_square_bracket", "l", "c", "o", "q"]
+    # Every key some footer shows is on a screen that owns its binding (the footer cannot invent keys).
+    assert {pair for pairs in shown.values() for pair in pairs} <= {(k.keys, k.action) for k in KEYS}
 
 
 @pytest.mark.anyio
@@ -497,6 +533,41 @@ async def test_results_mode_figures_draw_the_report_views(sweep_dir, run_cli) ->
         assert not app.failed and app.query_one("#figures-plot", FigurePlot).name_of_figure == NAMES[0]
         header = plain(app.query_one("#figures-header", Static))
         assert "Mean resid_pre norm per layer" in header
+
+
+def test_results_mode_reads_the_stored_layer_k_matrix(tiny_llama: LoadedModel, tmp_path, run_cli) -> None:  # type: ignore[no-untyped-def]
+    """A sweep with --by-layer stores each prompt's layer x k matrix; results mode gives it back, the
+    same numbers as a live session's by_layer of that prompt (within float32 rounding: the sweep runs
+    the prompts in a padded batch), and needs no model to do so."""
+    from horizon.core.errors import HorizonError
+    from horizon.core.results_session import ResultsSession
+
+    texts = [PROMPT, "Rome is the capital of Italy, and Milan is in the north.", "Berlin is in Germany."]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(texts) + "\n")
+    out = tmp_path / "results"
+    code, _, err = run_cli("sweep", str(corpus), "-o", str(out), "-m", "tiny-llama", "--device", "cpu",
+                           "-a", "scan", "--by-layer", "--shard-size", "2")
+    assert code == 0, err
+    stored = ResultsSession(str(out))
+    assert stored.prompts == texts and stored.token_ids == tokenize(tiny_llama, texts)
+    assert stored.cached_by_layer(0, "zero") is None  # ready never reads the store: built by a worker
+    stored.scan(0)  # the app's background scan job reads the stored matrices with the scan
+    live = Session(tiny_llama, texts, tokenize(tiny_llama, texts))
+    for prompt in range(len(texts)):
+        matrix, reference = stored.cached_by_layer(prompt, "zero"), live.by_layer(prompt, "zero")
+        assert matrix is stored.by_layer(prompt, "zero")
+        assert (matrix.layers, matrix.ks) == (reference.layers, reference.ks) == (list(range(5)), list(range(1, 6)))
+        for name in ("loss", "delta_loss", "kl", "top1_agreement"):
+            np.testing.assert_allclose(getattr(matrix, name), getattr(reference, name), rtol=1e-5, atol=1e-5,
+                                       err_msg=f"prompt {prompt}: {name}")
+        assert matrix.effective_horizon == reference.effective_horizon
+        assert (matrix.n_tokens, matrix.tol, matrix.ablation) == (reference.n_tokens, reference.tol, "zero")
+        assert matrix.loss_clean == pytest.approx(reference.loss_clean, rel=1e-5)
+    # Another ablation was not swept: no stored matrix for it, and without a model none is computed.
+    assert stored.cached_by_layer(0, "mean") is None
+    with pytest.raises(HorizonError, match="--by-layer"):
+        stored.by_layer(0, "mean")
 
 
 def test_inspect_results_flag_is_checked_before_loading(run_cli, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -10,9 +10,12 @@ from typing import Any
 import pytest
 from horizon.core.results_session import ResultsSession
 from horizon.tui.app import HorizonApp
+from horizon.tui.keys import footer_keys
 from horizon.tui.screens.compare import FIGURES, ComparePane
+from horizon.tui.widgets.footer import ScreenFooter
 from rich.console import Console
 from textual.widgets import DataTable, ProgressBar, Static, TabbedContent
+from textual.widgets._footer import FooterKey
 
 from tests.figure_sweeps import gpt2_dir, llama_dir
 from tests.pilot import settle
@@ -112,6 +115,10 @@ async def test_the_overlay_draws_one_series_per_model_and_its_keys_switch(llama_
         await settle(app, pilot)
         pane = app.query_one(ComparePane)
         plot = app.query_one("#compare-plot")
+        footer = [(key.key, key.action) for key in app.query_one(ScreenFooter).query(FooterKey)
+                  if not key.has_class("-command-palette")]
+        assert footer == footer_keys("compare")  # the Compare screen's own keys, from tui/keys.py
+        assert [key for key, _ in footer] == ["n", "N", "d", "w", "question_mark", "q"]
         assert [item.label for item in plot.inputs] == ["tiny-llama", "tiny-gpt2"]
         assert [item.n_layers for item in plot.inputs] == [4, 3]
         assert (plot.figure, plot.x) == ("norm_growth", "layer")
@@ -120,13 +127,20 @@ async def test_the_overlay_draws_one_series_per_model_and_its_keys_switch(llama_
         assert len({span.style for span in title.content.spans if "rgb(" in str(span.style)}) == 2
         seen = [plot.figure]
         for _ in FIGURES:
-            await pilot.press("g")
+            await pilot.press("n")
             await pilot.pause()
             seen.append(plot.figure)
         assert seen == [*FIGURES, "norm_growth"]  # every overlay, then round again
+        back = [plot.figure]
+        for _ in FIGURES:  # N: the previous figure, as on the Figures screen
+            await pilot.press("N")
+            await pilot.pause()
+            back.append(plot.figure)
+        assert back == ["norm_growth", *reversed(FIGURES)]
+        assert "n/N figure" in plain(app.query_one("#compare-figure-title", Static))  # the keys it names
         # (9): one line per model and truncation length it stored, named in the legend.
         while plot.figure != "cosine":
-            await pilot.press("g")
+            await pilot.press("n")
         await pilot.pause()
         legend = plot.render().plain
         for item in plot.inputs:
@@ -134,14 +148,14 @@ async def test_the_overlay_draws_one_series_per_model_and_its_keys_switch(llama_
                 assert (f"{item.label} c = {c} " in legend) == (c in item.truncate["median_cos"]), (item.label, c)
         # (7): one line per model and start layer, with its ablation.
         while plot.figure != "loss_vs_k":
-            await pilot.press("g")
+            await pilot.press("n")
         await pilot.pause()
         assert plot.figure == "loss_vs_k"
         legend = plot.render().plain
         for item in plot.inputs:
             for start in sorted({row["start_layer"] for row in item.scan["rows"]}):
                 assert f"{item.label} S={start}, {item.scan['ablation']}" in legend
-        await pilot.press("g")
+        await pilot.press("n")
         await pilot.pause()
         await pilot.press("d")
         await pilot.pause()
@@ -151,7 +165,16 @@ async def test_the_overlay_draws_one_series_per_model_and_its_keys_switch(llama_
         await pilot.pause()
         assert plot.x == "layer"
         titles = {command.title for command in app.get_system_commands(app.screen)}
-        assert {"Show compare", "Next compare figure", "Toggle compare x axis"} <= titles
+        assert {"Show compare", "Next compare figure", "Previous compare figure", "Toggle compare x axis"} <= titles
+        # On the Figures screen n is its own next figure and leaves the Compare overlay where it is.
+        shown = plot.figure
+        await pilot.press("7")
+        await pilot.pause()
+        figures = app.query_one("#figures-plot")
+        first = figures.figure
+        await pilot.press("n")
+        await pilot.pause()
+        assert figures.figure != first and plot.figure == shown
 
 
 @pytest.mark.anyio

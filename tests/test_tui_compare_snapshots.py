@@ -78,8 +78,8 @@ SIZES = {"80x24": (80, 24), "160x48": (160, 48)}
 # Each picture: the keys pressed once the directories are read (the test names name the files).
 PICTURES = {
     "table_norm_growth": ("6",),  # the table, the warning and overlay (1)
-    "loss_vs_k": ("6", "g", "g"),  # overlay (7)
-    "cosine_by_depth": ("6", "g", "g", "g", "d"),  # overlay (9), x = layer / L
+    "loss_vs_k": ("6", "n", "n"),  # overlay (7)
+    "cosine_by_depth": ("6", "n", "n", "n", "d"),  # overlay (9), x = layer / L
 }
 
 

@@ -86,8 +86,8 @@ def test_snapshot_dir_is_top_level(snapshot: SnapshotAssertion) -> None:
 
 
 def keys_to(figure: str) -> tuple[str, ...]:
-    """Screen 6, then g until ``figure`` is shown (the Compare screen's figure cycle)."""
-    return ("6", *("g",) * list(FIGURES).index(figure))
+    """Screen 6, then n until ``figure`` is shown (the Compare screen's figure cycle)."""
+    return ("6", *("n",) * list(FIGURES).index(figure))
 
 
 SIZES = {"80x24": (80, 24), "160x48": (160, 48)}

@@ -7,7 +7,7 @@ here: one queue for the background analyses, an exclusive group for the patched 
 runs are cancelled and never shown (a generation counter guards the redraw), and one for what the
 Horizon screen's view needs (the layer x k matrix, the mean-ablation scan). Workers post
 ``AnalysisReady`` / ``AnalysisFailed`` (tui/state.py), which the app routes: it redraws each pane
-from a ``ViewState``. Keys, palette and help come from one table (tui/keys.py).
+from a ``ViewState``. Keys, palette, help and each screen's footer come from one table (tui/keys.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from horizon.core.errors import HorizonError
 from horizon.core.results_session import ComparedResults
-from horizon.core.session import PatchSettings, Source
+from horizon.core.session import DEFAULT_LENGTHS, PatchSettings, Source
 from horizon.core.untrusted import visible
 from horizon.tui.hangup import HangupGuard
 from horizon.tui.keys import bindings, palette
@@ -36,6 +36,7 @@ from horizon.tui.screens.outliers import OutliersPane
 from horizon.tui.screens.prompts import PromptPicker
 from horizon.tui.screens.tokens import TokensPane
 from horizon.tui.state import AnalysisFailed, AnalysisReady, ChangeSettings, JumpToToken, ViewState
+from horizon.tui.widgets.footer import ScreenFooter
 from horizon.tui.widgets.status import StatusLine
 from horizon.tui.widgets.token_grid import TokenGrid
 from textual import on, work
@@ -44,7 +45,7 @@ from textual.binding import BindingType
 from textual.css.query import NoMatches
 from textual.reactive import reactive
 from textual.screen import Screen
-from textual.widgets import Footer, TabbedContent, TabPane
+from textual.widgets import TabbedContent, TabPane
 from textual.worker import get_current_worker
 
 METRICS = ("cosine", "norm", "loss", "kl")
@@ -115,7 +116,7 @@ class HorizonApp(App[None]):
             with TabPane("7 Figures", id="figures"):
                 yield FiguresPane()
         yield StatusLine(id="status")
-        yield Footer()
+        yield ScreenFooter()  # the keys of the screen in view (tui/keys.py)
 
     def on_mount(self) -> None:
         HangupGuard(self).install(asyncio.get_running_loop())
@@ -214,7 +215,10 @@ class HorizonApp(App[None]):
         if self._debounce is not None:
             self._debounce.stop()
             self._debounce = None
-        if self.session is None or not self.session.can_patch:
+        if self.session is None:
+            return
+        if not self.session.can_patch:  # stored results, no model: draw the new settings from what is stored
+            self.refresh_all()
             return
         self._patch_generation += 1
         if self.session.cached_patch(self.settings, self.prompt_index) is not None:
@@ -369,10 +373,10 @@ class HorizonApp(App[None]):
         if self._compare_pane() is not None:
             self.action_show_tab("compare")
 
-    def action_compare_figure(self) -> None:
+    def action_compare_figure(self, step: int = 1) -> None:
         pane = self._compare_pane()
         if pane is not None:
-            pane.next_figure()
+            pane.next_figure(step)
 
     def action_compare_x(self) -> None:
         pane = self._compare_pane()
@@ -398,7 +402,7 @@ class HorizonApp(App[None]):
             self.layer = max(0, min(self.session.n_layers, self.layer + step))
 
     def action_cycle_length(self) -> None:
-        lengths = self.session.lengths if self.session is not None else (1, 5, 10)
+        lengths = self.session.lengths if self.session is not None else DEFAULT_LENGTHS
         self.length = lengths[(lengths.index(self.length) + 1) % len(lengths)] if self.length in lengths else lengths[0]
 
     def action_k(self, step: int) -> None:
@@ -464,6 +468,7 @@ class HorizonApp(App[None]):
         target = targets.get(str(event.pane.id))
         if target is not None:
             self.query_one(target).focus()
+        self.query_one(ScreenFooter).view = str(event.pane.id)
         self.refresh_status()
 
     def get_system_commands(self, screen: Screen) -> Any:

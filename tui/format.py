@@ -1,11 +1,14 @@
-"""The one number formatter and layer label of the app and the CLI (tui/ is the UI layer of both).
+"""The number formatters and layer label of the app and the CLI (tui/ is the UI layer of both):
+no other module defines its own.
 
 ``fixed`` and ``fmt`` note the margin of each rounding (tui/widgets/scales.py: the snapshot tests
 check that no printed digit rests on float noise); ``number`` is the CLI's fixed-decimals form of
-``fixed`` with ``-`` for a missing value. ``layer_label`` names a residual row: ``final`` for row
-L (the final residual), the layer's number otherwise. ``sparkline`` is the one inline sparkline
-(the app's norms and detail pane, the CLI's ``horizon norms``). ``quantise`` rounds a plotted
-value to a few significant figures, so a terminal plot's pixels are chosen from decimal numbers.
+``fixed`` with ``-`` for a missing value; ``grouped`` is the ``horizon norms`` tables' form for
+values spanning decades (thousands grouped, one decimal from 10, three significant figures below).
+``layer_label`` names a residual row: ``final`` for row L (the final residual), the layer's number
+otherwise. ``sparkline`` is the one inline sparkline (the app's norms and detail pane, the CLI's
+``horizon norms``). ``quantise`` rounds a plotted value to a few significant figures, so a
+terminal plot's pixels are chosen from decimal numbers.
 """
 
 from __future__ import annotations
@@ -70,6 +73,17 @@ def number(value: float | None, digits: int = 3) -> str:
     if value is None or not math.isfinite(value):
         return "-"
     return fixed(value, digits)
+
+
+def grouped(value: float | None) -> str:
+    """``20,605`` from 1000 up, ``142.5`` from 10, ``2.73`` below (3 significant figures); ``-`` when missing."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}"
 
 
 def layer_label(layer: int, n_layers: int, prefix: str = "") -> str:

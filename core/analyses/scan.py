@@ -234,3 +234,36 @@ def report_from_view(view: dict[str, Any]) -> ScanResult:
     horizons = {int(layer): k for layer, k in view["effective_horizon"].items()}
     return ScanResult(rows=view["rows"], effective_horizon=horizons, loss_clean=view["loss_clean"],
                       tol=view["tol"], n_tokens=view["n_tokens"], unit=view.get("unit", "layer"))
+
+
+def by_layer_from_rows(table: pa.Table, tol: float, ablation: str = "zero") -> dict[int, ByLayerResult]:
+    """Each prompt's layer x k matrix (the rows ``--by-layer`` wrote, only_layer >= 0), by prompt number.
+
+    The ByLayerResult the engine gave that prompt in the sweep: the same cells, its own clean loss and
+    prediction count, each row's horizon from the sweep's tol (what the app's results mode draws). A
+    cell the table lacks is NaN and no horizon counts it. Empty when the sweep stored no matrix.
+    """
+    if "only_layer" not in table.column_names:
+        return {}
+    only = column(table, "only_layer")
+    stored = only >= 0
+    if not stored.any():
+        return {}
+    prompt, layer, k = column(table, "prompt")[stored], only[stored], column(table, "k")[stored]
+    n_tokens, loss_clean = column(table, "n_tokens")[stored], column(table, "loss_clean")[stored]
+    values = {name: column(table, COLUMN_OF.get(name, name))[stored] for name in BY_LAYER_METRICS}
+    out: dict[int, ByLayerResult] = {}
+    for number in np.unique(prompt).tolist():
+        rows = np.flatnonzero(prompt == number)
+        layers, ks = sorted(np.unique(layer[rows]).tolist()), sorted(np.unique(k[rows]).tolist())
+        cell = {(int(layer[row]), int(k[row])): row for row in rows}
+        matrices = {name: [[float(values[name][cell[(n, k_value)]]) if (n, k_value) in cell else math.nan
+                            for k_value in ks] for n in layers]
+                    for name in BY_LAYER_METRICS}
+        delta = [[math.inf if math.isnan(value) else value for value in row] for row in matrices["delta_loss"]]
+        first = rows[0]
+        out[int(number)] = ByLayerResult(
+            layers=[int(n) for n in layers], ks=[int(k_value) for k_value in ks],
+            effective_horizon=row_horizons(ks, delta, tol), loss_clean=float(loss_clean[first]), tol=tol,
+            n_tokens=int(n_tokens[first]), ablation=ablation, **matrices)
+    return out

@@ -8,6 +8,7 @@ import typer
 from horizon.core.errors import HorizonError
 from horizon.tui.cli.app import app
 from horizon.tui.cli.common import JsonOpt, console, emit, warn
+from horizon.tui.format import number
 
 XOpt = Annotated[str, typer.Option("--x", help="x-axis of the overlaid figures: layer | depth (layer / L).")]
 FormatOpt = Annotated[str, typer.Option("--format", help="Figure format: svg | png | pdf.")]
@@ -23,12 +24,6 @@ def figures_module() -> Any:
     from horizon.tui.figures import export
 
     return export
-
-
-def _number(value: Any, digits: int = 3) -> str:
-    from horizon.tui.cli.common import number
-
-    return "-" if value is None else number(value, digits)
 
 
 def _cell_horizon(horizons: dict[str, dict[str, Any]] | None) -> str:
@@ -56,21 +51,21 @@ def _render(table: dict[str, Any]) -> None:
         label = row["label"]
         corpus = row["corpus"] or {}
         models.add_row(
-            label, str(row["n_layers"]), str(row["d_model"]), _number(row["growth_rate"], 3),
+            label, str(row["n_layers"]), str(row["d_model"]), number(row["growth_rate"], 3),
             "-" if not row["fit_window"] else f"{row['fit_window'][0]}-{row['fit_window'][1]}",
-            _number(row["r2"], 2),
+            number(row["r2"], 2),
             "-" if row["bos_norm_ratio"] is None
-            else f"{_number(row['bos_norm_ratio'], 3)} @{row['bos_norm_ratio_layer']}",
+            else f"{number(row['bos_norm_ratio'], 3)} @{row['bos_norm_ratio_layer']}",
             _cell_horizon(row["effective_horizon"]),
             f"{corpus.get('name')} ({corpus.get('n_prompts')})",
             "yes" if row["settings_differ"] else "-",
         )
         layers = row["cosine_layers"] or {}
         for c, values in (row["median_cosine"] or {}).items():
-            cosines.add_row(label, str(c), *(f"{_number(values[where], 3)} (row {layers.get(where)})"
+            cosines.add_row(label, str(c), *(f"{number(values[where], 3)} (row {layers.get(where)})"
                                               for where in ("early", "middle", "final")))
         if row["most_local_heads"] is not None:
-            heads.add_row(label, *(", ".join(f"{e['layer']},{e['head']}: {_number(e['mean_distance'], 1)}"
+            heads.add_row(label, *(", ".join(f"{e['layer']},{e['head']}: {number(e['mean_distance'], 1)}"
                                              for e in entries or []) or "-"
                                    for entries in (row["most_local_heads"], row["most_long_range_heads"])))
     console.print(models)

@@ -35,6 +35,7 @@ from horizon.tui.cli.common import (
     prepare_inputs,
     progress_bar,
 )
+from horizon.tui.format import grouped
 from horizon.tui.format import sparkline as block_sparkline
 from rich.table import Table
 from rich.text import Text
@@ -148,16 +149,6 @@ def bar(value: float, largest: float, width: int = BAR_WIDTH) -> Text:
     return Text("█" * whole + ("▌" if filled - whole >= 0.5 else ""), style="cyan")
 
 
-def fmt(value: float | None) -> str:
-    if value is None or not math.isfinite(value):
-        return "-"
-    if abs(value) >= 1000:
-        return f"{value:,.0f}"
-    if abs(value) >= 10:
-        return f"{value:.1f}"
-    return f"{value:.3g}"
-
-
 def layer_label(site: str, row: int, n_layers: int) -> str:
     return "final" if site == "resid_pre" and row == n_layers else str(row)
 
@@ -182,18 +173,18 @@ def site_table(report: NormsReport, site: str) -> Table:
     for row in range(n_rows):
         cells = [
             layer_label(site, row, report.n_layers),
-            fmt(float(stats.mean_norm[row])),
-            fmt(float(stats.median_norm[row])),
-            fmt(float(stats.quantiles[QUANTILES[0]][row])),
-            fmt(float(stats.quantiles[QUANTILES[-1]][row])),
-            fmt(float(stats.std[row])),
+            grouped(float(stats.mean_norm[row])),
+            grouped(float(stats.median_norm[row])),
+            grouped(float(stats.quantiles[QUANTILES[0]][row])),
+            grouped(float(stats.quantiles[QUANTILES[-1]][row])),
+            grouped(float(stats.std[row])),
         ]
         if site == "resid_pre":
             start, stop = report.growth.fit_layers
             in_fit = start <= row <= stop
             ratio = report.growth.ratios[row - 1] if row > 0 else None
             cells.append("-" if ratio is None else f"[{'bold' if in_fit else 'dim'}]{ratio:.3f}[/]")
-            cells.append(fmt(float(report.bos_mean_norm[row])) if report.bos_mean_norm is not None else "-")
+            cells.append(grouped(float(report.bos_mean_norm[row])) if report.bos_mean_norm is not None else "-")
             if row < report.n_layers:
                 cells.append("[green]ok[/]" if report.appendix1["holds"][row] else "[red]FAIL[/]")
             else:
@@ -230,7 +221,7 @@ def heat_table(report: NormsReport, tokens: list[str], prompt: int) -> Table:
             red = int(40 + 215 * min(1.0, 2 * level))
             green = int(80 + 150 * (1 - abs(2 * level - 1)))
             blue = int(220 * max(0.0, 1 - 2 * level))
-            cells.append(Text(fmt(float(matrix[row, position])), style=f"black on rgb({red},{green},{blue})"))
+            cells.append(Text(grouped(float(matrix[row, position])), style=f"black on rgb({red},{green},{blue})"))
         table.add_row(*cells)
     return table
 
@@ -280,8 +271,9 @@ def render_weights(section: dict[str, Any]) -> None:
         attention.add_column(name, justify="right")
     for layer in range(n_layers):
         heads = ov[layer]
-        attention.add_row(str(layer), fmt(float(heads.mean())), fmt(float(heads.min())), fmt(float(heads.max())),
-                          sparkline(heads.tolist(), log=False), *[fmt(section[name][layer]) for name in present])
+        attention.add_row(str(layer), grouped(float(heads.mean())), grouped(float(heads.min())),
+                          grouped(float(heads.max())),
+                          sparkline(heads.tolist(), log=False), *[grouped(section[name][layer]) for name in present])
     console.print(attention)
     console.print()
     mlp = Table(title=f"MLP weights ({section['processing']}) and neuron activation rate ({section['kind']} > 0)",
@@ -296,7 +288,8 @@ def render_weights(section: dict[str, Any]) -> None:
         mlp.add_column(label, justify="right")
     for layer in range(n_layers):
         rates = [section[key][layer] if section[key] is not None else None for key in rate_keys.values()]
-        mlp.add_row(str(layer), *[fmt(section[name][layer]) for name in present], fmt(section["mlp_out_random"][layer]),
+        mlp.add_row(str(layer), *[grouped(section[name][layer]) for name in present],
+                    grouped(section["mlp_out_random"][layer]),
                     *["-" if rate is None else f"{rate:.3f}" for rate in rates])
     console.print(mlp)
     console.print(f"mean W_OV per layer {sparkline(ov.mean(axis=1).tolist())}   "

@@ -9,8 +9,7 @@ from horizon.core import analyses as registry
 from horizon.core import store
 from horizon.core.untrusted import markup_safe
 from horizon.tui.cli.common import console
-from horizon.tui.format import layer_label
-from horizon.tui.format import number as fmt
+from horizon.tui.format import layer_label, number
 from rich.table import Table
 
 
@@ -62,11 +61,11 @@ def render_norms(view: dict[str, Any]) -> None:
         ratio = growth["ratios"][row] if row < len(growth["ratios"]) else None
         table.add_row(
             layer_label(row, n_layers),
-            fmt(sites["resid_pre"]["mean_norm"][row], 2),
-            fmt(sites["resid_pre"]["std"][row]),
-            fmt(ratio),
-            fmt(sites["attn_out"]["mean_norm"][row], 2) if row < n_layers else "",
-            fmt(sites["mlp_out"]["mean_norm"][row], 2) if row < n_layers else "",
+            number(sites["resid_pre"]["mean_norm"][row], 2),
+            number(sites["resid_pre"]["std"][row]),
+            number(ratio),
+            number(sites["attn_out"]["mean_norm"][row], 2) if row < n_layers else "",
+            number(sites["mlp_out"]["mean_norm"][row], 2) if row < n_layers else "",
         )
     console.print(table)
     first, last = growth["fit_layers"]
@@ -89,7 +88,8 @@ def render_truncation(view: dict[str, Any]) -> None:
     for length in view["lengths"]:
         medians = view["median_cos"][str(length)]
         q25, q75 = view["quartiles_cos"][str(length)]
-        table.add_row(str(length), *[f"{fmt(medians[r], 2)} [dim]({fmt(q25[r], 2)}-{fmt(q75[r], 2)})[/]" for r in rows])
+        table.add_row(str(length), *[f"{number(medians[r], 2)} [dim]({number(q25[r], 2)}-{number(q75[r], 2)})[/]"
+                                     for r in rows])
     console.print(table)
     shortest = str(min(view["lengths"]))
     categories = view["categories"][shortest]
@@ -102,7 +102,7 @@ def render_truncation(view: dict[str, Any]) -> None:
         if category == "count":
             continue
         by_category.add_row(category, str(categories["count"][category]),
-                            *[fmt(medians[r], 2) for r in rows])
+                            *[number(medians[r], 2) for r in rows])
     console.print(by_category)
     if view["outliers"]:
         outliers = Table(title="truncate: lowest-cosine tokens", title_justify="left")
@@ -119,7 +119,7 @@ def render_truncation(view: dict[str, Any]) -> None:
                 f"'{item['token']}'",
                 str(item["length"]),
                 layer_label(item["layer"], n_layers),
-                fmt(item["cos"], 2),
+                number(item["cos"], 2),
                 context,
             )
         console.print(outliers)
@@ -143,10 +143,10 @@ def render_scan(view: dict[str, Any]) -> None:
             str(row["start_layer"]),
             str(row["k"]),
             str(row["K"]),
-            fmt(row["loss"], 4),
-            fmt(row["delta_loss"], 4),
-            fmt(row["kl"], 4),
-            fmt(row["top1_agreement"]),
+            number(row["loss"], 4),
+            number(row["delta_loss"], 4),
+            number(row["kl"], 4),
+            number(row["top1_agreement"]),
         )
     console.print(table)
     for start, k in view["effective_horizon"].items():
@@ -178,6 +178,6 @@ def render_attention(view: dict[str, Any]) -> None:
         masses = []
         for bucket in ("0", "1-5", "6-10", ">10"):
             values = [v for v in view["mass_no_bos"][bucket][layer] if v is not None and math.isfinite(v)]
-            masses.append(fmt(sum(values) / len(values), 2) if values else "-")
-        table.add_row(str(layer), *[fmt(v, 1) for v in view["mean_distance_no_bos"][layer]], " / ".join(masses))
+            masses.append(number(sum(values) / len(values), 2) if values else "-")
+        table.add_row(str(layer), *[number(v, 1) for v in view["mean_distance_no_bos"][layer]], " / ".join(masses))
     console.print(table)

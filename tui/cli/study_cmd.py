@@ -19,6 +19,7 @@ import typer
 from horizon.core import analyses as registry
 from horizon.core import options, store
 from horizon.core.errors import HorizonError
+from horizon.core.session import DEFAULT_LENGTHS
 from horizon.core.untrusted import markup_safe, visible
 from horizon.tui.cli.app import app
 from horizon.tui.cli.common import JsonOpt, console, emit, err_console, parse_int_list, warn
@@ -107,7 +108,7 @@ def study(
         analyses=list(registry.names()) if chosen["analyses"] is None else _names(chosen["analyses"]),
         max_tokens=chosen["max_tokens"], bos=True if chosen["bos"] is None else chosen["bos"],
         bos_token=chosen["bos_token"], shard_size=8 if chosen["shard_size"] is None else chosen["shard_size"],
-        lengths=_ints(chosen["lengths"], "--lengths", 1) or [1, 5, 10],
+        lengths=_ints(chosen["lengths"], "--lengths", 1) or list(DEFAULT_LENGTHS),
         ks=_ints(chosen["ks"], "--ks", 1),
         start_layers=_ints(chosen["start_layers"], "--start-layers", 0) or [0],
         tol=0.1 if chosen["tol"] is None else float(chosen["tol"]),

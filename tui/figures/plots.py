@@ -22,6 +22,7 @@ matplotlib.use("Agg")  # never a window: figures are written to files
 import matplotlib.pyplot as plt
 import numpy as np
 from horizon.core.compare import FigureInput, across_models, fit_line
+from horizon.tui.figures import TABLE, has_input
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -621,31 +622,11 @@ def cosine_drop_vs_depth(inputs: list[FigureInput] | FigureInput, x: str = "laye
     return figure
 
 
-# id -> (function, whether it overlays several models, which input field it needs)
-PLOTS: dict[str, tuple[Any, bool, str]] = {
-    "fig01-norm-growth": (norm_growth, True, "norms"),
-    "fig02-norm-distribution": (norm_distribution, False, "samples"),
-    "fig03-position-norms": (position_norms, False, "prompt"),
-    "fig04-sublayer-norms": (sublayer_norms, True, "norms"),
-    "fig05-weights": (weights, False, "weights"),
-    "fig06-mlp-random": (mlp_random, False, "weights"),
-    "fig07-loss-vs-k": (loss_vs_k, True, "scan"),
-    "fig08-layer-k-matrix": (layer_k_matrix, False, "by_layer"),
-    "fig09-cosine": (cosine, True, "truncate"),
-    "fig10-categories": (categories, False, "truncate"),
-    "fig11-attention-distance": (attention_distance, False, "attention"),
-    "fig12-horizon-vs-depth": (horizon_vs_depth, True, "scan"),
-    "fig13-horizon-vs-growth": (horizon_vs_growth, True, "scan"),
-    "fig14-cosine-drop-vs-depth": (cosine_drop_vs_depth, True, "truncate"),
-}
-COMPARE_FIGURES = ("fig01-norm-growth", "fig04-sublayer-norms", "fig07-loss-vs-k", "fig09-cosine",
-                   "fig12-horizon-vs-depth", "fig13-horizon-vs-growth", "fig14-cosine-drop-vs-depth")
+# From the one figure table (tui/figures/__init__.py): id -> (the function of its name above,
+# whether it overlays several models, which input field it needs).
+PLOTS: dict[str, tuple[Any, bool, str]] = {figure.stem: (globals()[figure.name], figure.overlaid, figure.need)
+                                           for figure in TABLE}
+COMPARE_FIGURES = tuple(figure.stem for figure in TABLE if figure.overlaid)  # compare --out, study
 # Figures over models (one point per model): drawn only from two or more models.
-ACROSS_MODELS = ("fig12-horizon-vs-depth", "fig13-horizon-vs-growth", "fig14-cosine-drop-vs-depth")
-
-
-def has_data(item: FigureInput, need: str) -> bool:
-    if need == "by_layer":
-        return bool((item.scan or {}).get("by_layer"))
-    value = getattr(item, need)
-    return value is not None and (not isinstance(value, list | dict) or len(value) > 0)
+ACROSS_MODELS = tuple(figure.stem for figure in TABLE if figure.across)
+has_data = has_input  # (item, need): whether an input holds what a figure needs

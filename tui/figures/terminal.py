@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from horizon.core.compare import FigureInput, across_models, fit_line
 from horizon.core.untrusted import visible
-from horizon.tui.figures import FIGURES
+from horizon.tui.figures import FIGURES, TABLE, has_input
 from horizon.tui.format import fixed, fmt, quantise
 from horizon.tui.widgets.scales import Scale, nice_step, note_margin, unrecorded
 
@@ -54,15 +54,12 @@ def name_of(stem: str) -> str:
     return stem.split("-", 1)[1].replace("-", "_")
 
 
-# name -> (file stem, overlays several models, the input field it needs), in plots.PLOTS's order
-OVERLAID = ("norm_growth", "sublayer_norms", "loss_vs_k", "cosine", "horizon_vs_depth", "horizon_vs_growth",
-            "cosine_drop_vs_depth")
-NEEDS = {"norm_growth": "norms", "norm_distribution": "samples", "position_norms": "prompt",
-         "sublayer_norms": "norms", "weights": "weights", "mlp_random": "weights", "loss_vs_k": "scan",
-         "layer_k_matrix": "by_layer", "cosine": "truncate", "categories": "truncate",
-         "attention_distance": "attention", "horizon_vs_depth": "scan", "horizon_vs_growth": "scan",
-         "cosine_drop_vs_depth": "truncate"}
-STEMS = {name_of(stem): stem for stem in FIGURES}
+# From the one figure table (tui/figures/__init__.py), in its order: by name, the input field each
+# needs, the overlaid ones, those over models (one point per model) and the file stems.
+NEEDS = {figure.name: figure.need for figure in TABLE}
+OVERLAID = tuple(figure.name for figure in TABLE if figure.overlaid)
+ACROSS = tuple(figure.name for figure in TABLE if figure.across)
+STEMS = {figure.name: figure.stem for figure in TABLE}
 
 
 def figure_name(figure: str) -> str:
@@ -74,11 +71,7 @@ def figure_name(figure: str) -> str:
 
 
 def has_data(item: FigureInput, name: str) -> bool:
-    need = NEEDS[figure_name(name)]
-    if need == "by_layer":
-        return bool((item.scan or {}).get("by_layer"))
-    value = getattr(item, need)
-    return value is not None and (not isinstance(value, list | dict) or len(value) > 0)
+    return has_input(item, NEEDS[figure_name(name)])
 
 
 def title_of(name: str) -> str:
@@ -618,7 +611,6 @@ def categories(panel: Panel, inputs: list[FigureInput], **_: Any) -> None:
 # ----------------------------------------------------------------------------- (12)-(14) across models
 
 
-ACROSS = ("horizon_vs_depth", "horizon_vs_growth", "cosine_drop_vs_depth")  # one point per model
 POINT = "●"
 LABEL_CHARS = 18  # a point's label, cut beyond this
 
@@ -740,13 +732,8 @@ def cosine_drop_vs_depth(panel: Panel, inputs: list[FigureInput], **_: Any) -> N
 # ----------------------------------------------------------------------------- the table
 
 
-DRAW: dict[str, Callable[..., None]] = {
-    "norm_growth": norm_growth, "norm_distribution": norm_distribution, "position_norms": position_norms,
-    "sublayer_norms": sublayer_norms, "weights": weights, "mlp_random": mlp_random, "loss_vs_k": loss_vs_k,
-    "layer_k_matrix": layer_k_matrix, "cosine": cosine, "categories": categories,
-    "attention_distance": attention_distance, "horizon_vs_depth": horizon_vs_depth,
-    "horizon_vs_growth": horizon_vs_growth, "cosine_drop_vs_depth": cosine_drop_vs_depth,
-}
+# Each figure of the table drawn by the function of its name above.
+DRAW: dict[str, Callable[..., None]] = {figure.name: globals()[figure.name] for figure in TABLE}
 
 
 def draw(plt: Any, figure: str, inputs: list[FigureInput], width: int, height: int, x: str = "layer",

@@ -5,9 +5,10 @@ rate with its fit window and r^2, BOS norm ratio, effective horizon per start la
 median cosine at the early/middle/final rows per truncation length, the most local and most
 long-range heads, corpus and what differs from the first directory), the warnings when corpora or
 settings differ, and one overlaid figure at a time ((1) norm growth, (4) sublayer norms, (7) loss
-vs k, (9) cosine), x as layer or relative depth, then the figures over the models, one point per
-model ((12) effective horizon vs depth, (13) vs norm growth with Spearman's rho, (14) the relative
-depth where the median cosine at c = 5 falls below the level, vs depth; x is the depth there).
+vs k, (9) cosine; keys n / N next / previous, as on the Figures screen), x as layer or relative
+depth (key d), then the figures over the models, one point per model ((12) effective horizon vs
+depth, (13) vs norm growth with Spearman's rho, (14) the relative depth where the median cosine
+at c = 5 falls below the level, vs depth; x is the depth there).
 The directories are read in a thread worker (``ComparedResults.load``) behind a progress bar;
 every number is core/compare.py's, printed through tui/format.py (whose roundings the snapshot
 tests check against float noise).
@@ -17,33 +18,27 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from itertools import pairwise
-from typing import Any
+from typing import Any, ClassVar
 
 from horizon.core.errors import HorizonError
 from horizon.core.results_session import ComparedResults, Comparison
 from horizon.core.untrusted import visible
-from horizon.tui.figures import terminal
+from horizon.tui.figures import TABLE, terminal
 from horizon.tui.format import fixed, fmt
+from horizon.tui.keys import bindings, key_of
 from horizon.tui.state import AnalysisFailed, AnalysisReady
 from horizon.tui.widgets.plot import FigurePlot
 from horizon.tui.widgets.scales import note_margin
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
+from textual.binding import BindingType
 from textual.containers import VerticalScroll
 from textual.reactive import reactive
 from textual.widgets import DataTable, ProgressBar, Static
 
-# The overlaid figures, by their names in tui/figures/plots.py, with the screen's title for each.
-FIGURES: dict[str, str] = {
-    "norm_growth": "(1) norm growth",
-    "sublayer_norms": "(4) sublayer norms",
-    "loss_vs_k": "(7) loss vs k",
-    "cosine": "(9) cosine per layer",
-    "horizon_vs_depth": "(12) horizon vs depth",
-    "horizon_vs_growth": "(13) horizon vs growth",
-    "cosine_drop_vs_depth": "(14) cosine drop vs depth",
-}
+# The overlaid figures (the figure table's, tui/figures/__init__.py), by name, with the screen's title for each.
+FIGURES: dict[str, str] = {figure.name: figure.label for figure in TABLE if figure.overlaid}
 X_AXES = ("layer", "depth")
 WHERE = ("early", "middle", "final")
 
@@ -118,6 +113,8 @@ def table_row(row: dict[str, Any], lengths: list[str]) -> list[Text]:
 
 class ComparePane(VerticalScroll):
     """The Compare screen: reads its directories in a worker, then draws the table and one overlay."""
+
+    BINDINGS: ClassVar[list[BindingType]] = bindings("compare")  # n, N, d (tui/keys.py)
 
     figure: reactive[str] = reactive("norm_growth")
     x: reactive[str] = reactive("layer")
@@ -213,7 +210,10 @@ class ComparePane(VerticalScroll):
         for item, rgb in zip(usable, terminal.colours(len(usable)), strict=True):
             title.append(" ━ ", style=f"bold rgb({rgb[0]},{rgb[1]},{rgb[2]})")
             title.append(visible(item.label))
-        title.append("   g figure" if self.figure in terminal.ACROSS else "   g figure · d x axis", style="dim")
+        keys = f"   {key_of('app.compare_figure(1)')}/{key_of('app.compare_figure(-1)')} figure"
+        if self.figure not in terminal.ACROSS:
+            keys += f" · {key_of('app.compare_x')} x axis"
+        title.append(keys, style="dim")
         self.query_one("#compare-figure-title", Static).update(title)
 
     def watch_figure(self) -> None:
@@ -223,9 +223,10 @@ class ComparePane(VerticalScroll):
 
     watch_x = watch_figure
 
-    def next_figure(self) -> None:
+    def next_figure(self, step: int = 1) -> None:
+        """The next (``step`` 1) or previous (-1) overlaid figure, round the list."""
         names = list(FIGURES)
-        self.figure = names[(names.index(self.figure) + 1) % len(names)]
+        self.figure = names[(names.index(self.figure) + step) % len(names)]
 
     def toggle_x(self) -> None:
         self.x = X_AXES[(X_AXES.index(self.x) + 1) % len(X_AXES)]

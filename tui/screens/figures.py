@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from horizon.core.compare import FigureInput, live_figure_input
 from horizon.core.untrusted import visible
 from horizon.tui.figures import FIGURES, terminal
-from horizon.tui.keys import bindings
+from horizon.tui.keys import bindings, key_of
 from horizon.tui.state import AnalysisFailed, AnalysisReady, ViewState
 from horizon.tui.widgets.plot import FigurePlot
 from rich.text import Text
@@ -142,7 +142,8 @@ class FiguresPane(Vertical):
             style = "reverse bold" if name == shown else ("" if name in available else "dim strike")
             text.append(f"{number}", style=style)
             text.append(" ")
-        text.append(" n/N next/previous  w save", style="dim")
+        keys = f"{key_of('next_figure(1)')}/{key_of('next_figure(-1)')} next/previous  {key_of('save_figure')} save"
+        text.append(f" {keys}", style="dim")
         stem = terminal.STEMS[shown]
         text.append(f"\n{FIGURES[stem][0]}", style="bold")
         if shown not in available:

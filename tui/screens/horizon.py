@@ -200,7 +200,7 @@ class HorizonPane(Vertical):
             failed = state.failed.get(job_name(("matrix", state.prompt, settings.ablation)))
             matrix.result = None
             if not state.source.can_patch:
-                legend.label = "layer × k matrix: stored results hold none (give --model to compute it)"
+                legend.label = "layer × k matrix: the sweep stored none (sweep --by-layer, or give --model)"
             else:
                 legend.label = f"layer × k matrix failed: {failed}" if failed else "layer × k matrix: computing…"
             return
