@@ -265,5 +265,6 @@ def by_layer_from_rows(table: pa.Table, tol: float, ablation: str = "zero") -> d
         out[int(number)] = ByLayerResult(
             layers=[int(n) for n in layers], ks=[int(k_value) for k_value in ks],
             effective_horizon=row_horizons(ks, delta, tol), loss_clean=float(loss_clean[first]), tol=tol,
-            n_tokens=int(n_tokens[first]), ablation=ablation, **matrices)
+            n_tokens=int(n_tokens[first]), ablation=ablation, loss=matrices["loss"],
+            delta_loss=matrices["delta_loss"], kl=matrices["kl"], top1_agreement=matrices["top1_agreement"])
     return out
