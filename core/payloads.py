@@ -108,3 +108,42 @@ def verify_payload(result: Any) -> dict[str, Any]:
     from horizon.core.verify import VERIFY_PROMPT
 
     return {**result.to_dict(), "prompt": VERIFY_PROMPT}
+
+
+def results_payload(results: Any, views: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+    """``horizon report --json``: a results directory's set-up and the corpus view of every analysis."""
+    from horizon.core.analyses import REGISTRY
+
+    return {
+        "results": str(results.path),
+        "problems": results.problems,
+        "model": manifest.get("model"),
+        "corpus": {key: value for key, value in manifest.get("corpus", {}).items() if key != "kinds"} or None,
+        "bos": manifest.get("bos"),
+        "dtype": manifest.get("dtype"),
+        "settings": manifest.get("analyses"),
+        "shards": {"total": len(results.shards), "done": results.n_done()},
+        "created": manifest.get("created"),
+        "finished": manifest.get("finished"),
+        **{name: views.get(name) for name in REGISTRY},
+    }
+
+
+def sweep_payload(summary: Any) -> dict[str, Any]:
+    """``horizon sweep --json``: what the run did (core/sweep.py's SweepSummary)."""
+    return {
+        "out": summary.out,
+        "complete": summary.complete,
+        "analyses": summary.analyses,
+        "shards_total": summary.shards_total,
+        "shards_done": summary.shards_done,
+        "shards_done_before": summary.shards_done_before,
+        "shards_run": summary.shards_run,
+        "prompts_run": summary.prompts_run,
+        "tokens_run": summary.tokens_run,
+        "seconds": round(summary.seconds, 3),
+        "work_seconds": round(summary.work_seconds, 3),
+        "tokens_per_s": round(summary.tokens_per_s, 1),
+        "notes": summary.notes,
+        "failed_shards": summary.failed_shards,
+    }
