@@ -62,8 +62,10 @@ class Runner:
         self._processed: dict[str, LoadedModel] = {}  # the tl copy, made once (a deep copy of the model)
 
     def plan(self, analysis: str, token_ids: Sequence[Sequence[int]]) -> Plan:
-        """This runner's plan of ``analysis`` on ``token_ids`` (``plan_memory`` with its budget)."""
-        return plan_memory(self.model, analysis, token_ids, self.max_memory, self.batch_size)
+        """This runner's plan of ``analysis`` on ``token_ids`` (``plan_memory`` with its budget). Under the lock:
+        a plan that would chunk positions runs the model's chunk self-check once (core/chunking.py)."""
+        with self.lock:
+            return plan_memory(self.model, analysis, token_ids, self.max_memory, self.batch_size)
 
     def _planned(self, plan: Plan | None, analysis: str, token_ids: Sequence[Sequence[int]]) -> Plan:
         return plan if plan is not None else self.plan(analysis, token_ids)
