@@ -119,3 +119,10 @@ def test_the_app_refuses_what_the_cli_refuses(tiny_llama: LoadedModel, run_cli) 
     for line in (message, cli_line.removeprefix("horizon: error: ")):
         assert line.startswith(head) and line.endswith(tail), line
     assert session.ready("norms") is None
+
+
+def test_inspect_checks_its_budget_before_the_app(run_cli) -> None:
+    """`horizon inspect --max-memory` and `--batch-size`: the commands' options, refused in one line before a load."""
+    for option, value in (("--max-memory", "lots"), ("--batch-size", "0")):
+        code, out, err = run_cli("inspect", "--model", "tiny-llama", option, value)
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and option in err, err
