@@ -202,3 +202,32 @@ def test_results_show_themselves(model: horizon.Model) -> None:
     assert "effective horizon" in repr(scan) and "<strong>Scan of tiny-llama</strong>" in scan._repr_html_()
     with pytest.raises(horizon.HorizonError, match="figure 'fig01-norm-growth'"):
         scan.figure("fig01-norm-growth")
+
+
+def test_figures_without_matplotlib_say_what_to_install(model: horizon.Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    attention = model.attention(PROMPTS[0])
+    monkeypatch.setitem(sys.modules, "horizon.tui.figures.plots", None)  # as if matplotlib were not installed
+    with pytest.raises(horizon.HorizonError, match=r"pip install 'horizon-inspector\[figures\]'"):
+        attention.figure()
+
+
+def test_progress_reaches_the_callback(model: horizon.Model) -> None:
+    steps: list[float] = []
+    model.norms(PROMPTS, progress=steps.append)
+    assert sum(steps) == len(PROMPTS)
+    steps.clear()
+    truncation = model.truncate(PROMPTS[0], lengths=[1], progress=steps.append)
+    assert sum(steps) == len(truncation.report.record_token)
+
+
+def test_stored_results_refuse_what_they_lack(model: horizon.Model, tmp_path: Path) -> None:
+    results = horizon.sweep([PROMPTS[1]], tmp_path / "norms-only", model=model, analyses=["norms"])
+    assert results.analyses == ["norms"] and results.sweep is not None and results.sweep["complete"]
+    with pytest.raises(horizon.HorizonError, match="has no scan results"):
+        results.scan  # noqa: B018
+    with pytest.raises(horizon.HorizonError, match="unknown analysis 'tokens'"):
+        results["tokens"]
+    with pytest.raises(horizon.HorizonError, match=r"has no manifest\.json and no readable shard file"):
+        horizon.open_results(tmp_path)
+    with pytest.raises(horizon.HorizonError, match="unknown sweep setting 'colour'"):
+        horizon.sweep([PROMPTS[1]], tmp_path / "other", model=model, colour="red")
