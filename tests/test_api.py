@@ -133,9 +133,11 @@ def close_tables(ours: Any, stored: Any, keys: list[str]) -> None:
             assert ours[column].tolist() == stored[column].tolist(), column
 
 
-def test_to_pandas_is_the_table_a_sweep_writes(model: horizon.Model, tmp_path: Path) -> None:
+def test_to_pandas_is_the_table_a_sweep_writes(model: horizon.Model, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
     prompt = PROMPTS[0]
     results = horizon.sweep([prompt], tmp_path / "sweep", model=model, ks=[1, 2, 3], lengths=[1, 3], by_layer=True)
+    assert capsys.readouterr().out == ""  # the sweep prints nothing either
     close_tables(model.norms(prompt).to_pandas(), results.norms.to_pandas(), ["site", "layer", "position"])
     close_tables(model.truncate(prompt, lengths=[1, 3]).to_pandas(), results.truncate.to_pandas(),
                  ["length", "position", "layer"])
