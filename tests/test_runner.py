@@ -126,3 +126,24 @@ def test_inspect_checks_its_budget_before_the_app(run_cli) -> None:
     for option, value in (("--max-memory", "lots"), ("--batch-size", "0")):
         code, out, err = run_cli("inspect", "--model", "tiny-llama", option, value)
         assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and option in err, err
+
+
+def test_a_sweep_worker_given_a_runner_shares_its_lock(tiny_llama: LoadedModel) -> None:
+    """The Python API's sweep passes its Model's runner: the worker's shards wait for that model's other passes."""
+    from horizon.core.sweep_settings import SweepSettings
+    from horizon.core.worker import SweepWorker, WorkerConfig
+
+    runner = Runner(tiny_llama)
+    config = WorkerConfig(model="tiny-llama", device="cpu", dtype="float32", texts=PROMPTS,
+                          settings=SweepSettings(analyses=["norms"]))
+    worker = SweepWorker(config, loaded=runner)
+    assert worker.runner is runner and worker.model is tiny_llama
+    assert SweepWorker(config, loaded=tiny_llama).runner is not runner  # a model alone: a runner of its own
+    done: list[object] = []
+    shard = threading.Thread(target=lambda: done.append(worker.run_shard([0, 1], ["norms"])))
+    with runner.lock:
+        shard.start()
+        shard.join(timeout=0.5)
+        assert shard.is_alive() and not done
+    shard.join()
+    assert done[0]["norms"].num_rows > 0  # type: ignore[index]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import html
+import importlib
 import warnings
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -62,7 +63,7 @@ class Result:
         if name not in self.figures:
             raise HorizonError(f"figure {name!r}: this result draws {', '.join(self.figures)}")
         try:
-            from horizon.tui.figures import plots
+            plots = importlib.import_module("horizon.tui.figures.plots")  # matplotlib: the figures extra
         except ImportError:
             raise HorizonError("figures need matplotlib: pip install 'horizon-inspector[figures]'") from None
         function, overlaid, need = plots.PLOTS[name]

@@ -9,6 +9,7 @@ results mode does: core/results_session.py).
 from __future__ import annotations
 
 import copy
+import importlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -185,7 +186,7 @@ def sweep(corpus: str | Path | Sequence[str] | None, out: str | Path, model: str
     budget: dict[str, Any] = {}
     subject: Any = model
     if not isinstance(model, str):
-        subject = model.runner.model
+        subject = model.runner  # the worker's passes share the model's lock
         budget = {"max_memory": model.runner.max_memory, "batch_size": model.runner.batch_size}
     summary = run_sweep(texts, out, subject, chosen, device=device, dtype=dtype, resume=resume, force=force,
                         max_prompts=max_prompts, progress=progress, **budget)
@@ -222,7 +223,7 @@ class Comparison:
         from horizon.core.compare import figure_input
 
         try:
-            from horizon.tui.figures import plots
+            plots = importlib.import_module("horizon.tui.figures.plots")  # matplotlib: the figures extra
         except ImportError:
             raise HorizonError("figures need matplotlib: pip install 'horizon-inspector[figures]'") from None
         if name not in plots.COMPARE_FIGURES:
