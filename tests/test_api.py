@@ -233,3 +233,24 @@ def test_stored_results_refuse_what_they_lack(model: horizon.Model, tmp_path: Pa
         horizon.open_results(tmp_path)
     with pytest.raises(horizon.HorizonError, match="unknown sweep setting 'colour'"):
         horizon.sweep([PROMPTS[1]], tmp_path / "other", model=model, colour="red")
+
+
+def test_only_layer_is_the_row_of_the_layer_matrix(model: horizon.Model) -> None:
+    """scan(only_layer=N): the curve of the horizon enforced at layer N alone, the by-layer matrix's row N."""
+    matrix = model.scan(PROMPTS[0], ks=[1, 2, 3], by_layer=True).by_layer
+    for layer, label in ((2, 2), (model.n_layers, "final")):
+        row = model.scan(PROMPTS[0], ks=[1, 2, 3], only_layer=label)
+        assert row.to_json()["only_layer"] == layer
+        np.testing.assert_allclose([r["delta_loss"] for r in row.report.rows], matrix.delta_loss[layer], atol=1e-6)
+        np.testing.assert_allclose([r["kl"] for r in row.report.rows], matrix.kl[layer], atol=1e-6)
+    with pytest.raises(horizon.HorizonError, match="only_layer and by_layer are exclusive"):
+        model.scan(PROMPTS[0], only_layer=1, by_layer=True)
+
+
+def test_verify_is_the_cli_json(model: horizon.Model, run_cli) -> None:
+    code, out, err = run_cli("verify", "--model", "tiny-llama", "--device", "cpu", "--reference", "loaded", "--json")
+    assert code == 0, err
+    verdict = model.verify(reference="loaded")
+    assert verdict.passed and verdict.to_json() == json.loads(out)
+    with pytest.raises(horizon.HorizonError, match="--reference must be fresh or loaded"):
+        model.verify(reference="other")
