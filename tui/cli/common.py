@@ -93,7 +93,8 @@ MaxTokensOpt = Annotated[
 ]
 TruncateToOpt = MaxTokensOpt  # the name the commands declare it under
 # The memory budget and the batch size it chooses (core/budget.py); every analysis command and the
-# sweep declare these two, then call ``memory_plan`` once the prompts are tokenised.
+# sweep declare these two, checked by ``check_memory_options``; a command's ``runner_for`` (core/runner.py) plans
+# every pass under them once the prompts are tokenised.
 MaxMemoryOpt = Annotated[
     str,
     typer.Option(
@@ -158,13 +159,6 @@ def check_memory_options(max_memory: str, batch_size: str) -> tuple[int | None, 
     from horizon.core.options import check_batch_size_text, check_max_memory
 
     return check_max_memory(max_memory), check_batch_size_text(batch_size)
-
-
-def memory_plan(analysis: str, inputs: Inputs, max_memory: int | None, batch_size: int | None) -> Any:
-    """The run's Plan (core/runner.py's ``plan_memory``); refuses, before any forward, what cannot fit."""
-    from horizon.core.runner import plan_memory
-
-    return plan_memory(inputs.model, analysis, inputs.token_ids, max_memory, batch_size)
 
 
 def runner_for(inputs: Inputs, max_memory: int | None, batch_size: int | None) -> Runner:
