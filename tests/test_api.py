@@ -254,3 +254,10 @@ def test_verify_is_the_cli_json(model: horizon.Model, run_cli) -> None:
     assert verdict.passed and verdict.to_json() == json.loads(out)
     with pytest.raises(horizon.HorizonError, match="--reference must be fresh or loaded"):
         model.verify(reference="other")
+
+
+def test_a_list_of_prompts_is_checked_prompt_by_prompt(model: horizon.Model) -> None:
+    with pytest.raises(horizon.HorizonError, match=r"^prompt 2 is empty or whitespace only$"):
+        model.tokens([PROMPTS[0], "  \n"])
+    with pytest.raises(horizon.HorizonError, match=r"^the prompt is empty or whitespace only$"):
+        model.tokens([" "])

@@ -74,7 +74,13 @@ class Model:
         elif isinstance(prompts, str):
             texts = gather_prompts(prompts, None)
         elif isinstance(prompts, Sequence) and prompts and all(isinstance(text, str) for text in prompts):
-            texts = list(prompts) if len(prompts) > 1 else gather_prompts(prompts[0], None)
+            texts = list(prompts)
+            for index, text in enumerate(texts):  # each as --prompt checks it, named as --file names it
+                try:
+                    gather_prompts(text, None)
+                except HorizonError as exc:
+                    where = "the prompt" if len(texts) == 1 else f"prompt {index + 1}"
+                    raise HorizonError(str(exc).replace("the prompt", where, 1)) from None
         else:
             raise HorizonError("prompts must be a string, a non-empty list of strings, or a pathlib.Path of a file")
         options.check_truncate_to(max_tokens)
