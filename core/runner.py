@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from horizon.core.loader import LoadedModel
 
 T = TypeVar("T")
+# _SCAN_ORDER: core/horizon.py is imported before core/horizon_scan.py, which builds on it: on a tree where
+# horizon.py still re-exports horizon_scan's names from its bottom, importing horizon_scan first is a cycle.
 Progress = Callable[[float], None] | None
 
 
@@ -141,7 +143,8 @@ class Runner:
              cleans: Any = None, progress: Progress = None, **settings: Any) -> Run[Any]:
         """core/horizon_scan.py's ScanResult; ``settings``: ks, tol, source, keep_embed, final, unit,
         ablation, means, has_bos (the engine's keywords)."""
-        from horizon.core.horizon import scan
+        from horizon.core.horizon import clean_runs  # noqa: F401  (first: see ``_SCAN_ORDER``)
+        from horizon.core.horizon_scan import scan
 
         plan = self._planned(plan, "scan", token_ids)
         with self.lock:
@@ -153,7 +156,8 @@ class Runner:
     def by_layer(self, token_ids: list[list[int]], plan: Plan | None = None, cleans: Any = None,
                  progress: Progress = None, **settings: Any) -> Run[Any]:
         """core/horizon_scan.py's ByLayerResult (the layer x k matrix); ``settings`` as for ``scan``."""
-        from horizon.core.horizon import scan_by_layer
+        from horizon.core.horizon import clean_runs  # noqa: F401  (first: see ``_SCAN_ORDER``)
+        from horizon.core.horizon_scan import scan_by_layer
 
         plan = self._planned(plan, "scan", token_ids)
         with self.lock:

@@ -7,15 +7,8 @@ from typing import Annotated, Any
 import typer
 from horizon.core import options
 from horizon.core.errors import HorizonError
-from horizon.core.horizon import (
-    DEFAULT_TOL,
-    ByLayerResult,
-    HorizonConfig,
-    PatchResult,
-    ScanResult,
-    default_ks,
-    horizon_sublayers,
-)
+from horizon.core.horizon import DEFAULT_TOL, HorizonConfig, PatchResult, horizon_sublayers
+from horizon.core.horizon_scan import ByLayerResult, ScanResult, default_ks
 from horizon.core.loader import DEFAULT_MODEL
 from horizon.core.payloads import patch_payload, scan_payload
 from horizon.core.untrusted import markup_safe

@@ -25,7 +25,8 @@ from horizon.tui.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from horizon.core.session import ResultsSession, Session
+    from horizon.core.results_session import ResultsSession
+    from horizon.core.session import Session
     from horizon.tui.app import HorizonApp
 
 
@@ -68,8 +69,8 @@ def results_loader(directory: str, model: str | None, device: str, dtype: str, m
 
     def load() -> ResultsSession:
         from horizon.core.loader import load_model
+        from horizon.core.results_session import ResultsSession
         from horizon.core.runner import Runner
-        from horizon.core.session import ResultsSession
 
         live = load_model(model, device=device, dtype=dtype) if model is not None else None
         runner = Runner(live, max_memory, batch_size) if live is not None else None
