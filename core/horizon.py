@@ -64,13 +64,10 @@ from horizon.core.horizon_metrics import (
     vocab_tiles,
 )
 from horizon.core.loader import LoadedModel
-from horizon.core.options import ABLATIONS
+from horizon.core.options import ABLATIONS, FINALS, SOURCES, UNITS
 from horizon.core.prompts import TokenBatch, batches
 from horizon.core.staircase import Row, StaircasePass
 
-SOURCES = ("recursive", "clean")
-FINALS = ("window", "full")
-UNITS = ("layer", "sublayer")
 DEFAULT_TOL = 0.1
 # Memory one batched pass may hold (window buffers, activations, attention scores, logits).
 DEFAULT_PASS_BYTES = 2 << 30

@@ -62,14 +62,18 @@ def scan(
     means: AblationMeans | None = None,
     has_bos: bool = True,
     position_chunk: int | None = None,
+    only_layer: int | None = None,
 ) -> ScanResult:
     """Loss increase, KL and top-1 agreement for every k and start layer.
+
+    ``only_layer`` N: the horizon enforced at layer N's readers alone (N = L: the final readout; one
+    row of ``scan_by_layer``'s matrix), with the start layers (0,).
 
     ``progress(n)`` advances by n rows' worth of work (fractions as layers complete); ``cleans``
     are the prompts' clean runs when the caller keeps them for reuse; ``means`` the ablation means
     with ``ablation="mean"`` (default: the prompts' own, position 0 a BOS when ``has_bos``).
     """
-    pairs, configs = _scan_configs(model, ks, start_layers, tol, source, keep_embed, final, unit, ablation)
+    pairs, configs = _scan_configs(model, ks, start_layers, tol, source, keep_embed, final, unit, ablation, only_layer)
     totals, clean = _evaluate(model, token_ids, configs, progress, batch_size, max_pass_bytes, cleans, means, has_bos,
                               position_chunk)
     return _scan_result(pairs, configs, totals, clean, tol, unit)
@@ -109,7 +113,7 @@ def scan_per_prompt(
 
 def _scan_configs(
     model: LoadedModel, ks: Sequence[int] | None, start_layers: Sequence[int], tol: float, source: str,
-    keep_embed: bool, final: str, unit: str, ablation: str,
+    keep_embed: bool, final: str, unit: str, ablation: str, only_layer: int | None = None,
 ) -> tuple[list[tuple[int, int]], list[HorizonConfig]]:
     """The scan's (k, start layer) pairs and their configs, after the checks."""
     ks = _check_scan(model, ks, unit, tol)
@@ -118,7 +122,7 @@ def _scan_configs(
     pairs = [(k, layer) for layer in dict.fromkeys(start_layers) for k in ks]
     configs = [
         HorizonConfig(horizon_sublayers(k, unit), source=source, keep_embed=keep_embed, final=final, start_layer=layer,
-                      ablation=ablation)
+                      ablation=ablation, only_layer=only_layer)
         for k, layer in pairs
     ]
     return pairs, configs

@@ -180,9 +180,44 @@ def check_n_devices(value: int | None) -> int | None:
     return check_at_least(value, "--n-devices", 1)
 
 
-# ----------------------------------------------------------------------------- horizon: ablation, one layer
+# ----------------------------------------------------------------------------- horizon: choices, ablation, one layer
+
+SOURCES = ("recursive", "clean")
+FINALS = ("window", "full")
+UNITS = ("layer", "sublayer")
+
+
+def check_horizon_choices(unit: str, source: str, final: str) -> None:
+    """--unit, --source and --final of patch and scan."""
+    for value, choices, option in ((unit, UNITS, "--unit"), (source, SOURCES, "--source"), (final, FINALS, "--final")):
+        if value not in choices:
+            raise HorizonError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def parse_fit(text: str | None) -> tuple[int, int] | None:
+    """--fit '12:29' -> (12, 29), an inclusive layer window; checked against L after loading (``check_fit``)."""
+    if text is None:
+        return None
+    parts = text.split(":")
+    if len(parts) != 2:
+        raise HorizonError(f"--fit takes A:B (two layer indices), got {text!r}")
+    try:
+        start, stop = int(parts[0]), int(parts[1])
+    except ValueError:
+        raise HorizonError(f"--fit takes integer layers A:B, got {text!r}") from None
+    if start < 0 or stop <= start:
+        raise HorizonError(f"--fit {text} is not a window: it needs 0 <= A < B")
+    return start, stop
+
+
+def check_fit(text: str | None, window: tuple[int, int] | None, n_layers: int) -> None:
+    """--fit's window against the model: its last layer at most L (the final residual)."""
+    if window is not None and window[1] > n_layers:
+        raise HorizonError(f"--fit {text} is out of range: layers run 0..{n_layers - 1}, and {n_layers} is the final "
+                           "residual")
 
 ABLATIONS = ("zero", "mean")
+DEFAULT_LENGTHS = (1, 5, 10)  # the truncation lengths c of the CLI, the app, a sweep and the API
 
 
 def check_ablation(value: str) -> str:

@@ -25,6 +25,7 @@ from horizon.core.worker import SweepWorker, WorkerConfig
 
 if TYPE_CHECKING:
     from horizon.core.loader import LoadedModel
+    from horizon.core.runner import Runner
 
 ShardResult = tuple[int, dict[str, pa.Table], float]
 
@@ -34,7 +35,7 @@ class LocalPool:
 
     size = 1
 
-    def __init__(self, config: WorkerConfig, loaded: LoadedModel | None = None) -> None:
+    def __init__(self, config: WorkerConfig, loaded: LoadedModel | Runner | None = None) -> None:
         self.worker = SweepWorker(config, loaded)
         # Nothing is lost in-process: a dead process ends the run (and --resume finishes it).
         self.notes: list[str] = []

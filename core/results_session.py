@@ -13,6 +13,7 @@ from horizon.core.errors import HorizonError
 
 if TYPE_CHECKING:
     from horizon.core.loader import LoadedModel
+    from horizon.core.runner import Runner
     from horizon.core.session import PatchSettings
 
 T = TypeVar("T")
@@ -31,9 +32,10 @@ class ResultsSession:
     otherwise ``can_patch`` is False.
     """
 
-    def __init__(self, path: str, live_model: LoadedModel | None = None) -> None:
+    def __init__(self, path: str, live_model: LoadedModel | None = None, runner: Runner | None = None) -> None:
         from horizon.core import store
-        from horizon.core.session import DEFAULT_LENGTHS, Session
+        from horizon.core.options import DEFAULT_LENGTHS
+        from horizon.core.session import Session
         from horizon.core.views import corpus_views
 
         self.results = store.open_results(path)
@@ -62,7 +64,8 @@ class ResultsSession:
         self._row_of = {number: row for row, number in enumerate(self.prompt_numbers)}
         self._cache: dict[Any, Any] = {}
         self._lock = threading.Lock()
-        self.live = Session(live_model, self.prompts, self.token_ids, self.has_bos) if live_model else None
+        self.live = (Session(live_model, self.prompts, self.token_ids, self.has_bos, runner=runner) if live_model
+                     else None)
         self.model = live_model
 
     def _infer_layers(self) -> int:
@@ -151,6 +154,16 @@ class ResultsSession:
             raise HorizonError("results mode has no model and the sweep stored no layer x k matrix for "
                                f"{ablation} ablation: sweep with --by-layer or pass --model to compute it")
         return self.live.by_layer(prompt, ablation)
+
+    @property
+    def can_weigh(self) -> bool:
+        """Whether ``weights()`` has a model to weigh (results mode with --model)."""
+        return self.live is not None
+
+    def weights(self) -> dict[str, Any] | None:
+        """The weight report of the model given with the directory (its live session's runner), else None:
+        a results directory stores no weights."""
+        return None if self.live is None else self.live.weights()
 
     def patch(self, settings: PatchSettings, prompt: int = 0) -> Any:
         if self.live is None:

@@ -1,9 +1,10 @@
 """A UI-free facade over the analysis engines for one model and one set of prompts.
 
-The inspector calls these methods from worker threads. Every result is computed by the engine
-modules (norms, horizon, truncation, attention) and cached here; this module adds no science,
-only caching, a lock and timings. The lock matters: forward hooks are registered on the shared
-model's modules, so two passes must never run at once on one model.
+The inspector calls these methods from worker threads. Every result is computed through the
+session's ``Runner`` (core/runner.py: the memory budget of every pass, and the lock every forward
+holds) and cached here; this module adds no science, only caching and timings. The lock matters:
+forward hooks are registered on the shared model's modules, so two passes must never run at once
+on one model. The same runner plans every pass's batch and tiles, as the CLI's do.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from horizon.core.errors import HorizonError
+from horizon.core.options import DEFAULT_LENGTHS
 
 if TYPE_CHECKING:  # the app imports this module before torch is loaded, so it can paint at once
     from horizon.core.loader import LoadedModel
+    from horizon.core.runner import Runner
 
 T = TypeVar("T")
-DEFAULT_LENGTHS = (1, 5, 10)
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,8 @@ class Source(Protocol):
     ``by_layer(prompt, ablation)``, ``patch(settings, prompt)``) compute and cache, and are
     called from worker threads. Keys: ``"norms"``, ``"truncation"``, ``("attention", prompt)``,
     ``("scan", prompt)`` (``("scan", prompt, "mean")`` for mean ablation),
-    ``("by_layer", prompt, ablation)``, ``(PatchSettings, prompt)``.
+    ``("by_layer", prompt, ablation)``, ``(PatchSettings, prompt)``. ``weights()`` is the weight
+    report of a model behind the source (figures 5 and 6; None where there is none: ``can_weigh``).
     """
 
     prompts: list[str]
@@ -73,6 +76,9 @@ class Source(Protocol):
     def scan(self, prompt: int = 0, ablation: str = "zero") -> Any: ...
     def by_layer(self, prompt: int = 0, ablation: str = "zero") -> Any: ...
     def patch(self, settings: PatchSettings, prompt: int = 0) -> Any: ...
+    @property
+    def can_weigh(self) -> bool: ...
+    def weights(self) -> dict[str, Any] | None: ...
 
 
 def _scan_key(prompt: int, ablation: str) -> tuple:
@@ -91,9 +97,9 @@ class Session:
     lengths: tuple[int, ...] = DEFAULT_LENGTHS
     patch_cache_size: int = 64
     timings: dict[str, float] = field(default_factory=dict)
+    runner: Runner | None = field(default=None, repr=False)  # default: the model under the automatic budget
     _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
     _patches: OrderedDict[Any, Any] = field(default_factory=OrderedDict, repr=False)
-    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _waiting: int = 0  # patched passes waiting for the lock (the scan yields to them)
     _clean_runs: OrderedDict[int, Any] = field(default_factory=OrderedDict, repr=False)
     clean_cache_size: int = 4  # prompts whose clean runs are kept (each ~100 MB at 64 tokens)
@@ -103,8 +109,23 @@ class Session:
         if not self.token_ids or len(self.token_ids) != len(self.prompts):
             raise HorizonError("a session needs one token list per prompt")
         from horizon.core.prompts import decode_tokens
+        from horizon.core.runner import Runner
 
+        if self.runner is None:
+            self.runner = Runner(self.model)
+        elif self.runner.model is not self.model:
+            raise HorizonError("a session's runner must hold the session's model")
         self._tokens = [decode_tokens(self.model, ids) for ids in self.token_ids]
+
+    @property
+    def _runner(self) -> Runner:
+        assert self.runner is not None  # set in __post_init__
+        return self.runner
+
+    @property
+    def _lock(self) -> threading.RLock:
+        """The runner's lock: every forward pass on the model, the app's and any other caller's, holds it."""
+        return self._runner.lock
 
     @property
     def n_layers(self) -> int:
@@ -145,44 +166,41 @@ class Session:
     # -------------------------------------------------------------------- analyses
 
     def norms(self) -> Any:
-        """NormsReport over all prompts (core.norms.analyse_norms)."""
-        from horizon.core.norms import analyse_norms
-
-        return self._cached("norms", "norms", lambda: analyse_norms(self.model, self.token_ids, self.has_bos))
+        """NormsReport over all prompts (core.norms.analyse_norms, through the runner)."""
+        return self._cached("norms", "norms", lambda: self._runner.norms(self.token_ids, self.has_bos).result)
 
     def truncation(self) -> Any:
-        """TruncationReport over all prompts at the session's lengths (core.truncation)."""
-        from horizon.core.truncation import analyse_truncation
-
-        return self._cached(
-            "truncation", "truncation",
-            lambda: analyse_truncation(self.model, self.token_ids, lengths=self.lengths),
-        )
+        """TruncationReport over all prompts at the session's lengths (core.truncation, through the runner)."""
+        return self._cached("truncation", "truncation",
+                            lambda: self._runner.truncate(self.token_ids, self.lengths).result)
 
     def attention(self, prompt: int = 0) -> Any:
-        """AttentionReport of one prompt (core.attention.attention_distance)."""
-        from horizon.core.attention import attention_distance
+        """AttentionReport of one prompt (core.attention.attention_distance, through the runner)."""
+        return self._cached(("attention", prompt), "attention",
+                            lambda: self._runner.attention([self.token_ids[prompt]], self.has_bos).result)
 
-        return self._cached(
-            ("attention", prompt), "attention",
-            lambda: attention_distance(self.model, [self.token_ids[prompt]], self.has_bos),
-        )
+    @property
+    def can_weigh(self) -> bool:
+        return True
+
+    def weights(self) -> dict[str, Any]:
+        """The raw weights' report on the session's prompts (core.weights.weight_report, through the runner)."""
+        return self._cached("weights", "weights",
+                            lambda: self._runner.weights(self.token_ids, self.has_bos).result)
 
     def _clean(self, prompt: int) -> Any:
-        """The prompt's clean runs (core.horizon.clean_runs), shared by the scan and every patched pass."""
-        from horizon.core.horizon import clean_runs
-
+        """The prompt's clean runs (core.horizon.clean_runs), shared by the scan and every patched pass:
+        planned as a patched pass's (whole prompts, kept when the budget has room)."""
+        ids = [self.token_ids[prompt]]
         with self._lock:
             return _lru(self._clean_runs, prompt, self.clean_cache_size,
-                        lambda: clean_runs(self.model, [self.token_ids[prompt]], has_bos=self.has_bos))
+                        lambda: self._runner.clean_runs(ids, self.has_bos, self._runner.plan("patch", ids)))
 
     def _ablation_means(self, prompt: int, ablation: str) -> Any:
         """Mean ablation's means: the prompt's own clean run (core.horizon.ablation_means), else None."""
         if ablation != "mean":
             return None
-        from horizon.core.horizon import ablation_means
-
-        return self._cached(("means", prompt), "means", lambda: ablation_means(self._clean(prompt)))
+        return self._cached(("means", prompt), "means", lambda: self._runner.ablation_means(self._clean(prompt)))
 
     def scan(self, prompt: int = 0, chunk: int = 8, ablation: str = "zero") -> Any:
         """ScanResult of one prompt over every k (core.horizon.scan), run ``chunk`` ks at a time.
@@ -190,12 +208,14 @@ class Session:
         Between chunks the lock is handed to any waiting patched pass, so a slider move is not
         stuck behind the whole scan; the rows are the engine's, and so is the effective horizon.
         """
-        from horizon.core.horizon_scan import ScanResult, default_ks, effective_horizon, scan
+        from horizon.core.horizon_scan import ScanResult, default_ks, effective_horizon
 
         key = _scan_key(prompt, ablation)
         if key in self._cache:
             return self._cache[key]
         started = time.perf_counter()
+        ids = [self.token_ids[prompt]]
+        plan = self._runner.plan("scan", ids)
         ks = default_ks(self.n_layers, "layer")
         rows: list[dict[str, Any]] = []
         part = None
@@ -203,9 +223,8 @@ class Session:
             while self._waiting:  # let a patched pass in first
                 time.sleep(0.005)
             with self._lock:
-                part = scan(self.model, [self.token_ids[prompt]], ks=ks[first : first + chunk],
-                            cleans=self._clean(prompt), ablation=ablation,
-                            means=self._ablation_means(prompt, ablation))
+                part = self._runner.scan(ids, ks=ks[first : first + chunk], plan=plan, cleans=self._clean(prompt),
+                                         ablation=ablation, means=self._ablation_means(prompt, ablation)).result
             rows.extend(part.rows)
         assert part is not None
         result = ScanResult(
@@ -223,21 +242,23 @@ class Session:
         Like ``scan``, it hands the lock to waiting patched passes between chunks; the parts are
         joined by the engine (core.horizon.join_by_layer), which also gives each row's horizon.
         """
-        from horizon.core.horizon_scan import default_ks, join_by_layer, scan_by_layer
+        from horizon.core.horizon_scan import default_ks, join_by_layer
 
         key = ("by_layer", prompt, ablation)
         if key in self._cache:
             return self._cache[key]
         started = time.perf_counter()
+        ids = [self.token_ids[prompt]]
+        plan = self._runner.plan("scan", ids)
         ks = default_ks(self.n_layers, "layer")
         parts = []
         for first in range(0, len(ks), chunk):
             while self._waiting:
                 time.sleep(0.005)
             with self._lock:
-                parts.append(scan_by_layer(self.model, [self.token_ids[prompt]], ks=ks[first : first + chunk],
-                                           cleans=self._clean(prompt), ablation=ablation,
-                                           means=self._ablation_means(prompt, ablation)))
+                parts.append(self._runner.by_layer(ids, ks=ks[first : first + chunk], plan=plan,
+                                                   cleans=self._clean(prompt), ablation=ablation,
+                                                   means=self._ablation_means(prompt, ablation)).result)
         result = join_by_layer(parts)
         with self._lock:
             self._cache[key] = result
@@ -256,17 +277,18 @@ class Session:
                 self._waiting -= 1
 
     def _patch_locked(self, settings: PatchSettings, prompt: int, key: Any) -> Any:
-        from horizon.core.horizon import HorizonConfig, patch
+        from horizon.core.horizon import HorizonConfig
 
         config = HorizonConfig.from_layers(
             settings.k, source=settings.source, keep_embed=settings.keep_embed, final=settings.final,
             start_layer=settings.start_layer if settings.only_layer is None else 0,
             ablation=settings.ablation, only_layer=settings.only_layer,
         )
+        ids = [self.token_ids[prompt]]
         with self._lock:
             return _lru(self._patches, key, self.patch_cache_size, lambda: self._timed(
-                "patch", lambda: patch(self.model, [self.token_ids[prompt]], config, cleans=self._clean(prompt),
-                                       means=self._ablation_means(prompt, settings.ablation))
+                "patch", lambda: self._runner.patch(ids, config, has_bos=self.has_bos, cleans=self._clean(prompt),
+                                                    means=self._ablation_means(prompt, settings.ablation)).result
             ))
 
     def cached_patch(self, settings: PatchSettings, prompt: int = 0) -> Any | None:

@@ -33,6 +33,7 @@ from horizon.core.errors import HorizonError
 from horizon.core.plan import Eta, predicted_shard_work
 from horizon.core.pools import LocalPool, RayPool
 from horizon.core.rebuild import missing_tables, rebuild_manifest
+from horizon.core.runner import Runner
 from horizon.core.sweep_settings import ShardSpec, SweepSettings, package_versions, plan_shards
 from horizon.core.views import VIEWS_FILE, corpus_views, write_views
 from horizon.core.worker import WorkerConfig
@@ -388,7 +389,7 @@ def _todo(manifest: dict[str, Any], shard_spec: ShardSpec, analyses: list[str]) 
 def run_sweep(
     corpus: Corpus,
     out: str | Path,
-    model: str | LoadedModel,
+    model: str | LoadedModel | Runner,
     settings: SweepSettings,
     device: str = "auto",
     dtype: str = "float32",
@@ -412,7 +413,9 @@ def run_sweep(
     known; ``progress(prompts, tokens)`` after each shard. ``batch_size`` (prompts per pass;
     None: the largest that fits) and ``max_memory`` (bytes; None: a safe share of what is free)
     change how the work is batched, not its numbers: they are recorded in the run's entry of the
-    manifest, not in the settings, so a sweep resumes under other values. ``on_eta(seconds)``
+    manifest, not in the settings, so a sweep resumes under other values. ``model``: a spec, a
+    loaded model, or a ``Runner`` (core/runner.py) whose lock the worker's passes then share with the
+    model's other callers (the Python API's). ``on_eta(seconds)``
     gets the estimated seconds left after each shard (core/plan.py's cost model, rescaled by the
     shards done; None before the first).
     """
@@ -427,7 +430,8 @@ def run_sweep(
     loaded = None if isinstance(model, str) else model  # an already loaded model (local backend only)
     if loaded is not None and backend != "local":
         raise ValueError("a loaded model can only be used with the local backend")
-    config = WorkerConfig(model=model if isinstance(model, str) else model.spec, device=device, dtype=dtype,
+    spec = model if isinstance(model, str) else model.model.spec if isinstance(model, Runner) else model.spec
+    config = WorkerConfig(model=spec, device=device, dtype=dtype,
                           texts=corpus.texts, settings=settings, load_kwargs=dict(load_kwargs or {}),
                           batch_size=batch_size, max_memory=max_memory)
     started_clock = time.perf_counter()
@@ -464,7 +468,8 @@ def _check_out(root: Path, out: str | Path) -> None:
         raise HorizonError(f"cannot write {root}: {existing} is not writable (permission denied)")
 
 
-def _run(corpus: Corpus, root: Path, config: WorkerConfig, loaded: LoadedModel | None, settings: SweepSettings,
+def _run(corpus: Corpus, root: Path, config: WorkerConfig, loaded: LoadedModel | Runner | None,
+         settings: SweepSettings,
          shard: ShardSpec, resume: bool, force: bool, backend: str, workers: int, ray_address: str | None,
          max_prompts: int | None, progress: Callable[[int, int], None] | None,
          on_plan: Callable[[int, int, int], None] | None, on_eta: Callable[[float | None], None] | None,

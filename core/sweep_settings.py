@@ -16,7 +16,7 @@ from horizon.core import analyses as registry
 from horizon.core import options
 from horizon.core.corpus import check_max_tokens
 from horizon.core.errors import HorizonError
-from horizon.core.session import DEFAULT_LENGTHS
+from horizon.core.options import DEFAULT_LENGTHS
 
 DEFAULT_SHARD_SIZE = 8
 PACKAGES = ("horizon-inspector", "torch", "transformer-lens", "transformers", "pyarrow", "numpy", "ray")

@@ -28,8 +28,8 @@ from horizon.core.capture import run_capture
 from horizon.core.categories import token_category
 from horizon.core.errors import HorizonError
 from horizon.core.loader import LoadedModel
+from horizon.core.options import DEFAULT_LENGTHS
 from horizon.core.prompts import TokenBatch, batches, decode_tokens
-from horizon.core.session import DEFAULT_LENGTHS  # the truncation lengths, defined once there
 
 # Full prompts per forward when the full-context residuals are taken, at most; fewer when the
 # prompts are long, so one batch's residuals [L+1, batch, pos, d_model] stay under FULL_BATCH_BYTES.

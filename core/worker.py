@@ -20,6 +20,7 @@ from horizon.core.sweep_settings import SweepSettings
 if TYPE_CHECKING:
     from horizon.core.budget import Budget, ModelDims, Plan
     from horizon.core.loader import LoadedModel
+    from horizon.core.runner import Runner
 
 Result = TypeVar("Result")
 
@@ -54,15 +55,22 @@ class WorkerConfig:
 class SweepWorker:
     """One loaded model that turns shards into tables. Used in-process, or as a Ray actor."""
 
-    def __init__(self, config: WorkerConfig, loaded: LoadedModel | None = None) -> None:
+    def __init__(self, config: WorkerConfig, loaded: LoadedModel | Runner | None = None) -> None:
         from horizon.core.corpus import Corpus, tokenize_corpus
         from horizon.core.loader import load_model
+        from horizon.core.runner import Runner
 
         self.config = config
         self.settings = config.settings
-        self.model = loaded if loaded is not None else load_model(
+        given = loaded.model if isinstance(loaded, Runner) else loaded
+        self.model = given if given is not None else load_model(
             config.model, device=config.device, dtype=config.dtype, **config.load_kwargs
         )
+        # Every forward pass of the worker holds its runner's lock: a runner given with the model (the
+        # Python API's) is shared with that model's other callers. The worker plans its own batches
+        # (``plan``: the runner's budget plus the CPU caps below).
+        self.runner = loaded if isinstance(loaded, Runner) else Runner(self.model, config.max_memory,
+                                                                       config.batch_size)
         corpus = Corpus(name="", texts=config.texts, kinds=[""] * len(config.texts))
         self.token_ids = tokenize_corpus(self.model, corpus, self.settings.max_tokens, self.settings.bos,
                                          self.settings.bos_token)
@@ -164,7 +172,8 @@ class SweepWorker:
         """The corpus-wide mean residual [L+1, d_model] for truncation's centring."""
         from horizon.core.truncation import mean_residual
 
-        return mean_residual(self.model, self.token_ids, self.settings.bos).float().cpu().numpy()
+        with self.runner.lock:
+            return mean_residual(self.model, self.token_ids, self.settings.bos).float().cpu().numpy()
 
     def set_mu(self, mu: np.ndarray) -> None:
         import torch
@@ -175,7 +184,8 @@ class SweepWorker:
         """Mean ablation's corpus-wide means of every sublayer output [2L+1, d_model] (float64)."""
         from horizon.core.horizon import corpus_ablation_means
 
-        return corpus_ablation_means(self.model, self.token_ids, self.settings.bos).mean.cpu().numpy()
+        with self.runner.lock:
+            return corpus_ablation_means(self.model, self.token_ids, self.settings.bos).mean.cpu().numpy()
 
     def set_ablation_means(self, means: np.ndarray) -> None:
         import torch
@@ -196,7 +206,7 @@ class SweepWorker:
             "prompts": prompts_table(indices, [self.config.texts[index] for index in indices], token_ids),
             "tokens": tokens_table(indices, token_ids, tokens),
         }
-        with torch.inference_mode():
+        with self.runner.lock, torch.inference_mode():
             for name in analyses:
                 analysis = registry.REGISTRY[name]
                 tables[analysis.table] = analysis.rows(self, indices, token_ids, tokens)

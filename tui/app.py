@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from horizon.core.errors import HorizonError
+from horizon.core.options import DEFAULT_LENGTHS
 from horizon.core.results_session import ComparedResults
-from horizon.core.session import DEFAULT_LENGTHS, PatchSettings, Source
+from horizon.core.session import PatchSettings, Source
 from horizon.core.untrusted import visible
 from horizon.tui.hangup import HangupGuard
 from horizon.tui.keys import bindings, palette

@@ -256,6 +256,12 @@ def rows(worker: Any, indices: list[int], token_ids: list[list[int]], tokens: li
     plan = worker.plan("norms", token_ids)
     report = analyse_norms(worker.model, token_ids, worker.settings.bos, batch_size=plan.batch_size,
                            position_chunk=plan.position_chunk)
+    return report_table(report, indices, token_ids, tokens)
+
+
+def report_table(report: NormsReport, indices: list[int], token_ids: list[list[int]],
+                 tokens: list[list[str]]) -> pa.Table:
+    """A NormsReport as the table's long rows: one per prompt (numbered by ``indices``), site, layer and position."""
     columns: dict[str, list[np.ndarray]] = {key: [] for key in ("prompt", "position", "layer", "norm", "std")}
     sites: list[np.ndarray] = []
     token_text: list[np.ndarray] = []

@@ -109,6 +109,11 @@ def rows(worker: Any, indices: list[int], token_ids: list[list[int]], tokens: li
     # batches; each prompt's metrics are its own rows' sums, so the rows equal one scan per prompt.
     # With by_layer, the layer x k matrix adds rows with only_layer = N (-1 marks the scan's rows).
     results = worker.per_prompt("scan", token_ids, lambda ids, plan: scan_batches(worker, ids, plan))
+    return result_table(indices, results)
+
+
+def result_table(indices: list[int], results: Sequence[tuple[ScanResult, ByLayerResult | None]]) -> pa.Table:
+    """Per-prompt scans (and their layer x k matrices) as the table's long rows, prompts numbered by ``indices``."""
     records: list[dict[str, Any]] = []
     for prompt, (result, matrix) in zip(indices, results, strict=True):
         for row in result.rows:

@@ -167,6 +167,11 @@ def rows(worker: Any, indices: list[int], token_ids: list[list[int]], tokens: li
     report = analyse_truncation(worker.model, token_ids, lengths=worker.settings.lengths, mu=worker.mu,
                                 n_outliers=0, full_batch_size=plan.batch_size,
                                 batch_size=plan.tiling.get("windows", 32))
+    return report_table(report, indices)
+
+
+def report_table(report: TruncationReport, indices: list[int]) -> pa.Table:
+    """A TruncationReport as the table's long rows: one per record and layer (prompts numbered by ``indices``)."""
     n_records, n_rows = report.cos.shape
     prompt_map = np.asarray(indices)
     return pa.table({

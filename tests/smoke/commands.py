@@ -156,6 +156,30 @@ def check_sweep_commands(work: Path) -> None:
     assert all(path.stat().st_size > 1000 for path in figures.glob("*.svg"))
 
 
+def check_python_api() -> None:
+    """`import horizon` from outside the checkout: cheap (no torch), then the issue's example on the tiny
+    model, its table, and its JSON equal to the CLI's for the same prompt."""
+    cheap = run("-c", "import sys, horizon; horizon.load; assert 'torch' not in sys.modules; print('cheap')",
+                command=(sys.executable,))
+    assert cheap.stdout.strip() == "cheap", cheap.stdout
+    started = time.perf_counter()
+    import horizon
+
+    m = horizon.load("tiny-llama", device="cpu")
+    table = m.scan("some text").to_pandas()
+    assert len(table) == m.n_layers + 1 and {"k", "delta_loss", "kl", "top1"} <= set(table.columns), table.columns
+    ours = m.attention(PROMPT).to_json()
+    cli = run_json("attention", *MODEL, "--prompt", PROMPT, keys=("mean_distance",))
+    assert ours["mean_distance"] == cli["mean_distance"] and ours["token_ids"] == cli["token_ids"]
+    try:
+        m.scan("some text", ks=[0])
+    except horizon.HorizonError as error:
+        assert str(error) == "--ks values must be >= 1, got '0'", error
+    else:
+        raise AssertionError("a bad ks raised nothing")
+    TIMINGS.append(("python api", time.perf_counter() - started))
+
+
 async def check_app() -> None:
     """`horizon inspect`'s app under a Textual pilot: it loads the model in a worker, and keys switch
     screens, change the metric and layer, open the help, and quit."""
@@ -202,6 +226,7 @@ def main() -> int:
     check_version()
     check_single_prompt_commands()
     check_sweep_commands(work)
+    check_python_api()
     app_started = time.perf_counter()
     asyncio.run(check_app())
     TIMINGS.append(("app (pilot)", time.perf_counter() - app_started))

@@ -7,8 +7,9 @@ from typing import Annotated
 import numpy as np
 import typer
 from horizon.core import options
-from horizon.core.attention import BUCKETS, AttentionReport, attention_distance
+from horizon.core.attention import BUCKETS, AttentionReport
 from horizon.core.loader import DEFAULT_MODEL
+from horizon.core.payloads import report_payload
 from horizon.core.untrusted import markup_safe
 from horizon.tui.cli.app import app
 from horizon.tui.cli.common import (
@@ -27,10 +28,10 @@ from horizon.tui.cli.common import (
     check_memory_options,
     console,
     emit,
-    memory_plan,
     number,
     prepare_inputs,
     progress_bar,
+    runner_for,
 )
 from rich.table import Table
 from rich.text import Text
@@ -97,10 +98,9 @@ def attention(
     memory, requested_batch = check_memory_options(max_memory, batch_size)
     options.check_count(top, "--top")
     inputs = prepare_inputs(model, device, dtype, prompt, file, bos, bos_token, truncate_to, quiet=as_json)
-    plan = memory_plan("attention", inputs, memory, requested_batch)
+    runner = runner_for(inputs, memory, requested_batch)
+    plan = runner.plan("attention", inputs.token_ids)
     with progress_bar("attention", len(inputs.token_ids), quiet=as_json) as advance:
-        report = attention_distance(inputs.model, inputs.token_ids, inputs.has_bos, batch_size=plan.batch_size,
-                                    progress=advance)
-    payload = {"model": inputs.model.spec, "token_ids": inputs.token_ids, **report.to_json(),
-               "memory": plan.to_json()}
+        report = runner.attention(inputs.token_ids, inputs.has_bos, plan=plan, progress=advance).result
+    payload = report_payload(inputs.model, inputs.token_ids, report, plan)
     emit(as_json, payload, lambda: render_attention(report, top), device=inputs.model.device)

@@ -8,12 +8,11 @@ Commands declare the shared options with the Annotated aliases below, then call
 from __future__ import annotations
 
 import json
-import math
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -21,8 +20,12 @@ import typer
 # `horizon --help` and the inspector's first paint never wait for torch.
 from horizon.core.loader import DEFAULT_MODEL, LoadedModel, load_model
 from horizon.core.options import check_truncate_to, parse_int_list  # noqa: F401  (parse_int_list: shared)
+from horizon.core.payloads import json_payload, jsonable  # noqa: F401  (jsonable: shared)
 from horizon.tui.format import number  # noqa: F401  (the one number formatter, shared with the app)
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from horizon.core.runner import Runner
 
 # A short, real sentence: the default when a command gets neither --prompt nor --file.
 DEFAULT_PROMPT = (
@@ -90,7 +93,8 @@ MaxTokensOpt = Annotated[
 ]
 TruncateToOpt = MaxTokensOpt  # the name the commands declare it under
 # The memory budget and the batch size it chooses (core/budget.py); every analysis command and the
-# sweep declare these two, then call ``memory_plan`` once the prompts are tokenised.
+# sweep declare these two, checked by ``check_memory_options``; a command's ``runner_for`` (core/runner.py) plans
+# every pass under them once the prompts are tokenised.
 MaxMemoryOpt = Annotated[
     str,
     typer.Option(
@@ -157,26 +161,11 @@ def check_memory_options(max_memory: str, batch_size: str) -> tuple[int | None, 
     return check_max_memory(max_memory), check_batch_size_text(batch_size)
 
 
-def memory_plan(analysis: str, inputs: Inputs, max_memory: int | None, batch_size: int | None) -> Any:
-    """The run's core/budget.py Plan (batch size, tiles, budget); refuses, before any forward, what cannot fit."""
-    from horizon.core.budget import ModelDims, make_budget, plan
+def runner_for(inputs: Inputs, max_memory: int | None, batch_size: int | None) -> Runner:
+    """The core/runner.py Runner of a command: its model under --max-memory and --batch-size."""
+    from horizon.core.runner import Runner
 
-    dims = ModelDims.of(inputs.model)
-    budget = make_budget(max_memory, dims, inputs.model.device)
-    return plan(analysis, dims, [len(ids) for ids in inputs.token_ids], budget, requested=batch_size)
-
-
-def jsonable(value: Any) -> Any:
-    """Tensors, numpy values and NaNs to plain JSON (NaN/inf become null)."""
-    if hasattr(value, "tolist"):
-        value = value.tolist()
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(key): jsonable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(item) for item in value]
-    return value
+    return Runner(inputs.model, max_memory, batch_size)
 
 
 def emit(as_json: bool, payload: dict[str, Any], render: Callable[[], None], device: Any = None) -> None:
@@ -187,13 +176,8 @@ def emit(as_json: bool, payload: dict[str, Any], render: Callable[[], None], dev
     ran a model, its ``device``.
     """
     if as_json:
-        from horizon.core.sweep_settings import package_versions
-
-        payload = {**payload, "versions": package_versions()}
-        if device is not None:
-            payload.setdefault("device", str(device))
         # json.dumps escapes every control character but DEL; text from outside gets no raw one through.
-        sys.stdout.write(json.dumps(jsonable(payload)).replace("\x7f", "\\u007f") + "\n")
+        sys.stdout.write(json.dumps(json_payload(payload, device)).replace("\x7f", "\\u007f") + "\n")
     else:
         render()
 

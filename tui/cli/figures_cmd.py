@@ -30,13 +30,12 @@ from horizon.tui.cli.compare_cmd import FormatOpt, XOpt, build_figures, figures_
 def _live_input(model: str, device: str, dtype: str, prompt: str | None, file: str | None, bos: bool,
                 bos_token: str | None, truncate_to: int | None) -> Any:
     from horizon.core.compare import live_figure_input
-    from horizon.core.norms import analyse_norms
-    from horizon.core.weights import weight_report
-    from horizon.tui.cli.common import prepare_inputs
+    from horizon.tui.cli.common import prepare_inputs, runner_for
 
     inputs = prepare_inputs(model, device, dtype, prompt, file, bos, bos_token, truncate_to)
-    report = analyse_norms(inputs.model, inputs.token_ids, inputs.has_bos)
-    weights = weight_report(inputs.model, "raw", inputs.token_ids, has_bos=inputs.has_bos)
+    runner = runner_for(inputs, None, None)  # the automatic memory budget, as every command's default
+    report = runner.norms(inputs.token_ids, inputs.has_bos).result
+    weights = runner.weights(inputs.token_ids, inputs.has_bos).result
     return live_figure_input(inputs.model.spec, report, inputs.tokens(), weights)
 
 

@@ -7,19 +7,10 @@ from typing import Annotated, Any
 import typer
 from horizon.core import options
 from horizon.core.errors import HorizonError
-from horizon.core.horizon import (
-    DEFAULT_TOL,
-    FINALS,
-    SOURCES,
-    UNITS,
-    HorizonConfig,
-    PatchResult,
-    clean_runs,
-    horizon_sublayers,
-    patch,
-)
-from horizon.core.horizon_scan import ByLayerResult, ScanResult, default_ks, scan, scan_by_layer
+from horizon.core.horizon import DEFAULT_TOL, HorizonConfig, PatchResult, horizon_sublayers
+from horizon.core.horizon_scan import ByLayerResult, ScanResult, default_ks
 from horizon.core.loader import DEFAULT_MODEL
+from horizon.core.payloads import patch_payload, scan_payload
 from horizon.core.untrusted import markup_safe
 from horizon.tui.cli.app import app
 from horizon.tui.cli.common import (
@@ -38,11 +29,11 @@ from horizon.tui.cli.common import (
     check_memory_options,
     console,
     emit,
-    memory_plan,
     number,
     parse_int_list,
     prepare_inputs,
     progress_bar,
+    runner_for,
 )
 from rich.table import Table
 from rich.text import Text
@@ -77,12 +68,6 @@ StartLayersOpt = Annotated[
 TolOpt = Annotated[float, typer.Option("--tol", help="Effective horizon: smallest k with loss increase <= tol (nats).")]
 
 
-def _check_choices(unit: str, source: str, final: str) -> None:
-    for value, choices, option in ((unit, UNITS, "--unit"), (source, SOURCES, "--source"), (final, FINALS, "--final")):
-        if value not in choices:
-            raise HorizonError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
-
-
 def _bar(value: float, scale: float) -> Text:
     """A bar proportional to a loss increase (negative increases get an empty bar)."""
     filled = 0 if scale <= 0 else round(BAR_WIDTH * max(0.0, min(value, scale)) / scale)
@@ -113,7 +98,7 @@ def patch_command(
     as_json: JsonOpt = False,
 ) -> None:
     """One forward pass with an enforced horizon: loss, its increase, KL and top-1 agreement vs the clean run."""
-    _check_choices(unit, source, final)
+    options.check_horizon_choices(unit, source, final)
     options.check_ablation(ablation)
     options.check_only_layer(only_layer, start_layer_given=start_layer is not None)
     start = start_layer or 0
@@ -126,31 +111,10 @@ def patch_command(
     layer = options.check_only_layer(only_layer, inputs.model.n_layers)
     config = HorizonConfig.from_unit(k, unit, source=source, keep_embed=keep_embed, final=final, start_layer=start,
                                      ablation=ablation, only_layer=layer)
-    plan = memory_plan("patch", inputs, memory, requested_batch)
-    cleans = clean_runs(inputs.model, inputs.token_ids, plan.batch_size, has_bos=bos, keep_bytes=plan.keep_clean_bytes)
-    result = patch(inputs.model, inputs.token_ids, config, batch_size=plan.batch_size, cleans=cleans, has_bos=bos)
-    payload = {
-        "model": inputs.model.spec,
-        "token_ids": inputs.token_ids,
-        "k": k,
-        "unit": unit,
-        "K": config.horizon_sublayers,
-        "source": source,
-        "keep_embed": keep_embed,
-        "final": final,
-        "start_layer": start,
-        "ablation": ablation,
-        "only_layer": layer,
-        "loss_clean": result.loss_clean,
-        "loss_patched": result.loss_patched,
-        "delta_loss": result.delta_loss,
-        "kl": result.kl,
-        "top1_agreement": result.top1_agreement,
-        "n_tokens": result.n_tokens,
-        "n_prompts": len(inputs.token_ids),
-        "per_token": result.per_token,
-        "memory": plan.to_json(),
-    }
+    runner = runner_for(inputs, memory, requested_batch)
+    plan = runner.plan("patch", inputs.token_ids)
+    result = runner.patch(inputs.token_ids, config, has_bos=bos, plan=plan).result
+    payload = patch_payload(inputs.model, inputs.token_ids, k, unit, result, plan)
     emit(as_json, payload, lambda: _render_patch(inputs, result, k, unit), device=inputs.model.device)
 
 
@@ -217,7 +181,7 @@ def scan_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Loss increase, KL and top-1 for every enforced horizon k, and the effective layer horizon at --tol."""
-    _check_choices(unit, source, final)
+    options.check_horizon_choices(unit, source, final)
     options.check_ablation(ablation)
     if by_layer and start_layers is not None:
         raise HorizonError("--by-layer and --start-layers are exclusive: the matrix enforces the horizon at one "
@@ -232,38 +196,20 @@ def scan_command(
     options.check_start_layers(layer_list, n_layers)
     n_ks = len(dict.fromkeys(k_list or default_ks(n_layers, unit)))
     n_rows = n_ks * len(dict.fromkeys(layer_list)) + (n_ks * (n_layers + 1) if by_layer else 0)
-    plan = memory_plan("scan", inputs, memory, requested_batch)
+    runner = runner_for(inputs, memory, requested_batch)
+    plan = runner.plan("scan", inputs.token_ids)
     # One set of clean runs for the curve and the matrix (and the prompts' own means for --ablation mean),
     # kept when the budget has room for them all, else made batch by batch as each pass needs them (and
     # position chunk by position chunk when even one prompt's whole run would not fit).
-    cleans = clean_runs(inputs.model, inputs.token_ids, plan.batch_size, has_bos=bos, keep_bytes=plan.keep_clean_bytes,
-                        position_chunk=plan.position_chunk)
-    common = {"ks": k_list, "tol": tol, "source": source, "keep_embed": keep_embed, "final": final, "unit": unit,
-              "ablation": ablation, "batch_size": plan.batch_size, "max_pass_bytes": plan.pass_bytes,
-              "cleans": cleans}
+    cleans = runner.clean_runs(inputs.token_ids, has_bos=bos, plan=plan)
+    settings = {"unit": unit, "source": source, "keep_embed": keep_embed, "final": final, "ablation": ablation}
+    common = {"ks": k_list, "tol": tol, **settings, "plan": plan, "cleans": cleans}
     matrix: ByLayerResult | None = None
     with progress_bar("scan", n_rows, quiet=as_json) as advance:
-        result = scan(inputs.model, inputs.token_ids, start_layers=layer_list, progress=advance, **common)
+        result = runner.scan(inputs.token_ids, start_layers=layer_list, progress=advance, **common).result
         if by_layer:
-            matrix = scan_by_layer(inputs.model, inputs.token_ids, progress=advance, **common)
-    payload = {
-        "model": inputs.model.spec,
-        "token_ids": inputs.token_ids,
-        "loss_clean": result.loss_clean,
-        "rows": result.rows,
-        "effective_horizon": result.effective_horizon,
-        "tol": result.tol,
-        "unit": unit,
-        "source": source,
-        "keep_embed": keep_embed,
-        "final": final,
-        "ablation": ablation,
-        "n_tokens": result.n_tokens,
-        "n_prompts": len(inputs.token_ids),
-        "memory": plan.to_json(),
-    }
-    if matrix is not None:
-        payload["by_layer"] = matrix.payload()
+            matrix = runner.by_layer(inputs.token_ids, progress=advance, **common).result
+    payload = scan_payload(inputs.model, inputs.token_ids, result, settings, plan, matrix)
 
     def render() -> None:
         _render_scan(inputs, result, source, keep_embed, final, ablation)

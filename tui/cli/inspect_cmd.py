@@ -11,14 +11,17 @@ from horizon.core.untrusted import visible
 from horizon.tui.cli.app import app
 from horizon.tui.cli.common import (
     DEFAULT_PROMPT,
+    BatchSizeOpt,
     BosOpt,
     BosTokenOpt,
     DeviceOpt,
     DtypeOpt,
     FileOpt,
+    MaxMemoryOpt,
     PromptOpt,
     TruncateToOpt,
     UnverifiedOpt,
+    check_memory_options,
 )
 
 if TYPE_CHECKING:
@@ -29,19 +32,21 @@ if TYPE_CHECKING:
 
 def session_loader(
     model: str, device: str, dtype: str, prompts: list[str], bos: bool, bos_token: str | None,
-    truncate_to: int | None,
+    truncate_to: int | None, max_memory: int | None = None, batch_size: int | None = None,
 ):
-    """A callable the app runs in a worker: load the model, tokenise, build the session."""
+    """A callable the app runs in a worker: load the model, tokenise, build the session (its runner
+    plans every pass under --max-memory and --batch-size, as the analysis commands do)."""
 
     def load() -> Session:
         # Imported here, in the app's worker: torch loads while the first screen is already up.
         from horizon.core.loader import load_model
         from horizon.core.prompts import tokenize
+        from horizon.core.runner import Runner
         from horizon.core.session import Session
 
         loaded = load_model(model, device=device, dtype=dtype)
         token_ids = tokenize(loaded, prompts, bos=bos, bos_token=bos_token, truncate_to=truncate_to)
-        return Session(loaded, prompts, token_ids, has_bos=bos)
+        return Session(loaded, prompts, token_ids, has_bos=bos, runner=Runner(loaded, max_memory, batch_size))
 
     return load
 
@@ -58,15 +63,18 @@ ResultsOpt = Annotated[
 ]
 
 
-def results_loader(directory: str, model: str | None, device: str, dtype: str):
+def results_loader(directory: str, model: str | None, device: str, dtype: str, max_memory: int | None = None,
+                   batch_size: int | None = None):
     """The results-mode loader: open the store, and the model too when one is given."""
 
     def load() -> ResultsSession:
         from horizon.core.loader import load_model
         from horizon.core.results_session import ResultsSession
+        from horizon.core.runner import Runner
 
         live = load_model(model, device=device, dtype=dtype) if model is not None else None
-        return ResultsSession(directory, live_model=live)
+        runner = Runner(live, max_memory, batch_size) if live is not None else None
+        return ResultsSession(directory, live_model=live, runner=runner)
 
     return load
 
@@ -90,6 +98,8 @@ def inspect(
     bos: BosOpt = True,
     bos_token: BosTokenOpt = None,
     truncate_to: TruncateToOpt = None,
+    max_memory: MaxMemoryOpt = "auto",
+    batch_size: BatchSizeOpt = "auto",
     unverified: UnverifiedOpt = False,  # applied by its callback (HORIZON_UNVERIFIED)
 ) -> None:
     """Open the inspector: tokens, norms, horizon, outliers and attention, computed live.
@@ -104,19 +114,20 @@ def inspect(
 
     if dtype not in ("float32", "bfloat16", "float16"):
         raise HorizonError(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    memory, requested_batch = check_memory_options(max_memory, batch_size)
     if results:
         if prompt is not None or file is not None:
             raise HorizonError("--results shows the sweep's own prompts; drop --prompt/--file")
         for directory in results:
             check_results_directory(directory)
         first = results[0]  # its panes as with one directory; all of them on the Compare screen
-        _run(HorizonApp(load=results_loader(first, model, device, dtype), loading_label=first,
+        _run(HorizonApp(load=results_loader(first, model, device, dtype, memory, requested_batch), loading_label=first,
                         compare=list(results) if len(results) > 1 else None))
         return
     model = model or DEFAULT_MODEL
     prompts = gather_prompts(prompt, file, DEFAULT_PROMPT)
     check_truncate_to(truncate_to)
-    loader = session_loader(model, device, dtype, prompts, bos, bos_token, truncate_to)
+    loader = session_loader(model, device, dtype, prompts, bos, bos_token, truncate_to, memory, requested_batch)
     _run(HorizonApp(load=loader, loading_label=model))
 
 

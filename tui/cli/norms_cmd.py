@@ -10,9 +10,10 @@ import numpy as np
 import typer
 from horizon.core import options
 from horizon.core.errors import HorizonError
-from horizon.core.norms import NORM_SITES, QUANTILES, NormsReport, analyse_norms
+from horizon.core.norms import NORM_SITES, QUANTILES, NormsReport
+from horizon.core.payloads import norms_payload
 from horizon.core.untrusted import markup_safe, visible
-from horizon.core.weights import check_processing, weight_report, with_processing
+from horizon.core.weights import check_processing
 from horizon.tui.cli.app import app
 from horizon.tui.cli.common import (
     BatchSizeOpt,
@@ -31,9 +32,9 @@ from horizon.tui.cli.common import (
     check_memory_options,
     console,
     emit,
-    memory_plan,
     prepare_inputs,
     progress_bar,
+    runner_for,
 )
 from horizon.tui.format import grouped
 from horizon.tui.format import sparkline as block_sparkline
@@ -52,22 +53,6 @@ ShowPromptOpt = Annotated[int, typer.Option("--show-prompt", help="Prompt (from 
 
 BAR_WIDTH = 16
 HEAT_COLUMN_WIDTH = 6
-
-
-def parse_fit(text: str | None) -> tuple[int, int] | None:
-    """'12:29' -> (12, 29), an inclusive layer window; checked against L after loading."""
-    if text is None:
-        return None
-    parts = text.split(":")
-    if len(parts) != 2:
-        raise HorizonError(f"--fit takes A:B (two layer indices), got {text!r}")
-    try:
-        start, stop = int(parts[0]), int(parts[1])
-    except ValueError:
-        raise HorizonError(f"--fit takes integer layers A:B, got {text!r}") from None
-    if start < 0 or stop <= start:
-        raise HorizonError(f"--fit {text} is not a window: it needs 0 <= A < B")
-    return start, stop
 
 
 @app.command("norms")
@@ -92,40 +77,25 @@ def norms(
 ) -> None:
     """Residual-stream norms per layer and site, their growth rate, the BOS curve; --weights for weight norms."""
     # Every flag is checked before the model loads.
-    fit_window = parse_fit(fit)
+    fit_window = options.parse_fit(fit)
     check_processing(processing)
     memory, requested_batch = check_memory_options(max_memory, batch_size)
     options.check_at_least(show_prompt, "--show-prompt", 1)
     inputs = prepare_inputs(model, device, dtype, prompt, file, bos, bos_token, truncate_to, quiet=as_json)
-    plan = memory_plan("norms", inputs, memory, requested_batch)
+    runner = runner_for(inputs, memory, requested_batch)
+    plan = runner.plan("norms", inputs.token_ids)
     if show_prompt > len(inputs.token_ids):
         raise HorizonError(f"--show-prompt {show_prompt}: there are only {len(inputs.token_ids)} prompts")
-    if fit_window is not None and fit_window[1] > inputs.model.n_layers:
-        raise HorizonError(
-            f"--fit {fit} is out of range: layers run 0..{inputs.model.n_layers - 1}, "
-            f"and {inputs.model.n_layers} is the final residual"
-        )
+    options.check_fit(fit, fit_window, inputs.model.n_layers)
     # tl processing applies to the whole run, as in the seeds (their norms are of processed models).
-    subject = with_processing(inputs.model, processing)
     with progress_bar("norms", len(inputs.token_ids), quiet=as_json) as advance:
-        report = analyse_norms(subject, inputs.token_ids, inputs.has_bos, include_bos=include_bos, fit=fit_window,
-                               batch_size=plan.batch_size, progress=advance,
-                               position_chunk=plan.position_chunk)
+        report = runner.norms(inputs.token_ids, inputs.has_bos, include_bos=include_bos, fit=fit_window,
+                              processing=processing, plan=plan, progress=advance).result
     weight_section = None
     if weights:
-        weight_section = weight_report(subject, processing, inputs.token_ids, has_bos=inputs.has_bos,
-                                       batch_size=plan.batch_size)
+        weight_section = runner.weights(inputs.token_ids, inputs.has_bos, processing, plan=plan).result
     tokens = inputs.tokens()
-    payload: dict[str, Any] = {
-        "model": inputs.model.spec,
-        "processing": processing,
-        "token_ids": inputs.token_ids,
-        "tokens": tokens,
-        **report.to_json(),
-        "memory": plan.to_json(),
-    }
-    if weight_section is not None:
-        payload["weights"] = weight_section
+    payload = norms_payload(inputs.model, processing, inputs.token_ids, tokens, report, plan, weight_section)
 
     def render() -> None:
         render_norms(inputs, report, tokens, processing, show_prompt - 1)

@@ -19,7 +19,7 @@ import typer
 from horizon.core import analyses as registry
 from horizon.core import options, store
 from horizon.core.errors import HorizonError
-from horizon.core.session import DEFAULT_LENGTHS
+from horizon.core.options import DEFAULT_LENGTHS
 from horizon.core.untrusted import markup_safe, visible
 from horizon.tui.cli.app import app
 from horizon.tui.cli.common import JsonOpt, console, emit, err_console, parse_int_list, warn

@@ -150,6 +150,7 @@ def sweep(
     every run (their Ray worker died each time): the rest is written, and --resume runs them again.
     """
     from horizon.core.corpus import load_corpus
+    from horizon.core.payloads import sweep_payload
     from horizon.core.sweep import ShardSpec, SweepSettings, run_sweep
 
     # Every flag is checked before the (slow) model load.
@@ -208,22 +209,7 @@ def sweep(
             max_memory=memory,
             on_eta=on_eta,
         )
-    payload = {
-        "out": summary.out,
-        "complete": summary.complete,
-        "analyses": summary.analyses,
-        "shards_total": summary.shards_total,
-        "shards_done": summary.shards_done,
-        "shards_done_before": summary.shards_done_before,
-        "shards_run": summary.shards_run,
-        "prompts_run": summary.prompts_run,
-        "tokens_run": summary.tokens_run,
-        "seconds": round(summary.seconds, 3),
-        "work_seconds": round(summary.work_seconds, 3),
-        "tokens_per_s": round(summary.tokens_per_s, 1),
-        "notes": summary.notes,
-        "failed_shards": summary.failed_shards,
-    }
+    payload = sweep_payload(summary)
 
     def render() -> None:
         state = "[green]complete[/]" if summary.complete else "[yellow]incomplete[/]"
@@ -412,25 +398,14 @@ def report(
     as_json: JsonOpt = False,
 ) -> None:
     """The corpus-wide view of every analysis in a results directory (no model is loaded)."""
+    from horizon.core.payloads import results_payload
     from horizon.core.views import corpus_views, load_views
     from horizon.tui.cli.report_render import render_report
 
     results = store.open_results(directory)
     views = sanitize(load_views(results))
     manifest = sanitize(results.manifest or {})
-    payload = {
-        "results": str(results.path),
-        "problems": results.problems,
-        "model": manifest.get("model"),
-        "corpus": {key: value for key, value in manifest.get("corpus", {}).items() if key != "kinds"} or None,
-        "bos": manifest.get("bos"),
-        "dtype": manifest.get("dtype"),
-        "settings": manifest.get("analyses"),
-        "shards": {"total": len(results.shards), "done": results.n_done()},
-        "created": manifest.get("created"),
-        "finished": manifest.get("finished"),
-        **{name: views.get(name) for name in registry.REGISTRY},
-    }
+    payload = results_payload(results, views, manifest)
 
     def render() -> None:
         # Every stored string reaches the renderers with its markup escaped (they interpolate into markup).

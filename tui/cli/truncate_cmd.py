@@ -10,7 +10,8 @@ from horizon.core import options
 from horizon.core.categories import CATEGORIES
 from horizon.core.errors import HorizonError
 from horizon.core.loader import DEFAULT_MODEL
-from horizon.core.truncation import TruncationReport, analyse_truncation, layer_labels, n_truncations
+from horizon.core.payloads import report_payload
+from horizon.core.truncation import TruncationReport, layer_labels, n_truncations
 from horizon.core.untrusted import markup_safe, visible
 from horizon.tui.cli.app import app
 from horizon.tui.cli.common import (
@@ -28,11 +29,11 @@ from horizon.tui.cli.common import (
     check_memory_options,
     console,
     emit,
-    memory_plan,
     number,
     parse_int_list,
     prepare_inputs,
     progress_bar,
+    runner_for,
 )
 from rich.table import Table
 from rich.text import Text
@@ -162,13 +163,12 @@ def truncate(
             f"no position can be truncated: the longest prompt has {longest} tokens with BOS, and c = "
             f"{min(length_list)} needs at least {min(length_list) + 2}"
         )
-    plan = memory_plan("truncate", inputs, memory, requested_batch)
+    runner = runner_for(inputs, memory, requested_batch)
+    plan = runner.plan("truncate", inputs.token_ids)
     with progress_bar("truncating", total, quiet=as_json) as advance:
-        report = analyse_truncation(inputs.model, inputs.token_ids, length_list, batch_size=plan.tiling["windows"],
-                                    n_outliers=outliers, progress=advance, outlier_layer=outlier_layer,
-                                    full_batch_size=plan.batch_size)
-    payload = {"model": inputs.model.spec, "token_ids": inputs.token_ids, **report.to_json(),
-               "memory": plan.to_json()}
+        report = runner.truncate(inputs.token_ids, length_list, n_outliers=outliers, outlier_layer=outlier_layer,
+                                 plan=plan, progress=advance).result
+    payload = report_payload(inputs.model, inputs.token_ids, report, plan)
     n_tokens = sum(len(ids) for ids in inputs.token_ids)
     shown_length = category_length if category_length is not None else max(length_list)
     emit(as_json, payload, lambda: render_truncation(report, len(inputs.token_ids), n_tokens, shown_length),

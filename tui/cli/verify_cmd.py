@@ -37,15 +37,15 @@ def verify_command(
     whose stored verdict failed (--unverified overrides).
     """
     from horizon.core.errors import HorizonError
+    from horizon.core.payloads import verify_payload
+    from horizon.core.runner import Runner
     from horizon.core.sweep_settings import package_versions
-    from horizon.core.verify import VERIFY_PROMPT, store_verdict, verify
 
     if reference not in ("fresh", "loaded"):
         raise HorizonError(f"--reference must be fresh or loaded, got {reference!r}")
     loaded = load_with_status(model, device, dtype, quiet=as_json, unverified=True)
-    result = verify(loaded, reference=loaded.hf_model if reference == "loaded" else None)
-    store_verdict(loaded, result)
-    payload = {**result.to_dict(), "prompt": VERIFY_PROMPT}
+    result = Runner(loaded).verify(reference)
+    payload = verify_payload(result)
 
     def render() -> None:
         title = f"{result.spec} ({result.architecture}, {result.dtype}, {result.attn_implementation} attention): " + (

@@ -44,11 +44,6 @@ def by_layer_view(result: Any) -> dict[str, Any]:
     return {"layers": list(result.layers), "ks": list(result.ks), "delta_loss": result.delta_loss}
 
 
-def live_model(source: Any) -> Any:
-    """The model behind a source (a live Session's, or the one given to a results directory), or None."""
-    return getattr(source, "model", None) or getattr(getattr(source, "live", None), "model", None)
-
-
 def source_figure_input(state: ViewState, weights: dict[str, Any] | None = None) -> FigureInput:
     """The figure input of what the session has ready for the selected prompt (zero ablation)."""
     source, prompt = state.source, state.prompt
@@ -117,18 +112,17 @@ class FiguresPane(Vertical):
     def _ask_for_weights(self) -> None:
         """Figures 5 and 6 read the weights: computed once, when first shown, if there is a model."""
         state = self._state
-        if self._weights_asked or state is None or live_model(state.source) is None:
+        if self._weights_asked or state is None or not state.source.can_weigh:
             return
         self._weights_asked = True
         self._compute_weights(state.source)
 
     @work(thread=True, group="figures-weights", exit_on_error=False)
     def _compute_weights(self, source: Any) -> None:
-        # A worker of the pane's own: only this screen shows the weights, and only once asked.
-        from horizon.core.weights import weight_report
-
+        # A worker of the pane's own: only this screen shows the weights, and only once asked. The source
+        # runs them through its runner, under the lock every other pass on the model holds.
         try:
-            weights = weight_report(live_model(source), "raw", source.token_ids, has_bos=source.has_bos)
+            weights = source.weights()
         except Exception as exc:  # the app shows it and names the job
             self.post_message(AnalysisFailed("weights", f"{type(exc).__name__}: {exc}"))
             return
