@@ -12,9 +12,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from horizon.core.errors import HorizonError
 
 if TYPE_CHECKING:
+    from horizon.core.analyses.attention import AttentionReport
+    from horizon.core.analyses.norms import NormsReport
+    from horizon.core.analyses.scan import ByLayerResult, ScanResult
+    from horizon.core.analyses.truncate import TruncationReport
+    from horizon.core.horizon import PatchResult
     from horizon.core.loader import LoadedModel
     from horizon.core.runner import Runner
-    from horizon.core.session import PatchSettings
+    from horizon.core.session import PatchSettings, Source
 
 T = TypeVar("T")
 
@@ -105,13 +110,13 @@ class ResultsSession:
 
     cached = ready  # the name the app used first
 
-    def cached_scan(self, prompt: int = 0, ablation: str = "zero") -> Any | None:
+    def cached_scan(self, prompt: int = 0, ablation: str = "zero") -> ScanResult | None:
         return self.ready("scan")
 
-    def cached_by_layer(self, prompt: int = 0, ablation: str = "zero") -> Any | None:
+    def cached_by_layer(self, prompt: int = 0, ablation: str = "zero") -> ByLayerResult | None:
         return self.ready(("by_layer", prompt, ablation))
 
-    def cached_patch(self, settings: PatchSettings, prompt: int = 0) -> Any | None:
+    def cached_patch(self, settings: PatchSettings, prompt: int = 0) -> PatchResult | None:
         return self.ready((settings, prompt))
 
     # Computing (worker threads) ----------------------------------------------------------
@@ -124,19 +129,19 @@ class ResultsSession:
                 self.timings[name] = time.perf_counter() - start
             return self._cache[key]
 
-    def truncation(self) -> Any:
+    def truncation(self) -> TruncationReport | None:
         """TruncationReport of every stored record (prompts numbered as shown), or None when not stored."""
         return self._built("truncation", "truncation", self._truncation)
 
-    def norms(self) -> Any:
+    def norms(self) -> NormsReport | None:
         """NormsReport: the corpus statistics of ``report`` and each shown prompt's resid_pre norms."""
         return self._built("norms", "norms", self._norms)
 
-    def attention(self, prompt: int = 0) -> Any:
+    def attention(self, prompt: int = 0) -> AttentionReport | None:
         """AttentionReport of one prompt, from that prompt's stored rows (None when not stored)."""
         return self._built(("attention", prompt), "attention", lambda: self._attention(prompt))
 
-    def scan(self, prompt: int = 0, ablation: str = "zero") -> Any:
+    def scan(self, prompt: int = 0, ablation: str = "zero") -> ScanResult | None:
         """The stored corpus scan as a ScanResult (swept with the ablation its manifest records).
 
         The stored layer x k matrices are read with it: the app's background scan job is what
@@ -144,7 +149,7 @@ class ResultsSession:
         self._built("by_layer", "by_layer", self._by_layer)
         return self._built("scan", "scan", self._scan)
 
-    def by_layer(self, prompt: int = 0, ablation: str = "zero") -> Any:
+    def by_layer(self, prompt: int = 0, ablation: str = "zero") -> ByLayerResult:
         """The layer x k matrix of one prompt: the one a ``--by-layer`` sweep stored (for its ablation),
         else computed by the live session."""
         stored = self._built("by_layer", "by_layer", self._by_layer)
@@ -165,14 +170,14 @@ class ResultsSession:
         a results directory stores no weights."""
         return None if self.live is None else self.live.weights()
 
-    def patch(self, settings: PatchSettings, prompt: int = 0) -> Any:
+    def patch(self, settings: PatchSettings, prompt: int = 0) -> PatchResult:
         if self.live is None:
             raise HorizonError("results mode has no model: pass --model to rerun patched passes")
         return self.live.patch(settings, prompt)
 
     # Building the stored results -----------------------------------------------------------
 
-    def _truncation(self) -> Any:
+    def _truncation(self) -> TruncationReport | None:
         from horizon.core.analyses.truncate import report_from_rows
 
         table = self.results.table("truncate")
@@ -180,7 +185,7 @@ class ResultsSession:
             return None
         return report_from_rows(table, self.token_ids, self.spec, prompt_row=self._row_of)
 
-    def _norms(self) -> Any:
+    def _norms(self) -> NormsReport | None:
         from horizon.core.analyses.norms import report_from_rows
 
         view = self.views.get("norms")
@@ -190,7 +195,7 @@ class ResultsSession:
         return report_from_rows(view, table, self.prompt_numbers, self.has_bos, self.n_layers,
                                 int(self.model_info.get("d_model") or 0))
 
-    def _scan(self) -> Any:
+    def _scan(self) -> ScanResult | None:
         from horizon.core.analyses.scan import report_from_view
 
         view = self.views.get("scan")
@@ -202,7 +207,7 @@ class ResultsSession:
         settings = (self.results.manifest or {}).get("analyses", {}).get("scan", {})
         return str(settings.get("ablation", "zero"))
 
-    def _by_layer(self) -> dict[int, Any]:
+    def _by_layer(self) -> dict[int, ByLayerResult]:
         """Each shown prompt's stored layer x k matrix, by its row here (empty when none was stored)."""
         from horizon.core.analyses.scan import by_layer_from_rows
 
@@ -213,7 +218,7 @@ class ResultsSession:
         stored = by_layer_from_rows(table, tol, self.scan_ablation)
         return {row: stored[number] for number, row in self._row_of.items() if number in stored}
 
-    def _attention(self, prompt: int) -> Any:
+    def _attention(self, prompt: int) -> AttentionReport | None:
         import pyarrow.compute as pc
         from horizon.core.analyses.attention import report_from_rows
 
@@ -224,6 +229,10 @@ class ResultsSession:
         if rows.num_rows == 0:
             return None
         return report_from_rows(rows, self.spec, [self.token_ids[prompt]], self.has_bos)
+
+
+if TYPE_CHECKING:  # make test's type check sees here that results mode matches the protocol
+    _RESULTS_ARE_A_SOURCE: type[Source] = ResultsSession
 
 
 # ----------------------------------------------------------------------------- several directories

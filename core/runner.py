@@ -22,8 +22,12 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
     from horizon.core.ablation import AblationMeans
+    from horizon.core.analyses.attention import AttentionReport
+    from horizon.core.analyses.norms import NormsReport
+    from horizon.core.analyses.scan import ByLayerResult, ScanResult
+    from horizon.core.analyses.truncate import TruncationReport
     from horizon.core.budget import Plan
-    from horizon.core.horizon import HorizonConfig
+    from horizon.core.horizon import HorizonConfig, PatchResult
     from horizon.core.loader import LoadedModel
 
 T = TypeVar("T")
@@ -74,7 +78,7 @@ class Runner:
 
     def norms(self, token_ids: list[list[int]], has_bos: bool, include_bos: bool = False,
               fit: tuple[int, int] | None = None, processing: str = "raw", plan: Plan | None = None,
-              progress: Progress = None) -> Run[Any]:
+              progress: Progress = None) -> Run[NormsReport]:
         """core/norms.py's NormsReport (``processing`` tl: on the TransformerLens-processed copy)."""
         from horizon.core.norms import analyse_norms
 
@@ -125,7 +129,7 @@ class Runner:
             return ablation_means(cleans)
 
     def patch(self, token_ids: list[list[int]], config: HorizonConfig, has_bos: bool = True, cleans: Any = None,
-              means: AblationMeans | None = None, plan: Plan | None = None) -> Run[Any]:
+              means: AblationMeans | None = None, plan: Plan | None = None) -> Run[PatchResult]:
         """core/horizon.py's PatchResult: one forward pass with an enforced horizon."""
         from horizon.core.horizon import patch
 
@@ -138,7 +142,7 @@ class Runner:
         return Run(result, plan)
 
     def scan(self, token_ids: list[list[int]], start_layers: Sequence[int] = (0,), plan: Plan | None = None,
-             cleans: Any = None, progress: Progress = None, **settings: Any) -> Run[Any]:
+             cleans: Any = None, progress: Progress = None, **settings: Any) -> Run[ScanResult]:
         """core/horizon_scan.py's ScanResult; ``settings``: ks, tol, source, keep_embed, final, unit,
         ablation, means, has_bos (the engine's keywords)."""
         from horizon.core.horizon_scan import scan
@@ -151,7 +155,7 @@ class Runner:
         return Run(result, plan)
 
     def by_layer(self, token_ids: list[list[int]], plan: Plan | None = None, cleans: Any = None,
-                 progress: Progress = None, **settings: Any) -> Run[Any]:
+                 progress: Progress = None, **settings: Any) -> Run[ByLayerResult]:
         """core/horizon_scan.py's ByLayerResult (the layer x k matrix); ``settings`` as for ``scan``."""
         from horizon.core.horizon_scan import scan_by_layer
 
@@ -177,7 +181,8 @@ class Runner:
     # ------------------------------------------------------------------------- local processing
 
     def truncate(self, token_ids: list[list[int]], lengths: Sequence[int], n_outliers: int = 20,
-                 outlier_layer: int | None = None, plan: Plan | None = None, progress: Progress = None) -> Run[Any]:
+                 outlier_layer: int | None = None, plan: Plan | None = None,
+                 progress: Progress = None) -> Run[TruncationReport]:
         """core/truncation.py's TruncationReport (``batch_size``: truncated prompts per pass)."""
         from horizon.core.truncation import analyse_truncation
 
@@ -189,7 +194,7 @@ class Runner:
         return Run(report, plan)
 
     def attention(self, token_ids: list[list[int]], has_bos: bool, plan: Plan | None = None,
-                  progress: Progress = None) -> Run[Any]:
+                  progress: Progress = None) -> Run[AttentionReport]:
         """core/attention.py's AttentionReport."""
         from horizon.core.attention import attention_distance
 

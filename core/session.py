@@ -20,6 +20,11 @@ from horizon.core.errors import HorizonError
 from horizon.core.options import DEFAULT_LENGTHS
 
 if TYPE_CHECKING:  # the app imports this module before torch is loaded, so it can paint at once
+    from horizon.core.analyses.attention import AttentionReport
+    from horizon.core.analyses.norms import NormsReport
+    from horizon.core.analyses.scan import ByLayerResult, ScanResult
+    from horizon.core.analyses.truncate import TruncationReport
+    from horizon.core.horizon import PatchResult
     from horizon.core.loader import LoadedModel
     from horizon.core.runner import Runner
 
@@ -51,6 +56,9 @@ class Source(Protocol):
     ``("scan", prompt)`` (``("scan", prompt, "mean")`` for mean ablation),
     ``("by_layer", prompt, ablation)``, ``(PatchSettings, prompt)``. ``weights()`` is the weight
     report of a model behind the source (figures 5 and 6; None where there is none: ``can_weigh``).
+
+    A results directory may not hold an analysis: then its ``norms()``, ``truncation()``,
+    ``attention(prompt)`` and ``scan(prompt)`` are None (a live ``Session`` always computes one).
     """
 
     prompts: list[str]
@@ -67,15 +75,15 @@ class Source(Protocol):
     def label(self) -> str: ...
     def tokens(self, prompt: int = 0) -> list[str]: ...
     def ready(self, key: Any) -> Any | None: ...
-    def cached_scan(self, prompt: int = 0, ablation: str = "zero") -> Any | None: ...
-    def cached_by_layer(self, prompt: int = 0, ablation: str = "zero") -> Any | None: ...
-    def cached_patch(self, settings: PatchSettings, prompt: int = 0) -> Any | None: ...
-    def norms(self) -> Any: ...
-    def truncation(self) -> Any: ...
-    def attention(self, prompt: int = 0) -> Any: ...
-    def scan(self, prompt: int = 0, ablation: str = "zero") -> Any: ...
-    def by_layer(self, prompt: int = 0, ablation: str = "zero") -> Any: ...
-    def patch(self, settings: PatchSettings, prompt: int = 0) -> Any: ...
+    def cached_scan(self, prompt: int = 0, ablation: str = "zero") -> ScanResult | None: ...
+    def cached_by_layer(self, prompt: int = 0, ablation: str = "zero") -> ByLayerResult | None: ...
+    def cached_patch(self, settings: PatchSettings, prompt: int = 0) -> PatchResult | None: ...
+    def norms(self) -> NormsReport | None: ...
+    def truncation(self) -> TruncationReport | None: ...
+    def attention(self, prompt: int = 0) -> AttentionReport | None: ...
+    def scan(self, prompt: int = 0, ablation: str = "zero") -> ScanResult | None: ...
+    def by_layer(self, prompt: int = 0, ablation: str = "zero") -> ByLayerResult: ...
+    def patch(self, settings: PatchSettings, prompt: int = 0) -> PatchResult: ...
     @property
     def can_weigh(self) -> bool: ...
     def weights(self) -> dict[str, Any] | None: ...
@@ -165,16 +173,16 @@ class Session:
 
     # -------------------------------------------------------------------- analyses
 
-    def norms(self) -> Any:
+    def norms(self) -> NormsReport:
         """NormsReport over all prompts (core.norms.analyse_norms, through the runner)."""
         return self._cached("norms", "norms", lambda: self._runner.norms(self.token_ids, self.has_bos).result)
 
-    def truncation(self) -> Any:
+    def truncation(self) -> TruncationReport:
         """TruncationReport over all prompts at the session's lengths (core.truncation, through the runner)."""
         return self._cached("truncation", "truncation",
                             lambda: self._runner.truncate(self.token_ids, self.lengths).result)
 
-    def attention(self, prompt: int = 0) -> Any:
+    def attention(self, prompt: int = 0) -> AttentionReport:
         """AttentionReport of one prompt (core.attention.attention_distance, through the runner)."""
         return self._cached(("attention", prompt), "attention",
                             lambda: self._runner.attention([self.token_ids[prompt]], self.has_bos).result)
@@ -202,7 +210,7 @@ class Session:
             return None
         return self._cached(("means", prompt), "means", lambda: self._runner.ablation_means(self._clean(prompt)))
 
-    def scan(self, prompt: int = 0, chunk: int = 8, ablation: str = "zero") -> Any:
+    def scan(self, prompt: int = 0, ablation: str = "zero", *, chunk: int = 8) -> ScanResult:
         """ScanResult of one prompt over every k (core.horizon.scan), run ``chunk`` ks at a time.
 
         Between chunks the lock is handed to any waiting patched pass, so a slider move is not
@@ -236,7 +244,7 @@ class Session:
             self.timings["scan"] = time.perf_counter() - started
         return result
 
-    def by_layer(self, prompt: int = 0, ablation: str = "zero", chunk: int = 4) -> Any:
+    def by_layer(self, prompt: int = 0, ablation: str = "zero", *, chunk: int = 4) -> ByLayerResult:
         """ByLayerResult of one prompt (core.horizon.scan_by_layer), run ``chunk`` ks at a time.
 
         Like ``scan``, it hands the lock to waiting patched passes between chunks; the parts are
@@ -251,7 +259,7 @@ class Session:
         ids = [self.token_ids[prompt]]
         plan = self._runner.plan("scan", ids)
         ks = default_ks(self.n_layers, "layer")
-        parts = []
+        parts: list[ByLayerResult] = []
         for first in range(0, len(ks), chunk):
             while self._waiting:
                 time.sleep(0.005)
@@ -265,7 +273,7 @@ class Session:
             self.timings["by_layer"] = time.perf_counter() - started
         return result
 
-    def patch(self, settings: PatchSettings, prompt: int = 0) -> Any:
+    def patch(self, settings: PatchSettings, prompt: int = 0) -> PatchResult:
         """PatchResult of one prompt under ``settings`` (core.horizon.patch), LRU-cached."""
         key = (settings, prompt)
         with self._counter_lock:
@@ -276,7 +284,7 @@ class Session:
             with self._counter_lock:
                 self._waiting -= 1
 
-    def _patch_locked(self, settings: PatchSettings, prompt: int, key: Any) -> Any:
+    def _patch_locked(self, settings: PatchSettings, prompt: int, key: Any) -> PatchResult:
         from horizon.core.horizon import HorizonConfig
 
         config = HorizonConfig.from_layers(
@@ -291,13 +299,13 @@ class Session:
                                                     means=self._ablation_means(prompt, settings.ablation)).result
             ))
 
-    def cached_patch(self, settings: PatchSettings, prompt: int = 0) -> Any | None:
+    def cached_patch(self, settings: PatchSettings, prompt: int = 0) -> PatchResult | None:
         return self.ready((settings, prompt))
 
-    def cached_scan(self, prompt: int = 0, ablation: str = "zero") -> Any | None:
+    def cached_scan(self, prompt: int = 0, ablation: str = "zero") -> ScanResult | None:
         return self.ready(_scan_key(prompt, ablation))
 
-    def cached_by_layer(self, prompt: int = 0, ablation: str = "zero") -> Any | None:
+    def cached_by_layer(self, prompt: int = 0, ablation: str = "zero") -> ByLayerResult | None:
         return self.ready(("by_layer", prompt, ablation))
 
 
@@ -309,3 +317,7 @@ def _lru(cache: OrderedDict[Any, T], key: Any, size: int, compute: Callable[[], 
             cache.popitem(last=False)
     cache.move_to_end(key)
     return cache[key]
+
+
+if TYPE_CHECKING:  # make test's type check sees here that the live session matches the protocol
+    _SESSION_IS_A_SOURCE: type[Source] = Session

@@ -17,7 +17,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, ClassVar
 
 from horizon.core.errors import HorizonError
@@ -58,7 +58,7 @@ class HorizonApp(App[None]):
     """The inspector. Give it a ready ``session``, or a ``load`` callable run in a worker."""
 
     # Absolute: subclasses elsewhere still find them.
-    CSS_PATH: ClassVar[list[str | Path]] = [Path(__file__).with_name("app.tcss"),
+    CSS_PATH: ClassVar[list[str | PurePath]] = [Path(__file__).with_name("app.tcss"),
                                             Path(__file__).parent / "screens" / "compare.tcss"]
     TITLE = "horizon"
     BINDINGS: ClassVar[list[BindingType]] = bindings("app")  # the one key table: tui/keys.py
@@ -315,7 +315,9 @@ class HorizonApp(App[None]):
         self._start_extra()
         state = self.view_state()
         if state is not None:
-            for pane in (TokensPane, NormsPane, HorizonPane, OutliersPane, AttentionPane, FiguresPane):
+            panes: tuple[type[TokensPane | NormsPane | HorizonPane | OutliersPane | AttentionPane | FiguresPane],
+                         ...] = (TokensPane, NormsPane, HorizonPane, OutliersPane, AttentionPane, FiguresPane)
+            for pane in panes:
                 self.query_one(pane).refresh_view(state)
         self.refresh_status()
 

@@ -15,6 +15,7 @@ import signal
 import sys
 import termios
 import threading
+from collections.abc import Callable
 from typing import Protocol
 
 HANGUP_EXIT_CODE = 129  # 128 + SIGHUP, what a shell reports for a hung-up job
@@ -23,9 +24,11 @@ GRACE_S = 3.0
 
 
 class _Exitable(Protocol):
-    def exit(self, result: None = None, return_code: int = 0, message: object = None) -> None: ...
+    """What the guard uses of a Textual App (only these calls, so a test can stand in for one)."""
 
-    def set_interval(self, interval: float, callback: object) -> object: ...
+    def exit(self, result: None = None, return_code: int = 0) -> None: ...
+
+    def set_interval(self, interval: float, callback: Callable[[], object]) -> object: ...
 
 
 def terminal_lost(fd: int) -> bool:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from textual.actions import parse
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 
 TABS = ("tokens", "norms", "horizon", "outliers", "attention")  # the screens, keys 1..5
 SCREENS = (*TABS, "compare", "figures")  # every screen's id (keys 1..7), as the footer names it
@@ -99,7 +99,7 @@ KEYS: tuple[Key, ...] = (
 )
 
 
-def bindings(where: str = "app") -> list[Binding]:
+def bindings(where: str = "app") -> list[BindingType]:
     """The BINDINGS of the app (``where="app"``) or of one pane or widget; a binding some screen's
     footer shows is ``show``n, and the footer (tui/widgets/footer.py) keeps those of the screen in view."""
     return [Binding(key.keys, key.action, key.description, show=bool(key.screens), key_display=key.display)

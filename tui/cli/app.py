@@ -42,7 +42,8 @@ def _build_app() -> Any:
         from typer._click.exceptions import UsageError  # Typer >= 0.25 vendors Click
         from typer._click.globals import get_current_context
     except ImportError:  # pragma: no cover - depends on the installed Typer
-        from click import UsageError, get_current_context
+        # The same names from Click itself: mypy sees both branches and calls this a redefinition.
+        from click import UsageError, get_current_context  # type: ignore[assignment,no-redef]
 
     built = typer.Typer(
         name="horizon",
@@ -216,7 +217,8 @@ def _run(argv: list[str] | None) -> int:
     try:
         from typer._click import exceptions as click_errors  # Typer >= 0.25 vendors Click
     except ImportError:  # pragma: no cover - depends on the installed Typer
-        from click import exceptions as click_errors
+        # The same module from Click itself: mypy sees both branches and calls this a redefinition.
+        from click import exceptions as click_errors  # type: ignore[no-redef]
     from horizon.core.errors import HorizonError
 
     try:

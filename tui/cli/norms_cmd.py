@@ -184,7 +184,7 @@ def heat_table(report: NormsReport, tokens: list[str], prompt: int) -> Table:
         label = visible(tokens[position].replace("\n", "\\n")).strip() or repr(tokens[position])
         table.add_column(Text(label[:HEAT_COLUMN_WIDTH], style="bold"), justify="right", width=HEAT_COLUMN_WIDTH)
     for row in range(matrix.shape[0]):
-        cells = [layer_label("resid_pre", row, report.n_layers)]
+        cells: list[str | Text] = [layer_label("resid_pre", row, report.n_layers)]
         for position in range(shown):
             level = min(1.0, max(0.0, (logs[row, position] - low) / span))
             # Blue (small) through yellow to red (large): a perceptual ramp on a log scale.

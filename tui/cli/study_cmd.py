@@ -91,16 +91,19 @@ def study(
 
     if unverified:
         os.environ["HORIZON_UNVERIFIED"] = "1"  # as --unverified on every command: the loader reads it
-    given = dict(models=None, corpus=corpus_option, out=out, max_prompts=max_prompts, max_tokens=max_tokens,
-                 analyses=analyses, lengths=lengths, ks=ks, start_layers=start_layers, tol=tol, ablation=ablation,
-                 by_layer=by_layer, shard_size=shard_size, bos=bos, bos_token=bos_token, device=device, dtype=dtype,
-                 batch_size=batch_size, max_memory=max_memory, backend=backend, workers=workers,
-                 ray_address=ray_address, device_map=device_map, n_devices=n_devices, x=x, format=fmt)
+    # Each setting by name, from the command line or else the study file (read_study_file checked
+    # its keys and types): values of mixed types, checked again below as they are used.
+    given: dict[str, Any] = dict(
+        models=None, corpus=corpus_option, out=out, max_prompts=max_prompts, max_tokens=max_tokens,
+        analyses=analyses, lengths=lengths, ks=ks, start_layers=start_layers, tol=tol, ablation=ablation,
+        by_layer=by_layer, shard_size=shard_size, bos=bos, bos_token=bos_token, device=device, dtype=dtype,
+        batch_size=batch_size, max_memory=max_memory, backend=backend, workers=workers,
+        ray_address=ray_address, device_map=device_map, n_devices=n_devices, x=x, format=fmt)
     arguments = list(models or [])
     if arguments and corpus_option is None and _is_corpus(arguments[-1]):
         given["corpus"] = arguments.pop()
     from_file = read_study_file(study_file) if study_file is not None else {}
-    chosen = {key: value if value is not None else from_file.get(key) for key, value in given.items()}
+    chosen: dict[str, Any] = {key: value if value is not None else from_file.get(key) for key, value in given.items()}
     specs = check_specs([*from_file.get("models", []), *arguments])
 
     # Every setting is checked before the first (slow) model load.
@@ -144,7 +147,8 @@ def study(
         load_kwargs["device_map"] = chosen["device_map"]
     if options.check_n_devices(chosen["n_devices"]) is not None:
         load_kwargs["n_devices"] = chosen["n_devices"]
-    run = dict(device=device_name, dtype=dtype_name, load_kwargs=load_kwargs, batch_size=batch, max_memory=memory)
+    run: dict[str, Any] = dict(device=device_name, dtype=dtype_name, load_kwargs=load_kwargs, batch_size=batch,
+                               max_memory=memory)
 
     if plan:
         _plan(outcomes, corpus, settings, run, workers_count if backend_name == "ray" else 1, quiet, as_json)
@@ -160,7 +164,8 @@ def study(
         run_study(outcomes, corpus, settings, force=force, backend=backend_name, workers=workers_count,
                   ray_address=chosen["ray_address"], max_prompts=chosen["max_prompts"], callbacks=callbacks, **run)
     finished = [outcome for outcome in outcomes if outcome.finished]
-    table, written = (None, [])
+    table: dict[str, Any] | None = None
+    written: list[Path] = []
     if finished:  # with none, an earlier run's comparison is left as it was
         table, written = _compare(export, finished, root, x_axis, figure_format, COMPARISON_FILE)
     complete = len(finished) == len(outcomes)

@@ -463,7 +463,8 @@ def merge(
     """Combine results directories of one sweep (same model, corpus, settings) into one directory."""
     from horizon.core.views import write_views
 
-    merged = store.merge(sources, Path(out).expanduser())
+    directories: list[str | Path] = list(sources)
+    merged = store.merge(directories, Path(out).expanduser())
     write_views(merged.target)  # so that report on the merged directory needs no torch
     payload = {
         "out": str(merged.target),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -27,7 +27,10 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-STYLE: dict[str, Any] = {
+if TYPE_CHECKING:
+    from matplotlib.typing import LineStyleType, RcKeyType
+
+STYLE: dict[RcKeyType, Any] = {
     "svg.hashsalt": "horizon",  # deterministic ids in SVGs
     "svg.fonttype": "none",  # text stays text: smaller files, labels readable in the SVG
     "font.size": 9,
@@ -280,7 +283,8 @@ def sublayer_norms(inputs: list[FigureInput] | FigureInput, x: str = "layer") ->
     """(4) Mean norms of attn_out and mlp_out per layer beside the resid_pre growth (log axis)."""
     items = [item for item in _many(inputs) if item.norms]
     figure, (ax,) = _figure()
-    styles = {"resid_pre": ("-", "o"), "attn_out": ("--", "s"), "mlp_out": ("-.", "^")}
+    styles: dict[str, tuple[LineStyleType, str]] = {"resid_pre": ("-", "o"), "attn_out": ("--", "s"),
+                                                     "mlp_out": ("-.", "^")}
     compact = len(items) * len(styles) > LEGEND_INSIDE  # one entry per model (colour) and per site (line style)
     handles: list[Any] = []
     for item, colour in zip(items, _colours(len(items)), strict=True):
@@ -430,7 +434,7 @@ def cosine(inputs: list[FigureInput] | FigureInput, x: str = "layer") -> Figure:
     """(9) Median mean-centred cosine per layer, one line per truncation length, with the quartile band."""
     items = [item for item in _many(inputs) if item.truncate]
     figure, (ax,) = _figure()
-    styles = ["-", "--", "-.", ":"]
+    styles: list[LineStyleType] = ["-", "--", "-.", ":"]
     every_length = sorted({c for item in items for c in (item.truncate or {}).get("median_cos") or {}}, key=int)
     compact = len(items) > 1 and len(items) * len(every_length) > LEGEND_INSIDE  # models by colour, c by style
     for item_index, item in enumerate(items):

@@ -40,6 +40,8 @@ MARK_COLOUR = (255, 0, 255)  # the Horizon screen's current k
 HORIZON_COLOUR = (0, 200, 0)  # the effective horizon
 LABEL_COLOUR = (170, 170, 170)  # text on the canvas (a heat map's scale)
 LINE = "braille"  # the finest plotext marker: 2x4 dots per character
+# One line of a plot: x positions, y values (None: missing), colour, legend label (None: none), marker.
+Series = tuple[list[float], list[float | None], Any, str | None, str]
 
 
 def colours(n: int) -> list[tuple[int, int, int]]:
@@ -267,7 +269,8 @@ def _panels(plt: Any, width: int, height: int, n: int) -> list[Panel]:
 def norm_growth(panel: Panel, inputs: list[FigureInput], x: str = "layer", **_: Any) -> None:
     """(1) Mean resid_pre norm per layer on a log axis, the fitted rate over its window, BOS apart."""
     items = [item for item in inputs if item.norms]
-    series, bos_series = [], []
+    series: list[Series] = []
+    bos_series: list[Series] = []
     for item, colour in zip(items, colours(len(items)), strict=True):
         norms = item.norms or {}
         mean = quantised(norms["sites"]["resid_pre"]["mean_norm"])
@@ -295,7 +298,7 @@ def norm_growth(panel: Panel, inputs: list[FigureInput], x: str = "layer", **_: 
     _draw_series(panel, series + bos_series, x, title, "‖resid_pre‖", log=True, apart=len(bos_series))
 
 
-def _draw_series(panel: Panel, series: list[tuple[list[float], list[float | None], Any, str, str]], x: str,
+def _draw_series(panel: Panel, series: Sequence[Series], x: str,
                  title: str, yname: str, log: bool = False, xname: str | None = None,
                  integer_x: bool = True, apart: int = 0) -> tuple[Axis, Axis] | None:
     """Axes over every series but the last ``apart`` (drawn where they fall inside), then the
@@ -323,7 +326,7 @@ SITE_COLOURS = {"resid_pre": PALETTE[0], "attn_out": PALETTE[1], "mlp_out": PALE
 def sublayer_norms(panel: Panel, inputs: list[FigureInput], x: str = "layer", **_: Any) -> None:
     """(4) Mean norms of attn_out and mlp_out per layer beside the resid_pre growth (log axis)."""
     items = [item for item in inputs if item.norms]
-    series = []
+    series: list[Series] = []
     for item, colour in zip(items, colours(len(items)), strict=True):
         sites = (item.norms or {}).get("sites", {})
         for site in SITE_MARKERS:
@@ -345,7 +348,7 @@ def loss_vs_k(panel: Panel, inputs: list[FigureInput], x: str = "layer", current
     band's top; ``current_k``: the Horizon screen's k, a vertical line."""
     items = [item for item in inputs if item.scan]
     title = "loss under an enforced layer horizon"
-    series: list[tuple[list[float], list[float | None], Any, str, str]] = []
+    series: list[Series] = []
     marks: list[tuple[float, Any]] = []
     for item, colour in zip(items, colours(len(items)), strict=True):
         scan = item.scan or {}
@@ -388,7 +391,7 @@ def cosine(panel: Panel, inputs: list[FigureInput], x: str = "layer", length: in
     the quartiles of one length dotted (``length``, default the shortest: all of them would hide
     the lines in a terminal)."""
     items = [item for item in inputs if item.truncate]
-    series = []
+    series: list[Series] = []
     banded = None
     for item_index, item in enumerate(items):
         view = item.truncate or {}
@@ -425,7 +428,7 @@ def norm_distribution(panel: Panel, inputs: list[FigureInput], **_: Any) -> None
     bins = np.geomspace(low, high if high > low else low * 1.01, 25)
     chosen = sorted({round(i * (len(finite) - 1) / 5) for i in range(6)}) if len(finite) > 6 else range(len(finite))
     scale = Scale(0.0, 1.0)
-    series = []
+    series: list[Series] = []
     for row in chosen:
         if not len(finite[row]):
             continue
@@ -563,8 +566,8 @@ def weights(panel: Panel, inputs: list[FigureInput], **_: Any) -> None:
     else:
         empty(bo_panel, "no attention output bias")
     attn = ((item.norms or {}).get("sites") or {}).get("attn_out")
-    series = [(list(map(float, range(len(attn["mean_norm"])))), quantised(attn["mean_norm"]), PALETTE[1], None,
-               LINE)] if attn else []
+    series: list[Series] = [(list(map(float, range(len(attn["mean_norm"])))), quantised(attn["mean_norm"]),
+                             PALETTE[1], None, LINE)] if attn else []
     _draw_series(attn_panel, series, "layer", "mean ‖attn_out‖ (log)", "norm", log=True)
 
 
@@ -641,6 +644,15 @@ def _note_order(values: Sequence[float]) -> None:
         note_margin("order", this, (following - this) / 2)
 
 
+def _placed(value: float) -> float:
+    """A point's coordinate rounded for plotting: across_models places only models whose values are
+    finite (the others are left out), so quantise's None (not finite) cannot reach a point."""
+    rounded = quantise(value)
+    if rounded is None:
+        raise ValueError(f"a point at a value that is not finite: {value!r}")
+    return rounded
+
+
 def short_label(label: str) -> str:
     """A point's label: the model's name, its end kept when long (a path's last part names it)."""
     text = visible(label)
@@ -658,8 +670,8 @@ def _scatter(panel: Panel, points: list[tuple[float, float, str, Any]], title: s
         span = max(xs) - min(xs) or max(abs(max(xs)), 1.0)
         low = min(xs) - span * 0.1  # no point on the frame
         # Room right of the rightmost point for its label: that share of the plot's width.
-        label = max(len(short_label(p[2])) for p in points if p[0] == max(xs)) + 2
-        share = min(0.6, label / max(1, panel.width - 10))
+        label_width = max(len(short_label(p[2])) for p in points if p[0] == max(xs)) + 2
+        share = min(0.6, label_width / max(1, panel.width - 10))
         room = max(xs) + (max(xs) - low) * share / (1 - share)
         xaxis = x_axis([*xs, low, room], panel.width, integer=integer_x)
         yaxis = y_axis([*ys, *(y_range or ())], panel.height)
@@ -686,10 +698,10 @@ def horizon_vs_depth(panel: Panel, inputs: list[FigureInput], **_: Any) -> None:
         _note_horizon(by_label[point["label"]], point)
     left, right = _panels(panel.plt, panel.width, panel.height, 2)
     depth = [float(point["n_layers"]) for point in part["points"]]
-    _scatter(left, [(x, quantise(float(point["effective_horizon"])), point["label"], palette[point["label"]])
+    _scatter(left, [(x, _placed(float(point["effective_horizon"])), point["label"], palette[point["label"]])
                     for x, point in zip(depth, part["points"], strict=True)],
              _left_out("effective horizon k vs depth L", part), "depth L", "k (layers)", integer_x=True)
-    _scatter(right, [(x, quantise(point["fraction"]), point["label"], palette[point["label"]])
+    _scatter(right, [(x, _placed(point["fraction"]), point["label"], palette[point["label"]])
                      for x, point in zip(depth, part["points"], strict=True)],
              "k / L vs depth L", "depth L", "k / L", integer_x=True)
 
@@ -708,10 +720,10 @@ def horizon_vs_growth(panel: Panel, inputs: list[FigureInput], **_: Any) -> None
     by_label, palette = {item.label: item for item in inputs}, _model_colours(inputs)
     for point in part["points"]:
         _note_horizon(by_label[point["label"]], point)
-    rates = [quantise(point["growth_rate"]) for point in part["points"]]
+    rates = [_placed(point["growth_rate"]) for point in part["points"]]
     if part["spearman"] is not None:  # the ranks decide the coefficient (k / L: from integers, exact)
         _note_order([point["growth_rate"] for point in part["points"]])
-    _scatter(panel, [(rate, quantise(point["fraction"]), point["label"], palette[point["label"]])
+    _scatter(panel, [(rate, _placed(point["fraction"]), point["label"], palette[point["label"]])
                      for rate, point in zip(rates, part["points"], strict=True)],
              _left_out(spearman_line(part), part), "norm growth rate (per layer)", "k / L", integer_x=False)
 
@@ -724,7 +736,7 @@ def cosine_drop_vs_depth(panel: Panel, inputs: list[FigureInput], **_: Any) -> N
         _note_drop(item, part["length"], part["level"], rows.get(item.label))
     palette = _model_colours(inputs)
     title = f"row / L where median cos (c = {part['length']}) first < {part['level']:.3f} (cos² = 0.5)"
-    _scatter(panel, [(float(point["n_layers"]), quantise(point["depth"]), point["label"], palette[point["label"]])
+    _scatter(panel, [(float(point["n_layers"]), _placed(point["depth"]), point["label"], palette[point["label"]])
                      for point in part["points"]],
              _left_out(title, part), "depth L", "row / L", integer_x=True, y_range=(0.0, 1.0))
 

@@ -105,7 +105,7 @@ class HorizonPane(Vertical):
         with self.prevent(Slider.Changed, Checkbox.Changed):
             self.query_one("#k-slider", Slider).value = settings.k
             self.query_one("#start-slider", Slider).value = settings.start_layer
-            if matrix:
+            if settings.only_layer is not None:
                 self.query_one("#layer-slider", Slider).value = settings.only_layer
             self.query_one("#source-toggle", Checkbox).value = settings.source == "clean"
             self.query_one("#embed-toggle", Checkbox).value = settings.keep_embed
@@ -207,7 +207,8 @@ class HorizonPane(Vertical):
         values = [value for layer, row in zip(result.layers, result.delta_loss, strict=True)
                   for k, value in zip(result.ks, row, strict=True) if not unchanged(layer, k)]
         scale = Scale.fit(values, diverging=True)
-        matrix.result, matrix.scale, matrix.selected = result, scale, (settings.only_layer, settings.k)
+        selected = None if settings.only_layer is None else (settings.only_layer, settings.k)
+        matrix.result, matrix.scale, matrix.selected = result, scale, selected
         legend.scale = scale
         legend.label = "Δloss at N"
         if matrix.region.height:

@@ -36,7 +36,7 @@ class TokensPane(Horizontal):
         tokens = source.tokens(state.prompt)
         grid = self.query_one(TokenGrid)
         pending = values is None
-        if pending:
+        if values is None:
             values = [None] * len(tokens)
         if state.metric == "cosine":
             scale = Scale(-1.0, 1.0, diverging=True)  # cosines are comparable across layers on a fixed scale

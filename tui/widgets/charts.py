@@ -15,6 +15,7 @@ from horizon.tui.widgets.scales import Scale, unrecorded
 from rich.color import Color
 from rich.style import Style
 from rich.text import Text
+from textual.geometry import Size
 from textual.reactive import reactive
 from textual.widget import Widget
 
@@ -59,7 +60,7 @@ class HeatMap(Widget):
     cell_width: reactive[int] = reactive(2)
     column_title: reactive[str] = reactive("")
 
-    def get_content_height(self, container, viewport, width: int) -> int:  # type: ignore[no-untyped-def]
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
         return len(self.matrix) + 1 if self.matrix else 1
 
     def _columns(self, width: int) -> tuple[list[list[float | None]], int, int]:

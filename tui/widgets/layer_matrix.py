@@ -15,6 +15,7 @@ from horizon.tui.widgets.scales import Scale
 from rich.style import Style
 from rich.text import Text
 from textual import events
+from textual.geometry import Size
 from textual.message import Message
 from textual.reactive import reactive
 from textual.widget import Widget
@@ -41,7 +42,7 @@ class LayerMatrix(Widget):
             self.layer = layer
             self.k = k
 
-    def get_content_height(self, container, viewport, width: int) -> int:  # type: ignore[no-untyped-def]
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
         return len(self.result.layers) + 1 if self.result is not None else 1
 
     def _cell_width(self) -> int:

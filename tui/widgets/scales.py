@@ -15,7 +15,7 @@ snapshot tests use it to check that no picture rests on the last bits of a float
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -124,7 +124,7 @@ class Scale:
     steps: int = TARGET_STEPS
 
     @classmethod
-    def fit(cls, values: list[float | None], diverging: bool = False) -> Scale:
+    def fit(cls, values: Sequence[float | None], diverging: bool = False) -> Scale:
         """A round scale over the finite values: its ends are multiples of a 1-2-5 step (and
         symmetric around zero when diverging), so they move only when the data moves a lot."""
         finite = [value for value in values if value is not None and math.isfinite(value)]

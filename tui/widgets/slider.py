@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import events
@@ -37,7 +37,7 @@ class Slider(Widget, can_focus=True):
         def control(self) -> Slider:
             return self.slider
 
-    def __init__(self, label: str, minimum: int, maximum: int, value: int, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, label: str, minimum: int, maximum: int, value: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.label = label
         self.set_reactive(Slider.minimum, minimum)
