@@ -20,22 +20,27 @@ API (stable: the commands and the sweep's planner call it):
   runtime, or what is resident now if more). ``Budget.source`` says how it was chosen.
 - ``costs(analysis, dims, batch, n_tokens, rows=1, windows=1, vocab_tile=VOCAB_TILE,
   held_tokens=0) -> dict[str, int]``: working bytes by part; ``peak_bytes(...)`` is their sum.
-  Analyses: ``ANALYSES`` (norms, scan, patch, truncate, attention). ``rows``: staircase rows per
+  Each analysis's parts and planning flags are its registry entry's ``Cost`` (``Analysis.cost``, in
+  core/analyses/<name>.py, built from the shared formulas here: ``forward_parts``, ``staircase_parts``,
+  ``chunked_scan_parts``); patch's is ``PATCH_COST``. ``cost_of(name)`` finds it; ``ANALYSES`` (computed
+  on use): every analysis with one (norms, truncate, scan, attention, patch). ``rows``: staircase rows per
   pass (scan); ``windows``: truncated prompts per pass; ``vocab_tile``: readout tile width;
   ``held_tokens``: tokens whose clean runs are kept for the whole run (scan, patch);
   ``position_chunk``: positions per chunk of a scan whose whole prompt cannot fit (0: none).
 - ``choose_batch_size(analysis, dims, n_tokens, budget, n_prompts=1, requested=None,
   held_tokens=0) -> int``: the largest batch that fits (at most ``n_prompts`` and ``MAX_BATCH``);
   ``requested`` (an explicit ``--batch-size N``) wins but is still refused when it cannot fit.
-- ``staircase_rows(...)``, ``truncation_windows(...)``, ``readout_tile(batch, n_tokens)``,
-  ``position_chunk(dims, n_tokens, budget)`` (memory), ``speed_chunk(budget, n_tokens)`` (CPU speed): tiles;
+- ``readout_tile(batch, n_tokens)``, ``position_chunk(analysis, dims, n_tokens, budget)`` (memory),
+  ``speed_chunk(budget, n_tokens)`` (CPU speed): tiles (scan's ``staircase_rows`` and truncate's
+  ``truncation_windows`` live in their analysis modules, with ``fits``/``largest``/``too_big`` from here);
   ``row_bytes`` (one staircase row) and ``clean_run_bytes`` (kept clean runs) for the engine.
 - ``plan(analysis, dims, token_lengths, budget, requested=None) -> Plan``: all of it at once.
   ``Plan.batch_size``, ``.tiling`` (rows, windows, vocab_tile, held_tokens), ``.pass_bytes``
   (core/horizon.py's ``max_pass_bytes``), ``.keep_clean_bytes`` (``clean_runs``' keep_bytes),
   ``.peak_bytes`` (predicted) and ``.to_json()``. Raises HorizonError, with the numbers, when
-  even batch 1 and the smallest tiles cannot fit. For truncate, ``requested`` is the number of
-  truncated prompts per pass (its --batch-size) and the full prompts' batch is always chosen.
+  even batch 1 and the smallest tiles cannot fit. For an analysis whose ``Cost.batch_requested`` is
+  False (truncate), ``requested`` goes to its ``tiles`` (truncated prompts per pass) and the full
+  prompts' batch is always chosen.
   Position chunks only where the model's chunks equal its whole pass (``ModelDims.chunks_refused``,
   core/chunking.py): otherwise speed chunks give way to the whole pass, and a prompt that fits only
   in chunks is refused with the reason.
@@ -51,14 +56,16 @@ import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from horizon.core.errors import HorizonError
 
 if TYPE_CHECKING:
     from horizon.core.loader import LoadedModel
 
-ANALYSES = ("norms", "scan", "patch", "truncate", "attention")
+# The one engine with a memory plan that is not a registry analysis (``horizon patch``, the app's patch
+# view): its cost is here, with scan's formula (core/analyses/ holds every analysis's own).
+PATCH = "patch"
 # Auto batch sizes never go above this: past it a bigger batch buys no speed on any device we run on.
 MAX_BATCH = 64
 # The share of free memory an automatic budget takes (the rest: the allocator's slack, other processes).
@@ -191,6 +198,82 @@ class Budget:
         return {"max_memory_bytes": self.total, "fixed_bytes": self.fixed, "source": self.source}
 
 
+class PartsFn(Protocol):
+    """An analysis's working bytes of one pass by part (``costs``)."""
+
+    def __call__(self, dims: ModelDims, batch: int, n_tokens: int, *, rows: int, windows: int, vocab_tile: int,
+                 held_tokens: int, position_chunk: int) -> dict[str, int]: ...
+
+
+# An analysis's tiles once its batch is chosen, added to ``Plan.tiling``:
+# (dims, batch, n_tokens, budget, tiling so far, requested: --batch-size or None) -> tiles.
+TilesFn = Callable[[ModelDims, int, int, Budget, dict[str, int], int | None], dict[str, int]]
+
+
+def _one(settings: Any, n_layers: int) -> float:
+    return 1.0
+
+
+@dataclass(frozen=True)
+class Cost:
+    """An analysis's cost model, declared on its registry entry (``Analysis.cost``): what ``plan`` and
+    core/plan.py's time estimate read instead of branching on analysis names."""
+
+    parts: PartsFn  # working bytes of one pass by part
+    keeps_clean_runs: bool = False  # every prompt's clean run may be kept for the whole run (held_tokens)
+    memory_chunks: bool = False  # a prompt too long for the budget may run in position chunks
+    speed_chunks: bool = False  # a long prompt on a CPU runs in position chunks (``speed_chunk``)
+    batch_requested: bool = True  # --batch-size is its batch (False: its ``tiles`` take it)
+    tiles: TilesFn | None = None  # its tiles, chosen once the batch is (rows, windows, vocab_tile)
+    # core/plan.py's time model: extra work per token, key and head besides attention's 2 * d_model,
+    # and its seconds per unit relative to one forward (settings: SweepSettings, n_layers)
+    pattern_work_per_head: int = 0
+    relative_work: Callable[[Any, int], float] = _one
+    # core/worker.py: padded tokens (prompts x longest) one auto batch may hold on a CPU (None: no cap)
+    cpu_batch_tokens: int | None = None
+
+
+def _patch_parts(dims: ModelDims, batch: int, n_tokens: int, *, rows: int, windows: int, vocab_tile: int,
+                 held_tokens: int, position_chunk: int) -> dict[str, int]:
+    return staircase_parts(dims, batch, n_tokens, rows, vocab_tile, held_tokens, whole_logits=True)
+
+
+PATCH_COST = Cost(parts=_patch_parts, keeps_clean_runs=True)
+
+
+def cost_of(analysis: str) -> Cost | None:
+    """The cost model of ``analysis`` (its registry entry's, or patch's); None when it declares none."""
+    if analysis == PATCH:
+        return PATCH_COST
+    # The registry (core/analyses/) sits above this module, its entries built from the formulas
+    # here: it is read when a plan is made, not imported with this module.
+    from horizon.core.analyses import REGISTRY
+
+    entry = REGISTRY.get(analysis)
+    return None if entry is None else entry.cost
+
+
+def planned() -> tuple[str, ...]:
+    """Every analysis with a cost model (the registry's, in its order, then patch)."""
+    from horizon.core.analyses import REGISTRY
+
+    return (*(name for name, entry in REGISTRY.items() if entry.cost is not None), PATCH)
+
+
+def planned_cost(analysis: str) -> Cost:
+    cost = cost_of(analysis)
+    if cost is None:
+        raise HorizonError(f"unknown analysis {analysis!r}: use one of {', '.join(planned())}")
+    return cost
+
+
+def __getattr__(name: str) -> Any:
+    # The registry can grow after import (a test registers an analysis): computed on use.
+    if name == "ANALYSES":
+        return planned()
+    raise AttributeError(name)
+
+
 def _is_cuda(device: Any) -> bool:
     return str(device).startswith("cuda")
 
@@ -308,46 +391,42 @@ def _row_bytes(dims: ModelDims, batch: int, n_tokens: int, kv_tokens: int = 0) -
 
 def costs(analysis: str, dims: ModelDims, batch: int, n_tokens: int, rows: int = 1, windows: int = 1,
           vocab_tile: int = VOCAB_TILE, held_tokens: int = 0, position_chunk: int = 0) -> dict[str, int]:
-    """Working bytes of one pass of ``analysis`` by part (the fixed part, weights and runtime, excluded).
+    """Working bytes of one pass of ``analysis`` by part (the fixed part, weights and runtime, excluded):
+    its entry's ``Cost.parts`` (core/analyses/), or patch's.
 
     ``held_tokens`` (scan, patch): tokens of every prompt whose clean run is kept for the whole
     run (0: only the current batch's, as when they are made batch by batch). ``position_chunk``
     (scan): prompts longer than it go through the clean run and the passes that many positions at
     a time, with KV caches of the positions before (core/horizon.py ChunkedClean; 0: whole prompts).
     """
-    if analysis == "scan" and 0 < position_chunk < n_tokens:
-        return _chunked_scan(dims, batch, n_tokens, rows, vocab_tile, position_chunk)
-    if analysis not in ANALYSES:
-        raise HorizonError(f"unknown analysis {analysis!r}: use one of {', '.join(ANALYSES)}")
+    return planned_cost(analysis).parts(dims, batch, n_tokens, rows=rows, windows=windows, vocab_tile=vocab_tile,
+                                        held_tokens=held_tokens, position_chunk=position_chunk)
+
+
+def forward_parts(dims: ModelDims, batch: int, n_tokens: int, logits: bool) -> dict[str, int]:
+    """One forward pass's working bytes by part (the formula every analysis's cost starts from)."""
+    return _forward(dims, batch, n_tokens, logits=logits)
+
+
+def staircase_parts(dims: ModelDims, batch: int, n_tokens: int, rows: int, vocab_tile: int, held_tokens: int,
+                    whole_logits: bool) -> dict[str, int]:
+    """Scan and patch: the clean run, then staircase passes of ``rows`` configs with a readout (one
+    vocabulary tile of every row; ``whole_logits``: each config's whole logits, as patch holds them)."""
     bt = batch * n_tokens
-    if analysis == "norms":
-        parts = _forward(dims, batch, n_tokens, logits=False)
-        parts["norms"] = 5 * (dims.n_layers + 1) * 2 * bt * 8 * 2  # per-position numbers, float32 then float64
-        return parts
-    if analysis == "attention":
-        parts = _forward(dims, batch, n_tokens, logits=False)
-        # the reducer, QUERY_CHUNK query rows at a time: the einsum's copies of the rows, the distance weights
-        rows = min(n_tokens, QUERY_CHUNK)
-        parts["pattern statistics"] = batch * dims.n_heads * rows * n_tokens * 4 * 3 + 10 * rows * n_tokens * 4
-        return parts
-    if analysis == "truncate":
-        rows_bytes = (dims.n_layers + 1) * dims.d_model * 4
-        parts = _forward(dims, batch, n_tokens, logits=False)
-        # the batch's residuals at every position; stacking them doubles them only after the pass's
-        # own activations are freed, so the forward's parts cover the copy
-        parts["full residuals"] = bt * rows_bytes
-        # each pass of truncated prompts: its last positions, the full ones gathered, centred copies
-        parts["truncated windows"] = windows * (rows_bytes * 6 + 16 * dims.d_model * 4)
-        return parts
-    # scan and patch: the clean run, then staircase passes of ``rows`` configs with a tiled readout
     parts = _forward(dims, batch, n_tokens, logits=True)
     parts.update(_clean_run(dims, 1, max(held_tokens, batch * n_tokens)))
     parts["staircase rows"] = rows * _row_bytes(dims, batch, n_tokens)
-    if analysis == "patch":  # the readout holds each config's whole logits
+    if whole_logits:  # the readout holds each config's whole logits
         parts["readout"] = rows * bt * dims.vocab * 4
     else:  # one vocabulary tile of every row in the readout chunk, and the metrics' temporaries
         parts["readout"] = max(1, rows) * bt * vocab_tile * 4 * 4
     return parts
+
+
+def chunked_scan_parts(dims: ModelDims, batch: int, n_tokens: int, rows: int, vocab_tile: int,
+                       chunk: int) -> dict[str, int]:
+    """A scan whose prompts go ``chunk`` positions at a time (see ``_chunked_scan``)."""
+    return _chunked_scan(dims, batch, n_tokens, rows, vocab_tile, chunk)
 
 
 def _chunked_scan(dims: ModelDims, batch: int, n_tokens: int, rows: int, vocab_tile: int, chunk: int) -> dict[str, int]:
@@ -371,11 +450,11 @@ def peak_bytes(analysis: str, dims: ModelDims, batch: int, n_tokens: int, **tili
     return sum(costs(analysis, dims, batch, n_tokens, **tiling).values())
 
 
-def _too_big(analysis: str, dims: ModelDims, n_tokens: int, budget: Budget, batch: int, **tiling: int) -> HorizonError:
+def too_big(analysis: str, dims: ModelDims, n_tokens: int, budget: Budget, batch: int, **tiling: int) -> HorizonError:
     parts = costs(analysis, dims, batch, n_tokens, **tiling)
     need = budget.fixed + sum(parts.values())
-    largest = sorted(parts.items(), key=lambda item: -item[1])[:3]
-    detail = " + ".join(f"{name} {format_size(size)}" for name, size in largest)
+    biggest = sorted(parts.items(), key=lambda item: -item[1])[:3]
+    detail = " + ".join(f"{name} {format_size(size)}" for name, size in biggest)
     what = f"batch {batch}" if batch > 1 else "one prompt at a time"
     return HorizonError(
         f"{analysis} of a {n_tokens}-token prompt ({what}) needs at least {format_size(need)} "
@@ -384,15 +463,15 @@ def _too_big(analysis: str, dims: ModelDims, n_tokens: int, budget: Budget, batc
     )
 
 
-def _fits(analysis: str, dims: ModelDims, batch: int, n_tokens: int, budget: Budget, **tiling: int) -> bool:
+def fits(analysis: str, dims: ModelDims, batch: int, n_tokens: int, budget: Budget, **tiling: int) -> bool:
     return budget.fixed + peak_bytes(analysis, dims, batch, n_tokens, **tiling) <= budget.total
 
 
-def _largest(fits: Any, lo: int, hi: int) -> int:
-    """The largest n in lo..hi with fits(n) (fits is monotone; lo is returned when nothing fits)."""
+def largest(ok: Callable[[int], bool], lo: int, hi: int) -> int:
+    """The largest n in lo..hi with ok(n) (ok is monotone; lo is returned when nothing fits)."""
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if fits(mid):
+        if ok(mid):
             lo = mid
         else:
             hi = mid - 1
@@ -413,12 +492,12 @@ def choose_batch_size(analysis: str, dims: ModelDims, n_tokens: int, budget: Bud
     if requested is not None:  # a batch cannot hold more prompts than there are: --batch-size 10^9 on 3 prompts is 3
         requested = min(requested, max(1, n_prompts))
     first = requested or 1
-    if not _fits(analysis, dims, first, n_tokens, budget, **tiling):
-        raise _too_big(analysis, dims, n_tokens, budget, first, **tiling)
+    if not fits(analysis, dims, first, n_tokens, budget, **tiling):
+        raise too_big(analysis, dims, n_tokens, budget, first, **tiling)
     if requested is not None:
         return requested
     most = max(1, min(n_prompts, MAX_BATCH))
-    return _largest(lambda batch: _fits(analysis, dims, batch, n_tokens, budget, **tiling), 1, most)
+    return largest(lambda batch: fits(analysis, dims, batch, n_tokens, budget, **tiling), 1, most)
 
 
 def readout_tile(batch: int, n_tokens: int, widest: int = VOCAB_TILE) -> int:
@@ -430,37 +509,23 @@ def readout_tile(batch: int, n_tokens: int, widest: int = VOCAB_TILE) -> int:
     return width
 
 
-def staircase_rows(dims: ModelDims, batch: int, n_tokens: int, budget: Budget, held_tokens: int = 0,
-                   most: int | None = None, position_chunk: int = 0) -> int:
-    """Configs per staircase pass (scan): as many as fit, at least 1."""
-    most = most or 2 * dims.n_layers + 2
-    width = readout_tile(batch, min(n_tokens, position_chunk or n_tokens))
-    return _largest(lambda rows: _fits("scan", dims, batch, n_tokens, budget, rows=rows, vocab_tile=width,
-                                       held_tokens=held_tokens, position_chunk=position_chunk), 1, most)
-
-
 def speed_chunk(budget: Budget, n_tokens: int) -> int:
     """Positions per chunk that make a long prompt faster on this device (0: run it whole)."""
     return CPU_POSITION_CHUNK if budget.on_cpu and n_tokens > CPU_CHUNK_FROM else 0
 
 
-def position_chunk(dims: ModelDims, n_tokens: int, budget: Budget) -> int:
-    """Positions per chunk for a scan whose whole prompt does not fit: the longest that fits (halving
-    from the prompt's length down to MIN_POSITION_CHUNK), 0 when the whole prompt fits."""
-    if _fits("scan", dims, 1, n_tokens, budget):
+def position_chunk(analysis: str, dims: ModelDims, n_tokens: int, budget: Budget) -> int:
+    """Positions per chunk for an analysis (scan) whose whole prompt does not fit: the longest that fits
+    (halving from the prompt's length down to MIN_POSITION_CHUNK), 0 when the whole prompt fits."""
+    if fits(analysis, dims, 1, n_tokens, budget):
         return 0
     chunk = n_tokens
     while chunk > MIN_POSITION_CHUNK:
         chunk = max(MIN_POSITION_CHUNK, chunk // 2)
-        if _fits("scan", dims, 1, n_tokens, budget, position_chunk=chunk,
-                 vocab_tile=readout_tile(1, chunk)):
+        if fits(analysis, dims, 1, n_tokens, budget, position_chunk=chunk,
+                vocab_tile=readout_tile(1, chunk)):
             return chunk
     return 0
-
-
-def truncation_windows(dims: ModelDims, batch: int, n_tokens: int, budget: Budget) -> int:
-    """Truncated prompts per pass: as many as fit, at most MAX_WINDOWS."""
-    return _largest(lambda n: _fits("truncate", dims, batch, n_tokens, budget, windows=n), 1, MAX_WINDOWS)
 
 
 # ----------------------------------------------------------------------------- everything at once
@@ -510,44 +575,36 @@ def plan(analysis: str, dims: ModelDims, token_lengths: list[int], budget: Budge
          requested: int | None = None) -> Plan:
     """Batch size and tiles for ``analysis`` on prompts of ``token_lengths`` (raises when nothing fits).
 
-    Scan and patch keep every prompt's clean run when they fit in half the working budget, and
-    make them batch by batch otherwise.
+    What an analysis may do comes from its ``Cost``: one that ``keeps_clean_runs`` (scan, patch) keeps
+    every prompt's clean run when they fit in half the working budget, and makes them batch by batch
+    otherwise; ``memory_chunks`` / ``speed_chunks`` allow position chunks; its ``tiles`` are chosen
+    once the batch is.
     """
     if not token_lengths:
         raise HorizonError("no prompts to plan for")
+    cost = planned_cost(analysis)
     n_tokens = max(token_lengths)
     tiling: dict[str, int] = {}
     keep = 0
-    if analysis in ("scan", "patch"):
+    if cost.keeps_clean_runs:
         held = n_tokens * len(token_lengths)  # padded: an upper bound
         if clean_run_bytes(dims, held) <= budget.working // 2:
             keep, tiling["held_tokens"] = clean_run_bytes(dims, held), held
-    needed = position_chunk(dims, n_tokens, budget) if analysis == "scan" else 0  # for memory
-    faster = speed_chunk(budget, n_tokens) if analysis in ("scan", "norms") else 0
+    needed = position_chunk(analysis, dims, n_tokens, budget) if cost.memory_chunks else 0  # for memory
+    faster = speed_chunk(budget, n_tokens) if cost.speed_chunks else 0
     if (needed or faster) and dims.chunks_refused is not None and (why := dims.chunks_refused()):
         if needed:
-            fits = f"{n_tokens} tokens fit in {format_size(budget.total)} only in position chunks"
-            raise HorizonError(f"{fits}, and {why}")
+            reason = f"{n_tokens} tokens fit in {format_size(budget.total)} only in position chunks"
+            raise HorizonError(f"{reason}, and {why}")
         faster = 0  # chunks were only for speed: the whole pass gives the right numbers, slower
-    if analysis == "scan" and (chunk := needed or faster):
+    if chunk := needed or faster:
         tiling = {"position_chunk": chunk}  # chunked clean runs are never kept
         keep = 0
-    elif analysis == "norms" and faster:
-        tiling["position_chunk"] = faster
-    # truncate's --batch-size counts truncated prompts per pass; its full prompts' batch is always chosen
+    # an analysis whose tiles take --batch-size (truncate: truncated prompts per pass) has its batch chosen
     batch = choose_batch_size(analysis, dims, n_tokens, budget, len(token_lengths),
-                              None if analysis == "truncate" else requested, tiling.get("held_tokens", 0),
+                              requested if cost.batch_requested else None, tiling.get("held_tokens", 0),
                               tiling.get("position_chunk", 0))
-    if analysis == "scan":
-        chunk = tiling.get("position_chunk", 0)
-        tiling["vocab_tile"] = readout_tile(batch, chunk or n_tokens)
-        tiling["rows"] = staircase_rows(dims, batch, n_tokens, budget, tiling.get("held_tokens", 0),
-                                        position_chunk=chunk)
-    elif analysis == "truncate":
-        if requested is not None:  # no more truncated prompts per pass than the batch has positions
-            requested = min(requested, max(1, batch * n_tokens))
-        if requested is not None and not _fits(analysis, dims, batch, n_tokens, budget, windows=requested):
-            raise _too_big(analysis, dims, n_tokens, budget, batch, windows=requested)
-        tiling["windows"] = requested or truncation_windows(dims, batch, n_tokens, budget)
+    if cost.tiles is not None:
+        tiling.update(cost.tiles(dims, batch, n_tokens, budget, tiling, requested))
     return Plan(analysis=analysis, budget=budget, batch_size=batch, n_tokens=n_tokens, dims=dims, tiling=tiling,
                 keep_clean_bytes=keep)

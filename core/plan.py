@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from horizon.core import analyses as registry
+from horizon.core.budget import cost_of
 from horizon.core.errors import HorizonError
 
 if TYPE_CHECKING:
@@ -38,18 +39,20 @@ if TYPE_CHECKING:
 
 # The corpus-wide passes run with the engines' default batch (core/truncation.py, core/horizon.py).
 CORPUS_PASS_BATCH = 8
-# Per analysis, the extra work per token and key besides attention's 2 * d_model (the attention
-# analysis reduces every pattern to five statistics, with and without BOS, per head).
-PATTERN_WORK_PER_HEAD = {"attention": 12}
 
 
 # ----------------------------------------------------------------------------- the cost model
 
 
-def crossover(analysis: str, d_model: int, d_mlp: int, n_heads: int) -> float:
-    """The prompt length at which an analysis's quadratic (attention) work equals its linear work."""
+def crossover(analysis: str | None, d_model: int, d_mlp: int, n_heads: int) -> float:
+    """The prompt length at which an analysis's quadratic (attention) work equals its linear work.
+
+    Besides attention's 2 * d_model per token and key, an analysis may add work per key and head
+    (its ``Cost.pattern_work_per_head``); ``None``: a plain forward pass.
+    """
+    cost = None if analysis is None else cost_of(analysis)
     linear = 4 * d_model * d_model + 3 * d_model * d_mlp
-    quadratic = 2 * d_model + PATTERN_WORK_PER_HEAD.get(analysis, 0) * n_heads
+    quadratic = 2 * d_model + (cost.pattern_work_per_head if cost is not None else 0) * n_heads
     return linear / quadratic
 
 
@@ -71,12 +74,13 @@ def relative_weights(settings: SweepSettings, n_layers: int) -> dict[str, float]
 
     Only the mix between analyses depends on these: every shard's ETA is rescaled by the measured
     time of the shards done, so on a sweep where every shard runs the same analyses they cancel.
-    Truncation runs one short forward per position and kept length; a scan about half a forward
-    plus a readout per horizon row.
+    Each analysis's own is its ``Cost.relative_work`` (one without a cost model: 1).
     """
-    rows = len(settings.ks or range(n_layers + 1)) * (len(settings.start_layers) + (n_layers + 1) * settings.by_layer)
-    return {"norms": 1.0, "attention": 1.0, "truncate": 1.0 + 0.5 * len(settings.lengths),
-            "scan": 1.0 + 0.7 * rows}
+    weights = {}
+    for name, entry in registry.REGISTRY.items():
+        if entry.cost is not None:
+            weights[name] = entry.cost.relative_work(settings, n_layers)
+    return weights
 
 
 def predicted_shard_work(lengths: Sequence[int], analyses: Sequence[str], settings: SweepSettings,
@@ -257,10 +261,9 @@ def plan_sweep(
             rows += shard_rows
             disk += measured[name]["file_bytes"] + round(measured[name]["row_bytes"] * shard_rows)
         if name in measured["corpus"]:  # the corpus-wide pass over every prompt, at the engines' batch
-            corpus_units = shard_units(lengths, CORPUS_PASS_BATCH, crossover("norms", dims["d_model"], dims["d_mlp"],
-                                                                             dims["n_heads"]))
-            sample_units = shard_units([len(ids) for ids in sample_ids], CORPUS_PASS_BATCH,
-                                       crossover("norms", dims["d_model"], dims["d_mlp"], dims["n_heads"]))
+            forward = crossover(None, dims["d_model"], dims["d_mlp"], dims["n_heads"])  # plain forward passes
+            corpus_units = shard_units(lengths, CORPUS_PASS_BATCH, forward)
+            sample_units = shard_units([len(ids) for ids in sample_ids], CORPUS_PASS_BATCH, forward)
             seconds += measured["corpus"][name] * corpus_units / sample_units
         plans[name] = AnalysisPlan(seconds=seconds / max(1, workers), peak_bytes=peak, batch_size=min(batch_sizes),
                                    disk_bytes=disk, rows=rows, batch_sizes=sorted(set(batch_sizes)),
@@ -278,16 +281,14 @@ def plan_sweep(
                 "seconds": {name: round(measured[name]["seconds"], 3) for name in settings.analyses},
                 "corpus_pass_seconds": {name: round(value, 3) for name, value in measured["corpus"].items()},
                 "plan_seconds": round(time.perf_counter() - started, 2)},
-        budget=worker.plan("norms", sample_ids).budget.to_json(),
+        budget=worker.memory_budget().to_json(),
     )
 
 
 def _batching(worker: SweepWorker, analysis: str, token_ids: list[list[int]]) -> tuple[int, int]:
     """(batch size, predicted peak bytes) of an analysis on these prompts; an analysis the cost
     model does not know (one registered from outside) runs them as one batch, peak unknown (0)."""
-    from horizon.core.budget import ANALYSES
-
-    if analysis not in ANALYSES:
+    if cost_of(analysis) is None:
         return len(token_ids), 0
     chosen = worker.plan(analysis, token_ids)
     return chosen.batch_size, chosen.peak_bytes
@@ -300,9 +301,7 @@ def _measure(worker: SweepWorker, sample: list[int], settings: SweepSettings) ->
     time an analysis takes). One short warm-up pass first, so one-off start-up costs (thread
     pools, allocator growth) are not fitted as per-token cost.
     """
-    from horizon.core.horizon import corpus_ablation_means
     from horizon.core.prompts import decode_tokens
-    from horizon.core.truncation import mean_residual
     from horizon.core.worker import prompts_table, tokens_table
 
     model = worker.model
@@ -313,14 +312,12 @@ def _measure(worker: SweepWorker, sample: list[int], settings: SweepSettings) ->
     shortest = min(token_ids, key=len)
     registry.REGISTRY["norms"].rows(worker, [0], [shortest], [decode_tokens(model, shortest)])  # warm-up
     measured: dict[str, Any] = {"corpus": {}}
-    if "truncate" in settings.analyses:
-        started = time.perf_counter()
-        worker.set_mu(mean_residual(model, token_ids, settings.bos).float().cpu().numpy())
-        measured["corpus"]["truncate"] = time.perf_counter() - started
-    if "scan" in settings.analyses and settings.ablation == "mean":
-        started = time.perf_counter()
-        worker.set_ablation_means(corpus_ablation_means(model, token_ids, settings.bos).mean.cpu().numpy())
-        measured["corpus"]["scan"] = time.perf_counter() - started
+    for name in settings.analyses:  # each analysis's corpus-wide array (core/analyses CorpusInput)
+        corpus = registry.REGISTRY[name].corpus
+        if corpus is not None and corpus.needed(settings):
+            started = time.perf_counter()
+            worker.set_corpus_input(name, corpus.compute(model, token_ids, settings.bos))
+            measured["corpus"][name] = time.perf_counter() - started
     for name in settings.analyses:
         started = time.perf_counter()
         table = registry.REGISTRY[name].rows(worker, sample, token_ids, tokens)

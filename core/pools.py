@@ -1,7 +1,8 @@
 """Where a sweep's shards run: one in-process worker, or one Ray actor per device.
 
-A pool gives the driver (core/sweep.py) the model's description, the corpus-wide arrays
-(truncation's mean residual, mean ablation's means) and, shard by shard, the tables.
+A pool gives the driver (core/sweep.py) the model's description, the analyses' corpus-wide arrays
+(their registry entries' ``corpus``: truncation's mean residual, mean ablation's means) and, shard by
+shard, the tables.
 """
 
 from __future__ import annotations
@@ -44,17 +45,11 @@ class LocalPool:
     def describe(self) -> dict[str, Any]:
         return self.worker.describe()
 
-    def compute_mu(self) -> np.ndarray:
-        return self.worker.compute_mu()
+    def compute_corpus_input(self, analysis: str) -> np.ndarray:
+        return self.worker.compute_corpus_input(analysis)
 
-    def set_mu(self, mu: np.ndarray) -> None:
-        self.worker.set_mu(mu)
-
-    def compute_ablation_means(self) -> np.ndarray:
-        return self.worker.compute_ablation_means()
-
-    def set_ablation_means(self, means: np.ndarray) -> None:
-        self.worker.set_ablation_means(means)
+    def set_corpus_input(self, analysis: str, array: np.ndarray) -> None:
+        self.worker.set_corpus_input(analysis, array)
 
     def run(self, todo: list[tuple[int, list[str]]], plans: list[list[int]]) -> Iterator[ShardResult]:
         for shard_id, analyses in todo:
@@ -105,7 +100,7 @@ class RayPool:
         self.started_ray = False
         self.actors: list[Any] = []  # live and ready
         self.starting: dict[Any, Any] = {}  # describe() call -> a new actor not ready yet
-        self.arrays: dict[str, Any] = {}  # set_mu / set_ablation_means -> the array every actor gets
+        self.arrays: dict[str, Any] = {}  # analysis -> its corpus-wide array (a Ray reference) every actor gets
         self.events: list[str] = []  # each worker lost, one line each
         self.failed: dict[int, str] = {}
         self.retried: set[int] = set()  # shards run again after their worker died
@@ -177,32 +172,27 @@ class RayPool:
     def describe(self) -> dict[str, Any]:
         return self.description
 
-    def compute_mu(self) -> np.ndarray:
-        return self._on_any("compute_mu")
+    def compute_corpus_input(self, analysis: str) -> np.ndarray:
+        return self._on_any("compute_corpus_input", analysis)
 
-    def set_mu(self, mu: np.ndarray) -> None:
-        self._broadcast("set_mu", mu)
+    def set_corpus_input(self, analysis: str, array: np.ndarray) -> None:
+        self._broadcast(analysis, array)
 
-    def compute_ablation_means(self) -> np.ndarray:
-        return self._on_any("compute_ablation_means")
-
-    def set_ablation_means(self, means: np.ndarray) -> None:
-        self._broadcast("set_ablation_means", means)
-
-    def _on_any(self, method: str) -> Any:
-        """``method`` on one live worker; a worker lost meanwhile is replaced and the next one asked."""
+    def _on_any(self, method: str, *args: Any) -> Any:
+        """``method(*args)`` on one live worker; a worker lost meanwhile is replaced and the next one asked."""
         for _ in range(SHARD_TRIES):
             actor = self._any_ready_actor()
             try:
-                return self._get(getattr(actor, method).remote())
+                return self._get(getattr(actor, method).remote(*args))
             except _Lost as exc:
                 self._lose(actor, exc)
         raise HorizonError(f"{method}: its Ray worker died on each of {SHARD_TRIES} runs ({self.events[-1]})")
 
-    def _broadcast(self, method: str, array: np.ndarray) -> None:
-        """Give every worker ``array``; a new worker gets every array given so far before its first shard."""
-        self.arrays[method] = self.ray.put(array)
-        calls = {getattr(actor, method).remote(self.arrays[method]): actor for actor in self.actors}
+    def _broadcast(self, analysis: str, array: np.ndarray) -> None:
+        """Give every worker ``analysis``'s ``array``; a new worker gets every array given so far before its
+        first shard."""
+        self.arrays[analysis] = self.ray.put(array)
+        calls = {actor.set_corpus_input.remote(analysis, self.arrays[analysis]): actor for actor in self.actors}
         for call, actor in calls.items():
             try:
                 self._get(call)
@@ -295,8 +285,8 @@ class RayPool:
         actor = self.starting.pop(call)
         try:
             _check_same(self.description, self._get(call))
-            for method, array in self.arrays.items():
-                self._get(getattr(actor, method).remote(array))
+            for analysis, array in self.arrays.items():
+                self._get(actor.set_corpus_input.remote(analysis, array))
         except _Lost as exc:
             self.failed_starts += 1
             self.events.append(f"a new Ray worker died before its first shard ({_why(exc)})")

@@ -65,13 +65,18 @@ def rebuild_manifest(root: Path, new: dict[str, Any], texts: Sequence[str],
             shard.setdefault("sha256", {})[table] = store.file_sha256(root, path)
             adopted += 1
         shard["status"] = "pending" if missing_tables(manifest, shard) else "done"
-    truncate = registry.REGISTRY["truncate"].table
-    if "truncate" in analyses and any(truncate in shard["rows"] for shard in manifest["shards"]):
+    # A corpus-wide array read back after the sweep (truncate's mean residual) is adopted with the
+    # shards made with it; the others are computed again before any shard that needs them runs.
+    for name, entry in registry.REGISTRY.items():
+        wanted = entry.corpus
+        if wanted is None or not wanted.kept_after_sweep or name not in analyses \
+                or not any(entry.table in shard["rows"] for shard in manifest["shards"]):
+            continue
         try:
-            mu = store.load_array(root, root / store.MU_FILE, (n_layers + 1, manifest["model"]["d_model"]))
-            analyses["truncate"]["_mu_sha256"] = store.array_sha256(mu)
+            array = store.load_array(root, root / wanted.file, wanted.shape(n_layers, manifest["model"]["d_model"]))
+            analyses[name][wanted.checksum_key] = store.array_sha256(array)
         except (OSError, ValueError, HorizonError):
-            pass  # missing, damaged, a link or of another shape: computed again before any truncation shard runs
+            pass  # missing, damaged, a link or of another shape: computed again before any of its shards runs
     manifest["rebuilt"] = store.now_iso()
     done = sum(1 for shard in manifest["shards"] if shard["status"] == "done")
     why = f"it was damaged (kept in {moved})" if moved is not None else "it was missing"

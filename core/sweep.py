@@ -39,6 +39,7 @@ from horizon.core.views import VIEWS_FILE, corpus_views, write_views
 from horizon.core.worker import WorkerConfig
 
 if TYPE_CHECKING:
+    from horizon.core.analyses import CorpusInput
     from horizon.core.loader import LoadedModel
 
 __all__ = ["ABLATION_MEANS_FILE", "ShardSpec", "SweepSettings", "SweepSummary", "corpus_views", "plan_shards",
@@ -211,17 +212,32 @@ def _missing_work(manifest: dict[str, Any]) -> bool:
 
 
 ABLATION_MEANS_FILE = store.ABLATION_MEANS_FILE
-# The corpus-wide arrays computed once before any shard: analysis -> (file, manifest key, dtype).
-CORPUS_ARRAYS = {
-    "truncate": (store.MU_FILE, "_mu_sha256", np.float32),  # the mean residual [L+1, d_model] truncation centres with
-    "scan": (ABLATION_MEANS_FILE, "_means_sha256", np.float64),  # mean ablation's means [2L+1, d_model]
-}
+
+
+def _corpus_input(analysis: str) -> CorpusInput:
+    """The corpus-wide array ``analysis``'s shards need (its registry entry's ``corpus``)."""
+    corpus = registry.REGISTRY[analysis].corpus
+    if corpus is None:
+        raise ValueError(f"the {analysis} analysis takes no corpus-wide input")
+    return corpus
 
 
 def corpus_array_shape(analysis: str, model: dict[str, Any]) -> tuple[int, int]:
-    """The shape of an analysis's corpus-wide array for this model: [L+1, d] (mean residual), [2L+1, d] (means)."""
-    n_layers, d_model = model["n_layers"], model["d_model"]
-    return (n_layers + 1, d_model) if analysis == "truncate" else (2 * n_layers + 1, d_model)
+    """The shape of an analysis's corpus-wide array for this model (e.g. [L+1, d] mean residual, [2L+1, d] means)."""
+    return _corpus_input(analysis).shape(model["n_layers"], model["d_model"])
+
+
+def _corpus_array_damaged(root: Path, manifest: dict[str, Any], analysis: str) -> bool:
+    """Whether the stored corpus-wide array the manifest records a checksum of is missing or differs from it."""
+    corpus = _corpus_input(analysis)
+    recorded = manifest.get("analyses", {}).get(analysis, {}).get(corpus.checksum_key)
+    if not recorded:
+        return False
+    try:
+        array = store.load_array(root, root / corpus.file, corpus_array_shape(analysis, manifest["model"]))
+        return store.array_sha256(array) != recorded
+    except (OSError, ValueError, HorizonError):
+        return True
 
 
 def _ensure_corpus_array(root: Path, manifest: dict[str, Any], analysis: str,
@@ -234,7 +250,8 @@ def _ensure_corpus_array(root: Path, manifest: dict[str, Any], analysis: str,
     inf, a crafted file with a recomputed checksum of another shape) is computed again. A computed
     array with NaN or inf (a model that overflows) is refused: it would turn every row into NaN.
     """
-    name, key, dtype = CORPUS_ARRAYS[analysis]
+    corpus = _corpus_input(analysis)
+    name, key, dtype = corpus.file, corpus.checksum_key, corpus.dtype
     shape = corpus_array_shape(analysis, manifest["model"])
     with store.locked(root):
         current = store.read_manifest(root)
@@ -249,8 +266,7 @@ def _ensure_corpus_array(root: Path, manifest: dict[str, Any], analysis: str,
                 pass
         array = np.ascontiguousarray(compute().astype(dtype))
         if array.shape != shape or not np.isfinite(array).all():
-            what = "the corpus mean residual" if analysis == "truncate" else "the mean-ablation means"
-            raise HorizonError(f"{what} of this model over the corpus has "
+            raise HorizonError(f"{corpus.description} of this model over the corpus has "
                                f"{'NaN or infinite values' if array.shape == shape else f'shape {array.shape}'}: "
                                "the model overflows (try --dtype float32) or is damaged; nothing was written")
         store.write_array_atomic(path, array)
@@ -494,13 +510,17 @@ def _run(corpus: Corpus, root: Path, config: WorkerConfig, loaded: LoadedModel |
         if on_plan is not None:
             on_plan(sum(shard_prompts[i] for i, _ in todo), sum(shard_tokens[i] for i, _ in todo), done_before)
 
-        if todo and any("truncate" in analyses for _, analyses in todo):
-            pool.set_mu(_ensure_corpus_array(root, manifest, "truncate", pool.compute_mu))
-        elif "truncate" in manifest["analyses"] and store.mu_problem(root, manifest):
-            _ensure_corpus_array(root, manifest, "truncate", pool.compute_mu)  # a damaged corpus mean is computed again
-            notes.append(f"computed {root / store.MU_FILE} again (it was missing or damaged)")
-        if settings.ablation == "mean" and todo and any("scan" in analyses for _, analyses in todo):
-            pool.set_ablation_means(_ensure_corpus_array(root, manifest, "scan", pool.compute_ablation_means))
+        for name, entry in registry.REGISTRY.items():  # each analysis's corpus-wide array, before any shard
+            wanted = entry.corpus
+            if wanted is None:
+                continue
+            compute = functools.partial(pool.compute_corpus_input, name)
+            if wanted.needed(settings) and any(name in analyses for _, analyses in todo):
+                pool.set_corpus_input(name, _ensure_corpus_array(root, manifest, name, compute))
+            elif (wanted.kept_after_sweep and name in manifest["analyses"]
+                  and _corpus_array_damaged(root, manifest, name)):
+                _ensure_corpus_array(root, manifest, name, compute)  # a damaged stored array is computed again
+                notes.append(f"computed {root / wanted.file} again (it was missing or damaged)")
 
         plans = plan_shards(len(corpus), settings.shard_size)
         eta = Eta({shard_id: predicted_shard_work([described["n_tokens"][i] for i in plans[shard_id]], analyses,

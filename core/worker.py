@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import pyarrow as pa
 from horizon.core import analyses as registry
-from horizon.core.budget import MAX_BATCH
+from horizon.core.budget import MAX_BATCH, cost_of
 from horizon.core.sweep_settings import SweepSettings
 
 if TYPE_CHECKING:
@@ -30,9 +30,8 @@ Result = TypeVar("Result")
 # (108-121 tokens, smollm2-135m, 2-core EPYC, best of 2-3, vs batch 1) took, for scan (k up to 31),
 # 0.89 at batch 2, 1.00 at 4 and 1.19-1.23 at 8 (the budget's choice); norms 0.77 / 0.72 / 0.71 and
 # attention 0.69 / 0.66 / 0.58 at 2 / 4 / 8. Hence a cap of padded tokens (prompts x longest) per
-# batch and analysis (analyses not named: no cap), and a batch is split where it would be more than
-# CPU_MAX_PADDING padding (padded positions are work thrown away on CPU).
-CPU_BATCH_TOKENS = {"scan": 256, "norms": 1024, "attention": 1024}
+# batch and analysis (its ``Cost.cpu_batch_tokens``, core/analyses/; None: no cap), and a batch is split
+# where it would be more than CPU_MAX_PADDING padding (padded positions are work thrown away on CPU).
 CPU_MAX_PADDING = 0.25
 
 
@@ -74,7 +73,8 @@ class SweepWorker:
         corpus = Corpus(name="", texts=config.texts, kinds=[""] * len(config.texts))
         self.token_ids = tokenize_corpus(self.model, corpus, self.settings.max_tokens, self.settings.bos,
                                          self.settings.bos_token)
-        self.mu: Any = None
+        # analysis -> its corpus-wide input as its shards read it (``set_corpus_input``)
+        self.corpus_inputs: dict[str, Any] = {}
         self._budget: tuple[ModelDims, Budget] | None = None
 
     # -- how a shard's prompts are batched
@@ -83,13 +83,10 @@ class SweepWorker:
         (core/budget.py); raises HorizonError, with the numbers, when even one prompt cannot fit."""
         import dataclasses
 
-        from horizon.core.budget import ModelDims, costs, make_budget, plan
+        from horizon.core.budget import costs, plan
         from horizon.core.horizon import DEFAULT_PASS_BYTES
 
-        if self._budget is None:
-            dims = ModelDims.of(self.model)
-            self._budget = dims, make_budget(self.config.max_memory, dims, self.model.device)
-        dims, budget = self._budget
+        dims, budget = self._dims_and_budget()
         lengths = [len(ids) for ids in token_ids]
         chosen = plan(analysis, dims, lengths, budget, requested=self.config.batch_size)
         most = self.most_prompts(analysis, max(lengths))
@@ -101,6 +98,19 @@ class SweepWorker:
             most = max(1, DEFAULT_PASS_BYTES // max(1, row))
             chosen = dataclasses.replace(chosen, tiling={**chosen.tiling, "rows": min(chosen.tiling["rows"], most)})
         return chosen
+
+    def _dims_and_budget(self) -> tuple[ModelDims, Budget]:
+        from horizon.core.budget import ModelDims, make_budget
+
+        if self._budget is None:
+            dims = ModelDims.of(self.model)
+            self._budget = dims, make_budget(self.config.max_memory, dims, self.model.device)
+        return self._budget
+
+    def memory_budget(self) -> Budget:
+        """The run's memory budget (--max-memory, or a safe share of the device's free memory): every
+        analysis's plan is made under it."""
+        return self._dims_and_budget()[1]
 
     def pass_bytes(self, chosen: Plan) -> int:
         """The memory one staircase pass of a scan may take: its planned rows, within the engine's default."""
@@ -115,7 +125,8 @@ class SweepWorker:
 
     def batch_tokens(self, analysis: str) -> int | None:
         """Padded tokens (prompts x longest) one auto batch of ``analysis`` may hold on this device (None: no cap)."""
-        return CPU_BATCH_TOKENS.get(analysis) if self.auto_on_cpu else None
+        cost = cost_of(analysis)
+        return cost.cpu_batch_tokens if self.auto_on_cpu and cost is not None else None
 
     def most_prompts(self, analysis: str, longest: int) -> int | None:
         """The most prompts of ``longest`` tokens one auto batch may hold on this device (None: no cap)."""
@@ -168,31 +179,20 @@ class SweepWorker:
                      "d_mlp": int(getattr(model.bridge.cfg, "d_mlp", None) or 4 * model.d_model)},
         }
 
-    def compute_mu(self) -> np.ndarray:
-        """The corpus-wide mean residual [L+1, d_model] for truncation's centring."""
-        from horizon.core.truncation import mean_residual
-
+    def compute_corpus_input(self, analysis: str) -> np.ndarray:
+        """``analysis``'s corpus-wide array (its registry entry's ``corpus``) over every prompt of the corpus."""
+        corpus = registry.REGISTRY[analysis].corpus
+        if corpus is None:
+            raise ValueError(f"the {analysis} analysis takes no corpus-wide input")
         with self.runner.lock:
-            return mean_residual(self.model, self.token_ids, self.settings.bos).float().cpu().numpy()
+            return corpus.compute(self.model, self.token_ids, self.settings.bos)
 
-    def set_mu(self, mu: np.ndarray) -> None:
-        import torch
-
-        self.mu = torch.as_tensor(mu, dtype=torch.float32, device=self.model.device)
-
-    def compute_ablation_means(self) -> np.ndarray:
-        """Mean ablation's corpus-wide means of every sublayer output [2L+1, d_model] (float64)."""
-        from horizon.core.horizon import corpus_ablation_means
-
-        with self.runner.lock:
-            return corpus_ablation_means(self.model, self.token_ids, self.settings.bos).mean.cpu().numpy()
-
-    def set_ablation_means(self, means: np.ndarray) -> None:
-        import torch
-        from horizon.core.horizon import AblationMeans
-
-        self.ablation_means = AblationMeans(torch.as_tensor(means, dtype=torch.float64, device=self.model.device),
-                                            has_bos=self.settings.bos)
+    def set_corpus_input(self, analysis: str, array: np.ndarray) -> None:
+        """Give this worker's shards ``analysis``'s corpus-wide array (as its engine takes it)."""
+        corpus = registry.REGISTRY[analysis].corpus
+        if corpus is None:
+            raise ValueError(f"the {analysis} analysis takes no corpus-wide input")
+        self.corpus_inputs[analysis] = corpus.receive(array, self.model, self.settings)
 
     def run_shard(self, prompt_indices: Sequence[int], analyses: Sequence[str]) -> dict[str, pa.Table]:
         """All tables of one shard: the base tables plus one per analysis asked for."""

@@ -22,6 +22,8 @@ import torch
 import transformers
 from horizon.core import budget as B
 from horizon.core import horizon as H
+from horizon.core.analyses.scan import staircase_rows
+from horizon.core.analyses.truncate import truncation_windows
 from horizon.core.attention import attention_distance
 from horizon.core.errors import HorizonError
 from horizon.core.horizon_scan import scan
@@ -103,9 +105,9 @@ def test_costs_grow_with_every_size() -> None:
 
 
 def test_tiles_follow_the_budget() -> None:
-    rows = [B.staircase_rows(SMOL, 1, 512, _budget(total)) for total in (3e9, 6e9, 24e9)]
+    rows = [staircase_rows(SMOL, 1, 512, _budget(total)) for total in (3e9, 6e9, 24e9)]
     assert rows == sorted(rows) and rows[-1] > rows[0] and rows[0] >= 1
-    windows = [B.truncation_windows(SMOL, 1, 2048, _budget(total)) for total in (1.6e9, 3e9)]
+    windows = [truncation_windows(SMOL, 1, 2048, _budget(total)) for total in (1.6e9, 3e9)]
     assert windows == sorted(windows) and windows[0] >= 1
     assert B.readout_tile(1, 128) == B.VOCAB_TILE and B.readout_tile(1, 2048) < B.VOCAB_TILE
 

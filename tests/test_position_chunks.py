@@ -151,7 +151,7 @@ def test_the_scan_command_passes_the_chunk_to_the_engine(run_cli, monkeypatch: p
             "--ks", "1,2", "--json")
     code, whole, _ = run_cli(*args)
     assert code == 0
-    monkeypatch.setattr(B, "position_chunk", lambda dims, n_tokens, budget: 16)
+    monkeypatch.setattr(B, "position_chunk", lambda analysis, dims, n_tokens, budget: 16)
     code, chunked, _ = run_cli(*args)
     assert code == 0
     whole_json, chunked_json = json.loads(whole), json.loads(chunked)

@@ -253,14 +253,11 @@ def fake_worker():
             return {"model": {"spec": "fake"}, "dtype": "float32", "bos": None, "n_tokens": [1] * 4,
                     "host": socket.gethostname()}
 
-        def compute_mu(self):
+        def compute_corpus_input(self, analysis):
             return np.arange(3.0)
 
-        def set_mu(self, mu):
-            self.mu = np.asarray(mu)
-
-        def set_ablation_means(self, means):
-            self.means = np.asarray(means)
+        def set_corpus_input(self, analysis, array):
+            setattr(self, {"truncate": "mu", "scan": "means"}[analysis], np.asarray(array))
 
         def run_shard(self, prompts, analyses):
             if 1 in prompts:
@@ -275,8 +272,8 @@ pools.SweepWorker = fake_worker()
 config = WorkerConfig(model="fake", device="cpu", dtype="float32", texts=["a"] * 4, settings=SweepSettings())
 pool = pools.RayPool(config, workers=2, address=sys.argv[1])
 try:
-    pool.set_mu(pool.compute_mu())
-    pool.set_ablation_means(np.full(5, 2.0))
+    pool.set_corpus_input("truncate", pool.compute_corpus_input("truncate"))
+    pool.set_corpus_input("scan", np.full(5, 2.0))
     done = [(shard_id, tables["shard"].to_pylist()[0]) for shard_id, tables, _ in
             pool.run([(i, []) for i in range(4)], [[0], [1], [2], [3]])]
 finally:

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from horizon.core import analyses as registry
+from horizon.core import budget as B
 from horizon.core import store
 from horizon.core.corpus import Corpus
 from horizon.core.sweep import SweepSettings, run_sweep
@@ -97,3 +98,72 @@ def _corpus_file(tmp_path: Path) -> Path:
 def test_a_table_name_is_written_by_one_analysis_only(extra) -> None:
     with pytest.raises(ValueError, match="already written"):
         registry.register(registry.Analysis(name="other", table="final_norm", schema={}, rows=rows, view=view))
+
+
+# ----------------------------------------------------------------------------- cost model and corpus-wide inputs
+
+
+def test_the_built_in_corpus_inputs_are_the_files_the_store_reads() -> None:
+    # Each entry names its array's file; core/store.py reads the same files back and guards them.
+    files = {name: entry.corpus.file for name, entry in registry.REGISTRY.items() if entry.corpus is not None}
+    assert files == {"truncate": store.MU_FILE, "scan": store.ABLATION_MEANS_FILE}
+    assert sorted(files.values()) == sorted(store.CORPUS_FILES)
+
+
+def doubled_norms(dims: B.ModelDims, batch: int, n_tokens: int, **tiling: int) -> dict[str, int]:
+    parts = registry.REGISTRY["norms"].cost.parts(dims, batch, n_tokens, **tiling)  # type: ignore[union-attr]
+    return {name: 2 * size for name, size in parts.items()}
+
+
+def mean_token_id(model: Any, token_ids: list[list[int]], bos: bool) -> np.ndarray:
+    return np.full((2, 3), np.mean([token for ids in token_ids for token in ids]))
+
+
+COSTED = registry.Analysis(
+    name="costed", table="costed", schema=EXTRA.schema, view=view,
+    rows=lambda worker, indices, token_ids, tokens: pa.table({
+        "prompt": pa.array(indices, pa.int32()), "n_tokens": pa.array([len(ids) for ids in token_ids], pa.int32()),
+        "final_norm": pa.array([float(worker.corpus_inputs["costed"][0, 0])] * len(indices), pa.float64())}),
+    cost=B.Cost(parts=doubled_norms, relative_work=lambda settings, n_layers: 3.0, cpu_batch_tokens=64),
+    corpus=registry.CorpusInput(file="costed.npy", checksum_key="_costed_sha256", dtype=np.float64,
+                                shape=lambda n_layers, d_model: (2, 3), description="the mean token id",
+                                compute=mean_token_id, receive=lambda array, model, settings: array * 10),
+)
+
+
+@pytest.fixture
+def costed():
+    registry.register(COSTED)
+    yield COSTED
+    registry.unregister(COSTED.name)
+
+
+def test_a_registered_cost_model_is_what_the_budget_plans_with(costed) -> None:
+    from horizon.core.plan import relative_weights
+
+    dims = B.ModelDims(n_layers=4, d_model=64, n_heads=4, d_mlp=256, vocab=1000)
+    assert "costed" in B.ANALYSES
+    assert B.peak_bytes("costed", dims, 3, 50) == 2 * B.peak_bytes("norms", dims, 3, 50)
+    budget = B.Budget(total=10 ** 9, fixed=0, source="test")
+    # Under a budget that fits 4 prompts of the doubled cost, the norms fit more: the batch is the largest
+    # whose doubled norms bytes fit, counted here by trying each.
+    tight = B.Budget(total=2 * B.peak_bytes("norms", dims, 4, 50) + 1, fixed=0, source="test")
+    expected = max(batch for batch in range(1, 9) if 2 * B.peak_bytes("norms", dims, batch, 50) <= tight.total)
+    assert expected == 4 and B.plan("costed", dims, [50] * 8, tight).batch_size == expected
+    assert B.plan("norms", dims, [50] * 8, tight).batch_size > expected
+    assert B.plan("costed", dims, [50] * 8, budget).batch_size == 8
+    assert relative_weights(SweepSettings(), 4)["costed"] == 3.0
+
+
+def test_a_registered_corpus_input_reaches_every_shard(costed, tiny_llama) -> None:
+    from horizon.core.worker import SweepWorker, WorkerConfig
+
+    config = WorkerConfig(model=tiny_llama.spec, device="cpu", dtype="float32", texts=TEXTS,
+                          settings=SweepSettings(analyses=["costed"]))
+    worker = SweepWorker(config, loaded=tiny_llama)
+    array = worker.compute_corpus_input("costed")
+    assert np.allclose(array, np.mean([token for ids in worker.token_ids for token in ids]))
+    worker.set_corpus_input("costed", array)
+    tables = worker.run_shard([0, 1], ["costed"])
+    assert tables["costed"].column("final_norm").to_pylist() == [float(array[0, 0]) * 10] * 2
+    assert worker.batch_tokens("costed") == 64  # on CPU with an automatic batch: its declared cap

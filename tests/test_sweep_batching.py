@@ -37,9 +37,9 @@ def worker(model, batch_size: int | None, texts: list[str] = TEXTS, **settings) 
                                                  **settings),
                           batch_size=batch_size)
     made = SweepWorker(config, loaded=model)
-    made.set_mu(made.compute_mu())
+    made.set_corpus_input("truncate", made.compute_corpus_input("truncate"))
     if made.settings.ablation == "mean":
-        made.set_ablation_means(made.compute_ablation_means())
+        made.set_corpus_input("scan", made.compute_corpus_input("scan"))
     return made
 
 
@@ -95,7 +95,7 @@ def scan_reference(model, made: SweepWorker) -> pa.Table:
     from horizon.core.horizon_scan import scan, scan_by_layer
 
     settings = made.settings
-    means = getattr(made, "ablation_means", None)
+    means = made.corpus_inputs.get("scan")
     records = []
     for prompt, ids in enumerate(made.token_ids):
         common = {"ks": settings.ks, "tol": settings.tol, "ablation": settings.ablation, "means": means}

@@ -5,8 +5,9 @@ from __future__ import annotations
 import random
 
 import pytest
+from horizon.core.analyses import REGISTRY
 from horizon.core.sweep_settings import SweepSettings
-from horizon.core.worker import CPU_BATCH_TOKENS, SweepWorker, WorkerConfig, batch_groups
+from horizon.core.worker import SweepWorker, WorkerConfig, batch_groups
 
 
 def covered_in_order(groups: list[range], n_prompts: int) -> bool:
@@ -65,7 +66,9 @@ def test_the_worker_caps_auto_batches_on_cpu_but_not_a_requested_batch_size(tiny
 
     auto, requested = made(None), made(6)
     longest = max(len(ids) for ids in auto.token_ids)
-    most = max(1, CPU_BATCH_TOKENS["scan"] // longest)
+    cap = REGISTRY["scan"].cost.cpu_batch_tokens if REGISTRY["scan"].cost else None
+    assert cap is not None  # the scan declares its CPU cap on its registry entry
+    most = max(1, cap // longest)
     assert most < len(texts)  # the cap binds
     assert auto.plan("scan", auto.token_ids).batch_size == most
     assert requested.plan("scan", requested.token_ids).batch_size == len(texts)

@@ -23,6 +23,7 @@ from horizon.core.analyses import attention, norms, scan, truncate
 from horizon.core.analyses.base import (
     REGISTRY,
     Analysis,
+    CorpusInput,
     RowsFn,
     ViewFn,
     column,
@@ -33,8 +34,8 @@ from horizon.core.analyses.base import (
     weighted_mean,
 )
 
-__all__ = ["REGISTRY", "Analysis", "RowsFn", "ViewFn", "column", "names", "register", "tables", "unregister",
-           "weighted_mean"]
+__all__ = ["REGISTRY", "Analysis", "CorpusInput", "RowsFn", "ViewFn", "column", "names", "register", "tables",
+           "unregister", "weighted_mean"]
 
 # The built-in analyses, in this order (the order of report and --analyses).
 for _module in (norms, truncate, scan, attention):

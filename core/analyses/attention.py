@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+from horizon.core import budget
 from horizon.core.analyses.base import Analysis, column
 from horizon.core.errors import HorizonError
 
@@ -130,10 +131,24 @@ def expected_rows(lengths: list[int], settings: dict[str, Any], model: dict[str,
     return len(lengths) * model["n_layers"] * model["n_heads"]
 
 
+def cost_parts(dims: budget.ModelDims, batch: int, n_tokens: int, *, rows: int, windows: int, vocab_tile: int,
+               held_tokens: int, position_chunk: int) -> dict[str, int]:
+    parts = budget.forward_parts(dims, batch, n_tokens, logits=False)
+    # the reducer, QUERY_CHUNK query rows at a time: the einsum's copies of the rows, the distance weights
+    query_rows = min(n_tokens, budget.QUERY_CHUNK)
+    parts["pattern statistics"] = (batch * dims.n_heads * query_rows * n_tokens * 4 * 3
+                                   + 10 * query_rows * n_tokens * 4)
+    return parts
+
+
+# Every pattern reduced to five statistics, with and without BOS, per head: 12 more work per key and head.
+COST = budget.Cost(parts=cost_parts, pattern_work_per_head=12, cpu_batch_tokens=1024)
+
 ANALYSIS = Analysis(
     name="attention", table="attention", schema=SCHEMA, rows=rows, view=view,
     settings=lambda settings, n_layers: {"buckets": list(MASSES)},
     expected_rows=expected_rows, render="horizon.tui.cli.report_render:render_attention", pane="attention",
+    cost=COST,
 )
 
 

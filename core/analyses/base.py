@@ -12,12 +12,45 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+from horizon.core.budget import Cost
 
 if TYPE_CHECKING:
+    from horizon.core.loader import LoadedModel
     from horizon.core.store import Results
+    from horizon.core.sweep_settings import SweepSettings
 
 RowsFn = Callable[[Any, list[int], list[list[int]], list[list[str]]], pa.Table]
 ViewFn = Callable[["Results", pa.Table, dict[str, Any], bool], dict[str, Any]]
+
+
+def _always(settings: SweepSettings) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class CorpusInput:
+    """A corpus-wide array an analysis's shards need, made before any shard runs (core/sweep.py).
+
+    It is computed once over every prompt of the corpus on one worker (``compute``), stored in the
+    results directory as ``file`` with its sha256 under ``checksum_key`` in the analysis's manifest
+    settings, and given to every worker, whose shards read it as ``worker.corpus_inputs[name]``
+    (what ``receive`` made of it: the engine's tensor on the model's device). So the numbers do not
+    depend on how the corpus was split into shards and workers.
+    """
+
+    file: str  # the array's file in the results directory (core/store.py names the same file)
+    checksum_key: str  # the manifest key, under this analysis's settings, of the file's sha256
+    dtype: type[np.floating[Any]]  # as stored
+    shape: Callable[[int, int], tuple[int, int]]  # (n_layers, d_model) -> its shape
+    description: str  # what it is, in messages ("the corpus mean residual")
+    # (model, token_ids, bos) -> the array on CPU; the caller holds the model's lock
+    compute: Callable[[LoadedModel, list[list[int]], bool], np.ndarray]
+    # (array, model, settings) -> what the shards read (the engine's tensor on the model's device)
+    receive: Callable[[np.ndarray, LoadedModel, SweepSettings], Any]
+    needed: Callable[[SweepSettings], bool] = _always  # whether a sweep with these settings uses it
+    # Read back after the sweep (results mode), so a missing or damaged stored copy is computed again
+    # even when no shard of this analysis is left to run.
+    kept_after_sweep: bool = False
 
 
 @dataclass(frozen=True)
@@ -34,6 +67,8 @@ class Analysis:
     render: str | None = None  # "module:function" drawing the view in the terminal
     pane: str | None = None  # the app screen that shows it
     needs_bos: bool = False
+    cost: Cost | None = None  # its cost model (core/budget.py plans it; None: one batch, peak unknown)
+    corpus: CorpusInput | None = None  # the corpus-wide array its shards need (None: none)
 
     def renderer(self) -> Callable[[dict[str, Any]], None] | None:
         if self.render is None:

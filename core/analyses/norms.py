@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+from horizon.core import budget
 from horizon.core.analyses.base import Analysis, column
 from horizon.core.errors import HorizonError
 
@@ -340,12 +341,23 @@ def expected_rows(lengths: list[int], settings: dict[str, Any], model: dict[str,
     return sum(lengths) * (n_layers + 1 + per_layer * n_layers)  # resid_pre has the final row too
 
 
+def cost_parts(dims: budget.ModelDims, batch: int, n_tokens: int, *, rows: int, windows: int, vocab_tile: int,
+               held_tokens: int, position_chunk: int) -> dict[str, int]:
+    parts = budget.forward_parts(dims, batch, n_tokens, logits=False)
+    # per-position numbers, float32 then float64
+    parts["norms"] = 5 * (dims.n_layers + 1) * 2 * batch * n_tokens * 8 * 2
+    return parts
+
+
+# Long prompts on a CPU run in position chunks; 1024 padded tokens per auto CPU batch (core/worker.py).
+COST = budget.Cost(parts=cost_parts, speed_chunks=True, cpu_batch_tokens=1024)
+
 ANALYSIS = Analysis(
     name="norms", table="norms", schema=SCHEMA, rows=rows, view=view,
     settings=lambda settings, n_layers: {"sites": list(NORM_SITES)},
     # Only the columns the view needs are read (the per-row token texts are the bulk of the table).
     view_columns=["prompt", "position", "layer", "site", "norm", "std"],
-    expected_rows=expected_rows, render="horizon.tui.cli.report_render:render_norms", pane="norms",
+    expected_rows=expected_rows, render="horizon.tui.cli.report_render:render_norms", pane="norms", cost=COST,
 )
 
 

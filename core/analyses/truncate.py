@@ -9,12 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-from horizon.core.analyses.base import Analysis, column
+from horizon.core import budget
+from horizon.core.analyses.base import Analysis, CorpusInput, column
 from horizon.core.categories import CATEGORIES
 from horizon.core.outliers import rank_outliers, token_context
 
 if TYPE_CHECKING:
+    from horizon.core.loader import LoadedModel
     from horizon.core.store import Results
+    from horizon.core.sweep_settings import SweepSettings
 
 SCHEMA = {"prompt": pa.int32(), "position": pa.int32(), "token": pa.string(), "category": pa.string(),
           "length": pa.int16(), "layer": pa.int16(), "cos": pa.float32(), "cos_raw": pa.float32()}
@@ -161,10 +164,11 @@ def find_outliers(
 def rows(worker: Any, indices: list[int], token_ids: list[list[int]], tokens: list[list[str]]) -> pa.Table:
     from horizon.core.truncation import analyse_truncation
 
-    if worker.mu is None:
+    mu = worker.corpus_inputs.get("truncate")
+    if mu is None:
         raise RuntimeError("the corpus mean residual must be set before truncation shards run")
     plan = worker.plan("truncate", token_ids)  # full prompts per pass, truncated prompts per pass
-    report = analyse_truncation(worker.model, token_ids, lengths=worker.settings.lengths, mu=worker.mu,
+    report = analyse_truncation(worker.model, token_ids, lengths=worker.settings.lengths, mu=mu,
                                 n_outliers=0, full_batch_size=plan.batch_size,
                                 batch_size=plan.tiling.get("windows", 32))
     return report_table(report, indices)
@@ -234,9 +238,62 @@ def fits(data: pa.Table, settings: dict[str, Any]) -> bool:
     return set(data.column("length").to_pylist()) <= set(settings["lengths"])
 
 
+def cost_parts(dims: budget.ModelDims, batch: int, n_tokens: int, *, rows: int, windows: int, vocab_tile: int,
+               held_tokens: int, position_chunk: int) -> dict[str, int]:
+    rows_bytes = (dims.n_layers + 1) * dims.d_model * 4
+    parts = budget.forward_parts(dims, batch, n_tokens, logits=False)
+    # the batch's residuals at every position; stacking them doubles them only after the pass's
+    # own activations are freed, so the forward's parts cover the copy
+    parts["full residuals"] = batch * n_tokens * rows_bytes
+    # each pass of truncated prompts: its last positions, the full ones gathered, centred copies
+    parts["truncated windows"] = windows * (rows_bytes * 6 + 16 * dims.d_model * 4)
+    return parts
+
+
+def truncation_windows(dims: budget.ModelDims, batch: int, n_tokens: int, limit: budget.Budget) -> int:
+    """Truncated prompts per pass: as many as fit, at most MAX_WINDOWS."""
+    return budget.largest(lambda n: budget.fits("truncate", dims, batch, n_tokens, limit, windows=n), 1,
+                          budget.MAX_WINDOWS)
+
+
+def cost_tiles(dims: budget.ModelDims, batch: int, n_tokens: int, limit: budget.Budget, tiling: dict[str, int],
+               requested: int | None) -> dict[str, int]:
+    """--batch-size counts truncated prompts per pass (the full prompts' batch is always chosen)."""
+    if requested is not None:  # no more truncated prompts per pass than the batch has positions
+        requested = min(requested, max(1, batch * n_tokens))
+    if requested is not None and not budget.fits("truncate", dims, batch, n_tokens, limit, windows=requested):
+        raise budget.too_big("truncate", dims, n_tokens, limit, batch, windows=requested)
+    return {"windows": requested or truncation_windows(dims, batch, n_tokens, limit)}
+
+
+def relative_work(settings: Any, n_layers: int) -> float:
+    """One short forward per position and kept length."""
+    return 1.0 + 0.5 * len(settings.lengths)
+
+
+COST = budget.Cost(parts=cost_parts, batch_requested=False, tiles=cost_tiles, relative_work=relative_work)
+
+
+def corpus_mean_residual(model: LoadedModel, token_ids: list[list[int]], bos: bool) -> np.ndarray:
+    """The corpus-wide mean residual [L+1, d_model] truncation centres with (docs/SCIENCE.md section 4)."""
+    from horizon.core.truncation import mean_residual
+
+    return mean_residual(model, token_ids, bos).float().cpu().numpy()
+
+
+def mu_on_device(mu: np.ndarray, model: LoadedModel, settings: SweepSettings) -> Any:
+    import torch
+
+    return torch.as_tensor(mu, dtype=torch.float32, device=model.device)
+
+
+MU = CorpusInput(file="truncation_mu.npy", checksum_key="_mu_sha256", dtype=np.float32,
+                 shape=lambda n_layers, d_model: (n_layers + 1, d_model), description="the corpus mean residual",
+                 compute=corpus_mean_residual, receive=mu_on_device, kept_after_sweep=True)
+
 ANALYSIS = Analysis(
     name="truncate", table="truncate", schema=SCHEMA, rows=rows, view=view,
     settings=lambda settings, n_layers: {"lengths": sorted(set(settings.lengths)), "centring": "corpus mean"},
     expected_rows=expected_rows, fits=fits, render="horizon.tui.cli.report_render:render_truncation",
-    pane="outliers", needs_bos=True,
+    pane="outliers", needs_bos=True, cost=COST, corpus=MU,
 )
