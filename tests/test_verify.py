@@ -211,13 +211,13 @@ def test_attention_check_catches_wrong_sinks(monkeypatch: pytest.MonkeyPatch) ->
 def test_norm_epsilons_come_from_the_modules(monkeypatch: pytest.MonkeyPatch) -> None:
     """StarCoder2 names its epsilon norm_epsilon, which the bridge does not read: without the
     loader's alignment every norm used 1e-5 instead of the model's 1e-4 and the logits were off."""
-    from horizon.core import loader
+    from horizon.core import loaded_model
 
     model = family_model("starcoder2")
     reference = hf_family_model("starcoder2", len(model.tokenizer))
     ids = V._prompt_ids(model, V.VERIFY_PROMPT)
     assert V.logits_check(model, ids, reference).passed
-    monkeypatch.setattr(loader, "_align_norm_epsilons", lambda bridge: None)
+    monkeypatch.setattr(loaded_model, "_align_norm_epsilons", lambda bridge: None)
     unaligned = V.logits_check(family_model("starcoder2"), ids, reference)
     assert unaligned.passed is False and unaligned.measured > 1e-2
 
