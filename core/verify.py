@@ -22,8 +22,9 @@ Each check can fail: tests/test_verify.py and tests/test_chunk_check.py inject t
 exists to catch (a missed sublayer, a wrong reference, a dropped post-head step, a broken patched
 path, a KV cache that drops earlier positions, a wrong window) and see it fail with the error.
 
-Over 400 lines for a reason: each check is short, but there are eleven of them plus the stored
-verdicts, and a reader auditing what "verified" means should find every check in one file.
+This module holds the claimed and refused families, ``verify`` (every check, in order), the
+``Verification`` report, the stored verdicts and ``require_verified``; the checks themselves are in
+core/verify_checks.py (the quick ones) and core/verify_full.py (the ones ``horizon verify`` adds).
 
 A model failing a quick check is refused at load with one line naming the check. Verdicts are
 stored under the weight cache, keyed by the model's hash, dtype, library versions and the source
@@ -41,21 +42,41 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from horizon.core.attention import sliding_windows
-from horizon.core.decomposition import n_readers, output_hook, reader_hook, site_hook
 from horizon.core.errors import HorizonError
 from horizon.core.gguf_files import cache_root
 from horizon.core.loader import LoadedModel
+from horizon.core.verify_checks import (
+    LOGITS_BAR,
+    POST_NORM,
+    QUICK_PROMPT,
+    VERIFY_PROMPT,
+    Check,
+    _presence_check,
+    _prompt_ids,
+    _reader_sites,
+    _record,
+    _rel,
+    _writer_sites,
+    attn_implementation,
+    decomposition_bar,
+    decomposition_checks,
+    quick_checks,
+    readout_check,
+    structural_checks,
+)
+from horizon.core.verify_full import (
+    _attention_sinks,
+    attention_check,
+    chunking_check,
+    full_horizon_check,
+    independent_hf_model,
+    logits_check,
+)
 
-# A fixed prompt (23 tokens with the SmolLM2 tokenizer) for every check.
-VERIFY_PROMPT = "The capital of France is Paris. It is known for the Eiffel Tower, and its food is famous."
-QUICK_PROMPT = "The capital of France is Paris, and its tower is famous."
 ENV_OVERRIDE = "HORIZON_UNVERIFIED"
 
 # The architecture families the tool claims: every check passes on a tiny random-weight model of
@@ -104,36 +125,12 @@ CLAIMED_FAMILIES: dict[str, tuple[str, str]] = {
     "cohere": ("CohereForCausalLM", "parallel attention + MLP with one shared norm, logit scale (horizon refused)"),
 }
 # Bridged by TransformerLens but refused here, with the reason (also checked by the tests).
-POST_NORM = "post-norm only: sublayers read the raw stream, no pre-norm input to hook a reader at"
+# Bridged by TransformerLens but refused here, with the reason (also checked by the tests).
 REFUSED_FAMILIES: dict[str, tuple[str, str]] = {
     "olmo2": ("Olmo2ForCausalLM", f"{POST_NORM} (sites check)"),
     "olmo3": ("Olmo3ForCausalLM", f"{POST_NORM} (sites check)"),
     "exaone4": ("Exaone4ForCausalLM", f"{POST_NORM} (sites check)"),
 }
-
-# Relative-error bars per dtype: float32 sums agree to rounding; half precision adds one
-# rounding per residual addition.
-
-
-def decomposition_bar(model: LoadedModel) -> float:
-    """1e-5 in float32; in half precision the stream is rounded once per residual addition, so
-    the error of s_0 + sum s_i grows like eps * sqrt(2L+1) (SmolLM2 in bfloat16: 4e-2 for a bar of 0.12)."""
-    eps = torch.finfo(model.dtype).eps if model.dtype.is_floating_point else 0.0
-    return max(1e-5, 2 * eps * (2 * model.n_layers + 1) ** 0.5)
-
-
-LOGITS_BAR = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
-
-
-@dataclass
-class Check:
-    """One check: passed (None when it does not apply to this architecture), the measured error."""
-
-    name: str
-    passed: bool | None
-    measured: float | None = None
-    bar: float | None = None
-    detail: str = ""
 
 
 @dataclass
@@ -175,301 +172,6 @@ def overridden(unverified: bool | None = None) -> bool:
     return os.environ.get(ENV_OVERRIDE, "").lower() in {"1", "true", "yes"}
 
 
-# ----------------------------------------------------------------------------- helpers
-
-
-def attn_implementation(model: LoadedModel) -> str:
-    config = getattr(model.hf_model, "config", None)
-    return str(getattr(config, "_attn_implementation", None) or "unknown")
-
-
-def _prompt_ids(model: LoadedModel, text: str) -> torch.Tensor:
-    ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
-    try:
-        ids = [model.bos_token_id(), *ids]
-    except HorizonError:
-        pass  # a model without BOS or EOS is checked on the text alone
-    return torch.tensor([ids[: max(2, min(len(ids), model.n_ctx))]], device=model.device)
-
-
-def _reader_sites(model: LoadedModel) -> list[tuple[str, int]]:
-    """(hook name, index of the partial sum r_j it must carry) for every reader the engine uses.
-
-    Sequential blocks: reader j reads r_j. Parallel attention + MLP: both sublayers of layer i
-    read resid_pre_i = r_{2i+1}; a shared norm (GPT-J, Phi) has no separate MLP reader.
-    """
-    names = model.bridge.hook_dict
-    sites = []
-    for j in range(1, n_readers(model.n_layers) + 1):
-        hook = reader_hook(j, model.n_layers)
-        if model.parallel_attn_mlp and j <= 2 * model.n_layers and j % 2 == 0:
-            if hook not in names:
-                continue
-            sites.append((hook, j - 1))
-        else:
-            sites.append((hook, j))
-    return sites
-
-
-def _writer_sites(model: LoadedModel) -> list[str]:
-    return [site_hook("embed")] + [output_hook(j) for j in range(1, 2 * model.n_layers + 1)]
-
-
-def _rel(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    actual, expected = actual.double(), expected.double()
-    return float((actual - expected).norm() / expected.norm().clamp_min(1e-30))
-
-
-def _record(model: LoadedModel, ids: torch.Tensor, names: list[str], logits: bool) -> tuple[dict, Any]:
-    store: dict[str, torch.Tensor] = {}
-
-    def recorder(name: str) -> Callable:
-        def hook(activation: torch.Tensor, hook: object) -> torch.Tensor:
-            store[name] = activation.detach().clone()
-            return activation
-
-        return hook
-
-    hooks = [(name, recorder(name)) for name in dict.fromkeys(names)]
-    with torch.inference_mode():
-        if logits:
-            out = model.bridge.run_with_hooks(ids, fwd_hooks=hooks, return_type="logits")
-        else:
-            from horizon.core.capture import stop_forward
-
-            hooks.append((site_hook("final"), stop_forward))
-            model.bridge.run_with_hooks(ids, fwd_hooks=hooks, return_type=None)
-            out = None
-    return store, out
-
-
-# ----------------------------------------------------------------------------- checks
-
-
-def _presence_check(name: str, missing: list[str], shown: int, found: str) -> Check:
-    """Passes when nothing is missing: the value is how many are, the detail names the first ``shown``."""
-    detail = f"missing {', '.join(missing[:shown])}" if missing else found
-    return Check(name, not missing, float(len(missing)), 0.0, detail)
-
-
-def _post_norm(model: LoadedModel) -> bool:
-    """Blocks that norm each sublayer's output but not its input (OLMo 2/3, EXAONE 4)."""
-    names = model.bridge.hook_dict
-    return "blocks.0.ln1_post.hook_in" in names and "blocks.0.ln1.hook_in" not in names
-
-
-def _attention_sinks(model: LoadedModel) -> list[torch.Tensor | None]:
-    """Per layer, the attention module's sink logits [heads] (gpt-oss), or None.
-
-    A sink is an extra key every query may attend to, outside the sequence: HF takes the softmax
-    over the scores and the sink, then drops the sink's column, so a pattern row sums to 1 minus
-    the sink's share, by design.
-    """
-    blocks = getattr(model.bridge, "blocks", None) or []
-    sinks: list[torch.Tensor | None] = []
-    for block in blocks:
-        original = getattr(getattr(block, "attn", None), "original_component", None)
-        value = getattr(original, "sinks", None)
-        sinks.append(value.detach() if isinstance(value, torch.Tensor) else None)
-    return sinks
-
-
-def structural_checks(model: LoadedModel) -> list[Check]:
-    """Hook sites, the final norm, attention-pattern hooks: no forward pass."""
-    names = model.bridge.hook_dict
-    checks = []
-    needed = [hook for hook, _ in _reader_sites(model)] + _writer_sites(model)
-    missing = [name for name in needed if name not in names]
-    blocks = getattr(model.bridge, "blocks", None)
-    n_blocks = len(blocks) if blocks is not None else 0
-    if n_blocks != model.n_layers:
-        missing.insert(0, f"blocks ({n_blocks} of {model.n_layers})")
-    sites = _presence_check("sites", missing, 3, f"{len(needed)} reader and writer hooks found")
-    if missing and _post_norm(model):
-        sites.detail = POST_NORM  # why the readers are missing, not which
-    checks.append(sites)
-    final = getattr(model.bridge, "ln_final", None)
-    module = getattr(final, "original_component", None)
-    kind = type(module).__name__ if module is not None else "none"
-    checks.append(Check("final_norm", "norm" in kind.lower(), None, None, kind))
-    patterns = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.n_layers)]
-    absent = [name for name in patterns if name not in names]
-    checks.append(
-        _presence_check("attention_hooks", absent, 1, f"hook_pattern on every layer ({attn_implementation(model)})")
-    )
-    return checks
-
-
-def decomposition_checks(model: LoadedModel, ids: torch.Tensor) -> list[Check]:
-    """s_0 + sum of outputs = final residual, and every reader sees its partial sum r_j."""
-    readers = _reader_sites(model)
-    writers = _writer_sites(model)
-    store, _ = _record(model, ids, [hook for hook, _ in readers] + writers, logits=False)
-    bar = decomposition_bar(model)
-    missing = [name for name in [hook for hook, _ in readers] + writers if name not in store]
-    if missing:
-        detail = f"hook {missing[0]} did not fire"
-        return [Check("decomposition", False, None, bar, detail), Check("readers", False, None, bar, detail)]
-    outputs = torch.stack([store[name].double() for name in writers])
-    partial = outputs.cumsum(dim=0)  # partial[j-1] = r_j
-    final = store[site_hook("final")]
-    decomposition = _rel(partial[-1], final)
-    errors = [(_rel(store[hook], partial[j - 1]), hook) for hook, j in readers]
-    # The worst reader; a NaN (an overflowed stream) counts as the worst of all.
-    worst, where = next(((error, hook) for error, hook in errors if error != error), max(errors))
-    detail = "max relative error of s_0 + sum s_i vs final"
-    if not bool(torch.isfinite(final).all()):
-        detail = f"non-finite values in the residual stream: it overflows {str(model.dtype).removeprefix('torch.')}"
-    return [
-        Check("decomposition", decomposition <= bar, decomposition, bar, detail),
-        Check("readers", worst <= bar, worst, bar, f"worst reader {where}"),
-    ]
-
-
-def quick_checks(model: LoadedModel) -> list[Check]:
-    """What load_model runs on every load: structure, one short pass stopped before the readout, and
-    the readout of one short pass."""
-    checks = structural_checks(model)
-    if checks[0].passed:
-        ids = _prompt_ids(model, QUICK_PROMPT)
-        checks += decomposition_checks(model, ids)
-        checks.append(readout_check(model, ids))
-    return checks
-
-
-def readout_check(model: LoadedModel, ids: torch.Tensor) -> Check:
-    """The engine's logits from the clean final residual (the final norm's input) against the logits
-    the model's own forward returned in the same pass."""
-    from horizon.core.horizon_metrics import post_head, readout_logits
-
-    store, own = _record(model, ids, [site_hook("final")], logits=True)
-    engine = readout_logits(model, store[site_hook("final")])
-    error = _max_relative(engine, own)
-    bar = LOGITS_BAR.get(model.dtype, 1e-4)
-    after = post_head(model).describe()
-    detail = f"max |engine readout - model's logits| / max |model's logits|; after the head: {after}"
-    return Check("readout", error <= bar, error, bar, detail)
-
-
-def _max_relative(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |actual - expected| / max |expected| (NaN, which fails every bar, on a shape mismatch)."""
-    if actual.shape != expected.shape:
-        return float("nan")
-    expected = expected.double()
-    return float((actual.double() - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
-
-
-def independent_hf_model(model: LoadedModel) -> tuple[Any, str]:
-    """A plain HF model with the same weights that the bridge never wrapped, and how it was built."""
-    from horizon.core.loader import TINY_MODELS, _quiet, _tiny_hf_model
-
-    reload = model.extra.get("reload")
-    if reload in TINY_MODELS:
-        return _tiny_hf_model(reload, len(model.tokenizer)).to(model.device, model.dtype), "rebuilt (seed 0)"
-    if reload is not None and not getattr(model.hf_model, "hf_device_map", None):
-        from transformers import AutoModelForCausalLM
-
-        try:
-            with _quiet():
-                fresh: Any = AutoModelForCausalLM.from_pretrained(
-                    reload, dtype=model.dtype, attn_implementation="eager", local_files_only=Path(reload).exists()
-                )
-            return fresh.to(model.device).eval(), "reloaded from the same files"
-        except Exception:
-            pass
-    return model.hf_model, "the bridge's own HF modules (no independent copy could be built)"
-
-
-def logits_check(model: LoadedModel, ids: torch.Tensor, reference: Any) -> Check:
-    with torch.inference_mode():
-        bridge_logits = model.bridge(ids).double()
-        plain = reference(ids).logits.double()
-    error = float((bridge_logits - plain).abs().max() / plain.abs().max().clamp_min(1e-30))
-    bar = LOGITS_BAR.get(model.dtype, 1e-4)
-    return Check("logits", error <= bar, error, bar, "max |bridge - HF| / max |HF| over the prompt")
-
-
-def full_horizon_check(model: LoadedModel, ids: torch.Tensor) -> Check:
-    """The full horizon through the whole patched path must be the clean model.
-
-    Two staircase rows (core/staircase.py) against the clean run: K = 2L+1 forced in at layer 0, so
-    every block is replayed with the clean run's recorded arguments (masks, rotary tables) and each
-    reader reads the stream the replayed blocks produce; and K = 2L with s_0 kept, whose final
-    reader reads the window s_0 + s_1 + ... + s_2L formed from the engine's prefix sums of the
-    outputs, i.e. the whole stream. Both go through the logits readout (``patch``) and the tiled
-    metrics readout (``scan``). Measured: the worst of the logits' relative error against the
-    model's own clean logits and the per-prediction |Δloss| and KL (nats) of the metrics.
-    """
-    if model.parallel_attn_mlp:
-        return Check("full_horizon", None, None, None, "not applicable: parallel attention + MLP (horizon refused)")
-    from horizon.core.horizon import HorizonConfig, _metrics_readout, clean_run
-    from horizon.core.horizon_metrics import linear_head
-    from horizon.core.prompts import batches
-    from horizon.core.staircase import StaircasePass
-
-    n_layers = model.n_layers
-    (batch,) = batches(model, ids.tolist(), has_bos=True)
-    clean = clean_run(model, batch)
-    rows = [(0, 0, HorizonConfig(2 * n_layers + 1)), (n_layers, 1, HorizonConfig(2 * n_layers, keep_embed=True))]
-    errors = [_max_relative(logits, clean.logits) for _, logits in StaircasePass(model, clean, rows).run()]
-    readout, per_readout = _metrics_readout(model, clean, linear_head(model))
-    for _, metrics in StaircasePass(model, clean, rows, readout, rows_per_readout=per_readout).run():
-        errors.append(float((metrics.loss_patched - metrics.loss_clean).abs().max()))
-        errors.append(float(metrics.kl.abs().max()))
-    error = next((value for value in errors if value != value), max(errors))  # a NaN is the worst
-    bar = LOGITS_BAR.get(model.dtype, 1e-4)
-    detail = (f"k = {n_layers + 1} through every block, k = {n_layers} + s_0 at the final reader; "
-              "vs the clean logits (relative), |Δloss| and KL")
-    return Check("full_horizon", error <= bar, error, bar, detail)
-
-
-def chunking_check(model: LoadedModel) -> Check:
-    """Position chunks (a KV cache) against the whole pass: core/chunking.py's self-check, run again."""
-    from horizon.core import chunking
-
-    verdict = chunking.check(model)
-    return Check("chunking", verdict.passed, verdict.measured, verdict.bar, verdict.detail)
-
-
-def attention_check(model: LoadedModel, ids: torch.Tensor) -> Check:
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.n_layers)]
-    sinks = _attention_sinks(model)
-    scores = {layer: f"blocks.{layer}.attn.hook_attn_scores" for layer, sink in enumerate(sinks) if sink is not None}
-    store, _ = _record(model, ids, names + list(scores.values()), logits=False)
-    implementation = attn_implementation(model)
-    if len(store) != len(names) + len(scores):
-        return Check("attention", False, None, None, f"patterns not produced ({implementation} attention)")
-    windows = sliding_windows(model)
-    worst = 0.0
-    n_pos = ids.shape[1]
-    query = torch.arange(n_pos, device=ids.device).unsqueeze(1)
-    key = torch.arange(n_pos, device=ids.device).unsqueeze(0)
-    for layer, (name, window) in enumerate(zip(names, windows, strict=True)):
-        pattern = store[name].double()  # [batch, head, query, key]
-        row_sum: torch.Tensor | float = 1.0
-        if layer in scores:  # 1 minus the sink's share of the softmax over [scores, sink]
-            logits = store[scores[layer]].double()
-            sink_logit = sinks[layer]
-            assert sink_logit is not None  # scores are hooked only on the layers that have sinks
-            sink = sink_logit.double().to(logits.device).view(1, -1, 1, 1).expand(*logits.shape[:3], 1)
-            row_sum = 1 - torch.cat((logits, sink), dim=-1).softmax(dim=-1)[..., -1]
-        worst = max(worst, float((pattern.sum(dim=-1) - row_sum).abs().max()))
-        forbidden = key > query
-        if window is not None:
-            forbidden = forbidden | (query - key >= window)
-        worst = max(worst, float(pattern[..., forbidden].abs().max()) if forbidden.any() else 0.0)
-    local = [layer for layer, window in enumerate(windows) if window is not None]
-    layout = "all global"
-    if local:
-        layout = (
-            f"{len(local)} sliding-window layer(s) (window {windows[local[0]]}), {model.n_layers - len(local)} global"
-        )
-    if scores:
-        layout += f"; sinks on {len(scores)} layer(s) (rows sum to 1 minus the sink's share)"
-    bar = LOGITS_BAR.get(model.dtype, 1e-4)
-    return Check("attention", worst <= bar, worst, bar, f"{implementation} attention; {layout}")
-
-
 def verify(model: LoadedModel, reference: Any = None, prompt: str = VERIFY_PROMPT) -> Verification:
     """Every check on ``model`` and a fixed prompt; ``reference`` is the plain HF model to compare with."""
     result = Verification.of(model)
@@ -501,7 +203,8 @@ def _verdict_path(model: LoadedModel, level: str = "full") -> Path:
 
     here = Path(__file__).parent
     # The code a verdict vouches for: the decomposition, the checks, the readout and the chunk check.
-    sources = ("decomposition.py", "verify.py", "horizon_metrics.py", "chunking.py")
+    sources = ("decomposition.py", "verify.py", "verify_checks.py", "verify_full.py", "horizon_metrics.py",
+               "chunking.py")
     code = hashlib.sha256(b"".join((here / name).read_bytes() for name in sources))
     key = "|".join(
         [
@@ -594,3 +297,41 @@ def require_verified(model: LoadedModel, unverified: bool | None = None) -> None
     model.extra["verified"] = "failed" if failed else ("full" if full is not None else "quick")
     if failed:
         raise _refusal(model, failed[0], "")
+
+
+# Every name callers and tests use from here (the checks' modules' too).
+__all__ = [
+    "CLAIMED_FAMILIES",
+    "ENV_OVERRIDE",
+    "LOGITS_BAR",
+    "POST_NORM",
+    "QUICK_PROMPT",
+    "REFUSAL_WIDTH",
+    "REFUSED_FAMILIES",
+    "VERIFY_PROMPT",
+    "Check",
+    "Verification",
+    "_attention_sinks",
+    "_presence_check",
+    "_prompt_ids",
+    "_reader_sites",
+    "_record",
+    "_rel",
+    "_writer_sites",
+    "attention_check",
+    "attn_implementation",
+    "chunking_check",
+    "decomposition_bar",
+    "decomposition_checks",
+    "full_horizon_check",
+    "independent_hf_model",
+    "logits_check",
+    "overridden",
+    "quick_checks",
+    "readout_check",
+    "require_verified",
+    "store_verdict",
+    "stored_verdict",
+    "structural_checks",
+    "verify",
+]

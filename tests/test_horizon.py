@@ -582,8 +582,10 @@ def test_cli_rejects_bad_flags_before_loading(run_cli, monkeypatch, args, messag
 
 def test_tiled_readout_metrics_equal_metrics_of_full_logits(tiny_model, monkeypatch) -> None:
     """The scan's fused readout (vocabulary tiles, uneven last tile) = metrics of the full logits."""
-    monkeypatch.setattr(H, "VOCAB_TILE", 5000)  # 49152 columns: 9 tiles of 5000 and one of 4152
-    monkeypatch.setattr(H, "TILE_BYTES", 1)  # one row per readout call: the chunking is exercised too
+    from horizon.core import horizon_pass
+
+    monkeypatch.setattr(horizon_pass, "VOCAB_TILE", 5000)  # 49152 columns: 9 tiles of 5000 and one of 4152
+    monkeypatch.setattr(horizon_pass, "TILE_BYTES", 1)  # one row per readout call: the chunking is exercised too
     _, batch = _batch(tiny_model, PROMPTS)  # padded: three prompts of different lengths
     clean = clean_run(tiny_model, batch)
     configs = [HorizonConfig(2), HorizonConfig(3, source="clean", keep_embed=True), HorizonConfig(5, start_layer=1),

@@ -23,7 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from horizon.core import store
+from horizon.core import confined, store
 from horizon.core.errors import HorizonError
 from horizon.core.views import VIEWS_FILE
 
@@ -356,8 +356,8 @@ def test_read_only_out(run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
             def denied(path, *args, **kwargs):
                 raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-            monkeypatch.setattr(store.confined, "create", denied)
-            monkeypatch.setattr(store.Path, "mkdir", denied)
+            monkeypatch.setattr(confined, "create", denied)
+            monkeypatch.setattr(Path, "mkdir", denied)
         code, out, err = run_cli("sweep", str(_write_corpus(tmp_path)), "--out", str(locked / "out"), *SWEEP_ARGS)
         assert_clean(code, out, err, 2, str(locked))
         assert len(err.strip().splitlines()) == 1 and "ermission denied" in err, err
@@ -378,12 +378,12 @@ def test_disk_full_keeps_finished_shards_and_resumes(baseline, run_cli, tmp_path
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(table, where, **kwargs)
 
-    monkeypatch.setattr(store.pq, "write_table", write_table)
+    monkeypatch.setattr(pq, "write_table", write_table)
     code, stdout, err = run_cli("sweep", str(corpus), "--out", str(out), *SWEEP_ARGS)
     assert_clean(code, stdout, err, 2, "no space left on the device")
     assert len(err.strip().splitlines()) == 1 and "--resume" in err and str(out) in err
     assert store.open_results(out).n_done() == 2 and not store.leftover_temps(out)
-    monkeypatch.setattr(store.pq, "write_table", real)
+    monkeypatch.setattr(pq, "write_table", real)
     code, stdout, err = run_cli("sweep", str(corpus), "--out", str(out), *SWEEP_ARGS, "--resume", "--json")
     assert_clean(code, stdout, err, 0)
     assert json.loads(stdout)["shards_done_before"] == 2
@@ -503,7 +503,7 @@ def test_merge_that_fails_part_way_leaves_no_out(baseline, run_cli, tmp_path: Pa
     """A disk that fills during the copy: one line naming --out, and no half-merged directory anywhere."""
     _, clean, rows = baseline
     copies = 0
-    real_copy = store.confined.copy
+    real_copy = confined.copy
 
     def copy_then_fill(root, source, target_root, destination):  # type: ignore[no-untyped-def]
         nonlocal copies
@@ -512,11 +512,11 @@ def test_merge_that_fails_part_way_leaves_no_out(baseline, run_cli, tmp_path: Pa
             raise OSError(errno.ENOSPC, "No space left on device", str(destination))
         return real_copy(root, source, target_root, destination)
 
-    monkeypatch.setattr(store.confined, "copy", copy_then_fill)
+    monkeypatch.setattr(confined, "copy", copy_then_fill)
     target = tmp_path / "merged"
     assert_clean(*run_cli("merge", str(clean), "--out", str(target)), 2, f"cannot write {target}")
     assert copies == 3 and not target.exists() and list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(store.confined, "copy", real_copy)
+    monkeypatch.setattr(confined, "copy", real_copy)
     assert_clean(*run_cli("merge", str(clean), "--out", str(target)), 0)
     merged = store.open_results(target)
     assert merged.problems == [] and {table: merged.table(table).num_rows for table in store.TABLES} == rows

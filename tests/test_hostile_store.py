@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from horizon.core import store
+from horizon.core import confined, store
 from horizon.core.errors import HorizonError
 
 from tests.hostile_helpers import (
@@ -328,8 +328,8 @@ def test_a_read_only_filesystem_is_called_read_only(swept, tmp_path: Path, run_c
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system", str(args[1]) if len(args) > 1 else "")
 
-    monkeypatch.setattr(store.confined, "create", read_only)
-    monkeypatch.setattr(store.confined, "open_lock", read_only)
+    monkeypatch.setattr(confined, "create", read_only)
+    monkeypatch.setattr(confined, "open_lock", read_only)
     code, out, err = run_cli("sweep", str(corpus), "--out", str(tmp_path / "out"), *SWEEP_ARGS)
     assert_one_line(code, out, err, (2,), "read-only")
     assert "ermission" not in err

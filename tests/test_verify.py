@@ -20,6 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from horizon.core import verify as V
+from horizon.core import verify_checks, verify_full
 from horizon.core.errors import HorizonError
 from horizon.core.loader import load_model
 
@@ -183,7 +184,7 @@ def test_attention_check_catches_a_wrong_window(monkeypatch: pytest.MonkeyPatch)
     model = family_model("gemma3_text")
     ids = V._prompt_ids(model, V.VERIFY_PROMPT)
     assert V.attention_check(model, ids).passed
-    monkeypatch.setattr(V, "sliding_windows", lambda m: [2, None])
+    monkeypatch.setattr(verify_full, "sliding_windows", lambda m: [2, None])
     assert V.attention_check(model, ids).passed is False
 
 
@@ -193,7 +194,7 @@ def test_attention_check_understands_sinks(monkeypatch: pytest.MonkeyPatch) -> N
     ids = V._prompt_ids(model, V.VERIFY_PROMPT)
     check = V.attention_check(model, ids)
     assert check.passed and "sinks on 2 layer(s)" in check.detail, check
-    monkeypatch.setattr(V, "_attention_sinks", lambda m: [None] * m.n_layers)
+    monkeypatch.setattr(verify_full, "_attention_sinks", lambda m: [None] * m.n_layers)
     blind = V.attention_check(model, ids)
     assert blind.passed is False and blind.measured > 0.1  # HF's rows sum to 0.49-0.96 by design
 
@@ -202,21 +203,21 @@ def test_attention_check_catches_wrong_sinks(monkeypatch: pytest.MonkeyPatch) ->
     """The sink term is measured, not assumed: other sink logits than the model's fail the check."""
     model = family_model("gpt_oss")
     ids = V._prompt_ids(model, V.VERIFY_PROMPT)
-    real = V._attention_sinks
-    monkeypatch.setattr(V, "_attention_sinks", lambda m: [sink + 1.0 for sink in real(m)])
+    real = verify_full._attention_sinks
+    monkeypatch.setattr(verify_full, "_attention_sinks", lambda m: [sink + 1.0 for sink in real(m)])
     assert V.attention_check(model, ids).passed is False
 
 
 def test_norm_epsilons_come_from_the_modules(monkeypatch: pytest.MonkeyPatch) -> None:
     """StarCoder2 names its epsilon norm_epsilon, which the bridge does not read: without the
     loader's alignment every norm used 1e-5 instead of the model's 1e-4 and the logits were off."""
-    from horizon.core import loader
+    from horizon.core import loaded_model
 
     model = family_model("starcoder2")
     reference = hf_family_model("starcoder2", len(model.tokenizer))
     ids = V._prompt_ids(model, V.VERIFY_PROMPT)
     assert V.logits_check(model, ids, reference).passed
-    monkeypatch.setattr(loader, "_align_norm_epsilons", lambda bridge: None)
+    monkeypatch.setattr(loaded_model, "_align_norm_epsilons", lambda bridge: None)
     unaligned = V.logits_check(family_model("starcoder2"), ids, reference)
     assert unaligned.passed is False and unaligned.measured > 1e-2
 
@@ -292,8 +293,8 @@ def test_readme_lists_the_verified_families(verified: dict[str, V.Verification])
 def broken_decomposition(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pretend the engine hooked the MLP outputs at the wrong site (as if an alias were missing)."""
     monkeypatch.delenv(V.ENV_OVERRIDE, raising=False)
-    real = V.output_hook
-    monkeypatch.setattr(V, "output_hook", lambda j: real(j).replace("hook_mlp_out", "mlp.hook_in"))
+    real = verify_checks.output_hook
+    monkeypatch.setattr(verify_checks, "output_hook", lambda j: real(j).replace("hook_mlp_out", "mlp.hook_in"))
 
 
 def test_a_failing_model_is_refused_with_one_line(broken_decomposition) -> None:
@@ -404,16 +405,16 @@ def test_quick_verdict_is_cached_for_content_keyed_models(smol, tmp_path, monkey
 def test_a_decomposition_that_misses_a_sublayer_fails(tiny_llama, monkeypatch: pytest.MonkeyPatch) -> None:
     """The last MLP's output missed (the attention output before it hooked in its place): s_0 + sum s_i
     no longer reaches the final residual."""
-    real = V._writer_sites
-    monkeypatch.setattr(V, "_writer_sites", lambda model: [*real(model)[:-1], real(model)[-2]])
+    real = verify_checks._writer_sites
+    monkeypatch.setattr(verify_checks, "_writer_sites", lambda model: [*real(model)[:-1], real(model)[-2]])
     checks = {check.name: check for check in V.verify(tiny_llama).checks}
     assert checks["decomposition"].passed is False and checks["decomposition"].measured > 1e-2
 
 
 def test_a_reader_hooked_at_the_wrong_place_fails_the_readers_check(tiny_llama, monkeypatch) -> None:
     """Attention 1's reader hooked where the MLP before it reads: it sees r_2, not r_3."""
-    real = V.reader_hook
-    monkeypatch.setattr(V, "reader_hook", lambda j, n_layers: real(j - 1 if j == 3 else j, n_layers))
+    real = verify_checks.reader_hook
+    monkeypatch.setattr(verify_checks, "reader_hook", lambda j, n_layers: real(j - 1 if j == 3 else j, n_layers))
     checks = {check.name: check for check in V.quick_checks(tiny_llama)}
     assert checks["readers"].passed is False and checks["readers"].measured > 1e-2
     assert "blocks.0.ln2.hook_in" in checks["readers"].detail
@@ -446,18 +447,18 @@ def test_a_wrong_reference_fails_the_logits_check(tiny_llama) -> None:
 def test_a_patched_path_that_misses_a_sublayer_fails_the_full_horizon(tiny_llama, monkeypatch) -> None:
     """The engine's outputs without attention 1's (its prefix sums miss it): the full horizon is not
     the clean model any more, while the hooks themselves still decompose."""
-    from horizon.core import horizon as H
+    from horizon.core import horizon_clean
 
     ids = V._prompt_ids(tiny_llama, V.VERIFY_PROMPT)
     assert V.full_horizon_check(tiny_llama, ids).measured < 1e-5
-    real = H.stack_outputs
+    real = horizon_clean.stack_outputs
 
     def missing_one(embed, attn, mlp):
         outputs = real(embed, attn, mlp)
         outputs[3] = 0
         return outputs
 
-    monkeypatch.setattr(H, "stack_outputs", missing_one)
+    monkeypatch.setattr(horizon_clean, "stack_outputs", missing_one)
     failed = {check.name: check for check in V.verify(tiny_llama).failed}
     assert "full_horizon" in failed and failed["full_horizon"].measured > 1e-2
     assert "decomposition" not in failed and "readout" not in failed
