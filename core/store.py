@@ -50,8 +50,8 @@ from horizon.core import analyses as registry
 from horizon.core.store_checks import (
     MAX_ROWS_PER_BYTE,
     ROWS_SLACK,
-    _entries,
     check_file,
+    folder_entries,
     foreign_entries,
     foreign_problem,
     index_problem,
@@ -103,16 +103,16 @@ from horizon.core.store_layout import (
 )
 from horizon.core.store_manifest import (
     MODEL_LIMITS,
-    _short,
     read_manifest,
     settings_conflicts,
     settings_key,
+    short_repr,
     structure_problem,
     update_manifest,
 )
 from horizon.core.store_merge import Merged, merge
 from horizon.core.store_read import PromptLists, Results, open_results
-from horizon.core.store_tidy import _pid_alive, damaged_shards, quarantine, refuse_foreign, tidy
+from horizon.core.store_tidy import damaged_shards, process_alive, quarantine, refuse_foreign, tidy
 
 # Every name callers use from the store, among them three private helpers core/sweep.py reads.
 __all__ = [
@@ -139,9 +139,6 @@ __all__ = [
     "PromptLists",
     "Results",
     "WriteError",
-    "_entries",
-    "_pid_alive",
-    "_short",
     "all_tables",
     "analysis_tables",
     "array_sha256",
@@ -150,6 +147,7 @@ __all__ = [
     "commit",
     "damaged_shards",
     "file_sha256",
+    "folder_entries",
     "foreign_entries",
     "foreign_problem",
     "index_problem",
@@ -162,6 +160,7 @@ __all__ = [
     "mu_shape",
     "now_iso",
     "open_results",
+    "process_alive",
     "quarantine",
     "read_json_file",
     "read_manifest",
@@ -170,6 +169,7 @@ __all__ = [
     "settings_key",
     "shard_name",
     "shard_path",
+    "short_repr",
     "stage",
     "stage_table",
     "strays",

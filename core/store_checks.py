@@ -136,7 +136,7 @@ def _recorded(manifest: dict[str, Any]) -> dict[int, tuple[dict[str, int], dict[
             for shard in manifest.get("shards", [])}
 
 
-def _entries(root: Path, folder: Path) -> list[tuple[str, str]]:
+def folder_entries(root: Path, folder: Path) -> list[tuple[str, str]]:
     """The entries of a real folder inside ``root`` (none when it is missing or foreign)."""
     try:
         return confined.entries(root, folder) if folder == root or confined.kind(root, folder) == "dir" else []
@@ -157,11 +157,11 @@ def foreign_entries(root: Path) -> list[tuple[Path, str]]:
     """
     found: list[tuple[Path, str]] = []
     known = {*TOP_NAMES, *_table_folders(root)}
-    for name, what in _entries(root, root):
+    for name, what in folder_entries(root, root):
         if name in known and what not in ("file", "dir"):
             found.append((root / name, what))
     for folder in (*_table_folders(root), CLAIMS):
-        for name, what in _entries(root, root / folder):
+        for name, what in folder_entries(root, root / folder):
             if what not in ("file", "dir"):
                 found.append((root / folder / name, what))
     return found
@@ -176,9 +176,9 @@ def foreign_problem(entries: list[tuple[Path, str]]) -> str:
 
 def leftover_temps(root: Path) -> list[Path]:
     """Temp files of interrupted writes, in the directory and its table folders (regular files only)."""
-    found = [root / name for name, what in _entries(root, root) if what == "file" and _is_temp_name(name)]
+    found = [root / name for name, what in folder_entries(root, root) if what == "file" and _is_temp_name(name)]
     for table in all_tables():
-        found += [root / table / name for name, what in _entries(root, root / table)
+        found += [root / table / name for name, what in folder_entries(root, root / table)
                   if what == "file" and _is_temp_name(name)]
     return found
 
@@ -195,7 +195,7 @@ def strays(root: Path, manifest: dict[str, Any]) -> list[Path]:
     recorded = _recorded(manifest)
     found = []
     for table in all_tables():
-        for name, what in _entries(root, root / table):
+        for name, what in folder_entries(root, root / table):
             if name.startswith((".", "_")) or what not in ("file", "dir"):
                 continue  # hidden: temp files (handled apart); Parquet readers skip these names too
             match = SHARD_FILE.match(name)
@@ -212,7 +212,7 @@ def _count_quarantined(root: Path) -> int:
     for _ in range(3):
         below: list[Path] = []
         for folder in level:
-            for name, what in _entries(root, folder):
+            for name, what in folder_entries(root, folder):
                 if what == "file":
                     count += 1
                 elif what == "dir" and len(below) < 10_000:

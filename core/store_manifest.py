@@ -27,7 +27,7 @@ def read_manifest(root: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise HorizonError(f"{path} is not a horizon results manifest")
     if manifest.get("version") != FORMAT_VERSION:
-        raise HorizonError(f"{path} has format version {_short(manifest.get('version'))}; this horizon reads "
+        raise HorizonError(f"{path} has format version {short_repr(manifest.get('version'))}; this horizon reads "
                            f"{FORMAT_VERSION}")
     problem = structure_problem(manifest)
     if problem:
@@ -46,11 +46,11 @@ MODEL_LIMITS = {"n_layers": 1024, "d_model": 1 << 17, "n_heads": 1024, "n_kv_hea
 
 def _model_problem(model: Any) -> str | None:
     if not (isinstance(model, dict) and isinstance(model.get("hash"), str) and _is_int(model.get("n_layers"))):
-        return f"model should be an object with a hash and n_layers, it is {_short(model)}"
+        return f"model should be an object with a hash and n_layers, it is {short_repr(model)}"
     for key, limit in MODEL_LIMITS.items():
         value = model.get(key)
         if (key == "n_layers" or value is not None) and not (_is_int(value) and 1 <= value <= limit):
-            return f"model.{key} should be an integer from 1 to {limit}, it is {_short(value)}"
+            return f"model.{key} should be an integer from 1 to {limit}, it is {short_repr(value)}"
     return None
 
 
@@ -79,7 +79,7 @@ def structure_problem(manifest: dict[str, Any]) -> str | None:
     ]
     for name, value, ok, expected in checks:
         if not ok(value):
-            return f"{name} should be {expected}, it is {_short(value)}"
+            return f"{name} should be {expected}, it is {short_repr(value)}"
     n_prompts, size = manifest["corpus"]["n_prompts"], manifest["shard_size"]
     # The shards cut the corpus into consecutive groups of shard_size prompts (sweep_settings.plan_shards):
     # a list of another length or other ranges does not describe this corpus.
@@ -92,11 +92,11 @@ def structure_problem(manifest: dict[str, Any]) -> str | None:
         if not isinstance(shard, dict):
             return f"{where} should be an object"
         if shard.get("id") != index:
-            return f"{where}.id should be {index}, it is {_short(shard.get('id'))}"
+            return f"{where}.id should be {index}, it is {short_repr(shard.get('id'))}"
         prompts = shard.get("prompts")
         expected_range = [index * size, min((index + 1) * size, n_prompts) - 1]
         if prompts != expected_range or not all(_is_int(p) for p in prompts):
-            return f"{where}.prompts should be {expected_range}, it is {_short(prompts)}"
+            return f"{where}.prompts should be {expected_range}, it is {short_repr(prompts)}"
         n_tokens = shard.get("n_tokens")
         if not (_is_int(n_tokens) and 0 <= n_tokens <= (prompts[1] - prompts[0] + 1) * n_ctx) \
                 or shard.get("status") not in ("pending", "done"):
@@ -105,7 +105,7 @@ def structure_problem(manifest: dict[str, Any]) -> str | None:
         if not isinstance(rows, dict) or any(table not in (*all_tables(), *LEGACY_TABLES) or not _is_int(count)
                                              or count < 0
                                              for table, count in rows.items()):
-            return f"{where}.rows should map table names to row counts, it is {_short(rows)}"
+            return f"{where}.rows should map table names to row counts, it is {short_repr(rows)}"
         sums = shard.get("sha256", {})
         if not isinstance(sums, dict) or any(not isinstance(value, str) for value in sums.values()):
             return f"{where}.sha256 should map table names to hex digests"
@@ -144,12 +144,12 @@ def settings_conflicts(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     old_key, new_key = settings_key(old), settings_key(new)
     for name, value in old_key.items():
         if new_key[name] != value:
-            problems.append(f"{name} is {_short(value)} there but {_short(new_key[name])} now")
+            problems.append(f"{name} is {short_repr(value)} there but {short_repr(new_key[name])} now")
     for analysis, settings in new["analyses"].items():
         previous = old["analyses"].get(analysis)
         if previous is not None and _comparable(previous) != _comparable(settings):
-            problems.append(f"{analysis} settings are {_short(_comparable(previous))} there but "
-                            f"{_short(_comparable(settings))} now")
+            problems.append(f"{analysis} settings are {short_repr(_comparable(previous))} there but "
+                            f"{short_repr(_comparable(settings))} now")
     return problems
 
 
@@ -158,6 +158,6 @@ def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in settings.items() if not key.startswith("_")}
 
 
-def _short(value: Any) -> str:
+def short_repr(value: Any) -> str:
     text = json.dumps(value, sort_keys=True)
     return text if len(text) <= 80 else text[:77] + "..."

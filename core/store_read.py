@@ -17,9 +17,9 @@ from horizon.core import confined
 from horizon.core.errors import HorizonError
 from horizon.core.store_checks import (
     _count_quarantined,
-    _entries,
     _recorded,
     check_file,
+    folder_entries,
     foreign_entries,
     foreign_problem,
     index_problem,
@@ -190,7 +190,7 @@ def open_results(path: str | Path) -> Results:
         for table in all_tables():
             folder = root / results.folders.get(table, table)
             files = []
-            for name, what in _entries(root, folder):
+            for name, what in folder_entries(root, folder):
                 if what != "file" or not SHARD_FILE.match(name):
                     continue
                 problem = check_file(folder / name, None, table, root=root)

@@ -51,7 +51,7 @@ def tidy(root: Path, manifest: dict[str, Any], pid_alive: Callable[[int], bool] 
     every unrecorded or damaged table file to the quarantine folder and forget damaged ones in
     ``manifest`` (so they are redone). Returns one line per kind of thing done.
     """
-    alive = pid_alive or _pid_alive
+    alive = pid_alive or process_alive
     here = temp_tag().rsplit("-", 1)[0]
     removed = 0
     for temp in leftover_temps(root):
@@ -95,7 +95,7 @@ def tidy(root: Path, manifest: dict[str, Any], pid_alive: Callable[[int], bool] 
     return lines
 
 
-def _pid_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

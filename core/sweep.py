@@ -183,7 +183,7 @@ def _inconsistency(old: dict[str, Any], new: dict[str, Any]) -> str | None:
         return None  # another sweep: settings_conflicts says how
     for key in store.MODEL_LIMITS:
         if key in old["model"] and key in new["model"] and old["model"][key] != new["model"][key]:
-            return f"its model.{key} is {store._short(old['model'][key])}, the model has {new['model'][key]}"
+            return f"its model.{key} is {store.short_repr(old['model'][key])}, the model has {new['model'][key]}"
     if old["corpus"]["n_prompts"] != new["corpus"]["n_prompts"]:
         return f"it counts {old['corpus']['n_prompts']} prompts, the corpus has {new['corpus']['n_prompts']}"
     for before, now in zip(old["shards"], new["shards"], strict=True):
@@ -194,7 +194,7 @@ def _inconsistency(old: dict[str, Any], new: dict[str, Any]) -> str | None:
 
 def _has_shard_files(root: Path) -> bool:
     return any(what == "file" and store.SHARD_FILE.match(name)
-               for table in store.all_tables() for name, what in store._entries(root, root / table))
+               for table in store.all_tables() for name, what in store.folder_entries(root, root / table))
 
 
 def _discard(root: Path) -> None:
@@ -339,7 +339,7 @@ def _claim_holder(root: Path, shard_id: int) -> str | None:
         return None
     here, pid = store.temp_tag().rsplit("-", 1)[0], int(match.group("pid"))
     if match.group("host") == here:
-        return text if pid != os.getpid() and store._pid_alive(pid) else None
+        return text if pid != os.getpid() and store.process_alive(pid) else None
     return text if age < CLAIM_SECONDS_ELSEWHERE else None
 
 
