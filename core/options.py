@@ -51,7 +51,7 @@ def check_batch_size_text(text: str | int, option: str = "--batch-size") -> int 
 
 def check_max_memory(text: str) -> int | None:
     """--max-memory SIZE|auto: bytes (2GB, 512MiB, 1.5G), None for auto (a safe share of what is free)."""
-    from horizon.core.budget import parse_size
+    from horizon.core.memory.budget import parse_size
 
     return parse_size(text)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from horizon.core.loader import LoadedModel, load_model
+from horizon.core.model.loader import LoadedModel, load_model
 
 # Snapshot pictures go to snapshots/<test module>/ (the fixture overrides syrupy's `snapshot`).
 from tests.snapshot_dir import snapshot  # noqa: F401

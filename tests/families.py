@@ -4,7 +4,7 @@ Each family is built from transformers' own config class (no download) with seed
 weights: 2 layers, d_model 64, and values away from the defaults where the family has them
 (biases, partial rotary, rope scaling, norm epsilons, head counts, sinks, expert counts), so a
 bridge that ignored one would give other numbers. ``family_model`` boots it the way
-``load_model`` does (core/loader.py ``bridged_model``); ``plain_run`` computes the residual
+``load_model`` does (core/model/loader.py ``bridged_model``); ``plain_run`` computes the residual
 stream and a horizon patch with nothing but torch hooks on a second, independently built copy.
 
 The plain computation does not use the sublayer outputs at all: reader j's input (the input of
@@ -18,7 +18,7 @@ import functools
 from typing import Any
 
 import torch
-from horizon.core.loader import LoadedModel, bridged_model, bundled_tokenizer
+from horizon.core.model.loader import LoadedModel, bridged_model, bundled_tokenizer
 
 LAYERS = 2
 
@@ -214,7 +214,7 @@ def plain_run(hf_model: Any, input_ids: torch.Tensor, parallel: bool = False,
 
 def save_family_dir(family: str, directory: Any) -> Any:
     """The tiny ``family`` model as a local HF model directory (config, safetensors, tokenizer)."""
-    from horizon.core.gguf_files import _quiet
+    from horizon.core.model.gguf_files import _quiet
 
     with _quiet():
         hf_family_model(family, len(tokenizer())).save_pretrained(directory)

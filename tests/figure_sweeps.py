@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from horizon.core.corpus import Corpus
-from horizon.core.sweep import SweepSettings, run_sweep
+from horizon.core.model.corpus import Corpus
+from horizon.core.sweep.sweep import SweepSettings, run_sweep
 
 TEXTS = [
     "The river rose after three days of rain, and the bridge was closed to traffic on Monday.",

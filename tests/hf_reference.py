@@ -168,7 +168,7 @@ def bridged(hf_model: Any, spec: str | None = None) -> Any:
     itself stays independent of the bridge); a LoadedModel on the CPU in the model's dtype."""
     import copy
 
-    from horizon.core.loader import LoadedModel, _quiet, bundled_tokenizer
+    from horizon.core.model.loader import LoadedModel, _quiet, bundled_tokenizer
     from transformer_lens.model_bridge import TransformerBridge
 
     tokenizer = bundled_tokenizer()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from horizon.core import store
+from horizon.core.results import store
 
 TEXTS = [
     "The river rose after three days of rain, and the bridge was closed.",
@@ -102,7 +102,7 @@ for argv in json.loads(sys.stdin.read()):
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         if argv[0] == "@session":
             from horizon.core.errors import HorizonError
-            from horizon.core.results_session import ResultsSession
+            from horizon.core.sources.results_session import ResultsSession
             try:
                 session = ResultsSession(argv[1])
                 session.norms(), session.truncation(), session.scan()

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from horizon.core.attention import BUCKETS, attention_distance, distance_weights, pattern_statistics
-from horizon.core.loader import _tiny_hf_model
-from horizon.core.prompts import tokenize
+from horizon.core.analyses.attention.engine import BUCKETS, attention_distance, distance_weights, pattern_statistics
+from horizon.core.model.loader import _tiny_hf_model
+from horizon.core.model.prompts import tokenize
 
 from tests.conftest import SHORT_PROMPT
 

@@ -1,4 +1,4 @@
-"""Memory budgets (core/budget.py): sizes, the cost model, batch and tile sizes, refusals, and the hot loops.
+"""Memory budgets (core/memory/budget.py): sizes, the cost model, batch and tile sizes, refusals, and the hot loops.
 
 The cost model is checked against a measured peak (VmHWM of a fresh subprocess, reset before the
 analysis), the batch sizes against the budget's direction, and the tiled/batched results against
@@ -20,17 +20,17 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from horizon.core import budget as B
-from horizon.core import horizon as H
+from horizon.core.analyses.attention.engine import attention_distance
+from horizon.core.analyses.norms.engine import analyse_norms
 from horizon.core.analyses.scan import staircase_rows
+from horizon.core.analyses.scan.engine import scan
 from horizon.core.analyses.truncate import truncation_windows
-from horizon.core.attention import attention_distance
+from horizon.core.analyses.truncate.engine import analyse_truncation
 from horizon.core.errors import HorizonError
-from horizon.core.horizon_scan import scan
-from horizon.core.loader import LoadedModel, load_model
-from horizon.core.norms import analyse_norms
+from horizon.core.memory import budget as B
+from horizon.core.model.loader import LoadedModel, load_model
 from horizon.core.options import check_batch_size_text, check_max_memory
-from horizon.core.truncation import analyse_truncation
+from horizon.core.patching import horizon as H
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOL = B.ModelDims(n_layers=30, d_model=576, n_heads=9, d_mlp=1536, vocab=49152, element_bytes=4,
@@ -146,8 +146,8 @@ def test_default_budget_is_a_share_of_what_is_free() -> None:
 MEASURE = """
 import json, sys
 import torch
-from horizon.core.loader import load_model
-from horizon.core import budget as B
+from horizon.core.model.loader import load_model
+from horizon.core.memory import budget as B
 analysis, n_tokens = sys.argv[1], int(sys.argv[2])
 model = load_model("smollm2-135m", device="cpu")
 ids = [[1] + [(7 * i) % 40000 + 100 for i in range(n_tokens - 1)]]
@@ -155,11 +155,11 @@ def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key):
             return int(line.split()[1]) * 1024
-import horizon.core.horizon  # every module the analyses use is imported before the peak is reset
-from horizon.core.attention import attention_distance
-from horizon.core.horizon_scan import scan
-from horizon.core.norms import analyse_norms
-from horizon.core.truncation import analyse_truncation
+import horizon.core.patching.horizon  # every module the analyses use is imported before the peak is reset
+from horizon.core.analyses.attention.engine import attention_distance
+from horizon.core.analyses.scan.engine import scan
+from horizon.core.analyses.norms.engine import analyse_norms
+from horizon.core.analyses.truncate.engine import analyse_truncation
 with torch.inference_mode():
     model.bridge(torch.tensor([ids[0][:8]]))  # page the weights in: they are the fixed part
 open("/proc/self/clear_refs", "w").write("5")  # reset the high-water mark to the current resident set

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from horizon.core.capture import run_capture
-from horizon.core.decomposition import SITES, residual_reads, stack_outputs, window_read
-from horizon.core.gguf_files import bundled_gguf_path, gguf_cache_dir
-from horizon.core.loader import LoadedModel, _tiny_hf_model
-from horizon.core.prompts import batches, tokenize
+from horizon.core.capture.capture import run_capture
+from horizon.core.capture.decomposition import SITES, residual_reads, stack_outputs, window_read
+from horizon.core.model.gguf_files import bundled_gguf_path, gguf_cache_dir
+from horizon.core.model.loader import LoadedModel, _tiny_hf_model
+from horizon.core.model.prompts import batches, tokenize
 
 from tests.conftest import SHORT_PROMPT
 

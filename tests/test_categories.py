@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from horizon.core.categories import CATEGORIES, COMMON_WORDS, token_category
-from horizon.core.loader import bundled_tokenizer
+from horizon.core.analyses.truncate.categories import CATEGORIES, COMMON_WORDS, token_category
+from horizon.core.model.loader import bundled_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Position chunks never give other numbers than the whole pass (core/chunking.py).
+"""Position chunks never give other numbers than the whole pass (core/checks/chunking.py).
 
 On the pinned stack a chunked pass equals the whole one, and a prompt over 512 tokens on a CPU (the
 default speed chunks of 256) gives the norms and scan of an independent computation with plain HF
@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 import torch
 import transformers as T
-from horizon.core import budget as B
-from horizon.core import chunking
-from horizon.core import verify as V
-from horizon.core.capture import run_capture
+from horizon.core.analyses.scan.engine import scan
+from horizon.core.capture.capture import run_capture
+from horizon.core.checks import chunking
+from horizon.core.checks import verify as V
 from horizon.core.errors import HorizonError
-from horizon.core.horizon import ChunkedClean
-from horizon.core.horizon_scan import scan
-from horizon.core.loader import LoadedModel, bundled_tokenizer
-from horizon.core.prompts import batches
+from horizon.core.memory import budget as B
+from horizon.core.model.loader import LoadedModel, bundled_tokenizer
+from horizon.core.model.prompts import batches
+from horizon.core.patching.horizon import ChunkedClean
 
 from tests.hf_reference import HFHorizon, metrics
 
@@ -111,7 +111,7 @@ def test_the_library_warning_of_a_broken_cache_goes_into_the_verdict(fresh_verdi
 
 def test_a_chunked_pass_that_crashes_is_a_failed_check_not_a_traceback(fresh_verdict: LoadedModel,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from horizon.core import capture
+    from horizon.core.capture.capture import capture
 
     def no_cache(model):
         raise TypeError("DynamicCache.__init__() got an unexpected keyword argument 'config'")
@@ -125,7 +125,7 @@ def test_a_chunked_pass_that_crashes_is_a_failed_check_not_a_traceback(fresh_ver
 
 
 def test_engines_refuse_chunks_that_would_be_wrong(fresh_verdict: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
-    from horizon.core.norms import analyse_norms
+    from horizon.core.analyses.norms.engine import analyse_norms
 
     forget_earlier_positions(monkeypatch, fresh_verdict)
     ids = [[1, *range(5, 45)]]
@@ -191,7 +191,7 @@ def long_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _reference(path: Path) -> HFHorizon:
-    from horizon.core.loader import _quiet
+    from horizon.core.model.loader import _quiet
 
     with _quiet():  # its progress bar would be read as the CLI's stderr
         return HFHorizon(T.AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval())

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from horizon.core.gguf_files import bundled_gguf_path
+from horizon.core.model.gguf_files import bundled_gguf_path
 
 
 def assert_clean_failure(code: int, out: str, err: str, needle: str) -> None:

@@ -154,8 +154,8 @@ def test_unknown_directory_and_unwritable_out(llama_dir: Path, tmp_path: Path, r
 
 
 def test_stored_views_of_the_wrong_shape_are_computed_again(llama_dir: Path, tmp_path: Path, run_cli) -> None:
-    from horizon.core import store
-    from horizon.core.views import VIEWS_FILE, views_fingerprint, views_sha256
+    from horizon.core.results import store
+    from horizon.core.results.views import VIEWS_FILE, views_fingerprint, views_sha256
 
     copy = tmp_path / "crafted"
     shutil.copytree(llama_dir, copy)

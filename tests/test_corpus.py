@@ -7,8 +7,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from horizon.core.corpus import BUNDLED_CORPUS, load_corpus, split_blank_lines, texts_sha256, tokenize_corpus
 from horizon.core.errors import HorizonError
+from horizon.core.model.corpus import BUNDLED_CORPUS, load_corpus, split_blank_lines, texts_sha256, tokenize_corpus
 
 
 def test_text_file_splits_on_blank_lines_and_keeps_inner_line_breaks(tmp_path: Path) -> None:
@@ -104,7 +104,7 @@ def test_hash_depends_on_content_and_order() -> None:
 
 
 def test_bundled_corpus_is_varied_and_sized() -> None:
-    from horizon.core.loader import bundled_tokenizer
+    from horizon.core.model.loader import bundled_tokenizer
 
     corpus = load_corpus(None)
     assert corpus.name == BUNDLED_CORPUS

@@ -4,7 +4,7 @@ skips, saying why, where torch sees no CUDA device).
 - The commands with ``--device cuda`` give the numbers of ``--device cpu`` on the tiny models
   (norms, patch, scan, truncate, attention, a sweep's report), within float32 tolerances.
 - bfloat16 and float16 load on CUDA, stay close to float32, and the bundled model verifies in both.
-- The memory plan's CUDA path (core/budget.py): the automatic budget is a share of the free GPU
+- The memory plan's CUDA path (core/memory/budget.py): the automatic budget is a share of the free GPU
   memory, GPUs run long prompts whole, the cost model bounds each analysis's peak measured with
   ``torch.cuda.max_memory_allocated``, and a scan under ``--max-memory`` stays under it (position
   chunks, in a fresh process) with the numbers of the whole-prompt scan.
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from horizon.core import budget as B
-from horizon.core.loader import LoadedModel, load_model
+from horizon.core.memory import budget as B
+from horizon.core.model.loader import LoadedModel, load_model
 
 pytestmark = pytest.mark.cuda
 
@@ -149,10 +149,10 @@ def test_cost_model_bounds_the_measured_cuda_peak(smol_cuda: LoadedModel, analys
                                                   tiling: dict[str, int]) -> None:
     """What the cost model predicts is at least what the analysis adds to torch.cuda.max_memory_allocated,
     on the bundled model at 1024 tokens, and (its CPU heap slack aside) not wildly more."""
-    from horizon.core.attention import attention_distance
-    from horizon.core.horizon_scan import scan
-    from horizon.core.norms import analyse_norms
-    from horizon.core.truncation import analyse_truncation
+    from horizon.core.analyses.attention.engine import attention_distance
+    from horizon.core.analyses.norms.engine import analyse_norms
+    from horizon.core.analyses.scan.engine import scan
+    from horizon.core.analyses.truncate.engine import analyse_truncation
 
     n_tokens, ids, device = 1024, _ids(1024), smol_cuda.device
     dims = B.ModelDims.of(smol_cuda)
@@ -191,7 +191,7 @@ def test_a_scan_under_max_memory_stays_under_it_on_cuda(tmp_path: Path) -> None:
     """A 2048-token scan of the bundled model under --max-memory 2GB (in a fresh process: nothing
     else on the GPU) goes through position chunks, peaks under the budget and under the plan's
     prediction, and gives the whole-prompt scan's numbers."""
-    from horizon.core.corpus import load_corpus
+    from horizon.core.model.corpus import load_corpus
 
     prompt = tmp_path / "long.txt"
     prompt.write_text(" ".join(load_corpus(None).texts), encoding="utf-8")

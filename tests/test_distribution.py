@@ -64,7 +64,7 @@ def test_the_comparison_sees_a_dropped_package(built: dict[str, object], tmp_pat
             if not item.filename.startswith("horizon/core/analyses/"):
                 cut.writestr(item, source.read(item))
     missing, extra = wheel_versus_tree(tmp_path / "cut.whl")
-    assert "core/analyses/__init__.py" in missing and "core/analyses/norms.py" in missing
+    assert "core/analyses/__init__.py" in missing and "core/analyses/norms/__init__.py" in missing
     assert all(name.startswith("core/analyses/") for name in missing) and not extra
 
 

@@ -127,8 +127,8 @@ def test_bad_input_is_one_line_and_writes_nothing(llama_dir: Path, tmp_path: Pat
 
 
 def test_a_failed_export_leaves_nothing_half_written(llama_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    from horizon.core import compare
-    from horizon.core.store import WriteError
+    from horizon.core.results.store import WriteError
+    from horizon.core.sources import compare
     from horizon.tui.figures import export
 
     inputs = [compare.figure_input(compare.load(llama_dir))]
@@ -158,13 +158,13 @@ def test_report_does_not_import_matplotlib(llama_dir: Path) -> None:
 
 def test_the_engines_result_types_draw_every_figure(tiny_llama, tmp_path: Path) -> None:
     """What the app holds (NormsReport, ScanResult, TruncationReport, AttentionReport, weights) draws 1-7, 9-11."""
-    from horizon.core.attention import attention_distance
-    from horizon.core.compare import live_figure_input
-    from horizon.core.horizon_scan import scan
-    from horizon.core.norms import analyse_norms
-    from horizon.core.prompts import decode_tokens, tokenize
-    from horizon.core.truncation import analyse_truncation
-    from horizon.core.weights import weight_report
+    from horizon.core.analyses.attention.engine import attention_distance
+    from horizon.core.analyses.norms.engine import analyse_norms
+    from horizon.core.analyses.norms.weights import weight_report
+    from horizon.core.analyses.scan.engine import scan
+    from horizon.core.analyses.truncate.engine import analyse_truncation
+    from horizon.core.model.prompts import decode_tokens, tokenize
+    from horizon.core.sources.compare import live_figure_input
     from horizon.tui.figures import export
 
     token_ids = tokenize(tiny_llama, ["The bridge was closed after the storm, and the ferry ran twice a day."])

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from horizon.core.capture import run_capture
-from horizon.core.decomposition import SITES
+from horizon.core.capture.capture import run_capture
+from horizon.core.capture.decomposition import SITES
 from horizon.core.errors import HorizonError
-from horizon.core.gguf_files import GEMMA_MODEL, GEMMA_SHA256, file_sha256, gemma_chunk_paths, gemma_gguf_path
-from horizon.core.horizon import HorizonConfig, patch
-from horizon.core.loader import GEMMA_BOS, LoadedModel, list_models, load_model
-from horizon.core.prompts import tokenize
+from horizon.core.model.gguf_files import GEMMA_MODEL, GEMMA_SHA256, file_sha256, gemma_chunk_paths, gemma_gguf_path
+from horizon.core.model.loader import GEMMA_BOS, LoadedModel, list_models, load_model
+from horizon.core.model.prompts import tokenize
+from horizon.core.patching.horizon import HorizonConfig, patch
 
 from tests.conftest import SHORT_PROMPT
 
@@ -57,7 +57,7 @@ def test_assembled_file_is_in_the_cache_and_checked(gemma: LoadedModel) -> None:
 
 def test_assembly_is_atomic_and_checks_the_sha(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A wrong checksum leaves nothing under the final name and no staging file behind."""
-    import horizon.core.gguf_files as gguf_files
+    import horizon.core.model.gguf_files as gguf_files
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(gguf_files, "GEMMA_SHA256", "0" * 64)
@@ -178,7 +178,7 @@ def test_position_chunks_across_the_sliding_window(gemma: LoadedModel) -> None:
     """A scan in position chunks equals the whole-prompt scan on a prompt longer than Gemma 3's
     512-token sliding window: the chunks' KV caches and masks are the model's own kind (sliding
     layers keep only the window), for the clean pass and the staircase rows alike."""
-    from horizon.core.horizon_scan import scan
+    from horizon.core.analyses.scan.engine import scan
 
     window = int(gemma.hf_model.config.sliding_window)
     ids = tokenize(gemma, [" ".join([SHORT_PROMPT] * 40)])[0][: window + 90]

@@ -9,14 +9,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from horizon.core import horizon as H
-from horizon.core import horizon_scan as HS
+from horizon.core.analyses.scan import engine as HS
+from horizon.core.analyses.scan.engine import scan
 from horizon.core.errors import HorizonError
-from horizon.core.horizon import HorizonConfig, clean_run, patch, patched_logits, reference_patched_logits
-from horizon.core.horizon_scan import scan
-from horizon.core.loader import _tiny_hf_model
-from horizon.core.prompts import make_batch, tokenize
-from horizon.core.staircase import StaircasePass
+from horizon.core.model.loader import _tiny_hf_model
+from horizon.core.model.prompts import make_batch, tokenize
+from horizon.core.patching import horizon as H
+from horizon.core.patching.horizon import HorizonConfig, clean_run, patch, patched_logits, reference_patched_logits
+from horizon.core.patching.staircase import StaircasePass
 
 from tests.conftest import SHORT_PROMPT
 
@@ -458,7 +458,7 @@ def test_bundled_model_windows_are_exact_in_float64() -> None:
     In float64 the two methods must agree to rounding; in float32 both carry rounding noise that
     deep patched passes amplify, so each is held to the float64 truth instead of to the other.
     """
-    from horizon.core.loader import load_model
+    from horizon.core.model.loader import load_model
 
     model = load_model("smollm2-135m", device="cpu")
     _, batch = _batch(model, ["The Eiffel Tower is in Paris, and it was built in 1889."])
@@ -582,7 +582,7 @@ def test_cli_rejects_bad_flags_before_loading(run_cli, monkeypatch, args, messag
 
 def test_tiled_readout_metrics_equal_metrics_of_full_logits(tiny_model, monkeypatch) -> None:
     """The scan's fused readout (vocabulary tiles, uneven last tile) = metrics of the full logits."""
-    from horizon.core import horizon_pass
+    from horizon.core.patching import horizon_pass
 
     monkeypatch.setattr(horizon_pass, "VOCAB_TILE", 5000)  # 49152 columns: 9 tiles of 5000 and one of 4152
     monkeypatch.setattr(horizon_pass, "TILE_BYTES", 1)  # one row per readout call: the chunking is exercised too
@@ -603,7 +603,7 @@ def test_tiled_readout_metrics_equal_metrics_of_full_logits(tiny_model, monkeypa
 
 def test_scan_in_bfloat16_matches_patch_and_float32() -> None:
     """A bfloat16 model: the scan's tiled readout reduces in float32, like patch's full logits."""
-    from horizon.core.loader import load_model
+    from horizon.core.model.loader import load_model
 
     model = load_model("tiny-llama", device="cpu", dtype="bfloat16")
     ids = tokenize(model, [SHORT_PROMPT])
@@ -622,9 +622,9 @@ def test_scan_in_bfloat16_matches_patch_and_float32() -> None:
 def test_sweep_mean_ablation_uses_corpus_means_stored_once(tiny_llama, tmp_path) -> None:
     """Corpus-wide means are computed before any shard and stored: the numbers do not depend on sharding."""
     import numpy as np
-    from horizon.core import store
-    from horizon.core.corpus import Corpus
-    from horizon.core.sweep import ABLATION_MEANS_FILE, ShardSpec, SweepSettings, corpus_views, run_sweep
+    from horizon.core.model.corpus import Corpus
+    from horizon.core.results import store
+    from horizon.core.sweep.sweep import ABLATION_MEANS_FILE, ShardSpec, SweepSettings, corpus_views, run_sweep
 
     corpus = Corpus(name="t", texts=PROMPTS, kinds=[""] * len(PROMPTS))
 
@@ -663,7 +663,7 @@ def test_sweep_mean_ablation_uses_corpus_means_stored_once(tiny_llama, tmp_path)
 async def test_app_ablation_toggle_and_layer_matrix(tiny_llama) -> None:
     """a: mean ablation; x: the layer x k matrix, its selected cell driving the token grid."""
     import numpy as np
-    from horizon.core.session import Session
+    from horizon.core.sources.session import Session
     from horizon.tui.app import HorizonApp
     from horizon.tui.widgets.layer_matrix import LayerMatrix
     from horizon.tui.widgets.token_grid import TokenGrid
@@ -711,9 +711,9 @@ async def test_app_ablation_toggle_and_layer_matrix(tiny_llama) -> None:
 
 
 def test_sweep_by_layer_matrix_in_store_and_report(tiny_llama, tmp_path, run_cli) -> None:
-    from horizon.core import store
-    from horizon.core.corpus import Corpus
-    from horizon.core.sweep import SweepSettings, corpus_views, run_sweep
+    from horizon.core.model.corpus import Corpus
+    from horizon.core.results import store
+    from horizon.core.sweep.sweep import SweepSettings, corpus_views, run_sweep
 
     corpus = Corpus(name="t", texts=PROMPTS, kinds=[""] * len(PROMPTS))
     out = tmp_path / "res"

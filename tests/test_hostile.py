@@ -23,9 +23,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from horizon.core import confined, store
 from horizon.core.errors import HorizonError
-from horizon.core.views import VIEWS_FILE
+from horizon.core.results import confined, store
+from horizon.core.results.views import VIEWS_FILE
 
 HORIZON = str(Path(sys.executable).with_name("horizon"))
 RAW_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -178,7 +178,7 @@ def _views_mismatch(root: Path) -> None:
 
 def _views_crafted(root: Path) -> None:
     """A cache written by someone else: self-consistent, but full of escapes and markup."""
-    from horizon.core.views import views_sha256
+    from horizon.core.results.views import views_sha256
 
     payload = json.loads((root / VIEWS_FILE).read_text())
     views = payload["views"]
@@ -250,7 +250,7 @@ def test_every_command_on_damaged_stores(damage: str, baseline, run_cli, tmp_pat
     assert json.loads(out)["problems"] or damage == "views_crafted", "every damage is named"
 
     # the app's results mode (inspect --results): opens what is intact, or refuses with a HorizonError.
-    from horizon.core.results_session import ResultsSession
+    from horizon.core.sources.results_session import ResultsSession
 
     try:
         session = ResultsSession(str(copy))
@@ -278,8 +278,8 @@ def test_every_command_on_damaged_stores(damage: str, baseline, run_cli, tmp_pat
 
 
 def test_resume_redoes_only_the_damaged_shard(baseline, tmp_path: Path) -> None:
-    from horizon.core.corpus import load_corpus
-    from horizon.core.sweep import SweepSettings, run_sweep
+    from horizon.core.model.corpus import load_corpus
+    from horizon.core.sweep.sweep import SweepSettings, run_sweep
 
     corpus, clean, _rows = baseline
     copy = tmp_path / "copy"
@@ -299,8 +299,8 @@ def test_resume_redoes_only_the_damaged_shard(baseline, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("damage", ["manifest_missing", "manifest_truncated", "manifest_structure"])
 def test_lost_manifest_is_rebuilt_without_redoing_intact_shards(damage: str, baseline, tmp_path: Path) -> None:
-    from horizon.core.corpus import load_corpus
-    from horizon.core.sweep import SweepSettings, run_sweep
+    from horizon.core.model.corpus import load_corpus
+    from horizon.core.sweep.sweep import SweepSettings, run_sweep
 
     corpus, clean, rows = baseline
     copy = tmp_path / "copy"
@@ -321,8 +321,8 @@ def test_lost_manifest_is_rebuilt_without_redoing_intact_shards(damage: str, bas
 
 def test_rebuild_refuses_files_of_other_settings(baseline, tmp_path: Path) -> None:
     """Files whose content does not fit this run (other ks) are moved aside and redone, not adopted."""
-    from horizon.core.corpus import load_corpus
-    from horizon.core.sweep import SweepSettings, run_sweep
+    from horizon.core.model.corpus import load_corpus
+    from horizon.core.sweep.sweep import SweepSettings, run_sweep
 
     corpus, clean, _rows = baseline
     copy = tmp_path / "copy"
@@ -444,7 +444,7 @@ def test_special_inputs(run_cli, tmp_path: Path) -> None:
     text = tmp_path / "notes.txt"
     text.write_text("not a model")
     assert_clean(*run_cli("tokens", "-m", str(text), "-p", "hi"), 2, "is not a model")
-    import horizon.core.prompts as prompts
+    import horizon.core.model.prompts as prompts
 
     big = tmp_path / "big.txt"
     big.write_text("word " * 1000)

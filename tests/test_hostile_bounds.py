@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from horizon.core import store
+from horizon.core.results import store
 
 from tests.hostile_helpers import SWEEP_ARGS, assert_one_line, copy_of, reseal, run_bounded, shared_sweep
 
@@ -52,7 +52,7 @@ def test_a_gguf_header_claiming_2_to_the_40_elements(tmp_path: Path) -> None:
 
 
 def test_gguf_bounds_accept_the_bundled_model() -> None:
-    from horizon.core.gguf_files import bundled_gguf_path, check_gguf_header
+    from horizon.core.model.gguf_files import bundled_gguf_path, check_gguf_header
 
     check_gguf_header(bundled_gguf_path())  # a real header passes the same walk
 

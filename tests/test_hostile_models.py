@@ -28,8 +28,8 @@ COMMAND = ("norms", "--device", "cpu", "--prompt", "Hello there.", "--json")
 @pytest.fixture(scope="module")
 def good_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tiny-llama (4 layers, d_model 64) saved as an HF model directory."""
-    from horizon.core.gguf_files import _quiet
-    from horizon.core.loader import _tiny_hf_model, bundled_tokenizer
+    from horizon.core.model.gguf_files import _quiet
+    from horizon.core.model.loader import _tiny_hf_model, bundled_tokenizer
 
     directory = tmp_path_factory.mktemp("good")
     tokenizer = bundled_tokenizer()
@@ -208,8 +208,8 @@ def test_a_directory_is_named_by_its_content(good_dir: Path, tmp_path: Path, mon
     """The same files anywhere (links, as in the HF cache, included) are the same model; one
     changed weight is another. Verdicts are keyed by this name."""
     import torch
-    from horizon.core import model_files
-    from horizon.core.loader import load_model
+    from horizon.core.model import model_files
+    from horizon.core.model.loader import load_model
 
     monkeypatch.setattr(model_files, "cache_root", lambda: tmp_path / "cache")
     good = load_model(str(good_dir), device="cpu", unverified=True)

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from horizon.core import confined, store
 from horizon.core.errors import HorizonError
+from horizon.core.results import confined, store
 
 from tests.hostile_helpers import (
     SWEEP_ARGS,
@@ -159,7 +159,7 @@ def test_readers_keep_what_is_intact_beside_a_link(swept, tmp_path: Path, run_cl
 
 def test_confined_refuses_links_on_the_way_and_at_the_end(tmp_path: Path) -> None:
     """The one helper every store path goes through: each operation, with a link in each position."""
-    from horizon.core import confined
+    from horizon.core.results import confined
 
     root, outside = tmp_path / "root", tmp_path / "outside"
     (root / "real").mkdir(parents=True)
@@ -233,8 +233,8 @@ def test_nan_in_a_stored_corpus_array_is_computed_again(name: str, key: str, ana
 def test_computed_means_with_nan_are_refused(swept, tmp_path: Path) -> None:
     """A model that overflows gives NaN means: refused in one line, nothing stored (the fault the check exists for)."""
     import torch
-    from horizon.core import sweep
-    from horizon.core.ablation import AblationMeans
+    from horizon.core.patching.ablation import AblationMeans
+    from horizon.core.sweep.sweep import sweep
 
     _, clean = swept
     root = copy_of(clean, tmp_path / "results")
@@ -297,8 +297,8 @@ def test_two_sweeps_on_one_out_compute_each_shard_once(tmp_path: Path) -> None:
 
 
 def test_a_live_claim_is_left_to_its_process_and_a_dead_one_is_taken(swept, tmp_path: Path) -> None:
-    from horizon.core.corpus import load_corpus
-    from horizon.core.sweep import SweepSettings, run_sweep
+    from horizon.core.model.corpus import load_corpus
+    from horizon.core.sweep.sweep import SweepSettings, run_sweep
 
     corpus, clean = swept
     root = copy_of(clean, tmp_path / "results")
@@ -346,8 +346,8 @@ def test_a_read_only_filesystem_is_called_read_only(swept, tmp_path: Path, run_c
 @pytest.mark.parametrize("n_layers", [10**18, 5])
 def test_a_resume_does_not_keep_a_damaged_model_description(n_layers: int, swept, tmp_path: Path) -> None:
     """n_layers beyond any model, or merely not this model's: the manifest is damaged and is rebuilt."""
-    from horizon.core.corpus import load_corpus
-    from horizon.core.sweep import SweepSettings, run_sweep
+    from horizon.core.model.corpus import load_corpus
+    from horizon.core.sweep.sweep import SweepSettings, run_sweep
 
     corpus, clean = swept
     root = copy_of(clean, tmp_path / "results")

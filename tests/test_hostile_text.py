@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from horizon.core import store
+from horizon.core.results import store
 
 from tests.hostile_helpers import RAW_CONTROL, assert_one_line, copy_of, run_bounded, shared_sweep
 
@@ -34,7 +34,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def _views(root: Path, change) -> None:  # type: ignore[no-untyped-def]
     """Edit views.json and record its new checksum (the cache checks only itself: anyone can)."""
-    from horizon.core.views import views_sha256
+    from horizon.core.results.views import views_sha256
 
     payload = json.loads((root / "views.json").read_text())
     change(payload["views"])
@@ -150,7 +150,7 @@ def test_a_lone_surrogate_in_a_corpus_is_one_line(tmp_path: Path, run_cli) -> No
 def test_twenty_models_get_twenty_colours_and_axes_of_their_own(swept) -> None:
     from dataclasses import replace
 
-    from horizon.core import compare
+    from horizon.core.sources import compare
     from horizon.tui.figures import export
 
     _, clean = swept
@@ -237,7 +237,7 @@ def test_a_huge_batch_size_is_capped_at_the_prompt_count(command: str, run_cli) 
 
 
 def test_the_batch_plan_caps_a_requested_size() -> None:
-    from horizon.core.budget import ModelDims, make_budget, plan
+    from horizon.core.memory.budget import ModelDims, make_budget, plan
 
     dims = ModelDims(n_layers=2, d_model=32, n_heads=2, d_mlp=64, vocab=100)
     budget = make_budget(2 << 30, dims, "cpu", measured=False)  # not this test process's own size

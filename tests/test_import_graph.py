@@ -85,7 +85,7 @@ def test_the_cycle_finder_finds_a_cycle():
 def test_the_graph_sees_the_package():
     graph = import_graph()
     assert "horizon.core.analyses.base" in graph["horizon.core.analyses.norms"]
-    assert "horizon.core.horizon" in graph["horizon.core.horizon_scan"]
+    assert "horizon.core.patching.horizon" in graph["horizon.core.analyses.scan.engine"]
 
 
 def test_module_level_imports_have_no_cycle():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from horizon.core.errors import HorizonError
-from horizon.core.loader import (
+from horizon.core.model.loader import (
     BUNDLED_BOS,
     bundled_gguf_path,
     gguf_cache_dir,
@@ -63,7 +63,7 @@ def test_tiny_models_are_deterministic(tiny_llama) -> None:
 
 
 def test_local_hf_directory_loads_same_weights(tiny_gpt2, tmp_path: Path) -> None:
-    from horizon.core.loader import _tiny_hf_model
+    from horizon.core.model.loader import _tiny_hf_model
 
     _tiny_hf_model("tiny-gpt2", len(tiny_gpt2.tokenizer)).save_pretrained(tmp_path)
     tiny_gpt2.tokenizer.save_pretrained(tmp_path)

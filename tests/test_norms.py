@@ -8,10 +8,16 @@ import math
 import numpy as np
 import pytest
 import torch
+from horizon.core.analyses.norms.engine import (
+    NORM_SITES,
+    analyse_norms,
+    appendix1_check,
+    default_fit_window,
+    fit_growth,
+)
 from horizon.core.errors import HorizonError
-from horizon.core.loader import LoadedModel
-from horizon.core.norms import NORM_SITES, analyse_norms, appendix1_check, default_fit_window, fit_growth
-from horizon.core.prompts import tokenize
+from horizon.core.model.loader import LoadedModel
+from horizon.core.model.prompts import tokenize
 
 from tests.conftest import SHORT_PROMPT
 
@@ -147,7 +153,7 @@ def test_default_window_skips_the_early_jump() -> None:
 
 
 def test_default_window_is_the_longest_straight_one_by_brute_force() -> None:
-    from horizon.core.norms import FIT_TOLERANCE, MIN_FIT_POINTS
+    from horizon.core.analyses.norms.engine import FIT_TOLERANCE, MIN_FIT_POINTS
 
     rng = np.random.default_rng(7)
     for _ in range(20):

@@ -7,7 +7,7 @@ import math
 import pytest
 from horizon.core import options
 from horizon.core.errors import HorizonError
-from horizon.core.sweep import SweepSettings
+from horizon.core.sweep.sweep import SweepSettings
 
 
 def one_error_line(code: int, out: str, err: str, needle: str) -> None:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 from horizon.core.analyses.norms import NORM_SITES, PARALLEL_ABSENT
-from horizon.core.norms import analyse_norms
-from horizon.core.verify import VERIFY_PROMPT, _prompt_ids
+from horizon.core.analyses.norms.engine import analyse_norms
+from horizon.core.checks.verify import VERIFY_PROMPT, _prompt_ids
 
 from tests.conftest import SHORT_PROMPT
 from tests.families import family_model, hf_family_model, plain_run, save_family_dir, tokenizer

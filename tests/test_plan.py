@@ -1,4 +1,4 @@
-"""The sweep's cost model (core/plan.py): ``--plan``'s projection and the running sweep's ETA."""
+"""The sweep's cost model (core/sweep/plan.py): ``--plan``'s projection and the running sweep's ETA."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import math
 from pathlib import Path
 
 import pytest
-from horizon.core import store
-from horizon.core.corpus import Corpus
-from horizon.core.plan import (
+from horizon.core.model.corpus import Corpus
+from horizon.core.results import store
+from horizon.core.sweep.plan import (
     Eta,
     batch_units,
     crossover,
@@ -18,7 +18,7 @@ from horizon.core.plan import (
     sample_indices,
     shard_units,
 )
-from horizon.core.sweep import SweepSettings, run_sweep
+from horizon.core.sweep.sweep import SweepSettings, run_sweep
 
 TEXTS = [
     "The river rose after three days of rain, and the bridge was closed to traffic on Monday morning.",

@@ -1,4 +1,4 @@
-"""A long prompt's scan in position chunks (core/horizon.py ChunkedClean) equals the whole-prompt scan.
+"""A long prompt's scan in position chunks (core/patching/horizon.py ChunkedClean) equals the whole-prompt scan.
 
 Chunking is how a scan fits a tight ``--max-memory``: the clean run and every staircase pass go
 through the prompt a chunk of positions at a time, with KV caches of the positions before. The
@@ -13,13 +13,13 @@ from itertools import pairwise
 
 import pytest
 import torch
-from horizon.core import budget as B
-from horizon.core.capture import position_chunks
+from horizon.core.analyses.scan.engine import scan, scan_by_layer, scan_per_prompt
+from horizon.core.capture.capture import position_chunks
 from horizon.core.errors import HorizonError
-from horizon.core.horizon import ChunkedClean, clean_run, clean_runs
-from horizon.core.horizon_scan import scan, scan_by_layer, scan_per_prompt
-from horizon.core.loader import LoadedModel, load_model
-from horizon.core.prompts import batches
+from horizon.core.memory import budget as B
+from horizon.core.model.loader import LoadedModel, load_model
+from horizon.core.model.prompts import batches
+from horizon.core.patching.horizon import ChunkedClean, clean_run, clean_runs
 
 METRICS = ("loss", "delta_loss", "kl", "top1_agreement")
 TOL = 1e-6  # float64 models; the bridge's attention softmax is float32 in both passes
@@ -176,7 +176,7 @@ def test_on_a_cpu_long_prompts_are_chunked_for_speed() -> None:
 
 @pytest.mark.parametrize("has_bos", [True, False])
 def test_chunked_norms_equal_the_whole_pass(model64: LoadedModel, has_bos: bool) -> None:
-    from horizon.core.norms import analyse_norms
+    from horizon.core.analyses.norms.engine import analyse_norms
 
     prompts = _prompts()
     whole = analyse_norms(model64, prompts, has_bos, batch_size=2)
@@ -198,7 +198,7 @@ FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3
 def test_every_verified_family_chunks_like_its_whole_pass(family: str) -> None:
     """Position chunks with the family's own KV cache (sliding windows, learned positions with an
     offset, parallel blocks) give the whole pass's residuals, and its horizon scan where it has one."""
-    from horizon.core.capture import run_capture
+    from horizon.core.capture.capture import run_capture
 
     from tests.test_verify import family_model
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from horizon.core.errors import HorizonError
-from horizon.core.prompts import gather_prompts, read_prompts, tokenize
+from horizon.core.model.prompts import gather_prompts, read_prompts, tokenize
 
 
 def test_plain_text_prompts_are_separated_by_blank_lines(tmp_path: Path) -> None:
@@ -28,7 +28,7 @@ def test_plain_text_prompts_are_separated_by_blank_lines(tmp_path: Path) -> None
 
 def test_single_prompt_commands_and_the_sweep_read_a_file_alike(tmp_path: Path) -> None:
     """One reader: --file and sweep CORPUS give the same prompts from the same file, in every format."""
-    from horizon.core.corpus import load_corpus
+    from horizon.core.model.corpus import load_corpus
 
     text = tmp_path / "prompts.txt"
     text.write_text("The cat sat\non the mat.\n\n\nA second prompt.\n\nthird\n", encoding="utf-8")
@@ -46,7 +46,7 @@ def test_the_cli_reads_a_file_as_the_sweep_does(run_cli, tmp_path: Path) -> None
     """`horizon tokens --file` tokenises exactly the prompts `horizon sweep` would read from that file."""
     import json
 
-    from horizon.core.corpus import load_corpus
+    from horizon.core.model.corpus import load_corpus
 
     path = tmp_path / "prompts.txt"
     path.write_text("The cat sat\non the mat.\n\nA second prompt,\nover two lines.\n", encoding="utf-8")

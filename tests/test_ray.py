@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from horizon.core import store
+from horizon.core.results import store
 
 KEYS = {
     "prompts": ["prompt"],
@@ -44,8 +44,8 @@ SWEEP = ["--model", "tiny-llama", "--device", "cpu", "--max-prompts", "6", "--sh
 @pytest.fixture(scope="module")
 def reference(tiny_llama, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The undisturbed run: the same sweep in-process, on the local backend."""
-    from horizon.core.corpus import load_corpus
-    from horizon.core.sweep import SweepSettings, run_sweep
+    from horizon.core.model.corpus import load_corpus
+    from horizon.core.sweep.sweep import SweepSettings, run_sweep
 
     out = tmp_path_factory.mktemp("reference") / "local"
     summary = run_sweep(load_corpus(None, max_prompts=6), out, tiny_llama,
@@ -239,9 +239,9 @@ def test_a_worker_killed_mid_shard_is_replaced_and_the_rows_are_exact(cluster: C
 FAKE_POOL_DRIVER = """
 import json, os, signal, socket, sys
 import numpy as np, pyarrow as pa
-from horizon.core import pools
-from horizon.core.sweep_settings import SweepSettings
-from horizon.core.worker import WorkerConfig
+from horizon.core.sweep.sweep import pools
+from horizon.core.sweep.sweep_settings import SweepSettings
+from horizon.core.sweep.worker import WorkerConfig
 
 
 RECORDS = sys.argv[2]  # the folder where each worker that runs shard 1 writes what it held
@@ -320,8 +320,8 @@ def test_failed_shards_exit_3_in_one_line_and_resume_finishes_them(run_cli, refe
                                                                   monkeypatch: pytest.MonkeyPatch,
                                                                   tmp_path: Path) -> None:
     """The driver's side: a pool that reports shard 1 lost on every run (as RayPool does, tested above)."""
-    from horizon.core import sweep as driver
-    from horizon.core.pools import LocalPool
+    from horizon.core.sweep.pools import LocalPool
+    from horizon.core.sweep.sweep import sweep as driver
 
     LOST = "its Ray worker died on each of 3 runs (pid 4242, its worker process has died)"
 
@@ -370,7 +370,7 @@ def _one_line_refusal(run_cli, out: Path, *args: str) -> str:
 
 def test_a_bad_or_unreachable_address_is_one_line(run_cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     pytest.importorskip("ray", reason="the ray extra is not installed")
-    from horizon.core import pools
+    from horizon.core.sweep.sweep import pools
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     out = tmp_path / "o"
@@ -455,7 +455,7 @@ def test_ray_lines_follow_the_verbosity(capsys: pytest.CaptureFixture[str], monk
     """The pool's lines (and Ray's, passed on) are one line each by default, and only errors under --quiet."""
     import logging
 
-    from horizon.core import pools
+    from horizon.core.sweep.sweep import pools
     from horizon.tui.cli.sweep_cmd import _ray_messages
 
     ray_logger = logging.getLogger("ray")
@@ -492,7 +492,7 @@ def test_ray_lines_follow_the_verbosity(capsys: pytest.CaptureFixture[str], monk
 
 def test_workers_that_load_another_model_or_see_other_inputs_are_refused() -> None:
     from horizon.core.errors import HorizonError
-    from horizon.core.pools import _check_same
+    from horizon.core.sweep.pools import _check_same
 
     first = {"model": {"spec": "m", "hash": "a1", "n_layers": 2, "source": "/opt/a/m"}, "dtype": "float32",
              "bos": {"enabled": True, "token_id": 1}, "n_tokens": [5, 7], "host": "node-a"}

@@ -12,11 +12,11 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers as T
-from horizon.core import horizon_metrics as HM
-from horizon.core.capture import run_capture
-from horizon.core.horizon import HorizonConfig, patch
-from horizon.core.horizon_scan import scan
-from horizon.core.loader import LoadedModel, bundled_tokenizer
+from horizon.core.analyses.scan.engine import scan
+from horizon.core.capture.capture import run_capture
+from horizon.core.model.loader import LoadedModel, bundled_tokenizer
+from horizon.core.patching import horizon_metrics as HM
+from horizon.core.patching.horizon import HorizonConfig, patch
 
 from tests.hf_reference import HFHorizon, bridged, metrics
 
@@ -146,7 +146,7 @@ def test_cohere_multiplies_by_its_logit_scale() -> None:
 def test_verify_passes_the_right_readout_and_fails_a_dropped_step(pair: tuple[LoadedModel, HFHorizon],
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the model's post-head step the readout and the full horizon fail, with the error."""
-    from horizon.core import verify as V
+    from horizon.core.checks import verify as V
 
     model, reference = pair
     result = V.verify(model, reference=reference.hf)
@@ -163,7 +163,7 @@ def test_verify_passes_the_right_readout_and_fails_a_dropped_step(pair: tuple[Lo
 def test_a_model_whose_head_is_not_reproduced_is_refused_at_load(pair: tuple[LoadedModel, HFHorizon],
                                                                  monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     """The quick checks (every load) include the readout: an unknown post-head step is one line, not wrong losses."""
-    from horizon.core import verify as V
+    from horizon.core.checks import verify as V
     from horizon.core.errors import HorizonError
 
     model, _ = pair

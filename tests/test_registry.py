@@ -11,10 +11,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from horizon.core import analyses as registry
-from horizon.core import budget as B
-from horizon.core import store
-from horizon.core.corpus import Corpus
-from horizon.core.sweep import SweepSettings, run_sweep
+from horizon.core.memory import budget as B
+from horizon.core.model.corpus import Corpus
+from horizon.core.results import store
+from horizon.core.sweep.sweep import SweepSettings, run_sweep
 from horizon.tui.cli.common import console
 
 TEXTS = ["The river rose after three days of rain.", "Mix the flour and the butter.", "Berlin is in Germany."]
@@ -23,7 +23,7 @@ CORPUS = Corpus(name="registry", texts=TEXTS, kinds=[""] * len(TEXTS))
 
 def rows(worker: Any, indices: list[int], token_ids: list[list[int]], tokens: list[list[str]]) -> pa.Table:
     """Per prompt: its token count and the mean norm of its final residual (one engine call)."""
-    from horizon.core.norms import analyse_norms
+    from horizon.core.analyses.norms.engine import analyse_norms
 
     report = analyse_norms(worker.model, token_ids, worker.settings.bos)
     final = [float(np.mean(per_prompt[-1])) for per_prompt in report.norms["resid_pre"]]
@@ -104,7 +104,7 @@ def test_a_table_name_is_written_by_one_analysis_only(extra) -> None:
 
 
 def test_the_built_in_corpus_inputs_are_the_files_the_store_reads() -> None:
-    # Each entry names its array's file; core/store.py reads the same files back and guards them.
+    # Each entry names its array's file; core/results/store.py reads the same files back and guards them.
     files = {name: entry.corpus.file for name, entry in registry.REGISTRY.items() if entry.corpus is not None}
     assert files == {"truncate": store.MU_FILE, "scan": store.ABLATION_MEANS_FILE}
     assert sorted(files.values()) == sorted(store.CORPUS_FILES)
@@ -139,7 +139,7 @@ def costed():
 
 
 def test_a_registered_cost_model_is_what_the_budget_plans_with(costed) -> None:
-    from horizon.core.plan import relative_weights
+    from horizon.core.sweep.plan import relative_weights
 
     dims = B.ModelDims(n_layers=4, d_model=64, n_heads=4, d_mlp=256, vocab=1000)
     assert "costed" in B.ANALYSES
@@ -156,7 +156,7 @@ def test_a_registered_cost_model_is_what_the_budget_plans_with(costed) -> None:
 
 
 def test_a_registered_corpus_input_reaches_every_shard(costed, tiny_llama) -> None:
-    from horizon.core.worker import SweepWorker, WorkerConfig
+    from horizon.core.sweep.worker import SweepWorker, WorkerConfig
 
     config = WorkerConfig(model=tiny_llama.spec, device="cpu", dtype="float32", texts=TEXTS,
                           settings=SweepSettings(analyses=["costed"]))

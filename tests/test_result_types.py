@@ -79,7 +79,11 @@ def test_result_types_rebuild_without_torch():
 
 def test_engines_reexport_the_one_type():
     """The engines hand out the registry modules' types, not copies of them."""
-    from horizon.core import analyses, attention, horizon_scan, norms, truncation
+    from horizon.core import analyses
+    from horizon.core.analyses.attention import engine as attention
+    from horizon.core.analyses.norms import engine as norms
+    from horizon.core.analyses.scan import engine as horizon_scan
+    from horizon.core.analyses.truncate import engine as truncation
 
     assert norms.NormsReport is analyses.norms.NormsReport
     assert norms.aggregate_site is analyses.norms.aggregate_site

@@ -1,4 +1,4 @@
-"""core/runner.py: one Runner (model + budget + lock) under the CLI and the app's live Session.
+"""core/run/runner.py: one Runner (model + budget + lock) under the CLI and the app's live Session.
 
 The app's passes hold the runner's lock (a pass started while another thread holds it waits), and
 the app's session plans its memory as the commands do: a tiny --max-memory gives the same one-line
@@ -11,10 +11,10 @@ import threading
 
 import pytest
 from horizon.core.errors import HorizonError
-from horizon.core.loader import LoadedModel
-from horizon.core.prompts import tokenize
-from horizon.core.runner import Runner
-from horizon.core.session import PatchSettings, Session
+from horizon.core.model.loader import LoadedModel
+from horizon.core.model.prompts import tokenize
+from horizon.core.run.runner import Runner
+from horizon.core.sources.session import PatchSettings, Session
 
 from tests.conftest import SHORT_PROMPT
 
@@ -55,7 +55,7 @@ def test_a_session_pass_waits_for_the_runner_lock(tiny_llama: LoadedModel, analy
 
 def test_engine_runs_inside_the_lock(tiny_llama: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
     """No other thread can take the lock while the engine runs (checked from inside the engine)."""
-    import horizon.core.norms as norms
+    import horizon.core.analyses.norms.engine as norms
 
     runner = Runner(tiny_llama)
     real = norms.analyse_norms
@@ -83,7 +83,7 @@ def test_engine_runs_inside_the_lock(tiny_llama: LoadedModel, monkeypatch: pytes
 
 def test_the_app_plans_with_the_budget(tiny_llama: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
     """An explicit batch size is the batch the engine gets (the CLI's --batch-size 1)."""
-    import horizon.core.norms as norms
+    import horizon.core.analyses.norms.engine as norms
 
     seen: list[int] = []
     real = norms.analyse_norms
@@ -130,8 +130,8 @@ def test_inspect_checks_its_budget_before_the_app(run_cli) -> None:
 
 def test_a_sweep_worker_given_a_runner_shares_its_lock(tiny_llama: LoadedModel) -> None:
     """The Python API's sweep passes its Model's runner: the worker's shards wait for that model's other passes."""
-    from horizon.core.sweep_settings import SweepSettings
-    from horizon.core.worker import SweepWorker, WorkerConfig
+    from horizon.core.sweep.sweep_settings import SweepSettings
+    from horizon.core.sweep.worker import SweepWorker, WorkerConfig
 
     runner = Runner(tiny_llama)
     config = WorkerConfig(model="tiny-llama", device="cpu", dtype="float32", texts=PROMPTS,

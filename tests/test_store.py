@@ -11,10 +11,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from horizon.core import store
-from horizon.core.corpus import Corpus
 from horizon.core.errors import HorizonError
-from horizon.core.sweep import SweepSettings, run_sweep
+from horizon.core.model.corpus import Corpus
+from horizon.core.results import store
+from horizon.core.sweep.sweep import SweepSettings, run_sweep
 
 TEXTS = [
     "The river rose after three days of rain, and the bridge was closed.",

@@ -1,4 +1,4 @@
-"""`horizon study` and the numbers over models (core/study.py, core/compare.py's across_models,
+"""`horizon study` and the numbers over models (core/sweep/study.py, core/sources/compare.py's across_models,
 figures 12-14), on three tiny models of different depth: tiny-llama (4 layers), tiny-gpt2 (3) and
 a 2-layer Qwen2 from a local model directory (tests/families.py), so that Spearman's rho has n = 3.
 
@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from horizon.core import compare
-from horizon.core.compare import COSINE_DROP_LENGTH, COSINE_DROP_LEVEL, FigureInput, across_models, spearman
 from horizon.core.errors import HorizonError
-from horizon.core.study import folder_name, folder_names, read_study_file
+from horizon.core.sources import compare
+from horizon.core.sources.compare import COSINE_DROP_LENGTH, COSINE_DROP_LEVEL, FigureInput, across_models, spearman
+from horizon.core.sweep.study import folder_name, folder_names, read_study_file
 from horizon.tui.cli.app import main
 
 from tests.families import save_family_dir
@@ -443,7 +443,7 @@ def test_other_settings_are_refused_per_model_without_loading_it(study: dict[str
 
 WRAPPER = """
 import os, signal, sys
-from horizon.core import sweep
+from horizon.core.sweep.sweep import sweep
 original = sweep._record_shard
 def record(root, shard_id, tables, seconds, worker):
     original(root, shard_id, tables, seconds, worker)

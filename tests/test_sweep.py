@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from horizon.core import store
-from horizon.core.corpus import Corpus, tokenize_corpus
 from horizon.core.errors import HorizonError
-from horizon.core.sweep import ShardSpec, SweepSettings, corpus_views, plan_shards, run_sweep
+from horizon.core.model.corpus import Corpus, tokenize_corpus
+from horizon.core.results import store
+from horizon.core.sweep.sweep import ShardSpec, SweepSettings, corpus_views, plan_shards, run_sweep
 
 TEXTS = [
     "The river rose after three days of rain, and the bridge was closed to traffic on Monday.",
@@ -103,10 +103,10 @@ def test_settings_are_validated() -> None:
 
 def test_tables_and_views_match_the_analyses_run_directly(full: Path, tiny_llama) -> None:
     import torch
-    from horizon.core.attention import attention_distance
-    from horizon.core.horizon_scan import scan
-    from horizon.core.norms import analyse_norms
-    from horizon.core.truncation import analyse_truncation, mean_residual
+    from horizon.core.analyses.attention.engine import attention_distance
+    from horizon.core.analyses.norms.engine import analyse_norms
+    from horizon.core.analyses.scan.engine import scan
+    from horizon.core.analyses.truncate.engine import analyse_truncation, mean_residual
 
     token_ids = tokenize_corpus(tiny_llama, CORPUS)
     results = store.open_results(full)
@@ -263,7 +263,7 @@ def test_ray_backend_produces_the_same_tables(full: Path, tmp_path: Path) -> Non
 
 
 def test_report_cli_without_a_model(full: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
-    import horizon.core.loader as loader
+    import horizon.core.model.loader as loader
 
     def no_model(*args, **kwargs):
         raise AssertionError("report must not load a model")
@@ -301,7 +301,7 @@ def test_report_cli_on_a_damaged_directory(full: Path, run_cli, tmp_path: Path) 
 
 
 def test_sweep_cli_checks_flags_before_loading(run_cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import horizon.core.loader as loader
+    import horizon.core.model.loader as loader
 
     seen: dict = {}
 
@@ -340,7 +340,7 @@ def test_sweep_cli_end_to_end(run_cli, tmp_path: Path) -> None:
 
 
 def test_report_uses_the_stored_views_without_torch(full: Path) -> None:
-    from horizon.core.views import VIEWS_FILE, load_views, views_fingerprint
+    from horizon.core.results.views import VIEWS_FILE, load_views, views_fingerprint
 
     results = store.open_results(full)
     stored = json.loads((full / VIEWS_FILE).read_text())

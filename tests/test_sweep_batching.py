@@ -14,10 +14,10 @@ import pyarrow as pa
 import pytest
 import torch
 from horizon.core import analyses as registry
-from horizon.core import store
-from horizon.core.corpus import Corpus
-from horizon.core.sweep import SweepSettings, run_sweep
-from horizon.core.worker import SweepWorker, WorkerConfig, chunks, length_order
+from horizon.core.model.corpus import Corpus
+from horizon.core.results import store
+from horizon.core.sweep.sweep import SweepSettings, run_sweep
+from horizon.core.sweep.worker import SweepWorker, WorkerConfig, chunks, length_order
 
 TEXTS = [
     "The river rose after three days of rain, and the bridge was closed to traffic on Monday morning.",
@@ -92,7 +92,7 @@ def test_per_prompt_puts_results_back_in_prompt_order(tiny_llama) -> None:
 
 def scan_reference(model, made: SweepWorker) -> pa.Table:
     """The scan rows written one prompt at a time by the single-prompt engines (no padding)."""
-    from horizon.core.horizon_scan import scan, scan_by_layer
+    from horizon.core.analyses.scan.engine import scan, scan_by_layer
 
     settings = made.settings
     means = made.corpus_inputs.get("scan")
@@ -129,7 +129,7 @@ def test_batched_scan_rows_equal_prompt_by_prompt(tiny_llama, ablation: str, by_
 
 def test_batched_attention_rows_equal_prompt_by_prompt(tiny_model) -> None:
     from horizon.core.analyses.attention import SCHEMA, report_rows
-    from horizon.core.attention import attention_distance
+    from horizon.core.analyses.attention.engine import attention_distance
 
     made = worker(tiny_model, batch_size=4, analyses=["attention"])
     with torch.inference_mode():
@@ -178,7 +178,7 @@ def test_batch_size_is_not_a_setting_and_a_sweep_resumes_under_another(tiny_llam
     corpus = Corpus(name="t", texts=TEXTS, kinds=[""] * len(TEXTS))
     settings = SweepSettings(analyses=["attention"], shard_size=2)
     out = tmp_path / "run"
-    from horizon.core.sweep_settings import ShardSpec
+    from horizon.core.sweep.sweep_settings import ShardSpec
 
     first = run_sweep(corpus, out, tiny_llama, settings, device="cpu", shard=ShardSpec(0, 2), batch_size=1)
     assert not first.complete

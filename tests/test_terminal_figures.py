@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from horizon.core.compare import FigureInput
+from horizon.core.sources.compare import FigureInput
 from horizon.tui.figures import FIGURES, terminal
 from horizon.tui.format import BLOCKS, quantise
 from horizon.tui.widgets.scales import recording_margins
@@ -227,8 +227,8 @@ def test_resid_sparkline_is_logarithmic() -> None:
 
 
 async def _figures_app(tiny_llama, monkeypatch, tmp_path: Path):  # type: ignore[no-untyped-def]
-    from horizon.core.prompts import tokenize
-    from horizon.core.session import Session
+    from horizon.core.model.prompts import tokenize
+    from horizon.core.sources.session import Session
     from horizon.tui.app import HorizonApp
 
     monkeypatch.setenv("HORIZON_FIGURES_DIR", str(tmp_path / "figs"))

@@ -7,10 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from horizon.core.categories import CATEGORIES, token_category
-from horizon.core.loader import _tiny_hf_model
-from horizon.core.prompts import batches, tokenize
-from horizon.core.truncation import (
+from horizon.core.analyses.truncate.categories import CATEGORIES, token_category
+from horizon.core.analyses.truncate.engine import (
     analyse_truncation,
     full_residuals,
     last_position_residuals,
@@ -18,6 +16,8 @@ from horizon.core.truncation import (
     n_truncations,
     truncation_windows,
 )
+from horizon.core.model.loader import _tiny_hf_model
+from horizon.core.model.prompts import batches, tokenize
 
 from tests.conftest import SHORT_PROMPT
 

@@ -7,14 +7,14 @@ import math
 
 import numpy as np
 import pytest
-from horizon.core.attention import attention_distance
-from horizon.core.categories import token_category
-from horizon.core.horizon import HorizonConfig, patch
-from horizon.core.loader import LoadedModel
-from horizon.core.norms import analyse_norms
-from horizon.core.prompts import tokenize
-from horizon.core.session import PatchSettings, Session
-from horizon.core.truncation import analyse_truncation
+from horizon.core.analyses.attention.engine import attention_distance
+from horizon.core.analyses.norms.engine import analyse_norms
+from horizon.core.analyses.truncate.categories import token_category
+from horizon.core.analyses.truncate.engine import analyse_truncation
+from horizon.core.model.loader import LoadedModel
+from horizon.core.model.prompts import tokenize
+from horizon.core.patching.horizon import HorizonConfig, patch
+from horizon.core.sources.session import PatchSettings, Session
 from horizon.tui import app as app_module
 from horizon.tui.app import HorizonApp
 from horizon.tui.screens.outliers import OutliersTable
@@ -66,11 +66,11 @@ def test_visible_token_shows_whitespace() -> None:
 
 
 def test_outlier_rows_keep_word_pieces_whole_in_their_context() -> None:
-    """The Outliers screen ranks and shows context as core/outliers.py does: a word piece such as
+    """The Outliers screen ranks and shows context as core/analyses/truncate/outliers.py does: a word piece such as
     ``ave`` of ``Gustave`` is shown whole and highlighted, BOS never."""
     from types import SimpleNamespace
 
-    from horizon.core.outliers import rank_outliers
+    from horizon.core.analyses.truncate.outliers import rank_outliers
     from horizon.tui.screens.outliers import outlier_rows
 
     tokens = ["<s>", *[f" w{i}" for i in range(20)], " the", " engineer", " Gust", "ave", " Eiffel", ","]
@@ -94,7 +94,7 @@ def test_outlier_rows_keep_word_pieces_whole_in_their_context() -> None:
 
 
 def test_session_scan_in_chunks_equals_one_engine_scan(tiny_llama: LoadedModel) -> None:
-    from horizon.core.horizon_scan import scan
+    from horizon.core.analyses.scan.engine import scan
 
     session = make_session(tiny_llama)
     chunked = session.scan(chunk=2)
@@ -438,8 +438,8 @@ def test_inspect_rejects_bad_flags_before_loading(run_cli) -> None:  # type: ign
 
 @pytest.fixture(scope="module")
 def sweep_dir(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from horizon.core.corpus import Corpus
-    from horizon.core.sweep import SweepSettings, run_sweep
+    from horizon.core.model.corpus import Corpus
+    from horizon.core.sweep.sweep import SweepSettings, run_sweep
 
     texts = [PROMPT, "Rome is the capital of Italy, and Milan is in the north.", "Berlin is in Germany."]
     out = tmp_path_factory.mktemp("inspect") / "results"
@@ -452,7 +452,7 @@ def sweep_dir(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory)
 async def test_results_mode_shows_the_report_numbers(sweep_dir, run_cli) -> None:  # type: ignore[no-untyped-def]
     import json
 
-    from horizon.core.results_session import ResultsSession
+    from horizon.core.sources.results_session import ResultsSession
 
     code, out, err = run_cli("report", str(sweep_dir), "--json")
     assert code == 0, err
@@ -507,7 +507,7 @@ async def test_results_mode_figures_draw_the_report_views(sweep_dir, run_cli) ->
     lists the weight figures as needing a model, and draws each figure it lists as drawable."""
     import json
 
-    from horizon.core.results_session import ResultsSession
+    from horizon.core.sources.results_session import ResultsSession
     from horizon.tui.screens.figures import NAMES, FiguresPane
     from horizon.tui.widgets.plot import FigurePlot
 
@@ -540,7 +540,7 @@ def test_results_mode_reads_the_stored_layer_k_matrix(tiny_llama: LoadedModel, t
     same numbers as a live session's by_layer of that prompt (within float32 rounding: the sweep runs
     the prompts in a padded batch), and needs no model to do so."""
     from horizon.core.errors import HorizonError
-    from horizon.core.results_session import ResultsSession
+    from horizon.core.sources.results_session import ResultsSession
 
     texts = [PROMPT, "Rome is the capital of Italy, and Milan is in the north.", "Berlin is in Germany."]
     corpus = tmp_path / "corpus.txt"

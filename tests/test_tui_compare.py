@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from horizon.core.results_session import ResultsSession
+from horizon.core.sources.results_session import ResultsSession
 from horizon.tui.app import HorizonApp
 from horizon.tui.keys import footer_keys
 from horizon.tui.screens.compare import FIGURES, ComparePane
@@ -240,9 +240,9 @@ def test_a_path_that_is_no_results_directory_exits_2_before_the_app(llama_dir: P
 
 
 def test_compared_results_load_once_with_progress(llama_dir: Path, gpt2_dir: Path) -> None:
-    from horizon.core import compare
     from horizon.core.errors import HorizonError
-    from horizon.core.results_session import ComparedResults
+    from horizon.core.sources import compare
+    from horizon.core.sources.results_session import ComparedResults
 
     with pytest.raises(HorizonError):
         ComparedResults([str(llama_dir)])  # one directory has nothing to compare with
@@ -283,7 +283,7 @@ async def test_directories_load_in_a_worker_behind_a_progress_bar(llama_dir: Pat
     """While the directories are read the screen shows a progress bar and the app answers keys."""
     import threading
 
-    from horizon.core import compare
+    from horizon.core.sources import compare
 
     release = threading.Event()
     read = compare.load
@@ -327,9 +327,10 @@ async def test_names_from_the_manifest_are_shown_escaped(llama_dir: Path, gpt2_d
     assert "\x1b" not in warnings and "evil\\x1b[31m[bold]model[/bold] differs from tiny-llama" in warnings
 
 
-@pytest.mark.parametrize("module", ["horizon.core.results_session", "horizon.tui.screens.compare", "horizon.tui.app"])
+@pytest.mark.parametrize("module", ["horizon.core.sources.results_session", "horizon.tui.screens.compare",
+                                    "horizon.tui.app"])
 def test_each_module_imports_first_in_a_fresh_interpreter(module: str) -> None:
-    """Regression: core/session.py and core/results_session.py import each other; either may come first."""
+    """Regression: the live and the results session (core/sources/) import each other; either may come first."""
     import subprocess
     import sys
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from horizon.core.loader import load_model
-from horizon.core.results_session import ResultsSession
-from horizon.core.sweep import SweepSettings, run_sweep
+from horizon.core.model.loader import load_model
+from horizon.core.sources.results_session import ResultsSession
+from horizon.core.sweep.sweep import SweepSettings, run_sweep
 from horizon.tui.app import HorizonApp
 from horizon.tui.screens.compare import ComparePane
 from horizon.tui.widgets.scales import Margin, recording_margins

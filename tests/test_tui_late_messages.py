@@ -9,7 +9,7 @@ handlers keep the message's news (what is pending or failed) and drop only the d
 from __future__ import annotations
 
 import pytest
-from horizon.core.loader import LoadedModel
+from horizon.core.model.loader import LoadedModel
 from horizon.tui.app import HorizonApp
 from horizon.tui.screens.help import HelpScreen
 from horizon.tui.state import AnalysisFailed, AnalysisReady

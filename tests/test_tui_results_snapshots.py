@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from horizon.core.corpus import Corpus
-from horizon.core.results_session import ResultsSession
-from horizon.core.sweep import SweepSettings, run_sweep
+from horizon.core.model.corpus import Corpus
+from horizon.core.sources.results_session import ResultsSession
+from horizon.core.sweep.sweep import SweepSettings, run_sweep
 from horizon.tui.app import HorizonApp
 from horizon.tui.widgets.layer_matrix import LayerMatrix
 from pytest_textual_snapshot import SVGImageExtension

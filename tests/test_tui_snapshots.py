@@ -34,9 +34,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from horizon.core.loader import LoadedModel, load_model
-from horizon.core.prompts import tokenize
-from horizon.core.session import PatchSettings, Session
+from horizon.core.model.loader import LoadedModel, load_model
+from horizon.core.model.prompts import tokenize
+from horizon.core.sources.session import PatchSettings, Session
 from horizon.tui.app import HorizonApp
 from horizon.tui.widgets.scales import Margin, recording_margins
 from horizon.tui.widgets.status import StatusLine

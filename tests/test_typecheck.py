@@ -5,7 +5,7 @@ mypy reads files, not the editable install's import hook, so it runs over links 
 installed package (tests/source_tree.py). The settings are pyproject.toml's [tool.mypy]. The second
 test plants a type error in a small tree of the same layout and sees the same check fail, so a
 check that passes cannot be one that never looked; the third sees a session whose ``scan`` differs
-from the ``Source`` protocol refused (core/session.py and core/results_session.py each assign their
+from the ``Source`` protocol refused (core/sources/session.py and core/sources/results_session.py each assign their
 class to a ``type[Source]`` for this check).
 """
 
@@ -50,7 +50,7 @@ def test_the_type_check_fails_on_a_planted_error(tmp_path: Path) -> None:
 # has ``ablation`` (a positional ablation would have been taken as a chunk size).
 MISMATCHED_SOURCE = '''
 from horizon.core.analyses.scan import ScanResult
-from horizon.core.session import Session, Source
+from horizon.core.sources.session import Session, Source
 
 
 class OldSession(Session):
@@ -63,7 +63,7 @@ CHECKED: type[Source] = OldSession
 
 
 def test_a_source_that_differs_from_the_protocol_fails(tmp_path: Path) -> None:
-    """The checks in core/session.py and core/results_session.py (a class assigned to ``type[Source]``)
+    """The checks in core/sources/session.py and core/sources/results_session.py (a class assigned to ``type[Source]``)
     do compare signatures: the scan signature the live session once had is refused."""
     result = mypy(installed_layout(tmp_path / "layout"), ROOT / ".mypy_cache", ["-c", MISMATCHED_SOURCE])
     assert result.returncode != 0

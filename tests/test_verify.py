@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from horizon.core import verify as V
-from horizon.core import verify_checks, verify_full
+from horizon.core.checks import verify as V
+from horizon.core.checks import verify_checks, verify_full
 from horizon.core.errors import HorizonError
-from horizon.core.loader import load_model
+from horizon.core.model.loader import load_model
 
 from tests.families import family_model, hf_family_model, plain_run
 
@@ -52,8 +52,8 @@ def _mean_ce(logits: torch.Tensor, input_ids: torch.Tensor) -> float:
 
 def measure_family(family: str) -> FamilyResult:
     """Verify ``family`` and hold its norms and patched losses to plain HF hooks (tests/families.py)."""
-    from horizon.core.horizon import HorizonConfig, clean_runs, patch
-    from horizon.core.norms import analyse_norms
+    from horizon.core.analyses.norms.engine import analyse_norms
+    from horizon.core.patching.horizon import HorizonConfig, clean_runs, patch
 
     model = family_model(family)
     reference = hf_family_model(family, len(model.tokenizer))
@@ -211,7 +211,7 @@ def test_attention_check_catches_wrong_sinks(monkeypatch: pytest.MonkeyPatch) ->
 def test_norm_epsilons_come_from_the_modules(monkeypatch: pytest.MonkeyPatch) -> None:
     """StarCoder2 names its epsilon norm_epsilon, which the bridge does not read: without the
     loader's alignment every norm used 1e-5 instead of the model's 1e-4 and the logits were off."""
-    from horizon.core import loaded_model
+    from horizon.core.model import loaded_model
 
     model = family_model("starcoder2")
     reference = hf_family_model("starcoder2", len(model.tokenizer))
@@ -256,7 +256,7 @@ def test_an_unbridgeable_architecture_is_one_short_line(family: str) -> None:
 
 def test_class_names_are_matched_without_case() -> None:
     """transformers builds PhimoeForCausalLM; TransformerLens registers PhiMoEForCausalLM."""
-    from horizon.core.loader import adapter_architecture
+    from horizon.core.model.loader import adapter_architecture
 
     from tests.families import tokenizer
 
@@ -266,8 +266,8 @@ def test_class_names_are_matched_without_case() -> None:
 
 def test_attention_report_marks_windowed_and_global_layers() -> None:
     """On a Gemma 3 layout (window 4, then a global layer) the windowed layer has no mass beyond it."""
-    from horizon.core.attention import attention_distance
-    from horizon.core.prompts import tokenize
+    from horizon.core.analyses.attention.engine import attention_distance
+    from horizon.core.model.prompts import tokenize
 
     model = family_model("gemma3_text")
     report = attention_distance(model, tokenize(model, [V.VERIFY_PROMPT]), has_bos=True)
@@ -341,7 +341,7 @@ def test_a_directory_is_judged_by_its_content_not_its_path(run_cli, tmp_path: Pa
 
     The break is real: BLOOM's apply_residual_connection_post_layernorm adds the normed stream back,
     so the decomposition fails (same weights, one config flag)."""
-    from horizon.core import model_files
+    from horizon.core.model import model_files
 
     from tests.families import save_family_dir
 
@@ -447,7 +447,7 @@ def test_a_wrong_reference_fails_the_logits_check(tiny_llama) -> None:
 def test_a_patched_path_that_misses_a_sublayer_fails_the_full_horizon(tiny_llama, monkeypatch) -> None:
     """The engine's outputs without attention 1's (its prefix sums miss it): the full horizon is not
     the clean model any more, while the hooks themselves still decompose."""
-    from horizon.core import horizon_clean
+    from horizon.core.patching import horizon_clean
 
     ids = V._prompt_ids(tiny_llama, V.VERIFY_PROMPT)
     assert V.full_horizon_check(tiny_llama, ids).measured < 1e-5
@@ -467,7 +467,7 @@ def test_a_patched_path_that_misses_a_sublayer_fails_the_full_horizon(tiny_llama
 def test_a_wrong_block_replay_fails_the_full_horizon(tiny_llama, monkeypatch) -> None:
     """The staircase replays every block with the clean run's arguments: with the rotary tables of
     the wrong positions the replayed stream is not the clean one."""
-    from horizon.core.horizon import CleanRun
+    from horizon.core.patching.horizon import CleanRun
 
     real = CleanRun.block_call
 

@@ -8,10 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from horizon.core.errors import HorizonError
-from horizon.core.loader import LoadedModel, _tiny_hf_model, load_model
-from horizon.core.prompts import tokenize
-from horizon.core.weights import (
+from horizon.core.analyses.norms.weights import (
     ov_frobenius,
     resample_coordinates,
     standardised_normal,
@@ -19,6 +16,9 @@ from horizon.core.weights import (
     weight_report,
     with_processing,
 )
+from horizon.core.errors import HorizonError
+from horizon.core.model.loader import LoadedModel, _tiny_hf_model, load_model
+from horizon.core.model.prompts import tokenize
 
 from tests.conftest import SHORT_PROMPT
 

@@ -1,4 +1,4 @@
-"""How the sweep's worker cuts length-sorted prompts into batches (core/worker.py ``batch_groups``)."""
+"""How the sweep's worker cuts length-sorted prompts into batches (core/sweep/worker.py ``batch_groups``)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import random
 
 import pytest
 from horizon.core.analyses import REGISTRY
-from horizon.core.sweep_settings import SweepSettings
-from horizon.core.worker import SweepWorker, WorkerConfig, batch_groups
+from horizon.core.sweep.sweep_settings import SweepSettings
+from horizon.core.sweep.worker import SweepWorker, WorkerConfig, batch_groups
 
 
 def covered_in_order(groups: list[range], n_prompts: int) -> bool:

@@ -1,7 +1,7 @@
 """`horizon inspect`: the Textual app.
 
 The app owns the user's selections (metric, layer, length, horizon settings, prompt, token) as
-reactive attributes and a ``Source`` (core/session.py: a live ``Session`` or a ``ResultsSession``)
+reactive attributes and a ``Source`` (core/sources/session.py: a live ``Session`` or a ``ResultsSession``)
 whose results the panes read once they are ready. All model work runs in thread workers started
 here: one queue for the background analyses, an exclusive group for the patched pass, whose stale
 runs are cancelled and never shown (a generation counter guards the redraw), and one for what the
@@ -22,8 +22,8 @@ from typing import Any, ClassVar
 
 from horizon.core.errors import HorizonError
 from horizon.core.options import DEFAULT_LENGTHS
-from horizon.core.results_session import ComparedResults
-from horizon.core.session import PatchSettings, Source
+from horizon.core.sources.results_session import ComparedResults
+from horizon.core.sources.session import PatchSettings, Source
 from horizon.core.untrusted import visible
 from horizon.tui.hangup import HangupGuard
 from horizon.tui.keys import bindings, palette

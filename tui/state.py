@@ -1,6 +1,6 @@
 """What the panes draw from, and the messages between workers, panes and the app.
 
-The app owns the user's selections as reactive attributes and the ``Source`` (core/session.py:
+The app owns the user's selections as reactive attributes and the ``Source`` (core/sources/session.py:
 a live model or stored results). A pane never reaches into the app: ``refresh_view`` hands it a
 ``ViewState`` (the source and a frozen copy of the selections), from which it reads only what is
 ready (``source.ready`` and the ``cached_*`` helpers). Workers compute and post
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from horizon.core.session import PatchSettings, Source
+from horizon.core.sources.session import PatchSettings, Source
 from textual.message import Message
 
 

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-from horizon.core.budget import Cost
+from horizon.core.memory.budget import Cost
 
 if TYPE_CHECKING:
-    from horizon.core.loader import LoadedModel
-    from horizon.core.store import Results
-    from horizon.core.sweep_settings import SweepSettings
+    from horizon.core.model.loader import LoadedModel
+    from horizon.core.results.store import Results
+    from horizon.core.sweep.sweep_settings import SweepSettings
 
 RowsFn = Callable[[Any, list[int], list[list[int]], list[list[str]]], pa.Table]
 ViewFn = Callable[["Results", pa.Table, dict[str, Any], bool], dict[str, Any]]
@@ -29,7 +29,7 @@ def _always(settings: SweepSettings) -> bool:
 
 @dataclass(frozen=True)
 class CorpusInput:
-    """A corpus-wide array an analysis's shards need, made before any shard runs (core/sweep.py).
+    """A corpus-wide array an analysis's shards need, made before any shard runs (core/sweep/sweep.py).
 
     It is computed once over every prompt of the corpus on one worker (``compute``), stored in the
     results directory as ``file`` with its sha256 under ``checksum_key`` in the analysis's manifest
@@ -38,7 +38,7 @@ class CorpusInput:
     depend on how the corpus was split into shards and workers.
     """
 
-    file: str  # the array's file in the results directory (core/store.py names the same file)
+    file: str  # the array's file in the results directory (core/results/store.py names the same file)
     checksum_key: str  # the manifest key, under this analysis's settings, of the file's sha256
     dtype: type[np.floating[Any]]  # as stored
     shape: Callable[[int, int], tuple[int, int]]  # (n_layers, d_model) -> its shape
@@ -67,7 +67,7 @@ class Analysis:
     render: str | None = None  # "module:function" drawing the view in the terminal
     pane: str | None = None  # the app screen that shows it
     needs_bos: bool = False
-    cost: Cost | None = None  # its cost model (core/budget.py plans it; None: one batch, peak unknown)
+    cost: Cost | None = None  # its cost model (core/memory/budget.py plans it; None: one batch, peak unknown)
     corpus: CorpusInput | None = None  # the corpus-wide array its shards need (None: none)
 
     def renderer(self) -> Callable[[dict[str, Any]], None] | None:

@@ -1,4 +1,4 @@
-"""``horizon.load`` and the ``Model`` handle: a loaded model and its Runner (core/runner.py).
+"""``horizon.load`` and the ``Model`` handle: a loaded model and its Runner (core/run/runner.py).
 
 Each method takes the prompts (a string, a list of strings, or a file path as a ``pathlib.Path``:
 the CLI's --prompt / --file), checks its options with the CLI's checks (core/options.py) and the
@@ -18,8 +18,8 @@ from horizon.core.errors import HorizonError
 from ._results import Attention, Norms, Patch, Result, Scan, Truncation
 
 if TYPE_CHECKING:
-    from horizon.core.loader import LoadedModel
-    from horizon.core.runner import Runner
+    from horizon.core.model.loader import LoadedModel
+    from horizon.core.run.runner import Runner
 
 Prompts = str | Sequence[str] | os.PathLike[str]
 Progress = Callable[[float], None] | None
@@ -30,8 +30,8 @@ def load(spec: str, device: str = "auto", dtype: str = "float32", max_memory: st
     """Load a model (the CLI's --model spec: ``"tiny-llama"``, ``"smollm2-135m"``, a .gguf path, an HF dir or
     hub id) with the memory budget of its runs: ``max_memory`` ("2GB", bytes, or "auto"), ``batch_size``
     (prompts per pass, or "auto"); ``unverified``: run even if the model fails verification."""
-    from horizon.core.loader import load_model
-    from horizon.core.runner import Runner
+    from horizon.core.model.loader import load_model
+    from horizon.core.run.runner import Runner
 
     memory = options.check_max_memory(str(max_memory))
     batch = options.check_batch_size_text(batch_size)
@@ -66,7 +66,7 @@ class Model:
 
     def _token_ids(self, prompts: Prompts, bos: bool, bos_token: str | None,
                    max_tokens: int | None) -> tuple[list[str], list[list[int]]]:
-        from horizon.core.prompts import gather_prompts, tokenize
+        from horizon.core.model.prompts import gather_prompts, tokenize
 
         if isinstance(prompts, os.PathLike):
             texts = gather_prompts(None, os.fspath(prompts))
@@ -88,13 +88,13 @@ class Model:
     def tokens(self, prompts: Prompts, bos: bool = True, bos_token: str | None = None,
                max_tokens: int | None = None) -> list[list[str]]:
         """Each prompt's tokens as the analyses see them (BOS first unless ``bos=False``)."""
-        from horizon.core.prompts import decode_tokens
+        from horizon.core.model.prompts import decode_tokens
 
         _, token_ids = self._token_ids(prompts, bos, bos_token, max_tokens)
         return [decode_tokens(self.runner.model, ids) for ids in token_ids]
 
     def _result(self, payload: dict[str, Any]) -> dict[str, Any]:
-        from horizon.core.payloads import json_payload
+        from horizon.core.run.payloads import json_payload
 
         return json_payload(payload, self.runner.model.device)
 
@@ -105,9 +105,9 @@ class Model:
               max_tokens: int | None = None, progress: Progress = None) -> Norms:
         """`horizon norms`: residual-stream norms per layer and site, the growth fit ("A:B" for ``fit``),
         the BOS curve; ``weights``: the weight analysis too."""
-        from horizon.core.payloads import norms_payload
-        from horizon.core.prompts import decode_tokens
-        from horizon.core.weights import check_processing
+        from horizon.core.analyses.norms.weights import check_processing
+        from horizon.core.model.prompts import decode_tokens
+        from horizon.core.run.payloads import norms_payload
 
         window = options.parse_fit(fit)
         check_processing(processing)
@@ -126,8 +126,8 @@ class Model:
               only_layer: int | str | None = None, ablation: str = "zero", bos: bool = True,
               bos_token: str | None = None, max_tokens: int | None = None) -> Patch:
         """`horizon patch`: one forward pass with horizon ``k`` enforced (``only_layer``: N or "final")."""
-        from horizon.core.horizon import HorizonConfig
-        from horizon.core.payloads import patch_payload
+        from horizon.core.patching.horizon import HorizonConfig
+        from horizon.core.run.payloads import patch_payload
 
         options.check_horizon_choices(unit, source, final)
         options.check_ablation(ablation)
@@ -164,8 +164,8 @@ class Model:
                  outlier_layer: int | None = None, bos: bool = True, bos_token: str | None = None,
                  max_tokens: int | None = None, progress: Progress = None) -> Truncation:
         """`horizon truncate`: the context cut to the last c tokens, per layer, against the full context."""
-        from horizon.core.payloads import report_payload
-        from horizon.core.truncation import n_truncations
+        from horizon.core.analyses.truncate.engine import n_truncations
+        from horizon.core.run.payloads import report_payload
 
         length_list = list(dict.fromkeys(int_list(lengths, "--lengths", minimum=1)))
         options.check_count(outliers, "--outliers")
@@ -188,7 +188,7 @@ class Model:
     def attention(self, prompts: Prompts, *, bos: bool = True, bos_token: str | None = None,
                   max_tokens: int | None = None, progress: Progress = None) -> Attention:
         """`horizon attention`: per head, how far back attention looks."""
-        from horizon.core.payloads import report_payload
+        from horizon.core.run.payloads import report_payload
 
         _, token_ids = self._token_ids(prompts, bos, bos_token, max_tokens)
         run = self.runner.attention(token_ids, bos, progress=progress)
@@ -198,7 +198,7 @@ class Model:
     def verify(self, reference: str = "fresh") -> Verification:
         """`horizon verify`: the checks every number relies on (``reference``: fresh or loaded); the verdict
         is stored as the CLI stores it. ``passed`` says whether every check passed."""
-        from horizon.core.payloads import verify_payload
+        from horizon.core.run.payloads import verify_payload
 
         if reference not in ("fresh", "loaded"):
             raise HorizonError(f"--reference must be fresh or loaded, got {reference!r}")
@@ -213,7 +213,7 @@ def int_list(values: Sequence[int] | str, option: str, minimum: int) -> list[int
 
 
 class Verification(Result):
-    """``Model.verify``: core/verify.py's result (``report``: ``passed``, ``checks``)."""
+    """``Model.verify``: core/checks/verify.py's result (``report``: ``passed``, ``checks``)."""
 
     analysis = "verify"
 

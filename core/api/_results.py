@@ -20,7 +20,7 @@ from horizon.core.errors import HorizonError
 if TYPE_CHECKING:
     import pandas
     import pyarrow as pa
-    from horizon.core.compare import FigureInput
+    from horizon.core.sources.compare import FigureInput
     from matplotlib.figure import Figure
 
 
@@ -119,7 +119,7 @@ class Norms(Result):
         return report_table(self.report, list(range(len(self.token_ids))), self.token_ids, self.tokens)
 
     def figure_input(self) -> FigureInput:
-        from horizon.core.compare import live_figure_input
+        from horizon.core.sources.compare import live_figure_input
 
         return live_figure_input(self.label, report=self.report, tokens=self.tokens, weights=self.weights)
 
@@ -174,7 +174,7 @@ class Scan(Result):
         return result_table([0], [(self.report, self.by_layer)])
 
     def figure_input(self) -> FigureInput:
-        from horizon.core.compare import live_figure_input
+        from horizon.core.sources.compare import live_figure_input
 
         figure = live_figure_input(self.label, scan=self.report, ablation=self._payload["ablation"])
         if self.by_layer is not None:
@@ -208,7 +208,7 @@ class Truncation(Result):
         return report_table(self.report, list(range(self.n_prompts)))
 
     def figure_input(self) -> FigureInput:
-        from horizon.core.compare import live_figure_input
+        from horizon.core.sources.compare import live_figure_input
 
         return live_figure_input(self.label, truncation=self.report)
 
@@ -238,7 +238,7 @@ class Attention(Result):
         return report_rows(self.report, 0)
 
     def figure_input(self) -> FigureInput:
-        from horizon.core.compare import live_figure_input
+        from horizon.core.sources.compare import live_figure_input
 
         return live_figure_input(self.label, attention=self.report)
 

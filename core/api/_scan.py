@@ -18,7 +18,7 @@ def run_scan(model: Model, prompts: Prompts, *, ks: Sequence[int] | None, start_
              tol: float, unit: str, source: str, keep_embed: bool, final: str, ablation: str, by_layer: bool,
              only_layer: int | str | None, bos: bool, bos_token: str | None, max_tokens: int | None,
              progress: Callable[[float], None] | None) -> Scan:
-    from horizon.core.payloads import scan_payload
+    from horizon.core.run.payloads import scan_payload
 
     from ._model import int_list
 

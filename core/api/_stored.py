@@ -1,9 +1,9 @@
 """``horizon.open_results``, ``horizon.sweep`` and ``horizon.compare``: results directories from Python.
 
-A results directory is read as ``horizon report`` reads it (core/store.py, the corpus views of
-core/views.py; no model, no torch); each analysis is a ``Stored`` result: its view as JSON, its
+A results directory is read as ``horizon report`` reads it (core/results/store.py, the corpus views of
+core/results/views.py; no model, no torch); each analysis is a ``Stored`` result: its view as JSON, its
 Parquet table, its figures, and its engine result type rebuilt by the registry (as the app's
-results mode does: core/results_session.py).
+results mode does: core/sources/results_session.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from ._results import Result
 
 if TYPE_CHECKING:
     import pyarrow as pa
-    from horizon.core.compare import FigureInput, Loaded
+    from horizon.core.sources.compare import FigureInput, Loaded
 
     from ._model import Model
 
@@ -62,7 +62,7 @@ class Stored(Result):
         return table
 
     def figure_input(self) -> FigureInput:
-        from horizon.core.compare import figure_input
+        from horizon.core.sources.compare import figure_input
 
         return figure_input(self._results.loaded)
 
@@ -77,7 +77,7 @@ class Results:
     """A results directory written by ``horizon sweep``: ``results["scan"]`` (or ``results.scan``) is its scan."""
 
     def __init__(self, path: str | Path) -> None:
-        from horizon.core import compare
+        from horizon.core.sources import compare
 
         self.loaded: Loaded = compare.load(path)
         if self.loaded.results is None or self.loaded.results.manifest is None:
@@ -120,12 +120,12 @@ class Results:
 
     def to_json(self) -> dict[str, Any]:
         """``horizon report DIR --json``."""
-        from horizon.core.payloads import json_payload, results_payload
+        from horizon.core.run.payloads import json_payload, results_payload
 
         return json_payload(results_payload(self.store, self.views, self.manifest))
 
     def _build(self, name: str) -> Any:
-        from horizon.core.results_session import ResultsSession
+        from horizon.core.sources.results_session import ResultsSession
 
         if self._session is None:
             self._session = ResultsSession(str(self.path))
@@ -163,9 +163,9 @@ def sweep(corpus: str | Path | Sequence[str] | None, out: str | Path, model: str
     runner's budget); ``settings``: the sweep's settings (lengths, ks, start_layers, tol, ablation, by_layer,
     max_tokens, bos, bos_token, shard_size); ``progress(prompts, tokens)`` after each shard."""
     from horizon.core.analyses import names
-    from horizon.core.corpus import Corpus, load_corpus
-    from horizon.core.payloads import sweep_payload
-    from horizon.core.sweep import SweepSettings, run_sweep
+    from horizon.core.model.corpus import Corpus, load_corpus
+    from horizon.core.run.payloads import sweep_payload
+    from horizon.core.sweep.sweep import SweepSettings, run_sweep
 
     known = {"lengths", "ks", "start_layers", "tol", "ablation", "by_layer", "max_tokens", "bos", "bos_token",
              "shard_size", "source", "keep_embed", "final"}
@@ -199,14 +199,14 @@ class Comparison:
     """``horizon compare``: one row per results directory, the warnings, the numbers over models."""
 
     def __init__(self, paths: Sequence[str | Path]) -> None:
-        from horizon.core import compare
+        from horizon.core.sources import compare
 
         self.loaded = compare.load_all(list(paths))
         self._table = compare.compare(self.loaded)
 
     def to_json(self) -> dict[str, Any]:
         """``horizon compare DIRS --json``."""
-        from horizon.core.payloads import json_payload
+        from horizon.core.run.payloads import json_payload
 
         return json_payload(copy.deepcopy(self._table))
 
@@ -220,7 +220,7 @@ class Comparison:
         """An overlaid figure over the directories (tui/figures/plots.py's COMPARE_FIGURES)."""
         import warnings
 
-        from horizon.core.compare import figure_input
+        from horizon.core.sources.compare import figure_input
 
         try:
             plots = importlib.import_module("horizon.tui.figures.plots")  # matplotlib: the figures extra

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from horizon.core.capture import run_capture
-from horizon.core.decomposition import SITES
-from horizon.core.gguf_files import cache_root
-from horizon.core.loader import load_model
+from horizon.core.capture.capture import run_capture
+from horizon.core.capture.decomposition import SITES
+from horizon.core.model.gguf_files import cache_root
+from horizon.core.model.loader import load_model
 
 from tests.bench.timing import cold_load_seconds, interleaved, plain_hf_model, prompt_ids, warm_load_seconds
 

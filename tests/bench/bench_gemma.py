@@ -8,7 +8,7 @@ ratio is measured side by side in one run (the two sides alternate).
 from __future__ import annotations
 
 import torch
-from horizon.core.loader import GEMMA_MODEL, load_model
+from horizon.core.model.loader import GEMMA_MODEL, load_model
 
 from tests.bench.timing import cold_load_seconds, patch_pass, scan_vs_forwards, warm_load_seconds
 

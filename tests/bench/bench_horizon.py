@@ -9,9 +9,9 @@ from __future__ import annotations
 import statistics
 
 import torch
-from horizon.core.horizon import HorizonConfig, patch, reference_patched_logits
-from horizon.core.horizon_scan import scan_by_layer
-from horizon.core.loader import load_model
+from horizon.core.analyses.scan.engine import scan_by_layer
+from horizon.core.model.loader import load_model
+from horizon.core.patching.horizon import HorizonConfig, patch, reference_patched_logits
 
 from tests.bench.timing import (
     hf_forwards,

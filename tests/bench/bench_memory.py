@@ -1,14 +1,14 @@
 """Peak memory of each analysis on a 2048-token prompt under `--max-memory 2GB` (issue 16).
 
 Each measurement runs in a fresh interpreter (VmHWM is the process's own high-water mark): load
-the bundled model, plan the run with core/budget.py under a 2 GB budget, run the real analysis
+the bundled model, plan the run with core/memory/budget.py under a 2 GB budget, run the real analysis
 with the planned batch and tiles, and report VmHWM / 2 GB (target <= 1.0). The prompt is the
 bundled corpus (core/data/corpus.jsonl) concatenated and cut to 2048 tokens, BOS first.
 
 A run the plan refuses reports the refusal and its numbers, and runs once more under the budget
 the plan asks for, so its real peak is still measured (ratio = that peak / 2 GB). The scan fits:
 its whole-prompt run would need 4.9 GB, so the plan goes through the prompt in position chunks
-(core/horizon.py ChunkedClean; ``position_chunk`` in the result). Only k = 1, 2 are scanned (two
+(core/patching/horizon.py ChunkedClean; ``position_chunk`` in the result). Only k = 1, 2 are scanned (two
 staircase rows), to stay fast.
 """
 
@@ -27,9 +27,9 @@ SCAN_KS = (1, 2)
 SCRIPT = """
 import json, sys
 import torch
-from horizon.core import budget as B
+from horizon.core.memory import budget as B
 from horizon.core.errors import HorizonError
-from horizon.core.loader import load_model
+from horizon.core.model.loader import load_model
 from tests.bench.bench_memory import corpus_prompt
 
 analysis, max_memory, n_tokens = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -42,17 +42,17 @@ dims = B.ModelDims.of(model)
 def run(max_memory):
     plan = B.plan(analysis, dims, [len(ids[0])], B.make_budget(B.parse_size(max_memory), dims, "cpu"))
     if analysis == "norms":
-        from horizon.core.norms import analyse_norms
+        from horizon.core.analyses.norms.engine import analyse_norms
         analyse_norms(model, ids, True, batch_size=plan.batch_size)
     elif analysis == "attention":
-        from horizon.core.attention import attention_distance
+        from horizon.core.analyses.attention.engine import attention_distance
         attention_distance(model, ids, True, batch_size=plan.batch_size)
     elif analysis == "truncate":
-        from horizon.core.truncation import analyse_truncation
+        from horizon.core.analyses.truncate.engine import analyse_truncation
         analyse_truncation(model, ids, [1], batch_size=plan.tiling["windows"], full_batch_size=plan.batch_size)
     else:
-        import horizon.core.horizon as H
-        from horizon.core.horizon_scan import scan
+        import horizon.core.patching.horizon as H
+        from horizon.core.analyses.scan.engine import scan
         cleans = H.clean_runs(model, ids, plan.batch_size, keep_bytes=plan.keep_clean_bytes,
                               position_chunk=plan.position_chunk)
         scan(model, ids, ks=ks, batch_size=plan.batch_size, max_pass_bytes=plan.pass_bytes, cleans=cleans)

@@ -8,15 +8,15 @@ import subprocess
 import sys
 
 import torch
-from horizon.core.loader import load_model
-from horizon.core.norms import analyse_norms
+from horizon.core.analyses.norms.engine import analyse_norms
+from horizon.core.model.loader import load_model
 
 from tests.bench.timing import paired_times, plain_hf_model, prompt_ids
 
 MEMORY_SCRIPT = """
 import json, torch
-from horizon.core.loader import load_model
-from horizon.core.norms import analyse_norms
+from horizon.core.model.loader import load_model
+from horizon.core.analyses.norms.engine import analyse_norms
 from tests.bench.timing import prompt_ids
 
 def high_water_kb():

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from functools import cache
 
 import torch
-from horizon.core import budget as B
-from horizon.core.loader import LoadedModel, load_model
+from horizon.core.memory import budget as B
+from horizon.core.model.loader import LoadedModel, load_model
 
 from tests.bench.bench_memory import corpus_prompt
 
@@ -49,21 +49,21 @@ def _runner(analysis: str) -> Callable[[list[list[int]]], object]:
     def run(ids: list[list[int]]) -> object:
         plan = _plan(analysis, ids)
         if analysis == "norms":
-            from horizon.core.norms import analyse_norms
+            from horizon.core.analyses.norms.engine import analyse_norms
 
             return analyse_norms(model, ids, True, batch_size=plan.batch_size,
                                  position_chunk=plan.position_chunk)
         if analysis == "attention":
-            from horizon.core.attention import attention_distance
+            from horizon.core.analyses.attention.engine import attention_distance
 
             return attention_distance(model, ids, True, batch_size=plan.batch_size)
         if analysis == "truncate":
-            from horizon.core.truncation import analyse_truncation
+            from horizon.core.analyses.truncate.engine import analyse_truncation
 
             return analyse_truncation(model, ids, [1], batch_size=plan.tiling["windows"],
                                       full_batch_size=plan.batch_size)
-        import horizon.core.horizon as H
-        from horizon.core.horizon_scan import scan
+        import horizon.core.patching.horizon as H
+        from horizon.core.analyses.scan.engine import scan
 
         cleans = H.clean_runs(model, ids, plan.batch_size, keep_bytes=plan.keep_clean_bytes,
                               position_chunk=plan.position_chunk)

@@ -25,9 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from horizon.core.corpus import load_corpus, tokenize_corpus
-from horizon.core.loader import load_model
-from horizon.core.sweep import SweepSettings, run_sweep
+from horizon.core.model.corpus import load_corpus, tokenize_corpus
+from horizon.core.model.loader import load_model
+from horizon.core.sweep.sweep import SweepSettings, run_sweep
 
 _MODEL = None
 SCAN_KS = [1, 2, 4, 8, 16, 31]
@@ -76,26 +76,26 @@ def _compare(analysis: str, n_prompts: int, per_prompt: Callable[[list[int]], ob
 
 
 def bench_sweep_norms() -> dict:
-    from horizon.core.norms import analyse_norms
+    from horizon.core.analyses.norms.engine import analyse_norms
 
     return _compare("norms", 8, lambda ids: analyse_norms(_model(), [ids], True))
 
 
 def bench_sweep_truncate() -> dict:
-    from horizon.core.truncation import analyse_truncation
+    from horizon.core.analyses.truncate.engine import analyse_truncation
 
     # 2 prompts (reported only; each prompt's truncation is ~3 s of `make bench` per side)
     return _compare("truncate", 2, lambda ids: analyse_truncation(_model(), [ids]), repeats=1)
 
 
 def bench_sweep_scan() -> dict:
-    from horizon.core.horizon_scan import scan
+    from horizon.core.analyses.scan.engine import scan
 
     return _compare("scan", 4, lambda ids: scan(_model(), [ids], ks=SCAN_KS), repeats=1, ks=SCAN_KS)
 
 
 def bench_sweep_attention() -> dict:
-    from horizon.core.attention import attention_distance
+    from horizon.core.analyses.attention.engine import attention_distance
 
     return _compare("attention", 8, lambda ids: attention_distance(_model(), [ids], True))
 
@@ -148,7 +148,7 @@ def bench_sweep_plan_error() -> dict:
     the corpus mean, every shard and write, the views). ratio = |projected / measured - 1|,
     target <= 0.25.
     """
-    from horizon.core.plan import plan_sweep
+    from horizon.core.sweep.plan import plan_sweep
 
     corpus = load_corpus(None, max_prompts=16)
 

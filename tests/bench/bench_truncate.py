@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 
 import torch
-from horizon.core.loader import load_model
-from horizon.core.truncation import analyse_truncation, residual_rows, truncation_windows
+from horizon.core.analyses.truncate.engine import analyse_truncation, residual_rows, truncation_windows
+from horizon.core.model.loader import load_model
 
 from tests.bench.timing import interleaved, plain_hf_model, prompt_ids
 
@@ -70,7 +70,7 @@ def bench_truncate_vs_hf() -> dict:
 
 def bench_truncate_attention_vs_hf() -> dict:
     """Attention-distance pass (streamed per-layer reduction) vs a plain HF forward, 128 tokens; reported only."""
-    from horizon.core.attention import attention_distance
+    from horizon.core.analyses.attention.engine import attention_distance
 
     model = load_model("smollm2-135m", device="cpu")
     baseline = plain_hf_model()

@@ -15,9 +15,9 @@ import subprocess
 import sys
 import time
 
-from horizon.core.loader import load_model
-from horizon.core.prompts import tokenize
-from horizon.core.session import PatchSettings, Session
+from horizon.core.model.loader import load_model
+from horizon.core.model.prompts import tokenize
+from horizon.core.sources.session import PatchSettings, Session
 from horizon.tui.cli.common import DEFAULT_PROMPT
 
 N_TOKENS = 64

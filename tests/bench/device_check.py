@@ -66,15 +66,15 @@ def ratio_result(times: dict[str, float], measured: str, baseline: str, target: 
 
 
 def main() -> int:
-    from horizon.core.capture import run_capture
-    from horizon.core.corpus import load_corpus
-    from horizon.core.decomposition import SITES
-    from horizon.core.horizon import HorizonConfig, clean_run, patched_logits
-    from horizon.core.horizon_scan import scan
-    from horizon.core.loader import load_model
-    from horizon.core.prompts import make_batch
-    from horizon.core.sweep import SweepSettings, run_sweep
-    from horizon.core.truncation import analyse_truncation, truncation_windows
+    from horizon.core.analyses.scan.engine import scan
+    from horizon.core.analyses.truncate.engine import analyse_truncation, truncation_windows
+    from horizon.core.capture.capture import run_capture
+    from horizon.core.capture.decomposition import SITES
+    from horizon.core.model.corpus import load_corpus
+    from horizon.core.model.loader import load_model
+    from horizon.core.model.prompts import make_batch
+    from horizon.core.patching.horizon import HorizonConfig, clean_run, patched_logits
+    from horizon.core.sweep.sweep import SweepSettings, run_sweep
     from transformers.utils import logging as transformers_logging
 
     from tests.bench.timing import hf_forwards, interleaved, plain_hf_model, prompt_ids, warm_up

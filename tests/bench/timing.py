@@ -50,7 +50,7 @@ def interleaved(functions: dict[str, Callable[[], object]], repeats: int = 5, wa
 
 def plain_hf_model(spec: str = "smollm2-135m"):
     """An HF model for the baseline, not booted into a bridge (the bridge wraps modules in place)."""
-    from horizon.core.gguf_files import bundled_gguf_path, gguf_cache_dir
+    from horizon.core.model.gguf_files import bundled_gguf_path, gguf_cache_dir
     from transformers import AutoModelForCausalLM
 
     if spec != "smollm2-135m":
@@ -62,7 +62,7 @@ def plain_hf_model(spec: str = "smollm2-135m"):
 
 def prompt_ids(n_tokens: int = 128, batch: int = 1, seed: int = 0) -> torch.Tensor:
     """Real text tokens from the bundled tokenizer, BOS first, exactly n_tokens long."""
-    from horizon.core.loader import BUNDLED_BOS, bundled_tokenizer
+    from horizon.core.model.loader import BUNDLED_BOS, bundled_tokenizer
     from horizon.tui.cli.common import DEFAULT_PROMPT
 
     tokenizer = bundled_tokenizer()
@@ -92,8 +92,8 @@ def warm_up(*functions: Callable[[], object]) -> None:
 
 def patch_pass(model, hf, ids: torch.Tensor) -> dict:
     """One patched pass (k = 1, S = 0) vs one plain HF forward, side by side; target 1.3x."""
-    from horizon.core.horizon import HorizonConfig, clean_run, patched_logits
-    from horizon.core.prompts import make_batch
+    from horizon.core.model.prompts import make_batch
+    from horizon.core.patching.horizon import HorizonConfig, clean_run, patched_logits
 
     clean = clean_run(model, make_batch(ids.tolist(), 0, True, model.device))
     config = HorizonConfig.from_layers(1)
@@ -122,7 +122,7 @@ def scan_vs_forwards(
     ``others`` are timed in the same rounds after the scan, ``warm`` runs after the standard warm-up
     (one forward, a two-k scan). Returns the result dict and the median seconds by name.
     """
-    from horizon.core.horizon_scan import scan
+    from horizon.core.analyses.scan.engine import scan
 
     token_ids = ids.tolist()
     n_forwards = model.n_layers + 1
@@ -141,7 +141,7 @@ def scan_vs_forwards(
 
 def warm_load_seconds(spec: str) -> float:
     """Seconds of a warm ``load_model(spec)`` (one load first makes sure the cache exists)."""
-    from horizon.core.loader import load_model
+    from horizon.core.model.loader import load_model
 
     load_model(spec, device="cpu")
     started = time.perf_counter()
@@ -159,7 +159,8 @@ def cold_load_seconds(spec: str) -> float:
     with tempfile.TemporaryDirectory() as empty_cache:
         started = time.perf_counter()
         subprocess.run(
-            [sys.executable, "-c", f"from horizon.core.loader import load_model; load_model({spec!r}, device='cpu')"],
+            [sys.executable, "-c", "from horizon.core.model.loader import load_model; "
+             f"load_model({spec!r}, device='cpu')"],
             check=True,
             env={**os.environ, "XDG_CACHE_HOME": empty_cache},
         )

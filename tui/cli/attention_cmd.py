@@ -7,9 +7,9 @@ from typing import Annotated
 import numpy as np
 import typer
 from horizon.core import options
-from horizon.core.attention import BUCKETS, AttentionReport
-from horizon.core.loader import DEFAULT_MODEL
-from horizon.core.payloads import report_payload
+from horizon.core.analyses.attention.engine import BUCKETS, AttentionReport
+from horizon.core.model.loader import DEFAULT_MODEL
+from horizon.core.run.payloads import report_payload
 from horizon.core.untrusted import markup_safe
 from horizon.tui.cli.app import app
 from horizon.tui.cli.common import (

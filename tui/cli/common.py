@@ -18,14 +18,14 @@ import typer
 
 # The loader imports torch lazily and nothing else here imports it at module level, so that
 # `horizon --help` and the inspector's first paint never wait for torch.
-from horizon.core.loader import DEFAULT_MODEL, LoadedModel, load_model
+from horizon.core.model.loader import DEFAULT_MODEL, LoadedModel, load_model
 from horizon.core.options import check_truncate_to, parse_int_list  # noqa: F401  (parse_int_list: shared)
-from horizon.core.payloads import json_payload, jsonable  # noqa: F401  (jsonable: shared)
+from horizon.core.run.payloads import json_payload, jsonable  # noqa: F401  (jsonable: shared)
 from horizon.tui.format import number  # noqa: F401  (the one number formatter, shared with the app)
 from rich.console import Console
 
 if TYPE_CHECKING:
-    from horizon.core.runner import Runner
+    from horizon.core.run.runner import Runner
 
 # A short, real sentence: the default when a command gets neither --prompt nor --file.
 DEFAULT_PROMPT = (
@@ -69,7 +69,7 @@ BosTokenOpt = Annotated[
 
 def _allow_unverified(value: bool) -> bool:
     # One switch for every load this process makes (sweep workers, the app's reruns included):
-    # the loader reads HORIZON_UNVERIFIED (core/verify.py).
+    # the loader reads HORIZON_UNVERIFIED (core/checks/verify.py).
     if value:
         import os
 
@@ -92,8 +92,8 @@ MaxTokensOpt = Annotated[
     typer.Option("--max-tokens", help="Keep only the first N tokens (BOS included) of over-long prompts."),
 ]
 TruncateToOpt = MaxTokensOpt  # the name the commands declare it under
-# The memory budget and the batch size it chooses (core/budget.py); every analysis command and the
-# sweep declare these two, checked by ``check_memory_options``; a command's ``runner_for`` (core/runner.py) plans
+# The memory budget and the batch size it chooses (core/memory/budget.py); every analysis command and the
+# sweep declare these two, checked by ``check_memory_options``; a command's ``runner_for`` (core/run/runner.py) plans
 # every pass under them once the prompts are tokenised.
 MaxMemoryOpt = Annotated[
     str,
@@ -119,7 +119,7 @@ class Inputs:
     has_bos: bool
 
     def tokens(self) -> list[list[str]]:
-        from horizon.core.prompts import decode_tokens
+        from horizon.core.model.prompts import decode_tokens
 
         return [decode_tokens(self.model, ids) for ids in self.token_ids]
 
@@ -145,7 +145,7 @@ def prepare_inputs(
     quiet: bool = False,
 ) -> Inputs:
     """Validate the prompt options before the (slow) model load, then tokenise."""
-    from horizon.core.prompts import gather_prompts, tokenize
+    from horizon.core.model.prompts import gather_prompts, tokenize
 
     prompts = gather_prompts(prompt, file, default_prompt)
     check_truncate_to(truncate_to)
@@ -162,8 +162,8 @@ def check_memory_options(max_memory: str, batch_size: str) -> tuple[int | None, 
 
 
 def runner_for(inputs: Inputs, max_memory: int | None, batch_size: int | None) -> Runner:
-    """The core/runner.py Runner of a command: its model under --max-memory and --batch-size."""
-    from horizon.core.runner import Runner
+    """The core/run/runner.py Runner of a command: its model under --max-memory and --batch-size."""
+    from horizon.core.run.runner import Runner
 
     return Runner(inputs.model, max_memory, batch_size)
 

@@ -82,7 +82,7 @@ def build_figures(export: Any, loaded: list[Any], live: list[Any], x: str,
     A stored views cache that cannot be drawn (crafted, or of an older shape) is replaced by the
     views computed from the tables, and the figures drawn again from those.
     """
-    from horizon.core import compare
+    from horizon.core.sources import compare
 
     failed: list[str] = []
     inputs = [compare.figure_input(item) for item in loaded] + live
@@ -105,7 +105,7 @@ def compare_command(
     fmt: FormatOpt = "svg",
 ) -> None:
     """One table across results directories (growth, BOS, horizons, cosines, heads), and the overlaid figures."""
-    from horizon.core import compare
+    from horizon.core.sources import compare
     from horizon.tui.cli.sweep_cmd import sanitize
     from horizon.tui.figures import FORMATS, X_AXES
 

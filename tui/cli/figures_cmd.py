@@ -29,7 +29,7 @@ from horizon.tui.cli.compare_cmd import FormatOpt, XOpt, build_figures, figures_
 
 def _live_input(model: str, device: str, dtype: str, prompt: str | None, file: str | None, bos: bool,
                 bos_token: str | None, truncate_to: int | None) -> Any:
-    from horizon.core.compare import live_figure_input
+    from horizon.core.sources.compare import live_figure_input
     from horizon.tui.cli.common import prepare_inputs, runner_for
 
     inputs = prepare_inputs(model, device, dtype, prompt, file, bos, bos_token, truncate_to)
@@ -59,7 +59,7 @@ def figures_command(
     unverified: UnverifiedOpt = False,
 ) -> None:
     """Write every figure the inputs allow (svg, png or pdf) and an index.html showing them all."""
-    from horizon.core import compare
+    from horizon.core.sources import compare
     from horizon.tui.figures import FORMATS, X_AXES
 
     if x not in X_AXES:

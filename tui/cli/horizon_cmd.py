@@ -6,11 +6,11 @@ from typing import Annotated, Any
 
 import typer
 from horizon.core import options
+from horizon.core.analyses.scan.engine import ByLayerResult, ScanResult, default_ks
 from horizon.core.errors import HorizonError
-from horizon.core.horizon import DEFAULT_TOL, HorizonConfig, PatchResult, horizon_sublayers
-from horizon.core.horizon_scan import ByLayerResult, ScanResult, default_ks
-from horizon.core.loader import DEFAULT_MODEL
-from horizon.core.payloads import patch_payload, scan_payload
+from horizon.core.model.loader import DEFAULT_MODEL
+from horizon.core.patching.horizon import DEFAULT_TOL, HorizonConfig, PatchResult, horizon_sublayers
+from horizon.core.run.payloads import patch_payload, scan_payload
 from horizon.core.untrusted import markup_safe
 from horizon.tui.cli.app import app
 from horizon.tui.cli.common import (

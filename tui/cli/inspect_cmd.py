@@ -25,8 +25,8 @@ from horizon.tui.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from horizon.core.results_session import ResultsSession
-    from horizon.core.session import Session
+    from horizon.core.sources.results_session import ResultsSession
+    from horizon.core.sources.session import Session
     from horizon.tui.app import HorizonApp
 
 
@@ -39,10 +39,10 @@ def session_loader(
 
     def load() -> Session:
         # Imported here, in the app's worker: torch loads while the first screen is already up.
-        from horizon.core.loader import load_model
-        from horizon.core.prompts import tokenize
-        from horizon.core.runner import Runner
-        from horizon.core.session import Session
+        from horizon.core.model.loader import load_model
+        from horizon.core.model.prompts import tokenize
+        from horizon.core.run.runner import Runner
+        from horizon.core.sources.session import Session
 
         loaded = load_model(model, device=device, dtype=dtype)
         token_ids = tokenize(loaded, prompts, bos=bos, bos_token=bos_token, truncate_to=truncate_to)
@@ -68,9 +68,9 @@ def results_loader(directory: str, model: str | None, device: str, dtype: str, m
     """The results-mode loader: open the store, and the model too when one is given."""
 
     def load() -> ResultsSession:
-        from horizon.core.loader import load_model
-        from horizon.core.results_session import ResultsSession
-        from horizon.core.runner import Runner
+        from horizon.core.model.loader import load_model
+        from horizon.core.run.runner import Runner
+        from horizon.core.sources.results_session import ResultsSession
 
         live = load_model(model, device=device, dtype=dtype) if model is not None else None
         runner = Runner(live, max_memory, batch_size) if live is not None else None
@@ -107,9 +107,9 @@ def inspect(
     With no options it opens the bundled model on a bundled prompt. Keys: ? for help,
     1-5 for the screens, ctrl+p for every action.
     """
-    from horizon.core.loader import DEFAULT_MODEL
+    from horizon.core.model.loader import DEFAULT_MODEL
+    from horizon.core.model.prompts import gather_prompts
     from horizon.core.options import check_truncate_to
-    from horizon.core.prompts import gather_prompts
     from horizon.tui.app import HorizonApp
 
     if dtype not in ("float32", "bfloat16", "float16"):

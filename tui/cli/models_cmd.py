@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from horizon.core.loader import list_models
+from horizon.core.model.loader import list_models
 from horizon.tui.cli.app import app
 from horizon.tui.cli.common import JsonOpt, console, emit
 from rich.table import Table

@@ -9,11 +9,11 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 from horizon.core import options
+from horizon.core.analyses.norms.engine import NORM_SITES, QUANTILES, NormsReport
+from horizon.core.analyses.norms.weights import check_processing
 from horizon.core.errors import HorizonError
-from horizon.core.norms import NORM_SITES, QUANTILES, NormsReport
-from horizon.core.payloads import norms_payload
+from horizon.core.run.payloads import norms_payload
 from horizon.core.untrusted import markup_safe, visible
-from horizon.core.weights import check_processing
 from horizon.tui.cli.app import app
 from horizon.tui.cli.common import (
     BatchSizeOpt,

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from horizon.core import analyses as registry
-from horizon.core import store
+from horizon.core.results import store
 from horizon.core.untrusted import markup_safe
 from horizon.tui.cli.common import console
 from horizon.tui.format import layer_label, number
@@ -153,7 +153,7 @@ def render_scan(view: dict[str, Any]) -> None:
         found = f"k = {k}" if k is not None else "none within the scanned k"
         console.print(f"effective layer horizon (start layer {start}, tol {view['tol']}): [bold green]{found}[/]")
     if "by_layer" in view:
-        from horizon.core.horizon_scan import ByLayerResult
+        from horizon.core.analyses.scan.engine import ByLayerResult
         from horizon.tui.cli.horizon_cmd import render_by_layer
 
         matrix = view["by_layer"]

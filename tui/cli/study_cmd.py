@@ -1,7 +1,7 @@
 """`horizon study`: one sweep per model over the same corpus and settings, then the comparison.
 
-The sweeps are core/study.py's (through the sweep driver, core/sweep.py); the comparison and its
-figures are `horizon compare --out`'s (core/compare.py, tui/figures/export.py), written into the
+The sweeps are core/sweep/study.py's (through the sweep driver, core/sweep/sweep.py); the comparison and its
+figures are `horizon compare --out`'s (core/sources/compare.py, tui/figures/export.py), written into the
 study directory beside the models' folders, with ``comparison.json`` (what ``compare --json``
 prints). Exit codes: 0 every model's sweep is complete, 2 bad input (nothing run), 3 some model
 was skipped (it failed to load or verify, its directory was refused) or left incomplete (shards
@@ -17,9 +17,10 @@ from typing import Annotated, Any
 
 import typer
 from horizon.core import analyses as registry
-from horizon.core import options, store
+from horizon.core import options
 from horizon.core.errors import HorizonError
 from horizon.core.options import DEFAULT_LENGTHS
+from horizon.core.results import store
 from horizon.core.untrusted import markup_safe, visible
 from horizon.tui.cli.app import app
 from horizon.tui.cli.common import JsonOpt, console, emit, err_console, parse_int_list, warn
@@ -85,9 +86,9 @@ def study(
     """
     import os
 
-    from horizon.core.corpus import load_corpus
-    from horizon.core.study import COMPARISON_FILE, check_specs, model_directories, read_study_file
-    from horizon.core.sweep import SweepSettings
+    from horizon.core.model.corpus import load_corpus
+    from horizon.core.sweep.study import COMPARISON_FILE, check_specs, model_directories, read_study_file
+    from horizon.core.sweep.sweep import SweepSettings
 
     if unverified:
         os.environ["HORIZON_UNVERIFIED"] = "1"  # as --unverified on every command: the loader reads it
@@ -158,7 +159,7 @@ def study(
         raise HorizonError(f"--out {visible(chosen['out'])} is a file, not a directory")
     _resumable_on_interrupt(str(chosen["out"]))
 
-    from horizon.core.study import run_study
+    from horizon.core.sweep.study import run_study
 
     with _study_progress(quiet or as_json, len(outcomes)) as callbacks:
         run_study(outcomes, corpus, settings, force=force, backend=backend_name, workers=workers_count,
@@ -231,7 +232,7 @@ def _ints(value: str | list[int] | None, option: str, minimum: int) -> list[int]
 
 
 def _check_device(device: str, dtype: str, backend: str) -> None:
-    from horizon.core.loader import DTYPES, resolve_device
+    from horizon.core.model.loader import DTYPES, resolve_device
 
     if dtype not in DTYPES:
         raise HorizonError(f"unknown dtype {visible(dtype)!r}: use one of {', '.join(DTYPES)}")
@@ -243,7 +244,7 @@ def _check_device(device: str, dtype: str, backend: str) -> None:
 
 def _reserved(fmt: str) -> set[str]:
     """The names the study writes beside the models' folders (a model's folder must not take one)."""
-    from horizon.core.study import COMPARISON_FILE
+    from horizon.core.sweep.study import COMPARISON_FILE
     from horizon.tui.figures import FIGURES
 
     return {"index.html", COMPARISON_FILE, store.QUARANTINE, *(f"{stem}.{fmt}" for stem in FIGURES)}
@@ -262,7 +263,7 @@ def _resumable_on_interrupt(out: str) -> None:
 def _compare(export: Any, finished: list[Any], root: Path, x: str, fmt: str, comparison_file: str,
              ) -> tuple[dict[str, Any], list[Path]]:
     """compare and its figures over the finished models, into the study directory."""
-    from horizon.core import compare
+    from horizon.core.sources import compare
     from horizon.tui.cli.sweep_cmd import sanitize
     from horizon.tui.figures.plots import COMPARE_FIGURES
 
@@ -348,7 +349,7 @@ def _render_across(across: dict[str, Any]) -> None:
 @contextmanager
 def _study_progress(quiet: bool, n_models: int):
     """One display on stderr: the models (done of all, the one running) and its sweep's prompts with an ETA."""
-    from horizon.core.study import StudyCallbacks
+    from horizon.core.sweep.study import StudyCallbacks
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     if quiet or not err_console.is_terminal:
@@ -399,9 +400,9 @@ def _eta(deadline: float) -> str:
 
 def _plan(outcomes: list[Any], corpus: Any, settings: Any, run: dict[str, Any], workers: int, quiet: bool,
           as_json: bool) -> None:
-    """--plan: each model's projection (core/plan.py) and the study's sum; nothing is written."""
-    from horizon.core.budget import format_size
-    from horizon.core.study import plan_study, plan_totals
+    """--plan: each model's projection (core/sweep/plan.py) and the study's sum; nothing is written."""
+    from horizon.core.memory.budget import format_size
+    from horizon.core.sweep.study import plan_study, plan_totals
     from horizon.tui.cli.sweep_cmd import _duration
     from rich.table import Table
 

@@ -1,6 +1,6 @@
 """`horizon sweep`, `horizon report`, `horizon merge`: corpora into a results store, and back out.
 
-``report`` and ``merge`` read only the store (``horizon.core.store``) and never load a model.
+``report`` and ``merge`` read only the store (``horizon.core.results.store``) and never load a model.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from typing import Annotated, Any
 
 import typer
 from horizon.core import analyses as registry
-from horizon.core import options, store
+from horizon.core import options
 from horizon.core.errors import HorizonError
+from horizon.core.results import store
 from horizon.core.untrusted import markup_safe
 from horizon.tui.cli.app import app
 from horizon.tui.cli.common import (
@@ -149,9 +150,9 @@ def sweep(
     Exit code 0 when every shard asked for is written, 2 for bad input, 3 when shards were lost on
     every run (their Ray worker died each time): the rest is written, and --resume runs them again.
     """
-    from horizon.core.corpus import load_corpus
-    from horizon.core.payloads import sweep_payload
-    from horizon.core.sweep import ShardSpec, SweepSettings, run_sweep
+    from horizon.core.model.corpus import load_corpus
+    from horizon.core.run.payloads import sweep_payload
+    from horizon.core.sweep.sweep import ShardSpec, SweepSettings, run_sweep
 
     # Every flag is checked before the (slow) model load.
     settings = SweepSettings(
@@ -274,7 +275,7 @@ def _resumable_on_interrupt(out: str) -> None:
     root = Path(out).expanduser()
 
     def hint() -> str | None:
-        from horizon.core import confined
+        from horizon.core.results import confined
 
         if root.is_dir() and confined.is_file(root, root / store.MANIFEST):
             return f"{out} is resumable with --resume (finished shards are kept)"
@@ -286,9 +287,9 @@ def _resumable_on_interrupt(out: str) -> None:
 def _plan(corpus: Any, model: str, settings: Any, device: str, dtype: str, load_kwargs: dict[str, Any],
           shard: Any, batch_size: int | None, max_memory: int | None, workers: int, quiet: bool,
           as_json: bool) -> None:
-    """``--plan``: the projection of core/plan.py, as a table or JSON; no results directory is written."""
-    from horizon.core.budget import format_size
-    from horizon.core.plan import plan_sweep
+    """``--plan``: the projection of core/sweep/plan.py, as a table or JSON; no results directory is written."""
+    from horizon.core.memory.budget import format_size
+    from horizon.core.sweep.plan import plan_sweep
     from rich.table import Table
 
     loaded = load_with_status(model, device, dtype, quiet=quiet or as_json, **load_kwargs)
@@ -334,7 +335,7 @@ def _duration(seconds: float) -> str:
 def _sweep_progress(quiet: bool):
     """A progress bar over prompts with tokens/s and an ETA, on stderr; yields (on_plan, advance, on_eta).
 
-    The ETA is the sweep's (core/plan.py's cost model, rescaled as shards finish), counted down
+    The ETA is the sweep's (core/sweep/plan.py's cost model, rescaled as shards finish), counted down
     between shards.
     """
     from rich.progress import (
@@ -398,8 +399,8 @@ def report(
     as_json: JsonOpt = False,
 ) -> None:
     """The corpus-wide view of every analysis in a results directory (no model is loaded)."""
-    from horizon.core.payloads import results_payload
-    from horizon.core.views import corpus_views, load_views
+    from horizon.core.results.views import corpus_views, load_views
+    from horizon.core.run.payloads import results_payload
     from horizon.tui.cli.report_render import render_report
 
     results = store.open_results(directory)
@@ -461,7 +462,7 @@ def merge(
     as_json: JsonOpt = False,
 ) -> None:
     """Combine results directories of one sweep (same model, corpus, settings) into one directory."""
-    from horizon.core.views import write_views
+    from horizon.core.results.views import write_views
 
     directories: list[str | Path] = list(sources)
     merged = store.merge(directories, Path(out).expanduser())

@@ -7,11 +7,11 @@ from typing import Annotated
 import numpy as np
 import typer
 from horizon.core import options
-from horizon.core.categories import CATEGORIES
+from horizon.core.analyses.truncate.categories import CATEGORIES
+from horizon.core.analyses.truncate.engine import TruncationReport, layer_labels, n_truncations
 from horizon.core.errors import HorizonError
-from horizon.core.loader import DEFAULT_MODEL
-from horizon.core.payloads import report_payload
-from horizon.core.truncation import TruncationReport, layer_labels, n_truncations
+from horizon.core.model.loader import DEFAULT_MODEL
+from horizon.core.run.payloads import report_payload
 from horizon.core.untrusted import markup_safe, visible
 from horizon.tui.cli.app import app
 from horizon.tui.cli.common import (

@@ -37,9 +37,9 @@ def verify_command(
     whose stored verdict failed (--unverified overrides).
     """
     from horizon.core.errors import HorizonError
-    from horizon.core.payloads import verify_payload
-    from horizon.core.runner import Runner
-    from horizon.core.sweep_settings import package_versions
+    from horizon.core.run.payloads import verify_payload
+    from horizon.core.run.runner import Runner
+    from horizon.core.sweep.sweep_settings import package_versions
 
     if reference not in ("fresh", "loaded"):
         raise HorizonError(f"--reference must be fresh or loaded, got {reference!r}")

@@ -1,7 +1,7 @@
 """Publication figures of the seeds' plots (matplotlib, the optional ``figures`` extra).
 
 Presentation only: every number drawn comes from core (the corpus views of a results directory,
-the engines' result types of a live run, ``core/compare.py``); nothing here computes an analysis.
+the engines' result types of a live run, ``core/sources/compare.py``); nothing here computes an analysis.
 ``TABLE`` declares every figure once, without importing matplotlib: its file stem (``fig07-loss-vs-k``;
 its name ``loss_vs_k`` is the drawing function's, in ``plots`` and in ``terminal`` alike), title,
 what it needs (in words, and as the ``FigureInput`` field it draws), whether it overlays several
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from horizon.core.compare import FigureInput
+    from horizon.core.sources.compare import FigureInput
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,10 @@ import warnings
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from horizon.core import confined
-from horizon.core.compare import FigureInput
 from horizon.core.errors import HorizonError
-from horizon.core.store import WriteError
+from horizon.core.results import confined
+from horizon.core.results.store import WriteError
+from horizon.core.sources.compare import FigureInput
 from horizon.core.untrusted import visible
 from horizon.tui.figures import FIGURES, FORMATS, X_AXES, plots
 
@@ -63,7 +63,7 @@ def _write(figure: Any, target: Path | BinaryIO, fmt: str) -> None:
 
 def save_figure(figure: Any, path: str | Path, fmt: str = "svg") -> Path:
     """Write one figure to ``path`` atomically (WriteError names the path and the cause)."""
-    from horizon.core.store import atomic_write
+    from horizon.core.results.store import atomic_write
 
     check_format(fmt)
     target = Path(path)
@@ -191,7 +191,7 @@ def export(figures: list[tuple[str, str, Any]], skipped: list[tuple[str, str]], 
     renamed into place, so a failure (unwritable place, full disk) leaves ``out`` as it was.
     Figures an earlier export wrote there that this one does not are removed (only those: the
     folder's other files are left alone), so ``out`` holds what its index.html shows. Links and
-    special files are never written through (core/confined.py): such an entry is refused.
+    special files are never written through (core/results/confined.py): such an entry is refused.
     """
     check_format(fmt)
     root = Path(out).expanduser()

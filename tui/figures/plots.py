@@ -21,7 +21,7 @@ matplotlib.use("Agg")  # never a window: figures are written to files
 
 import matplotlib.pyplot as plt
 import numpy as np
-from horizon.core.compare import FigureInput, across_models, fit_line
+from horizon.core.sources.compare import FigureInput, across_models, fit_line
 from horizon.tui.figures import TABLE, has_input
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
@@ -512,7 +512,7 @@ def attention_distance(inputs: list[FigureInput] | FigureInput) -> Figure:
 
 
 def _across(inputs: list[FigureInput] | FigureInput, need: str) -> tuple[dict[str, Any], dict[str, str]]:
-    """core/compare.py's numbers over the models (the ones ``compare --json`` prints) and each
+    """core/sources/compare.py's numbers over the models (the ones ``compare --json`` prints) and each
     model's colour: its place among the inputs that hold ``need``, as in the other overlays."""
     items = _many(inputs)
     usable = [item for item in items if has_data(item, need)]

@@ -26,7 +26,7 @@ from itertools import pairwise
 from typing import Any
 
 import numpy as np
-from horizon.core.compare import FigureInput, across_models, fit_line
+from horizon.core.sources.compare import FigureInput, across_models, fit_line
 from horizon.core.untrusted import visible
 from horizon.tui.figures import FIGURES, TABLE, has_input
 from horizon.tui.format import fixed, fmt, quantise

@@ -10,7 +10,7 @@ depth (key d), then the figures over the models, one point per model ((12) effec
 depth, (13) vs norm growth with Spearman's rho, (14) the relative depth where the median cosine
 at c = 5 falls below the level, vs depth; x is the depth there).
 The directories are read in a thread worker (``ComparedResults.load``) behind a progress bar;
-every number is core/compare.py's, printed through tui/format.py (whose roundings the snapshot
+every number is core/sources/compare.py's, printed through tui/format.py (whose roundings the snapshot
 tests check against float noise).
 """
 
@@ -21,7 +21,7 @@ from itertools import pairwise
 from typing import Any, ClassVar
 
 from horizon.core.errors import HorizonError
-from horizon.core.results_session import ComparedResults, Comparison
+from horizon.core.sources.results_session import ComparedResults, Comparison
 from horizon.core.untrusted import visible
 from horizon.tui.figures import TABLE, terminal
 from horizon.tui.format import fixed, fmt

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar
 
-from horizon.core.compare import FigureInput, live_figure_input
+from horizon.core.sources.compare import FigureInput, live_figure_input
 from horizon.core.untrusted import visible
 from horizon.tui.figures import FIGURES, terminal
 from horizon.tui.keys import bindings, key_of

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from horizon.core.compare import FigureInput, live_figure_input
-from horizon.core.session import PatchSettings
+from horizon.core.sources.compare import FigureInput, live_figure_input
+from horizon.core.sources.session import PatchSettings
 from horizon.tui.format import fixed, fmt
 from horizon.tui.keys import bindings
 from horizon.tui.screens import views

@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 import numpy as np
-from horizon.core.compare import live_figure_input
+from horizon.core.sources.compare import live_figure_input
 from horizon.tui.format import fixed, fmt, layer_label, sparkline
 from horizon.tui.state import ViewState
 from horizon.tui.widgets.charts import HeatMap, Legend

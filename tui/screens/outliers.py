@@ -7,8 +7,8 @@ from itertools import pairwise
 from typing import Any, ClassVar
 
 import numpy as np
-from horizon.core.categories import CATEGORIES
-from horizon.core.outliers import rank_outliers, token_context
+from horizon.core.analyses.truncate.categories import CATEGORIES
+from horizon.core.analyses.truncate.outliers import rank_outliers, token_context
 from horizon.core.untrusted import markup_safe
 from horizon.tui.format import fixed, layer_label
 from horizon.tui.keys import bindings
@@ -31,7 +31,7 @@ def outlier_rows(report: Any, tokens_of: Any, length: int, layer: int, category:
                  has_bos: bool = True) -> list[tuple]:
     """(cos, token, category, prompt, pos, context) of the lowest-cosine records, lowest first.
 
-    The one outlier definition (core/outliers.py: ``rank_outliers`` over the selected layer's
+    The one outlier definition (core/analyses/truncate/outliers.py: ``rank_outliers`` over the selected layer's
     row) and its one context (``token_context``): the token is always shown whole.
     """
     keep = report.record_length == length

@@ -11,8 +11,8 @@ import math
 from typing import Any
 
 import numpy as np
-from horizon.core.categories import token_category
-from horizon.core.session import PatchSettings, Source
+from horizon.core.analyses.truncate.categories import token_category
+from horizon.core.sources.session import PatchSettings, Source
 from horizon.tui.format import layer_label
 from horizon.tui.state import ViewState
 from horizon.tui.widgets.detail import TokenDetail

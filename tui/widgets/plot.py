@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from horizon.core.compare import FigureInput
+from horizon.core.sources.compare import FigureInput
 from horizon.tui.figures import terminal
 from textual.app import RenderResult
 from textual.reactive import reactive

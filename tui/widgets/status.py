@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from horizon.core.session import PatchSettings, Source
+from horizon.core.sources.session import PatchSettings, Source
 from horizon.core.untrusted import visible
 from rich.text import Text
 from textual.widgets import Static

@@ -1,0 +1,1 @@
+"""The memory budget: cost formulas, the planner of batch and tile sizes."""

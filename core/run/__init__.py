@@ -1,0 +1,1 @@
+"""The runner every forward pass goes through, and the --json payloads."""
