@@ -17,7 +17,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 # What a checkout holds besides its sources: never copied into the build, never expected in the wheel.
 NOT_SOURCE = (".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", "*.pyc", ".pytest_cache",
-              ".ruff_cache", "results", ".whl", "bench-results.json", "snapshot_report.html")
+              ".ruff_cache")
+# Only at the top (as .gitignore's /results/): core/results/ is the store's source.
+NOT_SOURCE_AT_TOP = ("results", ".whl", "bench-results.json", "snapshot_report.html")
 # Where each source folder goes in the wheel (setup.py's package_dir, the longest prefix first).
 PACKAGE_DIRS = (("core/api", "horizon"), ("core", "horizon/core"), ("tui", "horizon/tui"))
 
@@ -26,7 +28,12 @@ _HOOK = "import sys; from setuptools import build_meta as hooks; print(getattr(h
 
 def copy_tree(destination: Path) -> Path:
     """The repository's sources at ``destination`` (a folder that must not exist yet)."""
-    shutil.copytree(ROOT, destination, ignore=shutil.ignore_patterns(*NOT_SOURCE))
+    anywhere, at_top = shutil.ignore_patterns(*NOT_SOURCE), shutil.ignore_patterns(*NOT_SOURCE_AT_TOP)
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        return anywhere(folder, names) | (at_top(folder, names) if Path(folder) == ROOT else set())
+
+    shutil.copytree(ROOT, destination, ignore=ignore)
     return destination
 
 
