@@ -10,11 +10,16 @@ An :class:`Analysis` names everything the rest of the package needs to know abou
 - ``settings(sweep_settings, n_layers)``: the settings that define its numbers (recorded in the manifest);
 - ``expected_rows`` / ``fits``: what a shard file must hold to be adopted when a manifest is rebuilt;
 - ``render``: ``"module:function"`` of the CLI renderer of its view (imported only when drawn);
-- ``pane``: the app screen that shows it.
+- ``pane``: the app screen that shows it;
+- ``cost`` / ``corpus``: its cost model and the corpus-wide array its shards need (the store reads that
+  array's file from here); ``check_settings``: its checks of a sweep's settings against the model;
+  ``former_tables``: the folders older versions wrote its table to.
 
-Adding an analysis: write its engine module, a module here with its rows/view/settings, its
-renderer, and call :func:`register` once (docs/ARCHITECTURE.md has the recipe). Nothing in this
-package imports torch at import time: the engines are imported inside ``rows``.
+Each built-in analysis is a package here (norms/, truncate/, scan/, attention/): ``result.py`` (its result
+types), ``table.py`` (schema, rows, view, settings), ``cost.py`` (cost model, corpus-wide input),
+``engine.py`` (the computation, torch) and ``__init__.py`` with its entry, ``ANALYSIS``. Adding an
+analysis: such a package, its renderer, and a call to :func:`register` (docs/ARCHITECTURE.md has the
+recipe). Nothing in this package imports torch at import time: the engines are imported inside ``rows``.
 """
 
 from __future__ import annotations

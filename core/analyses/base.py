@@ -69,6 +69,14 @@ class Analysis:
     needs_bos: bool = False
     cost: Cost | None = None  # its cost model (core/memory/budget.py plans it; None: one batch, peak unknown)
     corpus: CorpusInput | None = None  # the corpus-wide array its shards need (None: none)
+    # (settings, n_layers, n_ctx): raises HorizonError for sweep settings this model cannot run (a layer
+    # index past the model, a length past its context); core/sweep/sweep_settings.py calls it per analysis.
+    check_settings: Callable[[SweepSettings, int, int], None] | None = None
+    # Folder names earlier versions wrote this table under: read as ``table`` (core/results/store_layout.py).
+    former_tables: tuple[str, ...] = ()
+    # The sweep's time estimate warms up with one short pass of this analysis (core/sweep/plan.py): one
+    # that needs no corpus-wide input.
+    warm_up: bool = False
 
     def renderer(self) -> Callable[[dict[str, Any]], None] | None:
         if self.render is None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from horizon.core.analyses.attention import BUCKETS, AttentionReport  # the result type (torch-free)
+from horizon.core.analyses.attention.result import BUCKETS, AttentionReport  # the result type (torch-free)
 from horizon.core.capture.capture import stop_forward
 from horizon.core.errors import HorizonError
 from horizon.core.memory.budget import QUERY_CHUNK

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from horizon.core.analyses.norms import (  # the result type and its pure-numpy helpers (torch-free)
+from horizon.core.analyses.norms.result import (  # the result type and its pure-numpy helpers (torch-free)
     FIT_TOLERANCE,
     MIN_FIT_POINTS,
     NORM_SITES,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from horizon.core.analyses.scan import (  # the result types and their pure helpers (torch-free)
+from horizon.core.analyses.scan.result import (  # the result types and their pure helpers (torch-free)
     BY_LAYER_METRICS,
     ByLayerResult,
     ScanResult,

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from horizon.core.analyses.truncate import (  # the result type and its summaries (torch-free)
+from horizon.core.analyses.truncate.categories import token_category
+from horizon.core.analyses.truncate.result import (  # the result type and its summaries (torch-free)
     Outlier,
     TokenRecord,
     TruncationReport,
@@ -24,7 +25,6 @@ from horizon.core.analyses.truncate import (  # the result type and its summarie
     find_outliers,
     summarise,
 )
-from horizon.core.analyses.truncate.categories import token_category
 from horizon.core.capture.capture import run_capture
 from horizon.core.errors import HorizonError
 from horizon.core.model.loader import LoadedModel
