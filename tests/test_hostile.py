@@ -526,7 +526,7 @@ def test_merge_carries_every_corpus_wide_array(baseline, run_cli, tmp_path: Path
     _, clean, _ = baseline
     source = tmp_path / "source"
     shutil.copytree(clean, source)
-    arrays = {name: (source / name).read_bytes() for name in store.CORPUS_FILES if (source / name).exists()}
+    arrays = {name: (source / name).read_bytes() for name in store.corpus_files() if (source / name).exists()}
     if store.ABLATION_MEANS_FILE not in arrays:  # the baseline sweep ran zero ablation: give it a means file
         arrays[store.ABLATION_MEANS_FILE] = b"means"
         (source / store.ABLATION_MEANS_FILE).write_bytes(b"means")

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from horizon.core import analyses as registry
+from horizon.core.errors import HorizonError
 from horizon.core.memory import budget as B
 from horizon.core.model.corpus import Corpus
 from horizon.core.results import store
@@ -106,8 +107,11 @@ def test_a_table_name_is_written_by_one_analysis_only(extra) -> None:
 def test_the_built_in_corpus_inputs_are_the_files_the_store_reads() -> None:
     # Each entry names its array's file; core/results/store.py reads the same files back and guards them.
     files = {name: entry.corpus.file for name, entry in registry.REGISTRY.items() if entry.corpus is not None}
-    assert files == {"truncate": store.MU_FILE, "scan": store.ABLATION_MEANS_FILE}
-    assert sorted(files.values()) == sorted(store.CORPUS_FILES)
+    assert files == {"truncate": "truncation_mu.npy", "scan": "ablation_means.npy"}
+    assert store.corpus_files() == ("truncation_mu.npy", "ablation_means.npy")
+    assert (store.MU_FILE, store.ABLATION_MEANS_FILE) == store.corpus_files()  # the old names, read from the entries
+    assert set(store.corpus_files()) <= set(store.top_names())
+    assert store.LEGACY_TABLES == {"truncation": "truncate", "horizon": "scan"}  # each entry's former_tables
 
 
 def doubled_norms(dims: B.ModelDims, batch: int, n_tokens: int, **tiling: int) -> dict[str, int]:
@@ -167,3 +171,82 @@ def test_a_registered_corpus_input_reaches_every_shard(costed, tiny_llama) -> No
     tables = worker.run_shard([0, 1], ["costed"])
     assert tables["costed"].column("final_norm").to_pylist() == [float(array[0, 0]) * 10] * 2
     assert worker.batch_tokens("costed") == 64  # on CPU with an automatic batch: its declared cap
+
+
+# ----------------------------------------------------------------------------- settings checks and kept arrays
+
+
+def refuse_odd_start_layers(settings: SweepSettings, n_layers: int, n_ctx: int) -> None:
+    """A check only this analysis makes: start layers must be even and within the model."""
+    bad = [layer for layer in settings.start_layers if layer % 2 or layer >= n_layers]
+    if bad:
+        raise HorizonError(f"kept: start layer {bad[0]} is odd or past layer {n_layers - 1}")
+
+
+def token_count_rows(worker: Any, indices: list[int], token_ids: list[list[int]], tokens: list[list[str]]) -> pa.Table:
+    kept = worker.corpus_inputs["kept"]
+    return pa.table({"prompt": pa.array(indices, pa.int32()),
+                     "n_tokens": pa.array([len(ids) for ids in token_ids], pa.int32()),
+                     "final_norm": pa.array([float(kept[1, 2])] * len(indices), pa.float64())})
+
+
+KEPT = registry.Analysis(
+    name="kept", table="kept", schema=EXTRA.schema, view=view, rows=token_count_rows,
+    expected_rows=lambda lengths, settings, model: len(lengths), check_settings=refuse_odd_start_layers,
+    corpus=registry.CorpusInput(file="kept_mean.npy", checksum_key="_kept_sha256", dtype=np.float64,
+                                shape=lambda n_layers, d_model: (n_layers, 3), description="the kept mean",
+                                compute=lambda model, token_ids, bos: np.arange(model.n_layers * 3.0).reshape(-1, 3),
+                                receive=lambda array, model, settings: array, kept_after_sweep=True),
+)
+
+
+@pytest.fixture
+def kept():
+    registry.register(KEPT)
+    yield KEPT
+    registry.unregister(KEPT.name)
+
+
+def test_the_sweep_checks_a_registered_analysis_s_settings_through_its_entry(kept, tiny_llama, tmp_path) -> None:
+    n_layers = tiny_llama.n_layers
+    SweepSettings(analyses=["kept"], start_layers=[0]).validate_for_model(n_layers, 64)
+    with pytest.raises(HorizonError, match="kept: start layer 1 is odd"):
+        SweepSettings(analyses=["kept"], start_layers=[0, 1]).validate_for_model(n_layers, 64)
+    # Only the analyses swept are checked: norms does not care about start layers.
+    SweepSettings(analyses=["norms"], start_layers=[1]).validate_for_model(n_layers, 64)
+    with pytest.raises(HorizonError, match="odd"):
+        run_sweep(CORPUS, tmp_path / "refused", tiny_llama, SweepSettings(analyses=["kept"], start_layers=[1]),
+                  device="cpu")
+    assert not (tmp_path / "refused" / "kept").exists()
+
+
+def test_the_store_reads_guards_and_merges_a_registered_corpus_file(kept, tiny_llama, tmp_path) -> None:
+    out = tmp_path / "results"
+    summary = run_sweep(CORPUS, out, tiny_llama, SweepSettings(analyses=["kept"], shard_size=2), device="cpu")
+    assert summary.complete
+    expected = np.arange(tiny_llama.n_layers * 3.0).reshape(-1, 3)
+    assert "kept_mean.npy" in store.corpus_files() and "kept_mean.npy" in store.top_names()
+    results = store.open_results(out)
+    assert results.problems == []
+    np.testing.assert_array_equal(results.corpus_array("kept"), expected)
+    assert results.table("kept").column("final_norm").to_pylist() == [float(expected[1, 2])] * 3
+    assert results.mu() is None  # no truncate in this sweep
+
+    merged = tmp_path / "merged"
+    store.merge([out], merged)
+    np.testing.assert_array_equal(np.load(merged / "kept_mean.npy"), expected)
+
+    # A damaged copy is named (it is read back after the sweep: kept_after_sweep) ...
+    np.save(out / "kept_mean.npy", expected + 1)
+    problems = store.open_results(out).problems
+    assert len(problems) == 1 and "kept_mean.npy is damaged" in problems[0] and "the kept tables" in problems[0]
+    (out / "kept_mean.npy").unlink()
+    assert "kept_mean.npy is missing" in store.open_results(out).problems[0]
+    # ... and a link in its place is foreign, never followed.
+    (out / "kept_mean.npy").symlink_to(merged / "kept_mean.npy")
+    assert [path.name for path, _ in store.foreign_entries(out)] == ["kept_mean.npy"]
+    (out / "kept_mean.npy").unlink()
+
+    registry.unregister("kept")  # without its entry the store knows no such file
+    assert "kept_mean.npy" not in store.corpus_files()
+    assert store.open_results(out).corpus_array("kept") is None

@@ -11,6 +11,9 @@ Layout::
                                       (+ only_layer: -1, or N on the rows of the layer x k matrix)
     DIR/attention/...                 prompt, n_queries, layer, head, mean_distance, mean_distance_no_bos, mass_*
     DIR/truncation_mu.npy             the corpus-wide mean residual [L+1, d_model] every shard centres with
+    DIR/ablation_means.npy            the scan's corpus-wide means with --ablation mean [2L+1, d_model]
+                                      (each corpus-wide array's file is named by its analysis's registry
+                                      entry, ``corpus``: core/analyses)
     DIR/views.json                    the corpus views ``report`` shows, cached with a fingerprint of the
                                       table files they came from (``core/results/views.py``: load_views)
 
@@ -51,13 +54,13 @@ from horizon.core.results.store_checks import (
     MAX_ROWS_PER_BYTE,
     ROWS_SLACK,
     check_file,
+    corpus_problems,
+    corpus_shape,
     folder_entries,
     foreign_entries,
     foreign_problem,
     index_problem,
     leftover_temps,
-    mu_problem,
-    mu_shape,
     strays,
 )
 from horizon.core.results.store_files import (
@@ -79,27 +82,25 @@ from horizon.core.results.store_files import (
     write_table_atomic,
 )
 from horizon.core.results.store_layout import (
-    ABLATION_MEANS_FILE,
     BASE_SCHEMAS,
     BASE_TABLES,
     CLAIMS,
-    CORPUS_FILES,
     FORMAT,
     FORMAT_VERSION,
     LEGACY_TABLES,
     LOCK,
     MANIFEST,
-    MU_FILE,
     QUARANTINE,
     SHARD_FILE,
-    TOP_NAMES,
     all_tables,
     analysis_tables,
+    corpus_files,
     legacy_tables,
     now_iso,
     shard_name,
     shard_path,
     table_schema,
+    top_names,
 )
 from horizon.core.results.store_manifest import (
     MODEL_LIMITS,
@@ -116,11 +117,9 @@ from horizon.core.results.store_tidy import damaged_shards, process_alive, quara
 
 # Every name callers use from the store, among them three private helpers core/sweep/sweep.py reads.
 __all__ = [
-    "ABLATION_MEANS_FILE",
     "BASE_SCHEMAS",
     "BASE_TABLES",
     "CLAIMS",
-    "CORPUS_FILES",
     "FORMAT",
     "FORMAT_VERSION",
     "LEGACY_TABLES",
@@ -129,12 +128,10 @@ __all__ = [
     "MAX_JSON_BYTES",
     "MAX_ROWS_PER_BYTE",
     "MODEL_LIMITS",
-    "MU_FILE",
     "QUARANTINE",
     "ROWS_SLACK",
     "SHARD_FILE",
     "TEMP_FILE",
-    "TOP_NAMES",
     "Merged",
     "PromptLists",
     "Results",
@@ -145,6 +142,9 @@ __all__ = [
     "atomic_write",
     "check_file",
     "commit",
+    "corpus_files",
+    "corpus_problems",
+    "corpus_shape",
     "damaged_shards",
     "file_sha256",
     "folder_entries",
@@ -156,8 +156,6 @@ __all__ = [
     "load_array",
     "locked",
     "merge",
-    "mu_problem",
-    "mu_shape",
     "now_iso",
     "open_results",
     "process_alive",
@@ -177,11 +175,17 @@ __all__ = [
     "table_schema",
     "temp_tag",
     "tidy",
+    "top_names",
     "update_manifest",
     "write_array_atomic",
     "write_json_atomic",
     "write_table_atomic",
 ]
+
+
+# MU_FILE and ABLATION_MEANS_FILE, the names the corpus-wide arrays' files had before each analysis
+# declared its own (core/analyses ``CorpusInput``): looked up in the registry on use.
+_CORPUS_FILE_OF = {"MU_FILE": "truncate", "ABLATION_MEANS_FILE": "scan"}
 
 
 def __getattr__(name: str) -> Any:
@@ -192,4 +196,14 @@ def __getattr__(name: str) -> Any:
         return registry.names()
     if name == "TABLES":
         return all_tables()
+    if name == "CORPUS_FILES":
+        return corpus_files()
+    if name == "TOP_NAMES":
+        return top_names()
+    if name in _CORPUS_FILE_OF:
+        # The old constants, for callers not yet reading the registry (core/sweep/sweep.py): the file is
+        # the one the analysis's registry entry names.
+        corpus = registry.REGISTRY[_CORPUS_FILE_OF[name]].corpus
+        assert corpus is not None
+        return corpus.file
     raise AttributeError(name)

@@ -1,7 +1,7 @@
 """Damage checks of a results directory: what in it cannot be used, never followed or read past a bound.
 
 A table file's footer, schema, row count, sha256 and index values (``check_file``,
-``index_problem``); the stored corpus mean residual (``mu_problem``); and what a table folder holds
+``index_problem``); the stored corpus-wide arrays (``corpus_problems``); and what a table folder holds
 besides the files the manifest records: links and special files (``foreign_entries``), temp files
 of interrupted writes (``leftover_temps``), strays (``strays``) and the quarantine's count.
 """
@@ -15,18 +15,19 @@ from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from horizon.core import analyses as registry
+from horizon.core.analyses import CorpusInput
 from horizon.core.errors import HorizonError
 from horizon.core.results import confined
 from horizon.core.results.store_files import array_sha256, load_array
 from horizon.core.results.store_layout import (
     CLAIMS,
     LEGACY_TABLES,
-    MU_FILE,
     QUARANTINE,
     SHARD_FILE,
-    TOP_NAMES,
     all_tables,
     table_schema,
+    top_names,
 )
 
 # No table a sweep writes packs more rows into a byte of Parquet than this: the densest measured, the
@@ -37,12 +38,12 @@ MAX_ROWS_PER_BYTE = 16
 ROWS_SLACK = 4096  # tiny files: a footer alone is a few hundred bytes
 
 
-def mu_shape(manifest: dict[str, Any] | None) -> tuple[int, int] | None:
-    """The shape of the stored corpus mean residual: [L+1, d_model] (None when the manifest does not say)."""
+def corpus_shape(corpus: CorpusInput, manifest: dict[str, Any] | None) -> tuple[int, int] | None:
+    """The shape of a stored corpus-wide array for the manifest's model (None when the manifest does not say)."""
     model = (manifest or {}).get("model") or {}
     if not model.get("n_layers") or not model.get("d_model"):
         return None
-    return (model["n_layers"] + 1, model["d_model"])
+    return corpus.shape(model["n_layers"], model["d_model"])
 
 
 def index_problem(file: Path, table: pa.Table, bounds: dict[str, tuple[int, int]]) -> str | None:
@@ -156,7 +157,7 @@ def foreign_entries(root: Path) -> list[tuple[Path, str]]:
     directory is not the store's and is never touched.
     """
     found: list[tuple[Path, str]] = []
-    known = {*TOP_NAMES, *_table_folders(root)}
+    known = {*top_names(), *_table_folders(root)}
     for name, what in folder_entries(root, root):
         if name in known and what not in ("file", "dir"):
             found.append((root / name, what))
@@ -221,19 +222,33 @@ def _count_quarantined(root: Path) -> int:
     return count
 
 
-def mu_problem(root: Path, manifest: dict[str, Any]) -> str | None:
-    """What is wrong with the stored corpus mean residual, when truncation has one recorded."""
-    recorded = manifest.get("analyses", {}).get("truncate", {}).get("_mu_sha256")
+def corpus_problems(root: Path, manifest: dict[str, Any]) -> list[str]:
+    """What is wrong with the stored corpus-wide arrays read back after the sweep (``kept_after_sweep``,
+    e.g. the corpus mean residual truncation centres with), where the manifest records one's checksum."""
+    problems = []
+    for name, analysis in registry.REGISTRY.items():
+        corpus = analysis.corpus
+        if corpus is None or not corpus.kept_after_sweep:
+            continue
+        problem = _corpus_problem(root, manifest, name, corpus)
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def _corpus_problem(root: Path, manifest: dict[str, Any], name: str, corpus: CorpusInput) -> str | None:
+    settings = manifest.get("analyses", {}).get(name, {})
+    recorded = settings.get(corpus.checksum_key) if isinstance(settings, dict) else None
     if not recorded:
         return None
-    path = root / MU_FILE
+    path = root / corpus.file
     try:
-        ok = array_sha256(load_array(root, path, mu_shape(manifest))) == recorded
+        ok = array_sha256(load_array(root, path, corpus_shape(corpus, manifest))) == recorded
     except FileNotFoundError:
-        return f"{path} is missing (the truncation tables are intact); --resume computes it again"
+        return f"{path} is missing (the {name} tables are intact); --resume computes it again"
     except (OSError, ValueError, HorizonError):
         ok = False
     if not ok:
-        return (f"{path} is damaged or does not match the checksum the manifest recorded (the truncation tables "
+        return (f"{path} is damaged or does not match the checksum the manifest recorded (the {name} tables "
                 "are intact); --resume computes it again")
     return None

@@ -18,17 +18,15 @@ FORMAT = "horizon-results"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LOCK = ".lock"
-MU_FILE = "truncation_mu.npy"
-ABLATION_MEANS_FILE = "ablation_means.npy"  # the scan's corpus-wide means with --ablation mean [2L+1, d_model]
-# The corpus-wide arrays a sweep computes once before any shard (merge carries them over).
-CORPUS_FILES = (MU_FILE, ABLATION_MEANS_FILE)
 # Tables written for every shard whatever the analyses: they let a reader show tokens and texts.
 BASE_TABLES = ("prompts", "tokens")
 SHARD_FILE = re.compile(r"^shard-(\d{5})\.parquet$")
 QUARANTINE = "quarantine"
 # Tables renamed after their analyses: results directories written under the old names are read
 # under the new ones (report, inspect, merge); a sweep refuses to add to them (``legacy_tables``).
-LEGACY_TABLES = {"horizon": "scan", "truncation": "truncate"}
+# Each analysis names its own former folders (core/analyses: ``former_tables``); only the built-in
+# analyses have any, so this is read once, at import.
+LEGACY_TABLES = {old: analysis.table for analysis in registry.REGISTRY.values() for old in analysis.former_tables}
 # What each base table must hold (more columns are fine: a later version may add one). The
 # analyses' tables and schemas come from the registry (core/analyses): see ``schema``.
 BASE_SCHEMAS: dict[str, dict[str, pa.DataType]] = {
@@ -66,6 +64,12 @@ def _read_legacy(manifest: dict[str, Any]) -> dict[str, str]:
     return folders
 
 
+def corpus_files() -> tuple[str, ...]:
+    """The corpus-wide arrays' files a sweep computes once before any shard (each analysis's ``corpus``
+    in core/analyses names its own; merge carries them over)."""
+    return tuple(analysis.corpus.file for analysis in registry.REGISTRY.values() if analysis.corpus is not None)
+
+
 def table_schema(table: str) -> dict[str, pa.DataType] | None:
     if table in BASE_SCHEMAS:
         return BASE_SCHEMAS[table]
@@ -85,6 +89,9 @@ def shard_path(root: Path, table: str, shard_id: int) -> Path:
     return root / table / shard_name(shard_id)
 
 
-# The names a sweep writes at the top of a results directory (besides the table folders).
 CLAIMS = ".claims"
-TOP_NAMES = (MANIFEST, LOCK, "views.json", *CORPUS_FILES, QUARANTINE, CLAIMS)
+
+
+def top_names() -> tuple[str, ...]:
+    """The names a sweep writes at the top of a results directory (besides the table folders)."""
+    return (MANIFEST, LOCK, "views.json", *corpus_files(), QUARANTINE, CLAIMS)

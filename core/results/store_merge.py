@@ -13,10 +13,10 @@ from horizon.core.results import confined
 from horizon.core.results.store_files import WriteError, temp_tag, write_json_atomic
 from horizon.core.results.store_layout import (
     BASE_TABLES,
-    CORPUS_FILES,
     MANIFEST,
     SHARD_FILE,
     analysis_tables,
+    corpus_files,
     now_iso,
     shard_path,
 )
@@ -99,7 +99,7 @@ def _merge(sources: list[str | Path], target: Path) -> Merged:
                 if table in source_shard.get("sha256", {}):
                     shard["sha256"][table] = source_shard["sha256"][table]
                 copied += 1
-        for name in CORPUS_FILES:
+        for name in corpus_files():
             if confined.is_file(results.path, results.path / name) and not (target / name).exists():
                 target.mkdir(parents=True, exist_ok=True)
                 confined.copy(results.path, results.path / name, target, target / name)

@@ -13,26 +13,26 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from horizon.core import analyses as registry
 from horizon.core.errors import HorizonError
 from horizon.core.results import confined
 from horizon.core.results.store_checks import (
     _count_quarantined,
     _recorded,
     check_file,
+    corpus_problems,
+    corpus_shape,
     folder_entries,
     foreign_entries,
     foreign_problem,
     index_problem,
     leftover_temps,
-    mu_problem,
-    mu_shape,
     strays,
 )
 from horizon.core.results.store_files import load_array
 from horizon.core.results.store_layout import (
     LEGACY_TABLES,
     MANIFEST,
-    MU_FILE,
     QUARANTINE,
     SHARD_FILE,
     _read_legacy,
@@ -143,11 +143,20 @@ class Results:
             self._cache["prompt_tokens"] = (by_id, by_text)
         return self._cache["prompt_tokens"]
 
-    def mu(self) -> np.ndarray | None:
+    def corpus_array(self, analysis: str) -> np.ndarray | None:
+        """The corpus-wide array ``analysis`` stored (its registry entry's ``corpus``), None when it has
+        none or it cannot be read with this model's shape."""
+        entry = registry.REGISTRY.get(analysis)
+        if entry is None or entry.corpus is None:
+            return None
         try:
-            return load_array(self.path, self.path / MU_FILE, mu_shape(self.manifest))
+            return load_array(self.path, self.path / entry.corpus.file, corpus_shape(entry.corpus, self.manifest))
         except (OSError, ValueError, HorizonError):
             return None
+
+    def mu(self) -> np.ndarray | None:
+        """The corpus mean residual truncation centres with (a convenience: ``corpus_array("truncate")``)."""
+        return self.corpus_array("truncate")
 
 
 
@@ -236,7 +245,5 @@ def open_results(path: str | Path) -> Results:
     for entry in strays(root, manifest):
         problems.append(f"{entry} is not recorded by the manifest (interrupted before it was recorded, or put "
                         "there by hand); it is ignored, and --resume moves it to the quarantine folder")
-    problem = mu_problem(root, manifest)
-    if problem:
-        problems.append(problem)
+    problems.extend(corpus_problems(root, manifest))
     return results

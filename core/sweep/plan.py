@@ -310,7 +310,9 @@ def _measure(worker: SweepWorker, sample: list[int], settings: SweepSettings) ->
     tokens = [decode_tokens(model, ids) for ids in token_ids]
     decode_seconds = time.perf_counter() - started
     shortest = min(token_ids, key=len)
-    registry.REGISTRY["norms"].rows(worker, [0], [shortest], [decode_tokens(model, shortest)])  # warm-up
+    warm_up = next((entry for entry in registry.REGISTRY.values() if entry.warm_up), None)
+    if warm_up is not None:
+        warm_up.rows(worker, [0], [shortest], [decode_tokens(model, shortest)])
     measured: dict[str, Any] = {"corpus": {}}
     for name in settings.analyses:  # each analysis's corpus-wide array (core/analyses CorpusInput)
         corpus = registry.REGISTRY[name].corpus

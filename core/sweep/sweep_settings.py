@@ -89,13 +89,11 @@ class SweepSettings:
         options.check_start_layers(self.start_layers)
 
     def validate_for_model(self, n_layers: int, n_ctx: int) -> None:
-        """The checks that need the model: layer indices and lengths against its size."""
-        if "scan" in self.analyses:
-            options.check_ks(self.ks, n_layers)
-            options.check_start_layers(self.start_layers, n_layers)
-        if "truncate" in self.analyses:
-            limit = n_ctx if self.max_tokens is None else min(self.max_tokens, n_ctx)
-            options.check_lengths(self.lengths, limit)
+        """The checks that need the model (layer indices, lengths against its size): each analysis's own."""
+        for name in self.analyses:
+            check = registry.REGISTRY[name].check_settings
+            if check is not None:
+                check(self, n_layers, n_ctx)
 
     def analysis_settings(self, n_layers: int) -> dict[str, dict[str, Any]]:
         """Per analysis, the settings that define its numbers (each analysis says which: core/analyses)."""
