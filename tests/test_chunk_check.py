@@ -111,7 +111,7 @@ def test_the_library_warning_of_a_broken_cache_goes_into_the_verdict(fresh_verdi
 
 def test_a_chunked_pass_that_crashes_is_a_failed_check_not_a_traceback(fresh_verdict: LoadedModel,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from horizon.core.capture.capture import capture
+    from horizon.core.capture import capture
 
     def no_cache(model):
         raise TypeError("DynamicCache.__init__() got an unexpected keyword argument 'config'")

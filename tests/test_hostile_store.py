@@ -234,7 +234,7 @@ def test_computed_means_with_nan_are_refused(swept, tmp_path: Path) -> None:
     """A model that overflows gives NaN means: refused in one line, nothing stored (the fault the check exists for)."""
     import torch
     from horizon.core.patching.ablation import AblationMeans
-    from horizon.core.sweep.sweep import sweep
+    from horizon.core.sweep import sweep
 
     _, clean = swept
     root = copy_of(clean, tmp_path / "results")

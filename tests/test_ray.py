@@ -239,7 +239,7 @@ def test_a_worker_killed_mid_shard_is_replaced_and_the_rows_are_exact(cluster: C
 FAKE_POOL_DRIVER = """
 import json, os, signal, socket, sys
 import numpy as np, pyarrow as pa
-from horizon.core.sweep.sweep import pools
+from horizon.core.sweep import pools
 from horizon.core.sweep.sweep_settings import SweepSettings
 from horizon.core.sweep.worker import WorkerConfig
 
@@ -320,8 +320,8 @@ def test_failed_shards_exit_3_in_one_line_and_resume_finishes_them(run_cli, refe
                                                                   monkeypatch: pytest.MonkeyPatch,
                                                                   tmp_path: Path) -> None:
     """The driver's side: a pool that reports shard 1 lost on every run (as RayPool does, tested above)."""
+    from horizon.core.sweep import sweep as driver
     from horizon.core.sweep.pools import LocalPool
-    from horizon.core.sweep.sweep import sweep as driver
 
     LOST = "its Ray worker died on each of 3 runs (pid 4242, its worker process has died)"
 
@@ -370,7 +370,7 @@ def _one_line_refusal(run_cli, out: Path, *args: str) -> str:
 
 def test_a_bad_or_unreachable_address_is_one_line(run_cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     pytest.importorskip("ray", reason="the ray extra is not installed")
-    from horizon.core.sweep.sweep import pools
+    from horizon.core.sweep import pools
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     out = tmp_path / "o"
@@ -455,7 +455,7 @@ def test_ray_lines_follow_the_verbosity(capsys: pytest.CaptureFixture[str], monk
     """The pool's lines (and Ray's, passed on) are one line each by default, and only errors under --quiet."""
     import logging
 
-    from horizon.core.sweep.sweep import pools
+    from horizon.core.sweep import pools
     from horizon.tui.cli.sweep_cmd import _ray_messages
 
     ray_logger = logging.getLogger("ray")

@@ -443,7 +443,7 @@ def test_other_settings_are_refused_per_model_without_loading_it(study: dict[str
 
 WRAPPER = """
 import os, signal, sys
-from horizon.core.sweep.sweep import sweep
+from horizon.core.sweep import sweep
 original = sweep._record_shard
 def record(root, shard_id, tables, seconds, worker):
     original(root, shard_id, tables, seconds, worker)
