@@ -21,10 +21,11 @@ API (stable: the commands and the sweep's planner call it):
 - ``costs(analysis, dims, batch, n_tokens, rows=1, windows=1, vocab_tile=VOCAB_TILE,
   held_tokens=0) -> dict[str, int]``: working bytes by part; ``peak_bytes(...)`` is their sum.
   Each analysis's parts and planning flags are its registry entry's ``Cost`` (``Analysis.cost``, in
-  core/analyses/<name>.py, built from the shared formulas here: ``forward_parts``, ``staircase_parts``,
-  ``chunked_scan_parts``); patch's is ``PATCH_COST``. ``cost_of(name)`` finds it; ``ANALYSES`` (computed
-  on use): every analysis with one (norms, truncate, scan, attention, patch). ``rows``: staircase rows per
-  pass (scan); ``windows``: truncated prompts per pass; ``vocab_tile``: readout tile width;
+  core/analyses/<name>/, built from the shared formulas of cost_formulas: ``forward_parts``,
+  ``staircase_parts``, ``chunked_scan_parts``); patch's is ``PATCH_COST``. ``cost_of(name)`` finds it;
+  ``ANALYSES`` (computed on use): every analysis with one (norms, truncate, scan, attention, patch).
+  ``rows``: staircase rows per pass (scan); ``windows``: truncated prompts per pass; ``vocab_tile``: readout
+  tile width;
   ``held_tokens``: tokens whose clean runs are kept for the whole run (scan, patch);
   ``position_chunk``: positions per chunk of a scan whose whole prompt cannot fit (0: none).
 - ``choose_batch_size(analysis, dims, n_tokens, budget, n_prompts=1, requested=None,

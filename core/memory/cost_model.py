@@ -70,7 +70,7 @@ def cost_of(analysis: str) -> Cost | None:
     if analysis == PATCH:
         return PATCH_COST
     # The registry (core/analyses/) sits above this module, its entries built from the formulas
-    # here: it is read when a plan is made, not imported with this module.
+    # of core/memory/cost_formulas.py: it is read when a plan is made, not imported with this module.
     from horizon.core.analyses import REGISTRY
 
     entry = REGISTRY.get(analysis)
