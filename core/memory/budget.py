@@ -25,8 +25,7 @@ API (stable: the commands and the sweep's planner call it):
   ``staircase_parts``, ``chunked_scan_parts``); patch's is ``PATCH_COST``. ``cost_of(name)`` finds it;
   ``ANALYSES`` (computed on use): every analysis with one (norms, truncate, scan, attention, patch).
   ``rows``: staircase rows per pass (scan); ``windows``: truncated prompts per pass; ``vocab_tile``: readout
-  tile width;
-  ``held_tokens``: tokens whose clean runs are kept for the whole run (scan, patch);
+  tile width; ``held_tokens``: tokens whose clean runs are kept for the whole run (scan, patch);
   ``position_chunk``: positions per chunk of a scan whose whole prompt cannot fit (0: none).
 - ``choose_batch_size(analysis, dims, n_tokens, budget, n_prompts=1, requested=None,
   held_tokens=0) -> int``: the largest batch that fits (at most ``n_prompts`` and ``MAX_BATCH``);
