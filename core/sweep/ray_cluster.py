@@ -33,6 +33,7 @@ log.addHandler(logging.NullHandler())
 
 
 def first_line(exc: BaseException | str) -> str:
+    """The first non-blank line of a message (Ray's often run on with a traceback), else the exception's type."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__
 
