@@ -14,6 +14,7 @@ from horizon.core.analyses.truncate.engine import analyse_truncation
 from horizon.core.model.loader import LoadedModel
 from horizon.core.model.prompts import tokenize
 from horizon.core.patching.horizon import HorizonConfig, patch
+from horizon.core.sources.queries import Query
 from horizon.core.sources.session import PatchSettings, Session
 from horizon.tui import app as app_module
 from horizon.tui.app import HorizonApp
@@ -168,7 +169,7 @@ async def test_stale_patch_runs_are_never_shown(tiny_llama: LoadedModel, monkeyp
         summary = plain(app.query_one("#horizon-summary", Static))
         assert summary.startswith("k=3 ") and f"{shown.delta_loss:+.3f}" in summary
         # The debounce ran only the last value of the burst (and the first k on start-up).
-        ran = {key[0].k for key in session._patches}
+        ran = {key.settings.k for key in session._patches}
         assert 4 not in ran and 5 not in ran
 
 
@@ -227,7 +228,7 @@ async def test_metric_layer_and_length_keys_change_the_grid(tiny_llama: LoadedMo
     async with app.run_test(size=SIZE) as pilot:
         await settle(app, pilot)
         grid = app.query_one("#tokens-grid", TokenGrid)
-        report = session.cached("truncation")
+        report = session.ready(Query.truncation())
         n = tiny_llama.n_layers
         assert (app.metric, app.layer, app.length) == ("cosine", n, 1)
         rows = report.record_length == 1
@@ -242,7 +243,7 @@ async def test_metric_layer_and_length_keys_change_the_grid(tiny_llama: LoadedMo
         assert grid.values[6] == pytest.approx(float(report.cos[row_at_6, n - 1]))
         await pilot.press("m")  # norm
         await pilot.pause()
-        norms = session.cached("norms").norms["resid_pre"][0][n - 1]
+        norms = session.ready(Query.norms()).norms["resid_pre"][0][n - 1]
         assert grid.values == pytest.approx(norms.tolist())
 
 
@@ -256,7 +257,7 @@ async def test_outlier_enter_jumps_to_the_token(tiny_llama: LoadedModel) -> None
         await pilot.pause()
         table = app.query_one(OutliersTable)
         assert table.has_focus and table.row_count > 0
-        report = session.cached("truncation")
+        report = session.ready(Query.truncation())
         rows = np.nonzero(report.record_length == 1)[0]
         lowest = rows[np.argmin(report.cos[rows, app.layer])]
         first = table.get_row_at(0)
@@ -277,7 +278,7 @@ async def test_outlier_category_filter_and_sort(tiny_llama: LoadedModel) -> None
         await pilot.press("4", "c", "c", "c", "c")  # all -> newline -> full_stop -> comma -> common
         await pilot.pause()
         table = app.query_one(OutliersTable)
-        report = session.cached("truncation")
+        report = session.ready(Query.truncation())
         expected = sum(1 for c, n in zip(report.record_category, report.record_length, strict=True)
                        if c == "common" and n == 1)
         assert table.row_count == expected > 0
