@@ -114,7 +114,7 @@ def test_session_caches_patches_by_settings(tiny_llama: LoadedModel) -> None:
     first = session.patch(PatchSettings(k=2))
     assert session.patch(PatchSettings(k=2)) is first
     other = session.patch(PatchSettings(k=2, keep_embed=True))
-    assert other is not first and session.cached_patch(PatchSettings(k=3)) is None
+    assert other is not first and session.ready(Query.patch(PatchSettings(k=3), 0)) is None
     expected = patch(tiny_llama, session.token_ids, HorizonConfig.from_layers(2, keep_embed=True))
     assert other.delta_loss == pytest.approx(expected.delta_loss, abs=1e-6)
 
@@ -164,7 +164,7 @@ async def test_stale_patch_runs_are_never_shown(tiny_llama: LoadedModel, monkeyp
         await pilot.press("home", "right", "right", "right", "left")  # burst: ends on k = 3
         await settle(app, pilot)
         assert app.settings.k == 3
-        shown = session.cached_patch(app.settings)
+        shown = session.ready(Query.patch(app.settings, 0))
         assert shown is not None
         summary = plain(app.query_one("#horizon-summary", Static))
         assert summary.startswith("k=3 ") and f"{shown.delta_loss:+.3f}" in summary
@@ -552,11 +552,11 @@ def test_results_mode_reads_the_stored_layer_k_matrix(tiny_llama: LoadedModel, t
     assert code == 0, err
     stored = ResultsSession(str(out))
     assert stored.prompts == texts and stored.token_ids == tokenize(tiny_llama, texts)
-    assert stored.cached_by_layer(0, "zero") is None  # ready never reads the store: built by a worker
+    assert stored.ready(Query.by_layer(0)) is None  # ready never reads the store: built by a worker
     stored.scan(0)  # the app's background scan job reads the stored matrices with the scan
     live = Session(tiny_llama, texts, tokenize(tiny_llama, texts))
     for prompt in range(len(texts)):
-        matrix, reference = stored.cached_by_layer(prompt, "zero"), live.by_layer(prompt, "zero")
+        matrix, reference = stored.ready(Query.by_layer(prompt)), live.by_layer(prompt, "zero")
         assert matrix is stored.by_layer(prompt, "zero")
         assert (matrix.layers, matrix.ks) == (reference.layers, reference.ks) == (list(range(5)), list(range(1, 6)))
         for name in ("loss", "delta_loss", "kl", "top1_agreement"):
@@ -566,7 +566,7 @@ def test_results_mode_reads_the_stored_layer_k_matrix(tiny_llama: LoadedModel, t
         assert (matrix.n_tokens, matrix.tol, matrix.ablation) == (reference.n_tokens, reference.tol, "zero")
         assert matrix.loss_clean == pytest.approx(reference.loss_clean, rel=1e-5)
     # Another ablation was not swept: no stored matrix for it, and without a model none is computed.
-    assert stored.cached_by_layer(0, "mean") is None
+    assert stored.ready(Query.by_layer(0, "mean")) is None
     with pytest.raises(HorizonError, match="--by-layer"):
         stored.by_layer(0, "mean")
 

@@ -5,9 +5,11 @@ reactive attributes and a ``Source`` (core/sources/session.py: a live ``Session`
 whose results the panes read once they are ready. All model work runs in thread workers started
 here: one queue for the background analyses, an exclusive group for the patched pass, whose stale
 runs are cancelled and never shown (a generation counter guards the redraw), and one for what the
-Horizon screen's view needs (the layer x k matrix, the mean-ablation scan). Workers post
-``AnalysisReady`` / ``AnalysisFailed`` (tui/state.py), which the app routes: it redraws each pane
-from a ``ViewState``. Keys, palette, help and each screen's footer come from one table (tui/keys.py).
+Horizon screen's view needs (the layer x k matrix, the mean-ablation scan). Each job is a typed
+query (core/sources/queries.py) the worker asks the source for (``source.get``); workers post
+``AnalysisReady`` / ``AnalysisFailed`` with their query (tui/state.py), which the app routes by
+job: it redraws each pane from a ``ViewState``. Keys, palette, help and each screen's footer come
+from one table (tui/keys.py).
 """
 
 from __future__ import annotations

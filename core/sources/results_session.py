@@ -110,17 +110,6 @@ class ResultsSession:
             return None if self.live is None else self.live.ready(query)
         return self._cache.get(query)
 
-    # The lookups the app used before queries, kept for the tests and the Python API.
-
-    def cached_scan(self, prompt: int = 0, ablation: str = "zero") -> ScanResult | None:
-        return self.ready(Query.scan(prompt, ablation))
-
-    def cached_by_layer(self, prompt: int = 0, ablation: str = "zero") -> ByLayerResult | None:
-        return self.ready(Query.by_layer(prompt, ablation))
-
-    def cached_patch(self, settings: PatchSettings, prompt: int = 0) -> PatchResult | None:
-        return self.ready(Query.patch(settings, prompt))
-
     # Computing (worker threads) ----------------------------------------------------------
 
     def get(self, query: Query[R]) -> R | None:

@@ -1,6 +1,7 @@
 """A UI-free facade over the analysis engines for one model and one set of prompts.
 
-The inspector calls these methods from worker threads. Every result is computed through the
+The inspector asks for results by typed query (``get(query)``, core/sources/queries.py), from
+worker threads; ``get`` calls the analysis's method below. Every result is computed through the
 session's ``Runner`` (core/run/runner.py: the memory budget of every pass, and the lock every forward
 holds) and cached here; this module adds no science, only caching and timings. The lock matters:
 forward hooks are registered on the shared model's modules, so two passes must never run at once
@@ -273,17 +274,6 @@ class Session:
                 "patch", lambda: self._runner.patch(ids, config, has_bos=self.has_bos, cleans=self._clean(prompt),
                                                     means=self._ablation_means(prompt, settings.ablation)).result
             ))
-
-    # The lookups the app used before queries, kept for the tests and the Python API.
-
-    def cached_patch(self, settings: PatchSettings, prompt: int = 0) -> PatchResult | None:
-        return self.ready(Query.patch(settings, prompt))
-
-    def cached_scan(self, prompt: int = 0, ablation: str = "zero") -> ScanResult | None:
-        return self.ready(Query.scan(prompt, ablation))
-
-    def cached_by_layer(self, prompt: int = 0, ablation: str = "zero") -> ByLayerResult | None:
-        return self.ready(Query.by_layer(prompt, ablation))
 
 
 def _lru(cache: OrderedDict[Any, T], key: Any, size: int, compute: Callable[[], T]) -> T:
