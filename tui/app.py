@@ -53,14 +53,12 @@ from textual.widgets import TabbedContent, TabPane
 from textual.worker import get_current_worker
 
 METRICS = ("cosine", "norm", "loss", "kl")
+DEBOUNCE_S = 0.12  # read at each step: a test lengthens it, since a loaded machine spaces keys widely
 
 
 def background_jobs(prompt: int) -> list[Query[Any]]:
     """What the background queue computes, in order: the corpus-wide analyses, then the prompt's."""
     return [Query.truncation(), Query.norms(), Query.attention(prompt), Query.scan(prompt)]
-
-
-DEBOUNCE_S = 0.12  # read at each step: a test lengthens it, since a loaded machine spaces keys widely
 
 
 class HorizonApp(App[None]):
