@@ -14,6 +14,7 @@ from horizon.core.errors import HorizonError
 from horizon.core.model.loader import LoadedModel
 from horizon.core.model.prompts import tokenize
 from horizon.core.run.runner import Runner
+from horizon.core.sources.queries import Query
 from horizon.core.sources.session import PatchSettings, Session
 
 from tests.conftest import SHORT_PROMPT
@@ -118,7 +119,7 @@ def test_the_app_refuses_what_the_cli_refuses(tiny_llama: LoadedModel, run_cli) 
     tail = "budget 1.00 MB (--max-memory 1.00 MB): raise --max-memory or use --max-tokens"
     for line in (message, cli_line.removeprefix("horizon: error: ")):
         assert line.startswith(head) and line.endswith(tail), line
-    assert session.ready("norms") is None
+    assert session.ready(Query.norms()) is None
 
 
 def test_inspect_checks_its_budget_before_the_app(run_cli) -> None:
