@@ -120,7 +120,8 @@ def __getattr__(name: str) -> Any:
 
 # Which module defines each command. Only the invoked command's module is imported, so a
 # command starts without importing the science (and torch) of every other one; --help and
-# unknown commands import them all.
+# unknown commands import them all, and add the commands of the registered analyses
+# (``Analysis.command``: ``horizon NAME`` of an analysis that brings one).
 COMMAND_MODULES = {
     "models": "models_cmd",
     "tokens": "tokens_cmd",
