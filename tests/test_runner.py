@@ -35,12 +35,12 @@ def test_session_uses_its_runner_lock(tiny_llama: LoadedModel) -> None:
         Session(tiny_llama, PROMPTS, tokenize(tiny_llama, PROMPTS), runner=Runner(object()))  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("analysis", ["norms", "truncation", "attention", "scan", "patch", "weights"])
+@pytest.mark.parametrize("analysis", ["norms", "truncate", "attention", "scan", "patch", "weights"])
 def test_a_session_pass_waits_for_the_runner_lock(tiny_llama: LoadedModel, analysis: str) -> None:
     """While another thread holds the runner's lock (another caller's forward pass), the app's pass does not run."""
     session = session_of(tiny_llama, Runner(tiny_llama))
     calls = {
-        "norms": session.norms, "truncation": session.truncation, "attention": lambda: session.attention(0),
+        "norms": session.norms, "truncate": session.truncate, "attention": lambda: session.attention(0),
         "scan": lambda: session.scan(0), "patch": lambda: session.patch(PatchSettings(k=1), 0),
         "weights": session.weights,
     }

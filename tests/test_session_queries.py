@@ -28,7 +28,7 @@ PATCHED = PatchSettings(k=2)
 
 # Each analysis's result type (weights: weight_report's dict).
 RESULT_TYPES: dict[str, type] = {
-    "norms": NormsReport, "truncation": TruncationReport, "attention": AttentionReport, "scan": ScanResult,
+    "norms": NormsReport, "truncate": TruncationReport, "attention": AttentionReport, "scan": ScanResult,
     "by_layer": ByLayerResult, "patch": PatchResult, "weights": dict,
 }
 
@@ -39,7 +39,7 @@ def by_method(source: Any, query: Query[Any]) -> Any:
     prompt = query.prompt
     methods = {
         "norms": lambda: source.norms(),
-        "truncation": lambda: source.truncation(),
+        "truncate": lambda: source.truncate(),
         "weights": lambda: source.weights(),
         "attention": lambda: source.attention(prompt),
         "scan": lambda: source.scan(prompt, query.ablation),
@@ -50,7 +50,7 @@ def by_method(source: Any, query: Query[Any]) -> Any:
 
 
 LIVE_QUERIES: list[Query[Any]] = [
-    Query.norms(), Query.truncation(), Query.weights(), Query.attention(0), Query.attention(1), Query.scan(0),
+    Query.norms(), Query.truncate(), Query.weights(), Query.attention(0), Query.attention(1), Query.scan(0),
     Query.scan(1), Query.scan(0, "mean"), Query.by_layer(0), Query.by_layer(1, "mean"), Query.patch(PATCHED, 0),
     Query.patch(PATCHED, 1), Query.patch(PatchSettings(k=2, ablation="mean"), 0),
 ]
@@ -132,7 +132,7 @@ def results_dir(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactor
 
 
 STORED_QUERIES: list[Query[Any]] = [
-    Query.norms(), Query.truncation(), Query.attention(0), Query.attention(1), Query.scan(0), Query.by_layer(0),
+    Query.norms(), Query.truncate(), Query.attention(0), Query.attention(1), Query.scan(0), Query.by_layer(0),
     Query.by_layer(1),
 ]
 MODEL_QUERIES: list[Query[Any]] = [Query.patch(PATCHED, 0), Query.patch(PATCHED, 1), Query.by_layer(0, "mean"),
@@ -182,5 +182,5 @@ def test_stored_results_are_not_ready_before_a_worker_builds_them(results_dir: P
     session = ResultsSession(str(results_dir))
     assert [session.ready(query) for query in STORED_QUERIES] == [None] * len(STORED_QUERIES)
     session.get(Query.norms())
-    assert session.ready(Query.truncation()) is None and session.ready(Query.attention(0)) is None
+    assert session.ready(Query.truncate()) is None and session.ready(Query.attention(0)) is None
     assert isinstance(session.ready(Query.norms()), NormsReport)

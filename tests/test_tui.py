@@ -228,7 +228,7 @@ async def test_metric_layer_and_length_keys_change_the_grid(tiny_llama: LoadedMo
     async with app.run_test(size=SIZE) as pilot:
         await settle(app, pilot)
         grid = app.query_one("#tokens-grid", TokenGrid)
-        report = session.ready(Query.truncation())
+        report = session.ready(Query.truncate())
         n = tiny_llama.n_layers
         assert (app.metric, app.layer, app.length) == ("cosine", n, 1)
         rows = report.record_length == 1
@@ -257,7 +257,7 @@ async def test_outlier_enter_jumps_to_the_token(tiny_llama: LoadedModel) -> None
         await pilot.pause()
         table = app.query_one(OutliersTable)
         assert table.has_focus and table.row_count > 0
-        report = session.ready(Query.truncation())
+        report = session.ready(Query.truncate())
         rows = np.nonzero(report.record_length == 1)[0]
         lowest = rows[np.argmin(report.cos[rows, app.layer])]
         first = table.get_row_at(0)
@@ -278,7 +278,7 @@ async def test_outlier_category_filter_and_sort(tiny_llama: LoadedModel) -> None
         await pilot.press("4", "c", "c", "c", "c")  # all -> newline -> full_stop -> comma -> common
         await pilot.pause()
         table = app.query_one(OutliersTable)
-        report = session.ready(Query.truncation())
+        report = session.ready(Query.truncate())
         expected = sum(1 for c, n in zip(report.record_category, report.record_length, strict=True)
                        if c == "common" and n == 1)
         assert table.row_count == expected > 0

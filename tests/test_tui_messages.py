@@ -26,13 +26,13 @@ from tests.test_tui import SIZE, make_session, settle
 
 def test_jobs_keep_the_names_the_status_line_shows() -> None:
     named = {
-        Query.truncation(): "truncation", Query.norms(): "norms", Query.attention(3): "attention",
+        Query.truncate(): "truncate", Query.norms(): "norms", Query.attention(3): "attention",
         Query.scan(3): "scan", Query.scan(0, "mean"): "scan mean", Query.by_layer(1): "layer × k",
         Query.by_layer(1, "mean"): "layer × k mean", Query.patch(PatchSettings(k=2, ablation="mean"), 0): "patch",
         Query.weights(): "weights", ReadComparison(): "compare",
     }
     assert {job: job_name(job) for job in named} == named
-    assert [job_name(job) for job in background_jobs(2)] == ["truncation", "norms", "attention", "scan"]
+    assert [job_name(job) for job in background_jobs(2)] == ["truncate", "norms", "attention", "scan"]
     assert [job.prompt for job in background_jobs(2)] == [None, None, 2, 2]
 
 

@@ -58,7 +58,7 @@ DEBOUNCE_S = 0.12  # read at each step: a test lengthens it, since a loaded mach
 
 def background_jobs(prompt: int) -> list[Query[Any]]:
     """What the background queue computes, in order: the corpus-wide analyses, then the prompt's."""
-    return [Query.truncation(), Query.norms(), Query.attention(prompt), Query.scan(prompt)]
+    return [Query.truncate(), Query.norms(), Query.attention(prompt), Query.scan(prompt)]
 
 
 class HorizonApp(App[None]):

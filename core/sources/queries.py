@@ -26,9 +26,9 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 
 # The analyses a source serves, by the name a query carries.
-NORMS, TRUNCATION, ATTENTION, SCAN, BY_LAYER, PATCH, WEIGHTS = (
-    "norms", "truncation", "attention", "scan", "by_layer", "patch", "weights")
-ANALYSES = (NORMS, TRUNCATION, ATTENTION, SCAN, BY_LAYER, PATCH, WEIGHTS)
+NORMS, TRUNCATE, ATTENTION, SCAN, BY_LAYER, PATCH, WEIGHTS = (
+    "norms", "truncate", "attention", "scan", "by_layer", "patch", "weights")
+ANALYSES = (NORMS, TRUNCATE, ATTENTION, SCAN, BY_LAYER, PATCH, WEIGHTS)
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,8 @@ class Query(Generic[R]):
         return Query(NORMS)
 
     @staticmethod
-    def truncation() -> Query[TruncationReport]:
-        return Query(TRUNCATION)
+    def truncate() -> Query[TruncationReport]:
+        return Query(TRUNCATE)
 
     @staticmethod
     def weights() -> Query[dict[str, Any]]:
@@ -112,7 +112,7 @@ def answer(source: Any, query: Query[Any]) -> Any:
         return source.attention(prompt)
     if query.analysis == NORMS:
         return source.norms()
-    if query.analysis == TRUNCATION:
-        return source.truncation()
+    if query.analysis == TRUNCATE:
+        return source.truncate()
     assert query.analysis == WEIGHTS  # Query checks its analysis is one of these
     return source.weights()

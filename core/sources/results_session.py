@@ -124,9 +124,9 @@ class ResultsSession:
                 self.timings[name] = time.perf_counter() - start
             return self._cache[key]
 
-    def truncation(self) -> TruncationReport | None:
+    def truncate(self) -> TruncationReport | None:
         """TruncationReport of every stored record (prompts numbered as shown), or None when not stored."""
-        return self._built(Query.truncation(), "truncation", self._truncation)
+        return self._built(Query.truncate(), "truncate", self._truncation)
 
     def norms(self) -> NormsReport | None:
         """NormsReport: the corpus statistics of ``report`` and each shown prompt's resid_pre norms."""

@@ -153,9 +153,9 @@ class Session:
         """NormsReport over all prompts (core.norms.analyse_norms, through the runner)."""
         return self._cached(Query.norms(), "norms", lambda: self._runner.norms(self.token_ids, self.has_bos).result)
 
-    def truncation(self) -> TruncationReport:
+    def truncate(self) -> TruncationReport:
         """TruncationReport over all prompts at the session's lengths (core.truncation, through the runner)."""
-        return self._cached(Query.truncation(), "truncation",
+        return self._cached(Query.truncate(), "truncate",
                             lambda: self._runner.truncate(self.token_ids, self.lengths).result)
 
     def attention(self, prompt: int = 0) -> AttentionReport:

@@ -43,7 +43,7 @@ WHAT_IS_MISSING = {
 
 def figure_jobs(prompt: int) -> list[Query[Any]]:
     """The results the figures of one prompt are drawn from (zero ablation; the weights aside)."""
-    return [Query.norms(), Query.truncation(), Query.attention(prompt), Query.scan(prompt), Query.by_layer(prompt)]
+    return [Query.norms(), Query.truncate(), Query.attention(prompt), Query.scan(prompt), Query.by_layer(prompt)]
 
 
 def by_layer_view(result: Any) -> dict[str, Any]:
@@ -58,7 +58,7 @@ def source_figure_input(state: ViewState, weights: dict[str, Any] | None = None)
     by_layer = source.ready(Query.by_layer(prompt))
     figure = live_figure_input(
         source.label, report=source.ready(Query.norms()), tokens=[source.tokens(prompt)], scan=scan,
-        truncation=source.ready(Query.truncation()), attention=source.ready(Query.attention(prompt)),
+        truncation=source.ready(Query.truncate()), attention=source.ready(Query.attention(prompt)),
         ablation=getattr(scan, "ablation", "zero"), weights=weights)
     if by_layer is not None:
         figure.scan = {**(figure.scan or {}), "by_layer": by_layer_view(by_layer)}

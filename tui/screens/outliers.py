@@ -86,7 +86,7 @@ class OutliersPane(Vertical):
 
     def refresh_view(self, state: ViewState) -> None:
         source = state.source
-        report = source.ready(Query.truncation())
+        report = source.ready(Query.truncate())
         header = Text()
         header.append(f"lowest-cosine tokens  c={state.length}  {layer_label(state.layer, state.n_layers, 'L')}  ",
                       style="bold")

@@ -30,7 +30,7 @@ def _float(value: Any) -> float | None:
 
 def cosines(source: Source, prompt: int, length: int, layer: int) -> list[float | None] | None:
     """Mean-centred cosine per position (None where t - c < 1 or at BOS)."""
-    report = source.ready(Query.truncation())
+    report = source.ready(Query.truncate())
     if report is None:
         return None
     values: list[float | None] = [None] * len(source.token_ids[prompt])
@@ -42,7 +42,7 @@ def cosines(source: Source, prompt: int, length: int, layer: int) -> list[float 
 
 def cosine_curves(source: Source, prompt: int, position: int) -> dict[int, list[float | None]]:
     """Per length, the token's cosine at every layer 0..L (all None when it has no record)."""
-    report = source.ready(Query.truncation())
+    report = source.ready(Query.truncate())
     curves: dict[int, list[float | None]] = {}
     for length in source.lengths:
         curves[length] = [None] * (source.n_layers + 1)
