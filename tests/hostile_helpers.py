@@ -105,7 +105,7 @@ for argv in json.loads(sys.stdin.read()):
             from horizon.core.sources.results_session import ResultsSession
             try:
                 session = ResultsSession(argv[1])
-                session.norms(), session.truncation(), session.scan()
+                session.norms(), session.truncate(), session.scan()
                 print("session", session.label, len(session.prompts))
                 code = 0
             except HorizonError as exc:

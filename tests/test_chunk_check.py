@@ -22,6 +22,7 @@ from horizon.core.checks import chunking
 from horizon.core.checks import verify as V
 from horizon.core.errors import HorizonError
 from horizon.core.memory import budget as B
+from horizon.core.memory import planner
 from horizon.core.model.loader import LoadedModel, bundled_tokenizer
 from horizon.core.model.prompts import batches
 from horizon.core.patching.horizon import ChunkedClean
@@ -111,7 +112,7 @@ def test_the_library_warning_of_a_broken_cache_goes_into_the_verdict(fresh_verdi
 
 def test_a_chunked_pass_that_crashes_is_a_failed_check_not_a_traceback(fresh_verdict: LoadedModel,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from horizon.core.capture.capture import capture
+    from horizon.core.capture import capture
 
     def no_cache(model):
         raise TypeError("DynamicCache.__init__() got an unexpected keyword argument 'config'")
@@ -150,7 +151,7 @@ def test_the_plan_falls_back_to_the_whole_pass_or_refuses(fresh_verdict: LoadedM
     forget_earlier_positions(monkeypatch, fresh_verdict)
     for analysis in ("norms", "scan"):  # speed chunks: the whole pass instead
         assert B.plan(analysis, dims, [1024], roomy).position_chunk is None
-    monkeypatch.setattr(B, "position_chunk", lambda analysis, dims, n_tokens, budget: 64)  # as if only chunks fit
+    monkeypatch.setattr(planner, "position_chunk", lambda analysis, dims, n_tokens, budget: 64)  # as if only chunks fit
     with pytest.raises(HorizonError, match="only in position chunks, and position chunks are inexact") as refused:
         B.plan("scan", dims, [1024], roomy)
     assert "\n" not in str(refused.value) and "transformers" in str(refused.value) and len(str(refused.value)) <= 210
@@ -247,7 +248,7 @@ def test_with_a_faulty_cache_the_long_prompt_runs_whole_with_the_same_numbers(
     wrong = torch.tensor(json.loads(out)["sites"]["resid_pre"]["per_position"][0], dtype=torch.float64)
     assert code == 0 and float(((wrong - expected).abs() / expected).max()) > 0.05
     # a scan that fits only in chunks is refused in one line, exit 2, nothing on stdout
-    monkeypatch.setattr(B, "position_chunk", lambda analysis, dims, n_tokens, budget: 128)
+    monkeypatch.setattr(planner, "position_chunk", lambda analysis, dims, n_tokens, budget: 128)
     code, out, err = run_cli("scan", "-m", str(long_model_dir), "-f", str(prompt), "--device", "cpu", "--json")
     assert code == 2 and out == "" and err.count("\n") == 1
     assert "only in position chunks" in err and f"transformers {T.__version__}" in err

@@ -17,6 +17,7 @@ from horizon.core.model.prompts import make_batch, tokenize
 from horizon.core.patching import horizon as H
 from horizon.core.patching.horizon import HorizonConfig, clean_run, patch, patched_logits, reference_patched_logits
 from horizon.core.patching.staircase import StaircasePass
+from horizon.core.sources.queries import Query
 
 from tests.conftest import SHORT_PROMPT
 
@@ -688,7 +689,7 @@ async def test_app_ablation_toggle_and_layer_matrix(tiny_llama) -> None:
         expected = patch(tiny_llama, ids, HorizonConfig.from_layers(k, ablation="mean"))
         per_token = np.array(expected.per_token_loss_patched[0]) - np.array(expected.per_token_loss_clean[0])
         np.testing.assert_allclose(grid_loss(), per_token, atol=1e-6)
-        assert session.cached_scan(0, "mean") is not None  # the curve's mean-ablation scan ran in a worker
+        assert session.ready(Query.scan(0, "mean")) is not None  # the curve's mean-ablation scan ran in a worker
         await pilot.press("x")
         await settle(app, pilot)
         n = tiny_llama.n_layers

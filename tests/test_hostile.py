@@ -254,7 +254,7 @@ def test_every_command_on_damaged_stores(damage: str, baseline, run_cli, tmp_pat
 
     try:
         session = ResultsSession(str(copy))
-        session.norms(), session.truncation()
+        session.norms(), session.truncate()
     except HorizonError:
         assert damage.startswith("manifest"), damage
 

@@ -234,23 +234,23 @@ def test_computed_means_with_nan_are_refused(swept, tmp_path: Path) -> None:
     """A model that overflows gives NaN means: refused in one line, nothing stored (the fault the check exists for)."""
     import torch
     from horizon.core.patching.ablation import AblationMeans
-    from horizon.core.sweep.sweep import sweep
+    from horizon.core.sweep import corpus_arrays
 
     _, clean = swept
     root = copy_of(clean, tmp_path / "results")
     manifest = store.read_manifest(root)
     manifest["analyses"]["scan"].pop("_means_sha256")
     (root / store.ABLATION_MEANS_FILE).unlink()
-    shape = sweep.corpus_array_shape("scan", manifest["model"])
+    shape = corpus_arrays.corpus_array_shape("scan", manifest["model"])
     poisoned = np.zeros(shape)
     poisoned[1, 2] = np.nan
     with pytest.raises(HorizonError, match="NaN"):
-        sweep._ensure_corpus_array(root, manifest, "scan", lambda: poisoned)
+        corpus_arrays.ensure_corpus_array(root, manifest, "scan", lambda: poisoned)
     assert not (root / store.ABLATION_MEANS_FILE).exists()
     means = AblationMeans(torch.tensor(poisoned))
     with pytest.raises(HorizonError, match="NaN"):
         means.check(manifest["model"]["n_layers"], manifest["model"]["d_model"])
-    finite = sweep._ensure_corpus_array(root, manifest, "scan", lambda: np.ones(shape))
+    finite = corpus_arrays.ensure_corpus_array(root, manifest, "scan", lambda: np.ones(shape))
     assert np.array_equal(finite, np.ones(shape))
 
 

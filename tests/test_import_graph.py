@@ -9,6 +9,7 @@ loading torch, and they run after every module has finished importing.
 from __future__ import annotations
 
 import ast
+from pathlib import Path
 
 import pytest
 
@@ -101,3 +102,99 @@ def test_no_import_below_a_definition(name: str):
             seen_definition = seen_definition or node.name
         elif isinstance(node, ast.Import | ast.ImportFrom) and seen_definition:
             raise AssertionError(f"{name}:{node.lineno} imports below {seen_definition}()")
+
+
+# ----------------------------------------------------------------------------- layers as folders
+
+# core/'s folders from the bottom up (docs/ARCHITECTURE.md): a module imports, at module level, only
+# from its own folder or a folder below it. "" is core/ itself (errors, options, untrusted,
+# checksums: the foundation). The API (the package horizon) and the app (horizon.tui) sit on top.
+LAYERS = ["", "model", "capture", "memory", "patching", "analyses", "results", "checks", "run", "sweep", "sources"]
+TOP = {"horizon": len(LAYERS), "horizon.tui": len(LAYERS) + 1}
+
+# Imports inside a function (or under TYPE_CHECKING) that reach up a layer, each for a reason; a new
+# one fails below until it is either moved down or named here with its reason.
+UPWARD_INSIDE_FUNCTIONS = {
+    # type names only (TYPE_CHECKING): an analysis's store side reads a Results, its settings a SweepSettings
+    ("horizon.core.analyses.base", "horizon.core.results.store"),
+    ("horizon.core.analyses.base", "horizon.core.sweep.sweep_settings"),
+    ("horizon.core.analyses.attention", "horizon.core.results.store"),
+    ("horizon.core.analyses.norms", "horizon.core.results.store"),
+    ("horizon.core.analyses.scan", "horizon.core.results.store"),
+    ("horizon.core.analyses.scan", "horizon.core.sweep.sweep_settings"),
+    ("horizon.core.analyses.truncate", "horizon.core.results.store"),
+    ("horizon.core.analyses.truncate", "horizon.core.sweep.sweep_settings"),
+    # scan's rows run a shard's prompts in the worker's chunks
+    ("horizon.core.analyses.scan", "horizon.core.sweep.worker"),
+    # the position-chunk self-check runs the first time a pass is chunked, from the layer that chunks
+    ("horizon.core.capture.capture", "horizon.core.checks.chunking"),
+    ("horizon.core.patching.horizon_clean", "horizon.core.checks.chunking"),
+    ("horizon.core.memory.device_budget", "horizon.core.checks.chunking"),
+    ("horizon.core.checks.chunking", "horizon.core.sweep.sweep_settings"),  # the versions its verdict records
+    ("horizon.core.run.payloads", "horizon.core.sweep.sweep_settings"),  # the versions a --json records
+    # the planner loops over the registry whose cost models are built from its formulas
+    ("horizon.core.memory.cost_model", "horizon.core.analyses"),
+    # every load runs the quick checks (or reads their stored verdict)
+    ("horizon.core.model.loader", "horizon.core.checks.verify"),
+    # --max-memory's one check parses a size the budget's way
+    ("horizon.core.options", "horizon.core.memory.budget"),
+}
+
+
+def layer(module: str) -> int:
+    if module.startswith("horizon.tui") or module == "horizon.__main__":  # python -m horizon runs the CLI
+        return TOP["horizon.tui"]
+    if not module.startswith("horizon.core"):
+        return TOP["horizon"]
+    parts = module.split(".")[2:]
+    return LAYERS.index(parts[0]) if parts and parts[0] in LAYERS else 0
+
+
+def all_imports(tree: ast.Module, known: set[str]) -> set[tuple[str, bool]]:
+    """Every import of a package module in ``tree``, with whether it runs when the module is imported."""
+    top = {id(node) for node in tree.body}
+    found: set[tuple[str, bool]] = set()
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in known else node.module
+                     for alias in node.names]
+        found.update((name, id(node) in top) for name in names if name in known)
+    return found
+
+
+def upward(found: dict[str, Path]) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """(module-level, inside functions) imports that go up a layer."""
+    known = set(found)
+    at_import, inside = set(), set()
+    for name, path in found.items():
+        for target, module_level in all_imports(ast.parse(path.read_text()), known):
+            if layer(target) > layer(name):
+                (at_import if module_level else inside).add((name, target))
+    return at_import, inside
+
+
+def test_module_level_imports_go_down_the_layers():
+    at_import, _ = upward(modules())
+    assert not at_import, sorted(at_import)
+
+
+def test_imports_inside_functions_go_up_only_where_named():
+    _, inside = upward(modules())
+    assert inside <= UPWARD_INSIDE_FUNCTIONS, sorted(inside - UPWARD_INSIDE_FUNCTIONS)
+    # The list is kept exact, so a mended import leaves it too.
+    assert UPWARD_INSIDE_FUNCTIONS <= inside, sorted(UPWARD_INSIDE_FUNCTIONS - inside)
+
+
+def test_the_layer_check_sees_a_planted_upward_import(tmp_path: Path):
+    (tmp_path / "core" / "model").mkdir(parents=True)
+    (tmp_path / "core" / "sweep").mkdir()
+    (tmp_path / "core" / "model" / "loader.py").write_text("from horizon.core.sweep.worker import chunks\n")
+    (tmp_path / "core" / "sweep" / "worker.py").write_text("def chunks() -> None:\n"
+                                                         "    from horizon.core.model.loader import x\n")
+    found = {"horizon.core.model.loader": tmp_path / "core" / "model" / "loader.py",
+             "horizon.core.sweep.worker": tmp_path / "core" / "sweep" / "worker.py"}
+    at_import, inside = upward(found)
+    assert at_import == {("horizon.core.model.loader", "horizon.core.sweep.worker")} and not inside

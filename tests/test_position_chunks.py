@@ -17,6 +17,7 @@ from horizon.core.analyses.scan.engine import scan, scan_by_layer, scan_per_prom
 from horizon.core.capture.capture import position_chunks
 from horizon.core.errors import HorizonError
 from horizon.core.memory import budget as B
+from horizon.core.memory import planner
 from horizon.core.model.loader import LoadedModel, load_model
 from horizon.core.model.prompts import batches
 from horizon.core.patching.horizon import ChunkedClean, clean_run, clean_runs
@@ -151,7 +152,7 @@ def test_the_scan_command_passes_the_chunk_to_the_engine(run_cli, monkeypatch: p
             "--ks", "1,2", "--json")
     code, whole, _ = run_cli(*args)
     assert code == 0
-    monkeypatch.setattr(B, "position_chunk", lambda analysis, dims, n_tokens, budget: 16)
+    monkeypatch.setattr(planner, "position_chunk", lambda analysis, dims, n_tokens, budget: 16)
     code, chunked, _ = run_cli(*args)
     assert code == 0
     whole_json, chunked_json = json.loads(whole), json.loads(chunked)

@@ -239,7 +239,7 @@ def test_a_worker_killed_mid_shard_is_replaced_and_the_rows_are_exact(cluster: C
 FAKE_POOL_DRIVER = """
 import json, os, signal, socket, sys
 import numpy as np, pyarrow as pa
-from horizon.core.sweep.sweep import pools
+from horizon.core.sweep import pool_ray
 from horizon.core.sweep.sweep_settings import SweepSettings
 from horizon.core.sweep.worker import WorkerConfig
 
@@ -274,9 +274,9 @@ def fake_worker():
     return FakeWorker
 
 
-pools.SweepWorker = fake_worker()
+pool_ray.SweepWorker = fake_worker()
 config = WorkerConfig(model="fake", device="cpu", dtype="float32", texts=["a"] * 4, settings=SweepSettings())
-pool = pools.RayPool(config, workers=2, address=sys.argv[1])
+pool = pool_ray.RayPool(config, workers=2, address=sys.argv[1])
 try:
     pool.set_corpus_input("truncate", pool.compute_corpus_input("truncate"))
     pool.set_corpus_input("scan", np.full(5, 2.0))
@@ -284,7 +284,7 @@ try:
             pool.run([(i, []) for i in range(4)], [[0], [1], [2], [3]])]
 finally:
     pool.close()
-print(json.dumps({"done": done, "failed": pool.failed, "events": pool.events, "tries": pools.SHARD_TRIES}))
+print(json.dumps({"done": done, "failed": pool.failed, "events": pool.events, "tries": pool_ray.SHARD_TRIES}))
 """
 
 
@@ -320,8 +320,8 @@ def test_failed_shards_exit_3_in_one_line_and_resume_finishes_them(run_cli, refe
                                                                   monkeypatch: pytest.MonkeyPatch,
                                                                   tmp_path: Path) -> None:
     """The driver's side: a pool that reports shard 1 lost on every run (as RayPool does, tested above)."""
+    from horizon.core.sweep import sweep as driver
     from horizon.core.sweep.pools import LocalPool
-    from horizon.core.sweep.sweep import sweep as driver
 
     LOST = "its Ray worker died on each of 3 runs (pid 4242, its worker process has died)"
 
@@ -370,7 +370,7 @@ def _one_line_refusal(run_cli, out: Path, *args: str) -> str:
 
 def test_a_bad_or_unreachable_address_is_one_line(run_cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     pytest.importorskip("ray", reason="the ray extra is not installed")
-    from horizon.core.sweep.sweep import pools
+    from horizon.core.sweep import ray_cluster
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     out = tmp_path / "o"
@@ -386,7 +386,7 @@ def test_a_bad_or_unreachable_address_is_one_line(run_cli, monkeypatch: pytest.M
     assert "--ray-address is for --backend ray" in line
 
     # A host that does not answer: a listening socket whose backlog is full drops the next handshake.
-    monkeypatch.setattr(pools, "CONNECT_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(ray_cluster, "CONNECT_TIMEOUT_S", 0.5)
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(0)
@@ -455,7 +455,7 @@ def test_ray_lines_follow_the_verbosity(capsys: pytest.CaptureFixture[str], monk
     """The pool's lines (and Ray's, passed on) are one line each by default, and only errors under --quiet."""
     import logging
 
-    from horizon.core.sweep.sweep import pools
+    from horizon.core.sweep import ray_cluster
     from horizon.tui.cli.sweep_cmd import _ray_messages
 
     ray_logger = logging.getLogger("ray")
@@ -465,21 +465,21 @@ def test_ray_lines_follow_the_verbosity(capsys: pytest.CaptureFixture[str], monk
     monkeypatch.setattr(ray_logger, "level", saved[0])
     for quiet in (False, True):
         with _ray_messages(quiet):
-            pools.log.warning("a Ray worker died while it ran shard 3 (pid 7)")
-            pools._raylet_message({"lines": ["A worker died or was killed while executing a task by an unexpected "
-                                             "system error. To troubleshoot ...\nmore"]})
-            pools._raylet_message({"lines": ["Resources requested are infeasible.\nTraceback (most recent ..."]})
-            handler = pools._OneLine()
+            ray_cluster.log.warning("a Ray worker died while it ran shard 3 (pid 7)")
+            ray_cluster._raylet_message({"lines": ["A worker died or was killed while executing a task by an "
+                                                   "unexpected system error. To troubleshoot ...\nmore"]})
+            ray_cluster._raylet_message({"lines": ["Resources requested are infeasible.\nTraceback (most recent ..."]})
+            handler = ray_cluster._OneLine()
             handler.emit(ray_logger.makeRecord("ray", logging.ERROR, __file__, 1, "GCS lost.\nTraceback ...",
                                                None, None))
             # ray.init clears the "ray" logger's handlers (which the pool made not to propagate), then logs
             # (a local Ray's token warning).
-            pools._own_ray_logger()
-            with pools._joining():
+            ray_cluster._own_ray_logger()
+            with ray_cluster.joining():
                 ray_logger.handlers.clear()
                 logging.getLogger("ray.auth").warning("Token authentication is enabled.\nmore")
                 logging.getLogger("ray.auth").info("Started a local Ray instance.")
-            assert [type(handler) for handler in ray_logger.handlers] == [pools._OneLine]
+            assert [type(handler) for handler in ray_logger.handlers] == [ray_cluster._OneLine]
         captured = capsys.readouterr()
         assert captured.out == ""
         expected = ["horizon: ray: GCS lost."]
@@ -492,12 +492,12 @@ def test_ray_lines_follow_the_verbosity(capsys: pytest.CaptureFixture[str], monk
 
 def test_workers_that_load_another_model_or_see_other_inputs_are_refused() -> None:
     from horizon.core.errors import HorizonError
-    from horizon.core.sweep.pools import _check_same
+    from horizon.core.sweep.ray_cluster import check_same
 
     first = {"model": {"spec": "m", "hash": "a1", "n_layers": 2, "source": "/opt/a/m"}, "dtype": "float32",
              "bos": {"enabled": True, "token_id": 1}, "n_tokens": [5, 7], "host": "node-a"}
-    _check_same(first, {**first, "model": {**first["model"], "source": "/home/b/m"}, "host": "node-b"})
+    check_same(first, {**first, "model": {**first["model"], "source": "/home/b/m"}, "host": "node-b"})
     for key, value in (("model", {**first["model"], "hash": "b2"}), ("dtype", "bfloat16"),
                        ("bos", {"enabled": False, "token_id": None}), ("n_tokens", [5, 8])):
         with pytest.raises(HorizonError, match=f"the Ray workers disagree about the {key} \\(on node-a and node-b\\)"):
-            _check_same(first, {**first, key: value, "host": "node-b"})
+            check_same(first, {**first, key: value, "host": "node-b"})

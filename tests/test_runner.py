@@ -14,6 +14,7 @@ from horizon.core.errors import HorizonError
 from horizon.core.model.loader import LoadedModel
 from horizon.core.model.prompts import tokenize
 from horizon.core.run.runner import Runner
+from horizon.core.sources.queries import Query
 from horizon.core.sources.session import PatchSettings, Session
 
 from tests.conftest import SHORT_PROMPT
@@ -34,12 +35,12 @@ def test_session_uses_its_runner_lock(tiny_llama: LoadedModel) -> None:
         Session(tiny_llama, PROMPTS, tokenize(tiny_llama, PROMPTS), runner=Runner(object()))  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("analysis", ["norms", "truncation", "attention", "scan", "patch", "weights"])
+@pytest.mark.parametrize("analysis", ["norms", "truncate", "attention", "scan", "patch", "weights"])
 def test_a_session_pass_waits_for_the_runner_lock(tiny_llama: LoadedModel, analysis: str) -> None:
     """While another thread holds the runner's lock (another caller's forward pass), the app's pass does not run."""
     session = session_of(tiny_llama, Runner(tiny_llama))
     calls = {
-        "norms": session.norms, "truncation": session.truncation, "attention": lambda: session.attention(0),
+        "norms": session.norms, "truncate": session.truncate, "attention": lambda: session.attention(0),
         "scan": lambda: session.scan(0), "patch": lambda: session.patch(PatchSettings(k=1), 0),
         "weights": session.weights,
     }
@@ -118,7 +119,7 @@ def test_the_app_refuses_what_the_cli_refuses(tiny_llama: LoadedModel, run_cli) 
     tail = "budget 1.00 MB (--max-memory 1.00 MB): raise --max-memory or use --max-tokens"
     for line in (message, cli_line.removeprefix("horizon: error: ")):
         assert line.startswith(head) and line.endswith(tail), line
-    assert session.ready("norms") is None
+    assert session.ready(Query.norms()) is None
 
 
 def test_inspect_checks_its_budget_before_the_app(run_cli) -> None:

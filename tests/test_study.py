@@ -443,13 +443,13 @@ def test_other_settings_are_refused_per_model_without_loading_it(study: dict[str
 
 WRAPPER = """
 import os, signal, sys
-from horizon.core.sweep.sweep import sweep
-original = sweep._record_shard
+from horizon.core.sweep import sweep
+original = sweep.record_shard
 def record(root, shard_id, tables, seconds, worker):
     original(root, shard_id, tables, seconds, worker)
     if root.name == sys.argv[1] and shard_id == int(sys.argv[2]):
         os.kill(os.getpid(), getattr(signal, sys.argv[3]))
-sweep._record_shard = record
+sweep.record_shard = record
 from horizon.tui.cli.app import main
 sys.exit(main(sys.argv[4:]))
 """

@@ -14,6 +14,7 @@ from horizon.core.analyses.truncate.engine import analyse_truncation
 from horizon.core.model.loader import LoadedModel
 from horizon.core.model.prompts import tokenize
 from horizon.core.patching.horizon import HorizonConfig, patch
+from horizon.core.sources.queries import Query
 from horizon.core.sources.session import PatchSettings, Session
 from horizon.tui import app as app_module
 from horizon.tui.app import HorizonApp
@@ -113,7 +114,7 @@ def test_session_caches_patches_by_settings(tiny_llama: LoadedModel) -> None:
     first = session.patch(PatchSettings(k=2))
     assert session.patch(PatchSettings(k=2)) is first
     other = session.patch(PatchSettings(k=2, keep_embed=True))
-    assert other is not first and session.cached_patch(PatchSettings(k=3)) is None
+    assert other is not first and session.ready(Query.patch(PatchSettings(k=3), 0)) is None
     expected = patch(tiny_llama, session.token_ids, HorizonConfig.from_layers(2, keep_embed=True))
     assert other.delta_loss == pytest.approx(expected.delta_loss, abs=1e-6)
 
@@ -163,12 +164,12 @@ async def test_stale_patch_runs_are_never_shown(tiny_llama: LoadedModel, monkeyp
         await pilot.press("home", "right", "right", "right", "left")  # burst: ends on k = 3
         await settle(app, pilot)
         assert app.settings.k == 3
-        shown = session.cached_patch(app.settings)
+        shown = session.ready(Query.patch(app.settings, 0))
         assert shown is not None
         summary = plain(app.query_one("#horizon-summary", Static))
         assert summary.startswith("k=3 ") and f"{shown.delta_loss:+.3f}" in summary
         # The debounce ran only the last value of the burst (and the first k on start-up).
-        ran = {key[0].k for key in session._patches}
+        ran = {key.settings.k for key in session._patches}
         assert 4 not in ran and 5 not in ran
 
 
@@ -227,7 +228,7 @@ async def test_metric_layer_and_length_keys_change_the_grid(tiny_llama: LoadedMo
     async with app.run_test(size=SIZE) as pilot:
         await settle(app, pilot)
         grid = app.query_one("#tokens-grid", TokenGrid)
-        report = session.cached("truncation")
+        report = session.ready(Query.truncate())
         n = tiny_llama.n_layers
         assert (app.metric, app.layer, app.length) == ("cosine", n, 1)
         rows = report.record_length == 1
@@ -242,7 +243,7 @@ async def test_metric_layer_and_length_keys_change_the_grid(tiny_llama: LoadedMo
         assert grid.values[6] == pytest.approx(float(report.cos[row_at_6, n - 1]))
         await pilot.press("m")  # norm
         await pilot.pause()
-        norms = session.cached("norms").norms["resid_pre"][0][n - 1]
+        norms = session.ready(Query.norms()).norms["resid_pre"][0][n - 1]
         assert grid.values == pytest.approx(norms.tolist())
 
 
@@ -256,7 +257,7 @@ async def test_outlier_enter_jumps_to_the_token(tiny_llama: LoadedModel) -> None
         await pilot.pause()
         table = app.query_one(OutliersTable)
         assert table.has_focus and table.row_count > 0
-        report = session.cached("truncation")
+        report = session.ready(Query.truncate())
         rows = np.nonzero(report.record_length == 1)[0]
         lowest = rows[np.argmin(report.cos[rows, app.layer])]
         first = table.get_row_at(0)
@@ -277,7 +278,7 @@ async def test_outlier_category_filter_and_sort(tiny_llama: LoadedModel) -> None
         await pilot.press("4", "c", "c", "c", "c")  # all -> newline -> full_stop -> comma -> common
         await pilot.pause()
         table = app.query_one(OutliersTable)
-        report = session.cached("truncation")
+        report = session.ready(Query.truncate())
         expected = sum(1 for c, n in zip(report.record_category, report.record_length, strict=True)
                        if c == "common" and n == 1)
         assert table.row_count == expected > 0
@@ -551,11 +552,11 @@ def test_results_mode_reads_the_stored_layer_k_matrix(tiny_llama: LoadedModel, t
     assert code == 0, err
     stored = ResultsSession(str(out))
     assert stored.prompts == texts and stored.token_ids == tokenize(tiny_llama, texts)
-    assert stored.cached_by_layer(0, "zero") is None  # ready never reads the store: built by a worker
+    assert stored.ready(Query.by_layer(0)) is None  # ready never reads the store: built by a worker
     stored.scan(0)  # the app's background scan job reads the stored matrices with the scan
     live = Session(tiny_llama, texts, tokenize(tiny_llama, texts))
     for prompt in range(len(texts)):
-        matrix, reference = stored.cached_by_layer(prompt, "zero"), live.by_layer(prompt, "zero")
+        matrix, reference = stored.ready(Query.by_layer(prompt)), live.by_layer(prompt, "zero")
         assert matrix is stored.by_layer(prompt, "zero")
         assert (matrix.layers, matrix.ks) == (reference.layers, reference.ks) == (list(range(5)), list(range(1, 6)))
         for name in ("loss", "delta_loss", "kl", "top1_agreement"):
@@ -565,7 +566,7 @@ def test_results_mode_reads_the_stored_layer_k_matrix(tiny_llama: LoadedModel, t
         assert (matrix.n_tokens, matrix.tol, matrix.ablation) == (reference.n_tokens, reference.tol, "zero")
         assert matrix.loss_clean == pytest.approx(reference.loss_clean, rel=1e-5)
     # Another ablation was not swept: no stored matrix for it, and without a model none is computed.
-    assert stored.cached_by_layer(0, "mean") is None
+    assert stored.ready(Query.by_layer(0, "mean")) is None
     with pytest.raises(HorizonError, match="--by-layer"):
         stored.by_layer(0, "mean")
 

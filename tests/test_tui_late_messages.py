@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 from horizon.core.model.loader import LoadedModel
+from horizon.core.sources.queries import Query
 from horizon.tui.app import HorizonApp
 from horizon.tui.screens.help import HelpScreen
 from horizon.tui.state import AnalysisFailed, AnalysisReady
@@ -29,8 +30,8 @@ async def test_late_messages_after_the_widgets_are_gone(tiny_llama: LoadedModel)
         await app.query_one(TabbedContent).remove()
         await app.query_one(StatusLine).remove()
         app.pending.update({"norms", "scan"})
-        app.post_message(AnalysisReady("norms", 0.5))
-        app.post_message(AnalysisFailed("scan", "RuntimeError: late"))
+        app.post_message(AnalysisReady(Query.norms(), 0.5))
+        app.post_message(AnalysisFailed(Query.scan(0), "RuntimeError: late"))
         await pilot.pause()
         assert "norms" not in app.pending and app.failed == {"scan": "RuntimeError: late"}  # the news is kept
     assert app.return_code in (0, None)  # the app was not ended by an exception
@@ -45,7 +46,7 @@ async def test_late_messages_while_another_screen_is_shown(tiny_llama: LoadedMod
         await pilot.press("question_mark")
         await pilot.pause()
         assert isinstance(app.screen, HelpScreen)
-        app.post_message(AnalysisFailed("norms", "RuntimeError: under the help screen"))
+        app.post_message(AnalysisFailed(Query.norms(), "RuntimeError: under the help screen"))
         await pilot.pause()
         await pilot.press("escape")
         await pilot.pause()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from horizon.core.model.corpus import Corpus
+from horizon.core.sources.queries import Query
 from horizon.core.sources.results_session import ResultsSession
 from horizon.core.sweep.sweep import SweepSettings, run_sweep
 from horizon.tui.app import HorizonApp
@@ -78,7 +79,7 @@ async def test_the_matrix_shown_is_the_stored_one(float32_dir: Path) -> None:
         await settle_then(*MATRIX)(pilot)
         assert app.session is not None and not app.session.can_patch
         shown = app.query_one(LayerMatrix).result
-        assert shown is not None and shown is app.session.cached_by_layer(0, "zero")
+        assert shown is not None and shown is app.session.ready(Query.by_layer(0))
         assert shown.layers == list(range(app.session.n_layers + 1))
 
 

@@ -249,7 +249,7 @@ def float64_session() -> Session:
 @pytest.fixture(scope="module")
 def smol_session(smol: LoadedModel) -> Session:
     session = Session(smol, [SMOL_PROMPT], tokenize(smol, [SMOL_PROMPT]))
-    session.truncation()  # the Tokens screen's default metric; the other analyses are not shown
+    session.truncate()  # the Tokens screen's default metric; the other analyses are not shown
     session.patch(PatchSettings(k=smol.n_layers // 2))
     return session
 

@@ -4,9 +4,10 @@ the engine (horizon.core) and the app and CLI (horizon.tui).
 mypy reads files, not the editable install's import hook, so it runs over links laid out as the
 installed package (tests/source_tree.py). The settings are pyproject.toml's [tool.mypy]. The second
 test plants a type error in a small tree of the same layout and sees the same check fail, so a
-check that passes cannot be one that never looked; the third sees a session whose ``scan`` differs
-from the ``Source`` protocol refused (core/sources/session.py and core/sources/results_session.py each assign their
-class to a ``type[Source]`` for this check).
+check that passes cannot be one that never looked; the third sees sessions whose ``ready`` or ``get``
+differ from the ``Source`` protocol refused (core/sources/session.py and core/sources/results_session.py
+each assign their class to a ``type[Source]`` for this check), and the last a query's result read as
+another analysis's refused.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.source_tree import ROOT, installed_layout, modules
 
@@ -46,27 +49,70 @@ def test_the_type_check_fails_on_a_planted_error(tmp_path: Path) -> None:
     assert expected in result.stdout
 
 
-# The live session as it was before the protocol was typed: ``chunk`` second, where the protocol
-# has ``ablation`` (a positional ablation would have been taken as a chunk size).
-MISMATCHED_SOURCE = '''
-from horizon.core.analyses.scan import ScanResult
+# The live session as it was before results were asked for by typed query: ``ready`` took a tuple key
+# (("scan", prompt), "norms", ...) and returned Any, so a pane could read one analysis's key as another's.
+TUPLE_KEYED_SOURCE = '''
+from typing import Any
+
 from horizon.core.sources.session import Session, Source
 
 
 class OldSession(Session):
-    def scan(self, prompt: int = 0, chunk: int = 8, ablation: str = "zero") -> ScanResult:  # type: ignore[override]
-        return super().scan(prompt, ablation, chunk=chunk)
+    def ready(self, key: tuple[Any, ...]) -> Any | None:  # type: ignore[override]
+        return None
 
 
 CHECKED: type[Source] = OldSession
 '''
 
+# A source whose ``get`` answers every query with a scan, whatever the query's result type.
+SCAN_FOR_EVERY_QUERY = '''
+from typing import TypeVar
 
-def test_a_source_that_differs_from_the_protocol_fails(tmp_path: Path) -> None:
+from horizon.core.analyses.scan import ScanResult
+from horizon.core.sources.queries import Query
+from horizon.core.sources.session import Session, Source
+
+R = TypeVar("R")
+
+
+class ScanningSession(Session):
+    def get(self, query: Query[R]) -> ScanResult:  # type: ignore[override]
+        return self.scan()
+
+
+CHECKED: type[Source] = ScanningSession
+'''
+
+# A pane reading the norms' query as a scan: the query's result type reaches the caller.
+NORMS_READ_AS_A_SCAN = '''
+from horizon.core.analyses.scan import ScanResult
+from horizon.core.sources.queries import Query
+from horizon.core.sources.session import Source
+
+
+def curve(source: Source) -> ScanResult | None:
+    return source.ready(Query.norms())
+'''
+
+
+@pytest.mark.parametrize(("source", "line", "name"), [(TUPLE_KEYED_SOURCE, 12, "OldSession"),
+                                                      (SCAN_FOR_EVERY_QUERY, 16, "ScanningSession")])
+def test_a_source_that_differs_from_the_protocol_fails(tmp_path: Path, source: str, line: int, name: str) -> None:
     """The checks in core/sources/session.py and core/sources/results_session.py (a class assigned to ``type[Source]``)
-    do compare signatures: the scan signature the live session once had is refused."""
-    result = mypy(installed_layout(tmp_path / "layout"), ROOT / ".mypy_cache", ["-c", MISMATCHED_SOURCE])
+    do compare signatures: the tuple-keyed ``ready`` the sessions once had, and a ``get`` whose result is not the
+    query's, are refused."""
+    result = mypy(installed_layout(tmp_path / "layout"), ROOT / ".mypy_cache", ["-c", source])
     assert result.returncode != 0
-    expected = '<string>:11: error: Incompatible types in assignment (expression has type "type[OldSession]", ' \
+    expected = f'<string>:{line}: error: Incompatible types in assignment (expression has type "type[{name}]", ' \
                'variable has type "type[Source]")'
+    assert expected in result.stdout
+
+
+def test_a_query_read_as_another_analysis_fails(tmp_path: Path) -> None:
+    """``ready`` and ``get`` are typed by the query: the norms' result is no ScanResult to the type checker."""
+    result = mypy(installed_layout(tmp_path / "layout"), ROOT / ".mypy_cache", ["-c", NORMS_READ_AS_A_SCAN])
+    assert result.returncode != 0
+    expected = '<string>:8: error: Incompatible return value type (got "NormsReport | None", ' \
+               'expected "ScanResult | None")'
     assert expected in result.stdout

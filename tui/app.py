@@ -5,9 +5,11 @@ reactive attributes and a ``Source`` (core/sources/session.py: a live ``Session`
 whose results the panes read once they are ready. All model work runs in thread workers started
 here: one queue for the background analyses, an exclusive group for the patched pass, whose stale
 runs are cancelled and never shown (a generation counter guards the redraw), and one for what the
-Horizon screen's view needs (the layer x k matrix, the mean-ablation scan). Workers post
-``AnalysisReady`` / ``AnalysisFailed`` (tui/state.py), which the app routes: it redraws each pane
-from a ``ViewState``. Keys, palette, help and each screen's footer come from one table (tui/keys.py).
+Horizon screen's view needs (the layer x k matrix, the mean-ablation scan). Each job is a typed
+query (core/sources/queries.py) the worker asks the source for (``source.get``); workers post
+``AnalysisReady`` / ``AnalysisFailed`` with their query (tui/state.py), which the app routes by
+job: it redraws each pane from a ``ViewState``. Keys, palette, help and each screen's footer come
+from one table (tui/keys.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, ClassVar
 
 from horizon.core.errors import HorizonError
 from horizon.core.options import DEFAULT_LENGTHS
+from horizon.core.sources.queries import Query
 from horizon.core.sources.results_session import ComparedResults
 from horizon.core.sources.session import PatchSettings, Source
 from horizon.core.untrusted import visible
@@ -31,12 +34,12 @@ from horizon.tui.screens.attention import AttentionPane
 from horizon.tui.screens.compare import ComparePane
 from horizon.tui.screens.figures import FiguresPane, save_figure
 from horizon.tui.screens.help import HelpScreen
-from horizon.tui.screens.horizon import HorizonPane, job_name
+from horizon.tui.screens.horizon import HorizonPane
 from horizon.tui.screens.norms import NormsPane
 from horizon.tui.screens.outliers import OutliersPane
 from horizon.tui.screens.prompts import PromptPicker
 from horizon.tui.screens.tokens import TokensPane
-from horizon.tui.state import AnalysisFailed, AnalysisReady, ChangeSettings, JumpToToken, ViewState
+from horizon.tui.state import AnalysisFailed, AnalysisReady, ChangeSettings, JumpToToken, ViewState, job_name
 from horizon.tui.widgets.footer import ScreenFooter
 from horizon.tui.widgets.status import StatusLine
 from horizon.tui.widgets.token_grid import TokenGrid
@@ -50,8 +53,12 @@ from textual.widgets import TabbedContent, TabPane
 from textual.worker import get_current_worker
 
 METRICS = ("cosine", "norm", "loss", "kl")
-BACKGROUND = ("truncation", "norms", "attention", "scan")
 DEBOUNCE_S = 0.12  # read at each step: a test lengthens it, since a loaded machine spaces keys widely
+
+
+def background_jobs(prompt: int) -> list[Query[Any]]:
+    """What the background queue computes, in order: the corpus-wide analyses, then the prompt's."""
+    return [Query.truncate(), Query.norms(), Query.attention(prompt), Query.scan(prompt)]
 
 
 class HorizonApp(App[None]):
@@ -95,7 +102,7 @@ class HorizonApp(App[None]):
         self.last_run: tuple[str, float] | None = None
         self._patch_generation = 0
         self._debounce: Any = None
-        self._extra_started: set[tuple[str, int, str]] = set()  # (matrix | scan, prompt, ablation)
+        self._extra_started: set[Query[Any]] = set()  # the Horizon view's jobs started (layer x k, scan mean)
 
     # ------------------------------------------------------------------ layout
 
@@ -157,7 +164,7 @@ class HorizonApp(App[None]):
             self.query_one(HorizonPane).configure(n, self.settings)
             self.start_patch()
             if self.background:
-                self.pending.update(BACKGROUND)
+                self.pending.update(job_name(job) for job in background_jobs(self.prompt_index))
                 self._run_background(self.prompt_index)
             self.refresh_all()
 
@@ -188,23 +195,17 @@ class HorizonApp(App[None]):
     def _run_background(self, prompt: int) -> None:
         worker = get_current_worker()
         assert self.session is not None
-        jobs: dict[str, Callable[[], Any]] = {
-            "truncation": self.session.truncation,
-            "norms": self.session.norms,
-            "attention": lambda: self.session.attention(prompt),  # type: ignore[union-attr]
-            "scan": lambda: self.session.scan(prompt),  # type: ignore[union-attr]
-        }
-        for name, job in jobs.items():
+        for job in background_jobs(prompt):
             if worker.is_cancelled:
                 return
             start = time.perf_counter()
             try:
-                job()
+                self.session.get(job)
             except Exception as exc:
-                self.post_message(AnalysisFailed(name, _describe(exc)))
+                self.post_message(AnalysisFailed(job, _describe(exc)))
                 continue
             if not worker.is_cancelled:
-                self.post_message(AnalysisReady(name, time.perf_counter() - start))
+                self.post_message(AnalysisReady(job, time.perf_counter() - start))
 
     @property
     def patch_scheduled(self) -> bool:
@@ -222,30 +223,31 @@ class HorizonApp(App[None]):
             self.refresh_all()
             return
         self._patch_generation += 1
-        if self.session.cached_patch(self.settings, self.prompt_index) is not None:
+        job = Query.patch(self.settings, self.prompt_index)
+        if self.session.ready(job) is not None:
             self.workers.cancel_group(self, "patch")
             self.pending.discard("patch")
             self.refresh_all()
             return
         self.pending.add("patch")
         self.refresh_status()
-        self._run_patch(self.settings, self.prompt_index, self._patch_generation)
+        self._run_patch(job, self._patch_generation)
 
     @work(thread=True, group="patch", exclusive=True, exit_on_error=False)
-    def _run_patch(self, settings: PatchSettings, prompt: int, generation: int) -> None:
+    def _run_patch(self, job: Query[Any], generation: int) -> None:
         worker = get_current_worker()
         assert self.session is not None
         start = time.perf_counter()
         try:
-            self.session.patch(settings, prompt)
+            self.session.get(job)
         except Exception as exc:
             if generation == self._patch_generation:
-                self.post_message(AnalysisFailed("patch", _describe(exc)))
+                self.post_message(AnalysisFailed(job, _describe(exc)))
             return
         # A newer setting was asked for while this ran: its result is cached but never shown.
         if worker.is_cancelled or generation != self._patch_generation:
             return
-        self.post_message(AnalysisReady("patch", time.perf_counter() - start))
+        self.post_message(AnalysisReady(job, time.perf_counter() - start))
 
     def _start_extra(self) -> None:
         """Start (once) the worker for what the Horizon view shows and no result holds yet."""
@@ -253,33 +255,29 @@ class HorizonApp(App[None]):
         if source is None or not source.can_patch:
             return
         settings, prompt = self.settings, self.prompt_index
-        wanted = []
-        if settings.only_layer is not None and source.cached_by_layer(prompt, settings.ablation) is None:
-            wanted.append(("matrix", prompt, settings.ablation))
-        if settings.ablation != "zero" and source.cached_scan(prompt, settings.ablation) is None:
-            wanted.append(("scan", prompt, settings.ablation))
+        wanted: list[Query[Any]] = []
+        if settings.only_layer is not None:  # the layer x k matrix
+            wanted.append(Query.by_layer(prompt, settings.ablation))
+        if settings.ablation != "zero":  # the loss-vs-k curve under that ablation
+            wanted.append(Query.scan(prompt, settings.ablation))
         for job in wanted:
-            if job not in self._extra_started:
+            if source.ready(job) is None and job not in self._extra_started:
                 self._extra_started.add(job)
                 self.pending.add(job_name(job))
                 self.refresh_status()
                 self._run_extra(job)
 
     @work(thread=True, group="horizon-extra", exit_on_error=False)
-    def _run_extra(self, job: tuple[str, int, str]) -> None:
-        kind, prompt, ablation = job
+    def _run_extra(self, job: Query[Any]) -> None:
         assert self.session is not None
         try:
-            if kind == "matrix":
-                self.session.by_layer(prompt, ablation)
-            else:
-                self.session.scan(prompt, ablation=ablation)
+            self.session.get(job)
         except Exception as exc:
             self._extra_started.discard(job)
-            self.post_message(AnalysisFailed(job_name(job), _describe(exc)))
+            self.post_message(AnalysisFailed(job, _describe(exc)))
             return
         # Not the app's "last run": the status line keeps naming the patched pass, whichever ends last.
-        self.post_message(AnalysisReady(job_name(job)))
+        self.post_message(AnalysisReady(job))
 
     @on(AnalysisReady)
     def _job_done(self, message: AnalysisReady) -> None:
@@ -356,7 +354,7 @@ class HorizonApp(App[None]):
             return
         self.selected = None
         self.start_patch()
-        self.pending.update({"attention", "scan"})
+        self.pending.update(job_name(job) for job in background_jobs(new) if job.prompt is not None)
         self._run_background(new)
         self.refresh_all()
 
@@ -457,7 +455,7 @@ class HorizonApp(App[None]):
 
     @on(ChangeSettings)
     def _change_settings(self, message: ChangeSettings) -> None:
-        self.settings = replace(self.settings, **message.changes)
+        self.settings = message.change.applied_to(self.settings)
 
     @on(TokenGrid.Selected, "#tokens-grid")
     def _token_selected(self, message: TokenGrid.Selected) -> None:

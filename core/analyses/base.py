@@ -65,6 +65,8 @@ class Analysis:
     expected_rows: Callable[[list[int], dict[str, Any], dict[str, Any]], int] | None = None
     fits: Callable[[pa.Table, dict[str, Any]], bool] = lambda data, settings: True
     render: str | None = None  # "module:function" drawing the view in the terminal
+    # "module:function" of its single-prompt Typer command, `horizon NAME` (tui/cli/app.py adds it; None: none)
+    command: str | None = None
     pane: str | None = None  # the app screen that shows it
     needs_bos: bool = False
     cost: Cost | None = None  # its cost model (core/memory/budget.py plans it; None: one batch, peak unknown)

@@ -130,7 +130,7 @@ class Results:
         if self._session is None:
             self._session = ResultsSession(str(self.path))
         session = self._session
-        build = {"norms": session.norms, "truncate": session.truncation, "scan": session.scan,
+        build = {"norms": session.norms, "truncate": session.truncate, "scan": session.scan,
                  "attention": lambda: self._attention(session)}
         return build[name]()
 

@@ -201,11 +201,11 @@ def _verdict_path(model: LoadedModel, level: str = "full") -> Path:
     import transformer_lens
     import transformers
 
-    here = Path(__file__).parent
+    core = Path(__file__).parents[1]
     # The code a verdict vouches for: the decomposition, the checks, the readout and the chunk check.
-    sources = ("decomposition.py", "verify.py", "verify_checks.py", "verify_full.py", "horizon_metrics.py",
-               "chunking.py")
-    code = hashlib.sha256(b"".join((here / name).read_bytes() for name in sources))
+    sources = ("capture/decomposition.py", "checks/verify.py", "checks/verify_checks.py", "checks/verify_full.py",
+               "patching/horizon_metrics.py", "checks/chunking.py")
+    code = hashlib.sha256(b"".join((core / name).read_bytes() for name in sources))
     key = "|".join(
         [
             model.model_hash,

@@ -7,9 +7,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from horizon.core.errors import HorizonError
+from horizon.core.sources.queries import BY_LAYER, PATCH, SCAN, WEIGHTS, Query, answer
 
 if TYPE_CHECKING:
     from horizon.core.analyses.attention import AttentionReport
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from horizon.core.sources.session import PatchSettings, Source
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class ResultsSession:
@@ -32,8 +34,8 @@ class ResultsSession:
     stored record, a NormsReport with the per-prompt resid_pre norms, the corpus ScanResult, per
     prompt the layer x k matrix a ``--by-layer`` sweep stored (the ByLayerResult the engine gave
     that prompt) and the AttentionReport of that prompt's stored rows. ``ready`` only looks results up;
-    the named methods build them (reading and sorting Parquet: call them from a worker thread),
-    once, under a lock. With a ``live`` model (same prompts), patched passes can be rerun;
+    ``get`` and the named methods it calls build them (reading and sorting Parquet: call them from a
+    worker thread), once, under a lock. With a ``live`` model (same prompts), patched passes can be rerun;
     otherwise ``can_patch`` is False.
     """
 
@@ -92,34 +94,27 @@ class ResultsSession:
 
     # Reading what is ready ---------------------------------------------------------------
 
-    def ready(self, key: Any) -> Any | None:
-        """The result under ``key`` when it is built (never builds: safe on the UI thread)."""
-        from horizon.core.sources.session import PatchSettings
+    def ready(self, query: Query[R]) -> R | None:
+        """The result ``query`` names when it is built (never builds: safe on the UI thread)."""
+        return cast("R | None", self._ready(query))
 
-        if isinstance(key, tuple) and key and key[0] == "scan":
-            key = "scan"  # one stored scan (swept with the ablation its manifest records)
-        if isinstance(key, tuple) and key and key[0] == "by_layer":
-            stored = self._cache.get("by_layer") or {}
-            _, prompt, ablation = key
-            if ablation == self.scan_ablation and prompt in stored:
-                return stored[prompt]
-            return None if self.live is None else self.live.ready(key)
-        if isinstance(key, tuple) and key and isinstance(key[0], PatchSettings):
-            return None if self.live is None else self.live.ready(key)
-        return self._cache.get(key)
-
-    cached = ready  # the name the app used first
-
-    def cached_scan(self, prompt: int = 0, ablation: str = "zero") -> ScanResult | None:
-        return self.ready("scan")
-
-    def cached_by_layer(self, prompt: int = 0, ablation: str = "zero") -> ByLayerResult | None:
-        return self.ready(("by_layer", prompt, ablation))
-
-    def cached_patch(self, settings: PatchSettings, prompt: int = 0) -> PatchResult | None:
-        return self.ready((settings, prompt))
+    def _ready(self, query: Query[Any]) -> Any:
+        if query.analysis == SCAN:
+            return self._cache.get(SCAN)  # one stored scan, whatever the prompt (swept with the manifest's ablation)
+        if query.analysis == BY_LAYER:
+            stored = self._cache.get(BY_LAYER) or {}
+            if query.ablation == self.scan_ablation and query.prompt in stored:
+                return stored[query.prompt]
+            return None if self.live is None else self.live.ready(query)
+        if query.analysis in (PATCH, WEIGHTS):  # a model's: the live session's, if any
+            return None if self.live is None else self.live.ready(query)
+        return self._cache.get(query)
 
     # Computing (worker threads) ----------------------------------------------------------
+
+    def get(self, query: Query[R]) -> R | None:
+        """``query``'s result, built (once) by its analysis's method below: call from a worker thread."""
+        return cast("R | None", answer(self, query))
 
     def _built(self, key: Any, name: str, build: Callable[[], T]) -> T:
         with self._lock:  # one build per key, even when two workers ask at once
@@ -129,30 +124,30 @@ class ResultsSession:
                 self.timings[name] = time.perf_counter() - start
             return self._cache[key]
 
-    def truncation(self) -> TruncationReport | None:
+    def truncate(self) -> TruncationReport | None:
         """TruncationReport of every stored record (prompts numbered as shown), or None when not stored."""
-        return self._built("truncation", "truncation", self._truncation)
+        return self._built(Query.truncate(), "truncate", self._truncation)
 
     def norms(self) -> NormsReport | None:
         """NormsReport: the corpus statistics of ``report`` and each shown prompt's resid_pre norms."""
-        return self._built("norms", "norms", self._norms)
+        return self._built(Query.norms(), "norms", self._norms)
 
     def attention(self, prompt: int = 0) -> AttentionReport | None:
         """AttentionReport of one prompt, from that prompt's stored rows (None when not stored)."""
-        return self._built(("attention", prompt), "attention", lambda: self._attention(prompt))
+        return self._built(Query.attention(prompt), "attention", lambda: self._attention(prompt))
 
     def scan(self, prompt: int = 0, ablation: str = "zero") -> ScanResult | None:
         """The stored corpus scan as a ScanResult (swept with the ablation its manifest records).
 
         The stored layer x k matrices are read with it: the app's background scan job is what
         results mode runs, and the Horizon screen's matrix view then finds them ready."""
-        self._built("by_layer", "by_layer", self._by_layer)
-        return self._built("scan", "scan", self._scan)
+        self._built(BY_LAYER, "by_layer", self._by_layer)
+        return self._built(SCAN, "scan", self._scan)
 
     def by_layer(self, prompt: int = 0, ablation: str = "zero") -> ByLayerResult:
         """The layer x k matrix of one prompt: the one a ``--by-layer`` sweep stored (for its ablation),
         else computed by the live session."""
-        stored = self._built("by_layer", "by_layer", self._by_layer)
+        stored = self._built(BY_LAYER, "by_layer", self._by_layer)
         if ablation == self.scan_ablation and prompt in stored:
             return stored[prompt]
         if self.live is None:

@@ -1,6 +1,7 @@
 """A UI-free facade over the analysis engines for one model and one set of prompts.
 
-The inspector calls these methods from worker threads. Every result is computed through the
+The inspector asks for results by typed query (``get(query)``, core/sources/queries.py), from
+worker threads; ``get`` calls the analysis's method below. Every result is computed through the
 session's ``Runner`` (core/run/runner.py: the memory budget of every pass, and the lock every forward
 holds) and cached here; this module adds no science, only caching and timings. The lock matters:
 forward hooks are registered on the shared model's modules, so two passes must never run at once
@@ -14,10 +15,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, runtime_checkable
 
 from horizon.core.errors import HorizonError
 from horizon.core.options import DEFAULT_LENGTHS
+from horizon.core.sources.queries import PATCH, PatchSettings, Query, answer
 
 if TYPE_CHECKING:  # the app imports this module before torch is loaded, so it can paint at once
     from horizon.core.analyses.attention import AttentionReport
@@ -29,36 +31,23 @@ if TYPE_CHECKING:  # the app imports this module before torch is loaded, so it c
     from horizon.core.run.runner import Runner
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class PatchSettings:
-    """The horizon options of one patched pass, hashable so results can be cached by them."""
-
-    k: int
-    start_layer: int = 0
-    source: str = "recursive"
-    keep_embed: bool = False
-    final: str = "window"
-    ablation: str = "zero"
-    only_layer: int | None = None  # set: the horizon at this layer only (start_layer is then ignored)
+R = TypeVar("R")
 
 
 @runtime_checkable
 class Source(Protocol):
     """What the app reads its numbers from: a live model (``Session``) or a results directory (``ResultsSession``).
 
-    Reading is separate from computing. ``ready(key)`` and the ``cached_*`` helpers only look a
-    result up (None when it is not built yet): the UI thread calls only these. The named
-    methods (``norms()``, ``truncation()``, ``attention(prompt)``, ``scan(prompt, ablation)``,
-    ``by_layer(prompt, ablation)``, ``patch(settings, prompt)``) compute and cache, and are
-    called from worker threads. Keys: ``"norms"``, ``"truncation"``, ``("attention", prompt)``,
-    ``("scan", prompt)`` (``("scan", prompt, "mean")`` for mean ablation),
-    ``("by_layer", prompt, ablation)``, ``(PatchSettings, prompt)``. ``weights()`` is the weight
-    report of a model behind the source (figures 5 and 6; None where there is none: ``can_weigh``).
+    Results are asked for by typed key, a ``Query[R]`` (core/sources/queries.py: the analysis, the
+    prompt, the analysis's settings). Reading is separate from computing: ``ready(query)`` only
+    looks a result up (None when it is not built yet), and the UI thread calls only it;
+    ``get(query)`` computes the result once, caches it and returns it, and is called from worker
+    threads. Both are ``R | None``: a results directory may not hold an analysis (then ``get`` is
+    None), where a live ``Session`` always computes one. ``Query.weights()`` is the weight report
+    of a model behind the source (figures 5 and 6; None where there is none: ``can_weigh``).
 
-    A results directory may not hold an analysis: then its ``norms()``, ``truncation()``,
-    ``attention(prompt)`` and ``scan(prompt)`` are None (a live ``Session`` always computes one).
+    The sessions also keep one method per analysis (``norms()``, ``scan(prompt, ablation)``, ...,
+    which ``get`` calls): conveniences for the Python API and tests, not part of this protocol.
     """
 
     prompts: list[str]
@@ -72,26 +61,12 @@ class Source(Protocol):
     @property
     def can_patch(self) -> bool: ...
     @property
+    def can_weigh(self) -> bool: ...
+    @property
     def label(self) -> str: ...
     def tokens(self, prompt: int = 0) -> list[str]: ...
-    def ready(self, key: Any) -> Any | None: ...
-    def cached_scan(self, prompt: int = 0, ablation: str = "zero") -> ScanResult | None: ...
-    def cached_by_layer(self, prompt: int = 0, ablation: str = "zero") -> ByLayerResult | None: ...
-    def cached_patch(self, settings: PatchSettings, prompt: int = 0) -> PatchResult | None: ...
-    def norms(self) -> NormsReport | None: ...
-    def truncation(self) -> TruncationReport | None: ...
-    def attention(self, prompt: int = 0) -> AttentionReport | None: ...
-    def scan(self, prompt: int = 0, ablation: str = "zero") -> ScanResult | None: ...
-    def by_layer(self, prompt: int = 0, ablation: str = "zero") -> ByLayerResult: ...
-    def patch(self, settings: PatchSettings, prompt: int = 0) -> PatchResult: ...
-    @property
-    def can_weigh(self) -> bool: ...
-    def weights(self) -> dict[str, Any] | None: ...
-
-
-def _scan_key(prompt: int, ablation: str) -> tuple:
-    # The zero-ablation scan keeps its original key, which the app's background queue uses.
-    return ("scan", prompt) if ablation == "zero" else ("scan", prompt, ablation)
+    def ready(self, query: Query[R]) -> R | None: ...
+    def get(self, query: Query[R]) -> R | None: ...
 
 
 @dataclass
@@ -163,28 +138,29 @@ class Session:
                 self._cache[key] = self._timed(name, compute)
             return self._cache[key]
 
-    def ready(self, key: Any) -> Any | None:
+    def ready(self, query: Query[R]) -> R | None:
         """A result already computed (or None): never computes, so the UI can draw without waiting."""
-        if isinstance(key, tuple) and key and isinstance(key[0], PatchSettings):
-            return self._patches.get(key)
-        return self._cache.get(key)
+        found = self._patches.get(query) if query.analysis == PATCH else self._cache.get(query)
+        return cast("R | None", found)
 
-    cached = ready  # the name the app used first
+    def get(self, query: Query[R]) -> R | None:
+        """``query``'s result, computed (once) by its analysis's method below: call from a worker thread."""
+        return cast("R | None", answer(self, query))
 
     # -------------------------------------------------------------------- analyses
 
     def norms(self) -> NormsReport:
         """NormsReport over all prompts (core.norms.analyse_norms, through the runner)."""
-        return self._cached("norms", "norms", lambda: self._runner.norms(self.token_ids, self.has_bos).result)
+        return self._cached(Query.norms(), "norms", lambda: self._runner.norms(self.token_ids, self.has_bos).result)
 
-    def truncation(self) -> TruncationReport:
+    def truncate(self) -> TruncationReport:
         """TruncationReport over all prompts at the session's lengths (core.truncation, through the runner)."""
-        return self._cached("truncation", "truncation",
+        return self._cached(Query.truncate(), "truncate",
                             lambda: self._runner.truncate(self.token_ids, self.lengths).result)
 
     def attention(self, prompt: int = 0) -> AttentionReport:
         """AttentionReport of one prompt (core.attention.attention_distance, through the runner)."""
-        return self._cached(("attention", prompt), "attention",
+        return self._cached(Query.attention(prompt), "attention",
                             lambda: self._runner.attention([self.token_ids[prompt]], self.has_bos).result)
 
     @property
@@ -193,7 +169,7 @@ class Session:
 
     def weights(self) -> dict[str, Any]:
         """The raw weights' report on the session's prompts (core.weights.weight_report, through the runner)."""
-        return self._cached("weights", "weights",
+        return self._cached(Query.weights(), "weights",
                             lambda: self._runner.weights(self.token_ids, self.has_bos).result)
 
     def _clean(self, prompt: int) -> Any:
@@ -218,7 +194,7 @@ class Session:
         """
         from horizon.core.analyses.scan.engine import ScanResult, default_ks, effective_horizon
 
-        key = _scan_key(prompt, ablation)
+        key = Query.scan(prompt, ablation)
         if key in self._cache:
             return self._cache[key]
         started = time.perf_counter()
@@ -252,7 +228,7 @@ class Session:
         """
         from horizon.core.analyses.scan.engine import default_ks, join_by_layer
 
-        key = ("by_layer", prompt, ablation)
+        key = Query.by_layer(prompt, ablation)
         if key in self._cache:
             return self._cache[key]
         started = time.perf_counter()
@@ -275,7 +251,7 @@ class Session:
 
     def patch(self, settings: PatchSettings, prompt: int = 0) -> PatchResult:
         """PatchResult of one prompt under ``settings`` (core.horizon.patch), LRU-cached."""
-        key = (settings, prompt)
+        key = Query.patch(settings, prompt)
         with self._counter_lock:
             self._waiting += 1
         try:
@@ -284,7 +260,7 @@ class Session:
             with self._counter_lock:
                 self._waiting -= 1
 
-    def _patch_locked(self, settings: PatchSettings, prompt: int, key: Any) -> PatchResult:
+    def _patch_locked(self, settings: PatchSettings, prompt: int, key: Query[PatchResult]) -> PatchResult:
         from horizon.core.patching.horizon import HorizonConfig
 
         config = HorizonConfig.from_layers(
@@ -298,15 +274,6 @@ class Session:
                 "patch", lambda: self._runner.patch(ids, config, has_bos=self.has_bos, cleans=self._clean(prompt),
                                                     means=self._ablation_means(prompt, settings.ablation)).result
             ))
-
-    def cached_patch(self, settings: PatchSettings, prompt: int = 0) -> PatchResult | None:
-        return self.ready((settings, prompt))
-
-    def cached_scan(self, prompt: int = 0, ablation: str = "zero") -> ScanResult | None:
-        return self.ready(_scan_key(prompt, ablation))
-
-    def cached_by_layer(self, prompt: int = 0, ablation: str = "zero") -> ByLayerResult | None:
-        return self.ready(("by_layer", prompt, ablation))
 
 
 def _lru(cache: OrderedDict[Any, T], key: Any, size: int, compute: Callable[[], T]) -> T:

@@ -120,7 +120,8 @@ def __getattr__(name: str) -> Any:
 
 # Which module defines each command. Only the invoked command's module is imported, so a
 # command starts without importing the science (and torch) of every other one; --help and
-# unknown commands import them all.
+# unknown commands import them all, and add the commands of the registered analyses
+# (``Analysis.command``: ``horizon NAME`` of an analysis that brings one).
 COMMAND_MODULES = {
     "models": "models_cmd",
     "tokens": "tokens_cmd",
@@ -145,13 +146,51 @@ ROOT_ONLY = ("--version", "--show-completion", "--install-completion")
 
 
 def _register(args: list[str]) -> None:
-    """Import the modules whose commands this invocation may need (each registers on import)."""
+    """Import the modules whose commands this invocation may need (each registers on import), then add
+    the commands of the registered analyses (``_register_analysis_commands``)."""
     if args and args[0] in ROOT_ONLY:
         return  # `horizon --version` and the completion scripts import no command module (and no torch)
     first = next((arg for arg in args if not arg.startswith("-")), None)
-    wanted = [COMMAND_MODULES[first]] if first in COMMAND_MODULES else list(dict.fromkeys(COMMAND_MODULES.values()))
-    for module in wanted:
+    if first in COMMAND_MODULES:
+        importlib.import_module(f"horizon.tui.cli.{COMMAND_MODULES[first]}")
+        return  # a built-in command: the registry's commands are not needed (nor imported)
+    for module in dict.fromkeys(COMMAND_MODULES.values()):
         importlib.import_module(f"horizon.tui.cli.{module}")
+    _register_analysis_commands()
+
+
+# The Typer CommandInfos the last ``_register_analysis_commands`` put on the app.
+_analysis_commands: list[Any] = []
+
+
+def _register_analysis_commands() -> None:
+    """``horizon NAME`` for every registered analysis that brings a command (``Analysis.command``,
+    "module:function" of a Typer command function), after the built-in commands in --help.
+
+    The registry is read on every invocation, not once: an analysis registered (or unregistered) in
+    this process since the last one is seen, and each added command is taken off again first, so the
+    app holds exactly the registry's commands and they stay after the built-in ones.
+    """
+    from horizon.core.analyses import REGISTRY
+    from horizon.core.errors import HorizonError
+
+    commands = get_app().registered_commands
+    commands[:] = [info for info in commands if not any(info is mine for mine in _analysis_commands)]
+    _analysis_commands.clear()
+    built_in = {info.name for info in commands}
+    for name, analysis in REGISTRY.items():
+        if analysis.command is None:
+            continue
+        if name in built_in:
+            raise HorizonError(f"the {name} analysis brings a command, but `horizon {name}` is a built-in command")
+        module, _, attribute = analysis.command.partition(":")
+        try:
+            function = getattr(importlib.import_module(module), attribute)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise HorizonError(f"the {name} analysis's command {analysis.command!r} cannot be loaded: "
+                               f"{type(exc).__name__}: {exc}") from None
+        get_app().command(name)(function)
+        _analysis_commands.append(commands[-1])
 
 
 def fail(message: str) -> None:

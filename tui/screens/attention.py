@@ -7,6 +7,7 @@ import math
 from itertools import pairwise
 from typing import Any
 
+from horizon.core.sources.queries import Query
 from horizon.tui.format import fixed
 from horizon.tui.state import ViewState
 from horizon.tui.widgets.charts import HeatMap, Legend
@@ -42,10 +43,11 @@ class AttentionPane(VerticalScroll):
         yield Static(id="attention-lists")
 
     def refresh_view(self, state: ViewState) -> None:
-        report = state.source.ready(("attention", state.prompt))
+        job = Query.attention(state.prompt)
+        report = state.source.ready(job)
         header = self.query_one("#attention-header", Static)
         if report is None:
-            header.update(Text(state.not_ready("attention"), style="yellow"))
+            header.update(Text(state.not_ready(job), style="yellow"))
             return
         no_bos = state.no_bos
         matrix = distance_matrix(report, no_bos)

@@ -26,7 +26,7 @@ from horizon.core.untrusted import visible
 from horizon.tui.figures import TABLE, terminal
 from horizon.tui.format import fixed, fmt
 from horizon.tui.keys import bindings, key_of
-from horizon.tui.state import AnalysisFailed, AnalysisReady
+from horizon.tui.state import AnalysisFailed, AnalysisReady, ReadComparison
 from horizon.tui.widgets.plot import FigurePlot
 from horizon.tui.widgets.scales import note_margin
 from rich.text import Text
@@ -144,21 +144,21 @@ class ComparePane(VerticalScroll):
             self.source.load(progress=lambda done, total: self.app.call_from_thread(self._progress, done, total))
         except Exception as exc:
             error = str(exc) if isinstance(exc, HorizonError) else f"{type(exc).__name__}: {exc}"
-            self.post_message(AnalysisFailed("compare", error))
+            self.post_message(AnalysisFailed(ReadComparison(), error))
             return
-        self.post_message(AnalysisReady("compare"))
+        self.post_message(AnalysisReady(ReadComparison()))
 
     def _progress(self, done: int, total: int) -> None:
         self.query_one(ProgressBar).update(progress=done, total=total)
 
     @on(AnalysisReady)
     def _loaded(self, message: AnalysisReady) -> None:
-        if message.name == "compare":
+        if isinstance(message.job, ReadComparison):
             self.refresh_view()
 
     @on(AnalysisFailed)
     def _failed(self, message: AnalysisFailed) -> None:
-        if message.name == "compare":  # bubbles on to the app, which notifies
+        if isinstance(message.job, ReadComparison):  # bubbles on to the app, which notifies
             self.error = message.error
             self.refresh_view()
 

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from horizon.core.sources.compare import FigureInput, live_figure_input
+from horizon.core.sources.queries import Query
+from horizon.core.sources.session import Source
 from horizon.core.untrusted import visible
 from horizon.tui.figures import FIGURES, terminal
 from horizon.tui.keys import bindings, key_of
@@ -39,6 +41,11 @@ WHAT_IS_MISSING = {
 }
 
 
+def figure_jobs(prompt: int) -> list[Query[Any]]:
+    """The results the figures of one prompt are drawn from (zero ablation; the weights aside)."""
+    return [Query.norms(), Query.truncate(), Query.attention(prompt), Query.scan(prompt), Query.by_layer(prompt)]
+
+
 def by_layer_view(result: Any) -> dict[str, Any]:
     """A ``ByLayerResult`` in the corpus view's shape (what figure 8 reads from ``scan["by_layer"]``)."""
     return {"layers": list(result.layers), "ks": list(result.ks), "delta_loss": result.delta_loss}
@@ -47,11 +54,11 @@ def by_layer_view(result: Any) -> dict[str, Any]:
 def source_figure_input(state: ViewState, weights: dict[str, Any] | None = None) -> FigureInput:
     """The figure input of what the session has ready for the selected prompt (zero ablation)."""
     source, prompt = state.source, state.prompt
-    scan = source.cached_scan(prompt, "zero")
-    by_layer = source.cached_by_layer(prompt, "zero")
+    scan = source.ready(Query.scan(prompt))
+    by_layer = source.ready(Query.by_layer(prompt))
     figure = live_figure_input(
-        source.label, report=source.ready("norms"), tokens=[source.tokens(prompt)], scan=scan,
-        truncation=source.ready("truncation"), attention=source.ready(("attention", prompt)),
+        source.label, report=source.ready(Query.norms()), tokens=[source.tokens(prompt)], scan=scan,
+        truncation=source.ready(Query.truncate()), attention=source.ready(Query.attention(prompt)),
         ablation=getattr(scan, "ablation", "zero"), weights=weights)
     if by_layer is not None:
         figure.scan = {**(figure.scan or {}), "by_layer": by_layer_view(by_layer)}
@@ -88,8 +95,7 @@ class FiguresPane(Vertical):
     def refresh_view(self, state: ViewState) -> None:
         source, prompt = state.source, state.prompt
         self._state = state
-        ready = (source.ready("norms"), source.ready("truncation"), source.ready(("attention", prompt)),
-                 source.cached_scan(prompt, "zero"), source.cached_by_layer(prompt, "zero"), self._weights)
+        ready = (*(source.ready(job) for job in figure_jobs(prompt)), self._weights)
         key = (prompt, *(id(result) for result in ready))
         if key != self._key:  # building the input copies every result: only when one changed
             self._key, self._input = key, source_figure_input(state, self._weights)
@@ -118,16 +124,16 @@ class FiguresPane(Vertical):
         self._compute_weights(state.source)
 
     @work(thread=True, group="figures-weights", exit_on_error=False)
-    def _compute_weights(self, source: Any) -> None:
+    def _compute_weights(self, source: Source) -> None:
         # A worker of the pane's own: only this screen shows the weights, and only once asked. The source
         # runs them through its runner, under the lock every other pass on the model holds.
         try:
-            weights = source.weights()
+            weights = source.get(Query.weights())
         except Exception as exc:  # the app shows it and names the job
-            self.post_message(AnalysisFailed("weights", f"{type(exc).__name__}: {exc}"))
+            self.post_message(AnalysisFailed(Query.weights(), f"{type(exc).__name__}: {exc}"))
             return
         self.app.call_from_thread(setattr, self, "_weights", weights)
-        self.post_message(AnalysisReady("weights"))  # not the status line's last run (as the app's extras)
+        self.post_message(AnalysisReady(Query.weights()))  # not the status line's last run (as the app's extras)
 
     def _show_header(self) -> None:
         shown, available = self.plot.name_of_figure, self.available()

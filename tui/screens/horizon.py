@@ -15,11 +15,12 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from horizon.core.sources.compare import FigureInput, live_figure_input
+from horizon.core.sources.queries import Query
 from horizon.core.sources.session import PatchSettings
 from horizon.tui.format import fixed, fmt
 from horizon.tui.keys import bindings
 from horizon.tui.screens import views
-from horizon.tui.state import ChangeSettings, ViewState
+from horizon.tui.state import ChangeSettings, SettingsChange, ViewState
 from horizon.tui.widgets.charts import Legend
 from horizon.tui.widgets.layer_matrix import LayerMatrix, unchanged
 from horizon.tui.widgets.plot import FigurePlot
@@ -120,56 +121,56 @@ class HorizonPane(Vertical):
 
     # -------------------------------------------------------------------- controls
 
-    def _change(self, **changes: Any) -> None:
-        self.post_message(ChangeSettings(**changes))
+    def _change(self, change: SettingsChange) -> None:
+        self.post_message(ChangeSettings(change))
 
     def action_toggle_ablation(self) -> None:
-        self._change(ablation="mean" if self._settings.ablation == "zero" else "zero")
+        self._change(SettingsChange(ablation="mean" if self._settings.ablation == "zero" else "zero"))
 
     def action_toggle_matrix(self) -> None:
         if not self._n_layers:
             return
         if self._settings.only_layer is None:
             layer = self._matrix_layer if self._matrix_layer is not None else self._n_layers // 2
-            self._change(only_layer=layer)
+            self._change(SettingsChange(only_layer=layer))
         else:
             self._matrix_layer = self._settings.only_layer
-            self._change(only_layer=None)
+            self._change(SettingsChange(only_layer=None))
 
     def action_cell_layer(self, step: int) -> None:
         if self._n_layers and self._settings.only_layer is not None:
-            self._change(only_layer=max(0, min(self._n_layers, self._settings.only_layer + step)))
+            self._change(SettingsChange(only_layer=max(0, min(self._n_layers, self._settings.only_layer + step))))
 
     @on(LayerMatrix.Selected)
     def _cell(self, event: LayerMatrix.Selected) -> None:
-        self._change(k=event.k, only_layer=event.layer)
+        self._change(SettingsChange(k=event.k, only_layer=event.layer))
 
     @on(Slider.Changed)
     def _slider(self, event: Slider.Changed) -> None:
         if event.slider.id == "k-slider":
-            self._change(k=event.value)
+            self._change(SettingsChange(k=event.value))
         elif event.slider.id == "layer-slider":
             if self._settings.only_layer is not None:
-                self._change(only_layer=event.value)
+                self._change(SettingsChange(only_layer=event.value))
         else:
-            self._change(start_layer=event.value)
+            self._change(SettingsChange(start_layer=event.value))
 
     @on(Checkbox.Changed)
     def _toggle(self, event: Checkbox.Changed) -> None:
         if event.checkbox.id == "source-toggle":
-            self._change(source="clean" if event.value else "recursive")
+            self._change(SettingsChange(source="clean" if event.value else "recursive"))
         elif event.checkbox.id == "embed-toggle":
-            self._change(keep_embed=event.value)
+            self._change(SettingsChange(keep_embed=event.value))
         elif event.checkbox.id == "final-toggle":
-            self._change(final="full" if event.value else "window")
+            self._change(SettingsChange(final="full" if event.value else "window"))
         elif event.checkbox.id == "ablation-toggle":
-            self._change(ablation="mean" if event.value else "zero")
+            self._change(SettingsChange(ablation="mean" if event.value else "zero"))
         elif event.checkbox.id == "matrix-toggle" and event.value != (self._settings.only_layer is not None):
             self.action_toggle_matrix()
 
     def refresh_view(self, state: ViewState) -> None:
         source, settings = state.source, state.settings
-        result = source.cached_patch(settings, state.prompt)
+        result = source.ready(Query.patch(settings, state.prompt))
         summary = self.query_one("#horizon-summary", Static)
         if not source.can_patch:
             summary.update(Text("stored results: no model to rerun (give --model)", style="dim"))
@@ -194,10 +195,11 @@ class HorizonPane(Vertical):
     def _show_matrix(self, state: ViewState) -> None:
         settings = state.settings
         matrix = self.query_one(LayerMatrix)
-        result = state.source.cached_by_layer(state.prompt, settings.ablation)
+        job = Query.by_layer(state.prompt, settings.ablation)
+        result = state.source.ready(job)
         legend = self.query_one("#matrix-legend", Legend)
         if result is None:
-            failed = state.failed.get(job_name(("matrix", state.prompt, settings.ablation)))
+            failed = state.failure(job)
             matrix.result = None
             if not state.source.can_patch:
                 legend.label = "layer × k matrix: the sweep stored none (sweep --by-layer, or give --model)"
@@ -218,9 +220,10 @@ class HorizonPane(Vertical):
     @staticmethod
     def _curve(state: ViewState) -> Text:
         ablation = state.settings.ablation
-        scan = state.source.cached_scan(state.prompt, ablation)
+        job = Query.scan(state.prompt, ablation)
+        scan = state.source.ready(job)
         if scan is None:
-            failed = state.failed.get(job_name(("scan", state.prompt, ablation)))
+            failed = state.failure(job)
             return Text(f"scan failed: {failed}" if failed else "loss-vs-k scan: computing…", style="dim")
         horizon = scan.effective_horizon.get(0)
         title = Text("loss vs k ", style="bold")
@@ -234,7 +237,7 @@ class HorizonPane(Vertical):
 
     def _plot_curve(self, state: ViewState) -> None:
         ablation = state.settings.ablation
-        scan = state.source.cached_scan(state.prompt, ablation)
+        scan = state.source.ready(Query.scan(state.prompt, ablation))
         plot = self.query_one("#horizon-plot", FigurePlot)
         plot.display = scan is not None
         if scan is None:
@@ -251,10 +254,3 @@ def start_zero_input(label: str, scan: Any, ablation: str) -> FigureInput:
     figure.scan = {**(figure.scan or {}), "rows": [row for row in scan.rows if row["start_layer"] == 0],
                    "effective_horizon": {0: scan.effective_horizon.get(0)}}
     return figure
-
-
-def job_name(job: tuple[str, int, str]) -> str:
-    """The name under which the app reports a job this view needs (``failed``, the status line)."""
-    kind, _, ablation = job
-    name = "layer × k" if kind == "matrix" else "scan"
-    return name if ablation == "zero" else f"{name} {ablation}"

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 from horizon.core.sources.compare import live_figure_input
+from horizon.core.sources.queries import Query
 from horizon.tui.format import fixed, fmt, layer_label, sparkline
 from horizon.tui.state import ViewState
 from horizon.tui.widgets.charts import HeatMap, Legend
@@ -80,10 +81,10 @@ class NormsPane(VerticalScroll):
         yield HeatMap(id="norms-heat")
 
     def refresh_view(self, state: ViewState) -> None:
-        report = state.source.ready("norms")
+        report = state.source.ready(Query.norms())
         summary = self.query_one("#norms-summary", Static)
         if report is None:
-            summary.update(Text(state.not_ready("norms"), style="yellow"))
+            summary.update(Text(state.not_ready(Query.norms()), style="yellow"))
             return
         growth = report.growth
         text = Text("mean ‖resid‖ per layer (BOS excluded)  ", style="bold")

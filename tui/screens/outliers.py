@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 from horizon.core.analyses.truncate.categories import CATEGORIES
 from horizon.core.analyses.truncate.outliers import rank_outliers, token_context
+from horizon.core.sources.queries import Query
 from horizon.core.untrusted import markup_safe
 from horizon.tui.format import fixed, layer_label
 from horizon.tui.keys import bindings
@@ -85,7 +86,7 @@ class OutliersPane(Vertical):
 
     def refresh_view(self, state: ViewState) -> None:
         source = state.source
-        report = source.ready("truncation")
+        report = source.ready(Query.truncate())
         header = Text()
         header.append(f"lowest-cosine tokens  c={state.length}  {layer_label(state.layer, state.n_layers, 'L')}  ",
                       style="bold")

@@ -2,7 +2,7 @@
 
 Every function takes the source (or the ``ViewState``) and the user's selections and returns
 plain lists for the widgets, or None while the analysis it needs is still pending. Only what is
-ready is read (``Source.ready``): nothing here computes.
+ready is read (``Source.ready`` of a ``Query``): nothing here computes.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 from horizon.core.analyses.truncate.categories import token_category
+from horizon.core.sources.queries import Query
 from horizon.core.sources.session import PatchSettings, Source
 from horizon.tui.format import layer_label
 from horizon.tui.state import ViewState
@@ -29,7 +30,7 @@ def _float(value: Any) -> float | None:
 
 def cosines(source: Source, prompt: int, length: int, layer: int) -> list[float | None] | None:
     """Mean-centred cosine per position (None where t - c < 1 or at BOS)."""
-    report = source.ready("truncation")
+    report = source.ready(Query.truncate())
     if report is None:
         return None
     values: list[float | None] = [None] * len(source.token_ids[prompt])
@@ -41,7 +42,7 @@ def cosines(source: Source, prompt: int, length: int, layer: int) -> list[float 
 
 def cosine_curves(source: Source, prompt: int, position: int) -> dict[int, list[float | None]]:
     """Per length, the token's cosine at every layer 0..L (all None when it has no record)."""
-    report = source.ready("truncation")
+    report = source.ready(Query.truncate())
     curves: dict[int, list[float | None]] = {}
     for length in source.lengths:
         curves[length] = [None] * (source.n_layers + 1)
@@ -57,14 +58,14 @@ def cosine_curves(source: Source, prompt: int, position: int) -> dict[int, list[
 
 def norms(source: Source, prompt: int, layer: int) -> list[float | None] | None:
     """Residual norm per position at resid_pre row ``layer`` (row L = final residual)."""
-    report = source.ready("norms")
+    report = source.ready(Query.norms())
     if report is None or report.norms["resid_pre"][prompt] is None:
         return None
     return [_float(value) for value in report.norms["resid_pre"][prompt][layer]]
 
 
 def norm_curve(source: Source, prompt: int, position: int) -> list[float | None]:
-    report = source.ready("norms")
+    report = source.ready(Query.norms())
     if report is None or report.norms["resid_pre"][prompt] is None:
         return []
     return [_float(value) for value in report.norms["resid_pre"][prompt][:, position]]
@@ -72,7 +73,7 @@ def norm_curve(source: Source, prompt: int, position: int) -> list[float | None]
 
 def patch_per_token(source: Source, settings: PatchSettings, prompt: int, which: str) -> list[float | None] | None:
     """Per-token loss increase or KL, placed on the predicted token (position t+1); BOS gets None."""
-    result = source.cached_patch(settings, prompt)
+    result = source.ready(Query.patch(settings, prompt))
     if result is None:
         return None
     if which == "loss":

@@ -8,6 +8,7 @@ diamond and the selected cell with brackets. A click selects a cell.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from horizon.tui.format import layer_label
@@ -36,11 +37,12 @@ class LayerMatrix(Widget):
     scale: reactive[Scale] = reactive(lambda: Scale(-1.0, 1.0, True))
     selected: reactive[tuple[int, int] | None] = reactive(None)  # (layer, k)
 
+    @dataclass(eq=False)
     class Selected(Message):
-        def __init__(self, layer: int, k: int) -> None:
-            super().__init__()
-            self.layer = layer
-            self.k = k
+        """A cell was clicked: the horizon at ``layer`` only, window ``k``."""
+
+        layer: int
+        k: int
 
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
         return len(self.result.layers) + 1 if self.result is not None else 1

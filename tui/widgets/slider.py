@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -27,11 +28,10 @@ class Slider(Widget, can_focus=True):
     minimum: reactive[int] = reactive(0)
     maximum: reactive[int] = reactive(10)
 
+    @dataclass(eq=False)
     class Changed(Message):
-        def __init__(self, slider: Slider, value: int) -> None:
-            super().__init__()
-            self.slider = slider
-            self.value = value
+        slider: Slider
+        value: int
 
         @property
         def control(self) -> Slider:

@@ -73,13 +73,12 @@ class TokenGrid(Widget, can_focus=True):
     scale: reactive[Scale] = reactive(lambda: Scale(0.0, 1.0))
     cursor: reactive[int | None] = reactive(None)
 
+    @dataclass(eq=False)
     class Selected(Message):
         """A token was selected (by keyboard or mouse)."""
 
-        def __init__(self, grid: TokenGrid, index: int) -> None:
-            super().__init__()
-            self.grid = grid
-            self.index = index
+        grid: TokenGrid
+        index: int
 
         @property
         def control(self) -> TokenGrid:
