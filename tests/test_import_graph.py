@@ -118,14 +118,16 @@ UPWARD_INSIDE_FUNCTIONS = {
     # type names only (TYPE_CHECKING): an analysis's store side reads a Results, its settings a SweepSettings
     ("horizon.core.analyses.base", "horizon.core.results.store"),
     ("horizon.core.analyses.base", "horizon.core.sweep.sweep_settings"),
-    ("horizon.core.analyses.attention", "horizon.core.results.store"),
-    ("horizon.core.analyses.norms", "horizon.core.results.store"),
-    ("horizon.core.analyses.scan", "horizon.core.results.store"),
-    ("horizon.core.analyses.scan", "horizon.core.sweep.sweep_settings"),
-    ("horizon.core.analyses.truncate", "horizon.core.results.store"),
-    ("horizon.core.analyses.truncate", "horizon.core.sweep.sweep_settings"),
+    ("horizon.core.analyses.attention.table", "horizon.core.results.store"),
+    ("horizon.core.analyses.norms.table", "horizon.core.results.store"),
+    ("horizon.core.analyses.scan.table", "horizon.core.results.store"),
+    ("horizon.core.analyses.scan.table", "horizon.core.sweep.sweep_settings"),
+    ("horizon.core.analyses.scan.cost", "horizon.core.sweep.sweep_settings"),
+    ("horizon.core.analyses.truncate.table", "horizon.core.results.store"),
+    ("horizon.core.analyses.truncate.table", "horizon.core.sweep.sweep_settings"),
+    ("horizon.core.analyses.truncate.cost", "horizon.core.sweep.sweep_settings"),
     # scan's rows run a shard's prompts in the worker's chunks
-    ("horizon.core.analyses.scan", "horizon.core.sweep.worker"),
+    ("horizon.core.analyses.scan.table", "horizon.core.sweep.worker"),
     # the position-chunk self-check runs the first time a pass is chunked, from the layer that chunks
     ("horizon.core.capture.capture", "horizon.core.checks.chunking"),
     ("horizon.core.patching.horizon_clean", "horizon.core.checks.chunking"),
