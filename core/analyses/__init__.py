@@ -13,7 +13,8 @@ An :class:`Analysis` names everything the rest of the package needs to know abou
 - ``pane``: the app screen that shows it;
 - ``cost`` / ``corpus``: its cost model and the corpus-wide array its shards need (the store reads that
   array's file from here); ``check_settings``: its checks of a sweep's settings against the model;
-  ``former_tables``: the folders older versions wrote its table to.
+  ``former_tables``: the folders older versions wrote its table to; ``warm_up``: the analysis whose short
+  pass warms up the sweep's time estimate.
 
 Each built-in analysis is a package here (norms/, truncate/, scan/, attention/): ``result.py`` (its result
 types), ``table.py`` (schema, rows, view, settings), ``cost.py`` (cost model, corpus-wide input),

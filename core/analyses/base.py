@@ -38,7 +38,7 @@ class CorpusInput:
     depend on how the corpus was split into shards and workers.
     """
 
-    file: str  # the array's file in the results directory (core/results/store.py names the same file)
+    file: str  # the array's file in the results directory (core/results/ reads, guards and merges it by this name)
     checksum_key: str  # the manifest key, under this analysis's settings, of the file's sha256
     dtype: type[np.floating[Any]]  # as stored
     shape: Callable[[int, int], tuple[int, int]]  # (n_layers, d_model) -> its shape
