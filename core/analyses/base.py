@@ -76,6 +76,9 @@ class Analysis:
     check_settings: Callable[[SweepSettings, int, int], None] | None = None
     # Folder names earlier versions wrote this table under: read as ``table`` (core/results/store_layout.py).
     former_tables: tuple[str, ...] = ()
+    # (n_layers, n_heads, n_ctx) -> the values each index column of its own may hold (the prompt, position,
+    # n_tokens and layer columns are the store's): a file holding others is left out (core/results/store_read.py).
+    index_bounds: Callable[[int, int, int], dict[str, tuple[int, int]]] | None = None
     # The sweep's time estimate warms up with one short pass of this analysis (core/sweep/plan.py): one
     # that needs no corpus-wide input.
     warm_up: bool = False

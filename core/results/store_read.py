@@ -114,10 +114,10 @@ class Results:
         n_layers = model.get("n_layers") or MODEL_LIMITS["n_layers"]
         n_heads = model.get("n_heads") or MODEL_LIMITS["n_heads"]
         n_ctx = model.get("n_ctx") or MODEL_LIMITS["n_ctx"]
-        bounds = {"prompt": (0, 2**31 - 1), "position": (0, n_ctx - 1), "length": (1, n_ctx), "n_tokens": (0, n_ctx),
-                  "layer": (0, n_layers), "head": (0, n_heads - 1), "k": (0, n_layers + 1),
-                  "K": (0, 2 * n_layers + 2), "start_layer": (0, n_layers), "only_layer": (-1, n_layers),
-                  "n_queries": (0, n_ctx * n_ctx)}
+        bounds = {"prompt": (0, 2**31 - 1), "position": (0, n_ctx - 1), "n_tokens": (0, n_ctx), "layer": (0, n_layers)}
+        for analysis in registry.REGISTRY.values():  # each analysis bounds its own columns (core/analyses)
+            if analysis.index_bounds is not None:
+                bounds.update(analysis.index_bounds(n_layers, n_heads, n_ctx))
         match = SHARD_FILE.match(file.name)
         shards = self.shards
         if match and int(match.group(1)) < len(shards):

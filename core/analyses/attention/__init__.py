@@ -17,6 +17,7 @@ from horizon.core.analyses.attention.table import (
     MASSES,
     SCHEMA,
     expected_rows,
+    index_bounds,
     recorded_settings,
     report_from_rows,
     report_rows,
@@ -30,5 +31,5 @@ __all__ = ["ANALYSIS", "BUCKETS", "MASSES", "SCHEMA", "AttentionReport", "report
 ANALYSIS = Analysis(
     name="attention", table="attention", schema=SCHEMA, rows=rows, view=view, settings=recorded_settings,
     expected_rows=expected_rows, render="horizon.tui.cli.report_render:render_attention", pane="attention",
-    cost=COST,
+    cost=COST, index_bounds=index_bounds,
 )

@@ -88,6 +88,11 @@ def expected_rows(lengths: list[int], settings: dict[str, Any], model: dict[str,
 
 
 
+def index_bounds(n_layers: int, n_heads: int, n_ctx: int) -> dict[str, tuple[int, int]]:
+    """A head of the model; at most n_ctx^2 query-key pairs per prompt."""
+    return {"head": (0, n_heads - 1), "n_queries": (0, n_ctx * n_ctx)}
+
+
 def recorded_settings(settings: Any, n_layers: int) -> dict[str, Any]:
     """The settings that define its numbers (recorded in the manifest)."""
     return {"buckets": list(MASSES)}

@@ -29,6 +29,7 @@ from horizon.core.analyses.scan.table import (
     check_settings,
     expected_rows,
     fits,
+    index_bounds,
     recorded_settings,
     report_from_view,
     result_table,
@@ -44,4 +45,5 @@ ANALYSIS = Analysis(
     name="scan", table="scan", schema=SCHEMA, rows=rows, view=view, settings=recorded_settings,
     expected_rows=expected_rows, fits=fits, render="horizon.tui.cli.report_render:render_scan", pane="horizon",
     cost=COST, corpus=MEANS, check_settings=check_settings, former_tables=("horizon",),
+    index_bounds=index_bounds,
 )

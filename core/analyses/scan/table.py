@@ -160,6 +160,12 @@ def fits(data: pa.Table, settings: dict[str, Any]) -> bool:
             and set(data.column("start_layer").to_pylist()) == set(starts))
 
 
+def index_bounds(n_layers: int, n_heads: int, n_ctx: int) -> dict[str, tuple[int, int]]:
+    """k runs to L+1 (K = 2k), start layers and the matrix's layers (-1: a scan row) within the model."""
+    return {"k": (0, n_layers + 1), "K": (0, 2 * n_layers + 2), "start_layer": (0, n_layers),
+            "only_layer": (-1, n_layers)}
+
+
 def check_settings(settings: SweepSettings, n_layers: int, n_ctx: int) -> None:
     """The ks and start layers must lie within this model's layers."""
     options.check_ks(settings.ks, n_layers)

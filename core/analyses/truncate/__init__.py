@@ -29,6 +29,7 @@ from horizon.core.analyses.truncate.table import (
     check_settings,
     expected_rows,
     fits,
+    index_bounds,
     recorded_settings,
     report_from_rows,
     report_table,
@@ -43,5 +44,5 @@ ANALYSIS = Analysis(
     name="truncate", table="truncate", schema=SCHEMA, rows=rows, view=view, settings=recorded_settings,
     expected_rows=expected_rows, fits=fits, render="horizon.tui.cli.report_render:render_truncation",
     pane="outliers", needs_bos=True, cost=COST, corpus=MU, check_settings=check_settings,
-    former_tables=("truncation",),
+    former_tables=("truncation",), index_bounds=index_bounds,
 )

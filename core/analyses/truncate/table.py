@@ -103,6 +103,11 @@ def recorded_settings(settings: Any, n_layers: int) -> dict[str, Any]:
     return {"lengths": sorted(set(settings.lengths)), "centring": "corpus mean"}
 
 
+def index_bounds(n_layers: int, n_heads: int, n_ctx: int) -> dict[str, tuple[int, int]]:
+    """A kept length lies within the context."""
+    return {"length": (1, n_ctx)}
+
+
 def check_settings(settings: SweepSettings, n_layers: int, n_ctx: int) -> None:
     """Every kept length must leave room for BOS and one earlier token within the prompts' length."""
     limit = n_ctx if settings.max_tokens is None else min(settings.max_tokens, n_ctx)
