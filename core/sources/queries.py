@@ -96,9 +96,29 @@ class Query(Generic[R]):
     def patch(settings: PatchSettings, prompt: int) -> Query[PatchResult]:
         return Query(PATCH, prompt, settings)
 
+    @staticmethod
+    def of(analysis: str) -> Query[Any]:
+        """The corpus-wide result of a registered analysis through its own hooks (core/analyses/base.py:
+        ``live`` in a live session, ``stored`` in a results session; None from a source without its hook)."""
+        return AnalysisQuery(analysis)
+
+
+@dataclass(frozen=True)
+class AnalysisQuery(Query[Any]):
+    """``Query.of(name)``: a registered analysis's result by its registry entry's hooks. Its own class, so it is
+    never equal to a built-in query of the same name (``Query.of("norms") != Query.norms()``)."""
+
+    def __post_init__(self) -> None:
+        from horizon.core.analyses import REGISTRY
+
+        if self.analysis not in REGISTRY:
+            raise ValueError(f"no analysis {self.analysis!r}: one of {', '.join(REGISTRY)}")
+
 
 def answer(source: Any, query: Query[Any]) -> Any:
     """``query``'s result from the per-analysis method of ``source`` (a session) that computes it."""
+    if isinstance(query, AnalysisQuery):
+        return source.analysis(query.analysis)
     prompt = 0 if query.prompt is None else query.prompt
     settings = query.settings
     if query.analysis == PATCH:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, runtime_checkabl
 
 from horizon.core.errors import HorizonError
 from horizon.core.options import DEFAULT_LENGTHS
-from horizon.core.sources.queries import PATCH, PatchSettings, Query, answer
+from horizon.core.sources.queries import PATCH, AnalysisQuery, PatchSettings, Query, answer
 
 if TYPE_CHECKING:  # the app imports this module before torch is loaded, so it can paint at once
     from horizon.core.analyses.attention import AttentionReport
@@ -140,7 +140,8 @@ class Session:
 
     def ready(self, query: Query[R]) -> R | None:
         """A result already computed (or None): never computes, so the UI can draw without waiting."""
-        found = self._patches.get(query) if query.analysis == PATCH else self._cache.get(query)
+        patched = query.analysis == PATCH and not isinstance(query, AnalysisQuery)
+        found = self._patches.get(query) if patched else self._cache.get(query)
         return cast("R | None", found)
 
     def get(self, query: Query[R]) -> R | None:
@@ -171,6 +172,16 @@ class Session:
         """The raw weights' report on the session's prompts (core.weights.weight_report, through the runner)."""
         return self._cached(Query.weights(), "weights",
                             lambda: self._runner.weights(self.token_ids, self.has_bos).result)
+
+    def analysis(self, name: str) -> Any:
+        """A registered analysis's result over all prompts by its ``live`` hook (core/analyses/base.py), run
+        under the session's runner and its lock; None when it has no such hook."""
+        from horizon.core.analyses import REGISTRY
+
+        live = REGISTRY[name].live
+        if live is None:
+            return None
+        return self._cached(Query.of(name), name, lambda: live(self._runner, self.token_ids, self.has_bos))
 
     def _clean(self, prompt: int) -> Any:
         """The prompt's clean runs (core.horizon.clean_runs), shared by the scan and every patched pass:
