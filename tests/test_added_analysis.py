@@ -23,7 +23,7 @@ from horizon.core.sources.results_session import ResultsSession
 from horizon.core.sources.session import Session, Source
 from horizon.tui import keys
 from horizon.tui.app import HorizonApp, background_jobs
-from textual.widgets import TabbedContent, TabPane
+from textual.widgets import Static, TabbedContent, TabPane
 
 from tests.added_analysis import ANALYSIS, SCHEMA, report_from_rows
 from tests.added_analysis.pane import PeakPane
@@ -277,6 +277,12 @@ async def test_the_live_app_shows_its_pane_on_key_8(peak, run_cli, tiny_llama) -
         assert_pane_shows(app, singles, 1)
         titles = {command.title for command in app.get_system_commands(app.screen)}
         assert "Show peak" in titles
+        await pilot.press("question_mark")  # the help lists its key after the built-in ones
+        await settle(app, pilot)
+        lines = plain(app.screen.query_one("#help-body", Static)).splitlines()
+        keys_listed = [line.split()[0] for line in lines if line.strip() and line.split()[0] in {"7", "8", "?"}]
+        assert keys_listed == ["7", "?", "8"]
+        assert any("Peak: the peak analysis's own screen" in line for line in lines)
 
 
 @pytest.mark.anyio

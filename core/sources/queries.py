@@ -5,8 +5,10 @@ analysis's settings as a frozen dataclass (``ScanSettings``, ``PatchSettings``; 
 analysis has none). ``R`` is the result type the query stands for, so ``source.get(query)`` and
 ``source.ready(query)`` are ``R | None`` to the type checker. Build queries with the constructors
 below (``Query.scan(prompt, "mean")``), never by hand: each pins ``R`` to its analysis's result
-type. Queries are hashable and compare by value (the class included), so a query of one analysis
-is never equal to another's, and the sessions cache results under them.
+type. ``Query.of(name)`` is any registered analysis's own result (core/analyses/base.py's ``live``
+and ``stored`` hooks), ``Query[Any]``: its type is whatever the hooks return. Queries are hashable
+and compare by value (the class included), so a query of one analysis is never equal to another's,
+and the sessions cache results under them.
 
 No engine is imported here (only under TYPE_CHECKING): the app builds queries before torch loads.
 """
@@ -116,7 +118,8 @@ class AnalysisQuery(Query[Any]):
 
 
 def answer(source: Any, query: Query[Any]) -> Any:
-    """``query``'s result from the per-analysis method of ``source`` (a session) that computes it."""
+    """``query``'s result from the per-analysis method of ``source`` (a session) that computes it; ``Query.of``'s from
+    its ``analysis(name)``, which runs the registry entry's hook."""
     if isinstance(query, AnalysisQuery):
         return source.analysis(query.analysis)
     prompt = 0 if query.prompt is None else query.prompt

@@ -162,7 +162,8 @@ class ResultsSession:
         (core/analyses/base.py) for the prompts shown, in their order; None when it has no such hook."""
         from horizon.core.analyses import REGISTRY
 
-        stored = REGISTRY[name].stored
+        entry = REGISTRY.get(name)  # unregistered since its query was made: no result
+        stored = None if entry is None else entry.stored
         if stored is None:
             return None
         return self._built(Query.of(name), name, lambda: stored(self.results, self.prompt_numbers))

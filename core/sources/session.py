@@ -45,6 +45,8 @@ class Source(Protocol):
     threads. Both are ``R | None``: a results directory may not hold an analysis (then ``get`` is
     None), where a live ``Session`` always computes one. ``Query.weights()`` is the weight report
     of a model behind the source (figures 5 and 6; None where there is none: ``can_weigh``).
+    ``Query.of(name)`` is a registered analysis's own result, by its registry entry's hooks (``live`` in a
+    ``Session``, ``stored`` in a ``ResultsSession``; None where the entry has no such hook).
 
     The sessions also keep one method per analysis (``norms()``, ``scan(prompt, ablation)``, ...,
     which ``get`` calls): conveniences for the Python API and tests, not part of this protocol.
@@ -178,7 +180,8 @@ class Session:
         under the session's runner and its lock; None when it has no such hook."""
         from horizon.core.analyses import REGISTRY
 
-        live = REGISTRY[name].live
+        entry = REGISTRY.get(name)  # unregistered since its query was made: no result
+        live = None if entry is None else entry.live
         if live is None:
             return None
         return self._cached(Query.of(name), name, lambda: live(self._runner, self.token_ids, self.has_bos))
