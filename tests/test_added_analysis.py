@@ -1,7 +1,7 @@
 """An analysis added from the test suite (tests/added_analysis/: "peak", the largest resid_pre norm per
 prompt and layer) with one ``register`` call, seen through its own CLI command, the sweep, ``--plan``,
-``report`` and ``report --json``, and the results session; its numbers checked against plain HF hidden
-states. No module of the package knows about it."""
+``report`` and ``report --json``, the results session, and its own pane in the app (tab 8, live and
+results mode); its numbers checked against plain HF hidden states. No module of the package knows about it."""
 
 from __future__ import annotations
 
@@ -16,11 +16,20 @@ import pytest
 import torch
 from horizon.core import analyses as registry
 from horizon.core.model.loader import LoadedModel, _tiny_hf_model
+from horizon.core.model.prompts import tokenize
 from horizon.core.results import store
+from horizon.core.sources.queries import Query
 from horizon.core.sources.results_session import ResultsSession
+from horizon.core.sources.session import Session, Source
+from horizon.tui import keys
+from horizon.tui.app import HorizonApp, background_jobs
+from textual.widgets import Static, TabbedContent, TabPane
 
 from tests.added_analysis import ANALYSIS, SCHEMA, report_from_rows
+from tests.added_analysis.pane import PeakPane
+from tests.pilot import settle
 from tests.test_cli import assert_clean_failure
+from tests.test_tui import footer_shown, plain
 
 # The first two share a shard, batched together: the short one padded far past its end, so a peak taken over the
 # padding would show (the command runs each alone).
@@ -201,3 +210,113 @@ def test_the_plan_projects_it(peak, run_cli, tmp_path: Path, tiny_llama) -> None
     assert part["peak_bytes"] > 0  # planned with its cost model (an analysis without one has no peak)
     assert len(part["batch_sizes"]) == 2 and part["disk_bytes"] > 0
     assert not out.exists()  # the plan writes nothing
+
+
+# ----------------------------------------------------------------------------- its query and its pane in the app
+
+BUILT_IN_TABS = ["tokens", "norms", "horizon", "outliers", "attention", "figures"]
+
+
+def test_its_query_goes_to_its_hooks_and_no_other(peak, tiny_llama) -> None:
+    assert Query.of("peak") == Query.of("peak") and Query.of("peak") != Query.norms()
+    assert Query.of("norms") != Query.norms()  # a registered analysis's own hooks, never the built-in query
+    with pytest.raises(ValueError, match="no analysis 'nope'"):
+        Query.of("nope")
+    session = Session(tiny_llama, TEXTS[:2], tokenize(tiny_llama, TEXTS[:2]))
+    assert session.ready(Query.of("peak")) is None  # nothing computed yet
+    assert session.get(Query.of("norms")) is None  # norms brings no live hook
+    report = session.get(Query.of("peak"))
+    assert session.ready(Query.of("peak")) is report and session.ready(Query.norms()) is None
+    for prompt in range(2):
+        expected, where = hf_peaks(tiny_llama, session.token_ids[prompt])
+        np.testing.assert_allclose(report.peak[prompt], expected, rtol=1e-5)
+        assert report.position[prompt].tolist() == where.tolist()
+    assert [job.analysis for job in background_jobs(0)][-1] == "peak"  # the app computes it in the background
+
+
+def shown_peaks(app: HorizonApp) -> tuple[np.ndarray, list[int]]:
+    """(peak norm, position) per layer as the peak pane's table shows them (3 decimals)."""
+    peaks, positions = [], []
+    for line in plain(app.query_one(PeakPane)).splitlines():
+        cells = line.replace("│", " ").split()
+        if len(cells) >= 3 and cells[0].isdigit():  # a layer's row: layer, peak, position, token
+            peaks.append(float(cells[1]))
+            positions.append(int(cells[2]))
+    return np.asarray(peaks), positions
+
+
+async def show_tab_8(app: HorizonApp, pilot: Any) -> None:
+    await settle(app, pilot)
+    assert [pane.id for pane in app.query(TabPane)] == [*BUILT_IN_TABS, "peak"]  # after every built-in tab
+    assert str(app.query_one(TabbedContent).get_tab("peak").label) == "8 Peak"
+    await pilot.press("8")
+    await settle(app, pilot)
+    assert app.query_one(TabbedContent).active == "peak"
+    assert footer_shown(app) == [("question_mark", "help"), ("q", "quit")]  # the keys every screen's footer shows
+
+
+def assert_pane_shows(app: HorizonApp, singles: list[dict[str, Any]], prompt: int) -> None:
+    peaks, positions = shown_peaks(app)
+    assert len(peaks) == len(singles[prompt]["peak_norm"][0])
+    np.testing.assert_allclose(peaks, singles[prompt]["peak_norm"][0], atol=5e-4)  # printed to 3 decimals
+    assert positions == singles[prompt]["position"][0]
+
+
+@pytest.mark.anyio
+async def test_the_live_app_shows_its_pane_on_key_8(peak, run_cli, tiny_llama) -> None:
+    singles = [run_peak(run_cli, text) for text in TEXTS[:2]]  # its command, one prompt at a time
+    session = Session(tiny_llama, TEXTS[:2], tokenize(tiny_llama, TEXTS[:2]))  # batched together, one padded
+    app = HorizonApp(session=session, show_timings=False)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await show_tab_8(app, pilot)
+        assert_pane_shows(app, singles, 0)
+        expected, _ = hf_peaks(tiny_llama, singles[0]["token_ids"][0])
+        np.testing.assert_allclose(shown_peaks(app)[0], expected, atol=5e-4)
+        app.prompt_index = 1
+        await settle(app, pilot)
+        assert_pane_shows(app, singles, 1)
+        titles = {command.title for command in app.get_system_commands(app.screen)}
+        assert "Show peak" in titles
+        await pilot.press("question_mark")  # the help lists its key after the built-in ones
+        await settle(app, pilot)
+        lines = plain(app.screen.query_one("#help-body", Static)).splitlines()
+        keys_listed = [line.split()[0] for line in lines if line.strip() and line.split()[0] in {"7", "8", "?"}]
+        assert keys_listed == ["7", "?", "8"]
+        assert any("Peak: the peak analysis's own screen" in line for line in lines)
+
+
+@pytest.mark.anyio
+async def test_results_mode_shows_its_stored_numbers_in_its_pane(swept) -> None:
+    out, singles = swept
+    source: Source = ResultsSession(str(out))
+    app = HorizonApp(session=source, show_timings=False)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await show_tab_8(app, pilot)
+        for prompt in range(len(TEXTS)):
+            app.prompt_index = prompt
+            await settle(app, pilot)
+            assert_pane_shows(app, singles, prompt)
+
+
+@pytest.mark.anyio
+async def test_once_unregistered_the_app_is_as_before(tiny_llama) -> None:
+    before = (keys.help_rows(), keys.footer_keys("tokens"), keys.all_keys())
+    registry.register(ANALYSIS)
+    try:
+        assert keys.help_rows()[-1] == ("8", "Peak: the peak analysis's own screen")
+        assert keys.footer_keys("peak") == [("question_mark", "help"), ("q", "quit")]
+    finally:
+        registry.unregister(ANALYSIS.name)
+    assert (keys.help_rows(), keys.footer_keys("tokens"), keys.all_keys()) == before
+    assert keys.all_keys() == keys.KEYS and keys.added_panes() == []
+    with pytest.raises(ValueError, match="no screen 'peak'"):
+        keys.footer_keys("peak")
+    assert "peak" not in [job.analysis for job in background_jobs(0)]
+    app = HorizonApp(session=Session(tiny_llama, TEXTS[:1], tokenize(tiny_llama, TEXTS[:1])), background=False)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await settle(app, pilot)
+        assert [pane.id for pane in app.query(TabPane)] == BUILT_IN_TABS
+        await pilot.press("8")
+        await settle(app, pilot)
+        assert app.query_one(TabbedContent).active == "tokens"  # no key 8
+        assert "8" not in app._bindings.key_to_bindings

@@ -117,6 +117,7 @@ TOP = {"horizon": len(LAYERS), "horizon.tui": len(LAYERS) + 1}
 UPWARD_INSIDE_FUNCTIONS = {
     # type names only (TYPE_CHECKING): an analysis's store side reads a Results, its settings a SweepSettings
     ("horizon.core.analyses.base", "horizon.core.results.store"),
+    ("horizon.core.analyses.base", "horizon.core.run.runner"),  # an analysis's live hook runs under a Runner
     ("horizon.core.analyses.base", "horizon.core.sweep.sweep_settings"),
     ("horizon.core.analyses.attention.table", "horizon.core.results.store"),
     ("horizon.core.analyses.norms.table", "horizon.core.results.store"),

@@ -29,7 +29,7 @@ from horizon.core.sources.results_session import ComparedResults
 from horizon.core.sources.session import PatchSettings, Source
 from horizon.core.untrusted import visible
 from horizon.tui.hangup import HangupGuard
-from horizon.tui.keys import bindings, palette
+from horizon.tui.keys import added_keys, added_panes, bindings, palette
 from horizon.tui.screens.attention import AttentionPane
 from horizon.tui.screens.compare import ComparePane
 from horizon.tui.screens.figures import FiguresPane, save_figure
@@ -57,8 +57,10 @@ DEBOUNCE_S = 0.12  # read at each step: a test lengthens it, since a loaded mach
 
 
 def background_jobs(prompt: int) -> list[Query[Any]]:
-    """What the background queue computes, in order: the corpus-wide analyses, then the prompt's."""
-    return [Query.truncate(), Query.norms(), Query.attention(prompt), Query.scan(prompt)]
+    """What the background queue computes, in order: the corpus-wide analyses, then the prompt's, then the results
+    of the analyses that bring their own pane (tui/keys.py's ``added_panes``)."""
+    return [Query.truncate(), Query.norms(), Query.attention(prompt), Query.scan(prompt),
+            *(Query.of(name) for _, name in added_panes())]
 
 
 class HorizonApp(App[None]):
@@ -103,6 +105,12 @@ class HorizonApp(App[None]):
         self._patch_generation = 0
         self._debounce: Any = None
         self._extra_started: set[Query[Any]] = set()  # the Horizon view's jobs started (layer x k, scan mean)
+        # The analyses' own panes (tui/keys.py): (key, name) as the app was made, their widgets once composed.
+        self._added_panes = added_panes()
+        self._added_widgets: list[Any] = []  # Textual widgets with refresh_view(state): the registry's contract
+        for key in added_keys():  # BINDINGS is the built-in table's: the added tabs' keys are this app's own
+            if key.keys:
+                self.bind(key.keys, key.action, description=key.description, show=False)
 
     # ------------------------------------------------------------------ layout
 
@@ -123,8 +131,19 @@ class HorizonApp(App[None]):
                     yield ComparePane(self.compared)
             with TabPane("7 Figures", id="figures"):
                 yield FiguresPane()
+            yield from self._compose_added_panes()
         yield StatusLine(id="status")
         yield ScreenFooter()  # the keys of the screen in view (tui/keys.py)
+
+    def _compose_added_panes(self) -> ComposeResult:
+        """A tab after the built-in ones for each analysis that brings its own pane, in registry order."""
+        from horizon.core.analyses import REGISTRY
+
+        for key, name in self._added_panes:
+            widget = REGISTRY[name].pane_class()()
+            self._added_widgets.append(widget)
+            with TabPane(f"{key} {name.capitalize()}".strip(), id=name):
+                yield widget
 
     def on_mount(self) -> None:
         HangupGuard(self).install(asyncio.get_running_loop())
@@ -317,6 +336,8 @@ class HorizonApp(App[None]):
                          ...] = (TokensPane, NormsPane, HorizonPane, OutliersPane, AttentionPane, FiguresPane)
             for pane in panes:
                 self.query_one(pane).refresh_view(state)
+            for added in self._added_widgets:
+                added.refresh_view(state)
         self.refresh_status()
 
     def _refresh(self, pane: type[TokensPane | AttentionPane | OutliersPane]) -> None:

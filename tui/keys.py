@@ -8,6 +8,12 @@ keys of the screen in view, tui/widgets/footer.py), where the binding lives (``a
 or widget that owns it), and the help row it is listed under (entries sharing a row label are one
 row, whose text is the first entry's). Rows for keys no action here owns (the palette itself,
 tab, the token grid's arrows) are entries with no action.
+
+An analysis that brings its own pane (its registry entry's ``pane`` is "module:Class",
+core/analyses/base.py) gets a tab after the built-in screens: ``added_panes()`` names them, keys 8
+and 9 in registry order (later ones: the palette only), and ``all_keys()`` is ``KEYS`` with their
+entries, which the app binds, the palette lists, the help shows and whose footers show every
+screen's keys. With none registered, ``all_keys()`` is ``KEYS``.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from textual.binding import Binding, BindingType
 TABS = ("tokens", "norms", "horizon", "outliers", "attention")  # the screens, keys 1..5
 SCREENS = (*TABS, "compare", "figures")  # every screen's id (keys 1..7), as the footer names it
 EVERY = SCREENS
+FIRST_ADDED_KEY = 8  # the key of the first added pane; keys go up to 9
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,28 @@ KEYS: tuple[Key, ...] = (
 )
 
 
+def added_panes() -> list[tuple[str, str]]:
+    """(key, analysis name) of each registered analysis with its own pane, in registry order; its tab's id is
+    its name. The key is "" past 9; an analysis named as a built-in screen gets no tab (its id would clash)."""
+    from horizon.core.analyses import REGISTRY
+
+    names = [name for name, analysis in REGISTRY.items() if analysis.has_own_pane and name not in SCREENS]
+    return [(str(number) if number <= 9 else "", name) for number, name in enumerate(names, start=FIRST_ADDED_KEY)]
+
+
+def added_keys() -> tuple[Key, ...]:
+    """The key table's entries of the added panes (``added_panes``): one tab key each, in the help's rows."""
+    return tuple(Key(key, f"show_tab('{name}')", name, f"Show {name}",
+                     f"the {name} analysis's screen" + (f" (key {key})" if key else ""),
+                     row=key or name, row_text=f"{name.capitalize()}: the {name} analysis's own screen")
+                 for key, name in added_panes())
+
+
+def all_keys() -> tuple[Key, ...]:
+    """``KEYS`` and the added panes' entries after them."""
+    return KEYS + added_keys()
+
+
 def bindings(where: str = "app") -> list[BindingType]:
     """The BINDINGS of the app (``where="app"``) or of one pane or widget; a binding some screen's
     footer shows is ``show``n, and the footer (tui/widgets/footer.py) keeps those of the screen in view."""
@@ -108,9 +137,12 @@ def bindings(where: str = "app") -> list[BindingType]:
 
 def footer_keys(screen: str) -> list[tuple[str, str]]:
     """(key, action) of every binding the footer shows on ``screen``, in table order."""
-    if screen not in SCREENS:
+    added = tuple(name for _, name in added_panes())
+    if screen not in SCREENS + added:
         raise ValueError(f"no screen {screen!r}")
-    return [(key.keys, key.action) for key in KEYS if key.keys and key.action and screen in key.screens]
+    if screen in added:  # an added pane's footer: the keys every screen's shows
+        return [(key.keys, key.action) for key in all_keys() if key.keys and key.action and key.screens == EVERY]
+    return [(key.keys, key.action) for key in all_keys() if key.keys and key.action and screen in key.screens]
 
 
 def key_of(action: str) -> str:
@@ -122,7 +154,7 @@ def key_of(action: str) -> str:
 def help_rows() -> list[tuple[str, str]]:
     """(keys, text) of the help screen's key list, in table order, one row per row label."""
     rows: dict[str, str] = {}
-    for key in KEYS:
+    for key in all_keys():
         if key.row and key.row not in rows:
             rows[key.row] = key.row_text
     return list(rows.items())
@@ -130,7 +162,7 @@ def help_rows() -> list[tuple[str, str]]:
 
 def palette(app: Any) -> Iterator[tuple[str, str, Callable[[], Any]]]:
     """(title, help, callback) of every palette command; a callback calls the action's method at once."""
-    for key in KEYS:
+    for key in all_keys():
         if key.title:
             yield key.title, key.help, _caller(app, key.action)
 

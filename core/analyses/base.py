@@ -17,10 +17,16 @@ from horizon.core.memory.budget import Cost
 if TYPE_CHECKING:
     from horizon.core.model.loader import LoadedModel
     from horizon.core.results.store import Results
+    from horizon.core.run.runner import Runner
     from horizon.core.sweep.sweep_settings import SweepSettings
 
 RowsFn = Callable[[Any, list[int], list[list[int]], list[list[str]]], pa.Table]
 ViewFn = Callable[["Results", pa.Table, dict[str, Any], bool], dict[str, Any]]
+# (runner, token_ids, has_bos) -> the analysis's result over those prompts, computed live (the session's runner)
+LiveFn = Callable[["Runner", list[list[int]], bool], Any]
+# (results, prompt_numbers) -> the same result rebuilt from the stored table, for those stored prompts in that
+# order (None when the directory does not hold it)
+StoredFn = Callable[["Results", list[int]], Any]
 
 
 def _always(settings: SweepSettings) -> bool:
@@ -67,7 +73,9 @@ class Analysis:
     render: str | None = None  # "module:function" drawing the view in the terminal
     # "module:function" of its single-prompt Typer command, `horizon NAME` (tui/cli/app.py adds it; None: none)
     command: str | None = None
-    pane: str | None = None  # the app screen that shows it
+    # The app screen that shows it: a built-in screen's id ("norms"), or "module:Class" of its own pane (a Textual
+    # widget with ``refresh_view(state)``), which the app adds as a tab after the built-in ones.
+    pane: str | None = None
     needs_bos: bool = False
     cost: Cost | None = None  # its cost model (core/memory/budget.py plans it; None: one batch, peak unknown)
     corpus: CorpusInput | None = None  # the corpus-wide array its shards need (None: none)
@@ -82,12 +90,31 @@ class Analysis:
     # The sweep's time estimate warms up with one short pass of this analysis (core/sweep/plan.py): one
     # that needs no corpus-wide input.
     warm_up: bool = False
+    # Its result as the app's sources give it for ``Query.of(name)`` (core/sources/queries.py): computed by the
+    # live session under its runner (``live``; the session holds the runner's lock), rebuilt by the results
+    # session from the stored table (``stored``). None: that source has no such result.
+    live: LiveFn | None = None
+    stored: StoredFn | None = None
 
     def renderer(self) -> Callable[[dict[str, Any]], None] | None:
         if self.render is None:
             return None
-        module, function = self.render.split(":")
-        return getattr(importlib.import_module(module), function)
+        return _imported(self.render)
+
+    @property
+    def has_own_pane(self) -> bool:
+        """Whether it brings its own app pane (``pane`` is "module:Class", not a built-in screen's id)."""
+        return self.pane is not None and ":" in self.pane
+
+    def pane_class(self) -> Any:
+        """The class of its own app pane (imported only when asked for), or None when it has none."""
+        return _imported(self.pane) if self.pane is not None and self.has_own_pane else None
+
+
+def _imported(path: str) -> Any:
+    """The object ``"module:name"`` names, its module imported now."""
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 REGISTRY: dict[str, Analysis] = {}

@@ -5,8 +5,10 @@ analysis's settings as a frozen dataclass (``ScanSettings``, ``PatchSettings``; 
 analysis has none). ``R`` is the result type the query stands for, so ``source.get(query)`` and
 ``source.ready(query)`` are ``R | None`` to the type checker. Build queries with the constructors
 below (``Query.scan(prompt, "mean")``), never by hand: each pins ``R`` to its analysis's result
-type. Queries are hashable and compare by value (the class included), so a query of one analysis
-is never equal to another's, and the sessions cache results under them.
+type. ``Query.of(name)`` is any registered analysis's own result (core/analyses/base.py's ``live``
+and ``stored`` hooks), ``Query[Any]``: its type is whatever the hooks return. Queries are hashable
+and compare by value (the class included), so a query of one analysis is never equal to another's,
+and the sessions cache results under them.
 
 No engine is imported here (only under TYPE_CHECKING): the app builds queries before torch loads.
 """
@@ -96,9 +98,30 @@ class Query(Generic[R]):
     def patch(settings: PatchSettings, prompt: int) -> Query[PatchResult]:
         return Query(PATCH, prompt, settings)
 
+    @staticmethod
+    def of(analysis: str) -> Query[Any]:
+        """The corpus-wide result of a registered analysis through its own hooks (core/analyses/base.py:
+        ``live`` in a live session, ``stored`` in a results session; None from a source without its hook)."""
+        return AnalysisQuery(analysis)
+
+
+@dataclass(frozen=True)
+class AnalysisQuery(Query[Any]):
+    """``Query.of(name)``: a registered analysis's result by its registry entry's hooks. Its own class, so it is
+    never equal to a built-in query of the same name (``Query.of("norms") != Query.norms()``)."""
+
+    def __post_init__(self) -> None:
+        from horizon.core.analyses import REGISTRY
+
+        if self.analysis not in REGISTRY:
+            raise ValueError(f"no analysis {self.analysis!r}: one of {', '.join(REGISTRY)}")
+
 
 def answer(source: Any, query: Query[Any]) -> Any:
-    """``query``'s result from the per-analysis method of ``source`` (a session) that computes it."""
+    """``query``'s result from the per-analysis method of ``source`` (a session) that computes it; ``Query.of``'s from
+    its ``analysis(name)``, which runs the registry entry's hook."""
+    if isinstance(query, AnalysisQuery):
+        return source.analysis(query.analysis)
     prompt = 0 if query.prompt is None else query.prompt
     settings = query.settings
     if query.analysis == PATCH:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from horizon.core.errors import HorizonError
-from horizon.core.sources.queries import BY_LAYER, PATCH, SCAN, WEIGHTS, Query, answer
+from horizon.core.sources.queries import BY_LAYER, PATCH, SCAN, WEIGHTS, AnalysisQuery, Query, answer
 
 if TYPE_CHECKING:
     from horizon.core.analyses.attention import AttentionReport
@@ -99,6 +99,8 @@ class ResultsSession:
         return cast("R | None", self._ready(query))
 
     def _ready(self, query: Query[Any]) -> Any:
+        if isinstance(query, AnalysisQuery):  # an analysis's own result, by its name whatever that is
+            return self._cache.get(query)
         if query.analysis == SCAN:
             return self._cache.get(SCAN)  # one stored scan, whatever the prompt (swept with the manifest's ablation)
         if query.analysis == BY_LAYER:
@@ -154,6 +156,17 @@ class ResultsSession:
             raise HorizonError("results mode has no model and the sweep stored no layer x k matrix for "
                                f"{ablation} ablation: sweep with --by-layer or pass --model to compute it")
         return self.live.by_layer(prompt, ablation)
+
+    def analysis(self, name: str) -> Any:
+        """A registered analysis's result rebuilt from its stored table by its ``stored`` hook
+        (core/analyses/base.py) for the prompts shown, in their order; None when it has no such hook."""
+        from horizon.core.analyses import REGISTRY
+
+        entry = REGISTRY.get(name)  # unregistered since its query was made: no result
+        stored = None if entry is None else entry.stored
+        if stored is None:
+            return None
+        return self._built(Query.of(name), name, lambda: stored(self.results, self.prompt_numbers))
 
     @property
     def can_weigh(self) -> bool:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, runtime_checkabl
 
 from horizon.core.errors import HorizonError
 from horizon.core.options import DEFAULT_LENGTHS
-from horizon.core.sources.queries import PATCH, PatchSettings, Query, answer
+from horizon.core.sources.queries import PATCH, AnalysisQuery, PatchSettings, Query, answer
 
 if TYPE_CHECKING:  # the app imports this module before torch is loaded, so it can paint at once
     from horizon.core.analyses.attention import AttentionReport
@@ -45,6 +45,8 @@ class Source(Protocol):
     threads. Both are ``R | None``: a results directory may not hold an analysis (then ``get`` is
     None), where a live ``Session`` always computes one. ``Query.weights()`` is the weight report
     of a model behind the source (figures 5 and 6; None where there is none: ``can_weigh``).
+    ``Query.of(name)`` is a registered analysis's own result, by its registry entry's hooks (``live`` in a
+    ``Session``, ``stored`` in a ``ResultsSession``; None where the entry has no such hook).
 
     The sessions also keep one method per analysis (``norms()``, ``scan(prompt, ablation)``, ...,
     which ``get`` calls): conveniences for the Python API and tests, not part of this protocol.
@@ -140,7 +142,8 @@ class Session:
 
     def ready(self, query: Query[R]) -> R | None:
         """A result already computed (or None): never computes, so the UI can draw without waiting."""
-        found = self._patches.get(query) if query.analysis == PATCH else self._cache.get(query)
+        patched = query.analysis == PATCH and not isinstance(query, AnalysisQuery)
+        found = self._patches.get(query) if patched else self._cache.get(query)
         return cast("R | None", found)
 
     def get(self, query: Query[R]) -> R | None:
@@ -171,6 +174,17 @@ class Session:
         """The raw weights' report on the session's prompts (core.weights.weight_report, through the runner)."""
         return self._cached(Query.weights(), "weights",
                             lambda: self._runner.weights(self.token_ids, self.has_bos).result)
+
+    def analysis(self, name: str) -> Any:
+        """A registered analysis's result over all prompts by its ``live`` hook (core/analyses/base.py), run
+        under the session's runner and its lock; None when it has no such hook."""
+        from horizon.core.analyses import REGISTRY
+
+        entry = REGISTRY.get(name)  # unregistered since its query was made: no result
+        live = None if entry is None else entry.live
+        if live is None:
+            return None
+        return self._cached(Query.of(name), name, lambda: live(self._runner, self.token_ids, self.has_bos))
 
     def _clean(self, prompt: int) -> Any:
         """The prompt's clean runs (core.horizon.clean_runs), shared by the scan and every patched pass:

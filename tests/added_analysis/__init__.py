@@ -4,9 +4,10 @@ docs/SCIENCE.md s.2) and the position where it is.
 
 Everything an analysis brings lives here: the result type and its store side (this module: SCHEMA,
 rows, view, report_from_rows, the cost model and the registry entry ``ANALYSIS``), the engine
-(engine.py, hooks through core/capture/), the renderer of its view (render.py) and its single-prompt
-command (command.py). tests/test_added_analysis.py adds it with one ``register`` call and sees it
-through the CLI, the sweep, ``--plan``, ``report`` and the results session. Nothing here imports torch
+(engine.py, hooks through core/capture/), the renderer of its view (render.py), its single-prompt
+command (command.py), its app pane (pane.py) and the hooks that give the app's sources its result
+(``live``, ``stored``). tests/test_added_analysis.py adds it with one ``register`` call and sees it
+through the CLI, the sweep, ``--plan``, ``report``, the results session and the app's tab 8. Nothing here imports torch
 at import time: the engine is imported inside ``rows`` and the command.
 """
 
@@ -22,6 +23,7 @@ from horizon.core.memory import budget
 
 if TYPE_CHECKING:
     from horizon.core.results.store import Results
+    from horizon.core.run.runner import Runner
 
 NAME = "peak"
 SITE = "resid_pre"
@@ -94,6 +96,25 @@ def report_from_rows(view: dict[str, Any], table: pa.Table, prompt_numbers: list
     return PeakReport(n_layers=n_layers, has_bos=bool(view["bos_excluded"]), peak=peak, position=position)
 
 
+def live(runner: Runner, token_ids: list[list[int]], has_bos: bool) -> PeakReport:
+    """The app's live result (``Query.of("peak")``): every prompt's peaks, planned by the runner as the command's."""
+    from tests.added_analysis.engine import peak_norms
+
+    plan = runner.plan(NAME, token_ids)
+    with runner.lock:  # hooks go on the shared model's modules: one pass at a time
+        return peak_norms(runner.model, token_ids, has_bos, batch_size=plan.batch_size)
+
+
+def stored(results: Results, prompt_numbers: list[int]) -> PeakReport | None:
+    """The app's results-mode result: the stored prompts' peaks from the table (None when it holds no rows)."""
+    table = results.table(ANALYSIS.table)
+    if table is None or table.num_rows == 0:
+        return None
+    manifest = results.manifest or {}
+    has_bos = bool(manifest.get("bos", {}).get("enabled", True))
+    return report_from_rows(view(results, table, manifest, has_bos), table, prompt_numbers)
+
+
 def expected_rows(lengths: list[int], settings: dict[str, Any], model: dict[str, Any]) -> int:
     return len(lengths) * int(model["n_layers"])
 
@@ -111,4 +132,5 @@ ANALYSIS = Analysis(
     settings=lambda settings, n_layers: {"site": SITE, "reduction": "max over positions, BOS excluded"},
     expected_rows=expected_rows, cost=budget.Cost(parts=cost_parts),
     render="tests.added_analysis.render:render_peak", command="tests.added_analysis.command:peak",
+    pane="tests.added_analysis.pane:PeakPane", live=live, stored=stored,
 )

@@ -40,7 +40,7 @@ def help_text() -> Table:
         table.add_row(name, Text(line))
     table.add_row("", "")
     table.add_row(Text("Keys", style="bold underline"), "")
-    for key, line in KEYS:
+    for key, line in help_rows():  # when drawn: an analysis registered since brings its pane's key
         table.add_row(key, Text(line))
     table.add_row("", "")
     table.add_row("", Text("Token colour for Δloss/KL is that of the predicted token (position t+1). "
