@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -114,7 +114,7 @@ class TruncationReport:
 def _median(values: np.ndarray, n_rows: int) -> list[float]:
     if len(values) == 0:
         return [float("nan")] * n_rows
-    return np.median(values, axis=0).astype(float).tolist()
+    return cast(list[float], np.median(values, axis=0).astype(float).tolist())
 
 
 def summarise(report: TruncationReport) -> None:
@@ -231,7 +231,7 @@ def view(results: Results, table: pa.Table, manifest: dict[str, Any], has_bos: b
 
 
 def expected_rows(lengths: list[int], settings: dict[str, Any], model: dict[str, Any]) -> int:
-    return (model["n_layers"] + 1) * sum(max(0, t - 1 - c) for t in lengths for c in settings["lengths"])
+    return (int(model["n_layers"]) + 1) * sum(max(0, t - 1 - int(c)) for t in lengths for c in settings["lengths"])
 
 
 def fits(data: pa.Table, settings: dict[str, Any]) -> bool:
