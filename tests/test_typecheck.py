@@ -4,7 +4,9 @@ the engine (horizon.core) and the app and CLI (horizon.tui).
 mypy reads files, not the editable install's import hook, so it runs over links laid out as the
 installed package (tests/source_tree.py). The settings are pyproject.toml's [tool.mypy]. The second
 test plants a type error in a small tree of the same layout and sees the same check fail, so a
-check that passes cannot be one that never looked; the third sees sessions whose ``ready`` or ``get``
+check that passes cannot be one that never looked; the next two see the engine and the API checked
+with mypy --strict's flags (an untyped function fails there, not in the app) and every one of their
+modules named by that override; the next sees sessions whose ``ready`` or ``get``
 differ from the ``Source`` protocol refused (core/sources/session.py and core/sources/results_session.py
 each assign their class to a ``type[Source]`` for this check), and the last a query's result read as
 another analysis's refused.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,10 @@ from tests.source_tree import ROOT, installed_layout, modules
 
 # Every module of the distribution: the API (core/api/, the package horizon), the engine and the app.
 TARGETS = [argument for name in sorted(modules()) for argument in ("-m", name)]
+# mypy --strict's per-module flags (with implicit_reexport off); warn_unused_ignores is on everywhere.
+STRICT_FLAGS = ("disallow_any_generics", "disallow_subclassing_any", "disallow_untyped_calls", "disallow_untyped_defs",
+                "disallow_incomplete_defs", "check_untyped_defs", "disallow_untyped_decorators", "warn_return_any",
+                "strict_equality", "extra_checks")
 
 
 def mypy(layout: Path, cache: Path, targets: list[str]) -> subprocess.CompletedProcess[str]:
@@ -47,6 +54,42 @@ def test_the_type_check_fails_on_a_planted_error(tmp_path: Path) -> None:
     assert result.returncode != 0
     expected = 'horizon/core/planted.py:2: error: Incompatible return value type (got "str", expected "int")'
     assert expected in result.stdout
+
+
+UNTYPED = "def depth(x):\n    return x\n"
+
+
+def test_the_engine_and_the_api_are_checked_strictly(tmp_path: Path) -> None:
+    """An untyped function, which mypy's default mode lets pass, fails in the engine and the API (the
+    strict flags of pyproject.toml's override); the app, outside it, is checked in the default mode."""
+    root = tmp_path / "repo"
+    for folder in ("core/api", "tui"):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "__init__.py").write_text("")
+    (root / "core" / "__init__.py").write_text("")
+    for planted in ("core/planted.py", "core/api/_model.py", "tui/planted.py"):
+        (root / planted).write_text(UNTYPED)
+    targets = ["-m", "horizon.core.planted", "-m", "horizon._model", "-m", "horizon.tui.planted"]
+    result = mypy(installed_layout(tmp_path / "layout", root), tmp_path / "cache", targets)
+    errors = [line for line in result.stdout.splitlines() if ": error:" in line]
+    untyped = "1: error: Function is missing a type annotation  [no-untyped-def]"
+    assert sorted(errors) == [f"horizon/_model.py:{untyped}", f"horizon/core/planted.py:{untyped}"]
+
+
+def test_every_engine_and_api_module_is_under_the_strict_flags() -> None:
+    """The strict override names the API's modules one by one (mypy's patterns cannot say "horizon.*
+    but not horizon.tui"): a new API module must be added there."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["mypy"]
+    strict = [override for override in config["overrides"] if override.get("disallow_untyped_defs")]
+    assert len(strict) == 1 and all(strict[0][flag] for flag in STRICT_FLAGS) and not strict[0]["implicit_reexport"]
+    patterns = strict[0]["module"]
+
+    def covered(name: str) -> bool:
+        return name in patterns or any(name.startswith(pattern[:-1]) for pattern in patterns if pattern.endswith(".*"))
+
+    outside = [name for name in modules() if not name.startswith("horizon.tui") and not covered(name)]
+    assert not outside
+    assert not any(covered(name) for name in modules() if name.startswith("horizon.tui"))
 
 
 # The live session as it was before results were asked for by typed query: ``ready`` took a tuple key

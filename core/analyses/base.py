@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -99,7 +99,7 @@ class Analysis:
     def renderer(self) -> Callable[[dict[str, Any]], None] | None:
         if self.render is None:
             return None
-        return _imported(self.render)
+        return cast("Callable[[dict[str, Any]], None]", _imported(self.render))
 
     @property
     def has_own_pane(self) -> bool:
@@ -149,7 +149,7 @@ def column(table: pa.Table, name: str) -> np.ndarray:
     data = table.column(name)
     if pa.types.is_dictionary(data.type):
         data = data.cast(data.type.value_type)
-    return data.to_numpy()
+    return cast(np.ndarray, data.to_numpy())  # pyarrow is untyped
 
 
 def weighted_mean(values: np.ndarray, weights: np.ndarray) -> float:

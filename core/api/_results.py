@@ -13,7 +13,7 @@ import copy
 import html
 import importlib
 import warnings
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from horizon.core.errors import HorizonError
 
@@ -72,7 +72,7 @@ class Result:
             raise HorizonError(f"figure {name!r} needs {need}, which this result does not hold")
         with warnings.catch_warnings():
             plots.quiet_warnings()
-            return function([item]) if overlaid else function(item)
+            return cast("Figure", function([item]) if overlaid else function(item))  # plots is imported by name
 
     # ------------------------------------------------------------------------- repr
 

@@ -127,7 +127,7 @@ def run_capture(
     stacked: set[str] = set()  # keys recorded once per layer, stacked to [L, ...]
     hooks = []
 
-    def recorder(key: str, index: int) -> Callable:
+    def recorder(key: str, index: int) -> Callable[[torch.Tensor, object], torch.Tensor]:
         def hook(activation: torch.Tensor, hook: object) -> torch.Tensor:
             value = activation.detach()
             store[key][index] = reduce(key, value) if reduce is not None else value

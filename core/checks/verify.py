@@ -44,7 +44,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from horizon.core.checks.verify_checks import (
     LOGITS_BAR,
@@ -237,7 +237,7 @@ def store_verdict(model: LoadedModel, result: Verification, level: str = "full")
 
 def stored_verdict(model: LoadedModel, level: str = "full") -> dict[str, Any] | None:
     try:
-        return json.loads(_verdict_path(model, level).read_text(encoding="utf-8"))
+        return cast("dict[str, Any] | None", json.loads(_verdict_path(model, level).read_text(encoding="utf-8")))
     except (OSError, ValueError):
         return None
 

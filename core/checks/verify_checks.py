@@ -30,7 +30,7 @@ def decomposition_bar(model: LoadedModel) -> float:
     """1e-5 in float32; in half precision the stream is rounded once per residual addition, so
     the error of s_0 + sum s_i grows like eps * sqrt(2L+1) (SmolLM2 in bfloat16: 4e-2 for a bar of 0.12)."""
     eps = torch.finfo(model.dtype).eps if model.dtype.is_floating_point else 0.0
-    return max(1e-5, 2 * eps * (2 * model.n_layers + 1) ** 0.5)
+    return max(1e-5, 2 * eps * float((2 * model.n_layers + 1) ** 0.5))
 
 
 LOGITS_BAR = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
@@ -88,10 +88,11 @@ def _rel(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float((actual - expected).norm() / expected.norm().clamp_min(1e-30))
 
 
-def _record(model: LoadedModel, ids: torch.Tensor, names: list[str], logits: bool) -> tuple[dict, Any]:
+def _record(model: LoadedModel, ids: torch.Tensor, names: list[str],
+            logits: bool) -> tuple[dict[str, torch.Tensor], Any]:
     store: dict[str, torch.Tensor] = {}
 
-    def recorder(name: str) -> Callable:
+    def recorder(name: str) -> Callable[[torch.Tensor, object], torch.Tensor]:
         def hook(activation: torch.Tensor, hook: object) -> torch.Tensor:
             store[name] = activation.detach().clone()
             return activation

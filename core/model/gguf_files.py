@@ -21,8 +21,9 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from horizon.core.checksums import file_sha256
 from horizon.core.errors import HorizonError, library_reason
@@ -125,7 +126,7 @@ def gemma_gguf_path() -> Path:
 
 
 @contextlib.contextmanager
-def _quiet():
+def _quiet() -> Iterator[None]:
     """transformers and gguf print progress bars and warnings: keep the terminal ours."""
     previous = logging.getLogger("transformers").level
     logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -142,7 +143,7 @@ def _quiet():
 
 
 @contextlib.contextmanager
-def _one_gguf_parse():
+def _one_gguf_parse() -> Iterator[None]:
     """Share one GGUF reader per file while transformers converts it.
 
     transformers parses the file's header once for the config, once for the weights and once for
@@ -154,17 +155,18 @@ def _one_gguf_parse():
     original = gguf.GGUFReader
     readers: dict[tuple[str, str], Any] = {}
 
-    def shared(path: Any, mode: str = "r") -> Any:
+    def shared(path: Any, mode: Literal["r", "r+", "c"] = "r") -> Any:
         key = (str(path), mode)
         if key not in readers:
             readers[key] = original(path, mode)
         return readers[key]
 
-    gguf.GGUFReader = shared
+    module: Any = gguf  # the class is replaced by a function that returns its shared instances
+    module.GGUFReader = shared
     try:
         yield
     finally:
-        gguf.GGUFReader = original
+        module.GGUFReader = original
 
 
 def check_gguf(path: Path) -> None:
@@ -228,7 +230,7 @@ def _walk_gguf_header(data: Any, size: int, struct: Any) -> None:
     def number(fmt: str) -> int:
         nonlocal at
         need(1, struct.calcsize(fmt), "bytes of header")
-        value = struct.unpack_from("<" + fmt, data, at)[0]
+        value: int = struct.unpack_from("<" + fmt, data, at)[0]
         at += struct.calcsize(fmt)
         return value
 

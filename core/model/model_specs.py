@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from horizon.core.errors import HorizonError
 from horizon.core.model.gguf_files import (
@@ -125,7 +125,7 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
         return dtype
     if dtype not in DTYPES:
         raise HorizonError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
-    return getattr(torch, dtype)
+    return cast(torch.dtype, getattr(torch, dtype))
 
 
 def _cached_gguf_metadata(path: Path) -> dict[str, Any] | None:

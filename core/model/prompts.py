@@ -115,14 +115,14 @@ def read_stdin() -> bytes:
 
 
 def _limited(handle: Any, name: str) -> bytes:
-    raw = handle.read(MAX_INPUT_BYTES + 1)
+    raw: bytes = handle.read(MAX_INPUT_BYTES + 1)
     if len(raw) > MAX_INPUT_BYTES:
         raise HorizonError(f"{name} holds more than {MAX_INPUT_BYTES // (1024 * 1024)} MiB; split it into "
                            "smaller files")
     return raw
 
 
-def jsonl_records(lines: list[str], name: str) -> list[dict]:
+def jsonl_records(lines: list[str], name: str) -> list[dict[str, Any]]:
     """The JSON objects of a JSONL text, each checked to have a non-empty "text" string.
 
     One parser for every JSONL input (prompt files and sweep corpora); errors name the line.

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from horizon.core.capture.capture import run_capture
@@ -175,7 +176,7 @@ def reference_patched_logits(
         count += 1
         return activation
 
-    def read(j: int) -> Callable:
+    def read(j: int) -> Callable[[torch.Tensor, object], torch.Tensor]:
         def hook(activation: torch.Tensor, hook: object) -> torch.Tensor:
             if not config.patches(j, n_layers):
                 return activation
@@ -192,13 +193,13 @@ def reference_patched_logits(
 
         return hook
 
-    hooks: list[tuple[str, Callable]] = [("blocks.0.hook_resid_pre", record)]
+    hooks: list[tuple[str, Callable[[torch.Tensor, object], torch.Tensor]]] = [("blocks.0.hook_resid_pre", record)]
     for j in range(1, n_readers(n_layers) + 1):
         hooks.append((reader_hook(j, n_layers), read(j)))
         if j <= 2 * n_layers:
             hooks.append((output_hook(j), record))
     with torch.inference_mode():
-        return model.bridge.run_with_hooks(input_ids, fwd_hooks=hooks, return_type="logits")
+        return cast(torch.Tensor, model.bridge.run_with_hooks(input_ids, fwd_hooks=hooks, return_type="logits"))
 
 
 # Every name callers import from the engine (its parts' and the metrics' too).

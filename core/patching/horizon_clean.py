@@ -24,6 +24,8 @@ from horizon.core.patching.horizon_metrics import CleanReference
 # The clean runs of a whole prompt set are kept (for reuse by every pass) up to this size; above
 # it they are made batch by batch as they are used (``clean_runs``).
 KEEP_CLEAN_BYTES = 1 << 30
+# A block's recorded call: its positional arguments after hidden_states, and its keyword arguments.
+BlockCall = tuple[tuple[Any, ...], dict[str, Any]]
 
 
 @dataclass
@@ -34,14 +36,14 @@ class CleanRun:
     outputs: torch.Tensor  # s_0..s_{2L}: [2L+1, batch, pos, d_model]
     resid_pre: torch.Tensor  # [L, batch, pos, d_model]
     logits: torch.Tensor  # [batch, pos, vocab]
-    block_args: list[tuple[tuple, dict]]  # per layer: the block's call arguments after hidden_states
+    block_args: list[BlockCall]  # per layer: the block's call arguments after hidden_states
     targets: torch.Tensor  # the token each scored position predicts [batch, n_predicting]
     valid: torch.Tensor  # whether that token is real (not padding)
     offset: int = 0  # the first position's index in the prompt (a position chunk's start; else 0)
     # per layer, where the clean call passed its KV cache (an index into the block's arguments, a
     # keyword, or None): a chunk's patched pass puts its rows' cache there
     cache_slots: list[int | str | None] = field(default_factory=list)
-    _tiled: dict[tuple[int, int], tuple[tuple, dict]] = field(default_factory=dict, repr=False)
+    _tiled: dict[tuple[int, int], BlockCall] = field(default_factory=dict, repr=False)
     _reference: CleanReference | None = field(default=None, repr=False)
     _exact_reads: torch.Tensor | None = field(default=None, repr=False)
 
@@ -72,7 +74,7 @@ class CleanRun:
             self._reference = CleanReference.of(self.logits, self.targets, self.valid)
         return self._reference
 
-    def block_call(self, layer: int, copies: int, cache: Any = None) -> tuple[tuple, dict]:
+    def block_call(self, layer: int, copies: int, cache: Any = None) -> BlockCall:
         """The layer's call arguments for ``copies`` stacked copies of the batch (with ``cache``: a
         position chunk's pass, whose keys and values go to that cache)."""
         key = (layer, copies)
@@ -121,11 +123,11 @@ def clean_run(model: LoadedModel, batch: TokenBatch, positions: slice | None = N
     position, extended here) runs one position chunk of the batch: see ``ChunkedClean``.
     """
     check_model(model)
-    block_args: list[tuple[tuple, dict] | None] = [None] * model.n_layers
+    block_args: list[BlockCall | None] = [None] * model.n_layers
     cache_slots: list[int | str | None] = [None] * model.n_layers
 
-    def recorder(layer: int) -> Callable:
-        def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+    def recorder(layer: int) -> Callable[[torch.nn.Module, tuple[Any, ...], dict[str, Any]], None]:
+        def hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             kept = {name: _without_cache(value) for name, value in kwargs.items()}
             if "use_cache" in kept:
                 kept["use_cache"] = False

@@ -114,7 +114,7 @@ def logits_readout(model: LoadedModel, batch: int) -> Callable[[torch.Tensor], l
 
     def readout(normed: torch.Tensor) -> list[torch.Tensor]:
         logits = unembed(model, normed, normed.new_empty((*normed.shape[:-1], int(model.bridge.cfg.d_vocab))))
-        return list(logits.split(batch))
+        return list(torch.split(logits, batch))
 
     return readout
 

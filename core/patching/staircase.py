@@ -111,7 +111,7 @@ class StaircasePass:
                     bos = self.row_prefix(row, lo)[:, 0] - self.clean_prefix[lo - 1][:, 0]  # 0 unless recursive
                     torch.sub(self.row_prefix(row, j)[:, 0], bos, out=out[here][:, 0])
 
-    def read_window(self, j: int) -> Callable:
+    def read_window(self, j: int) -> Callable[[torch.Tensor, object], torch.Tensor]:
         """The hook on reader j's input: the rows it patches read their windows."""
 
         def hook(activation: torch.Tensor, hook: object) -> torch.Tensor:
@@ -126,7 +126,7 @@ class StaircasePass:
 
         return hook
 
-    def add_output(self, j: int) -> Callable:
+    def add_output(self, j: int) -> Callable[[torch.Tensor, object], torch.Tensor]:
         """The hook on sublayer j's output: P_{j+1} = P_j + s_j (float64)."""
 
         def hook(activation: torch.Tensor, hook: object) -> torch.Tensor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -141,7 +141,7 @@ class Results:
                     by_id.setdefault(number, []).append(int(token_id[index]))
                     by_text.setdefault(number, []).append(str(text[index]))
             self._cache["prompt_tokens"] = (by_id, by_text)
-        return self._cache["prompt_tokens"]
+        return cast("tuple[PromptLists, PromptLists]", self._cache["prompt_tokens"])
 
     def corpus_array(self, analysis: str) -> np.ndarray | None:
         """The corpus-wide array ``analysis`` stored (its registry entry's ``corpus``), None when it has

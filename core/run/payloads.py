@@ -8,7 +8,7 @@ and turns tensors, numpy values and NaNs into plain JSON (NaN and inf become nul
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from horizon.core.memory.budget import Plan
@@ -36,7 +36,7 @@ def json_payload(payload: dict[str, Any], device: Any = None) -> dict[str, Any]:
     payload = {**payload, "versions": package_versions()}
     if device is not None:
         payload.setdefault("device", str(device))
-    return jsonable(payload)
+    return cast("dict[str, Any]", jsonable(payload))
 
 
 def norms_payload(model: LoadedModel, processing: str, token_ids: list[list[int]], tokens: list[list[str]],

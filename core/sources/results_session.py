@@ -124,7 +124,7 @@ class ResultsSession:
                 start = time.perf_counter()
                 self._cache[key] = build()
                 self.timings[name] = time.perf_counter() - start
-            return self._cache[key]
+            return cast(T, self._cache[key])
 
     def truncate(self) -> TruncationReport | None:
         """TruncationReport of every stored record (prompts numbered as shown), or None when not stored."""

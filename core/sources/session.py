@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, runtime_checkabl
 
 from horizon.core.errors import HorizonError
 from horizon.core.options import DEFAULT_LENGTHS
-from horizon.core.sources.queries import PATCH, AnalysisQuery, PatchSettings, Query, answer
+from horizon.core.sources.queries import PATCH, AnalysisQuery, Query, answer
+from horizon.core.sources.queries import PatchSettings as PatchSettings  # the app reads it from here
 
 if TYPE_CHECKING:  # the app imports this module before torch is loaded, so it can paint at once
     from horizon.core.analyses.attention import AttentionReport
@@ -84,7 +85,7 @@ class Session:
     timings: dict[str, float] = field(default_factory=dict)
     runner: Runner | None = field(default=None, repr=False)  # default: the model under the automatic budget
     _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
-    _patches: OrderedDict[Any, Any] = field(default_factory=OrderedDict, repr=False)
+    _patches: OrderedDict[Any, PatchResult] = field(default_factory=OrderedDict, repr=False)
     _waiting: int = 0  # patched passes waiting for the lock (the scan yields to them)
     _clean_runs: OrderedDict[int, Any] = field(default_factory=OrderedDict, repr=False)
     clean_cache_size: int = 4  # prompts whose clean runs are kept (each ~100 MB at 64 tokens)
@@ -138,7 +139,7 @@ class Session:
         with self._lock:
             if key not in self._cache:
                 self._cache[key] = self._timed(name, compute)
-            return self._cache[key]
+            return cast(T, self._cache[key])
 
     def ready(self, query: Query[R]) -> R | None:
         """A result already computed (or None): never computes, so the UI can draw without waiting."""
@@ -210,7 +211,7 @@ class Session:
 
         key = Query.scan(prompt, ablation)
         if key in self._cache:
-            return self._cache[key]
+            return cast("ScanResult", self._cache[key])
         started = time.perf_counter()
         ids = [self.token_ids[prompt]]
         plan = self._runner.plan("scan", ids)
@@ -244,7 +245,7 @@ class Session:
 
         key = Query.by_layer(prompt, ablation)
         if key in self._cache:
-            return self._cache[key]
+            return cast("ByLayerResult", self._cache[key])
         started = time.perf_counter()
         ids = [self.token_ids[prompt]]
         plan = self._runner.plan("scan", ids)

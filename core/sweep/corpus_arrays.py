@@ -38,7 +38,7 @@ def corpus_array_shape(analysis: str, model: dict[str, Any]) -> tuple[int, int]:
 def corpus_array_damaged(root: Path, manifest: dict[str, Any], analysis: str) -> bool:
     """Whether the stored corpus-wide array the manifest records a checksum of is missing or differs from it."""
     corpus = _corpus_input(analysis)
-    recorded = manifest.get("analyses", {}).get(analysis, {}).get(corpus.checksum_key)
+    recorded: str | None = manifest.get("analyses", {}).get(analysis, {}).get(corpus.checksum_key)
     if not recorded:
         return False
     try:

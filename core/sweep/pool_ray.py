@@ -14,7 +14,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from horizon.core.errors import HorizonError
@@ -120,7 +120,7 @@ class RayPool:
         if waiting:
             log.warning(f"{len(waiting)} of {len(calls)} Ray workers not started after {PLACEMENT_NOTE_S:.0f} s: still "
                         "loading the model, or waiting for CPUs or GPUs that other work holds (Ray queues them)")
-        descriptions = []
+        descriptions: list[dict[str, Any]] = []
         for call, actor in calls.items():
             try:
                 descriptions.append(self._get(call))
@@ -137,7 +137,7 @@ class RayPool:
         return self.description
 
     def compute_corpus_input(self, analysis: str) -> np.ndarray:
-        return self._on_any("compute_corpus_input", analysis)
+        return cast(np.ndarray, self._on_any("compute_corpus_input", analysis))
 
     def set_corpus_input(self, analysis: str, array: np.ndarray) -> None:
         self._broadcast(analysis, array)

@@ -217,4 +217,4 @@ def _raylet_message(data: dict[str, Any], ignore_prefix: bool = False) -> None:
 
 
 def cluster_has_gpus(ray: Any) -> bool:
-    return ray.cluster_resources().get("GPU", 0) > 0
+    return bool(ray.cluster_resources().get("GPU", 0) > 0)

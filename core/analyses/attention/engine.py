@@ -146,7 +146,8 @@ def _prompt_sums(
         rows = slice(first, first + len(batch.token_ids))
         first = rows.stop
 
-        def reducer(layer: int, query_weight: torch.Tensor = query_weight, rows: slice = rows) -> Callable:
+        def reducer(layer: int, query_weight: torch.Tensor = query_weight,
+                    rows: slice = rows) -> Callable[[torch.Tensor, Any], torch.Tensor]:
             def hook(pattern: torch.Tensor, hook: Any) -> torch.Tensor:
                 if pattern.shape[1] != n_heads:
                     raise RuntimeError(f"layer {layer} pattern has {pattern.shape[1]} heads, expected {n_heads}")

@@ -84,7 +84,7 @@ def view(results: Results | None, table: pa.Table, manifest: dict[str, Any], has
 
 
 def expected_rows(lengths: list[int], settings: dict[str, Any], model: dict[str, Any]) -> int:
-    return len(lengths) * model["n_layers"] * model["n_heads"]
+    return len(lengths) * int(model["n_layers"]) * int(model["n_heads"])
 
 
 

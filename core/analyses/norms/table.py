@@ -112,7 +112,7 @@ def view(results: Results, table: pa.Table, manifest: dict[str, Any], has_bos: b
 
 
 def expected_rows(lengths: list[int], settings: dict[str, Any], model: dict[str, Any]) -> int:
-    n_layers = model["n_layers"]
+    n_layers: int = model["n_layers"]
     per_layer = len(NORM_SITES) - 1 - len(absent_sites(model.get("parallel_attn_mlp") is True))
     return sum(lengths) * (n_layers + 1 + per_layer * n_layers)  # resid_pre has the final row too
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 from horizon.core.capture.capture import run_capture
@@ -108,7 +108,7 @@ def _stacked(bridge: Any, name: str) -> torch.Tensor | None:
 def _layer_norms(weight: torch.Tensor | None) -> list[float] | None:
     if weight is None:
         return None
-    return weight.double().flatten(start_dim=1).norm(dim=1).tolist()
+    return cast(list[float], weight.double().flatten(start_dim=1).norm(dim=1).tolist())
 
 
 def weight_norms(model: LoadedModel) -> dict[str, Any]:

@@ -43,7 +43,7 @@ def cost_tiles(dims: budget.ModelDims, batch: int, n_tokens: int, limit: budget.
 def relative_work(settings: Any, n_layers: int) -> float:
     """About half a forward plus a readout per horizon row."""
     rows = len(settings.ks or range(n_layers + 1)) * (len(settings.start_layers) + (n_layers + 1) * settings.by_layer)
-    return 1.0 + 0.7 * rows
+    return float(1.0 + 0.7 * rows)  # settings is untyped
 
 
 # 256 padded tokens per auto CPU batch (core/sweep/worker.py: its clean run and float64 prefix sums leave the caches).

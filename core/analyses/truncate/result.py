@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from horizon.core.analyses.truncate.categories import CATEGORIES
@@ -99,7 +99,7 @@ class TruncationReport:
 def _median(values: np.ndarray, n_rows: int) -> list[float]:
     if len(values) == 0:
         return [float("nan")] * n_rows
-    return np.median(values, axis=0).astype(float).tolist()
+    return cast(list[float], np.median(values, axis=0).astype(float).tolist())
 
 
 def summarise(report: TruncationReport) -> None:

@@ -90,7 +90,7 @@ def view(results: Results, table: pa.Table, manifest: dict[str, Any], has_bos: b
 
 
 def expected_rows(lengths: list[int], settings: dict[str, Any], model: dict[str, Any]) -> int:
-    return (model["n_layers"] + 1) * sum(max(0, t - 1 - c) for t in lengths for c in settings["lengths"])
+    return (int(model["n_layers"]) + 1) * sum(max(0, t - 1 - int(c)) for t in lengths for c in settings["lengths"])
 
 
 def fits(data: pa.Table, settings: dict[str, Any]) -> bool:
