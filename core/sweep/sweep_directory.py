@@ -118,7 +118,7 @@ def _discard(root: Path) -> None:
     """Remove a previous sweep's files (only the ones a sweep writes, never through a link; the quarantine stays)."""
     for table in (*store.all_tables(), *store.LEGACY_TABLES):
         confined.remove_tree(root, root / table)
-    for name in (store.MANIFEST, store.MU_FILE, VIEWS_FILE, store.ABLATION_MEANS_FILE):
+    for name in (store.MANIFEST, VIEWS_FILE, *store.corpus_files()):
         confined.unlink(root, root / name)
     for temp in store.leftover_temps(root):
         confined.unlink(root, temp)
