@@ -10,7 +10,11 @@ An :class:`Analysis` names everything the rest of the package needs to know abou
 - ``settings(sweep_settings, n_layers)``: the settings that define its numbers (recorded in the manifest);
 - ``expected_rows`` / ``fits``: what a shard file must hold to be adopted when a manifest is rebuilt;
 - ``render``: ``"module:function"`` of the CLI renderer of its view (imported only when drawn);
-- ``pane``: the app screen that shows it;
+- ``command``: ``"module:function"`` of its single-prompt Typer command (``horizon NAME``);
+- ``pane``: the app screen that shows it: a built-in screen's id, or ``"module:Class"`` of its own pane
+  (a tab after the built-in ones), with ``live`` / ``stored``: its result for the app from a runner or
+  from a results directory;
+- ``index_bounds``: the bounds of its own index columns, checked on every stored file;
 - ``cost`` / ``corpus``: its cost model and the corpus-wide array its shards need (the store reads that
   array's file from here); ``check_settings``: its checks of a sweep's settings against the model;
   ``former_tables``: the folders older versions wrote its table to; ``warm_up``: the analysis whose short
