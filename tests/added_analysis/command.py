@@ -11,7 +11,6 @@ from typing import Annotated
 
 import typer
 from horizon.core.model.loader import DEFAULT_MODEL
-from horizon.core.untrusted import markup_safe
 from horizon.tui.cli.common import (
     BatchSizeOpt,
     BosOpt,
@@ -24,13 +23,12 @@ from horizon.tui.cli.common import (
     check_memory_options,
     console,
     emit,
-    number,
     prepare_inputs,
     runner_for,
 )
-from rich.table import Table
 
 from tests.added_analysis import NAME, SITE
+from tests.added_analysis.render import prompt_table
 
 TextArg = Annotated[str, typer.Argument(help="The prompt.")]
 
@@ -60,17 +58,6 @@ def peak(
                "memory": plan.to_json(), **report.to_json()}
 
     def render() -> None:
-        table = Table(title=f"{inputs.model.spec}: largest {SITE} norm per layer "
-                            f"({'BOS excluded' if inputs.has_bos else 'no BOS'})",
-                      title_justify="left", show_edge=False, pad_edge=False)
-        table.add_column("layer", justify="right")
-        table.add_column("peak norm", justify="right")
-        table.add_column("position", justify="right")
-        table.add_column("token")
-        for layer in range(report.n_layers):
-            position = int(report.position[0, layer])
-            table.add_row(str(layer), number(float(report.peak[0, layer])), str(position),
-                          markup_safe(repr(tokens[0][position])))
-        console.print(table)
+        console.print(prompt_table(report, 0, tokens[0], f"{inputs.model.spec}: largest {SITE} norm per layer"))
 
     emit(as_json, payload, render, device=inputs.model.device)

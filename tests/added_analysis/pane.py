@@ -4,13 +4,12 @@ and where it is, from the source's ``Query.of("peak")`` once it is ready (live o
 from __future__ import annotations
 
 from horizon.core.sources.queries import Query
-from horizon.tui.format import number
 from horizon.tui.state import ViewState
-from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
 from tests.added_analysis import NAME, SITE, PeakReport
+from tests.added_analysis.render import prompt_table
 
 
 class PeakPane(Static):
@@ -22,17 +21,5 @@ class PeakPane(Static):
         if report is None:
             self.update(Text(state.not_ready(job)))
             return
-        tokens = state.source.tokens(state.prompt)
-        table = Table(title=f"largest {SITE} norm per layer, prompt {state.prompt} "
-                            f"({'BOS excluded' if report.has_bos else 'no BOS'})",
-                      title_justify="left", show_edge=False, pad_edge=False)
-        table.add_column("layer", justify="right")
-        table.add_column("peak norm", justify="right")
-        table.add_column("position", justify="right")
-        table.add_column("token")
-        for layer in range(report.n_layers):
-            position = int(report.position[state.prompt, layer])
-            token = tokens[position] if 0 <= position < len(tokens) else ""
-            table.add_row(str(layer), number(float(report.peak[state.prompt, layer])), str(position),
-                          Text(repr(token)))
-        self.update(table)
+        title = f"largest {SITE} norm per layer, prompt {state.prompt}"
+        self.update(prompt_table(report, state.prompt, state.source.tokens(state.prompt), title))
