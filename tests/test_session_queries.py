@@ -84,20 +84,26 @@ def test_both_sessions_are_sources(tiny_llama: LoadedModel, results_dir: Path) -
 # ----------------------------------------------------------------------------- a live session
 
 
+def assert_get_is_the_method(session: Any, query: Query[Any], first: str) -> None:
+    """Whichever asks first (``first``: "method" or "query"), ``get(query)`` and the analysis's method give one
+    object, ``ready`` finds it, and it is the query's result type."""
+    if first == "method":
+        result = by_method(session, query)
+        assert session.get(query) is result
+    else:
+        result = session.get(query)
+        assert by_method(session, query) is result
+    assert session.ready(query) is result
+    assert isinstance(result, RESULT_TYPES[query.analysis]), query
+
+
 @pytest.mark.parametrize("first", ["method", "query"])
 def test_live_get_is_the_analysis_method_result(tiny_llama: LoadedModel, first: str) -> None:
     """Whichever asks first, ``get(query)`` and the analysis's method give the one cached object."""
     session = live_session(tiny_llama)
     for query in LIVE_QUERIES:
-        assert session.ready(query) is None
-        if first == "method":
-            result = by_method(session, query)
-            assert session.get(query) is result
-        else:
-            result = session.get(query)
-            assert by_method(session, query) is result
-        assert session.ready(query) is result
-        assert isinstance(result, RESULT_TYPES[query.analysis]), query
+        assert session.ready(query) is None  # the queries before it made none of it
+        assert_get_is_the_method(session, query, first)
     # One number checked against the engine itself: prompt 1's attention is that prompt's own.
     expected = attention_distance(tiny_llama, [session.token_ids[1]], True)
     np.testing.assert_allclose(session.get(Query.attention(1)).mean_distance, expected.mean_distance, rtol=1e-6)
@@ -146,14 +152,7 @@ def test_stored_get_is_the_analysis_method_result(tiny_llama: LoadedModel, resul
     session = ResultsSession(str(results_dir), live_model=tiny_llama)
     queries = STORED_QUERIES + MODEL_QUERIES
     for query in queries:
-        if first == "method":
-            result = by_method(session, query)
-            assert session.get(query) is result
-        else:
-            result = session.get(query)
-            assert by_method(session, query) is result
-        assert session.ready(query) is result
-        assert isinstance(result, RESULT_TYPES[query.analysis]), query
+        assert_get_is_the_method(session, query, first)
     # The stored prompt rows are each prompt's: prompt 1's attention covers prompt 1's tokens.
     assert session.get(Query.attention(1)).token_ids == [session.token_ids[1]] != [session.token_ids[0]]
     # One stored scan serves every prompt (the corpus's); apart from that, no two queries share a result.
