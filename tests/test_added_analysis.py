@@ -58,6 +58,9 @@ def hf_peaks(model: LoadedModel, token_ids: list[int]) -> tuple[np.ndarray, np.n
         hidden = hf_model(torch.tensor([token_ids]), output_hidden_states=True).hidden_states
     norms = torch.stack([hidden[layer][0] for layer in range(model.n_layers)]).double().norm(dim=-1).numpy()
     after_bos = norms[:, 1:]  # [layers, positions after BOS]
+    if after_bos.shape[1] > 1:  # the positions compared exactly are no float tie (gaps here: 0.5% and more)
+        top_two = np.sort(after_bos, axis=1)[:, -2:]
+        assert ((top_two[:, 1] - top_two[:, 0]) / top_two[:, 1]).min() > 1e-4
     return after_bos.max(axis=1), after_bos.argmax(axis=1) + 1
 
 
