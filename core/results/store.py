@@ -201,8 +201,8 @@ def __getattr__(name: str) -> Any:
     if name == "TOP_NAMES":
         return top_names()
     if name in _CORPUS_FILE_OF:
-        # The old constants, for callers not yet reading the registry (core/sweep/sweep.py): the file is
-        # the one the analysis's registry entry names.
+        # The two built-in files under their old constant names (sweep.py's ABLATION_MEANS_FILE, tests):
+        # the file is the one the analysis's registry entry names.
         corpus = registry.REGISTRY[_CORPUS_FILE_OF[name]].corpus
         assert corpus is not None
         return corpus.file
